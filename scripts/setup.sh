@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on a fresh Debian 12 machine (run as root), then runs
+# the main job (--demo) or the whole test suite (--test). Idempotent: a second run installs nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  clang llvm libbpf-dev bpftool iproute2 nftables python3-venv
+  iperf3 dante-server tinyproxy dnsmasq redsocks curl
+)
+
+install_system() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+  # The Debian packages of peers start services on install; the lab starts its own copies.
+  for svc in danted tinyproxy dnsmasq redsocks; do
+    (command -v systemctl >/dev/null && systemctl disable --now "$svc" 2>/dev/null) || true
+    pkill -x "$svc" 2>/dev/null || true
+  done
+}
+
+install_python() {
+  local py=${PYTHON:-python3}
+  [ -x .venv/bin/python ] || "$py" -m venv .venv
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q -e '.[test]'
+}
+
+mode=${1:---demo}
+install_system
+install_python
+case "$mode" in
+  --install) ;;
+  --demo) exec .venv/bin/python -m runtime.demo ;;
+  --test) shift; exec .venv/bin/python -m pytest -p no:cacheprovider "$@" ;;
+  *) echo "usage: $0 [--demo|--test|--install]" >&2; exit 2 ;;
+esac
