@@ -1,0 +1,164 @@
+"""Emit a build: generated C (from the Jinja templates), the BPF object, map data and manifest.
+
+The build directory is self-contained and byte-identical for the same config and compiler: the
+hand-written headers are copied next to program.c, clang runs with a fixed command line and no
+debug paths that depend on the build location, and JSON is written with sorted keys.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from .ir import Field, RoutingIR, max_domain_words
+from .tables import MapTable
+from .version import COMPILER_VERSION, MANIFEST_FORMAT
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "bpf"
+HAND_WRITTEN_HEADERS = ("common.h", "parse.h", "datapath.h")
+CLANG_FLAGS = ["-O2", "-g", "-target", "bpf", "-Wall", "-Wno-unused-function", "-Werror",
+               "-fdebug-compilation-dir=.", "-I/usr/include/x86_64-linux-gnu", "-Iinclude"]
+FLOW_TABLE_SIZE = 65536
+DOMAIN_MAP_SIZE = 65536
+PNAME_MAP_SIZE = 16384
+
+
+class EmitError(Exception):
+    """clang or the template failed: a compiler bug rather than a config error."""
+
+
+@dataclass(frozen=True)
+class Emitted:
+    c_source: str
+    tables: list[MapTable]
+    strategy: str
+
+
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), trim_blocks=True,
+                              lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
+
+
+def outbound_macro(name: str) -> str:
+    safe = "".join(c if c.isalnum() else "_" for c in name).upper()
+    return f"OUTBOUND_{safe}"
+
+
+def _comment(text: str) -> str:
+    return text.replace("*/", "* /").replace("\n", " ")
+
+
+def base_context(ir: RoutingIR, config_name: str, config_sha256: str, strategy: str) -> dict[str, Any]:
+    used = ir.fields_used()
+    outs = []
+    for o in ir.outbounds:
+        outs.append({"id": o.id, "name": o.name, "kind": o.kind, "macro": outbound_macro(o.name)})
+    fb = ir.fallback
+    return {
+        "compiler_version": COMPILER_VERSION,
+        "config_name": Path(config_name).name,
+        "config_sha256": config_sha256,
+        "strategy": strategy,
+        "need_mac": Field.MAC in used,
+        "need_dscp": Field.DSCP in used,
+        "need_domain": Field.DOMAIN in used,
+        "need_pname": Field.PNAME in used,
+        "domain_words": max_domain_words(ir),
+        "domain_map_size": DOMAIN_MAP_SIZE,
+        "pname_map_size": PNAME_MAP_SIZE,
+        "flow_table_size": FLOW_TABLE_SIZE,
+        "outbounds": outs,
+        "rule_fallback": len(ir.rules),
+        "dropped": len(ir.rules) - len(ir.live_rules()),
+        "fallback": {"out_macro": outbound_macro(fb.outbound), "mark": f"0x{fb.mark:x}" if fb.mark else "0",
+                     "must": fb.must, "comment": _comment(f"-> {fb.outbound}"), "where": "routing.fallback"},
+    }
+
+
+def rule_context(rule: Any, cond: str) -> dict[str, Any]:
+    a = rule.action
+    return {
+        "index": rule.index,
+        "where": f"{Path(rule.source.file).name}:{rule.source.line}",
+        "comment": _comment(rule.source.text),
+        "cond": cond,
+        "must_rules": a.must_rules,
+        "must": a.must,
+        "out_macro": outbound_macro(a.outbound) if not a.must_rules else "",
+        "mark": f"0x{a.mark:x}" if a.mark else "0",
+    }
+
+
+def render(ir: RoutingIR, config_name: str, config_sha256: str, strategy: str) -> Emitted:
+    ctx = base_context(ir, config_name, config_sha256, strategy)
+    if strategy == "linear":
+        from .emit_linear import linear_context
+
+        extra, tables = linear_context(ir)
+        ctx.update(lpm_groups=extra["lpm_groups"], port_sets=extra["port_sets"],
+                   rules=[rule_context(rc["rule"], rc["cond"]) for rc in extra["rule_conds"]],
+                   strategy_template="classify_linear.c.j2")
+    else:
+        from .emit_bitvector import bitvector_context
+
+        extra, tables = bitvector_context(ir)
+        ctx.update(extra)
+        ctx["rules"] = [rule_context(r, "") for r in ir.live_rules()]
+        ctx["strategy_template"] = "classify_bitvector.c.j2"
+    source = _env().get_template("program.c.j2").render(**ctx)
+    return Emitted(c_source=source, tables=tables, strategy=strategy)
+
+
+def compile_c(build: Path) -> None:
+    """clang -O2 -target bpf, run inside build/ so no absolute path lands in the object."""
+    cmd = ["clang", *CLANG_FLAGS, "-c", "program.c", "-o", "program.o"]
+    try:
+        proc = subprocess.run(cmd, cwd=build, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise EmitError("clang is not installed (apt-get install clang llvm libbpf-dev)") from None
+    if proc.returncode != 0:
+        raise EmitError(f"clang failed on the generated program (a compiler bug):\n{proc.stderr.strip()}")
+
+
+def write_build(out_dir: Path, emitted: Emitted, manifest: dict[str, Any], extra_files: dict[str, str]) -> None:
+    """Write the build to a temporary directory, then swap it into place (never half a build)."""
+    out_dir = out_dir.resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".dae-build-", dir=out_dir.parent))
+    try:
+        (tmp / "include").mkdir()
+        for h in HAND_WRITTEN_HEADERS:
+            shutil.copyfile(TEMPLATE_DIR / h, tmp / "include" / h)
+        (tmp / "program.c").write_text(emitted.c_source)
+        compile_c(tmp)
+        maps_meta = []
+        if emitted.tables:
+            (tmp / "maps").mkdir()
+        for t in emitted.tables:
+            rel = f"maps/{t.name}.bin"
+            data = t.payload()
+            (tmp / rel).write_bytes(data)
+            maps_meta.append({"name": t.name, "kind": t.kind, "key_size": t.key_size, "value_size": t.value_size,
+                              "entries": len(t.records), "data": rel, "sha256": hashlib.sha256(data).hexdigest()})
+        for rel, text in extra_files.items():
+            (tmp / rel).write_text(text)
+        manifest = {**manifest, "maps": maps_meta,
+                    "object_sha256": hashlib.sha256((tmp / "program.o").read_bytes()).hexdigest()}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        if out_dir.exists():
+            old = out_dir.with_name(out_dir.name + ".old-" + tmp.name[-8:])
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

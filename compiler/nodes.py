@@ -1,0 +1,279 @@
+"""Nodes, subscriptions and groups: parse node links and resolve each group's node list.
+
+Groups are resolved at compile time (filters evaluated against the node pool), so the manifest
+lists concrete node names per group and the runtime never re-evaluates filters.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from .diagnostics import Diagnostics, SourcePos, did_you_mean
+from .load import LoadedConfig
+from .rules import RuleSyntaxError, parse_filter
+from .values import parse_duration
+
+# The protocols the runtime can dial today; the others parse and validate but are reported.
+DIALABLE = {"socks5", "http", "https"}
+KNOWN = DIALABLE | {"socks5h", "ss", "trojan", "vmess", "vless"}
+DEFAULT_PORTS = {"socks5": 1080, "socks5h": 1080, "http": 80, "https": 443, "trojan": 443}
+
+
+class LinkError(ValueError):
+    pass
+
+
+def _b64(text: str) -> str:
+    pad = "=" * (-len(text) % 4)
+    return base64.urlsafe_b64decode(text.replace("+", "-").replace("/", "_") + pad).decode("utf-8")
+
+
+def parse_link(name: str, link: str, allow_insecure: bool = False) -> dict[str, Any]:
+    """Parse one node link into the manifest's node dict (raises LinkError)."""
+    scheme, sep, rest = link.partition("://")
+    scheme = scheme.lower()
+    if not sep:
+        raise LinkError(f"node '{name}': link {link!r} has no scheme (expected e.g. 'socks5://host:port')")
+    if scheme not in KNOWN:
+        raise LinkError(f"node '{name}': unknown protocol '{scheme}'"
+                        + (f" ({did_you_mean(scheme, KNOWN)})" if did_you_mean(scheme, KNOWN) else ""))
+    node: dict[str, Any] = {"name": name, "protocol": scheme, "link": link, "username": None,
+                            "password": None, "sni": None, "allow_insecure": allow_insecure, "params": {}}
+    if scheme == "vmess":
+        try:
+            info = json.loads(_b64(rest))
+            node.update(host=str(info["add"]), port=int(info["port"]), username=str(info["id"]),
+                        params={k: v for k, v in info.items() if k not in ("add", "port", "id")})
+        except Exception as exc:
+            raise LinkError(f"node '{name}': vmess link is not v2rayN base64 JSON with add/port/id ({exc})") from None
+        return node
+    if scheme == "ss" and "@" not in rest.split("#")[0]:
+        try:  # legacy form: ss://base64(method:password@host:port)#tag
+            head, _, frag = rest.partition("#")
+            rest = _b64(head) + ("#" + frag if frag else "")
+        except Exception:
+            raise LinkError(f"node '{name}': ss link is neither SIP002 nor base64 'method:password@host:port'") from None
+    u = urlsplit(f"{scheme}://{rest}")
+    try:
+        port = u.port
+    except ValueError:
+        raise LinkError(f"node '{name}': invalid port in {link!r}") from None
+    if not u.hostname:
+        raise LinkError(f"node '{name}': link {link!r} has no host")
+    port = port or DEFAULT_PORTS.get(scheme)
+    if port is None:
+        raise LinkError(f"node '{name}': link {link!r} has no port")
+    node["host"] = u.hostname
+    node["port"] = port
+    query = {k: v[-1] for k, v in parse_qs(u.query).items()}
+    node["params"] = query
+    if u.username is not None:
+        node["username"] = unquote(u.username)
+    if u.password is not None:
+        node["password"] = unquote(u.password)
+    if scheme == "ss" and node["username"] and node["password"] is None:
+        try:
+            method, _, password = _b64(node["username"]).partition(":")
+            node["username"], node["password"] = method, password
+        except Exception:
+            raise LinkError(f"node '{name}': ss userinfo is not base64 'method:password'") from None
+    if scheme in ("https", "trojan", "vless"):
+        node["sni"] = query.get("sni") or query.get("peer") or None
+        if query.get("allowInsecure") in ("1", "true"):
+            node["allow_insecure"] = True
+    return node
+
+
+@dataclass
+class NodePool:
+    nodes: dict[str, dict[str, Any]]
+    tags: dict[str, str | None]  # node name -> subscription tag
+
+
+def _read_subscription(url: str, base: Path) -> list[str]:
+    """file:// subscriptions are read at compile time: base64 of newline-separated links, or plain."""
+    path = Path(unquote(urlsplit(url).path))
+    if not path.is_absolute():
+        path = base / path
+    raw = path.read_text(encoding="utf-8").strip()
+    try:
+        text = _b64(raw) if "://" not in raw else raw
+    except Exception:
+        text = raw
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def build_node_pool(cfg: LoadedConfig, diags: Diagnostics, allow_insecure: bool) -> NodePool:
+    data = cfg.data
+    nodes: dict[str, dict[str, Any]] = {}
+    tags: dict[str, str | None] = {}
+    for name, link in (data.get("nodes") or {}).items():
+        at = cfg.pos.value(("nodes", name))
+        hops = [h.strip() for h in link.split("->")]
+        try:
+            parsed = [parse_link(name, h, allow_insecure) for h in hops]
+        except LinkError as exc:
+            diags.error(at, str(exc))
+            continue
+        node = parsed[-1]
+        if len(parsed) > 1:
+            node["chain"] = parsed[:-1]
+        if node["protocol"] not in DIALABLE or len(parsed) > 1:
+            diags.warning(at, f"node '{name}': the runtime cannot dial {node['protocol']}"
+                              f"{' chains' if len(parsed) > 1 else ''} yet; groups will not select it")
+            node["dialable"] = False
+        else:
+            node["dialable"] = True
+        node["tag"] = None
+        nodes[name] = node
+        tags[name] = None
+    base = Path(cfg.file).resolve().parent
+    for tag, url in (data.get("subscriptions") or {}).items():
+        at = cfg.pos.value(("subscriptions", tag))
+        if not url.startswith("file://"):
+            diags.warning(at, f"subscription '{tag}': only file:// subscriptions are read at compile time; "
+                              "this one is skipped")
+            continue
+        try:
+            links = _read_subscription(url, base)
+        except OSError as exc:
+            diags.error(at, f"subscription '{tag}': cannot read {url}: {exc.strerror or exc}")
+            continue
+        for i, link in enumerate(links):
+            frag = unquote(urlsplit(link).fragment) if "#" in link else ""
+            name = frag or f"{tag}-{i + 1}"
+            if name in nodes:
+                name = f"{tag}-{name}"
+            try:
+                node = parse_link(name, link.split("#")[0], allow_insecure)
+            except LinkError as exc:
+                diags.warning(at, f"subscription '{tag}': skipped a link: {exc}")
+                continue
+            node["tag"] = tag
+            node["dialable"] = node["protocol"] in DIALABLE
+            nodes[name] = node
+            tags[name] = tag
+    return NodePool(nodes=nodes, tags=tags)
+
+
+def _filter_matches(calls: tuple, node_name: str, tag: str | None) -> bool:
+    for call in calls:
+        hit = False
+        for p in call.params:
+            if call.name == "name":
+                if p.key is None:
+                    hit |= node_name == p.value
+                elif p.key == "keyword":
+                    hit |= p.value in node_name
+                elif p.key == "regex":
+                    hit |= re.search(p.value, node_name) is not None
+            elif call.name == "subtag":
+                if p.key is None:
+                    hit |= tag == p.value
+                elif p.key == "regex":
+                    hit |= tag is not None and re.search(p.value, tag) is not None
+                elif p.key == "keyword":
+                    hit |= tag is not None and p.value in tag
+        if hit == call.negated:
+            return False
+    return True
+
+
+def resolve_groups(cfg: LoadedConfig, diags: Diagnostics, pool: NodePool, defaults: dict[str, Any]) -> list[dict[str, Any]]:
+    """Evaluate each group's filter against the pool; ids follow direct (0) and block (1)."""
+    groups = []
+    for gid, (name, spec) in enumerate((cfg.data.get("groups") or {}).items(), start=2):
+        gpath = ("groups", name)
+        filters = spec.get("filter")
+        filter_list = [filters] if isinstance(filters, str) else (filters or [])
+        selected: dict[str, float] = {}
+        filter_failed = False
+        if not filter_list:
+            selected = {n: 0.0 for n in pool.nodes}
+        for i, text in enumerate(filter_list):
+            fpath = gpath + ("filter",) + ((i,) if not isinstance(filters, str) else ())
+            try:
+                calls, extra = parse_filter(text)
+            except RuleSyntaxError as exc:
+                diags.error(cfg.pos.in_string(fpath, exc.offset), f"group filter: {exc.message}")
+                continue
+            bad = False
+            for c in calls:
+                if c.name not in ("name", "subtag"):
+                    diags.error(cfg.pos.in_string(fpath, c.offset), f"unknown filter function '{c.name}'",
+                                did_you_mean(c.name, ["name", "subtag"]))
+                    bad = True
+                for p in c.params:
+                    if p.key not in (None, "keyword", "regex"):
+                        diags.error(cfg.pos.in_string(fpath, p.offset), f"unknown filter key '{p.key}'",
+                                    did_you_mean(p.key or "", ["keyword", "regex"]))
+                        bad = True
+                    elif p.key == "regex":
+                        try:
+                            re.compile(p.value)
+                        except re.error as exc:
+                            diags.error(cfg.pos.in_string(fpath, p.value_offset), f"invalid regex {p.value!r}: {exc}")
+                            bad = True
+            latency = 0.0
+            if extra is not None:
+                if extra.key != "add_latency":
+                    diags.error(cfg.pos.in_string(fpath, extra.offset), f"unknown filter option '{extra.key}'",
+                                "only [add_latency: DURATION] is supported")
+                    bad = True
+                else:
+                    try:
+                        latency = parse_duration(extra.value)
+                    except ValueError as exc:
+                        diags.error(cfg.pos.in_string(fpath, extra.value_offset), str(exc))
+                        bad = True
+            if bad:
+                filter_failed = True
+                continue
+            for node_name in pool.nodes:
+                if node_name not in selected and _filter_matches(calls, node_name, pool.tags.get(node_name)):
+                    selected[node_name] = latency
+        policy = spec["policy"].replace(" ", "")
+        fixed_index = 0
+        if policy.startswith("fixed("):
+            fixed_index = int(policy[6:-1])
+            policy = "fixed"
+            if selected and fixed_index >= len(selected):
+                diags.error(cfg.pos.value(gpath + ("policy",)),
+                            f"group '{name}': fixed({fixed_index}) but the group has {len(selected)} node(s)")
+        if not selected and not filter_failed:
+            diags.error(cfg.pos.key(gpath), f"group '{name}' selects no node",
+                        "check its filter against the names in 'nodes'" if pool.nodes else "define some nodes")
+        check = {}
+        for key in ("tcp_check_url", "tcp_check_http_method", "udp_check_dns", "check_interval", "check_tolerance"):
+            check[key] = spec.get(key, defaults[key])
+        groups.append({
+            "name": name, "id": gid, "policy": policy, "fixed_index": fixed_index,
+            "nodes": list(selected), "add_latency_ms": {n: round(v * 1000, 3) for n, v in selected.items() if v},
+            "check": _check_settings(check, cfg, gpath, diags),
+        })
+    return groups
+
+
+def _check_settings(raw: dict[str, Any], cfg: LoadedConfig, path: tuple, diags: Diagnostics) -> dict[str, Any]:
+    def as_list(v: Any) -> list[str]:
+        return [v] if isinstance(v, str) else list(v)
+
+    out = {"tcp_check_url": as_list(raw["tcp_check_url"]), "tcp_check_http_method": raw["tcp_check_http_method"],
+           "udp_check_dns": as_list(raw["udp_check_dns"])}
+    for key in ("check_interval", "check_tolerance"):
+        try:
+            seconds = parse_duration(raw[key])
+        except ValueError as exc:
+            diags.error(cfg.pos.value(path + (key,)), str(exc))
+            seconds = 0.0
+        out[key + ("_s" if key == "check_interval" else "_ms")] = seconds if key == "check_interval" else seconds * 1000
+    return out
+
+
+def position_of(cfg: LoadedConfig, path: tuple) -> SourcePos:
+    return cfg.pos.value(path)

@@ -1,0 +1,113 @@
+"""The compiler pipeline: load -> schema -> semantic check -> IR -> passes -> emit.
+
+`compile_config` is what the CLI, the tests and the Ansible role's validation all go through.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .check import GeoResolver, RoutingChecker
+from .diagnostics import CompileError, Diagnostics
+from .ir import RoutingIR
+from .ir_json import ir_to_json
+from .load import LoadedConfig, load_config, load_config_text
+from .nodes import build_node_pool, resolve_groups
+from .passes import optimise
+from .schema import check_schema
+from .settings import dns_settings, global_settings
+from .version import COMPILER_VERSION, MANIFEST_FORMAT
+
+# Above this many live rules the bit-vector classifier beats straight-line compares (bench/).
+LINEAR_MAX_RULES = 24
+STRATEGIES = ("auto", "linear", "bitvector")
+
+
+@dataclass
+class Checked:
+    cfg: LoadedConfig
+    diags: Diagnostics
+    ir_checked: RoutingIR
+    ir: RoutingIR
+    settings: dict[str, Any]
+    nodes: dict[str, dict[str, Any]]
+    groups: list[dict[str, Any]]
+    dns: dict[str, Any]
+
+
+def check_config(cfg: LoadedConfig) -> Checked:
+    """Validate everything; raise CompileError carrying every diagnostic when there are errors."""
+    diags = Diagnostics()
+    if not check_schema(cfg, diags):
+        raise CompileError(diags)
+    settings = global_settings(cfg, diags)
+    pool = build_node_pool(cfg, diags, bool(settings["allow_insecure"]))
+    groups = resolve_groups(cfg, diags, pool, settings)
+    dns = dns_settings(cfg, diags)
+    base = Path(cfg.file).resolve().parent
+    asset_dir = Path(settings["asset_dir"]) if settings["asset_dir"] else base
+    if not asset_dir.is_absolute():
+        asset_dir = base / asset_dir
+
+    def asset(key: str) -> Path | None:
+        v = settings[key]
+        if not v:
+            return None
+        p = Path(v)
+        return p if p.is_absolute() else base / p
+
+    geo = GeoResolver(asset("geoip_path"), asset("geosite_path"), asset_dir)
+    ir = RoutingChecker(cfg, diags, groups, geo).build()
+    if ir is None or diags.errors:
+        raise CompileError(diags)
+    final = optimise(ir, diags)
+    return Checked(cfg=cfg, diags=diags, ir_checked=ir, ir=final, settings=settings, nodes=pool.nodes,
+                   groups=groups, dns=dns)
+
+
+def choose_strategy(ir: RoutingIR, requested: str = "auto") -> str:
+    if requested != "auto":
+        return requested
+    return "linear" if len(ir.live_rules()) <= LINEAR_MAX_RULES else "bitvector"
+
+
+def manifest_for(c: Checked, strategy: str) -> dict[str, Any]:
+    s = c.settings
+    public_settings = {k: v for k, v in s.items()}
+    ir = c.ir
+    return {
+        "format": MANIFEST_FORMAT,
+        "compiler_version": COMPILER_VERSION,
+        "config": {"file": Path(c.cfg.file).name, "sha256": c.cfg.sha256},
+        "strategy": strategy,
+        "programs": {"lan_ingress": "lan_ingress", "wan_egress": "wan_egress", "classify_only": "classify_only"},
+        "global": public_settings,
+        "outbounds": [{"id": o.id, "name": o.name, "kind": o.kind} for o in ir.outbounds],
+        "nodes": [c.nodes[n] for n in c.nodes],
+        "groups": c.groups,
+        "dns": c.dns,
+        "rules": [{"index": r.index, "line": r.source.line, "col": r.source.col, "text": r.source.text,
+                   "outbound": r.action.outbound, "mark": r.action.mark, "must": r.action.must,
+                   "must_rules": r.action.must_rules, "emitted": not r.never_matches} for r in ir.rules],
+        "fallback": {"outbound": ir.fallback.outbound, "mark": ir.fallback.mark, "must": ir.fallback.must},
+        "domain_sets": "ir.json",
+        "pnames": list(ir.pnames),
+    }
+
+
+def compile_config(path: str | Path | None, out_dir: str | Path | None, *, text: str | None = None,
+                   name: str = "config.yaml", strategy: str = "auto") -> Checked:
+    """Check, and when `out_dir` is given, emit a build. Raises CompileError on config errors."""
+    from .emit import render, write_build
+
+    cfg = load_config(path) if text is None else load_config_text(text, name)  # type: ignore[arg-type]
+    checked = check_config(cfg)
+    if out_dir is not None:
+        chosen = choose_strategy(checked.ir, strategy)
+        emitted = render(checked.ir, cfg.file, cfg.sha256, chosen)
+        manifest = manifest_for(checked, chosen)
+        ir_text = json.dumps(ir_to_json(checked.ir), indent=1, sort_keys=True) + "\n"
+        write_build(Path(out_dir), emitted, manifest, {"ir.json": ir_text})
+    return checked

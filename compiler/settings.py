@@ -1,0 +1,117 @@
+"""`global` and `dns`: dae's defaults applied, values checked, and the manifest's view built."""
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from .diagnostics import Diagnostics, did_you_mean
+from .load import LoadedConfig
+from .rules import RuleSyntaxError, parse_rule
+from .values import parse_duration
+
+GLOBAL_DEFAULTS: dict[str, Any] = {
+    "tproxy_port": 12345,
+    "tproxy_port_protect": True,
+    "so_mark_from_dae": 0,
+    "log_level": "info",
+    "lan_interface": [],
+    "wan_interface": [],
+    "auto_config_kernel_parameter": True,
+    "tcp_check_url": ["http://cp.cloudflare.com", "1.1.1.1", "2606:4700:4700::1111"],
+    "tcp_check_http_method": "HEAD",
+    "udp_check_dns": ["dns.google:53", "8.8.8.8", "2001:4860:4860::8888"],
+    "check_interval": "30s",
+    "check_tolerance": "0ms",
+    "dial_mode": "domain",
+    "allow_insecure": False,
+    "sniffing_timeout": "100ms",
+    "geoip_path": None,
+    "geosite_path": None,
+    "asset_dir": None,
+    "fwmark": 0x8000000,
+    "route_table": 2023,
+}
+
+DNS_PORTS = {"udp": 53, "tcp": 53, "tcp+udp": 53, "tls": 853, "https": 443, "h3": 443, "http3": 443, "quic": 853}
+
+
+def global_settings(cfg: LoadedConfig, diags: Diagnostics) -> dict[str, Any]:
+    raw = cfg.data.get("global") or {}
+    out = {**GLOBAL_DEFAULTS, **raw}
+    for key in ("lan_interface", "wan_interface", "tcp_check_url", "udp_check_dns"):
+        if isinstance(out[key], str):
+            out[key] = [s.strip() for s in out[key].split(",") if s.strip()]
+    for key in ("check_interval", "check_tolerance", "sniffing_timeout"):
+        try:
+            out[key + "_s"] = parse_duration(out[key])
+        except ValueError as exc:
+            diags.error(cfg.pos.value(("global", key)), str(exc))
+    if not out["lan_interface"] and not out["wan_interface"]:
+        diags.warning(cfg.pos.key(("global",)) if "global" in cfg.data else cfg.pos.value(()),
+                      "neither lan_interface nor wan_interface is set: the gateway will not capture any traffic")
+    if out["fwmark"] == out["so_mark_from_dae"] and out["fwmark"]:
+        diags.error(cfg.pos.value(("global", "fwmark")), "fwmark must differ from so_mark_from_dae")
+    return out
+
+
+def dns_settings(cfg: LoadedConfig, diags: Diagnostics) -> dict[str, Any]:
+    raw = cfg.data.get("dns") or {}
+    upstreams: dict[str, dict[str, Any]] = {}
+    for name, url in (raw.get("upstream") or {}).items():
+        u = urlsplit(url)
+        try:
+            port = u.port or DNS_PORTS[u.scheme]
+        except ValueError:
+            diags.error(cfg.pos.value(("dns", "upstream", name)), f"dns upstream '{name}': invalid port in {url!r}")
+            continue
+        if not u.hostname:
+            diags.error(cfg.pos.value(("dns", "upstream", name)), f"dns upstream '{name}': no host in {url!r}")
+            continue
+        path = u.path or ("/dns-query" if u.scheme in ("https", "h3", "http3") else "")
+        upstreams[name] = {"name": name, "scheme": u.scheme, "host": u.hostname, "port": port, "path": path,
+                           "url": url}
+    routing = raw.get("routing") or {}
+    out_routing: dict[str, Any] = {}
+    for section, funcs, outs in (
+        ("request", ("qname", "qtype"), ("asis", "reject")),
+        ("response", ("qname", "qtype", "upstream", "ip"), ("accept", "reject")),
+    ):
+        sec = routing.get(section)
+        if sec is None:
+            continue
+        allowed_out = set(upstreams) | set(outs)
+        rules = []
+        for i, text in enumerate(sec.get("rules") or []):
+            path = ("dns", "routing", section, "rules", i)
+            try:
+                ast = parse_rule(text)
+            except RuleSyntaxError as exc:
+                diags.error(cfg.pos.in_string(path, exc.offset), f"syntax error: {exc.message}")
+                continue
+            for call in ast.calls:
+                if call.name not in funcs:
+                    diags.error(cfg.pos.in_string(path, call.offset),
+                                f"unknown dns {section} function '{call.name}'", did_you_mean(call.name, funcs))
+                elif call.name == "upstream":
+                    for p in call.params:
+                        if p.value not in upstreams:
+                            diags.error(cfg.pos.in_string(path, p.value_offset), f"unknown dns upstream '{p.value}'",
+                                        did_you_mean(p.value, upstreams))
+            if ast.outbound.name not in allowed_out:
+                diags.error(cfg.pos.in_string(path, ast.outbound.offset),
+                            f"unknown dns {section} target '{ast.outbound.name}'",
+                            did_you_mean(ast.outbound.name, allowed_out))
+            rules.append({"text": text, "line": cfg.pos.value(path).line})
+        fb = sec["fallback"]
+        if fb not in allowed_out:
+            diags.error(cfg.pos.value(("dns", "routing", section, "fallback")),
+                        f"unknown dns {section} fallback '{fb}'", did_you_mean(fb, allowed_out))
+        out_routing[section] = {"rules": rules, "fallback": fb}
+    return {
+        "upstream": upstreams,
+        "routing": out_routing,
+        "ipversion_prefer": raw.get("ipversion_prefer", 0),
+        "fixed_domain_ttl": raw.get("fixed_domain_ttl", {}),
+        "optimistic_cache": raw.get("optimistic_cache", True),
+        "max_cache_size": raw.get("max_cache_size", 65536),
+    }

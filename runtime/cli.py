@@ -1,0 +1,81 @@
+"""`dae-runtime`: run a build as a gateway, explain a flow, or clean up after a crash."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from compiler.values import parse_mac
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from runtime.bpf import BpfError
+    from runtime.build import Build, BuildError
+    from runtime.explain import explain, make_flow
+    from runtime.packets import parse_endpoint
+
+    try:
+        build = Build.open(args.build)
+        src = parse_endpoint(args.src)
+        dst = parse_endpoint(args.dst)
+        mac = parse_mac(args.mac) if args.mac else None
+        if not 0 <= args.dscp <= 63:
+            raise ValueError(f"--dscp {args.dscp} is out of range 0-63")
+        flow = make_flow(args.proto, src, dst, mac, args.dscp)
+        result = explain(build, flow, domain=args.domain, pname=args.pname)
+    except (BuildError, ValueError) as exc:
+        print(f"dae-runtime explain: {exc}", file=sys.stderr)
+        return 2
+    except BpfError as exc:
+        print(f"dae-runtime explain: cannot run the program: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result.as_json(), sort_keys=True))
+    else:
+        print(result.text(build.manifest["config"]["file"]))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="dae-runtime", description=__doc__)
+    ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = ap.add_subparsers(dest="command")
+
+    ex = sub.add_parser("explain", help="run one flow through the compiled program and show the deciding rule")
+    ex.add_argument("build", type=Path, help="build directory written by dae-compile")
+    ex.add_argument("--proto", choices=["tcp", "udp"], required=True)
+    ex.add_argument("--src", required=True, help="IP:PORT or [IPv6]:PORT")
+    ex.add_argument("--dst", required=True, help="IP:PORT or [IPv6]:PORT")
+    ex.add_argument("--mac", help="source MAC of the LAN client")
+    ex.add_argument("--dscp", type=int, default=0)
+    ex.add_argument("--domain", help="the name DNS resolved to --dst")
+    ex.add_argument("--pname", help="name of the local process sending the flow (WAN side)")
+    ex.add_argument("--json", action="store_true", help="one JSON object")
+
+    run = sub.add_parser("run", help="run the gateway (the default when given a build directory)")
+    run.add_argument("build", type=Path)
+    cl = sub.add_parser("cleanup", help="undo what a crashed runtime left in the kernel")
+    cl.add_argument("--state", type=Path, default=Path("/run/dae-py/state.json"))
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in ("explain", "run", "cleanup", "-h", "--help") and not argv[0].startswith("--"):
+        argv.insert(0, "run")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "explain":
+        return _explain(args)
+    if args.command in ("run", "cleanup"):
+        try:
+            from runtime import gateway  # the runtime issue's module
+        except ImportError:
+            print("dae-runtime: the gateway runtime is not part of this build yet", file=sys.stderr)
+            return 2
+        return gateway.main(args)
+    ap.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""`dae-runtime explain`: run one flow through the real compiled program and say which rule
+decided it.
+
+The object is loaded fresh, its maps are filled the way the runtime fills them (compiler tables;
+domain bits for --domain bound to the destination IP as the DNS module does; the process entry
+for --pname as the cgroup hooks do), a whole frame is built and the real `lan_ingress` (or
+`wan_egress` for local processes) runs under BPF_PROG_TEST_RUN. The decision is read back from
+the program's own flow table.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from runtime.bpf import BpfObject, prog_test_run
+from runtime.build import Build, load_tables
+from runtime.packets import (IPPROTO_TCP, IPPROTO_UDP, FlowSpec, KernelDecision, domain_key, domain_value, flow_key,
+                             frame, parse_flow_value, pname_value)
+
+TC_ACTIONS = {0: "TC_ACT_OK", 2: "TC_ACT_SHOT", 7: "TC_ACT_REDIRECT", 0xFFFFFFFF: "TC_ACT_UNSPEC"}
+
+
+@dataclass(frozen=True)
+class Explanation:
+    flow: FlowSpec
+    decision: KernelDecision
+    rule: dict[str, Any] | None  # None for the fallback
+    outbound: str
+    tc_action: int
+    domain: str | None
+    domain_bits: int
+    pname: str | None
+    program: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "outbound": self.outbound,
+            "outbound_id": self.decision.outbound,
+            "rule": self.rule["index"] if self.rule else "fallback",
+            "rule_text": self.rule["text"] if self.rule else None,
+            "line": self.rule["line"] if self.rule else None,
+            "mark": self.decision.mark,
+            "must": self.decision.must,
+            "tc_action": TC_ACTIONS.get(self.tc_action, self.tc_action),
+            "program": self.program,
+            "domain": self.domain,
+            "domain_bits": self.domain_bits,
+        }
+
+    def text(self, config_name: str) -> str:
+        f = self.flow
+        proto = "tcp" if f.l4proto == IPPROTO_TCP else "udp"
+
+        def ep(a: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
+            return f"[{a}]:{port}" if a.version == 6 else f"{a}:{port}"
+
+        head = f"{proto} {ep(f.src, f.sport)} -> {ep(f.dst, f.dport)}"
+        if self.domain:
+            head += f" ({self.domain})"
+        if self.rule:
+            why = f"rule {self.rule['index']} at {config_name}:{self.rule['line']}: {self.rule['text']}"
+        else:
+            why = "no rule matched: routing.fallback"
+        extras = []
+        if self.decision.mark:
+            extras.append(f"mark 0x{self.decision.mark:x}")
+        if self.decision.must:
+            extras.append("must (DNS not hijacked)")
+        tail = f" [{', '.join(extras)}]" if extras else ""
+        return f"{head}\n  {why}\n  -> outbound '{self.outbound}'{tail} ({TC_ACTIONS.get(self.tc_action, self.tc_action)})"
+
+
+def explain(build: Build, flow: FlowSpec, domain: str | None = None, pname: str | None = None) -> Explanation:
+    program = "wan_egress" if pname else "lan_ingress"
+    bits = build.domain_matcher.bits(domain) if domain else 0
+    with BpfObject(build.object_path) as obj:
+        obj.load()
+        load_tables(obj, build)
+        if bits:
+            obj.map("domain_routing").update(domain_key(flow.dst), domain_value(bits, build.domain_words))
+        if pname and "sock_pname" in obj.map_names():
+            # A test-run skb has no socket: its cookie is 0, so that is the key the hook would use.
+            obj.map("sock_pname").update((0).to_bytes(8, "little"), pname_value(pname))
+        result = prog_test_run(obj.program_fd(program), frame(flow))
+        raw = obj.map("flows").lookup(flow_key(flow))
+    if raw is None:
+        raise RuntimeError("the program did not record a decision for this flow (it did not parse the packet)")
+    decision = parse_flow_value(raw)
+    rule = build.rule(decision.rule) if decision.rule < len(build.manifest["rules"]) else None
+    return Explanation(flow=flow, decision=decision, rule=rule, outbound=build.outbound_name(decision.outbound),
+                       tc_action=result.retval, domain=domain, domain_bits=bits, pname=pname, program=program)
+
+
+def make_flow(proto: str, src: tuple[Any, int], dst: tuple[Any, int], mac: int | None, dscp: int) -> FlowSpec:
+    l4 = {"tcp": IPPROTO_TCP, "udp": IPPROTO_UDP}[proto]
+    kw: dict[str, Any] = {"dscp": dscp}
+    if mac is not None:
+        kw["mac"] = mac
+    return FlowSpec(l4proto=l4, src=src[0], sport=src[1], dst=dst[0], dport=dst[1], **kw)

@@ -1,0 +1,117 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* The datapath around classify(): flow state, actions, counters and the tc entry points.
+ *
+ * Only the first packet of a flow is classified; the decision is kept in `flows` for the flow's
+ * life so later packets reuse it (and a reload that swaps the program keeps flow state when the
+ * runtime re-uses the pinned map). The generated program.c defines classify() and the constants
+ * used here before including this file.
+ */
+#ifndef DAE_DATAPATH_H
+#define DAE_DATAPATH_H
+
+#include "common.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DAE_FLOW_TABLE_SIZE);
+	__type(key, struct flow_key);
+	__type(value, struct flow_value);
+} flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DAE_N_OUTBOUNDS);
+	__type(key, __u32);
+	__type(value, struct outbound_stats);
+} outbound_stats SEC(".maps");
+
+static __always_inline void flow_key_of(const struct pkt *p, struct flow_key *k)
+{
+	__builtin_memcpy(k->saddr, p->saddr_be, sizeof(k->saddr));
+	__builtin_memcpy(k->daddr, p->daddr_be, sizeof(k->daddr));
+	k->sport = bpf_htons(p->sport);
+	k->dport = bpf_htons(p->dport);
+	k->l4proto = p->l4proto;
+	k->ipversion = p->ipversion;
+	k->_pad = 0;
+}
+
+static __always_inline void count(__u32 outbound, __u32 len)
+{
+	struct outbound_stats *s = bpf_map_lookup_elem(&outbound_stats, &outbound);
+
+	if (s) {
+		s->packets++;
+		s->bytes += len;
+	}
+}
+
+/* What happens to a packet once its flow's decision is known. Delivery of proxied flows to the
+ * tproxy listener is the runtime's part of the datapath (see DAE_HIJACK below). */
+static __always_inline int apply(struct __sk_buff *skb, const struct pkt *p, const struct decision *d)
+{
+	count(d->outbound, skb->len);
+	if (d->outbound == OUTBOUND_BLOCK)
+		return TC_ACT_SHOT;
+	if (d->mark)
+		skb->mark = d->mark;
+#ifdef DAE_HIJACK
+	if (d->outbound >= OUTBOUND_FIRST_GROUP)
+		return DAE_HIJACK(skb, p, d);
+#endif
+	return TC_ACT_OK;
+}
+
+static __always_inline int handle(struct __sk_buff *skb, int from_wan)
+{
+	struct pkt p = {};
+	struct flow_key key;
+	struct flow_value fresh = {};
+	struct flow_value *flow;
+	__u64 now = bpf_ktime_get_ns();
+
+	if (parse_packet(skb, &p))
+		return TC_ACT_OK;
+	flow_key_of(&p, &key);
+	flow = bpf_map_lookup_elem(&flows, &key);
+	if (flow) {
+		flow->last_seen_ns = now;
+		return apply(skb, &p, &flow->decision);
+	}
+	classify(skb, &p, from_wan, &fresh.decision);
+	fresh.last_seen_ns = now;
+	bpf_map_update_elem(&flows, &key, &fresh, BPF_ANY);
+	return apply(skb, &p, &fresh.decision);
+}
+
+/* Packets from LAN clients entering the gateway. */
+SEC("tc")
+int lan_ingress(struct __sk_buff *skb)
+{
+	return handle(skb, 0);
+}
+
+/* Packets the gateway itself sends out of its WAN interfaces (pname() applies here). */
+SEC("tc")
+int wan_egress(struct __sk_buff *skb)
+{
+	return handle(skb, 1);
+}
+
+/* Parse and classify only, no flow state: returns the rule index (RULE_FALLBACK when none
+ * matched). Used by benchmarks to time classification itself; never attached. */
+SEC("tc")
+int classify_only(struct __sk_buff *skb)
+{
+	struct pkt p = {};
+	struct decision d = {};
+
+	if (parse_packet(skb, &p))
+		return -1;
+	classify(skb, &p, 0, &d);
+	return d.rule;
+}
+
+char _license[] SEC("license") = "GPL";
+
+#endif /* DAE_DATAPATH_H */
