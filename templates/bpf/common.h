@@ -89,6 +89,13 @@ struct outbound_stats {
 	__u64 bytes;
 };
 
+/* Constant tables go to .rodata explicitly: clang 14 otherwise puts small ones in mergeable
+ * .rodata.cstN sections whose BTF libbpf 1.1 cannot load. */
+#define DAE_RODATA __attribute__((section(".rodata")))
+
+/* Stop clang from reasoning about a value, so its bounds stay as the verifier sees them. */
+#define DAE_OPAQUE(x) asm volatile("" : "+r"(x))
+
 #define IP4_IN(addr, net, mask) (((addr) & (mask)) == (net))
 
 #endif /* DAE_COMMON_H */
