@@ -91,19 +91,37 @@ def dscp_vectors(plan: FieldPlan) -> list[Vec]:
 
 
 def port_classes(plan: FieldPlan) -> tuple[list[int], list[Vec]]:
-    """Per-port class ids (65536 of them) and each class's vector; classes are merged by vector."""
+    """Per-port class ids (65536 of them) and each class's vector; classes are merged by vector.
+
+    A sweep over range boundaries: rules with one positive port match toggle their bit at the
+    ends of their (disjoint, coalesced) ranges; other rules are evaluated per interval.
+    """
+    events: dict[int, Vec] = {}
+    complex_rules: dict[int, list[Match]] = {}
     cuts = {0, 65536}
-    for ms in plan.rules.values():
+    for pos, ms in plan.rules.items():
         for m in ms:
             assert isinstance(m.values, PortSet)
             for lo, hi in m.values.ranges:
                 cuts.update((lo, hi + 1))
+        if len(ms) == 1 and not ms[0].negated:
+            for lo, hi in ms[0].values.ranges:  # type: ignore[union-attr]
+                events[lo] = events.get(lo, 0) ^ (1 << pos)
+                events[hi + 1] = events.get(hi + 1, 0) ^ (1 << pos)
+        else:
+            complex_rules[pos] = ms
     bounds = sorted(cuts)
     class_of_vec: dict[Vec, int] = {}
     vecs: list[Vec] = []
     table = [0] * 65536
+    active: Vec = 0
+    base = plan.dont_care
     for lo, nxt in zip(bounds, bounds[1:]):
-        v = plan.vector(lambda m, p=lo: m.values.contains(p))  # type: ignore[union-attr]
+        active ^= events.get(lo, 0)
+        v = base | active
+        for pos, ms in complex_rules.items():
+            if all(m.values.contains(lo) != m.negated for m in ms):  # type: ignore[union-attr]
+                v |= 1 << pos
         if v not in class_of_vec:
             class_of_vec[v] = len(vecs)
             vecs.append(v)

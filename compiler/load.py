@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.scalarstring import ScalarString
 
@@ -28,13 +28,15 @@ class ScalarPos:
     line: int
     col: int
     quoted: bool  # the text starts one column after `col` when the scalar is quoted
+    style: str | None = None  # "'" or '"' for quoted scalars (escapes shift columns)
 
 
 class PosMap:
     """Positions of keys and values by JSON path (1-based lines and columns)."""
 
-    def __init__(self, file: str):
+    def __init__(self, file: str, text: str | None = None):
         self.file = file
+        self._lines = text.splitlines() if text is not None else []
         self._values: dict[JsonPath, ScalarPos] = {}
         self._keys: dict[JsonPath, ScalarPos] = {}
 
@@ -65,7 +67,35 @@ class PosMap:
         v = self._values.get(path)
         if v is None:
             return self.value(path)
-        return SourcePos(self.file, v.line, v.col + offset + (1 if v.quoted else 0))
+        if not v.quoted:
+            return SourcePos(self.file, v.line, v.col + offset)
+        return SourcePos(self.file, v.line, v.col + 1 + self._source_offset(v, offset))
+
+    def _source_offset(self, v: ScalarPos, offset: int) -> int:
+        """Columns taken in the source by the first `offset` characters of a quoted scalar.
+
+        Escapes (`\\"` in double quotes, `''` in single quotes) take more columns than the
+        characters they stand for; without this, every escape before a token would move the
+        caret one column left of it.
+        """
+        if not 1 <= v.line <= len(self._lines):
+            return offset
+        src = self._lines[v.line - 1]
+        i = v.col  # 0-based index of the first character after the opening quote
+        n = 0
+        while n < offset and i < len(src):
+            c = src[i]
+            if v.style == "'" and c == "'" and src[i + 1:i + 2] == "'":
+                i += 2
+            elif v.style == '"' and c == "\\" and i + 1 < len(src):
+                e = src[i + 1]
+                i += 2 + {"x": 2, "u": 4, "U": 8}.get(e, 0)
+            elif c == v.style:  # the closing quote (or a multi-line scalar): stop mapping
+                break
+            else:
+                i += 1
+            n += 1
+        return i - v.col + (offset - n)
 
 
 @dataclass(frozen=True)
@@ -77,7 +107,7 @@ class LoadedConfig:
     sha256: str
 
 
-def _plain(node: Any, path: JsonPath, pos: PosMap) -> Any:
+def _plain(node: Any, path: JsonPath, pos: PosMap, diags: Diagnostics) -> Any:
     """Convert ruamel nodes to plain Python values, recording positions on the way."""
     if isinstance(node, CommentedMap):
         out: dict[str, Any] = {}
@@ -87,19 +117,26 @@ def _plain(node: Any, path: JsonPath, pos: PosMap) -> Any:
             kl, kc = node.lc.key(k)
             pos.set_key(child, ScalarPos(kl + 1, kc + 1, False))
             vl, vc = node.lc.value(k)
-            pos.set_value(child, ScalarPos(vl + 1, vc + 1, _is_quoted(v)))
-            out[key] = _plain(v, child, pos)
+            pos.set_value(child, ScalarPos(vl + 1, vc + 1, _is_quoted(v), _style(v)))
+            out[key] = _plain(v, child, pos, diags)
         return out
     if isinstance(node, CommentedSeq):
         items = []
         for i, v in enumerate(node):
             child = path + (i,)
             il, ic = node.lc.item(i)
-            pos.set_value(child, ScalarPos(il + 1, ic + 1, _is_quoted(v)))
-            items.append(_plain(v, child, pos))
+            pos.set_value(child, ScalarPos(il + 1, ic + 1, _is_quoted(v), _style(v)))
+            items.append(_plain(v, child, pos, diags))
         return items
     if isinstance(node, ScalarString):
         return str(node)
+    if isinstance(node, TaggedScalar):
+        # `- !domain(x) -> direct` unquoted: YAML reads the leading '!' as a tag.
+        tag = str(node.tag.value if hasattr(node.tag, "value") else node.tag)
+        text = f"{tag} {node.value}".strip() if tag.startswith("!") else str(node.value)
+        diags.error(pos.value(path), f"invalid YAML: '{tag}' is read as a YAML tag",
+                    f"quote the value: \"{text}\"" if tag.startswith("!") else None)
+        return text
     return node
 
 
@@ -108,6 +145,11 @@ def _is_quoted(v: Any) -> bool:
         "SingleQuotedScalarString",
         "DoubleQuotedScalarString",
     )
+
+
+def _style(v: Any) -> str | None:
+    name = type(v).__name__
+    return "'" if name == "SingleQuotedScalarString" else '"' if name == "DoubleQuotedScalarString" else None
 
 
 def load_config(path: str | Path) -> LoadedConfig:
@@ -137,6 +179,10 @@ def load_config_text(text: str, name: str = "config.yaml") -> LoadedConfig:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         msg = exc.problem or exc.context or "invalid YAML"
+        ctx = exc.context_mark
+        if exc.problem and exc.context and ctx is not None and (ctx.line, ctx.column) != (line - 1, col - 1):
+            # e.g. "expected ',' or ']'" is found lines after the '[' that was never closed.
+            msg += f" ({exc.context} started at line {ctx.line + 1}, column {ctx.column + 1})"
         diags.error(SourcePos(name, line, col), f"invalid YAML: {msg}")
         raise CompileError(diags) from exc
     except Exception as exc:  # ruamel raises assorted errors for duplicate keys etc.
@@ -144,9 +190,11 @@ def load_config_text(text: str, name: str = "config.yaml") -> LoadedConfig:
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         diags.error(SourcePos(name, line, col), f"invalid YAML: {getattr(exc, 'problem', None) or exc}")
         raise CompileError(diags) from exc
-    pos = PosMap(name)
+    pos = PosMap(name, text)
     pos.set_value((), ScalarPos(1, 1, False))
-    data = _plain(root, (), pos) if root is not None else {}
+    data = _plain(root, (), pos, diags) if root is not None else {}
+    if diags.errors:
+        raise CompileError(diags)
     return LoadedConfig(
         file=name,
         text=text,
