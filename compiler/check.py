@@ -16,7 +16,8 @@ from .diagnostics import Diagnostics, SourcePos, did_you_mean
 from .ir import (L4_TCP, L4_UDP, OUTBOUND_BLOCK, OUTBOUND_DIRECT, Action, CidrSet, DomainRef, DomainSet,
                  Field, Match, Outbound, PortSet, Rule, RoutingIR, SourceRef, ValueSet)
 from .load import LoadedConfig
-from .rules import Call, Param, RuleAst, RuleSyntaxError, parse_outbound, parse_rule, parse_structured_rule
+from .rules import (Call, Param, RuleAst, RuleSyntaxError, parse_outbound, parse_rule, parse_structured_rule,
+                    structured_param_path)
 from .values import parse_int, parse_mac, parse_mark, parse_network, parse_port_range
 
 FUNCTIONS: dict[str, Field] = {
@@ -95,6 +96,8 @@ class RoutingChecker:
         self.outbounds: dict[str, int] = {"direct": OUTBOUND_DIRECT, "block": OUTBOUND_BLOCK}
         for g in groups:
             self.outbounds[g["name"]] = g["id"]
+        self.groups = groups
+        self.used: dict[str, SourcePos] = {}  # outbound name -> where routing first sends flows to it
         self.domain_sets: dict[tuple, DomainSet] = {}
         self.pnames: dict[str, None] = {}
 
@@ -107,6 +110,7 @@ class RoutingChecker:
             if rule is not None:
                 rules.append(rule)
         fallback = self._fallback(routing["fallback"])
+        self.empty_groups()
         outbounds = tuple(
             Outbound(oid, name, "direct" if oid == 0 else "block" if oid == 1 else "group")
             for name, oid in sorted(self.outbounds.items(), key=lambda kv: kv[1])
@@ -116,6 +120,22 @@ class RoutingChecker:
         return RoutingIR(rules=tuple(rules), fallback=fallback, outbounds=outbounds,
                          domain_sets=tuple(sorted(self.domain_sets.values(), key=lambda d: d.bit)),
                          pnames=tuple(self.pnames))
+
+    def empty_groups(self) -> None:
+        """A group whose filter selects no node: an error if routing uses it, else a warning."""
+        for g in self.groups:
+            if g["nodes"] or g.get("filter_failed"):
+                continue
+            name = g["name"]
+            at = self.cfg.pos.key(("groups", name))
+            hint = ("check its filter against the names in 'nodes'" if self.cfg.data.get("nodes")
+                    or self.cfg.data.get("subscriptions") else "define some nodes")
+            used = self.used.get(name)
+            if used is not None:
+                self.diags.error(at, f"group '{name}' selects no node, but routing sends flows to it "
+                                     f"(line {used.line})", hint)
+            else:
+                self.diags.warning(at, f"group '{name}' selects no node (no rule uses it)", hint)
 
     # ---- one rule ------------------------------------------------------------------------------
     def _rule(self, index: int, raw: Any) -> Rule | None:
@@ -134,10 +154,14 @@ class RoutingChecker:
             )
         else:
             ast, call_paths = parse_structured_rule(raw)
+
+            def locate_structured(call: Call, off: int, cp: list = call_paths, a: RuleAst = ast) -> SourcePos:
+                k = next(i for i, c in enumerate(a.calls) if c is call)
+                return self.cfg.pos.value(path + structured_param_path(raw, cp[k], off))
+
             ctx = RuleContext(
                 source=SourceRef(self.cfg.file, at.line, at.col, ast.text),
-                locate_call=lambda call, off, cp=call_paths, a=ast: self.cfg.pos.value(
-                    path + cp[a.calls.index(call)]),
+                locate_call=locate_structured,
                 locate_outbound=lambda off: self.cfg.pos.value(path + ("outbound",)),
             )
         errors_before = len(self.diags.errors)
@@ -179,6 +203,7 @@ class RoutingChecker:
             self.diags.error(locate(call.offset), f"unknown outbound or group '{call.name}'",
                              did_you_mean(call.name, list(self.outbounds) + ["must_rules"]))
             return None
+        self.used.setdefault(name, locate(call.offset))
         mark = 0
         for p in call.params:
             if p.key is None and p.value == "must":
@@ -190,7 +215,7 @@ class RoutingChecker:
                     self.diags.error(locate(p.value_offset), str(exc))
                     return None
             else:
-                self.diags.error(locate(p.offset), f"unknown outbound parameter '{p.raw_key or p.value}'",
+                self.diags.error(locate(p.offset), f"unknown outbound parameter '{p.key or p.value}'",
                                  "outbounds take 'mark: N' and 'must'")
                 return None
         return Action(outbound=name, outbound_id=self.outbounds[name], mark=mark, must=must)
@@ -342,6 +367,10 @@ class RoutingChecker:
                     else:
                         path, tag = self.geo.ext(p.value)
                         entries = self.geo.geosite(tag, path)
+                    if not entries and "@" in p.value:
+                        name, _, attr = p.value.rpartition(":")[2].partition("@")
+                        raise ValueError(f"'{key}:{p.value}' selects no domain: no domain of tag '{name}' "
+                                         f"has the attribute '@{attr}'")
                 except Exception as exc:
                     self.diags.error(locate(p.offset), str(exc))
                     ok = False

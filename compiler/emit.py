@@ -22,7 +22,7 @@ from .tables import MapTable
 from .version import COMPILER_VERSION, MANIFEST_FORMAT
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "bpf"
-HAND_WRITTEN_HEADERS = ("common.h", "parse.h", "datapath.h")
+HAND_WRITTEN_HEADERS = ("common.h", "parse.h", "hijack.h", "datapath.h")
 CLANG_FLAGS = ["-O2", "-g", "-target", "bpf", "-Wall", "-Wno-unused-function", "-Werror",
                "-fdebug-compilation-dir=.", "-I/usr/include/x86_64-linux-gnu", "-Iinclude"]
 FLOW_TABLE_SIZE = 65536
@@ -55,7 +55,8 @@ def _comment(text: str) -> str:
     return text.replace("*/", "* /").replace("\n", " ")
 
 
-def base_context(ir: RoutingIR, config_name: str, config_sha256: str, strategy: str) -> dict[str, Any]:
+def base_context(ir: RoutingIR, config_name: str, config_sha256: str, strategy: str,
+                 settings: dict[str, Any]) -> dict[str, Any]:
     used = ir.fields_used()
     outs = []
     for o in ir.outbounds:
@@ -74,6 +75,9 @@ def base_context(ir: RoutingIR, config_name: str, config_sha256: str, strategy: 
         "domain_map_size": DOMAIN_MAP_SIZE,
         "pname_map_size": PNAME_MAP_SIZE,
         "flow_table_size": FLOW_TABLE_SIZE,
+        "tproxy_port": int(settings.get("tproxy_port", 12345)),
+        "fwmark": int(settings.get("fwmark", 0x8000000)),
+        "so_mark": int(settings.get("so_mark_from_dae", 0)),
         "outbounds": outs,
         "rule_fallback": len(ir.rules),
         "dropped": len(ir.rules) - len(ir.live_rules()),
@@ -96,8 +100,9 @@ def rule_context(rule: Any, cond: str) -> dict[str, Any]:
     }
 
 
-def render(ir: RoutingIR, config_name: str, config_sha256: str, strategy: str) -> Emitted:
-    ctx = base_context(ir, config_name, config_sha256, strategy)
+def render(ir: RoutingIR, config_name: str, config_sha256: str, strategy: str,
+           settings: dict[str, Any] | None = None) -> Emitted:
+    ctx = base_context(ir, config_name, config_sha256, strategy, settings or {})
     if strategy == "linear":
         from .emit_linear import linear_context
 

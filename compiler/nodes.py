@@ -245,9 +245,8 @@ def resolve_groups(cfg: LoadedConfig, diags: Diagnostics, pool: NodePool, defaul
             if selected and fixed_index >= len(selected):
                 diags.error(cfg.pos.value(gpath + ("policy",)),
                             f"group '{name}': fixed({fixed_index}) but the group has {len(selected)} node(s)")
-        if not selected and not filter_failed:
-            diags.error(cfg.pos.key(gpath), f"group '{name}' selects no node",
-                        "check its filter against the names in 'nodes'" if pool.nodes else "define some nodes")
+        # A group that selects no node is an error only when routing sends flows to it; the routing
+        # checker decides (it knows which groups the rules use), see RoutingChecker.empty_groups.
         check = {}
         for key in ("tcp_check_url", "tcp_check_http_method", "udp_check_dns", "check_interval", "check_tolerance"):
             check[key] = spec.get(key, defaults[key])
@@ -256,6 +255,10 @@ def resolve_groups(cfg: LoadedConfig, diags: Diagnostics, pool: NodePool, defaul
             "nodes": list(selected), "add_latency_ms": {n: round(v * 1000, 3) for n, v in selected.items() if v},
             "check": _check_settings(check, cfg, gpath, diags),
         })
+        if filter_failed:
+            # Only ever set alongside an error, so it never reaches a manifest: it tells the
+            # routing checker not to add "selects no node" to the filter's own error.
+            groups[-1]["filter_failed"] = True
     return groups
 
 

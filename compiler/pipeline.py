@@ -106,7 +106,7 @@ def compile_config(path: str | Path | None, out_dir: str | Path | None, *, text:
     checked = check_config(cfg)
     if out_dir is not None:
         chosen = choose_strategy(checked.ir, strategy)
-        emitted = render(checked.ir, cfg.file, cfg.sha256, chosen)
+        emitted = render(checked.ir, cfg.file, cfg.sha256, chosen, checked.settings)
         manifest = manifest_for(checked, chosen)
         ir_text = json.dumps(ir_to_json(checked.ir), indent=1, sort_keys=True) + "\n"
         write_build(Path(out_dir), emitted, manifest, {"ir.json": ir_text})

@@ -34,11 +34,16 @@ def _parser() -> Lark:
 _TOKEN_NAMES = {
     "_ARROW": "'->'", "_AND": "'&&'", "NOT": "'!'", "NAME": "a function name", "OUTNAME": "an outbound",
     "KEY": "a 'key:'", "STRING": "a quoted value", "BARE": "a value", "LPAR": "'('", "RPAR": "')'",
-    "COMMA": "','", "$END": "the end of the rule",
+    "COMMA": "','", "$END": "the end of the rule", "LSQB": "'['", "RSQB": "']'",
 }
+# The three entry points share one LALR table, so a rule's "expected" set can list tokens that
+# only a group filter accepts ('[add_latency: X]'); they are dropped from messages about rules.
+_FILTER_ONLY = {"LSQB", "RSQB"}
 
 
-def _describe(expected: set[str]) -> str:
+def _describe(expected: set[str], start: str = "filter") -> str:
+    if start != "filter":
+        expected = set(expected) - _FILTER_ONLY
     names = sorted({_TOKEN_NAMES.get(e, e) for e in expected})
     return " or ".join(names[:4])
 
@@ -86,11 +91,11 @@ def _parse(text: str, start: str) -> Tree:
         raise RuleSyntaxError(f"unexpected character {text[exc.pos_in_stream]!r}", exc.pos_in_stream) from None
     except UnexpectedToken as exc:
         if exc.token.type == "$END":
-            raise RuleSyntaxError(f"rule ends early; expected {_describe(exc.expected)}", len(text)) from None
+            raise RuleSyntaxError(f"rule ends early; expected {_describe(exc.expected, start)}", len(text)) from None
         pos = exc.token.start_pos or 0
-        raise RuleSyntaxError(f"unexpected {str(exc.token)!r}; expected {_describe(exc.expected)}", pos) from None
+        raise RuleSyntaxError(f"unexpected {str(exc.token)!r}; expected {_describe(exc.expected, start)}", pos) from None
     except UnexpectedEOF as exc:
-        raise RuleSyntaxError(f"rule ends early; expected {_describe(set(exc.expected))}", len(text)) from None
+        raise RuleSyntaxError(f"rule ends early; expected {_describe(set(exc.expected), start)}", len(text)) from None
     except UnexpectedInput as exc:  # pragma: no cover - lark's other input errors
         raise RuleSyntaxError(str(exc).splitlines()[0], getattr(exc, "pos_in_stream", 0) or 0) from None
 
@@ -128,7 +133,9 @@ def parse_structured_rule(rule: dict[str, Any]) -> tuple[RuleAst, list[tuple[Any
     """Turn the structured mapping form into the same AST.
 
     Returns the AST and, per call, the sub-path (inside the rule mapping) of that call's node, so
-    positions can point into the YAML instead of into a rule string.
+    positions can point into the YAML instead of into a rule string. There is no string to index
+    into, so offsets mean something else here: a call's offset is -1 and a param's offset (and
+    value_offset) is its index in the call; `structured_param_path` turns one into a sub-path.
     """
     calls: list[Call] = []
     paths: list[tuple[Any, ...]] = []
@@ -138,13 +145,13 @@ def parse_structured_rule(rule: dict[str, Any]) -> tuple[RuleAst, list[tuple[Any
         raw = item[fname]
         values = raw if isinstance(raw, list) else [raw]
         params = []
-        for v in values:
+        for j, v in enumerate(values):
             if isinstance(v, dict):
                 ((k, val),) = v.items()
-                params.append(Param(key=str(k), value=str(val), offset=0, value_offset=0, quoted=True))
+                params.append(Param(key=str(k), value=str(val), offset=j, value_offset=j, quoted=True))
             else:
-                params.append(Param(key=None, value=str(v), offset=0, value_offset=0, quoted=True))
-        calls.append(Call(name=fname, params=tuple(params), offset=0, negated=negated))
+                params.append(Param(key=None, value=str(v), offset=j, value_offset=j, quoted=True))
+        calls.append(Call(name=fname, params=tuple(params), offset=-1, negated=negated))
         paths.append(("match", i, fname))
     out_params: list[Param] = []
     if "mark" in rule:
@@ -157,3 +164,17 @@ def parse_structured_rule(rule: dict[str, Any]) -> tuple[RuleAst, list[tuple[Any
             (f"{p.key}: " if p.key else "") + f"'{p.value}'" for p in c.params) + ")" for c in calls
     ) + f" -> {rule['outbound']}"
     return RuleAst(calls=tuple(calls), outbound=outbound, text=text), paths
+
+
+def structured_param_path(rule: dict[str, Any], call_path: tuple[Any, ...], offset: int) -> tuple[Any, ...]:
+    """Sub-path of param `offset` (see parse_structured_rule) of the call at `call_path`."""
+    if offset < 0:
+        return call_path
+    _, i, fname = call_path
+    raw = rule["match"][i][fname]
+    if not isinstance(raw, list):
+        return call_path
+    item = raw[offset] if offset < len(raw) else None
+    if isinstance(item, dict) and len(item) == 1:
+        return call_path + (offset, next(iter(item)))
+    return call_path + (offset,)

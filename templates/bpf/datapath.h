@@ -10,6 +10,7 @@
 #define DAE_DATAPATH_H
 
 #include "common.h"
+#include "hijack.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -46,24 +47,27 @@ static __always_inline void count(__u32 outbound, __u32 len)
 	}
 }
 
-/* What happens to a packet once its flow's decision is known. Delivery of proxied flows to the
- * tproxy listener is the runtime's part of the datapath (see DAE_HIJACK below). */
-static __always_inline int apply(struct __sk_buff *skb, const struct pkt *p, const struct decision *d)
+/* What happens to a packet once its flow's decision is known: block drops, direct goes on
+ * through the kernel's routing (with its mark), proxied flows go to the tproxy listener. */
+static __always_inline int apply(struct __sk_buff *skb, const struct pkt *p, const struct decision *d,
+				 int from_wan)
 {
 	count(d->outbound, skb->len);
 	if (d->outbound == OUTBOUND_BLOCK)
 		return TC_ACT_SHOT;
 	if (d->mark)
 		skb->mark = d->mark;
-#ifdef DAE_HIJACK
-	if (d->outbound >= OUTBOUND_FIRST_GROUP)
+	if (d->outbound >= OUTBOUND_FIRST_GROUP && !from_wan)
 		return DAE_HIJACK(skb, p, d);
-#endif
 	return TC_ACT_OK;
 }
 
 static __always_inline int handle(struct __sk_buff *skb, int from_wan)
 {
+	/* The gateway's own sockets carry so_mark_from_dae: never capture them again. */
+	if (DAE_SO_MARK && skb->mark == DAE_SO_MARK)
+		return TC_ACT_OK;
+
 	struct pkt p = {};
 	struct flow_key key;
 	struct flow_value fresh = {};
@@ -76,12 +80,12 @@ static __always_inline int handle(struct __sk_buff *skb, int from_wan)
 	flow = bpf_map_lookup_elem(&flows, &key);
 	if (flow) {
 		flow->last_seen_ns = now;
-		return apply(skb, &p, &flow->decision);
+		return apply(skb, &p, &flow->decision, from_wan);
 	}
 	classify(skb, &p, from_wan, &fresh.decision);
 	fresh.last_seen_ns = now;
 	bpf_map_update_elem(&flows, &key, &fresh, BPF_ANY);
-	return apply(skb, &p, &fresh.decision);
+	return apply(skb, &p, &fresh.decision, from_wan);
 }
 
 /* Packets from LAN clients entering the gateway. */
