@@ -6,6 +6,7 @@ violation becomes a diagnostic at the position of the offending key or value.
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -35,19 +36,41 @@ def _leaf_errors(err: ValidationError) -> list[ValidationError]:
         if len(best.absolute_path) > len(err.absolute_path):
             return _leaf_errors(best)
         _ = deeper
+        # Same depth: when only one branch accepted the value's type (a mapping where a rule
+        # may be a string or a mapping), its own complaint is the useful one.
+        if _unquoted_rule(err):
+            return [err]
+        typed = [e for e in err.context if e.validator != "type"]
+        branches = {e.relative_schema_path[0] for e in typed if e.relative_schema_path}
+        if typed and len(branches) == 1:
+            return [leaf for e in typed for leaf in _leaf_errors(e)]
     return [err]
+
+
+def _unquoted_rule(err: ValidationError) -> bool:
+    """`- domain(suffix: a.com) -> x` unquoted: YAML made a one-key mapping of the rule."""
+    inst = err.instance
+    return (isinstance(inst, dict) and len(inst) == 1 and "(" in str(next(iter(inst)))
+            and tuple(err.absolute_path)[:2] == ("routing", "rules"))
 
 
 def _message(err: ValidationError) -> tuple[str, str | None]:
     path = "/".join(str(p) for p in err.absolute_path) or "config"
     if err.validator == "additionalProperties":
-        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
-        allowed = err.schema.get("properties", {}).keys()
+        extra = sorted(_extra_keys(err))
+        allowed = list(err.schema.get("properties", {}).keys())
+        for pattern in err.schema.get("patternProperties", {}):
+            # '^(dip|ip|...)$': the names a structured match item may use.
+            m = re.fullmatch(r"\^\(([\w|]+)\)\$", pattern)
+            if m:
+                allowed += m.group(1).split("|")
         names = ", ".join(repr(e) for e in extra)
         hint = did_you_mean(extra[0], allowed) if extra else None
         return f"unknown option {names} in {path}", hint
     if err.validator == "required":
-        return f"{path}: {err.message}", None
+        missing = [k for k in err.validator_value if k not in err.instance]
+        what = ", ".join(repr(k) for k in missing) or err.message
+        return f"{path}: missing required option {what}", None
     if err.validator == "enum":
         allowed = ", ".join(json.dumps(v) for v in err.validator_value)
         return f"{path}: {json.dumps(err.instance)} is not one of {allowed}", did_you_mean(
@@ -56,14 +79,26 @@ def _message(err: ValidationError) -> tuple[str, str | None]:
     if err.validator == "pattern":
         return f"{path}: {json.dumps(err.instance)} is not valid here ({err.schema.get('description') or 'expected ' + err.validator_value})", None
     if err.validator in ("oneOf", "anyOf"):
-        return f"{path}: {json.dumps(err.instance)[:80]} has the wrong type or form", None
+        hint = None
+        inst = err.instance
+        if _unquoted_rule(err):
+            # `- domain(suffix: a.com) -> x` unquoted: YAML reads 'key: value' inside it as a mapping.
+            hint = "quote the rule: unquoted, YAML reads the ': ' inside it as a mapping"
+        return f"{path}: {json.dumps(inst, default=str)[:80]} has the wrong type or form", hint
     return f"{path}: {err.message}", None
+
+
+def _extra_keys(err: ValidationError) -> set[str]:
+    """The keys additionalProperties rejected (neither a property nor matching a pattern)."""
+    props = set(err.schema.get("properties", {}))
+    patterns = [re.compile(p) for p in err.schema.get("patternProperties", {})]
+    return {k for k in err.instance if k not in props and not any(p.search(k) for p in patterns)}
 
 
 def _position_path(err: ValidationError) -> tuple[Any, ...]:
     path = tuple(err.absolute_path)
     if err.validator == "additionalProperties":
-        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        extra = sorted(_extra_keys(err))
         if extra:
             return path + (extra[0],)
     return path
@@ -75,11 +110,17 @@ def check_schema(cfg: LoadedConfig, diags: Diagnostics) -> bool:
         diags.error(cfg.pos.value(()), "the config must be a mapping with a 'routing' section")
         return False
     ok = True
+    seen: set[tuple] = set()
     for err in sorted(validator().iter_errors(cfg.data), key=lambda e: list(map(str, e.absolute_path))):
         for leaf in _leaf_errors(err):
             ok = False
             msg, hint = _message(leaf)
             path = _position_path(leaf)
-            at = cfg.pos.key(path) if leaf.validator == "additionalProperties" else cfg.pos.value(path)
+            # A missing option: point at the key of the section that lacks it (at the value, the
+            # caret would land on whatever option happens to come first in that section).
+            at = cfg.pos.key(path) if leaf.validator in ("additionalProperties", "required") else cfg.pos.value(path)
+            if (at, msg) in seen:
+                continue
+            seen.add((at, msg))
             diags.error(at, msg, hint)
     return ok

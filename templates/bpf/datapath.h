@@ -62,7 +62,7 @@ static __always_inline int apply(struct __sk_buff *skb, const struct pkt *p, con
 	return TC_ACT_OK;
 }
 
-static __always_inline int handle(struct __sk_buff *skb, int from_wan)
+static __always_inline int handle(struct __sk_buff *skb, int from_wan, int l3)
 {
 	/* The gateway's own sockets carry so_mark_from_dae: never capture them again. */
 	if (DAE_SO_MARK && skb->mark == DAE_SO_MARK)
@@ -74,7 +74,7 @@ static __always_inline int handle(struct __sk_buff *skb, int from_wan)
 	struct flow_value *flow;
 	__u64 now = bpf_ktime_get_ns();
 
-	if (parse_packet(skb, &p))
+	if (l3 ? parse_packet_l3(skb, &p) : parse_packet(skb, &p))
 		return TC_ACT_OK;
 	flow_key_of(&p, &key);
 	flow = bpf_map_lookup_elem(&flows, &key);
@@ -92,14 +92,21 @@ static __always_inline int handle(struct __sk_buff *skb, int from_wan)
 SEC("tc")
 int lan_ingress(struct __sk_buff *skb)
 {
-	return handle(skb, 0);
+	return handle(skb, 0, 0);
+}
+
+/* The same on L3 LAN devices (tun, WireGuard, PPP): no Ethernet header, no MAC. */
+SEC("tc")
+int lan_ingress_l3(struct __sk_buff *skb)
+{
+	return handle(skb, 0, 1);
 }
 
 /* Packets the gateway itself sends out of its WAN interfaces (pname() applies here). */
 SEC("tc")
 int wan_egress(struct __sk_buff *skb)
 {
-	return handle(skb, 1);
+	return handle(skb, 1, 0);
 }
 
 /* Parse and classify only, no flow state: returns the rule index (RULE_FALLBACK when none

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* Packet parsing: Ethernet (with 802.1Q / 802.1ad tags), IPv4, IPv6 (extension headers skipped),
- * TCP and UDP, into struct pkt. Returns 0 when the packet is a TCP or UDP packet we classify,
+ * TCP and UDP, into struct pkt (also from L3 devices without an Ethernet header). Returns 0 when the packet is a TCP or UDP packet we classify,
  * -1 otherwise (the datapath lets those through untouched).
  *
  * Parts the config does not use are compiled out: DAE_NEED_MAC and DAE_NEED_DSCP come from the
@@ -144,6 +144,17 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
 		return parse_ipv4(skb, off, p);
 	if (proto == bpf_htons(ETH_P_IPV6))
 		return parse_ipv6(skb, off, p);
+	return -1;
+}
+
+/* Parse a packet from an L3 device (tun, WireGuard, PPP): no Ethernet header, skb->protocol
+ * says which IP version starts at offset 0. */
+static __always_inline int parse_packet_l3(struct __sk_buff *skb, struct pkt *p)
+{
+	if (skb->protocol == bpf_htons(ETH_P_IP))
+		return parse_ipv4(skb, 0, p);
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return parse_ipv6(skb, 0, p);
 	return -1;
 }
 
