@@ -1,0 +1,148 @@
+"""Resolve the `lan_interface` / `wan_interface` config values to real interfaces.
+
+A value is a name, a glob (`br-*`, `eth?`, `wlan[01]`), or a list of them; for WAN, `auto` also
+stands for "every interface that holds a default route" (IPv4 or IPv6). Resolution happens at
+set-up time, against the interfaces present then, in the datapath's network namespace.
+
+Every entry must match something: a config that names an interface that isn't there is far more
+likely a typo or a missing link than an intent, and silently attaching to fewer interfaces would
+leave clients unproxied with no visible error. So a non-matching entry raises an error that
+names the entry and lists the interfaces that do exist.
+"""
+from __future__ import annotations
+
+import fnmatch
+import socket
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+AUTO = "auto"
+_GLOB_CHARS = frozenset("*?[")
+_RT_TABLE_MAIN = 254
+_RTN_UNICAST = 1
+
+
+class InterfaceResolutionError(ValueError):
+    """A configured interface name, glob or `auto` matched no interface."""
+
+
+@dataclass(frozen=True, order=True)
+class Interface:
+    """An interface as seen at resolution time. The index identifies it to tc; the name is
+    what the config, the logs and the state file speak of."""
+
+    name: str
+    index: int
+
+
+def is_glob(pattern: str) -> bool:
+    return any(c in _GLOB_CHARS for c in pattern)
+
+
+def normalise_spec(spec: str | Sequence[str] | None) -> list[str]:
+    """Accept `"eth0"`, `"eth0, br-*"`, `["eth0", "br-*"]` or None (= nothing)."""
+    if spec is None:
+        return []
+    items: Iterable[str] = spec.split(",") if isinstance(spec, str) else spec
+    out = []
+    for item in items:
+        if not isinstance(item, str):
+            raise InterfaceResolutionError(f"interface entry {item!r} is not a string")
+        item = item.strip()
+        if item:
+            out.append(item)
+    return out
+
+
+def list_links(ipr: Any) -> dict[str, int]:
+    """name -> ifindex for every link in the namespace `ipr` talks to."""
+    return {link.get_attr("IFLA_IFNAME"): link["index"] for link in ipr.get_links()}
+
+
+def default_route_links(ipr: Any) -> set[int]:
+    """Indexes of interfaces that hold a default route (v4 or v6) in the main table.
+
+    Only unicast routes in the main table count: `auto` means "where this host's traffic to the
+    internet leaves", which is the main table's default route. Other tables are excluded on
+    purpose: the datapath's own `local default dev lo` in its policy table would otherwise make
+    `lo` a WAN. Multipath default routes contribute every next hop's interface.
+    """
+    found: set[int] = set()
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for route in ipr.get_routes(family=family, table=_RT_TABLE_MAIN):
+            if route["dst_len"] != 0 or route["type"] != _RTN_UNICAST:
+                continue
+            table = route.get_attr("RTA_TABLE") or route["table"]
+            if table != _RT_TABLE_MAIN:
+                continue
+            oif = route.get_attr("RTA_OIF")
+            if oif:
+                found.add(oif)
+            for hop in route.get_attr("RTA_MULTIPATH") or ():
+                if hop.get("oif"):
+                    found.add(hop["oif"])
+    return found
+
+
+def resolve(
+    spec: str | Sequence[str] | None,
+    links: dict[str, int],
+    *,
+    role: str,
+    default_route_ifindexes: set[int] | None = None,
+) -> list[Interface]:
+    """Resolve config entries against `links` (name -> index); pure, so testable without root.
+
+    `role` ("lan"/"wan") only words the errors. `default_route_ifindexes` enables `auto`;
+    None means `auto` is not allowed for this role. Globs never match `lo` (a `*` meant "all
+    my NICs", never loopback); naming `lo` explicitly still works. The result keeps config
+    order, without duplicates.
+    """
+    entries = normalise_spec(spec)
+    by_index = {index: name for name, index in links.items()}
+    picked: dict[str, Interface] = {}
+    unmatched: list[str] = []
+    for entry in entries:
+        if entry == AUTO:
+            if default_route_ifindexes is None:
+                raise InterfaceResolutionError(
+                    f"{role}_interface: 'auto' is only meaningful for the WAN side"
+                )
+            names = sorted(by_index[i] for i in default_route_ifindexes if i in by_index)
+            if not names:
+                raise InterfaceResolutionError(
+                    f"{role}_interface: 'auto' found no interface holding a default route "
+                    f"(IPv4 or IPv6, main table); interfaces present: {_present(links)}"
+                )
+        elif is_glob(entry):
+            names = sorted(n for n in links if n != "lo" and fnmatch.fnmatchcase(n, entry))
+        else:
+            names = [entry] if entry in links else []
+        if not names:
+            unmatched.append(entry)
+        for name in names:
+            picked.setdefault(name, Interface(name, links[name]))
+    if unmatched:
+        what = ", ".join(repr(u) for u in unmatched)
+        raise InterfaceResolutionError(
+            f"{role}_interface: {what} matched no interface; interfaces present: {_present(links)}"
+        )
+    return list(picked.values())
+
+
+def resolve_interfaces(
+    spec: str | Sequence[str] | None, ipr: Any, *, role: str, allow_auto: bool | None = None
+) -> list[Interface]:
+    """Resolve against the live namespace behind `ipr`. `auto` is allowed for role "wan"
+    unless `allow_auto` says otherwise."""
+    if allow_auto is None:
+        allow_auto = role == "wan"
+    links = list_links(ipr)
+    defaults = default_route_links(ipr) if allow_auto and AUTO in normalise_spec(spec) else None
+    if allow_auto and defaults is None:
+        defaults = set()
+    return resolve(spec, links, role=role, default_route_ifindexes=defaults)
+
+
+def _present(links: dict[str, int]) -> str:
+    return ", ".join(sorted(links)) or "(none)"

@@ -1,0 +1,86 @@
+"""lan_interface / wan_interface resolution: names, globs, `auto`, and the errors."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from runtime.datapath import interfaces
+from runtime.datapath._netns import open_iproute
+from runtime.datapath.interfaces import Interface, InterfaceResolutionError, resolve
+
+from . import lab
+
+LINKS = {"lo": 1, "eth0": 2, "eth1": 3, "br-lan": 4, "br-guest": 5, "wlan0": 6, "eth10": 7}
+
+
+def names(found: list[Interface]) -> list[str]:
+    return [i.name for i in found]
+
+
+def test_names_globs_lists() -> None:
+    assert names(resolve("eth0", LINKS, role="lan")) == ["eth0"]
+    assert names(resolve(["br-*", "eth?"], LINKS, role="lan")) == \
+        ["br-guest", "br-lan", "eth0", "eth1"]
+    assert names(resolve("eth0, br-lan", LINKS, role="lan")) == ["eth0", "br-lan"]
+    assert names(resolve(["eth*", "eth0"], LINKS, role="lan")) == ["eth0", "eth1", "eth10"]
+    assert resolve(["eth[01]"], LINKS, role="lan") == [Interface("eth0", 2), Interface("eth1", 3)]
+    assert resolve(None, LINKS, role="lan") == [] and resolve([], LINKS, role="lan") == []
+
+
+def test_globs_never_pick_loopback_but_names_can() -> None:
+    assert "lo" not in names(resolve("*", LINKS, role="lan"))
+    assert names(resolve("lo", LINKS, role="lan")) == ["lo"]
+
+
+def test_errors_name_what_did_not_match() -> None:
+    with pytest.raises(InterfaceResolutionError) as err:
+        resolve(["eth0", "eth9", "vlan*"], LINKS, role="lan")
+    msg = str(err.value)
+    assert "lan_interface" in msg and "'eth9'" in msg and "'vlan*'" in msg
+    assert "'eth0'" not in msg and "br-lan" in msg  # lists what is present
+
+
+def test_auto() -> None:
+    assert names(resolve("auto", LINKS, role="wan", default_route_ifindexes={6, 2})) == \
+        ["eth0", "wlan0"]
+    assert names(resolve(["auto", "eth1"], LINKS, role="wan", default_route_ifindexes={2})) == \
+        ["eth0", "eth1"]
+    with pytest.raises(InterfaceResolutionError, match="default route"):
+        resolve("auto", LINKS, role="wan", default_route_ifindexes=set())
+    with pytest.raises(InterfaceResolutionError, match="only meaningful for the WAN"):
+        resolve("auto", LINKS, role="lan")
+
+
+@pytest.mark.root
+def test_live_resolution_with_default_routes(ns: str) -> None:
+    """In a namespace of our own: globs against real links, and `auto` = the interfaces
+    holding a v4 or v6 default route in the main table (a multipath one counting each hop),
+    never lo although the datapath's `local default dev lo` lives in another table."""
+    for a, b in (("br-a", "xa"), ("br-b", "xb"), ("eth0", "eth1"), ("wan4", "p4"),
+                 ("wan6", "p6"), ("mpa", "qa"), ("mpb", "qb")):
+        lab.add_veth(ns, a, b)
+    lab.add_addr(ns, "wan4", "10.99.4.1", 24)
+    lab.add_addr(ns, "wan6", "fd99:6::1", 64)
+    lab.add_addr(ns, "mpa", "10.99.5.1", 24)
+    lab.add_addr(ns, "mpb", "10.99.6.1", 24)
+    with open_iproute(ns) as ipr:
+        lo = ipr.link_lookup(ifname="lo")[0]
+        ipr.route("add", family=socket.AF_INET, dst="0.0.0.0/0", type="local", oif=lo,
+                  table=100, scope=254)
+        with pytest.raises(InterfaceResolutionError, match="default route"):
+            interfaces.resolve_interfaces("auto", ipr, role="wan")
+        ipr.route("add", dst="0.0.0.0/0", gateway="10.99.4.254")
+        ipr.route("add", family=socket.AF_INET6, dst="::/0", gateway="fd99:6::fe")
+        assert names(interfaces.resolve_interfaces("auto", ipr, role="wan")) == ["wan4", "wan6"]
+        ipr.route("del", dst="0.0.0.0/0", gateway="10.99.4.254")
+        ipr.route("add", dst="0.0.0.0/0", multipath=[{"gateway": "10.99.5.254"},
+                                                      {"gateway": "10.99.6.254"}])
+        assert names(interfaces.resolve_interfaces("auto", ipr, role="wan")) == \
+            ["mpa", "mpb", "wan6"]
+        assert names(interfaces.resolve_interfaces(["br-*", "eth?"], ipr, role="lan")) == \
+            ["br-a", "br-b", "eth0", "eth1"]
+        with pytest.raises(InterfaceResolutionError, match="'ppp\\*'"):
+            interfaces.resolve_interfaces(["br-*", "ppp*"], ipr, role="lan")
+        with pytest.raises(InterfaceResolutionError, match="only meaningful"):
+            interfaces.resolve_interfaces("auto", ipr, role="lan")
