@@ -56,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
 
     run = sub.add_parser("run", help="run the gateway (the default when given a build directory)")
     run.add_argument("build", type=Path)
+    run.add_argument("--state", type=Path, help="state file recording kernel changes (default /run/dae-py/state.json)")
     cl = sub.add_parser("cleanup", help="undo what a crashed runtime left in the kernel")
-    cl.add_argument("--state", type=Path, default=Path("/run/dae-py/state.json"))
+    cl.add_argument("--state", type=Path, help="state file of the crashed run (default /run/dae-py/state.json)")
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in ("explain", "run", "cleanup", "-h", "--help") and not argv[0].startswith("--"):
@@ -67,11 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "explain":
         return _explain(args)
     if args.command in ("run", "cleanup"):
-        try:
-            from runtime import gateway  # the runtime issue's module
-        except ImportError:
-            print("dae-runtime: the gateway runtime is not part of this build yet", file=sys.stderr)
-            return 2
+        from runtime import gateway
+
         return gateway.main(args)
     ap.print_help()
     return 2

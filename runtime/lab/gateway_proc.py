@@ -1,0 +1,130 @@
+"""Run `dae-runtime` inside the lab's gateway namespace, as a real separate process.
+
+Shared by the live demo and the runtime tests: compile a config into a build, start the
+runtime with nsenter in the gateway namespace, wait for its "gateway ready" line, and stop it
+with SIGTERM (or SIGKILL, to test fail-open and cleanup).
+"""
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from compiler.pipeline import compile_config
+
+
+class GatewayStartError(RuntimeError):
+    pass
+
+
+class GatewayProcess:
+    def __init__(self, lab: Any, config_text: str, workdir: Path, *, log_level: str = "info",
+                 name: str = "config.yaml"):
+        self.lab = lab
+        self.workdir = workdir
+        self.config_path = workdir / name
+        self.build_dir = workdir / "build"
+        self.state_path = workdir / "state.json"
+        self.log_path = workdir / "runtime.log"
+        self.config_path.write_text(config_text)
+        self.checked = compile_config(self.config_path, self.build_dir)
+        self.log_level = log_level
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log = None
+
+    def argv(self, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "runtime.cli", "--log-level", self.log_level, *extra]
+
+    def start(self, timeout: float = 20.0) -> "GatewayProcess":
+        self._log = open(self.log_path, "ab")
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "PYTHONUNBUFFERED": "1"}
+        self.proc = self.lab.popen("gateway", self.argv("run", str(self.build_dir), "--state", str(self.state_path)),
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        buf = b""
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if r:
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                buf += chunk
+                self._log.write(chunk)
+                self._log.flush()
+                if b"gateway ready" in buf:
+                    self._drain_in_background()
+                    return self
+            elif self.proc.poll() is not None:
+                break
+        self.kill()
+        raise GatewayStartError(f"dae-runtime did not become ready:\n{buf.decode(errors='replace')[-4000:]}")
+
+    def _drain_in_background(self) -> None:
+        import threading
+
+        def pump() -> None:
+            assert self.proc is not None and self.proc.stdout is not None and self._log is not None
+            for chunk in iter(lambda: os.read(self.proc.stdout.fileno(), 65536), b""):  # type: ignore[union-attr]
+                self._log.write(chunk)
+                self._log.flush()
+
+        threading.Thread(target=pump, daemon=True).start()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, as after a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def cleanup(self) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        return self.lab.run("gateway", self.argv("cleanup", "--state", str(self.state_path)), env=env)
+
+    def __enter__(self) -> "GatewayProcess":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        if self._log is not None:
+            self._log.close()
+
+
+def lab_config(topo: Any, *, rules: list[str], fallback: str = "direct", nodes: dict[str, str] | None = None,
+               groups: dict[str, str] | None = None, extra_global: str = "") -> str:
+    """A config for the lab's gateway: LAN is the gateway's lan interface, nodes in upstream."""
+    nodes = nodes or {"dante": f"socks5://{topo.upstream_ip4}:1080"}
+    groups = groups or {"proxy": "{policy: min_moving_avg}"}
+    lines = ["global:", f"  lan_interface: [{topo.gateway_lan_if}]", "  tproxy_port: 12345",
+             f"  tcp_check_url: ['http://{topo.upstream_ip4}:8080/']", f"  udp_check_dns: ['{topo.upstream_ip4}:53']",
+             "  check_interval: 5s"]
+    if extra_global:
+        lines.append(extra_global.rstrip())
+    lines.append("nodes:")
+    lines += [f"  {k}: '{v}'" for k, v in nodes.items()]
+    lines.append("groups:")
+    lines += [f"  {k}: {v}" for k, v in groups.items()]
+    lines += ["routing:", "  rules:"]
+    lines += [f"    - \"{r}\"" for r in rules]
+    lines.append(f"  fallback: {fallback}")
+    return "\n".join(lines) + "\n"
