@@ -1,0 +1,185 @@
+"""A group of nodes: pick one per flow by policy, fail over on dial errors."""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from runtime import outbound
+from runtime.outbound import (AllNodesDown, Destination, Dialed, DialOptions, Node,
+                              OutboundError, ProxyRefusedError, ReplyCallback, UdpAssociation)
+
+from .health import HealthChecker
+from .spec import GroupSpec, Policy
+from .stats import Check, NodeStats
+
+log = logging.getLogger(__name__)
+
+
+def _ms(seconds: float) -> str:
+    return "unknown" if math.isinf(seconds) else f"{seconds * 1000:.0f}ms"
+
+
+class Group:
+    """An outbound made of nodes. Implements the relay's Outbound protocol.
+
+    Nodes start alive with unknown latency. A check or dial result goes through `record`; the
+    latency policies switch the selected node only when the best beats it by more than the
+    tolerance, or when it dies. A dial that fails marks the node down and the flow moves to the
+    next alive node; with none alive the flow is refused at once."""
+
+    def __init__(self, spec: GroupSpec, nodes: Sequence[Node], opts: DialOptions = DialOptions(),
+                 *, clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.nodes = tuple(nodes)
+        self.opts = opts
+        self.rng = rng or random.Random()
+        self.clock = clock
+        timeout = spec.check.timeout
+        self.stats: dict[Check, dict[str, NodeStats]] = {
+            kind: {n.name: NodeStats(timeout=timeout) for n in self.nodes} for kind in Check}
+        self._selected: dict[Check, Node | None] = {kind: None for kind in Check}
+        self.checker = HealthChecker(self, clock=clock)
+        self.dial_attempts = 0
+        for kind in Check:
+            self._reselect(kind)
+
+    @classmethod
+    def from_manifest(cls, raw: Mapping[str, Any], nodes: Mapping[str, Node],
+                      opts: DialOptions = DialOptions(), **kwargs: Any) -> Group:
+        spec = GroupSpec.from_manifest(raw)
+        missing = [n for n in spec.nodes if n not in nodes]
+        if missing:
+            raise ValueError(f"group '{spec.name}': unknown node(s) {', '.join(missing)}")
+        return cls(spec, [nodes[n] for n in spec.nodes], opts, **kwargs)
+
+    # --- state -----------------------------------------------------------------------------
+    def candidates(self, kind: Check) -> list[Node]:
+        return [n for n in self.nodes if kind is not Check.UDP or n.supports_udp]
+
+    def alive(self, kind: Check) -> list[Node]:
+        return [n for n in self.candidates(kind) if self.stats[kind][n.name].alive]
+
+    def metric(self, node: Node, kind: Check) -> float:
+        return self.stats[kind][node.name].metric(self.spec.policy)
+
+    def record(self, node: Node, kind: Check, latency: float | None,
+               error: str | None = None) -> None:
+        """A check (or dial) result: latency in seconds, or None with the error."""
+        stats = self.stats[kind][node.name]
+        was_alive = stats.alive
+        stats.record(latency, error)
+        if was_alive != stats.alive:
+            if stats.alive:
+                log.info("group '%s' [%s]: node '%s' is alive again (%s)", self.name, kind.value,
+                         node.name, _ms(latency or 0.0))
+            else:
+                log.warning("group '%s' [%s]: node '%s' is down: %s", self.name, kind.value,
+                            node.name, error)
+        self._reselect(kind)
+
+    def report_failure(self, node: Node, kind: Check, error: str) -> None:
+        self.record(node, kind, None, error)
+
+    def _reselect(self, kind: Check) -> None:
+        if not self.spec.policy.by_latency:
+            return
+        alive = self.alive(kind)
+        current = self._selected[kind]
+        if not alive:
+            if current is not None:
+                log.warning("group '%s' [%s]: no node alive", self.name, kind.value)
+            self._selected[kind] = None
+            return
+        best = min(alive, key=lambda n: self.metric(n, kind))  # min() keeps the first on ties
+        if current is None or current not in alive:
+            chosen = best
+        elif best is not current and (self.metric(best, kind)
+                                      < self.metric(current, kind) - self.spec.check.tolerance):
+            chosen = best
+        else:
+            chosen = current
+        if chosen is not current:
+            log.info("group '%s' [%s] %s: selects node '%s' (%s)%s", self.name, kind.value,
+                     self.spec.policy.value, chosen.name, _ms(self.metric(chosen, kind)),
+                     f", was '{current.name}' ({_ms(self.metric(current, kind))})"
+                     if current else "")
+        self._selected[kind] = chosen
+
+    def selected(self, kind: Check = Check.TCP) -> Node | None:
+        """The node the latency policies currently hold (None for random/fixed or all down)."""
+        return self._selected[kind]
+
+    def select(self, kind: Check = Check.TCP, exclude: Iterable[Node] = ()) -> Node | None:
+        """The node for the next flow of `kind`, skipping `exclude`; None when none is alive."""
+        skip = set(exclude)
+        alive = [n for n in self.alive(kind) if n not in skip]
+        if not alive:
+            return None
+        policy = self.spec.policy
+        if policy is Policy.RANDOM:
+            return self.rng.choice(alive)
+        if policy is Policy.FIXED:
+            order = self.candidates(kind)
+            start = self.nodes[self.spec.fixed_index]
+            first = order.index(start) if start in order else 0
+            for node in order[first:] + order[:first]:
+                if node in alive:
+                    return node
+            return None
+        current = self._selected[kind]
+        if current in alive:
+            return current
+        return min(alive, key=lambda n: self.metric(n, kind))
+
+    # --- Outbound protocol -----------------------------------------------------------------
+    def _all_down(self, kind: Check, errors: list[str]) -> AllNodesDown:
+        self.checker.poke()
+        if errors:
+            return AllNodesDown(f"group '{self.name}': every node failed: {'; '.join(errors)}")
+        down = ", ".join(f"{n.name} ({self.stats[kind][n.name].last_error or 'down'})"
+                         for n in self.candidates(kind))
+        if not self.candidates(kind):
+            return AllNodesDown(f"group '{self.name}': no node carries {kind.value}")
+        return AllNodesDown(f"group '{self.name}': all nodes down for {kind.value}: {down}")
+
+    async def dial_tcp(self, dst: Destination) -> Dialed:
+        tried: list[Node] = []
+        errors: list[str] = []
+        while (node := self.select(Check.TCP, tried)) is not None:
+            tried.append(node)
+            self.dial_attempts += 1
+            try:
+                stream = await outbound.dial_tcp(node, dst, self.opts)
+            except ProxyRefusedError:
+                raise
+            except OutboundError as exc:
+                errors.append(f"{node}: {exc.what}")
+                self.report_failure(node, Check.TCP, exc.what)
+                continue
+            return Dialed(stream, node)
+        raise self._all_down(Check.TCP, errors)
+
+    async def open_udp(self, family: int, on_reply: ReplyCallback) -> UdpAssociation:
+        tried: list[Node] = []
+        errors: list[str] = []
+        while (node := self.select(Check.UDP, tried)) is not None:
+            tried.append(node)
+            self.dial_attempts += 1
+            try:
+                return await outbound.open_udp(node, self.opts, on_reply)
+            except OutboundError as exc:
+                errors.append(f"{node}: {exc.what}")
+                self.report_failure(node, Check.UDP, exc.what)
+        raise self._all_down(Check.UDP, errors)
+
+    async def start(self) -> None:
+        """Start the periodic health checks."""
+        self.checker.start()
+
+    async def close(self) -> None:
+        await self.checker.stop()

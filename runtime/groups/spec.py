@@ -1,0 +1,120 @@
+"""A group as the manifest describes it: policy, member nodes, health-check settings.
+
+Accepted manifest dict::
+
+    {"name": "proxy", "id": 2, "policy": "min_moving_avg", "fixed_index": 0,
+     "nodes": ["n1", "n2"],
+     "check": {"tcp_check_url": ["http://host:port/path", "192.0.2.1"],
+               "tcp_check_http_method": "HEAD", "udp_check_dns": ["dns-host:53", "192.0.2.53"],
+               "check_interval_s": 30.0, "check_tolerance_ms": 50.0}}
+"""
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+from runtime.outbound.base import parse_hostport
+
+
+class Policy(str, enum.Enum):
+    RANDOM = "random"
+    FIXED = "fixed"
+    MIN = "min"
+    MIN_AVG10 = "min_avg10"
+    MIN_MOVING_AVG = "min_moving_avg"
+
+    @property
+    def by_latency(self) -> bool:
+        return self in (Policy.MIN, Policy.MIN_AVG10, Policy.MIN_MOVING_AVG)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """Health-check settings (dae's defaults when the manifest gives none)."""
+
+    tcp_check_url: str = "http://cp.cloudflare.com"
+    tcp_check_ips: tuple[str, ...] = ("1.1.1.1", "2606:4700:4700::1111")
+    tcp_check_http_method: str = "HEAD"
+    dns_host: str = "dns.google"
+    dns_port: int = 53
+    dns_ips: tuple[str, ...] = ("8.8.8.8", "2001:4860:4860::8888")
+    interval: float = 30.0
+    tolerance: float = 0.050
+    timeout: float = 10.0
+    dns_qname: str = "."
+
+    def __post_init__(self) -> None:
+        url = urlsplit(self.tcp_check_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ValueError(f"tcp_check_url {self.tcp_check_url!r}: "
+                             f"want http(s)://host[:port]/path")
+
+    @classmethod
+    def from_manifest(cls, raw: Mapping[str, Any] | None) -> CheckSpec:
+        if not raw:
+            return cls()
+        kwargs: dict[str, Any] = {}
+        if raw.get("tcp_check_url"):
+            url, *ips = [str(x) for x in raw["tcp_check_url"]]
+            host = urlsplit(url).hostname or ""
+            kwargs["tcp_check_url"] = url
+            kwargs["tcp_check_ips"] = tuple(ips) or ((host,) if _is_ip(host) else ())
+        if raw.get("tcp_check_http_method"):
+            kwargs["tcp_check_http_method"] = str(raw["tcp_check_http_method"]).upper()
+        if raw.get("udp_check_dns"):
+            target, *ips = [str(x) for x in raw["udp_check_dns"]]
+            host, port = parse_hostport(target, 53)
+            kwargs["dns_host"], kwargs["dns_port"] = host, port
+            kwargs["dns_ips"] = tuple(ips) or ((host,) if _is_ip(host) else ())
+        if raw.get("check_interval_s") is not None:
+            kwargs["interval"] = float(raw["check_interval_s"])
+        if raw.get("check_tolerance_ms") is not None:
+            kwargs["tolerance"] = float(raw["check_tolerance_ms"]) / 1000.0
+        kwargs["timeout"] = min(10.0, kwargs.get("interval", cls.interval))
+        return cls(**kwargs)
+
+
+_FIXED = re.compile(r"fixed\((\d+)\)")
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    name: str
+    id: int
+    policy: Policy
+    nodes: tuple[str, ...]
+    fixed_index: int = 0
+    check: CheckSpec = field(default_factory=CheckSpec)
+
+    @classmethod
+    def from_manifest(cls, raw: Mapping[str, Any]) -> GroupSpec:
+        policy_text = str(raw.get("policy", "random"))
+        fixed_index = int(raw.get("fixed_index") or 0)
+        match = _FIXED.fullmatch(policy_text)
+        if match:
+            policy_text, fixed_index = "fixed", int(match.group(1))
+        try:
+            policy = Policy(policy_text)
+        except ValueError:
+            raise ValueError(f"group '{raw.get('name')}': unknown policy {policy_text!r} "
+                             f"(known: {', '.join(p.value for p in Policy)})") from None
+        nodes = tuple(str(n) for n in raw.get("nodes", ()))
+        if not nodes:
+            raise ValueError(f"group '{raw.get('name')}': no nodes")
+        if not 0 <= fixed_index < len(nodes):
+            raise ValueError(f"group '{raw.get('name')}': fixed({fixed_index}) but the group has "
+                             f"{len(nodes)} node(s)")
+        return cls(name=str(raw["name"]), id=int(raw["id"]), policy=policy, nodes=nodes,
+                   fixed_index=fixed_index, check=CheckSpec.from_manifest(raw.get("check")))

@@ -1,0 +1,183 @@
+"""What every outbound shares: the node a manifest describes, destinations, dial options, errors.
+
+The manifest dict of a node is accepted exactly as the compiler writes it::
+
+    {"name": "n1", "protocol": "socks5", "host": "192.0.2.10", "port": 1080,
+     "username": None, "password": None, "sni": None, "allow_insecure": False,
+     "link": "socks5://192.0.2.10:1080"}
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
+
+if TYPE_CHECKING:
+    from .stream import Stream
+
+PROTOCOLS = ("socks5", "http", "https")
+
+
+@dataclass(frozen=True)
+class Node:
+    """One upstream proxy node."""
+
+    name: str
+    protocol: str
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    sni: str | None = None
+    allow_insecure: bool = False
+    link: str = ""
+
+    @classmethod
+    def from_manifest(cls, raw: Mapping[str, Any]) -> Node:
+        try:
+            node = cls(
+                name=str(raw["name"]),
+                protocol=str(raw["protocol"]),
+                host=str(raw["host"]),
+                port=int(raw["port"]),
+                username=raw.get("username"),
+                password=raw.get("password"),
+                sni=raw.get("sni"),
+                allow_insecure=bool(raw.get("allow_insecure", False)),
+                link=str(raw.get("link") or ""),
+            )
+        except KeyError as exc:
+            raise ValueError(f"manifest node {raw!r}: missing key {exc.args[0]!r}") from None
+        if node.protocol not in PROTOCOLS:
+            raise ValueError(f"node '{node.name}': unsupported protocol {node.protocol!r} "
+                             f"(supported: {', '.join(PROTOCOLS)})")
+        if not 0 < node.port < 65536:
+            raise ValueError(f"node '{node.name}': port {node.port} out of range")
+        return node
+
+    @property
+    def supports_udp(self) -> bool:
+        return self.protocol == "socks5"
+
+    def __str__(self) -> str:
+        return f"'{self.name}' ({self.protocol} {format_hostport(self.host, self.port)})"
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a flow goes: an IP literal (dial_mode ip) or a domain (sniffed, later)."""
+
+    host: str
+    port: int
+
+    @property
+    def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        try:
+            return ipaddress.ip_address(self.host)
+        except ValueError:
+            return None
+
+    def __str__(self) -> str:
+        return format_hostport(self.host, self.port)
+
+
+def format_hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """'h:p', '[v6]:p', 'v4' / 'v6' (with a default port) -> (host, port)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, ""
+    if not port:
+        if default_port is None:
+            raise ValueError(f"{text!r}: no port")
+        return host, default_port
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class DialOptions:
+    """Socket options and timeouts every outgoing connection honours."""
+
+    so_mark: int = 0
+    connect_timeout: float = 10.0
+    handshake_timeout: float = 10.0
+
+
+class OutboundError(Exception):
+    """A flow could not be carried; the message names the node (if any) and the cause."""
+
+    def __init__(self, what: str, node: Node | None = None) -> None:
+        self.node = node
+        self.what = what
+        super().__init__(f"node {node}: {what}" if node else what)
+
+
+class DialError(OutboundError):
+    """The node (or, for direct, the target) could not be reached: refused, timed out, reset."""
+
+
+class ProxyProtocolError(OutboundError):
+    """The node answered something that is not the protocol: the node is broken."""
+
+
+class ProxyAuthError(OutboundError):
+    """The node rejected our credentials (or wants some we do not have)."""
+
+
+class ProxyRefusedError(OutboundError):
+    """The node works but refused this target (SOCKS5 REP != 0, HTTP CONNECT non-2xx).
+
+    Not the node's fault: the node stays up and the flow is not retried elsewhere."""
+
+
+class Blocked(OutboundError):
+    """The flow was routed to `block`."""
+
+
+class AllNodesDown(OutboundError):
+    """No node of a group is alive."""
+
+
+ReplyCallback = Callable[[bytes, tuple[str, int]], None]
+
+
+class UdpAssociation(Protocol):
+    """An upstream UDP path for one client: send to any destination, replies via a callback."""
+
+    node: Node | None
+    closed: bool
+    on_close: list[Callable[[Any], None]]  # run once when the association ends
+
+    def send(self, data: bytes, dst: Destination) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Dialed:
+    """A TCP connection an outbound opened for a flow, and the node it went through."""
+
+    stream: Stream
+    node: Node | None
+
+
+class Outbound(Protocol):
+    """What the relay asks of an outbound id: direct, block, or a group of nodes."""
+
+    name: str
+
+    async def dial_tcp(self, dst: Destination) -> Dialed: ...
+
+    async def open_udp(self, family: int, on_reply: ReplyCallback) -> UdpAssociation: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,58 @@
+"""HTTP CONNECT proxies (RFC 9110 section 9.3.6) with Basic proxy authentication."""
+from __future__ import annotations
+
+import base64
+import re
+
+from .base import (Destination, DialOptions, Node, ProxyAuthError, ProxyProtocolError,
+                   ProxyRefusedError)
+from .sockets import connect_tcp
+from .stream import SocketStream, Stream, bounded, read_until
+
+MAX_RESPONSE_HEAD = 16 * 1024
+_STATUS = re.compile(rb"HTTP/1\.[01] (\d{3})(?: ([^\r\n]*))?\r\n")
+
+
+def connect_request(node: Node, dst: Destination) -> bytes:
+    target = str(dst)
+    lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
+    if node.username is not None:
+        token = base64.b64encode(f"{node.username}:{node.password or ''}".encode()).decode()
+        lines.append(f"Proxy-Authorization: Basic {token}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def handshake(stream: Stream, node: Node, dst: Destination) -> None:
+    """CONNECT; returns once the tunnel is open. Bytes after the response head stay queued."""
+    await stream.sendall(connect_request(node, dst))
+    head = await read_until(stream, b"\r\n\r\n", MAX_RESPONSE_HEAD, node,
+                            "the HTTP CONNECT response head")
+    match = _STATUS.match(head)
+    if not match:
+        first = head.split(b"\r\n", 1)[0][:80]
+        raise ProxyProtocolError(f"malformed HTTP CONNECT status line {first!r}", node)
+    code = int(match.group(1))
+    reason = (match.group(2) or b"").decode("latin-1")
+    if code in (401, 407):  # 407 per the RFC; tinyproxy answers 401
+        raise ProxyAuthError("HTTP proxy authentication "
+                             + ("failed for user " + repr(node.username)
+                                if node.username is not None else "required (no credentials)")
+                             + f" ({code} {reason})", node)
+    if not 200 <= code < 300:
+        raise ProxyRefusedError(f"HTTP CONNECT {dst} answered {code} {reason}", node)
+
+
+async def bounded_handshake(stream: Stream, node: Node, dst: Destination,
+                            opts: DialOptions) -> None:
+    await bounded(handshake(stream, node, dst), opts.handshake_timeout, node,
+                  "HTTP CONNECT handshake")
+
+
+async def dial(node: Node, dst: Destination, opts: DialOptions) -> SocketStream:
+    stream = SocketStream(await connect_tcp(node.host, node.port, opts, node))
+    try:
+        await bounded_handshake(stream, node, dst, opts)
+    except BaseException:
+        stream.abort()
+        raise
+    return stream

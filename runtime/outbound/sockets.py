@@ -1,0 +1,132 @@
+"""Socket plumbing shared by the outbounds and the relay.
+
+Everything runs on non-blocking sockets driven by the loop's add_reader/add_writer, never through
+asyncio transports: the relay needs the raw file descriptors for splice(2).
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import os
+import socket
+
+from .base import DialError, DialOptions, Node
+
+SO_MARK = getattr(socket, "SO_MARK", 36)
+IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
+IPV6_TRANSPARENT = 75
+IP_RECVORIGDSTADDR = getattr(socket, "IP_RECVORIGDSTADDR", 20)
+IP_ORIGDSTADDR = IP_RECVORIGDSTADDR
+IPV6_RECVORIGDSTADDR = 74
+IPV6_ORIGDSTADDR = IPV6_RECVORIGDSTADDR
+SOL_IPV6 = getattr(socket, "SOL_IPV6", 41)
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def wait_readable(fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    loop.add_reader(fd, _wake, fut)
+    try:
+        await fut
+    finally:
+        loop.remove_reader(fd)
+
+
+async def wait_writable(fd: int) -> None:
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    loop.add_writer(fd, _wake, fut)
+    try:
+        await fut
+    finally:
+        loop.remove_writer(fd)
+
+
+def family_of(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+
+
+def set_mark(sock: socket.socket, mark: int) -> None:
+    """Mark the gateway's own traffic so the datapath never captures it again."""
+    if mark:
+        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+
+
+def set_transparent(sock: socket.socket) -> None:
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(SOL_IPV6, IPV6_TRANSPARENT, 1)
+    else:
+        sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+
+
+async def resolve(host: str, port: int, timeout: float, node: Node | None = None,
+                  family: int = 0) -> list[tuple[int, tuple]]:
+    """[(family, sockaddr)] for an IP literal (no lookup) or a name (getaddrinfo, bounded)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        return [(fam, (host, port, 0, 0) if fam == socket.AF_INET6 else (host, port))]
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM), timeout)
+    except asyncio.TimeoutError:
+        raise DialError(f"resolving {host!r} timed out after {timeout:g}s", node) from None
+    except OSError as exc:
+        raise DialError(f"cannot resolve {host!r}: {exc.strerror or exc}", node) from None
+    return [(fam, addr) for fam, _, _, _, addr in infos]
+
+
+async def connect_tcp(host: str, port: int, opts: DialOptions,
+                      node: Node | None = None) -> socket.socket:
+    """A connected, non-blocking, marked TCP socket; DialError (naming the node) otherwise."""
+    deadline = asyncio.get_running_loop().time() + opts.connect_timeout
+    last: Exception | None = None
+    for fam, addr in await resolve(host, port, opts.connect_timeout, node):
+        sock = socket.socket(fam, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            set_mark(sock, opts.so_mark)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            err = sock.connect_ex(addr)
+            if err == errno.EINPROGRESS:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    raise asyncio.TimeoutError
+                await asyncio.wait_for(wait_writable(sock.fileno()), remaining)
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err))
+            return sock
+        except asyncio.TimeoutError:
+            sock.close()
+            last = DialError(f"connect to {addr[0]}:{addr[1]} timed out after "
+                             f"{opts.connect_timeout:g}s", node)
+            break
+        except OSError as exc:
+            sock.close()
+            last = DialError(f"connect to {addr[0]}:{addr[1]} failed: "
+                             f"{exc.strerror or exc}", node)
+        except BaseException:
+            sock.close()
+            raise
+    assert last is not None
+    raise last
+
+
+def abort(sock: socket.socket) -> None:
+    """Close with an RST: the peer learns at once that the flow is refused."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    except OSError:
+        pass
+    sock.close()

@@ -1,0 +1,232 @@
+"""SOCKS5 (RFC 1928) with username/password (RFC 1929): CONNECT and UDP ASSOCIATE."""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import struct
+
+from .base import (Destination, DialOptions, Node, ProxyAuthError, ProxyProtocolError,
+                   ProxyRefusedError, ReplyCallback)
+from .sockets import connect_tcp, resolve, set_mark
+from .stream import SocketStream, Stream, bounded, read_exact
+from .udp import SocketAssociation
+
+log = logging.getLogger(__name__)
+
+CMD_CONNECT = 0x01
+CMD_UDP_ASSOCIATE = 0x03
+ATYP_V4, ATYP_DOMAIN, ATYP_V6 = 0x01, 0x03, 0x04
+REPLIES = {
+    0x01: "general SOCKS server failure",
+    0x02: "connection not allowed by ruleset",
+    0x03: "network unreachable",
+    0x04: "host unreachable",
+    0x05: "connection refused",
+    0x06: "TTL expired",
+    0x07: "command not supported",
+    0x08: "address type not supported",
+}
+
+
+def encode_addr(host: str, port: int) -> bytes:
+    """ATYP + address + port, as in requests and UDP headers."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        name = host.encode("idna")
+        if len(name) > 255:
+            raise ValueError(f"domain name too long for SOCKS5: {host!r}") from None
+        return bytes((ATYP_DOMAIN, len(name))) + name + struct.pack("!H", port)
+    atyp = ATYP_V4 if ip.version == 4 else ATYP_V6
+    return bytes((atyp,)) + ip.packed + struct.pack("!H", port)
+
+
+def decode_addr(data: bytes | memoryview, offset: int) -> tuple[str, int, int]:
+    """(host, port, end offset) of an ATYP-prefixed address in `data`; ValueError if malformed."""
+    if len(data) <= offset:
+        raise ValueError("truncated before the address type")
+    atyp = data[offset]
+    if atyp == ATYP_V4:
+        end = offset + 1 + 4
+        host = str(ipaddress.IPv4Address(bytes(data[offset + 1:end])))
+    elif atyp == ATYP_V6:
+        end = offset + 1 + 16
+        host = str(ipaddress.IPv6Address(bytes(data[offset + 1:end])))
+    elif atyp == ATYP_DOMAIN:
+        if len(data) <= offset + 1:
+            raise ValueError("truncated domain length")
+        end = offset + 2 + data[offset + 1]
+        if len(data) < end:
+            raise ValueError("truncated domain")
+        try:
+            host = bytes(data[offset + 2:end]).decode("idna")
+        except UnicodeError:
+            raise ValueError(f"undecodable domain {bytes(data[offset + 2:end])!r}") from None
+    else:
+        raise ValueError(f"unknown address type {atyp:#04x}")
+    if len(data) < end + 2:
+        raise ValueError("truncated address")
+    (port,) = struct.unpack_from("!H", data, end)
+    return host, port, end + 2
+
+
+async def negotiate(stream: Stream, node: Node) -> None:
+    """Method selection and, when the node has credentials, RFC 1929 authentication."""
+    methods = b"\x00\x02" if node.username is not None else b"\x00"
+    await stream.sendall(b"\x05" + bytes((len(methods),)) + methods)
+    ver, method = await read_exact(stream, 2, node, "the SOCKS5 method selection reply")
+    if ver != 5:
+        raise ProxyProtocolError(f"not a SOCKS5 server: method reply starts with {ver:#04x} "
+                                 f"(expected 0x05)", node)
+    if method == 0xFF:
+        raise ProxyAuthError("SOCKS5 server accepts none of our authentication methods "
+                             + ("(no-auth, username/password)" if node.username is not None
+                                else "(no-auth; does it need a username?)"), node)
+    if method == 0x00:
+        return
+    if method != 0x02 or node.username is None:
+        raise ProxyProtocolError(f"SOCKS5 server chose method {method:#04x}, which we did not "
+                                 f"offer", node)
+    user = node.username.encode()
+    password = (node.password or "").encode()
+    if len(user) > 255 or len(password) > 255:
+        raise ProxyAuthError("username or password longer than 255 bytes", node)
+    await stream.sendall(b"\x01" + bytes((len(user),)) + user + bytes((len(password),)) + password)
+    ver, status = await read_exact(stream, 2, node, "the SOCKS5 authentication reply")
+    if ver not in (1, 5):
+        raise ProxyProtocolError(f"SOCKS5 authentication reply version {ver:#04x} "
+                                 f"(expected 0x01)", node)
+    if status != 0:
+        raise ProxyAuthError(f"SOCKS5 username/password rejected for user "
+                             f"{node.username!r} (status {status:#04x})", node)
+
+
+async def request(stream: Stream, node: Node, cmd: int, host: str, port: int) -> tuple[str, int]:
+    """Send a request, read the reply; the bound (host, port) on success."""
+    await stream.sendall(b"\x05" + bytes((cmd, 0)) + encode_addr(host, port))
+    head = await read_exact(stream, 4, node, "the SOCKS5 reply")
+    ver, rep, _rsv, atyp = head
+    if ver != 5:
+        raise ProxyProtocolError(f"SOCKS5 reply version {ver:#04x} (expected 0x05): "
+                                 f"{head!r}", node)
+    if rep != 0:
+        what = REPLIES.get(rep, f"unknown reply code {rep:#04x}")
+        verb = "CONNECT" if cmd == CMD_CONNECT else "UDP ASSOCIATE"
+        raise ProxyRefusedError(f"SOCKS5 {verb} {Destination(host, port)}: {what}", node)
+    if atyp == ATYP_V4:
+        rest = await read_exact(stream, 4 + 2, node, "the SOCKS5 reply address")
+    elif atyp == ATYP_V6:
+        rest = await read_exact(stream, 16 + 2, node, "the SOCKS5 reply address")
+    elif atyp == ATYP_DOMAIN:
+        size = await read_exact(stream, 1, node, "the SOCKS5 reply address")
+        rest = size + await read_exact(stream, size[0] + 2, node, "the SOCKS5 reply address")
+    else:
+        raise ProxyProtocolError(f"SOCKS5 reply with unknown address type {atyp:#04x}", node)
+    bound_host, bound_port, _ = decode_addr(bytes((atyp,)) + rest, 0)
+    return bound_host, bound_port
+
+
+async def handshake(stream: Stream, node: Node, dst: Destination) -> None:
+    await negotiate(stream, node)
+    await request(stream, node, CMD_CONNECT, dst.host, dst.port)
+
+
+async def dial(node: Node, dst: Destination, opts: DialOptions) -> SocketStream:
+    stream = SocketStream(await connect_tcp(node.host, node.port, opts, node))
+    try:
+        await bounded(handshake(stream, node, dst), opts.handshake_timeout, node,
+                      "SOCKS5 CONNECT handshake")
+    except BaseException:
+        stream.abort()
+        raise
+    return stream
+
+
+class Socks5UdpAssociation(SocketAssociation):
+    """UDP ASSOCIATE: datagrams carry the RFC 1928 section 7 header; the association lives as
+    long as its TCP control connection."""
+
+    def __init__(self, node: Node, control: SocketStream, sock: socket.socket,
+                 on_reply: ReplyCallback) -> None:
+        super().__init__(sock, on_reply)
+        self.node = node
+        self._control = control
+        self._watch = asyncio.get_running_loop().create_task(self._watch_control())
+
+    def send(self, data: bytes, dst: Destination) -> None:
+        if not self.closed:
+            self._send(b"\x00\x00\x00" + encode_addr(dst.host, dst.port) + data)
+
+    def received(self, packet: bytes, addr: tuple) -> None:
+        try:
+            if len(packet) < 4 or packet[0] or packet[1]:
+                raise ValueError("bad reserved bytes")
+            if packet[2]:
+                raise ValueError("fragmented datagram (FRAG != 0) not supported")
+            host, port, end = decode_addr(packet, 3)
+        except ValueError as exc:
+            self.dropped += 1
+            log.debug("node %s: malformed UDP reply dropped: %s", self.node, exc)
+            return
+        self._on_reply(packet[end:], (host, port))
+
+    async def _watch_control(self) -> None:
+        try:
+            while await self._control.recv(4096):
+                pass
+        except OSError:
+            pass
+        if not self.closed:
+            log.debug("node %s: UDP ASSOCIATE control connection closed", self.node)
+            self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            if self._watch.done():
+                self._control.close()
+            else:  # close the fd only once the watcher let go of it (no reuse under its feet)
+                self._watch.cancel()
+                self._watch.add_done_callback(lambda _task: self._control.close())
+        super().close()
+
+
+async def associate(node: Node, opts: DialOptions,
+                    on_reply: ReplyCallback) -> Socks5UdpAssociation:
+    control = SocketStream(await connect_tcp(node.host, node.port, opts, node))
+    sock: socket.socket | None = None
+    try:
+        local_ip = control.sock.getsockname()[0]
+        sock = socket.socket(control.sock.family, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        set_mark(sock, opts.so_mark)
+        sock.bind((local_ip, 0))
+
+        async def setup() -> tuple[str, int]:
+            await negotiate(control, node)
+            return await request(control, node, CMD_UDP_ASSOCIATE, local_ip,
+                                 sock.getsockname()[1])
+
+        relay_host, relay_port = await bounded(setup(), opts.handshake_timeout, node,
+                                               "SOCKS5 UDP ASSOCIATE handshake")
+        if relay_port == 0:
+            raise ProxyProtocolError("SOCKS5 UDP ASSOCIATE reply names port 0 as the relay", node)
+        try:
+            unspecified = ipaddress.ip_address(relay_host).is_unspecified
+        except ValueError:
+            unspecified = False
+        if unspecified:
+            relay_host = control.sock.getpeername()[0]
+        fam, addr = (await resolve(relay_host, relay_port, opts.connect_timeout, node,
+                                   family=sock.family))[0]
+        if fam != sock.family:
+            raise ProxyProtocolError(f"SOCKS5 UDP relay {relay_host} is not of the control "
+                                     f"connection's address family", node)
+        sock.connect(addr)
+        return Socks5UdpAssociation(node, control, sock, on_reply)
+    except BaseException:
+        control.abort()
+        if sock is not None:
+            sock.close()
+        raise

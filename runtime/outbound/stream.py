@@ -1,0 +1,215 @@
+"""Byte streams over non-blocking sockets: plain TCP (splice-able) and TLS (ssl.SSLObject).
+
+Handshakes read through `read_exact` / `read_until`; bytes read past a handshake are pushed back
+with `unread` and come out first, so nothing the peer sent early is lost.
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from typing import Awaitable, Protocol, TypeVar
+
+from .base import Node, ProxyProtocolError
+from .sockets import abort, wait_readable, wait_writable
+
+RECV_SIZE = 256 * 1024
+T = TypeVar("T")
+
+
+class Stream(Protocol):
+    async def recv(self, n: int = RECV_SIZE) -> bytes: ...
+
+    async def sendall(self, data: bytes | memoryview) -> None: ...
+
+    def unread(self, data: bytes) -> None: ...
+
+    def take_pending(self) -> bytes: ...
+
+    def shutdown_write(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def splice_fd(self) -> int | None:
+        """The socket's fd when bytes on it are plain (so splice(2) may move them), else None."""
+
+
+class SocketStream:
+    """A connected non-blocking TCP socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self._fd = sock.fileno()
+        self._pending = b""
+
+    async def recv(self, n: int = RECV_SIZE) -> bytes:
+        if self._pending:
+            data, self._pending = self._pending[:n], self._pending[n:]
+            return data
+        while True:
+            try:
+                return self.sock.recv(n)
+            except (BlockingIOError, InterruptedError):
+                await wait_readable(self._fd)
+
+    async def sendall(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self.sock.send(view)
+            except (BlockingIOError, InterruptedError):
+                await wait_writable(self._fd)
+                continue
+            view = view[sent:]
+
+    def unread(self, data: bytes) -> None:
+        self._pending = data + self._pending
+
+    def take_pending(self) -> bytes:
+        data, self._pending = self._pending, b""
+        return data
+
+    def shutdown_write(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def abort(self) -> None:
+        abort(self.sock)
+
+    def splice_fd(self) -> int | None:
+        return self._fd if self.sock.fileno() >= 0 else None
+
+
+class TlsStream:
+    """TLS over a SocketStream with ssl.SSLObject + memory BIOs, on the same loop mechanics.
+
+    Half-close is not forwarded over TLS (a close_notify ends the session for most peers):
+    shutdown_write is a no-op and the flow ends on the other side's EOF or the idle timeout."""
+
+    def __init__(self, raw: SocketStream, obj: ssl.SSLObject, incoming: ssl.MemoryBIO,
+                 outgoing: ssl.MemoryBIO) -> None:
+        self.raw = raw
+        self._obj = obj
+        self._in = incoming
+        self._out = outgoing
+        self._send_lock = asyncio.Lock()
+        self._pending = b""
+
+    @classmethod
+    async def wrap(cls, raw: SocketStream, ctx: ssl.SSLContext, server_hostname: str | None,
+                   node: Node | None = None) -> TlsStream:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = ctx.wrap_bio(incoming, outgoing, server_side=False, server_hostname=server_hostname)
+        self = cls(raw, obj, incoming, outgoing)
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await self._flush()
+                data = await raw.recv(RECV_SIZE)
+                if not data:
+                    raise ProxyProtocolError("TLS handshake: connection closed by the peer", node)
+                incoming.write(data)
+            except ssl.SSLError as exc:
+                raise ProxyProtocolError(f"TLS handshake failed: {exc.reason or exc}",
+                                         node) from None
+        await self._flush()
+        return self
+
+    async def _flush(self) -> None:
+        async with self._send_lock:
+            data = self._out.read()
+            if data:
+                await self.raw.sendall(data)
+
+    async def recv(self, n: int = RECV_SIZE) -> bytes:
+        if self._pending:
+            data, self._pending = self._pending[:n], self._pending[n:]
+            return data
+        while True:
+            try:
+                return self._obj.read(n)
+            except ssl.SSLWantReadError:
+                if self._out.pending:
+                    await self._flush()
+                data = await self.raw.recv(RECV_SIZE)
+                if data:
+                    self._in.write(data)
+                else:
+                    self._in.write_eof()
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b""
+
+    async def sendall(self, data: bytes | memoryview) -> None:
+        if data:
+            self._obj.write(data)
+            await self._flush()
+
+    def unread(self, data: bytes) -> None:
+        self._pending = data + self._pending
+
+    def take_pending(self) -> bytes:
+        data, self._pending = self._pending, b""
+        return data
+
+    def shutdown_write(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def abort(self) -> None:
+        self.raw.abort()
+
+    def splice_fd(self) -> int | None:
+        return None
+
+
+async def bounded(coro: Awaitable[T], seconds: float, node: Node | None, what: str) -> T:
+    """`coro` within `seconds`; past that a ProxyProtocolError saying what timed out."""
+    try:
+        return await asyncio.wait_for(coro, seconds)
+    except asyncio.TimeoutError:
+        raise ProxyProtocolError(f"{what} timed out after {seconds:g}s", node) from None
+
+
+async def read_exact(stream: Stream, n: int, node: Node | None, what: str) -> bytes:
+    """Exactly n bytes of a handshake; EOF before that is a protocol error naming `what`."""
+    buf = b""
+    while len(buf) < n:
+        chunk = await stream.recv(n - len(buf))
+        if not chunk:
+            got = f"after {len(buf)} of {n} bytes" if buf else "before any byte"
+            raise ProxyProtocolError(f"connection closed while reading {what} ({got})", node)
+        buf += chunk
+    return buf
+
+
+async def read_until(stream: Stream, sep: bytes, limit: int, node: Node | None,
+                     what: str) -> bytes:
+    """Bytes up to and including `sep`; the surplus goes back to the stream."""
+    buf = b""
+    while True:
+        idx = buf.find(sep)
+        if idx >= 0:
+            end = idx + len(sep)
+            if end < len(buf):
+                stream.unread(buf[end:])
+            return buf[:end]
+        if len(buf) > limit:
+            raise ProxyProtocolError(f"{what} is longer than {limit} bytes without {sep!r}: "
+                                     f"{buf[:64]!r}...", node)
+        chunk = await stream.recv(4096)
+        if not chunk:
+            shown = f": {buf[:64]!r}" if buf else " (nothing received)"
+            raise ProxyProtocolError(f"connection closed while reading {what}{shown}", node)
+        buf += chunk

@@ -1,0 +1,52 @@
+"""The user-space relay: TCP and UDP tproxy listeners carrying flows to outbounds.
+
+Public API:
+- `Flow`, `Router` (protocol: `decide(flow) -> outbound id`), `StaticRouter`, `FunctionRouter`.
+- `RelayConfig` (so_mark, timeouts, splice on/off), `RelayStats` (per-outbound counters).
+- `OutboundTable.from_manifest(manifest, opts)`: 0 direct, 1 block, groups by id.
+- `TcpRelay(router, table, config).start(port)`, `.handle(sock, src, prefix=b"")`, `.close()`.
+- `UdpRelay(router, table, config).start(port)`, `.handle_packet(data, src, dst, family)`.
+- `Gateway`: both relays and the table together (`start`, `close`).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .flow import Flow, FunctionRouter, RelayConfig, Router, StaticRouter
+from .outbounds import OutboundTable
+from .stats import Counters, RelayStats
+from .tcp import TcpRelay
+from .udp import UdpRelay
+
+
+class Gateway:
+    """TCP + UDP relays on one port sharing one outbound table and one set of counters."""
+
+    def __init__(self, router: Router, table: OutboundTable,
+                 config: RelayConfig = RelayConfig()) -> None:
+        self.table = table
+        self.stats = RelayStats()
+        self.tcp = TcpRelay(router, table, config, self.stats)
+        self.udp = UdpRelay(router, table, config, self.stats)
+
+    @classmethod
+    def from_manifest(cls, router: Router, manifest: Mapping[str, Any],
+                      config: RelayConfig = RelayConfig()) -> Gateway:
+        return cls(router, OutboundTable.from_manifest(manifest, config.dial_options()), config)
+
+    async def start(self, port: int = 0, hosts: tuple[str, ...] = ("0.0.0.0", "::"),
+                    health_checks: bool = True) -> int:
+        port = await self.tcp.start(port, hosts)
+        await self.udp.start(port, hosts)
+        if health_checks:
+            await self.table.start()
+        return port
+
+    async def close(self) -> None:
+        await self.tcp.close()
+        await self.udp.close()
+        await self.table.close()
+
+
+__all__ = ["Counters", "Flow", "FunctionRouter", "Gateway", "OutboundTable", "RelayConfig",
+           "RelayStats", "Router", "StaticRouter", "TcpRelay", "UdpRelay"]

@@ -1,0 +1,67 @@
+"""Flows, the Router callback that picks their outbound, and the relay's settings."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from runtime.outbound import DialOptions
+from runtime.outbound.base import format_hostport
+
+Addr = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Flow:
+    """What the datapath hands over: protocol, client source, original destination."""
+
+    l4proto: str  # "tcp" | "udp"
+    src: Addr
+    dst: Addr
+    domain: str | None = None  # sniffed name, when sniffing exists
+
+    def __str__(self) -> str:
+        return (f"{self.l4proto} {format_hostport(*self.src)} -> {format_hostport(*self.dst)}"
+                + (f" ({self.domain})" if self.domain else ""))
+
+
+class Router(Protocol):
+    """Which outbound id carries a flow: 0 direct, 1 block, groups from 2. The kernel's
+    decision arrives through a map later; anything with `decide` fits."""
+
+    def decide(self, flow: Flow) -> int: ...
+
+
+class StaticRouter:
+    """Every flow to one outbound."""
+
+    def __init__(self, outbound_id: int) -> None:
+        self.outbound_id = outbound_id
+
+    def decide(self, flow: Flow) -> int:
+        return self.outbound_id
+
+
+class FunctionRouter:
+    """Wrap a plain `flow -> id` callable."""
+
+    def __init__(self, fn: Callable[[Flow], int]) -> None:
+        self.fn = fn
+
+    def decide(self, flow: Flow) -> int:
+        return self.fn(flow)
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    so_mark: int = 0
+    connect_timeout: float = 10.0
+    handshake_timeout: float = 10.0
+    tcp_idle_timeout: float = 300.0
+    udp_idle_timeout: float = 60.0
+    splice: bool = True
+    pipe_size: int = 1 << 20
+    listen_backlog: int = 4096
+
+    def dial_options(self) -> DialOptions:
+        return DialOptions(so_mark=self.so_mark, connect_timeout=self.connect_timeout,
+                           handshake_timeout=self.handshake_timeout)

@@ -1,0 +1,305 @@
+"""The UDP tproxy listener: full-cone NAT per client source.
+
+Datagrams arrive on IP_TRANSPARENT sockets; IP_RECVORIGDSTADDR / IPV6_RECVORIGDSTADDR give
+each one's original destination. Each (client, destination) pair is routed once; a client gets
+one upstream association per outbound it uses (so a source routed both direct and through a
+group keeps a stable mapping on each path), kept until the client is idle. Replies, from any
+remote, go back from a transparent socket bound to the remote's address (so_mark set), cached
+per remote address with the same expiry."""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass, field
+from typing import Callable
+
+from runtime.outbound import AllNodesDown, Blocked, Destination, OutboundError, UdpAssociation
+from runtime.outbound.base import format_hostport
+from runtime.outbound.sockets import (IP_ORIGDSTADDR, IPV6_ORIGDSTADDR, SOL_IPV6)
+
+from .flow import Addr, Flow, RelayConfig, Router
+from .listen import bind_pair, transparent_socket
+from .outbounds import OutboundTable
+from .stats import RelayStats
+
+log = logging.getLogger(__name__)
+
+ANC_SIZE = socket.CMSG_SPACE(28)
+QUEUE_LIMIT = 64
+RETRY_AFTER = 1.0  # a failed association (all nodes down) is retried no sooner than this
+
+
+def orig_dst(ancdata: list[tuple[int, int, bytes]]) -> Addr | None:
+    for level, kind, data in ancdata:
+        if level == socket.SOL_IP and kind == IP_ORIGDSTADDR and len(data) >= 8:
+            return socket.inet_ntop(socket.AF_INET, data[4:8]), int.from_bytes(data[2:4], "big")
+        if level == SOL_IPV6 and kind == IPV6_ORIGDSTADDR and len(data) >= 24:
+            return socket.inet_ntop(socket.AF_INET6, data[8:24]), int.from_bytes(data[2:4], "big")
+    return None
+
+
+@dataclass
+class _Assoc:
+    outbound: str
+    assoc: UdpAssociation | None = None
+    queue: list[tuple[bytes, Addr]] = field(default_factory=list)
+    failed_until: float = 0.0
+    task: asyncio.Task[None] | None = None
+    unlogged: list[Addr] = field(default_factory=list)
+
+
+@dataclass
+class _Client:
+    src: Addr
+    family: int
+    last: float
+    routes: dict[Addr, int] = field(default_factory=dict)
+    assocs: dict[int, _Assoc] = field(default_factory=dict)
+
+
+@dataclass
+class _ReplySocket:
+    sock: socket.socket
+    last: float
+
+
+class UdpRelay:
+    def __init__(self, router: Router, outbounds: OutboundTable,
+                 config: RelayConfig = RelayConfig(), stats: RelayStats | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.router = router
+        self.outbounds = outbounds
+        self.config = config
+        self.stats = stats or RelayStats()
+        self._clock = clock
+        self.port = 0
+        self._listeners: list[socket.socket] = []
+        self.clients: dict[Addr, _Client] = {}
+        self.reply_sockets: dict[Addr, _ReplySocket] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def now(self) -> float:
+        return self._clock() if self._clock else asyncio.get_running_loop().time()
+
+    async def start(self, port: int = 0, hosts: tuple[str, ...] = ("0.0.0.0", "::")) -> int:
+        self._listeners = bind_pair(socket.SOCK_DGRAM, hosts, port, so_mark=self.config.so_mark,
+                                    recv_orig_dst=True)
+        loop = asyncio.get_running_loop()
+        for sock in self._listeners:
+            loop.add_reader(sock.fileno(), self._readable, sock)
+        self.port = self._listeners[0].getsockname()[1]
+        self._sweeper = loop.create_task(self._sweep_loop())
+        log.info("udp relay listening on port %d (%s)", self.port, ", ".join(hosts))
+        return self.port
+
+    # --- client -> upstream ----------------------------------------------------------------
+    def _readable(self, sock: socket.socket) -> None:
+        for _ in range(256):
+            try:
+                data, anc, _flags, src = sock.recvmsg(65535, ANC_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.debug("udp receive failed: %s", exc)
+                return
+            dst = orig_dst(anc)
+            if dst is None:  # a reply socket (bound to one address) also reads here
+                dst = sock.getsockname()[:2]
+            self.handle_packet(data, (src[0], src[1]), dst, sock.family)
+
+    def handle_packet(self, data: bytes, src: Addr, dst: Addr, family: int) -> None:
+        """One datagram from `src` to its original destination `dst`."""
+        now = self.now()
+        client = self.clients.get(src)
+        if client is None:
+            client = self.clients[src] = _Client(src, family, now)
+        client.last = now
+        outbound_id = client.routes.get(dst)
+        if outbound_id is None:
+            flow = Flow("udp", src, dst)
+            try:
+                outbound_id = self.router.decide(flow)
+            except Exception as exc:  # noqa: BLE001
+                log.error("%s dropped: router failed: %r", flow, exc)
+                return
+            client.routes[dst] = outbound_id
+            fresh = True
+        else:
+            fresh = False
+        outbound = self.outbounds.get(outbound_id)
+        if outbound is None:
+            if fresh:
+                log.error("%s dropped: router chose unknown outbound id %d",
+                          Flow("udp", src, dst), outbound_id)
+            return
+        counters = self.stats[outbound.name]
+        if fresh:
+            counters.flows += 1
+        state = client.assocs.get(outbound_id)
+        if state is None or (state.assoc is None and state.task is None
+                             and now >= state.failed_until):
+            state = client.assocs[outbound_id] = _Assoc(outbound.name)
+            state.task = asyncio.get_running_loop().create_task(
+                self._open(client, outbound_id, state))
+        if fresh:
+            if state.assoc is not None:
+                self._log_route(client, dst, outbound.name, state.assoc)
+            elif state.task is not None:
+                state.unlogged.append(dst)  # logged once the association is up (or refused)
+        if state.assoc is not None:
+            state.assoc.send(data, Destination(*dst))
+            counters.bytes_up += len(data)
+        elif state.task is not None and len(state.queue) < QUEUE_LIMIT:
+            state.queue.append((data, dst))
+        else:
+            counters.dropped += 1
+
+    def _log_route(self, client: _Client, dst: Addr, outbound: str,
+                   assoc: UdpAssociation) -> None:
+        node = assoc.node.name if assoc.node else "-"
+        log.info("%s via %s node %s", Flow("udp", client.src, dst), outbound, node)
+
+    async def _open(self, client: _Client, outbound_id: int, state: _Assoc) -> None:
+        outbound = self.outbounds.get(outbound_id)
+        assert outbound is not None
+        counters = self.stats[outbound.name]
+        src = client.src
+
+        def on_reply(data: bytes, remote: tuple[str, int]) -> None:
+            self._reply(client, remote, data, outbound.name)
+
+        try:
+            assoc = await outbound.open_udp(client.family, on_reply)
+        except OutboundError as exc:
+            level = logging.INFO if isinstance(exc, Blocked) else logging.WARNING
+            first = state.unlogged[0] if state.unlogged else ("?", 0)
+            more = (f" (+{len(state.unlogged) - 1} more destinations)"
+                    if len(state.unlogged) > 1 else "")
+            log.log(level, "%s via %s refused%s: %s", Flow("udp", src, first), outbound.name,
+                    more, exc)
+            counters.refused += 1
+            counters.dropped += len(state.queue)
+            state.queue.clear()
+            state.unlogged.clear()
+            state.task = None
+            state.failed_until = self.now() + (RETRY_AFTER if isinstance(exc, AllNodesDown)
+                                               else self.config.udp_idle_timeout)
+            return
+        except Exception:
+            log.exception("udp %s: opening an association via %s failed",
+                          format_hostport(*src), outbound.name)
+            state.task = None
+            state.failed_until = self.now() + RETRY_AFTER
+            return
+        if self.clients.get(src) is not client or client.assocs.get(outbound_id) is not state:
+            assoc.close()  # the client expired meanwhile
+            return
+        state.assoc = assoc
+        state.task = None
+        counters.active += 1
+
+        def closed(_assoc: object) -> None:
+            counters.active -= 1
+            if client.assocs.get(outbound_id) is state:
+                del client.assocs[outbound_id]
+
+        assoc.on_close.append(closed)
+        for dst in state.unlogged:
+            self._log_route(client, dst, outbound.name, assoc)
+        state.unlogged.clear()
+        for data, dst in state.queue:
+            assoc.send(data, Destination(*dst))
+            counters.bytes_up += len(data)
+        state.queue.clear()
+
+    # --- upstream -> client ----------------------------------------------------------------
+    def _reply(self, client: _Client, remote: tuple[str, int], data: bytes, outbound: str) -> None:
+        counters = self.stats[outbound]
+        try:
+            ip = ipaddress.ip_address(remote[0])
+        except ValueError:
+            counters.dropped += 1
+            log.debug("udp reply from a name (%s) to %s dropped", remote[0],
+                      format_hostport(*client.src))
+            return
+        if client.family == socket.AF_INET and ip.version == 6 and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        if (ip.version == 6) != (client.family == socket.AF_INET6):
+            counters.dropped += 1
+            return
+        now = self.now()
+        client.last = now
+        key = (str(ip), remote[1])
+        entry = self.reply_sockets.get(key)
+        if entry is None:
+            try:
+                sock = transparent_socket(socket.SOCK_DGRAM, key[0], key[1],
+                                          so_mark=self.config.so_mark, recv_orig_dst=True)
+            except OSError as exc:
+                counters.dropped += 1
+                log.warning("udp reply from %s to %s dropped: cannot bind a transparent "
+                            "socket there: %s", format_hostport(*key),
+                            format_hostport(*client.src), exc)
+                return
+            asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, sock)
+            entry = self.reply_sockets[key] = _ReplySocket(sock, now)
+        entry.last = now
+        try:
+            entry.sock.sendto(data, client.src)
+        except OSError as exc:
+            counters.dropped += 1
+            log.debug("udp reply to %s failed: %s", format_hostport(*client.src), exc)
+            return
+        counters.bytes_down += len(data)
+
+    # --- expiry ----------------------------------------------------------------------------
+    def sweep(self, now: float | None = None) -> None:
+        """End clients and reply sockets idle for longer than udp_idle_timeout."""
+        now = self.now() if now is None else now
+        limit = self.config.udp_idle_timeout
+        for src, client in list(self.clients.items()):
+            if now - client.last >= limit:
+                del self.clients[src]
+                self._close_client(client)
+        for key, entry in list(self.reply_sockets.items()):
+            if now - entry.last >= limit:
+                del self.reply_sockets[key]
+                self._close_socket(entry.sock)
+
+    def _close_client(self, client: _Client) -> None:
+        for state in list(client.assocs.values()):
+            if state.task is not None:
+                state.task.cancel()
+            if state.assoc is not None:
+                state.assoc.close()
+        client.assocs.clear()
+
+    @staticmethod
+    def _close_socket(sock: socket.socket) -> None:
+        try:
+            asyncio.get_running_loop().remove_reader(sock.fileno())
+        except (RuntimeError, ValueError):
+            pass
+        sock.close()
+
+    async def _sweep_loop(self) -> None:
+        period = max(0.05, min(5.0, self.config.udp_idle_timeout / 4))
+        while True:
+            await asyncio.sleep(period)
+            self.sweep()
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+        for sock in self._listeners:
+            self._close_socket(sock)
+        self._listeners.clear()
+        for client in self.clients.values():
+            self._close_client(client)
+        self.clients.clear()
+        for entry in self.reply_sockets.values():
+            self._close_socket(entry.sock)
+        self.reply_sockets.clear()
