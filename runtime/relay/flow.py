@@ -31,6 +31,19 @@ class Router(Protocol):
     def decide(self, flow: Flow) -> int: ...
 
 
+def reason(router: object, flow: Flow) -> str:
+    """' (rule 3, config.yaml:33)' when the router can say which rule decided, else ''.
+
+    Routers may offer `describe(flow) -> str`; the per-flow log line carries it."""
+    describe = getattr(router, "describe", None)
+    if describe is None:
+        return ""
+    try:
+        return f" ({describe(flow)})"
+    except Exception:  # noqa: BLE001 - a log detail must never break a flow
+        return ""
+
+
 class StaticRouter:
     """Every flow to one outbound."""
 

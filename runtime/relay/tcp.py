@@ -14,7 +14,7 @@ from runtime.outbound.base import Blocked, format_hostport
 from runtime.outbound.sockets import abort, wait_readable
 from runtime.outbound.stream import SocketStream
 
-from .flow import Flow, RelayConfig, Router
+from .flow import Flow, RelayConfig, Router, reason
 from .listen import bind_pair
 from .outbounds import OutboundTable
 from .pump import relay
@@ -126,7 +126,7 @@ class TcpRelay:
             abort(conn)
             raise
         node = dialed.node.name if dialed.node else "-"
-        log.info("%s via %s node %s", flow, outbound.name, node)
+        log.info("%s%s via %s node %s", flow, reason(self.router, flow), outbound.name, node)
         counters.flows += 1
         counters.active += 1
         client = SocketStream(conn)

@@ -19,7 +19,7 @@ from runtime.outbound import AllNodesDown, Blocked, Destination, OutboundError, 
 from runtime.outbound.base import format_hostport
 from runtime.outbound.sockets import (IP_ORIGDSTADDR, IPV6_ORIGDSTADDR, SOL_IPV6)
 
-from .flow import Addr, Flow, RelayConfig, Router
+from .flow import Addr, Flow, RelayConfig, Router, reason
 from .listen import bind_pair, transparent_socket
 from .outbounds import OutboundTable
 from .stats import RelayStats
@@ -159,7 +159,8 @@ class UdpRelay:
     def _log_route(self, client: _Client, dst: Addr, outbound: str,
                    assoc: UdpAssociation) -> None:
         node = assoc.node.name if assoc.node else "-"
-        log.info("%s via %s node %s", Flow("udp", client.src, dst), outbound, node)
+        flow = Flow("udp", client.src, dst)
+        log.info("%s%s via %s node %s", flow, reason(self.router, flow), outbound, node)
 
     async def _open(self, client: _Client, outbound_id: int, state: _Assoc) -> None:
         outbound = self.outbounds.get(outbound_id)
