@@ -157,6 +157,7 @@ def write_build(out_dir: Path, emitted: Emitted, manifest: dict[str, Any], extra
         manifest = {**manifest, "maps": maps_meta,
                     "object_sha256": hashlib.sha256((tmp / "program.o").read_bytes()).hexdigest()}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        (tmp / "manifest.json").chmod(0o600)  # it carries node credentials
         if out_dir.exists():
             old = out_dir.with_name(out_dir.name + ".old-" + tmp.name[-8:])
             out_dir.rename(old)

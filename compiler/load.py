@@ -183,7 +183,10 @@ def load_config_text(text: str, name: str = "config.yaml") -> LoadedConfig:
         if exc.problem and exc.context and ctx is not None and (ctx.line, ctx.column) != (line - 1, col - 1):
             # e.g. "expected ',' or ']'" is found lines after the '[' that was never closed.
             msg += f" ({exc.context} started at line {ctx.line + 1}, column {ctx.column + 1})"
-        diags.error(SourcePos(name, line, col), f"invalid YAML: {msg}")
+        hint = None
+        if exc.problem == "mapping values are not allowed here":
+            hint = "quote values that contain ': ', such as rules or outbounds with 'key: value' params"
+        diags.error(SourcePos(name, line, col), f"invalid YAML: {msg}", hint)
         raise CompileError(diags) from exc
     except Exception as exc:  # ruamel raises assorted errors for duplicate keys etc.
         mark = getattr(exc, "problem_mark", None)
