@@ -18,8 +18,8 @@ from typing import Any
 
 from runtime.bpf import BpfError, BpfObject
 from runtime.build import Build, BuildError, load_tables
-from runtime.datapath import Datapath, cleanup
-from runtime.datapath.state import DEFAULT_STATE_PATH
+from runtime.datapath import Datapath, InterfaceResolutionError, StateBusy, TcError, cleanup
+from runtime.datapath.state import DEFAULT_STATE_PATH, StateCorrupt
 from runtime.kernel_router import KernelRouter
 
 log = logging.getLogger("dae.gateway")
@@ -77,16 +77,22 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
         if relay is not None:
             await relay.close()
         if obj.loaded:
-            log.info("%s", _stats_line(obj, build))
+            # The kernel's per-outbound counters next to the relay's own: direct flows show up
+            # in the first and never in the second (the periodic line only comes every 60 s).
+            log.info("%s; relay: %s", _stats_line(obj, build), relay.stats if relay is not None else "-")
         obj.close()
 
 
 def main(args: argparse.Namespace) -> int:
     state_path = Path(getattr(args, "state", None) or os.environ.get("DAE_STATE", DEFAULT_STATE_PATH))
     if args.command == "cleanup":
-        report = cleanup(state_path)
+        try:
+            report = cleanup(state_path)
+        except (StateBusy, StateCorrupt) as exc:  # a live runtime owns it, or it is unreadable
+            log.error("cleanup refused: %s", exc)
+            return 1
         print(f"dae-runtime cleanup: {report}")
-        return 0
+        return 0 if report.ok else 1
     try:
         build = Build.open(args.build)
     except BuildError as exc:
@@ -114,7 +120,8 @@ def main(args: argparse.Namespace) -> int:
     except BpfError as exc:
         log.error("cannot load the program: %s", exc)
         return 1
-    except OSError as exc:
+    except (OSError, InterfaceResolutionError, StateBusy, StateCorrupt, TcError) as exc:
+        # Configuration or environment problems: one line naming the cause, not a traceback.
         log.error("cannot start the gateway: %s", exc)
         return 1
     return 0

@@ -36,6 +36,7 @@ class GatewayProcess:
         self.log_level = log_level
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = None
+        self._pump: Any = None
 
     def argv(self, *extra: str) -> list[str]:
         return [sys.executable, "-m", "runtime.cli", "--log-level", self.log_level, *extra]
@@ -63,6 +64,7 @@ class GatewayProcess:
             elif self.proc.poll() is not None:
                 break
         self.kill()
+        self.cleanup()  # it may have got as far as attaching before it died or timed out
         raise GatewayStartError(f"dae-runtime did not become ready:\n{buf.decode(errors='replace')[-4000:]}")
 
     def _drain_in_background(self) -> None:
@@ -74,7 +76,14 @@ class GatewayProcess:
                 self._log.write(chunk)
                 self._log.flush()
 
-        threading.Thread(target=pump, daemon=True).start()
+        self._pump = threading.Thread(target=pump, daemon=True)
+        self._pump.start()
+
+    def _join_pump(self) -> None:
+        """After the process exited: let the pump copy its last lines (the exit statistics)
+        before anyone reads or closes the log."""
+        if self._pump is not None:
+            self._pump.join(5)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -89,6 +98,7 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._join_pump()
         return self.proc.returncode
 
     def kill(self) -> None:
@@ -96,6 +106,7 @@ class GatewayProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self._join_pump()
 
     def cleanup(self) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
