@@ -201,7 +201,8 @@ class RoutingChecker:
             must, name = True, name[5:]
         if name not in self.outbounds:
             self.diags.error(locate(call.offset), f"unknown outbound or group '{call.name}'",
-                             did_you_mean(call.name, list(self.outbounds) + ["must_rules"]))
+                             did_you_mean(call.name, list(self.outbounds) + [f"must_{o}" for o in self.outbounds]
+                                          + ["must_rules"]))
             return None
         self.used.setdefault(name, locate(call.offset))
         mark = 0
@@ -316,7 +317,8 @@ class RoutingChecker:
             try:
                 vals.append(parse_mac(text))
             except ValueError as exc:
-                self.diags.error(locate(p.offset), str(exc))
+                # A bare MAC lexes as 'key: value' (its first octet is the key): point at its start.
+                self.diags.error(locate(p.value_offset if p.key is None else p.offset), str(exc))
                 ok = False
         return ValueSet(tuple(vals)) if ok else None
 

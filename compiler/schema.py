@@ -84,6 +84,10 @@ def _message(err: ValidationError) -> tuple[str, str | None]:
         if _unquoted_rule(err):
             # `- domain(suffix: a.com) -> x` unquoted: YAML reads 'key: value' inside it as a mapping.
             hint = "quote the rule: unquoted, YAML reads the ': ' inside it as a mapping"
+        ap = tuple(err.absolute_path)
+        if len(ap) == 3 and ap[:2] == ("routing", "rules") and not hint:
+            return (f"{path}: {json.dumps(inst, default=str)[:80]} is neither a rule string nor a rule mapping "
+                    "(match: [...], outbound: ...)"), None
         return f"{path}: {json.dumps(inst, default=str)[:80]} has the wrong type or form", hint
     return f"{path}: {err.message}", None
 

@@ -88,12 +88,18 @@ def _parse(text: str, start: str) -> Tree:
     try:
         return _parser().parse(text, start=start)
     except UnexpectedCharacters as exc:
-        raise RuleSyntaxError(f"unexpected character {text[exc.pos_in_stream]!r}", exc.pos_in_stream) from None
+        pos = exc.pos_in_stream
+        ch = text[pos]
+        if ch in "'\"" and ch not in text[pos + 1:]:
+            raise RuleSyntaxError(f"unterminated quoted value (no closing {ch})", pos) from None
+        raise RuleSyntaxError(f"unexpected character {ch!r}", pos) from None
     except UnexpectedToken as exc:
         if exc.token.type == "$END":
             raise RuleSyntaxError(f"rule ends early; expected {_describe(exc.expected, start)}", len(text)) from None
         pos = exc.token.start_pos or 0
-        raise RuleSyntaxError(f"unexpected {str(exc.token)!r}; expected {_describe(exc.expected, start)}", pos) from None
+        # '->' where it does not fit lexes as a value '-' followed by '>': show what was written.
+        shown = "->" if text.startswith("->", pos) else str(exc.token)
+        raise RuleSyntaxError(f"unexpected {shown!r}; expected {_describe(exc.expected, start)}", pos) from None
     except UnexpectedEOF as exc:
         raise RuleSyntaxError(f"rule ends early; expected {_describe(set(exc.expected), start)}", len(text)) from None
     except UnexpectedInput as exc:  # pragma: no cover - lark's other input errors
