@@ -1,0 +1,214 @@
+"""Compile time and peak memory of `dae-compile` on a 100k-domain + 10k-CIDR config.
+
+    .venv/bin/python -m bench.compile_time [--runs 5] [--domains 100000] [--cidrs 10000]
+
+Configs (generated into a temp dir):
+  tiny      3 rules, a handful of values (the baseline: interpreter start-up, imports, clang)
+  geodata   `domain(geosite:bench)` with N domains + `dip(geoip:bench)` with M CIDRs, from
+            geosite.dat/geoip.dat files (how dae users write geosite:cn / geoip:cn)
+  inline    the same N domains and M CIDRs written inline in two rule strings
+Each is compiled by the real CLI in a subprocess (`.venv/bin/dae-compile CONFIG -o OUT -q`),
+`runs` times, interleaved in a shuffled order; wall time is measured around the process and
+CPU time and peak RSS come from os.wait4's rusage (ru_maxrss is the largest resident set of the
+process or any child it waited for, i.e. python or clang, whichever is larger). Then one
+in-process compile of each big config gives a breakdown by stage and tracemalloc's peak of
+Python allocations (a separate run: tracemalloc slows Python down).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from . import configs
+from .common import REPO, machine_note, print_machine
+
+DAE_COMPILE = REPO / ".venv" / "bin" / "dae-compile"
+
+
+def run_cli(config: Path, out: Path, strategy: str) -> dict[str, float]:
+    if out.exists():
+        shutil.rmtree(out)
+    cmd = [str(DAE_COMPILE), str(config), "-o", str(out), "-q", "--strategy", strategy]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    proc.stdout and proc.stdout.close()
+    proc.stderr and proc.stderr.close()
+    if proc.returncode != 0:
+        raise RuntimeError(f"dae-compile {config.name} failed ({proc.returncode}):\n{err[-2000:]}")
+    return {"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "maxrss_mb": ru.ru_maxrss / 1024}
+
+
+@contextlib.contextmanager
+def stage_timer() -> Iterator[dict[str, float]]:
+    """Patch the pipeline's stage functions to accumulate their wall time by name."""
+    import compiler.check as check
+    import compiler.emit as emit
+    import compiler.geodata as geodata
+    import compiler.pipeline as pl
+
+    acc: dict[str, float] = {}
+    patched: list[tuple[Any, str, Any]] = []
+
+    def wrap(owner: Any, attr: str, label: str) -> None:
+        fn: Callable[..., Any] = getattr(owner, attr)
+
+        def timed(*a: Any, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                acc[label] += time.perf_counter() - t0
+
+        patched.append((owner, attr, fn))
+        setattr(owner, attr, timed)
+        acc[label] = 0.0  # wrap order = print order
+
+    wrap(pl, "load_config", "load YAML (ruamel)")
+    wrap(pl, "check_schema", "schema (jsonschema)")
+    wrap(pl.RoutingChecker, "build", "rules -> IR (lark, geodata)")
+    wrap(check, "parse_rule", "  of which: lark parse of rule strings")
+    wrap(geodata, "read_geosite", "  of which: read geosite.dat")
+    wrap(geodata, "read_geoip", "  of which: read geoip.dat")
+    wrap(pl, "optimise", "passes")
+    wrap(emit, "render", "render C (jinja)")
+    wrap(pl, "ir_to_json", "ir.json")
+    wrap(emit, "write_build", "write build (incl. clang, map files)")
+    wrap(emit, "compile_c", "  of which: clang")
+    try:
+        yield acc
+    finally:
+        for owner, attr, fn in reversed(patched):
+            setattr(owner, attr, fn)
+
+
+def in_process(config: Path, out: Path, strategy: str) -> dict[str, Any]:
+    from compiler.pipeline import compile_config
+
+    if out.exists():
+        shutil.rmtree(out)
+    with stage_timer() as acc:
+        t0 = time.perf_counter()
+        compile_config(config, out, strategy=strategy)
+        total = time.perf_counter() - t0
+    if out.exists():
+        shutil.rmtree(out)
+    tracemalloc.start()
+    compile_config(config, out, strategy=strategy)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    sizes = {p.relative_to(out).as_posix(): p.stat().st_size for p in out.rglob("*") if p.is_file()}
+    return {"total": total, "stages": dict(acc), "py_peak_mb": peak / 2**20, "sizes": sizes}
+
+
+def load_time(out: Path) -> float:
+    from runtime.bpf import BpfObject
+    from runtime.build import Build, load_tables
+
+    t0 = time.perf_counter()
+    b = Build.open(out)
+    with BpfObject(b.object_path) as obj:
+        obj.load()
+        load_tables(obj, b)
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--domains", type=int, default=100_000)
+    ap.add_argument("--cidrs", type=int, default=10_000)
+    ap.add_argument("--strategies", nargs="*", default=["auto"],
+                    help="strategies to compile the big configs with (default: auto)")
+    ap.add_argument("--no-breakdown", action="store_true", help="skip the in-process stage breakdown")
+    ap.add_argument("--no-load", action="store_true", help="skip loading the big build into the kernel")
+    args = ap.parse_args(argv)
+    note = machine_note()
+    cmd = ".venv/bin/python -m bench.compile_time " + " ".join(argv if argv is not None else sys.argv[1:])
+    with tempfile.TemporaryDirectory(prefix="dae-bench-ct-") as td:
+        tmp = Path(td)
+        cfgs: dict[str, Path] = {}
+        t0 = time.perf_counter()
+        (tmp / "tiny.yaml").write_text(configs.tiny_config())
+        cfgs["tiny"] = tmp / "tiny.yaml"
+        (tmp / "geodata.yaml").write_text(configs.big_compile_config(tmp / "geo", args.domains, args.cidrs, inline=False))
+        cfgs["geodata"] = tmp / "geodata.yaml"
+        (tmp / "inline.yaml").write_text(configs.big_compile_config(tmp / "inl", args.domains, args.cidrs, inline=True))
+        cfgs["inline"] = tmp / "inline.yaml"
+        print(f"generated configs in {time.perf_counter() - t0:.1f}s: "
+              + ", ".join(f"{k} {p.stat().st_size / 1e6:.2f} MB" for k, p in cfgs.items())
+              + f"; geosite.dat {(tmp / 'geo' / 'geosite.dat').stat().st_size / 1e6:.2f} MB, "
+              f"geoip.dat {(tmp / 'geo' / 'geoip.dat').stat().st_size / 1e6:.2f} MB", file=sys.stderr)
+        jobs = [("tiny", "auto")] + [(k, s) for k in ("geodata", "inline") for s in args.strategies]
+        samples: dict[tuple[str, str], list[dict[str, float]]] = {j: [] for j in jobs}
+        failed: dict[tuple[str, str], str] = {}
+        rng = random.Random(0)
+        for r in range(args.runs):
+            order = jobs[:]
+            rng.shuffle(order)
+            for j in order:
+                if j in failed:
+                    continue
+                try:
+                    samples[j].append(run_cli(cfgs[j[0]], tmp / f"out-{j[0]}-{j[1]}", j[1]))
+                except RuntimeError as exc:
+                    failed[j] = str(exc).strip().splitlines()[-1][:160]
+            print(f"run {r + 1}/{args.runs} done", file=sys.stderr, flush=True)
+        breakdown = {}
+        if not args.no_breakdown:
+            for j in jobs[1:]:
+                if j not in failed:
+                    breakdown[j] = in_process(cfgs[j[0]], tmp / f"bd-{j[0]}-{j[1]}", j[1])
+        loads = {}
+        if not args.no_load:
+            for j in jobs:
+                if j not in failed:
+                    loads[j] = load_time(tmp / f"out-{j[0]}-{j[1]}")
+
+    print_machine(note)
+    print(f"# command (as root, from the checkout): {cmd.strip()}")
+    print(f"# {args.runs} interleaved runs per config; median (min-max)\n")
+    print("| config | strategy | wall s | CPU s | peak RSS MB | wall - tiny | load into kernel s |")
+    print("|---|---|---|---|---|---|---|")
+    tiny_wall = statistics.median(s["wall"] for s in samples[("tiny", "auto")]) if samples[("tiny", "auto")] else 0.0
+    for j in jobs:
+        if j in failed:
+            print(f"| {j[0]} | {j[1]} | FAILED: {failed[j]} | | | | |")
+            continue
+        ss = samples[j]
+
+        def col(k: str, nd: int = 2) -> str:
+            v = [s[k] for s in ss]
+            return f"{statistics.median(v):.{nd}f} ({min(v):.{nd}f}-{max(v):.{nd}f})"
+
+        extra = statistics.median(s["wall"] for s in ss) - tiny_wall
+        print(f"| {j[0]} | {j[1]} | {col('wall')} | {col('cpu')} | {col('maxrss_mb', 0)} | +{extra:.2f} | "
+              f"{loads.get(j, float('nan')):.2f} |")
+    for j, bd in breakdown.items():
+        print(f"\nStage breakdown, in-process compile of `{j[0]}` ({j[1]}): total {bd['total']:.2f} s; "
+              f"tracemalloc peak of Python allocations {bd['py_peak_mb']:.0f} MB")
+        for k, v in bd["stages"].items():
+            if v:
+                sub = k.startswith("  ")
+                print(f"{'    ' if sub else '  '}- {k.strip()}: {v:.2f} s")
+        big = sorted(bd["sizes"].items(), key=lambda kv: -kv[1])[:5]
+        print("  - largest outputs: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in big))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
