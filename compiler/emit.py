@@ -6,6 +6,7 @@ debug paths that depend on the build location, and JSON is written with sorted k
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -41,6 +42,7 @@ class Emitted:
     strategy: str
 
 
+@functools.lru_cache(maxsize=1)
 def _env() -> jinja2.Environment:
     return jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), trim_blocks=True,
                               lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)

@@ -174,16 +174,43 @@ def value_vectors(plan: FieldPlan) -> tuple[dict[Any, Vec], Vec]:
     return {v: plan.vector(lambda m, v=v: m.values.contains(v)) for v in sorted(values, key=str)}, default  # type: ignore[union-attr]
 
 
-def domain_masks(live: tuple[Rule, ...], all_ones: Vec) -> list[dict[str, Any]]:
-    """Per domain set: the rules that need its bit set (pos) and those that need it clear (neg)."""
-    need: dict[int, dict[str, Vec]] = {}
+def domain_plan(live: tuple[Rule, ...], all_ones: Vec) -> dict[str, Any] | None:
+    """How domain literals become a rule vector.
+
+    Rules whose only domain literal is one positive set are switched on by that set's bit,
+    rules whose only literal is one negated set are switched off by it: the program walks just
+    the bits the destination's name has (usually one or two) and looks each up in
+    `domain_vecs`. Rules with several domain literals are checked one by one.
+    """
+    lits: dict[int, list[tuple[int, bool]]] = {}
     for pos, r in enumerate(live):
         for m in r.matches:
             if m.field is Field.DOMAIN:
                 assert isinstance(m.values, DomainRef)
-                d = need.setdefault(m.values.bit, {"pos": 0, "neg": 0})
-                d["neg" if m.negated else "pos"] |= 1 << pos
-    return [{"bit": b, "pos": v["pos"], "neg": v["neg"]} for b, v in sorted(need.items())]
+                lits.setdefault(pos, []).append((m.values.bit, m.negated))
+    if not lits:
+        return None
+    base = all_ones
+    pos_of: dict[int, Vec] = {}
+    neg_of: dict[int, Vec] = {}
+    complex_rules = []
+    for pos, ls in lits.items():
+        base &= ~(1 << pos)
+        if len(ls) == 1:
+            bit, neg = ls[0]
+            if neg:
+                neg_of[bit] = neg_of.get(bit, 0) | (1 << pos)
+                base |= 1 << pos
+            else:
+                pos_of[bit] = pos_of.get(bit, 0) | (1 << pos)
+        else:
+            complex_rules.append((pos, ls))
+    return {"base": base, "pos": pos_of, "neg": neg_of, "complex": complex_rules,
+            "nsets": 1 + max(b for ls in lits.values() for b, _ in ls)}
+
+
+def _domain_term(bit: int) -> str:
+    return f"(dom && (dom->w[{bit // 64}] & (1ULL << {bit % 64})))"
 
 
 # ---- template context --------------------------------------------------------------------------
@@ -273,20 +300,20 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
     else:
         ctx["pname"] = None
 
-    masks = domain_masks(live, all_ones)
-    if masks:
-        none_vec = all_ones
-        blocks = []
-        for d in masks:
-            none_vec &= ~d["pos"]
-            w, b = d["bit"] // 64, d["bit"] % 64
-            blocks.append({"bit": d["bit"], "word": w, "shift": b,
-                           "if_clear": _mask_lines(all_ones & ~d["pos"] | ~all_ones, words, "\t\t\t"),
-                           "if_set": _mask_lines(all_ones & ~d["neg"] | ~all_ones, words, "\t\t\t")})
-        ctx["domain_blocks"] = blocks
-        ctx["domain_none"] = _mask_lines(none_vec | ~all_ones, words, "\t\t")
+    dplan = domain_plan(live, all_ones)
+    if dplan:
+        t = MapTable("domain_vecs", "array", 4, 2 * vsize)
+        for bit in range(dplan["nsets"]):
+            t.records.append((struct.pack("<I", bit), vec_bytes(dplan["pos"].get(bit, 0), words)
+                              + vec_bytes(dplan["neg"].get(bit, 0), words)))
+        tables.append(t)
+        complex_lines = []
+        for pos, ls in dplan["complex"]:
+            terms = [("!" if neg else "") + _domain_term(b) for b, neg in ls]
+            complex_lines.append({"pos": pos, "word": pos // 64, "shift": pos % 64, "cond": " && ".join(terms)})
+        ctx["domain"] = {"base": c_words(dplan["base"], words), "nsets": dplan["nsets"], "complex": complex_lines}
     else:
-        ctx["domain_blocks"] = None
+        ctx["domain"] = None
 
     must_rules = 0
     for pos, r in enumerate(live):

@@ -12,7 +12,7 @@ from .values import parse_duration
 GLOBAL_DEFAULTS: dict[str, Any] = {
     "tproxy_port": 12345,
     "tproxy_port_protect": True,
-    "so_mark_from_dae": 0,
+    "so_mark_from_dae": 0,  # 0: DEFAULT_SO_MARK is used (the relay's sockets must carry a mark)
     "log_level": "info",
     "lan_interface": [],
     "wan_interface": [],
@@ -32,6 +32,8 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
     "route_table": 2023,
 }
 
+DEFAULT_SO_MARK = 0x800000
+
 DNS_PORTS = {"udp": 53, "tcp": 53, "tcp+udp": 53, "tls": 853, "https": 443, "h3": 443, "http3": 443, "quic": 853}
 
 
@@ -49,6 +51,8 @@ def global_settings(cfg: LoadedConfig, diags: Diagnostics) -> dict[str, Any]:
     if not out["lan_interface"] and not out["wan_interface"]:
         diags.warning(cfg.pos.key(("global",)) if "global" in cfg.data else cfg.pos.value(()),
                       "neither lan_interface nor wan_interface is set: the gateway will not capture any traffic")
+    if not out["so_mark_from_dae"]:
+        out["so_mark_from_dae"] = DEFAULT_SO_MARK
     if out["fwmark"] == out["so_mark_from_dae"] and out["fwmark"]:
         diags.error(cfg.pos.value(("global", "fwmark")), "fwmark must differ from so_mark_from_dae")
     return out

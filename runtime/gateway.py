@@ -24,7 +24,7 @@ from runtime.kernel_router import KernelRouter
 
 log = logging.getLogger("dae.gateway")
 
-DEFAULT_SO_MARK = 0x800000  # used when so_mark_from_dae is 0: the relay's sockets must be marked
+from compiler.settings import DEFAULT_SO_MARK  # noqa: E402 - older builds may carry 0
 
 
 def _stats_line(obj: BpfObject, build: Build) -> str:

@@ -1,12 +1,16 @@
 """The outbound table: id -> Outbound (0 direct, 1 block, groups by their manifest id)."""
 from __future__ import annotations
 
+import logging
+
 from typing import Any, Mapping
 
 from runtime.groups import Group
 from runtime.outbound import (BLOCK_ID, DIRECT_ID, BlockOutbound, DialOptions, DirectOutbound,
                               Node, Outbound)
 
+
+log = logging.getLogger(__name__)
 
 class OutboundTable:
     def __init__(self, table: Mapping[int, Outbound]) -> None:
@@ -18,13 +22,23 @@ class OutboundTable:
         """From the manifest's "nodes" and "groups" lists."""
         nodes: dict[str, Node] = {}
         for raw in manifest.get("nodes", ()):
+            if raw.get("dialable") is False:
+                log.warning("node '%s': %s is not supported by the runtime; skipped", raw.get("name"),
+                            raw.get("protocol"))
+                continue
             node = Node.from_manifest(raw)
             if node.name in nodes:
                 raise ValueError(f"duplicate node name {node.name!r}")
             nodes[node.name] = node
         table: dict[int, Outbound] = {DIRECT_ID: DirectOutbound(opts), BLOCK_ID: BlockOutbound()}
         for raw in manifest.get("groups", ()):
-            group = Group.from_manifest(raw, nodes, opts, **group_kwargs)
+            members = [n for n in raw.get("nodes", ()) if n in nodes]
+            if not members:
+                # The compiler only lets this through for groups no rule uses.
+                log.warning("group '%s' has no node the runtime can dial; flows to it are refused",
+                            raw.get("name"))
+                continue
+            group = Group.from_manifest({**raw, "nodes": members}, nodes, opts, **group_kwargs)
             if group.spec.id in table:
                 raise ValueError(f"group '{group.name}': outbound id {group.spec.id} is taken")
             table[group.spec.id] = group

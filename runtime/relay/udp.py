@@ -143,6 +143,7 @@ class UdpRelay:
             state = client.assocs[outbound_id] = _Assoc(outbound.name)
             state.task = asyncio.get_running_loop().create_task(
                 self._open(client, outbound_id, state))
+            fresh = True  # a new association (first or retry): log its route once it opens
         if fresh:
             if state.assoc is not None:
                 self._log_route(client, dst, outbound.name, state.assoc)

@@ -84,9 +84,6 @@ def test_deterministic(strategy: str, tmp_path: Path) -> None:
         assert b"/one/build" not in data and b"/deeper/out" not in data, f"{name} holds a build path"
 
 
-@pytest.mark.xfail(strict=True, reason="ir.json records each rule's source file as the config path given to "
-                   "dae-compile (absolute here), so the same config checked out elsewhere builds differently "
-                   "(compiler/ir_json.py writes r.source.file as is)")
 def test_deterministic_wherever_the_config_lives(tmp_path: Path) -> None:
     builds = []
     for where in ("a/src", "b/elsewhere/src"):

@@ -644,8 +644,6 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], C
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_scenario(name: str, strategy: str, compiled: Callable[[str, str], Compiled],
                   request: pytest.FixtureRequest) -> None:
-    if (name, strategy) == ("domain_words", "bitvector"):
-        request.applymarker(pytest.mark.xfail(strict=True, raises=BpfError, reason=DOMAIN_BRANCHES_BUG))
     problems = run_cases(compiled(name, strategy), SCENARIOS[name].cases)
     assert not problems, f"{len(problems)} flow(s) decided wrongly:\n" + "\n".join(problems)
 
@@ -658,7 +656,6 @@ def test_pname(strategy: str, compiled: Callable[[str, str], Compiled]) -> None:
     assert not problems, f"{len(problems)} flow(s) decided wrongly:\n" + "\n".join(problems)
 
 
-@pytest.mark.xfail(strict=True, reason=PNAME_BUG)
 @pytest.mark.parametrize("strategy", strategy_params())
 def test_explain_pname(strategy: str, compiled: Callable[[str, str], Compiled]) -> None:
     """`explain --pname` shows what pname() rules do."""
