@@ -36,6 +36,7 @@ class KernelRouter:
         self.flows = flows_map
         self.domains = domain_map
         self.n_rules = len(build.manifest["rules"])
+        self._last: tuple[Any, RouteInfo] | None = None  # decide() then describe() of one flow
 
     @staticmethod
     def _spec(flow: Any) -> FlowSpec:
@@ -67,11 +68,14 @@ class KernelRouter:
         return RouteInfo(dec.outbound_id, dec.rule, dec.mark, dec.must, "user-space")
 
     def decide(self, flow: Any) -> int:
-        return self.route(flow).outbound_id
+        info = self.route(flow)
+        self._last = (flow, info)
+        return info.outbound_id
 
     def describe(self, flow: Any) -> str:
         """'rule 3 (config.yaml:33)' or 'fallback', for the per-flow log line."""
-        info = self.route(flow)
+        last = self._last
+        info = last[1] if last is not None and last[0] == flow else self.route(flow)
         if info.rule is None:
             return "fallback"
         r = self.build.rule(info.rule)

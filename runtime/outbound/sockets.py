@@ -21,6 +21,7 @@ IP_ORIGDSTADDR = IP_RECVORIGDSTADDR
 IPV6_RECVORIGDSTADDR = 74
 IPV6_ORIGDSTADDR = IPV6_RECVORIGDSTADDR
 SOL_IPV6 = getattr(socket, "SOL_IPV6", 41)
+SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
@@ -77,9 +78,9 @@ async def resolve(host: str, port: int, timeout: float, node: Node | None = None
         return [(fam, (host, port, 0, 0) if fam == socket.AF_INET6 else (host, port))]
     loop = asyncio.get_running_loop()
     try:
-        infos = await asyncio.wait_for(
-            loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM), timeout)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(timeout):
+            infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
+    except TimeoutError:
         raise DialError(f"resolving {host!r} timed out after {timeout:g}s", node) from None
     except OSError as exc:
         raise DialError(f"cannot resolve {host!r}: {exc.strerror or exc}", node) from None
@@ -89,25 +90,25 @@ async def resolve(host: str, port: int, timeout: float, node: Node | None = None
 async def connect_tcp(host: str, port: int, opts: DialOptions,
                       node: Node | None = None) -> socket.socket:
     """A connected, non-blocking, marked TCP socket; DialError (naming the node) otherwise."""
-    deadline = asyncio.get_running_loop().time() + opts.connect_timeout
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + opts.connect_timeout
     last: Exception | None = None
     for fam, addr in await resolve(host, port, opts.connect_timeout, node):
-        sock = socket.socket(fam, socket.SOCK_STREAM)
+        sock = socket.socket(fam, socket.SOCK_STREAM | SOCK_NONBLOCK)  # no ioctl(FIONBIO)
         try:
-            sock.setblocking(False)
             set_mark(sock, opts.so_mark)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             err = sock.connect_ex(addr)
             if err == errno.EINPROGRESS:
-                remaining = deadline - asyncio.get_running_loop().time()
-                if remaining <= 0:
-                    raise asyncio.TimeoutError
-                await asyncio.wait_for(wait_writable(sock.fileno()), remaining)
+                if deadline - loop.time() <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout_at(deadline):  # no extra task, unlike wait_for
+                    await wait_writable(sock.fileno())
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 raise OSError(err, os.strerror(err))
             return sock
-        except asyncio.TimeoutError:
+        except TimeoutError:
             sock.close()
             last = DialError(f"connect to {addr[0]}:{addr[1]} timed out after "
                              f"{opts.connect_timeout:g}s", node)

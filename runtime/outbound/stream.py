@@ -11,7 +11,7 @@ import ssl
 from typing import Awaitable, Protocol, TypeVar
 
 from .base import Node, ProxyProtocolError
-from .sockets import abort, wait_readable, wait_writable
+from .sockets import abort, wait_writable
 
 RECV_SIZE = 256 * 1024
 T = TypeVar("T")
@@ -37,13 +37,57 @@ class Stream(Protocol):
 
 
 class SocketStream:
-    """A connected non-blocking TCP socket."""
+    """A connected non-blocking TCP socket.
+
+    Reads wait with the fd registered once and kept registered across reads (not an
+    add_reader/remove_reader pair, and with uvloop a poll handle plus ioctl, per wait); a
+    readiness report nobody waits for drops the registration. `release_reader()` before anyone
+    else registers the fd for reading (the relay's splice pump does)."""
 
     def __init__(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
+        if sock.gettimeout() != 0.0:  # one ioctl per socket, not one per wrapper
+            sock.setblocking(False)
         self.sock = sock
         self._fd = sock.fileno()
         self._pending = b""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._armed = False
+
+    def _ready(self) -> None:
+        waiter = self._waiter
+        if waiter is None:
+            self.release_reader()
+        else:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _wait_readable(self) -> None:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        if not self._armed:
+            loop.add_reader(self._fd, self._ready)
+            self._armed = True
+        self._waiter = waiter = loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def hand_over_reader(self) -> None:
+        """Forget the registration without removing it: the caller registers its own reader
+        on the fd right away, before the loop runs again (replacing ours: no epoll_ctl)."""
+        self._armed = False
+
+    def release_reader(self) -> None:
+        if self._armed:
+            self._armed = False
+            try:
+                self._loop.remove_reader(self._fd)  # type: ignore[union-attr]
+            except (RuntimeError, ValueError, OSError):  # loop closed, fd gone
+                pass
 
     async def recv(self, n: int = RECV_SIZE) -> bytes:
         if self._pending:
@@ -53,7 +97,7 @@ class SocketStream:
             try:
                 return self.sock.recv(n)
             except (BlockingIOError, InterruptedError):
-                await wait_readable(self._fd)
+                await self._wait_readable()
 
     async def sendall(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -79,9 +123,11 @@ class SocketStream:
             pass
 
     def close(self) -> None:
+        self.release_reader()
         self.sock.close()
 
     def abort(self) -> None:
+        self.release_reader()
         abort(self.sock)
 
     def splice_fd(self) -> int | None:
@@ -177,8 +223,9 @@ class TlsStream:
 async def bounded(coro: Awaitable[T], seconds: float, node: Node | None, what: str) -> T:
     """`coro` within `seconds`; past that a ProxyProtocolError saying what timed out."""
     try:
-        return await asyncio.wait_for(coro, seconds)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(seconds):  # no extra task, unlike wait_for
+            return await coro
+    except TimeoutError:
         raise ProxyProtocolError(f"{what} timed out after {seconds:g}s", node) from None
 
 

@@ -72,7 +72,7 @@ class RelayConfig:
     tcp_idle_timeout: float = 300.0
     udp_idle_timeout: float = 60.0
     splice: bool = True
-    pipe_size: int = 1 << 20
+    pipe_size: int = 64 * 1024  # per splice pipe, created lazily per direction
     listen_backlog: int = 4096
 
     def dial_options(self) -> DialOptions:

@@ -1,5 +1,10 @@
 """Moving bytes between two streams: splice(2) through a pipe when both ends are plain TCP,
-a user-space copy otherwise; half-close forwarded, idle flows ended."""
+a user-space copy otherwise; half-close forwarded, idle flows ended.
+
+Per-flow cost matters (many idle flows, many short ones): the first chunk of each direction is
+copied through user space and a splice pipe (RelayConfig.pipe_size, 64 KiB by default) is only
+created when more data follows, and closed as soon as that direction ends; a socket stays
+registered for reading across waits (one epoll_ctl per direction, not two per wait)."""
 from __future__ import annotations
 
 import asyncio
@@ -7,30 +12,110 @@ import fcntl
 import os
 from typing import Callable
 
-from runtime.outbound.sockets import wait_readable, wait_writable
+from runtime.outbound.sockets import wait_writable
 from runtime.outbound.stream import RECV_SIZE, Stream
 
 F_SETPIPE_SZ = 1031
+F_GETPIPE_SZ = 1032
 HAVE_SPLICE = hasattr(os, "splice")
+DEFAULT_PIPE_SIZE = 64 * 1024
+FIRST_READ = 64 * 1024  # the first chunk of a direction, read into user space (no pipe yet)
+SPLICE_FLAGS = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if HAVE_SPLICE else 0
 Count = Callable[[int], None]
 
 
-async def splice_one_way(src_fd: int, dst_fd: int, count: Count, pipe_size: int) -> None:
-    """src socket -> pipe -> dst socket in the kernel until src's EOF."""
+class Reader:
+    """Waits for an fd to become readable with the fd registered once, not per wait.
+
+    The registration stays while the owner keeps reading; if readiness is reported while
+    nobody waits (the owner blocked elsewhere, e.g. writing), it is dropped so a level-triggered
+    loop does not spin, and re-added by the next wait."""
+
+    __slots__ = ("loop", "fd", "waiter", "armed")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        self.loop = loop
+        self.fd = fd
+        self.waiter: asyncio.Future[None] | None = None
+        self.armed = False
+
+    def _ready(self) -> None:
+        waiter = self.waiter
+        if waiter is None:
+            self.loop.remove_reader(self.fd)
+            self.armed = False
+        else:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait(self) -> None:
+        if not self.armed:
+            self.loop.add_reader(self.fd, self._ready)
+            self.armed = True
+        self.waiter = waiter = self.loop.create_future()
+        try:
+            await waiter
+        finally:
+            self.waiter = None
+
+    def close(self) -> None:
+        if self.armed:
+            self.armed = False
+            self.loop.remove_reader(self.fd)
+
+
+def _open_pipe(pipe_size: int) -> tuple[int, int, int]:
     read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        try:
-            fcntl.fcntl(write_end, F_SETPIPE_SZ, pipe_size)
-        except OSError:  # above /proc/sys/fs/pipe-max-size: keep the default
-            pass
-        chunk = fcntl.fcntl(write_end, 1032)  # F_GETPIPE_SZ
+        if pipe_size != 65536:  # the kernel's default already
+            try:
+                fcntl.fcntl(write_end, F_SETPIPE_SZ, pipe_size)
+            except OSError:  # above /proc/sys/fs/pipe-max-size: keep the default
+                pass
+            chunk = fcntl.fcntl(write_end, F_GETPIPE_SZ)
+        else:
+            chunk = pipe_size
+    except BaseException:
+        os.close(read_end)
+        os.close(write_end)
+        raise
+    return read_end, write_end, chunk
+
+
+async def splice_one_way(src: Stream, dst: Stream, count: Count,
+                         pipe_size: int = DEFAULT_PIPE_SIZE) -> None:
+    """src socket -> dst socket until src's EOF: the first chunk through user space, the rest
+    src -> pipe -> dst in the kernel (the pipe created then, closed on return)."""
+    src_fd: int = src.splice_fd()  # type: ignore[assignment]
+    dst_fd: int = dst.splice_fd()  # type: ignore[assignment]
+    loop = asyncio.get_running_loop()
+    reader = Reader(loop, src_fd)
+    read_end = write_end = -1
+    try:
+        while True:  # first chunk: plain read, no pipe
+            try:
+                data = os.read(src_fd, FIRST_READ)
+            except (BlockingIOError, InterruptedError):
+                await reader.wait()
+                continue
+            break
+        if not data:
+            return
+        await dst.sendall(data)
+        count(len(data))
+        del data
         flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
         splice = os.splice
+        chunk = 0
         while True:
+            if read_end < 0:
+                await reader.wait()  # the pipe only once more data (or EOF) is there
+                read_end, write_end, chunk = _open_pipe(pipe_size)
             try:
                 n = splice(src_fd, write_end, chunk, flags=flags)
             except (BlockingIOError, InterruptedError):
-                await wait_readable(src_fd)
+                await reader.wait()
                 continue
             if n == 0:
                 return
@@ -42,8 +127,10 @@ async def splice_one_way(src_fd: int, dst_fd: int, count: Count, pipe_size: int)
                     await wait_writable(dst_fd)
             count(n)
     finally:
-        os.close(read_end)
-        os.close(write_end)
+        reader.close()
+        if read_end >= 0:
+            os.close(read_end)
+            os.close(write_end)
 
 
 async def copy_one_way(src: Stream, dst: Stream, count: Count) -> None:
@@ -56,15 +143,18 @@ async def copy_one_way(src: Stream, dst: Stream, count: Count) -> None:
 
 
 class IdleWatch:
-    """Cancels `tasks` once nothing moved for `timeout` seconds (one timer, re-armed lazily)."""
+    """Calls `on_expire` once nothing moved for `timeout` seconds (one timer, re-armed lazily)."""
 
-    def __init__(self, timeout: float, tasks: list[asyncio.Task[None]]) -> None:
-        self.loop = asyncio.get_running_loop()
+    __slots__ = ("loop", "timeout", "on_expire", "last", "expired", "_handle")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float,
+                 on_expire: Callable[[], None]) -> None:
+        self.loop = loop
         self.timeout = timeout
-        self.tasks = tasks
-        self.last = self.loop.time()
+        self.on_expire = on_expire
+        self.last = loop.time()
         self.expired = False
-        self._handle = self.loop.call_later(timeout, self._check)
+        self._handle = loop.call_later(timeout, self._check)
 
     def touch(self) -> None:
         self.last = self.loop.time()
@@ -73,8 +163,7 @@ class IdleWatch:
         idle = self.loop.time() - self.last
         if idle >= self.timeout:
             self.expired = True
-            for task in self.tasks:
-                task.cancel()
+            self.on_expire()
         else:
             self._handle = self.loop.call_later(self.timeout - idle, self._check)
 
@@ -82,14 +171,234 @@ class IdleWatch:
         self._handle.cancel()
 
 
+class _Way:
+    """One direction of a spliced flow, driven by fd callbacks (no task, no coroutine): the
+    first chunk read into user space, later ones spliced through a pipe created then."""
+
+    __slots__ = ("pump", "dst", "src_fd", "dst_fd", "count", "read_end", "write_end", "chunk",
+                 "left", "buf", "pending", "reading", "writing", "done")
+
+    def __init__(self, pump: _SplicePump, src: Stream, dst: Stream, count: Count) -> None:
+        self.pump = pump
+        self.dst = dst
+        self.src_fd: int = src.splice_fd()  # type: ignore[assignment]
+        self.dst_fd: int = dst.splice_fd()  # type: ignore[assignment]
+        self.count = count
+        self.read_end = self.write_end = -1
+        self.chunk = 0
+        self.left = 0  # bytes in the pipe not yet written to dst
+        self.buf = b""  # first-chunk bytes not yet written to dst
+        self.pending = 0  # bytes read, counted once all are written
+        self.reading = self.writing = self.done = False
+
+    def start(self) -> None:
+        self._want_read()
+
+    def _want_read(self) -> None:
+        if self.writing:
+            self.pump.loop.remove_writer(self.dst_fd)
+            self.writing = False
+        if not self.reading:
+            self.pump.loop.add_reader(self.src_fd, self._readable)
+            self.reading = True
+
+    def _want_write(self) -> None:
+        if self.reading:
+            self.pump.loop.remove_reader(self.src_fd)
+            self.reading = False
+        if not self.writing:
+            self.pump.loop.add_writer(self.dst_fd, self._writable)
+            self.writing = True
+
+    def _readable(self) -> None:
+        try:
+            if self.read_end < 0:  # small reads through user space; a pipe once one fills
+                try:
+                    data = os.read(self.src_fd, FIRST_READ)
+                except (BlockingIOError, InterruptedError):
+                    return
+                if not data:
+                    self._eof()
+                    return
+                if len(data) == FIRST_READ:  # bulk: from now on the kernel moves it
+                    self.read_end, self.write_end, self.chunk = _open_pipe(self.pump.pipe_size)
+                self.buf = data
+                self.pending = len(data)
+                self._flush_buf()
+                return
+            try:
+                n = os.splice(self.src_fd, self.write_end, self.chunk, flags=SPLICE_FLAGS)
+            except (BlockingIOError, InterruptedError):
+                return
+            if n == 0:
+                self._eof()
+                return
+            self.left = self.pending = n
+            self._flush_pipe()
+        except Exception as exc:  # noqa: BLE001 - ends this flow, not the loop
+            self.pump.fail(exc)
+
+    def _writable(self) -> None:
+        try:
+            if self.buf:
+                self._flush_buf()
+            else:
+                self._flush_pipe()
+        except Exception as exc:  # noqa: BLE001 - ends this flow, not the loop
+            self.pump.fail(exc)
+
+    def _flush_buf(self) -> None:
+        while self.buf:
+            try:
+                sent = os.write(self.dst_fd, self.buf)
+            except (BlockingIOError, InterruptedError):
+                self._want_write()
+                return
+            self.buf = self.buf[sent:]
+        self._moved()
+
+    def _flush_pipe(self) -> None:
+        while self.left:
+            try:
+                self.left -= os.splice(self.read_end, self.dst_fd, self.left, flags=SPLICE_FLAGS)
+            except (BlockingIOError, InterruptedError):
+                self._want_write()
+                return
+        self._moved()
+
+    def _moved(self) -> None:
+        n, self.pending = self.pending, 0
+        self.count(n)
+        if not self.done:  # count() may not end the flow, but stay safe
+            self._want_read()
+
+    def _eof(self) -> None:
+        self.stop()
+        self.dst.shutdown_write()
+        self.pump.way_done()
+
+    def stop(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        loop = self.pump.loop
+        if self.reading:
+            self.reading = False
+            loop.remove_reader(self.src_fd)
+        if self.writing:
+            self.writing = False
+            loop.remove_writer(self.dst_fd)
+        if self.read_end >= 0:
+            os.close(self.read_end)
+            os.close(self.write_end)
+            self.read_end = self.write_end = -1
+
+
+class _SplicePump:
+    """Both directions of a spliced flow; `future` ends with "closed" (both EOFs), None (idle)
+    or the exception that broke it."""
+
+    __slots__ = ("loop", "pipe_size", "ways", "future", "alive")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pipe_size: int) -> None:
+        self.loop = loop
+        self.pipe_size = pipe_size
+        self.ways: list[_Way] = []
+        self.future: asyncio.Future[str | None] = loop.create_future()
+        self.alive = 2
+
+    def way_done(self) -> None:
+        self.alive -= 1
+        if self.alive <= 0 and not self.future.done():
+            self.future.set_result("closed")
+
+    def fail(self, exc: BaseException) -> None:
+        self.stop()
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+    def expire(self) -> None:
+        self.stop()
+        if not self.future.done():
+            self.future.set_result(None)
+
+    def stop(self) -> None:
+        for way in self.ways:
+            way.stop()
+
+
+async def _relay_spliced(loop: asyncio.AbstractEventLoop, client: Stream, upstream: Stream,
+                         idle_timeout: float, count_up: Count, count_down: Count,
+                         pipe_size: int) -> str:
+    """The spliced relay without tasks: fd callbacks move the bytes, this coroutine (the flow's
+    own task) only waits for the end."""
+    pump = _SplicePump(loop, pipe_size)
+    watch = IdleWatch(loop, idle_timeout, pump.expire)
+    touch = watch.touch
+
+    def counting(count: Count) -> Count:
+        def counted(n: int) -> None:
+            touch()
+            count(n)
+        return counted
+
+    for stream in (client, upstream):  # the ways register their own readers just below
+        hand_over = getattr(stream, "hand_over_reader", None)
+        if hand_over is not None:
+            hand_over()
+    up = _Way(pump, client, upstream, counting(count_up))
+    down = _Way(pump, upstream, client, counting(count_down))
+    pump.ways = [up, down]
+    outcome = "closed"
+    try:
+        up.start()
+        down.start()
+        try:
+            ended = await pump.future
+        except Exception as exc:  # noqa: BLE001 - reported as the flow's outcome
+            outcome = f"error: {exc}"
+            client.abort()
+            upstream.abort()
+        else:
+            if ended is None:
+                outcome = f"idle for {idle_timeout:g}s"
+    finally:
+        watch.cancel()
+        pump.stop()
+        for fd in (up.src_fd, down.src_fd):  # nothing left registered (no syscall if so)
+            try:
+                loop.remove_reader(fd)
+            except (RuntimeError, ValueError, OSError):
+                pass
+        client.close()
+        upstream.close()
+    return outcome + " (splice)"
+
+
 async def relay(client: Stream, upstream: Stream, *, use_splice: bool, idle_timeout: float,
-                count_up: Count, count_down: Count, pipe_size: int = 1 << 20) -> str:
+                count_up: Count, count_down: Count, pipe_size: int = DEFAULT_PIPE_SIZE) -> str:
     """Both directions until both reach EOF (each EOF becomes a shutdown(SHUT_WR) on the other
     side), an error (both sides aborted) or the idle timeout. Returns how the flow ended."""
     spliced = (use_splice and HAVE_SPLICE and client.splice_fd() is not None
                and upstream.splice_fd() is not None)
+    loop = asyncio.get_running_loop()
+    pending_up = client.take_pending()
+    pending_down = upstream.take_pending()
+    if spliced and not pending_up and not pending_down:
+        return await _relay_spliced(loop, client, upstream, idle_timeout, count_up, count_down,
+                                    pipe_size)
+    if spliced:  # splice_one_way registers the fds itself from now on
+        for stream in (client, upstream):
+            release = getattr(stream, "release_reader", None)
+            if release is not None:
+                release()
     tasks: list[asyncio.Task[None]] = []
-    watch = IdleWatch(idle_timeout, tasks)
+
+    def cancel_all() -> None:
+        for task in tasks:
+            task.cancel()
+
+    watch = IdleWatch(loop, idle_timeout, cancel_all)
 
     def counting(count: Count) -> Count:
         def counted(n: int) -> None:
@@ -97,21 +406,18 @@ async def relay(client: Stream, upstream: Stream, *, use_splice: bool, idle_time
             count(n)
         return counted
 
-    async def one_way(src: Stream, dst: Stream, count: Count) -> None:
-        pending = src.take_pending()
+    async def one_way(src: Stream, dst: Stream, pending: bytes, count: Count) -> None:
         if pending:
             await dst.sendall(pending)
             count(len(pending))
         if spliced:
-            await splice_one_way(src.splice_fd(), dst.splice_fd(), count,  # type: ignore[arg-type]
-                                 pipe_size)
+            await splice_one_way(src, dst, count, pipe_size)
         else:
             await copy_one_way(src, dst, count)
         dst.shutdown_write()
 
-    loop = asyncio.get_running_loop()
-    tasks.append(loop.create_task(one_way(client, upstream, counting(count_up))))
-    tasks.append(loop.create_task(one_way(upstream, client, counting(count_down))))
+    tasks.append(loop.create_task(one_way(client, upstream, pending_up, counting(count_up))))
+    tasks.append(loop.create_task(one_way(upstream, client, pending_down, counting(count_down))))
     outcome = "closed"
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)

@@ -11,13 +11,13 @@ import socket
 
 from runtime.outbound import Destination, OutboundError
 from runtime.outbound.base import Blocked, format_hostport
-from runtime.outbound.sockets import abort, wait_readable
+from runtime.outbound.sockets import abort
 from runtime.outbound.stream import SocketStream
 
 from .flow import Flow, RelayConfig, Router, reason
 from .listen import bind_pair
 from .outbounds import OutboundTable
-from .pump import relay
+from .pump import Reader, relay
 from .stats import RelayStats
 
 log = logging.getLogger(__name__)
@@ -55,11 +55,19 @@ class TcpRelay:
 
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
+        ready = Reader(loop, listener.fileno())  # registered once, not per wait
+        try:
+            await self._accept_with(listener, ready)
+        finally:
+            ready.close()
+
+    async def _accept_with(self, listener: socket.socket, ready: Reader) -> None:
+        loop = ready.loop
         while True:
             try:
                 conn, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
-                await wait_readable(listener.fileno())
+                await ready.wait()
                 continue
             except OSError as exc:  # EMFILE and friends: log, breathe, go on
                 log.error("tcp accept failed: %s", exc)
