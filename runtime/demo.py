@@ -58,7 +58,7 @@ def main() -> int:
         _say("\nruntime log:")
         for line in gw.log_text().splitlines():
             if "relay.tcp: tcp" in line or "gateway ready" in line or "kernel:" in line or "datapath removed" in line:
-                _say("  " + line.split(" ", 2)[-1][:200])
+                _say("  " + line.split(" ", 2)[-1][:400])
     _say("\nlab torn down")
     return 0
 

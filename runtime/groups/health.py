@@ -134,6 +134,8 @@ class HealthChecker:
     `clock` measures latencies and the probes are injectable, so tests can run a check with
     made-up latencies and no network."""
 
+    DOWN_RETRY = 1.0
+
     def __init__(self, group: Group, *, clock: Callable[[], float] = time.monotonic,
                  tcp_probe: Probe = http_probe, dns_probe: Probe = dns_probe) -> None:
         self.group = group
@@ -143,6 +145,7 @@ class HealthChecker:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._last_poke = -1e9
+        self._down_wait = self.DOWN_RETRY
         self.rounds = 0
 
     async def _measure(self, node: Node, kind: Check, probe: Probe) -> None:
@@ -171,12 +174,24 @@ class HealthChecker:
         await asyncio.gather(*(self.check_node(node) for node in self.group.nodes))
         self.rounds += 1
 
+    def next_wait(self) -> float:
+        """Seconds until the next round: `check_interval` while every node is alive; while one
+        is down, DOWN_RETRY doubling up to the interval, so a check that failed once (a peer still
+        starting, a loaded host) does not keep the node out for a whole interval."""
+        interval = self.group.spec.check.interval
+        down = any(not s.alive for per_kind in self.group.stats.values() for s in per_kind.values())
+        if not down:
+            self._down_wait = self.DOWN_RETRY
+            return interval
+        wait, self._down_wait = self._down_wait, min(self._down_wait * 2, interval)
+        return min(wait, interval)
+
     async def run(self) -> None:
         while True:
             await self.check_all()
             self._wake.clear()
             try:
-                await asyncio.wait_for(self._wake.wait(), self.group.spec.check.interval)
+                await asyncio.wait_for(self._wake.wait(), self.next_wait())
             except asyncio.TimeoutError:
                 pass
 

@@ -255,6 +255,17 @@ class TestHealthChecker:
         asyncio.run(checker.check_all())
         assert chosen(g) == "c" and checker.rounds == 2
 
+    def test_a_down_node_is_checked_again_soon_with_backoff(self) -> None:
+        g = group("min")  # check_interval 30 s
+        checker = g.checker
+        assert checker.next_wait() == 30
+        feed(g, a=None)
+        assert [checker.next_wait() for _ in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+        feed(g, a=20)
+        assert checker.next_wait() == 30
+        feed(g, b=None)
+        assert checker.next_wait() == 1  # the backoff starts over for the next outage
+
     def test_a_hanging_probe_is_a_timeout_not_a_hang(self) -> None:
         g = group("min")
 
