@@ -38,7 +38,7 @@ from .nsutil import (
     write_sysctl,
 )
 from .peers import Listen, Peer
-from .procs import ProcessTracker, kill_pids
+from .procs import ProcessTracker, kill_pids, pid_alive
 from .snapshot import netlink_snapshot
 from .topology import Topology
 
@@ -53,16 +53,6 @@ KEEP_ENV = "DAE_LAB_KEEP"
 
 def _run_id_re(prefix: str) -> re.Pattern[str]:
     return re.compile(rf"^{re.escape(prefix)}-(\d+)-([0-9a-f]+)")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class _SignalGuard:
@@ -379,7 +369,7 @@ def cleanup_stale(prefix: str = DEFAULT_PREFIX, *, force: bool = False) -> list[
         m = pattern.match(name)
         if m is None:
             return False
-        return force or not _pid_alive(int(m.group(1)))
+        return force or not pid_alive(int(m.group(1)))
 
     names = sorted(n for n in (os.listdir(NETNS_DIR) if NETNS_DIR.exists() else []) if stale(n))
     pids = [p for n in names for p in pids_in_netns(n)]
