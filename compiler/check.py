@@ -16,7 +16,7 @@ from .diagnostics import Diagnostics, SourcePos, did_you_mean
 from .ir import (L4_TCP, L4_UDP, OUTBOUND_BLOCK, OUTBOUND_DIRECT, Action, CidrSet, DomainRef, DomainSet,
                  Field, Match, Outbound, PortSet, Rule, RoutingIR, SourceRef, ValueSet)
 from .load import LoadedConfig
-from .rules import (Call, Param, RuleAst, RuleSyntaxError, parse_outbound, parse_rule, parse_structured_rule,
+from .rules import (Call, Param, RuleAst, RuleSyntaxError, abbreviate, parse_outbound, parse_rule, parse_structured_rule,
                     structured_param_path)
 from .values import parse_int, parse_mac, parse_mark, parse_network, parse_port_range
 
@@ -148,7 +148,7 @@ class RoutingChecker:
                 self.diags.error(self.cfg.pos.in_string(path, exc.offset), f"syntax error: {exc.message}")
                 return None
             ctx = RuleContext(
-                source=SourceRef(self.cfg.file, at.line, at.col, raw),
+                source=SourceRef(self.cfg.file, at.line, at.col, raw, abbreviate(ast)),
                 locate_call=lambda call, off: self.cfg.pos.in_string(path, off),
                 locate_outbound=lambda off: self.cfg.pos.in_string(path, off),
             )
@@ -160,7 +160,7 @@ class RoutingChecker:
                 return self.cfg.pos.value(path + structured_param_path(raw, cp[k], off))
 
             ctx = RuleContext(
-                source=SourceRef(self.cfg.file, at.line, at.col, ast.text),
+                source=SourceRef(self.cfg.file, at.line, at.col, ast.text, abbreviate(ast)),
                 locate_call=locate_structured,
                 locate_outbound=lambda off: self.cfg.pos.value(path + ("outbound",)),
             )

@@ -306,11 +306,63 @@ def parse_structured_rule(rule: dict[str, Any]) -> tuple[RuleAst, list[tuple[Any
     if rule.get("must"):
         out_params.append(Param(key=None, value="must", offset=0, value_offset=0, quoted=False))
     outbound = Call(name=str(rule["outbound"]), params=tuple(out_params), offset=0, has_parens=bool(out_params))
-    text = " && ".join(
-        ("!" if c.negated else "") + f"{c.name}(" + ", ".join(
-            (f"{p.key}: " if p.key else "") + f"'{p.value}'" for p in c.params) + ")" for c in calls
-    ) + f" -> {rule['outbound']}"
-    return RuleAst(calls=tuple(calls), outbound=outbound, text=text), paths
+    return RuleAst(calls=tuple(calls), outbound=outbound, text=_structured_text(calls, outbound.name)), paths
+
+
+def _structured_text(calls: list[Call] | tuple[Call, ...], outbound: str, per_call: int | None = None) -> str:
+    """The rule-string form of a structured rule; with `per_call`, each call keeps the parameters
+    that start within `per_call` characters of its first and says how many it leaves out."""
+    parts = []
+    for c in calls:
+        shown = []
+        width = 0
+        for p in c.params:
+            s = (f"{p.key}: " if p.key else "") + f"'{p.value}'"
+            if per_call is not None and shown and width > per_call:
+                shown.append(f"... ({len(c.params) - len(shown)} more parameters)")
+                break
+            shown.append(s)
+            width += len(s) + 2
+        parts.append(("!" if c.negated else "") + f"{c.name}(" + ", ".join(shown) + ")")
+    return " && ".join(parts) + f" -> {outbound}"
+
+
+ABBREV_CHARS = 1000  # rules up to this long are shown as written
+ABBREV_CALL_CHARS = 200  # longer ones keep the parameters that start this close to their call's first
+
+
+def abbreviate(ast: RuleAst, limit: int = ABBREV_CHARS, per_call: int = ABBREV_CALL_CHARS) -> str | None:
+    """A short form of a long rule for program.c comments and manifest.json, or None when the rule
+    is short enough to show as written. Each call's parameter list is cut after the parameters that
+    start within `per_call` characters of its first one, e.g.
+    `domain(a.com, b.com, ... (99998 more parameters)) -> direct`; everything else is kept verbatim.
+    Deterministic: it depends on the rule text only."""
+    text = ast.text
+    if len(text) <= limit:
+        return None
+    if any(c.offset < 0 for c in ast.calls):  # the structured form: offsets are indexes
+        short = _structured_text(ast.calls, ast.outbound.name, per_call)
+        return short if short != text else None
+    calls = ast.calls + (ast.outbound,)
+    out = []
+    at = 0
+    for i, call in enumerate(calls):
+        ps = call.params
+        first = ps[0].offset if ps else 0
+        k = 1
+        while k < len(ps) and ps[k].offset - first <= per_call:
+            k += 1
+        if k >= len(ps):
+            continue
+        end = calls[i + 1].offset if i + 1 < len(calls) else len(text)
+        close = text.rfind(")", ps[-1].offset, end)  # this call's ')': the last one before the next call
+        head = text[at:ps[k].offset].rstrip()
+        out.append((head[:-1] if head.endswith(",") else head) + f", ... ({len(ps) - k} more parameters)")
+        at = close
+    if not out:
+        return None
+    out.append(text[at:])
+    return "".join(out)
 
 
 def structured_param_path(rule: dict[str, Any], call_path: tuple[Any, ...], offset: int) -> tuple[Any, ...]:

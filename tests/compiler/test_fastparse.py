@@ -229,3 +229,19 @@ def test_big_rule_takes_the_fast_path() -> None:
     valid = [v for v in VALUES + QUOTED if v != "'it''s'"]  # two adjacent quoted values: an error
     text = "dip(" + ", ".join(rng.choice(valid) for _ in range(5000)) + ") -> direct"
     assert _fast_rule(text) == parse_rule_lark(text)
+
+
+def test_abbreviate() -> None:
+    from compiler.rules import abbreviate, parse_structured_rule
+
+    assert abbreviate(parse_rule("dip(1.1.1.1, 2.2.2.2) -> direct")) is None
+    vals = [f"'v{i})x, y'" for i in range(300)]  # quoted values holding ')' and ','
+    text = f"!domain({', '.join(vals)}) && dport(1, 2) -> direct({', '.join(f'k{i}: {i}' for i in range(300))})"
+    short = abbreviate(parse_rule(text), limit=100, per_call=50)
+    assert short == ("!domain('v0)x, y', 'v1)x, y', 'v2)x, y', 'v3)x, y', 'v4)x, y', ... (295 more parameters))"
+                     " && dport(1, 2) -> direct(k0: 0, k1: 1, k2: 2, k3: 3, k4: 4, k5: 5, k6: 6, k7: 7, "
+                     "... (292 more parameters))")
+    ast, _ = parse_structured_rule({"match": [{"domain": [f"x{i}.com" for i in range(100)]}, {"dport": 443}],
+                                    "outbound": "proxy"})
+    assert abbreviate(ast, limit=100, per_call=30) == (
+        "domain('x0.com', 'x1.com', 'x2.com', 'x3.com', ... (96 more parameters)) && dport('443') -> proxy")
