@@ -254,14 +254,16 @@ class RoutingChecker:
         ok = True
         for p in call.params:
             key, value = p.key, p.value
+            at = p.value_offset
             if key is not None and key not in IP_KEYS:
-                # Bare IPv6 addresses contain ':' and lex as 'key: value'; put them back together.
-                key, value = None, f"{p.raw_key}{p.value}"
+                # Bare IPv6 addresses contain ':' and lex as 'key: value'; put them back together
+                # (and point at the start of the address, not at what followed its first ':').
+                key, value, at = None, f"{p.raw_key}{p.value}", p.offset
             try:
                 if key is None:
                     net, host_bits = parse_network(value)
                     if host_bits:
-                        self.diags.warning(locate(p.value_offset), f"{value!r} has host bits set; it means {net}")
+                        self.diags.warning(locate(at), f"{value!r} has host bits set; it means {net}")
                     nets: tuple[Any, ...] = (net,)
                 elif key == "geoip":
                     nets = self.geo.geoip(value)
@@ -269,7 +271,7 @@ class RoutingChecker:
                     path, tag = self.geo.ext(value)
                     nets = self.geo.geoip(tag, path)
             except Exception as exc:  # GeoDataError, ValueError
-                self.diags.error(locate(p.value_offset if key is None else p.offset), str(exc))
+                self.diags.error(locate(at if key is None else p.offset), str(exc))
                 ok = False
                 continue
             for n in nets:

@@ -120,6 +120,8 @@ CASES = [
            "config.yaml:8:12: error: invalid IP address or CIDR '192.168.1'"),
     Broken("bad-ipv6-quoted", rule("dip('2001:db8::g') -> direct"),
            "config.yaml:8:13: error: invalid IP address or CIDR '2001:db8::g'"),
+    Broken("bad-ipv6-bare", rule("dip(1.1.1.1, fe80::zz) -> direct"),
+           "config.yaml:8:21: error: invalid IP address or CIDR 'fe80::zz'"),
     Broken("bad-cidr-second-param", rule("dip(10.0.0.0/8, 300.1.1.1) -> direct"),
            "config.yaml:8:24: error: invalid IP address or CIDR '300.1.1.1'"),
     Broken("port-out-of-range", rule("dport(70000) -> direct"),
