@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from compiler.cli import main
+from compiler.diagnostics import SHOW_LINE_CHARS
 from compiler.geodata import SiteDomain, write_geoip, write_geosite
 
 # Line numbers below count from this header: a rule `R` of `rule(R)` is on line 8, its string's
@@ -415,9 +416,16 @@ def test_broken_config(case: Broken, tmp_path: Path, capsys: pytest.CaptureFixtu
     col = int(lines[0].split(":")[2])
     line = int(lines[0].split(":")[1])
     src = case.config.splitlines()
-    if line <= len(src):
+    if line <= len(src) and len(src[line - 1]) <= SHOW_LINE_CHARS:
         assert lines[1] == "  " + src[line - 1]
         assert lines[2] == "  " + " " * (col - 1) + "^"
+    elif line <= len(src):  # a long line: a window of it, the caret under the same character
+        shown, caret = lines[1][2:], lines[2].index("^") - 2
+        assert len(shown) <= SHOW_LINE_CHARS + 6 and lines[2].strip() == "^"
+        assert shown[caret] == src[line - 1][col - 1]
+        assert shown.strip(".") in src[line - 1]
+        cut = shown.startswith("...")
+        assert src[line - 1][col - 1 - (caret - 3 * cut):].startswith(shown[3 * cut:caret + 1])
     if case.hint is not None:
         assert f"  hint: {case.hint}" in lines[1:4]
     assert lines[-1] == (f"{case.errors} errors in config.yaml" if case.errors > 1 else "1 error in config.yaml")
