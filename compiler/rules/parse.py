@@ -3,9 +3,9 @@
 The grammar lives in grammar.lark and lark's LALR parser (contextual lexer) is the reference.
 `parse_rule` first tries a hand-written scanner built from the grammar's own terminal regexes
 (`_fast_rule`): it walks `func(params) && ... -> outbound(params)` with a handful of compiled
-regexes, one `match` per parameter, and builds the same AST as the lark path. Lark costs ~30 us
+regexes, one `match` per parameter, and builds the same AST as the lark path. Lark costs ~35 us
 per parameter (token objects, tree nodes, positions), which made a rule with 100,000 inline values
-take 3-5 s to parse; the scanner takes ~1 us.
+take 3-5 s to parse; the scanner ~2 us (bench/results/compile-time-after-fastparse.md).
 
 The scanner accepts exactly what the grammar accepts for the `start` entry point, and on anything
 else it gives up and lark parses the rule, so every syntax error message comes from lark. To keep
