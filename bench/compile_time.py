@@ -244,16 +244,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {j[0]} | {j[1]} | {col('wall')} | {col('cpu')} | {col('maxrss_mb', 0)} | +{extra:.2f} | {load} |")
     if base:
         print("\n## base / this (medians; >1 means this checkout is faster or smaller)\n")
-        print("| config | strategy | wall s base -> this | ratio | CPU s base -> this | ratio | peak RSS MB base -> this |")
+        print("| config | strategy | wall s base -> this | ratio | CPU s base -> this | ratio "
+              "| peak RSS MB base -> this |")
         print("|---|---|---|---|---|---|---|")
         for j in jobs:
             if (j, "this") in failed or (j, "base") in failed:
                 continue
             m = {t: {k: statistics.median(s[k] for s in samples[(j, t)]) for k in ("wall", "cpu", "maxrss_mb")}
                  for t in trees}
-            print(f"| {j[0]} | {j[1]} | {m['base']['wall']:.2f} -> {m['this']['wall']:.2f} | "
-                  f"{m['base']['wall'] / m['this']['wall']:.2f}x | {m['base']['cpu']:.2f} -> {m['this']['cpu']:.2f} | "
-                  f"{m['base']['cpu'] / m['this']['cpu']:.2f}x | {m['base']['maxrss_mb']:.0f} -> {m['this']['maxrss_mb']:.0f} |")
+            b, h = m["base"], m["this"]
+            print(f"| {j[0]} | {j[1]} | {b['wall']:.2f} -> {h['wall']:.2f} | {b['wall'] / h['wall']:.2f}x | "
+                  f"{b['cpu']:.2f} -> {h['cpu']:.2f} | {b['cpu'] / h['cpu']:.2f}x | "
+                  f"{b['maxrss_mb']:.0f} -> {h['maxrss_mb']:.0f} |")
     for (j, t), bd in breakdown.items():
         who = f" [{t}]" if base else ""
         print(f"\nStage breakdown{who}, in-process compile of `{j[0]}` ({j[1]}): total {bd['total']:.2f} s; "
