@@ -356,6 +356,8 @@ def abbreviate(ast: RuleAst, limit: int = ABBREV_CHARS, per_call: int = ABBREV_C
             continue
         end = calls[i + 1].offset if i + 1 < len(calls) else len(text)
         close = text.rfind(")", ps[-1].offset, end)  # this call's ')': the last one before the next call
+        if close < 0:  # cannot happen for a parsed rule string; keep the text as written
+            continue
         head = text[at:ps[k].offset].rstrip()
         out.append((head[:-1] if head.endswith(",") else head) + f", ... ({len(ps) - k} more parameters)")
         at = close
