@@ -1,6 +1,6 @@
 """Compile time and peak memory of `dae-compile` on a 100k-domain + 10k-CIDR config.
 
-    .venv/bin/python -m bench.compile_time [--runs 5] [--domains 100000] [--cidrs 10000]
+    .venv/bin/python -m bench.compile_time [--runs 5] [--domains 100000] [--cidrs 10000] [--base DIR]
 
 Configs (generated into a temp dir):
   tiny      3 rules, a handful of values (the baseline: interpreter start-up, imports, clang)
@@ -13,11 +13,18 @@ CPU time and peak RSS come from os.wait4's rusage (ru_maxrss is the largest resi
 process or any child it waited for, i.e. python or clang, whichever is larger). Then one
 in-process compile of each big config gives a breakdown by stage and tracemalloc's peak of
 Python allocations (a separate run: tracemalloc slows Python down).
+
+--base DIR compares this checkout with another source tree (e.g. `git archive BASE | tar -x -C DIR`):
+its CLI runs are interleaved with this checkout's in the same shuffled rounds (the same
+.venv/bin/dae-compile with PYTHONPATH=DIR, so DIR's `compiler` package is imported), and a table
+of ratios follows; the stage breakdown runs in a subprocess per tree, this bench's stage timer
+wrapped around the other tree's compiler.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -36,12 +43,19 @@ from .common import REPO, machine_note, print_machine
 DAE_COMPILE = REPO / ".venv" / "bin" / "dae-compile"
 
 
-def run_cli(config: Path, out: Path, strategy: str) -> dict[str, float]:
+def tree_env(tree: Path | None) -> dict[str, str] | None:
+    """The environment that makes a subprocess import `compiler` from `tree` (None: this checkout)."""
+    if tree is None:
+        return None
+    return {**os.environ, "PYTHONPATH": str(tree)}
+
+
+def run_cli(config: Path, out: Path, strategy: str, tree: Path | None = None) -> dict[str, float]:
     if out.exists():
         shutil.rmtree(out)
     cmd = [str(DAE_COMPILE), str(config), "-o", str(out), "-q", "--strategy", strategy]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=tree_env(tree))
     _, status, ru = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -80,8 +94,8 @@ def stage_timer() -> Iterator[dict[str, float]]:
 
     wrap(pl, "load_config", "load YAML (ruamel)")
     wrap(pl, "check_schema", "schema (jsonschema)")
-    wrap(pl.RoutingChecker, "build", "rules -> IR (lark, geodata)")
-    wrap(check, "parse_rule", "  of which: lark parse of rule strings")
+    wrap(pl.RoutingChecker, "build", "rules -> IR (parse, check, geodata)")
+    wrap(check, "parse_rule", "  of which: parse of rule strings")
     wrap(geodata, "read_geosite", "  of which: read geosite.dat")
     wrap(geodata, "read_geoip", "  of which: read geoip.dat")
     wrap(pl, "optimise", "passes")
@@ -115,6 +129,21 @@ def in_process(config: Path, out: Path, strategy: str) -> dict[str, Any]:
     return {"total": total, "stages": dict(acc), "py_peak_mb": peak / 2**20, "sizes": sizes}
 
 
+def in_process_elsewhere(config: Path, out: Path, strategy: str, tree: Path, shim: Path) -> dict[str, Any]:
+    """in_process() in a subprocess whose `compiler` (and runtime, templates) come from `tree`: a
+    directory of symlinks puts this checkout's `bench` next to the other tree's packages."""
+    shim.mkdir(parents=True, exist_ok=True)
+    for name, target in (("bench", REPO / "bench"), ("compiler", tree / "compiler"), ("runtime", tree / "runtime"),
+                         ("templates", tree / "templates")):
+        if not (shim / name).exists():
+            (shim / name).symlink_to(target)
+    code = ("import json, sys; from pathlib import Path; from bench.compile_time import in_process; "
+            "print(json.dumps(in_process(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])))")
+    proc = subprocess.run([sys.executable, "-c", code, str(config), str(out), strategy], cwd=shim,
+                          env={**os.environ, "PYTHONPATH": str(shim)}, capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def load_time(out: Path) -> float:
     from runtime.bpf import BpfObject
     from runtime.build import Build, load_tables
@@ -136,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="strategies to compile the big configs with (default: auto)")
     ap.add_argument("--no-breakdown", action="store_true", help="skip the in-process stage breakdown")
     ap.add_argument("--no-load", action="store_true", help="skip loading the big build into the kernel")
+    ap.add_argument("--base", type=Path, default=None,
+                    help="another source tree to compare with, interleaved (see the module doc)")
     args = ap.parse_args(argv)
+    base = args.base.resolve() if args.base else None
     note = machine_note()
     cmd = ".venv/bin/python -m bench.compile_time " + " ".join(argv if argv is not None else sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="dae-bench-ct-") as td:
@@ -154,52 +186,79 @@ def main(argv: list[str] | None = None) -> int:
               + f"; geosite.dat {(tmp / 'geo' / 'geosite.dat').stat().st_size / 1e6:.2f} MB, "
               f"geoip.dat {(tmp / 'geo' / 'geoip.dat').stat().st_size / 1e6:.2f} MB", file=sys.stderr)
         jobs = [("tiny", "auto")] + [(k, s) for k in ("geodata", "inline") for s in args.strategies]
-        samples: dict[tuple[str, str], list[dict[str, float]]] = {j: [] for j in jobs}
-        failed: dict[tuple[str, str], str] = {}
+        trees: dict[str, Path | None] = {"this": None, **({"base": base} if base else {})}
+        runs = [(j, t) for j in jobs for t in trees]
+        samples: dict[tuple[tuple[str, str], str], list[dict[str, float]]] = {r: [] for r in runs}
+        failed: dict[tuple[tuple[str, str], str], str] = {}
         rng = random.Random(0)
         for r in range(args.runs):
-            order = jobs[:]
+            order = runs[:]
             rng.shuffle(order)
-            for j in order:
-                if j in failed:
+            for j, t in order:
+                if (j, t) in failed:
                     continue
                 try:
-                    samples[j].append(run_cli(cfgs[j[0]], tmp / f"out-{j[0]}-{j[1]}", j[1]))
+                    samples[(j, t)].append(run_cli(cfgs[j[0]], tmp / f"out-{t}-{j[0]}-{j[1]}", j[1], trees[t]))
                 except RuntimeError as exc:
-                    failed[j] = str(exc).strip().splitlines()[-1][:160]
+                    failed[(j, t)] = str(exc).strip().splitlines()[-1][:160]
             print(f"run {r + 1}/{args.runs} done", file=sys.stderr, flush=True)
-        breakdown = {}
+        breakdown: dict[tuple[tuple[str, str], str], dict[str, Any]] = {}
         if not args.no_breakdown:
             for j in jobs[1:]:
-                if j not in failed:
-                    breakdown[j] = in_process(cfgs[j[0]], tmp / f"bd-{j[0]}-{j[1]}", j[1])
+                for t, tree in trees.items():
+                    if (j, t) in failed:
+                        continue
+                    out = tmp / f"bd-{t}-{j[0]}-{j[1]}"
+                    # With --base, both trees run in a fresh subprocess each, alike.
+                    breakdown[(j, t)] = (in_process(cfgs[j[0]], out, j[1]) if base is None
+                                         else in_process_elsewhere(cfgs[j[0]], out, j[1], tree or REPO,
+                                                                   tmp / f"shim-{t}"))
         loads = {}
         if not args.no_load:
             for j in jobs:
-                if j not in failed:
-                    loads[j] = load_time(tmp / f"out-{j[0]}-{j[1]}")
+                if (j, "this") not in failed:
+                    loads[j] = load_time(tmp / f"out-this-{j[0]}-{j[1]}")
 
     print_machine(note)
     print(f"# command (as root, from the checkout): {cmd.strip()}")
     print(f"# {args.runs} interleaved runs per config; median (min-max)\n")
-    print("| config | strategy | wall s | CPU s | peak RSS MB | wall - tiny | load into kernel s |")
-    print("|---|---|---|---|---|---|---|")
-    tiny_wall = statistics.median(s["wall"] for s in samples[("tiny", "auto")]) if samples[("tiny", "auto")] else 0.0
-    for j in jobs:
-        if j in failed:
-            print(f"| {j[0]} | {j[1]} | FAILED: {failed[j]} | | | | |")
-            continue
-        ss = samples[j]
+    for t in trees:
+        if base:
+            print(f"\n## {'this checkout' if t == 'this' else f'base tree {base}'}\n")
+        print("| config | strategy | wall s | CPU s | peak RSS MB | wall - tiny | load into kernel s |")
+        print("|---|---|---|---|---|---|---|")
+        tiny = samples[(("tiny", "auto"), t)]
+        tiny_wall = statistics.median(s["wall"] for s in tiny) if tiny else 0.0
+        for j in jobs:
+            if (j, t) in failed:
+                print(f"| {j[0]} | {j[1]} | FAILED: {failed[(j, t)]} | | | | |")
+                continue
+            ss = samples[(j, t)]
 
-        def col(k: str, nd: int = 2) -> str:
-            v = [s[k] for s in ss]
-            return f"{statistics.median(v):.{nd}f} ({min(v):.{nd}f}-{max(v):.{nd}f})"
+            def col(k: str, nd: int = 2) -> str:
+                v = [s[k] for s in ss]
+                return f"{statistics.median(v):.{nd}f} ({min(v):.{nd}f}-{max(v):.{nd}f})"
 
-        extra = statistics.median(s["wall"] for s in ss) - tiny_wall
-        print(f"| {j[0]} | {j[1]} | {col('wall')} | {col('cpu')} | {col('maxrss_mb', 0)} | +{extra:.2f} | "
-              f"{loads.get(j, float('nan')):.2f} |")
-    for j, bd in breakdown.items():
-        print(f"\nStage breakdown, in-process compile of `{j[0]}` ({j[1]}): total {bd['total']:.2f} s; "
+            extra = statistics.median(s["wall"] for s in ss) - tiny_wall
+            load = f"{loads[j]:.2f}" if t == "this" and j in loads else "-"
+            print(f"| {j[0]} | {j[1]} | {col('wall')} | {col('cpu')} | {col('maxrss_mb', 0)} | +{extra:.2f} | {load} |")
+    if base:
+        print("\n## base / this (medians; >1 means this checkout is faster or smaller)\n")
+        print("| config | strategy | wall s base -> this | ratio | CPU s base -> this | ratio "
+              "| peak RSS MB base -> this |")
+        print("|---|---|---|---|---|---|---|")
+        for j in jobs:
+            if (j, "this") in failed or (j, "base") in failed:
+                continue
+            m = {t: {k: statistics.median(s[k] for s in samples[(j, t)]) for k in ("wall", "cpu", "maxrss_mb")}
+                 for t in trees}
+            b, h = m["base"], m["this"]
+            print(f"| {j[0]} | {j[1]} | {b['wall']:.2f} -> {h['wall']:.2f} | {b['wall'] / h['wall']:.2f}x | "
+                  f"{b['cpu']:.2f} -> {h['cpu']:.2f} | {b['cpu'] / h['cpu']:.2f}x | "
+                  f"{b['maxrss_mb']:.0f} -> {h['maxrss_mb']:.0f} |")
+    for (j, t), bd in breakdown.items():
+        who = f" [{t}]" if base else ""
+        print(f"\nStage breakdown{who}, in-process compile of `{j[0]}` ({j[1]}): total {bd['total']:.2f} s; "
               f"tracemalloc peak of Python allocations {bd['py_peak_mb']:.0f} MB")
         for k, v in bd["stages"].items():
             if v:

@@ -16,7 +16,7 @@ from .diagnostics import Diagnostics, SourcePos, did_you_mean
 from .ir import (L4_TCP, L4_UDP, OUTBOUND_BLOCK, OUTBOUND_DIRECT, Action, CidrSet, DomainRef, DomainSet,
                  Field, Match, Outbound, PortSet, Rule, RoutingIR, SourceRef, ValueSet)
 from .load import LoadedConfig
-from .rules import (Call, Param, RuleAst, RuleSyntaxError, parse_outbound, parse_rule, parse_structured_rule,
+from .rules import (Call, Param, RuleAst, RuleSyntaxError, abbreviate, parse_outbound, parse_rule, parse_structured_rule,
                     structured_param_path)
 from .values import parse_int, parse_mac, parse_mark, parse_network, parse_port_range
 
@@ -148,7 +148,7 @@ class RoutingChecker:
                 self.diags.error(self.cfg.pos.in_string(path, exc.offset), f"syntax error: {exc.message}")
                 return None
             ctx = RuleContext(
-                source=SourceRef(self.cfg.file, at.line, at.col, raw),
+                source=SourceRef(self.cfg.file, at.line, at.col, raw, abbreviate(ast)),
                 locate_call=lambda call, off: self.cfg.pos.in_string(path, off),
                 locate_outbound=lambda off: self.cfg.pos.in_string(path, off),
             )
@@ -160,7 +160,7 @@ class RoutingChecker:
                 return self.cfg.pos.value(path + structured_param_path(raw, cp[k], off))
 
             ctx = RuleContext(
-                source=SourceRef(self.cfg.file, at.line, at.col, ast.text),
+                source=SourceRef(self.cfg.file, at.line, at.col, ast.text, abbreviate(ast)),
                 locate_call=locate_structured,
                 locate_outbound=lambda off: self.cfg.pos.value(path + ("outbound",)),
             )
@@ -254,14 +254,16 @@ class RoutingChecker:
         ok = True
         for p in call.params:
             key, value = p.key, p.value
+            at = p.value_offset
             if key is not None and key not in IP_KEYS:
-                # Bare IPv6 addresses contain ':' and lex as 'key: value'; put them back together.
-                key, value = None, f"{p.raw_key}{p.value}"
+                # Bare IPv6 addresses contain ':' and lex as 'key: value'; put them back together
+                # (and point at the start of the address, not at what followed its first ':').
+                key, value, at = None, f"{p.raw_key}{p.value}", p.offset
             try:
                 if key is None:
                     net, host_bits = parse_network(value)
                     if host_bits:
-                        self.diags.warning(locate(p.value_offset), f"{value!r} has host bits set; it means {net}")
+                        self.diags.warning(locate(at), f"{value!r} has host bits set; it means {net}")
                     nets: tuple[Any, ...] = (net,)
                 elif key == "geoip":
                     nets = self.geo.geoip(value)
@@ -269,7 +271,7 @@ class RoutingChecker:
                     path, tag = self.geo.ext(value)
                     nets = self.geo.geoip(tag, path)
             except Exception as exc:  # GeoDataError, ValueError
-                self.diags.error(locate(p.value_offset if key is None else p.offset), str(exc))
+                self.diags.error(locate(at if key is None else p.offset), str(exc))
                 ok = False
                 continue
             for n in nets:

@@ -12,6 +12,9 @@ from enum import Enum
 from typing import Iterable
 
 
+SHOW_LINE_CHARS = 160  # source lines longer than this are shown as a window around the caret
+
+
 class Severity(str, Enum):
     ERROR = "error"
     WARNING = "warning"
@@ -40,8 +43,17 @@ class Diagnostic:
         out = [f"{self.pos}: {self.severity.value}: {self.message}"]
         if source_lines and 1 <= self.pos.line <= len(source_lines):
             text = source_lines[self.pos.line - 1].rstrip("\n")
+            caret = max(self.pos.col - 1, 0)
+            if len(text) > SHOW_LINE_CHARS:
+                # A rule with thousands of inline values is one line of megabytes: show a window
+                # around the caret, marked with '...' where it was cut.
+                start = max(0, min(caret - SHOW_LINE_CHARS // 2, len(text) - SHOW_LINE_CHARS))
+                stop = start + SHOW_LINE_CHARS
+                head, tail = ("..." if start > 0 else ""), ("..." if stop < len(text) else "")
+                text = head + text[start:stop] + tail
+                caret = caret - start + len(head)
             out.append(f"  {text}")
-            out.append("  " + " " * max(self.pos.col - 1, 0) + "^")
+            out.append("  " + " " * caret + "^")
         if self.hint:
             out.append(f"  hint: {self.hint}")
         return "\n".join(out)

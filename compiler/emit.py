@@ -93,7 +93,7 @@ def rule_context(rule: Any, cond: str) -> dict[str, Any]:
     return {
         "index": rule.index,
         "where": f"{Path(rule.source.file).name}:{rule.source.line}",
-        "comment": _comment(rule.source.text),
+        "comment": _comment(rule.source.shown),
         "cond": cond,
         "must_rules": a.must_rules,
         "must": a.must,

@@ -122,6 +122,13 @@ class SourceRef:
     line: int
     col: int
     text: str
+    # The text shortened for program.c comments and manifest.json (`rules.abbreviate`); None when
+    # the rule is short. Not part of ir.json (which keeps `text`), so not part of equality either.
+    abbrev: str | None = field(default=None, compare=False)
+
+    @property
+    def shown(self) -> str:
+        return self.text if self.abbrev is None else self.abbrev
 
 
 @dataclass(frozen=True)

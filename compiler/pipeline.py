@@ -90,7 +90,7 @@ def manifest_for(c: Checked, strategy: str) -> dict[str, Any]:
         "nodes": [c.nodes[n] for n in c.nodes],
         "groups": c.groups,
         "dns": c.dns,
-        "rules": [{"index": r.index, "line": r.source.line, "col": r.source.col, "text": r.source.text,
+        "rules": [{"index": r.index, "line": r.source.line, "col": r.source.col, "text": r.source.shown,
                    "outbound": r.action.outbound, "mark": r.action.mark, "must": r.action.must,
                    "must_rules": r.action.must_rules, "emitted": not r.never_matches} for r in ir.rules],
         "fallback": {"outbound": ir.fallback.outbound, "mark": ir.fallback.mark, "must": ir.fallback.must},

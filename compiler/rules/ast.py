@@ -6,10 +6,13 @@ at the exact token when they report a problem.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Param:
+class Param(NamedTuple):
+    """One parameter of a call. A NamedTuple rather than a frozen dataclass: a rule can carry
+    100,000 of them, and a NamedTuple is built ~3x faster (same fields, equality and hash)."""
+
     key: str | None
     value: str
     offset: int  # of the value (of the key when there is one)

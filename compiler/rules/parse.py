@@ -1,10 +1,22 @@
 """Parse rule strings (and the structured mapping form) into `RuleAst`.
 
-The grammar lives in grammar.lark; lark's LALR parser with its contextual lexer is fast enough for
-configs with tens of thousands of rule parameters.
+The grammar lives in grammar.lark and lark's LALR parser (contextual lexer) is the reference.
+`parse_rule` first tries a hand-written scanner built from the grammar's own terminal regexes
+(`_fast_rule`): it walks `func(params) && ... -> outbound(params)` with a handful of compiled
+regexes, one `match` per parameter, and builds the same AST as the lark path. Lark costs ~35 us
+per parameter (token objects, tree nodes, positions), which made a rule with 100,000 inline values
+take 3-5 s to parse; the scanner ~2 us (bench/results/compile-time-after-fastparse.md).
+
+The scanner accepts exactly what the grammar accepts for the `start` entry point, and on anything
+else it gives up and lark parses the rule, so every syntax error message comes from lark. To keep
+that fast for an error at the end of a huge parameter list, the parameter lists the scanner has
+already accepted are blanked out (all but their first parameter replaced by spaces, so every offset
+stays the same and lark reaches the same parser state) before lark sees the string.
+tests/compiler/test_fastparse.py compares both paths over many random and edge-case rules.
 """
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -84,9 +96,11 @@ def _call(node: Tree, negated: bool) -> Call:
                 has_parens=has_parens)
 
 
-def _parse(text: str, start: str) -> Tree:
+def _parse(text: str, start: str, lark_text: str | None = None) -> Tree:
+    """Parse with lark; `lark_text` (same length as `text`, same meaning up to the first error)
+    is what lark reads when given, `text` is what messages quote."""
     try:
-        return _parser().parse(text, start=start)
+        return _parser().parse(text if lark_text is None else lark_text, start=start)
     except UnexpectedCharacters as exc:
         pos = exc.pos_in_stream
         ch = text[pos]
@@ -114,9 +128,136 @@ def _terms(expr: Tree) -> tuple[Call, ...]:
     return tuple(calls)
 
 
+# ---- the fast path ---------------------------------------------------------------------------
+# The grammar's terminals, as lark compiles them (see grammar.lark). WS is %ignore'd between tokens.
+_WS = r"[ \t\f\r\n]*"
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_OUTNAME = r"[A-Za-z_][A-Za-z0-9_.-]*"
+_KEY = r"[A-Za-z_][A-Za-z0-9_-]*[ \t]*:"
+_STRING = r"""(?:"(?:\\.|[^"\\])*"|'[^']*')"""
+_BARE = r"""[^\s,()'"!&>\[\]]+"""
+
+# One parameter and the ',' or ')' after it. Where a parameter starts, lark's lexer tries KEY first
+# (priority 2) and keeps it when it matches, so KEY sits in an atomic group: no backtracking to read
+# 'a:' as a BARE value when no value follows the key (lark reports an error there).
+_PARAM = re.compile(rf"{_WS}(?>(?P<key>{_KEY}){_WS}|)(?P<val>(?>{_STRING}|{_BARE})){_WS}(?P<sep>[,)])")
+_EMPTY = re.compile(rf"{_WS}\)")
+_TERM = re.compile(rf"{_WS}(?P<not>!{_WS})?(?P<name>{_NAME}){_WS}\(")
+_AND_OR_ARROW = re.compile(rf"{_WS}(?:(?P<and>&&)|->)")
+_OUTBOUND = re.compile(rf"{_WS}(?P<name>{_OUTNAME}){_WS}(?P<lpar>\()?")
+_END = re.compile(rf"{_WS}\Z")
+
+
+class _GiveUp(Exception):
+    """The fast path does not accept the rule; `blanked` is the text for lark (see module doc)."""
+
+    def __init__(self, blanked: str):
+        self.blanked = blanked
+
+
+def _fast_params(text: str, pos: int, spans: list[tuple[int, int]]) -> tuple[tuple[Param, ...], int]:
+    """Parameters from just after '(' to just after ')'. Appends to `spans` the region that can be
+    blanked for lark: from the end of the first parameter to the last ',' read (exclusive)."""
+    m = _EMPTY.match(text, pos)
+    if m is not None:
+        return (), m.end()
+    params: list[Param] = []
+    append = params.append
+    match = _PARAM.match
+    new = tuple.__new__
+    first_end = -1
+    last_comma = -1
+    while True:
+        m = match(text, pos)
+        if m is None:
+            if last_comma > first_end:
+                spans.append((first_end, last_comma))
+            raise _GiveUp(text)
+        key, val, sep = m.groups()
+        vstart = m.start(2)
+        c = val[0]
+        if c == "'" or c == '"':
+            param = (None if key is None else key.rstrip(" \t:").strip(), _unquote(val),
+                     vstart if key is None else m.start(1), vstart + 1, True, key)
+        elif key is None:
+            param = (None, val, vstart, vstart, False, None)
+        else:
+            param = (key.rstrip(" \t:").strip(), val, m.start(1), vstart, False, key)
+        append(new(Param, param))
+        pos = m.end()
+        if first_end < 0:
+            first_end = vstart + len(val)
+        if sep == ")":
+            if len(params) > 1:
+                spans.append((first_end, pos - 1))
+            return tuple(params), pos
+        last_comma = pos - 1
+
+
+def _blank(text: str, spans: list[tuple[int, int]]) -> str:
+    if not spans:
+        return text
+    parts = []
+    at = 0
+    for a, b in spans:
+        parts.append(text[at:a])
+        parts.append(" " * (b - a))
+        at = b
+    parts.append(text[at:])
+    return "".join(parts)
+
+
+def _fast_rule(text: str) -> RuleAst:
+    """The scanner described in the module docstring; raises _GiveUp when lark must decide."""
+    spans: list[tuple[int, int]] = []
+    try:
+        calls = []
+        pos = 0
+        while True:
+            m = _TERM.match(text, pos)
+            if m is None:
+                raise _GiveUp(text)
+            params, pos = _fast_params(text, m.end(), spans)
+            calls.append(Call(m.group("name"), params, m.start("name"), m.group("not") is not None, bool(params)))
+            m = _AND_OR_ARROW.match(text, pos)
+            if m is None:
+                raise _GiveUp(text)
+            pos = m.end()
+            if m.group("and") is None:
+                break
+        m = _OUTBOUND.match(text, pos)
+        if m is None:
+            raise _GiveUp(text)
+        params = ()
+        pos = m.end()
+        if m.group("lpar") is not None:
+            params, pos = _fast_params(text, pos, spans)
+        if _END.match(text, pos) is None:
+            raise _GiveUp(text)
+        return RuleAst(calls=tuple(calls), outbound=Call(m.group("name"), params, m.start("name"), False,
+                                                         bool(params)), text=text)
+    except _GiveUp:
+        raise _GiveUp(_blank(text, spans)) from None
+
+
 def parse_rule(text: str) -> RuleAst:
     """Parse one rule string; raises RuleSyntaxError with the offset of the bad token."""
-    tree = _parse(text, "start")
+    try:
+        return _fast_rule(text)
+    except _GiveUp as give_up:
+        lark_text = give_up.blanked
+    tree = _parse(text, "start", lark_text)
+    if lark_text is not text:  # lark accepted what the scanner gave up on: parse the real text
+        tree = _parse(text, "start")
+    return _lark_rule(text, tree)
+
+
+def parse_rule_lark(text: str) -> RuleAst:
+    """The reference path (lark only); the tests compare `parse_rule` against it."""
+    return _lark_rule(text, _parse(text, "start"))
+
+
+def _lark_rule(text: str, tree: Tree) -> RuleAst:
     expr, outbound = tree.children
     return RuleAst(calls=_terms(expr), outbound=_call(outbound, False), text=text)  # type: ignore[arg-type]
 
@@ -165,11 +306,65 @@ def parse_structured_rule(rule: dict[str, Any]) -> tuple[RuleAst, list[tuple[Any
     if rule.get("must"):
         out_params.append(Param(key=None, value="must", offset=0, value_offset=0, quoted=False))
     outbound = Call(name=str(rule["outbound"]), params=tuple(out_params), offset=0, has_parens=bool(out_params))
-    text = " && ".join(
-        ("!" if c.negated else "") + f"{c.name}(" + ", ".join(
-            (f"{p.key}: " if p.key else "") + f"'{p.value}'" for p in c.params) + ")" for c in calls
-    ) + f" -> {rule['outbound']}"
-    return RuleAst(calls=tuple(calls), outbound=outbound, text=text), paths
+    return RuleAst(calls=tuple(calls), outbound=outbound, text=_structured_text(calls, outbound.name)), paths
+
+
+def _structured_text(calls: list[Call] | tuple[Call, ...], outbound: str, per_call: int | None = None) -> str:
+    """The rule-string form of a structured rule; with `per_call`, each call keeps the parameters
+    that start within `per_call` characters of its first and says how many it leaves out."""
+    parts = []
+    for c in calls:
+        shown = []
+        width = 0
+        for p in c.params:
+            s = (f"{p.key}: " if p.key else "") + f"'{p.value}'"
+            if per_call is not None and shown and width > per_call:
+                shown.append(f"... ({len(c.params) - len(shown)} more parameters)")
+                break
+            shown.append(s)
+            width += len(s) + 2
+        parts.append(("!" if c.negated else "") + f"{c.name}(" + ", ".join(shown) + ")")
+    return " && ".join(parts) + f" -> {outbound}"
+
+
+ABBREV_CHARS = 1000  # rules up to this long are shown as written
+ABBREV_CALL_CHARS = 200  # longer ones keep the parameters that start this close to their call's first
+
+
+def abbreviate(ast: RuleAst, limit: int = ABBREV_CHARS, per_call: int = ABBREV_CALL_CHARS) -> str | None:
+    """A short form of a long rule for program.c comments and manifest.json, or None when the rule
+    is short enough to show as written. Each call's parameter list is cut after the parameters that
+    start within `per_call` characters of its first one, e.g.
+    `domain(a.com, b.com, ... (99998 more parameters)) -> direct`; everything else is kept verbatim.
+    Deterministic: it depends on the rule text only."""
+    text = ast.text
+    if len(text) <= limit:
+        return None
+    if any(c.offset < 0 for c in ast.calls):  # the structured form: offsets are indexes
+        short = _structured_text(ast.calls, ast.outbound.name, per_call)
+        return short if short != text else None
+    calls = ast.calls + (ast.outbound,)
+    out = []
+    at = 0
+    for i, call in enumerate(calls):
+        ps = call.params
+        first = ps[0].offset if ps else 0
+        k = 1
+        while k < len(ps) and ps[k].offset - first <= per_call:
+            k += 1
+        if k >= len(ps):
+            continue
+        end = calls[i + 1].offset if i + 1 < len(calls) else len(text)
+        close = text.rfind(")", ps[-1].offset, end)  # this call's ')': the last one before the next call
+        if close < 0:  # cannot happen for a parsed rule string; keep the text as written
+            continue
+        head = text[at:ps[k].offset].rstrip()
+        out.append((head[:-1] if head.endswith(",") else head) + f", ... ({len(ps) - k} more parameters)")
+        at = close
+    if not out:
+        return None
+    out.append(text[at:])
+    return "".join(out)
 
 
 def structured_param_path(rule: dict[str, Any], call_path: tuple[Any, ...], offset: int) -> tuple[Any, ...]:

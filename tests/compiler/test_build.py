@@ -259,3 +259,38 @@ def test_build_replaces_atomically(tmp_path: Path) -> None:
     assert tree(c.out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["build", "config.yaml"]
     shutil.rmtree(c.out)
+
+
+def test_long_rules_are_abbreviated(tmp_path: Path) -> None:
+    """A rule with thousands of inline values is shortened in program.c's comments and in
+    manifest.json (ir.json keeps it whole); the build stays deterministic."""
+    domains = [f"d{i}.example.com" for i in range(3000)]
+    nets = [f"10.{i // 256}.{i % 256}.0/24" for i in range(2000)]
+    text = f"""
+global: {{lan_interface: [br-lan]}}
+routing:
+  rules:
+    - "domain({', '.join(domains)}) -> direct"
+    - "dport(53) && !dip({', '.join(nets)}, 'ff00::/8') -> block(mark: 0x1)"
+    - "dip(1.1.1.1) -> direct"
+  fallback: direct
+"""
+    write_config(tmp_path, text)
+    compile_config(tmp_path / "config.yaml", tmp_path / "a", strategy="bitvector")
+    compile_config(tmp_path / "config.yaml", tmp_path / "b", strategy="bitvector")
+    assert tree(tmp_path / "a") == tree(tmp_path / "b")
+    m = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    texts = [r["text"] for r in m["rules"]]
+    head = ", ".join(domains[:10])
+    assert texts[0].startswith(f"domain({head}, ")
+    assert texts[0].endswith(" more parameters)) -> direct") and len(texts[0]) < 400
+    n_shown = texts[0].count(", ")  # the separators after the values shown
+    assert texts[0].endswith(f", ... ({3000 - n_shown} more parameters)) -> direct")
+    assert texts[1].startswith("dport(53) && !dip(10.0.0.0/24, 10.0.1.0/24, ")
+    assert texts[1].endswith(" more parameters)) -> block(mark: 0x1)")
+    assert texts[2] == "dip(1.1.1.1) -> direct"
+    program = (tmp_path / "a" / "program.c").read_text()
+    assert texts[0] in program and texts[1] in program and "d2999.example.com" not in program
+    assert (tmp_path / "a" / "manifest.json").stat().st_size < 20_000
+    ir = json.loads((tmp_path / "a" / "ir.json").read_text())
+    assert ir["rules"][0]["source"]["text"].count(",") == 2999

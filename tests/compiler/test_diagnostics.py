@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from compiler.cli import main
+from compiler.diagnostics import SHOW_LINE_CHARS
 from compiler.geodata import SiteDomain, write_geoip, write_geosite
 
 # Line numbers below count from this header: a rule `R` of `rule(R)` is on line 8, its string's
@@ -44,6 +45,57 @@ class Broken:
 
 GEOSITE = "{dir}/geosite.dat"
 
+# Errors inside long parameter lists, where the rule scanner (compiler/rules/parse.py) does the work
+# instead of lark, or hands lark a blanked string: the column must still be the offending token's.
+_CIDRS = [f"10.{i // 256}.{i % 256}.0/24" for i in range(600)]
+_DOMAINS = [f"d{i}.example.com" for i in range(600)]
+
+
+def _list(xs: list[str]) -> str:
+    return ", ".join(xs)
+
+
+def long_case(id: str, r: str, token: str, message: str, hint: str | None = None, nth: int = 0) -> Broken:
+    """`token` is the text the caret must point at (its `nth` occurrence in the rule)."""
+    at = -1
+    for _ in range(nth + 1):
+        at = r.index(token, at + 1)
+    return Broken(id, rule(r), f"config.yaml:8:{8 + at}: {message}", hint)
+
+
+LONG_CASES = [
+    long_case("long-bad-cidr-in-the-middle",
+              f"dip({_list(_CIDRS[:300])}, 10.1.44.0/33, {_list(_CIDRS[300:])}) -> direct", "10.1.44.0/33",
+              "error: invalid IP address or CIDR '10.1.44.0/33'"),
+    long_case("long-bad-cidr-quoted",
+              f"dip({_list(_CIDRS[:300])}, 'ff00::/8', '10.1.44.0/33', {_list(_CIDRS[300:])}) -> direct",
+              "10.1.44.0/33'", "error: invalid IP address or CIDR '10.1.44.0/33'"),
+    long_case("long-unterminated-quote",
+              f"domain({_list(_DOMAINS[:300])}, 'd300.example.com, {_list(_DOMAINS[301:])}) -> direct",
+              "'d300", "error: syntax error: unterminated quoted value (no closing ')"),
+    long_case("long-stray-paren",
+              f"dip({_list(_CIDRS[:300])}), {_list(_CIDRS[300:])}) -> direct", ", 10.1.44.0/24",
+              "error: syntax error: unexpected ','; expected '&&' or '->'"),
+    long_case("long-open-paren",
+              f"dip({_list(_CIDRS[:300])}, ({_list(_CIDRS[300:])}) -> direct", "(10.1.44",
+              "error: syntax error: unexpected '('; expected a 'key:' or a quoted value or a value"),
+    long_case("long-error-in-second-list",
+              f"domain({_list(_DOMAINS)}) && dip({_list(_CIDRS[:300])},, {_list(_CIDRS[300:])}) -> direct", ", 10.1.44.0/24",
+              "error: syntax error: unexpected ','; expected a 'key:' or a quoted value or a value"),
+    long_case("long-bad-key-among-plain",
+              f"domain({_list(_DOMAINS[:300])}, suffix: a.com, sufix: b.com, {_list(_DOMAINS[300:])}) -> direct",
+              "sufix:", "error: unknown domain key 'sufix'", "did you mean 'suffix'?"),
+    long_case("long-key-on-port",
+              f"dport({_list(str(p) for p in range(1000, 1400))}, suffix: 1, 2000) -> direct", "suffix",
+              "error: 'dport()' does not take key 'suffix'"),
+    long_case("long-bad-port-after-keys",
+              f"domain({_list(_DOMAINS[:200])}, geosite:cn, full: x.com) && dport({_list(str(p) for p in range(300))},"
+              f" 70000, 1) -> direct", "70000", "error: port '70000' is out of range 0-65535"),
+    long_case("long-bad-outbound-param",
+              f"dip({_list(_CIDRS)}) -> direct(mark: 1, color: red)", "color",
+              "error: unknown outbound parameter 'color'", "outbounds take 'mark: N' and 'must'"),
+]
+
 CASES = [
     # ---- outbounds and groups ----
     Broken("unknown-outbound", rule("dip(8.8.8.8) -> proxxy"),
@@ -69,6 +121,8 @@ CASES = [
            "config.yaml:8:12: error: invalid IP address or CIDR '192.168.1'"),
     Broken("bad-ipv6-quoted", rule("dip('2001:db8::g') -> direct"),
            "config.yaml:8:13: error: invalid IP address or CIDR '2001:db8::g'"),
+    Broken("bad-ipv6-bare", rule("dip(1.1.1.1, fe80::zz) -> direct"),
+           "config.yaml:8:21: error: invalid IP address or CIDR 'fe80::zz'"),
     Broken("bad-cidr-second-param", rule("dip(10.0.0.0/8, 300.1.1.1) -> direct"),
            "config.yaml:8:24: error: invalid IP address or CIDR '300.1.1.1'"),
     Broken("port-out-of-range", rule("dport(70000) -> direct"),
@@ -347,7 +401,7 @@ def run_check(d: Path, text: str, capsys: pytest.CaptureFixture[str], monkeypatc
     return rc, out, err
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", CASES + LONG_CASES, ids=[c.id for c in CASES + LONG_CASES])
 def test_broken_config(case: Broken, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                        monkeypatch: pytest.MonkeyPatch) -> None:
     rc, out, err = run_check(tmp_path, case.config, capsys, monkeypatch, "--check")
@@ -362,9 +416,16 @@ def test_broken_config(case: Broken, tmp_path: Path, capsys: pytest.CaptureFixtu
     col = int(lines[0].split(":")[2])
     line = int(lines[0].split(":")[1])
     src = case.config.splitlines()
-    if line <= len(src):
+    if line <= len(src) and len(src[line - 1]) <= SHOW_LINE_CHARS:
         assert lines[1] == "  " + src[line - 1]
         assert lines[2] == "  " + " " * (col - 1) + "^"
+    elif line <= len(src):  # a long line: a window of it, the caret under the same character
+        shown, caret = lines[1][2:], lines[2].index("^") - 2
+        assert len(shown) <= SHOW_LINE_CHARS + 6 and lines[2].strip() == "^"
+        assert shown[caret] == src[line - 1][col - 1]
+        assert shown.strip(".") in src[line - 1]
+        cut = shown.startswith("...")
+        assert src[line - 1][col - 1 - (caret - 3 * cut):].startswith(shown[3 * cut:caret + 1])
     if case.hint is not None:
         assert f"  hint: {case.hint}" in lines[1:4]
     assert lines[-1] == (f"{case.errors} errors in config.yaml" if case.errors > 1 else "1 error in config.yaml")
