@@ -7,10 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
-from compiler.values import parse_mac
-
 
 def _explain(args: argparse.Namespace) -> int:
+    from compiler.values import parse_mac
     from runtime.bpf import BpfError
     from runtime.build import Build, BuildError
     from runtime.explain import explain, make_flow

@@ -24,7 +24,9 @@ from runtime.kernel_router import KernelRouter
 
 log = logging.getLogger("dae.gateway")
 
-from compiler.settings import DEFAULT_SO_MARK  # noqa: E402 - older builds may carry 0
+# compiler.settings' DEFAULT_SO_MARK, not imported from there: that module pulls in the rule
+# parser (lark) and the YAML loader, megabytes the running gateway never needs (test-checked).
+DEFAULT_SO_MARK = 0x800000  # older builds may carry 0
 
 
 def _stats_line(obj: BpfObject, build: Build) -> str:

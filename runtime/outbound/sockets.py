@@ -49,6 +49,25 @@ async def wait_writable(fd: int) -> None:
         loop.remove_writer(fd)
 
 
+def _expire(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
+async def _writable_by(loop: asyncio.AbstractEventLoop, fd: int, deadline: float) -> None:
+    """Wait until `fd` is writable; TimeoutError at `deadline` (loop time). One future and one
+    timer handle, no asyncio.timeout (its Timeout object, current_task and two more
+    get_running_loop calls, each a getpid(2) on Python 3.11)."""
+    fut = loop.create_future()
+    loop.add_writer(fd, _wake, fut)
+    timer = loop.call_at(deadline, _expire, fut)
+    try:
+        await fut
+    finally:
+        timer.cancel()
+        loop.remove_writer(fd)
+
+
 def family_of(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
 
@@ -66,16 +85,32 @@ def set_transparent(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
 
 
-async def resolve(host: str, port: int, timeout: float, node: Node | None = None,
-                  family: int = 0) -> list[tuple[int, tuple]]:
-    """[(family, sockaddr)] for an IP literal (no lookup) or a name (getaddrinfo, bounded)."""
+_LITERALS: dict[tuple[str, int], list[tuple[int, tuple]]] = {}  # IP literal (host, port) -> answer
+
+
+def _literal(host: str, port: int) -> list[tuple[int, tuple]] | None:
+    """resolve()'s answer for an IP literal, cached (nodes are dialed again and again)."""
+    key = (host, port)
+    cached = _LITERALS.get(key)
+    if cached is not None:
+        return cached
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        pass
-    else:
-        fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-        return [(fam, (host, port, 0, 0) if fam == socket.AF_INET6 else (host, port))]
+        return None
+    fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    answer = [(fam, (host, port, 0, 0) if fam == socket.AF_INET6 else (host, port))]
+    if len(_LITERALS) < 4096:
+        _LITERALS[key] = answer
+    return answer
+
+
+async def resolve(host: str, port: int, timeout: float, node: Node | None = None,
+                  family: int = 0) -> list[tuple[int, tuple]]:
+    """[(family, sockaddr)] for an IP literal (no lookup) or a name (getaddrinfo, bounded)."""
+    literal = _literal(host, port)
+    if literal is not None:
+        return literal
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
@@ -93,7 +128,8 @@ async def connect_tcp(host: str, port: int, opts: DialOptions,
     loop = asyncio.get_running_loop()
     deadline = loop.time() + opts.connect_timeout
     last: Exception | None = None
-    for fam, addr in await resolve(host, port, opts.connect_timeout, node):
+    addrs = _literal(host, port) or await resolve(host, port, opts.connect_timeout, node)
+    for fam, addr in addrs:
         sock = socket.socket(fam, socket.SOCK_STREAM | SOCK_NONBLOCK)  # no ioctl(FIONBIO)
         try:
             set_mark(sock, opts.so_mark)
@@ -102,8 +138,7 @@ async def connect_tcp(host: str, port: int, opts: DialOptions,
             if err == errno.EINPROGRESS:
                 if deadline - loop.time() <= 0:
                     raise TimeoutError
-                async with asyncio.timeout_at(deadline):  # no extra task, unlike wait_for
-                    await wait_writable(sock.fileno())
+                await _writable_by(loop, sock.fileno(), deadline)
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 raise OSError(err, os.strerror(err))

@@ -17,8 +17,8 @@ from runtime.outbound.stream import SocketStream
 from .flow import Flow, RelayConfig, Router, reason
 from .listen import bind_pair
 from .outbounds import OutboundTable
-from .pump import Reader, relay
-from .stats import RelayStats
+from .pump import HAVE_SPLICE, IdleSweeper, Reader, SplicedFlow, relay
+from .stats import Counters, RelayStats
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,10 @@ class TcpRelay:
         self.port = 0
         self._listeners: list[socket.socket] = []
         self._accepting: list[asyncio.Task[None]] = []
-        self._flows: set[asyncio.Task[None]] = set()
+        self._flows: set[asyncio.Task[None]] = set()  # flows still dialing (or copying)
+        self._sweeper: IdleSweeper | None = None  # and the spliced ones, task-less
+        self._counting: dict[str, tuple[Counters, object, object]] = {}
+        self._decide_tcp = getattr(router, "decide_tcp", None)  # (id, log reason) in one call
 
     async def start(self, port: int = 0, hosts: tuple[str, ...] = ("0.0.0.0", "::")) -> int:
         """Listen on `port` on every host; returns the port."""
@@ -95,72 +98,141 @@ class TcpRelay:
             probe.close()
         return True
 
+    def _counters(self, name: str) -> tuple[Counters, object, object]:
+        entry = self._counting.get(name)
+        if entry is None:
+            counters = self.stats[name]
+            entry = self._counting[name] = (counters, counters.add_up, counters.add_down)
+        return entry
+
     async def handle(self, conn: socket.socket, src: tuple[str, int], prefix: bytes = b"",
                      dst: tuple[str, int] | None = None) -> None:
-        """Carry one accepted connection. `prefix`: bytes already read from the client."""
-        conn.setblocking(False)
+        """Carry one accepted connection. `prefix`: bytes already read from the client.
+
+        A plain TCP flow (splice on, the upstream a plain socket) is handed to a SplicedFlow
+        once dialed and this coroutine returns: the established flow keeps no task."""
         try:
+            conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            flow = Flow("tcp", src, dst or _addr(conn.getsockname()))
+            if dst is None:
+                dst = _addr(conn.getsockname())
         except OSError as exc:
             log.debug("tcp %s: gone before handling: %s", format_hostport(*src), exc)
             conn.close()
             return
-        if self._loops_back(flow.dst):
-            log.warning("%s refused: addressed to the relay itself", flow)
+        if dst[1] == self.port and self._loops_back(dst):
+            log.warning("%s refused: addressed to the relay itself", Flow("tcp", src, dst))
             abort(conn)
             return
         try:
-            outbound_id = self.router.decide(flow)
+            if self._decide_tcp is not None:
+                outbound_id, why = self._decide_tcp(src, dst)
+            else:
+                flow = Flow("tcp", src, dst)
+                outbound_id = self.router.decide(flow)
+                why = reason(self.router, flow)
         except Exception as exc:  # noqa: BLE001 - a router bug must not kill the listener
-            log.error("%s refused: router failed: %r", flow, exc)
+            log.error("%s refused: router failed: %r", Flow("tcp", src, dst), exc)
             abort(conn)
             return
         outbound = self.outbounds.get(outbound_id)
         if outbound is None:
-            log.error("%s refused: router chose unknown outbound id %d", flow, outbound_id)
+            log.error("%s refused: router chose unknown outbound id %d", Flow("tcp", src, dst),
+                      outbound_id)
             abort(conn)
             return
-        counters = self.stats[outbound.name]
+        counters, add_up, add_down = self._counters(outbound.name)
         try:
-            dialed = await outbound.dial_tcp(Destination(*flow.dst))
+            dialed = await outbound.dial_tcp(Destination(dst[0], dst[1]))
         except OutboundError as exc:
             counters.refused += 1
             level = logging.INFO if isinstance(exc, Blocked) else logging.WARNING
-            log.log(level, "%s via %s refused: %s", flow, outbound.name, exc)
+            log.log(level, "%s via %s refused: %s", Flow("tcp", src, dst), outbound.name, exc)
             abort(conn)
             return
         except BaseException:
             abort(conn)
             raise
         node = dialed.node.name if dialed.node else "-"
-        log.info("%s%s via %s node %s", flow, reason(self.router, flow), outbound.name, node)
+        if log.isEnabledFor(logging.INFO):
+            log.info("tcp %s -> %s%s via %s node %s", format_hostport(*src),
+                     format_hostport(*dst), why, outbound.name, node)
         counters.flows += 1
         counters.active += 1
+        upstream = dialed.stream
+        if self.config.splice and HAVE_SPLICE and type(upstream) is SocketStream:
+            try:
+                if prefix:
+                    await upstream.sendall(prefix)
+                    counters.bytes_up += len(prefix)
+                early = upstream.take_pending()  # the target spoke first
+                if early:
+                    await SocketStream(conn).sendall(early)
+                    counters.bytes_down += len(early)
+            except OSError as exc:
+                log.debug("tcp %s -> %s via %s node %s ended: %s", format_hostport(*src),
+                          format_hostport(*dst), outbound.name, node, exc)
+                counters.active -= 1
+                abort(conn)
+                upstream.abort()
+                return
+            except BaseException:
+                counters.active -= 1
+                abort(conn)
+                upstream.abort()
+                raise
+            loop = asyncio.get_running_loop()
+            sweeper = self._sweeper
+            if sweeper is None:
+                sweeper = self._sweeper = IdleSweeper(loop, self.config.tcp_idle_timeout)
+            tag: object = counters
+            if log.isEnabledFor(logging.DEBUG):
+                tag = (counters, f"tcp {format_hostport(*src)} -> {format_hostport(*dst)} via "
+                                 f"{outbound.name} node {node}")
+            upstream.hand_over_reader()  # the flow's reader replaces it: no epoll_ctl
+            SplicedFlow(loop, conn, upstream.sock, add_up, add_down,  # type: ignore[arg-type]
+                        self._spliced_ended, self.config.pipe_size, sweeper, tag).start()
+            return
+        await self._carry(conn, upstream, prefix, Flow("tcp", src, dst), outbound.name, node,
+                          counters)
+
+    def _spliced_ended(self, flow: SplicedFlow, outcome: object) -> None:
+        tag = flow.tag
+        if type(tag) is tuple:
+            counters, what = tag
+            if isinstance(outcome, BaseException):
+                text = f"error: {outcome}"
+            elif outcome == "idle":
+                text = f"idle for {self.config.tcp_idle_timeout:g}s"
+            else:
+                text = str(outcome)
+            log.debug("%s ended: %s (splice)", what, text)
+        else:
+            counters = tag
+        counters.active -= 1
+
+    async def _carry(self, conn: socket.socket, upstream: object, prefix: bytes, flow: Flow,
+                     outbound: str, node: str, counters: Counters) -> None:
+        """The flows a SplicedFlow does not take (copy mode, TLS upstreams): two tasks."""
         client = SocketStream(conn)
+        dialed_stream = upstream
         try:
             if prefix:
-                await dialed.stream.sendall(prefix)
+                await dialed_stream.sendall(prefix)  # type: ignore[attr-defined]
                 counters.bytes_up += len(prefix)
-
-            def up(n: int) -> None:
-                counters.bytes_up += n
-
-            def down(n: int) -> None:
-                counters.bytes_down += n
-
-            outcome = await relay(client, dialed.stream, use_splice=self.config.splice,
-                                  idle_timeout=self.config.tcp_idle_timeout, count_up=up,
-                                  count_down=down, pipe_size=self.config.pipe_size)
-            log.debug("%s via %s node %s ended: %s", flow, outbound.name, node, outcome)
+            outcome = await relay(client, dialed_stream, use_splice=self.config.splice,  # type: ignore[arg-type]
+                                  idle_timeout=self.config.tcp_idle_timeout,
+                                  count_up=counters.add_up, count_down=counters.add_down,
+                                  pipe_size=self.config.pipe_size)
+            log.debug("%s via %s node %s ended: %s", flow, outbound, node, outcome)
         except OSError as exc:
-            log.debug("%s via %s node %s ended: %s", flow, outbound.name, node, exc)
+            log.debug("%s via %s node %s ended: %s", flow, outbound, node, exc)
             client.abort()
-            dialed.stream.abort()
+            dialed_stream.abort()  # type: ignore[attr-defined]
         finally:
             counters.active -= 1
             client.close()
-            dialed.stream.close()
+            dialed_stream.close()  # type: ignore[attr-defined]
 
     async def close(self) -> None:
         for task in self._accepting:
@@ -174,3 +246,5 @@ class TcpRelay:
         for task in flows:
             task.cancel()
         await asyncio.gather(*flows, return_exceptions=True)
+        if self._sweeper is not None:
+            self._sweeper.close()
