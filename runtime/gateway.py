@@ -95,6 +95,11 @@ def main(args: argparse.Namespace) -> int:
             return 1
         print(f"dae-runtime cleanup: {report}")
         return 0 if report.ok else 1
+    # The per-flow log line needs none of these, and LogRecord would pay a getpid(2) and the
+    # thread and process lookups on every line.
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging.logThreads = False
     try:
         build = Build.open(args.build)
     except BuildError as exc:

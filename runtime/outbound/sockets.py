@@ -12,6 +12,7 @@ import os
 import socket
 
 from .base import DialError, DialOptions, Node
+from .poller import connected, poller_for
 
 SO_MARK = getattr(socket, "SO_MARK", 36)
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
@@ -46,25 +47,6 @@ async def wait_writable(fd: int) -> None:
     try:
         await fut
     finally:
-        loop.remove_writer(fd)
-
-
-def _expire(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_exception(TimeoutError())
-
-
-async def _writable_by(loop: asyncio.AbstractEventLoop, fd: int, deadline: float) -> None:
-    """Wait until `fd` is writable; TimeoutError at `deadline` (loop time). One future and one
-    timer handle, no asyncio.timeout (its Timeout object, current_task and two more
-    get_running_loop calls, each a getpid(2) on Python 3.11)."""
-    fut = loop.create_future()
-    loop.add_writer(fd, _wake, fut)
-    timer = loop.call_at(deadline, _expire, fut)
-    try:
-        await fut
-    finally:
-        timer.cancel()
         loop.remove_writer(fd)
 
 
@@ -125,12 +107,19 @@ async def resolve(host: str, port: int, timeout: float, node: Node | None = None
 async def connect_tcp(host: str, port: int, opts: DialOptions,
                       node: Node | None = None) -> socket.socket:
     """A connected, non-blocking, marked TCP socket; DialError (naming the node) otherwise."""
-    loop = asyncio.get_running_loop()
+    return await connect_in(asyncio.get_running_loop(), host, port, opts, node, keep=False)
+
+
+async def connect_in(loop: asyncio.AbstractEventLoop, host: str, port: int, opts: DialOptions,
+                     node: Node | None = None, *, keep: bool) -> socket.socket:
+    """connect_tcp on `loop`. `keep`: leave the socket in the loop's FdPoller set (disarmed),
+    for a SocketStream that reads next (`SocketStream(sock, loop, in_poller=True)`)."""
     deadline = loop.time() + opts.connect_timeout
     last: Exception | None = None
     addrs = _literal(host, port) or await resolve(host, port, opts.connect_timeout, node)
     for fam, addr in addrs:
         sock = socket.socket(fam, socket.SOCK_STREAM | SOCK_NONBLOCK)  # no ioctl(FIONBIO)
+        waited = False
         try:
             set_mark(sock, opts.so_mark)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -138,10 +127,13 @@ async def connect_tcp(host: str, port: int, opts: DialOptions,
             if err == errno.EINPROGRESS:
                 if deadline - loop.time() <= 0:
                     raise TimeoutError
-                await _writable_by(loop, sock.fileno(), deadline)
+                await connected(loop, sock.fileno(), deadline)
+                waited = True
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 raise OSError(err, os.strerror(err))
+            if waited and not keep:
+                poller_for(loop).remove(sock.fileno())
             return sock
         except TimeoutError:
             sock.close()
@@ -149,10 +141,14 @@ async def connect_tcp(host: str, port: int, opts: DialOptions,
                              f"{opts.connect_timeout:g}s", node)
             break
         except OSError as exc:
+            if waited:
+                poller_for(loop).remove(sock.fileno())
             sock.close()
             last = DialError(f"connect to {addr[0]}:{addr[1]} failed: "
                              f"{exc.strerror or exc}", node)
         except BaseException:
+            if waited:
+                poller_for(loop).remove(sock.fileno())
             sock.close()
             raise
     assert last is not None

@@ -9,7 +9,7 @@ import struct
 
 from .base import (Destination, DialOptions, Node, ProxyAuthError, ProxyProtocolError,
                    ProxyRefusedError, ReplyCallback)
-from .sockets import connect_tcp, resolve, set_mark
+from .sockets import connect_in, connect_tcp, resolve, set_mark
 from .stream import SocketStream, Stream, bounded, read_exact
 from .udp import SocketAssociation
 
@@ -226,13 +226,15 @@ async def dial(node: Node, dst: Destination, opts: DialOptions) -> SocketStream:
     remembered."""
     key = (node.host, node.port)
     pipelined = node.username is None and key not in _NO_PIPELINING
-    stream = SocketStream(await connect_tcp(node.host, node.port, opts, node))
+    loop = asyncio.get_running_loop()
+    stream = SocketStream(await connect_in(loop, node.host, node.port, opts, node, keep=True),
+                          loop, in_poller=True)
     try:
         if pipelined:
             progress = _Progress()
             try:
                 await bounded(pipelined_handshake(stream, node, dst, progress),
-                              opts.handshake_timeout, node, "SOCKS5 CONNECT handshake")
+                              opts.handshake_timeout, node, "SOCKS5 CONNECT handshake", loop)
                 return stream
             except ProxyProtocolError:
                 if progress.got != _OK_METHOD:

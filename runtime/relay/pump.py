@@ -13,6 +13,7 @@ import os
 import socket
 from typing import Callable
 
+from runtime.outbound.poller import HUP_ERR, IN, OUT, poller_for
 from runtime.outbound.sockets import abort, wait_writable
 from runtime.outbound.stream import RECV_SIZE, Stream
 
@@ -173,8 +174,8 @@ class IdleWatch:
 
 
 class _Way:
-    """One direction of a spliced flow, driven by fd callbacks (no task, no coroutine): small
-    reads through user space, a splice pipe once a read fills FIRST_READ bytes."""
+    """One direction of a spliced flow, driven by its flow's fd events (no task, no coroutine):
+    small reads through user space, a splice pipe once a read fills FIRST_READ bytes."""
 
     __slots__ = ("flow", "dst_sock", "src_fd", "dst_fd", "count", "read_end", "write_end",
                  "chunk", "left", "buf", "pending", "reading", "writing", "done")
@@ -191,23 +192,20 @@ class _Way:
         self.left = 0  # bytes in the pipe not yet written to dst
         self.buf = b""  # user-space bytes not yet written to dst
         self.pending = 0  # bytes read, counted once all are written
-        self.reading = self.writing = self.done = False
+        self.reading = True  # what the flow registers at start
+        self.writing = self.done = False
 
     def _want_read(self) -> None:
-        if self.writing:
-            self.flow.loop.remove_writer(self.dst_fd)
+        if self.writing or not self.reading:
             self.writing = False
-        if not self.reading:
-            self.flow.loop.add_reader(self.src_fd, self._readable)
             self.reading = True
+            self.flow.sync()
 
     def _want_write(self) -> None:
-        if self.reading:
-            self.flow.loop.remove_reader(self.src_fd)
+        if self.reading or not self.writing:
             self.reading = False
-        if not self.writing:
-            self.flow.loop.add_writer(self.dst_fd, self._writable)
             self.writing = True
+            self.flow.sync()
 
     def _readable(self) -> None:
         try:
@@ -274,23 +272,24 @@ class _Way:
 
     def _eof(self) -> None:
         self.stop()
-        try:
-            self.dst_sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        self.flow.way_done()
+        flow = self.flow
+        if flow.alive > 1:  # the other way goes on: forward the half-close
+            try:
+                self.dst_sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            flow.alive -= 1
+            flow.sync()
+        else:  # both ends said EOF: closing sends the last FIN, no shutdown(2) needed
+            flow.alive = 0
+            flow._end("closed")
 
     def stop(self) -> None:
+        """No more events for this way (the flow syncs or removes the registrations)."""
         if self.done:
             return
         self.done = True
-        loop = self.flow.loop
-        if self.reading:
-            self.reading = False
-            loop.remove_reader(self.src_fd)
-        if self.writing:
-            self.writing = False
-            loop.remove_writer(self.dst_fd)
+        self.reading = self.writing = False
         if self.read_end >= 0:
             os.close(self.read_end)
             os.close(self.write_end)
@@ -299,43 +298,89 @@ class _Way:
 
 
 class SplicedFlow:
-    """A relayed TCP flow once both sockets are connected: two `_Way`s driven by fd callbacks,
-    no task, no coroutine, no timer of its own (an `IdleSweeper` ends it when idle). Owns both
-    sockets: `on_end(flow, outcome)` runs once, after both are closed; outcome is "closed"
-    (both EOFs), "idle" or the exception that broke the flow."""
+    """A relayed TCP flow once both sockets are connected: two `_Way`s driven by the loop's
+    `FdPoller` (one epoll registration per socket), no task, no coroutine, no timer of its own
+    (an `IdleSweeper` ends it when idle). Owns both sockets: `on_end(flow, outcome)` runs once,
+    after both are closed; outcome is "closed" (both EOFs), "idle", another string (closed from
+    outside) or the exception that broke the flow (both sides were then reset)."""
 
-    __slots__ = ("loop", "pipe_size", "client", "upstream", "up", "down", "alive", "active",
-                 "last", "on_end", "sweeper", "tag")
+    __slots__ = ("loop", "poller", "pipe_size", "client", "upstream", "c_fd", "u_fd", "c_mask",
+                 "u_mask", "up", "down", "alive", "active", "last", "on_end", "sweeper", "tag")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, client: socket.socket,
                  upstream: socket.socket, count_up: Count, count_down: Count,
                  on_end: Callable[[SplicedFlow, object], None], pipe_size: int = DEFAULT_PIPE_SIZE,
                  sweeper: IdleSweeper | None = None, tag: object = None) -> None:
         self.loop = loop
+        self.poller = poller_for(loop)
         self.pipe_size = pipe_size
         self.client = client
         self.upstream = upstream
-        self.up = _Way(self, client.fileno(), upstream, count_up)
-        self.down = _Way(self, upstream.fileno(), client, count_down)
+        self.c_fd = client.fileno()
+        self.u_fd = upstream.fileno()
+        self.c_mask = self.u_mask = 0  # registered interest (0: not in the poller's set)
+        self.up = _Way(self, self.c_fd, upstream, count_up)
+        self.down = _Way(self, self.u_fd, client, count_down)
         self.alive = 2
         self.active = False
-        self.on_end = on_end
+        self.on_end: Callable[[SplicedFlow, object], None] | None = on_end
         self.sweeper = sweeper
-        self.tag = tag  # the caller's, e.g. a description for its log
+        self.tag = tag  # the caller's, e.g. its counters and a description for its log
         self.last = 0.0
 
-    def start(self) -> None:
-        """Register both readers (replacing any registration the caller handed over: the
-        reader of an fd is replaced in place, no epoll_ctl)."""
+    def start(self, upstream_armed: bool = False) -> None:
+        """Register both sockets for reading. `upstream_armed`: the upstream is in the poller's
+        set with EPOLLIN already (handed over by its SocketStream): only its handler changes."""
         if self.sweeper is not None:
             self.sweeper.add(self)
-        self.up._want_read()
-        self.down._want_read()
+        poller = self.poller
+        try:
+            poller.watch(self.c_fd, IN, self._on_client)
+            self.c_mask = IN
+            if upstream_armed:
+                poller.set_handler(self.u_fd, self._on_upstream)
+            else:
+                poller.watch(self.u_fd, IN, self._on_upstream)
+            self.u_mask = IN
+        except OSError as exc:
+            self.fail(exc)
 
-    def way_done(self) -> None:
-        self.alive -= 1
-        if self.alive <= 0:
-            self._end("closed")
+    def _on_client(self, events: int) -> None:
+        if events & (IN | HUP_ERR) and self.up.reading:
+            self.up._readable()
+        if events & (OUT | HUP_ERR) and self.down.writing:
+            self.down._writable()
+
+    def _on_upstream(self, events: int) -> None:
+        if events & (IN | HUP_ERR) and self.down.reading:
+            self.down._readable()
+        if events & (OUT | HUP_ERR) and self.up.writing:
+            self.up._writable()
+
+    def sync(self) -> None:
+        """Bring the registrations in line with what the ways want (no syscall if unchanged)."""
+        if self.on_end is None:
+            return
+        up, down = self.up, self.down
+        c = (IN if up.reading else 0) | (OUT if down.writing else 0)
+        u = (IN if down.reading else 0) | (OUT if up.writing else 0)
+        try:
+            if c != self.c_mask:
+                self._apply(self.c_fd, self.c_mask, c, self._on_client)
+                self.c_mask = c
+            if u != self.u_mask:
+                self._apply(self.u_fd, self.u_mask, u, self._on_upstream)
+                self.u_mask = u
+        except OSError as exc:
+            self.fail(exc)
+
+    def _apply(self, fd: int, old: int, new: int, handler: Callable[[int], None]) -> None:
+        if not new:  # nothing wanted: out of the set (HUP/ERR would be reported regardless)
+            self.poller.remove(fd)
+        elif old:
+            self.poller.modify(fd, new)
+        else:
+            self.poller.watch(fd, new, handler)
 
     def fail(self, exc: BaseException) -> None:
         self._end(exc)
@@ -354,6 +399,10 @@ class SplicedFlow:
         self.on_end = None
         self.up.stop()
         self.down.stop()
+        poller = self.poller
+        poller.remove(self.c_fd)
+        poller.remove(self.u_fd)
+        self.c_mask = self.u_mask = 0
         if self.sweeper is not None:
             self.sweeper.discard(self)
         if isinstance(outcome, BaseException):
@@ -411,12 +460,6 @@ class IdleSweeper:
             flow.close()
 
 
-def _hand_over(stream: Stream) -> None:
-    hand_over = getattr(stream, "hand_over_reader", None)
-    if hand_over is not None:
-        hand_over()
-
-
 async def _relay_spliced(loop: asyncio.AbstractEventLoop, client: Stream, upstream: Stream,
                          idle_timeout: float, count_up: Count, count_down: Count,
                          pipe_size: int) -> str:
@@ -427,13 +470,13 @@ async def _relay_spliced(loop: asyncio.AbstractEventLoop, client: Stream, upstre
         if not done.done():
             done.set_result(outcome)
 
-    for stream in (client, upstream):  # the flow registers its own readers just below
-        _hand_over(stream)
+    client.release_reader()  # type: ignore[attr-defined]
+    armed = upstream.hand_over_reader()  # type: ignore[attr-defined]
     sweeper = IdleSweeper(loop, idle_timeout)
     flow = SplicedFlow(loop, client.sock, upstream.sock, count_up, count_down,  # type: ignore[attr-defined]
                        ended, pipe_size, sweeper)
     try:
-        flow.start()
+        flow.start(armed)
         outcome = await done
     finally:
         flow.close()  # no-op once ended

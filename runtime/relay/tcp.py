@@ -17,7 +17,7 @@ from runtime.outbound.stream import SocketStream
 from .flow import Flow, RelayConfig, Router, reason
 from .listen import bind_pair
 from .outbounds import OutboundTable
-from .pump import HAVE_SPLICE, IdleSweeper, Reader, SplicedFlow, relay
+from .pump import HAVE_SPLICE, IdleSweeper, SplicedFlow, relay
 from .stats import Counters, RelayStats
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class TcpRelay:
         self.stats = stats or RelayStats()
         self.port = 0
         self._listeners: list[socket.socket] = []
-        self._accepting: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._flows: set[asyncio.Task[None]] = set()  # flows still dialing (or copying)
         self._sweeper: IdleSweeper | None = None  # and the spliced ones, task-less
         self._counting: dict[str, tuple[Counters, object, object]] = {}
@@ -48,37 +48,36 @@ class TcpRelay:
     async def start(self, port: int = 0, hosts: tuple[str, ...] = ("0.0.0.0", "::")) -> int:
         """Listen on `port` on every host; returns the port."""
         self._listeners = bind_pair(socket.SOCK_STREAM, hosts, port, so_mark=self.config.so_mark)
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         for sock in self._listeners:
             sock.listen(self.config.listen_backlog)
-            self._accepting.append(loop.create_task(self._accept_loop(sock)))
+            loop.add_reader(sock.fileno(), self._accept, sock)
         self.port = self._listeners[0].getsockname()[1]
         log.info("tcp relay listening on port %d (%s)", self.port, ", ".join(hosts))
         return self.port
 
-    async def _accept_loop(self, listener: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        ready = Reader(loop, listener.fileno())  # registered once, not per wait
+    def _accept(self, listener: socket.socket) -> None:
+        """One connection per readiness report, no accept loop task: a listener with more
+        waiting stays readable and is called again in the next loop iteration (so no extra
+        accept(2) that fails with EAGAIN per connection)."""
         try:
-            await self._accept_with(listener, ready)
-        finally:
-            ready.close()
+            conn, peer = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # EMFILE and friends: log, breathe, go on
+            log.error("tcp accept failed: %s", exc)
+            loop = self._loop
+            fd = listener.fileno()
+            loop.remove_reader(fd)  # type: ignore[union-attr]
+            loop.call_later(0.1, self._resume, listener)  # type: ignore[union-attr]
+            return
+        task = self._loop.create_task(self.handle(conn, _addr(peer)))  # type: ignore[union-attr]
+        self._flows.add(task)
+        task.add_done_callback(self._flows.discard)
 
-    async def _accept_with(self, listener: socket.socket, ready: Reader) -> None:
-        loop = ready.loop
-        while True:
-            try:
-                conn, peer = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                await ready.wait()
-                continue
-            except OSError as exc:  # EMFILE and friends: log, breathe, go on
-                log.error("tcp accept failed: %s", exc)
-                await asyncio.sleep(0.1)
-                continue
-            task = loop.create_task(self.handle(conn, _addr(peer)))
-            self._flows.add(task)
-            task.add_done_callback(self._flows.discard)
+    def _resume(self, listener: socket.socket) -> None:
+        if listener.fileno() >= 0 and listener in self._listeners:
+            self._loop.add_reader(listener.fileno(), self._accept, listener)  # type: ignore[union-attr]
 
     def _loops_back(self, dst: tuple[str, int]) -> bool:
         """A flow addressed to our own listener (a local address, our port) would dial itself
@@ -181,7 +180,7 @@ class TcpRelay:
                 abort(conn)
                 upstream.abort()
                 raise
-            loop = asyncio.get_running_loop()
+            loop = self._loop or asyncio.get_running_loop()
             sweeper = self._sweeper
             if sweeper is None:
                 sweeper = self._sweeper = IdleSweeper(loop, self.config.tcp_idle_timeout)
@@ -189,9 +188,9 @@ class TcpRelay:
             if log.isEnabledFor(logging.DEBUG):
                 tag = (counters, f"tcp {format_hostport(*src)} -> {format_hostport(*dst)} via "
                                  f"{outbound.name} node {node}")
-            upstream.hand_over_reader()  # the flow's reader replaces it: no epoll_ctl
+            armed = upstream.hand_over_reader()  # the flow takes the registration over
             SplicedFlow(loop, conn, upstream.sock, add_up, add_down,  # type: ignore[arg-type]
-                        self._spliced_ended, self.config.pipe_size, sweeper, tag).start()
+                        self._spliced_ended, self.config.pipe_size, sweeper, tag).start(armed)
             return
         await self._carry(conn, upstream, prefix, Flow("tcp", src, dst), outbound.name, node,
                           counters)
@@ -235,11 +234,11 @@ class TcpRelay:
             dialed_stream.close()  # type: ignore[attr-defined]
 
     async def close(self) -> None:
-        for task in self._accepting:
-            task.cancel()
-        await asyncio.gather(*self._accepting, return_exceptions=True)
-        self._accepting.clear()
         for sock in self._listeners:
+            try:
+                self._loop.remove_reader(sock.fileno())  # type: ignore[union-attr]
+            except (AttributeError, RuntimeError, ValueError, OSError):
+                pass
             sock.close()
         self._listeners.clear()
         flows = list(self._flows)
