@@ -67,6 +67,12 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
                  build.manifest["strategy"], port, ",".join(i.name for i in datapath.lan_interfaces) or "-")
         if ready is not None:
             ready()
+        # Everything alive now (modules, the build, pyroute2's objects) lives as long as the
+        # process: out of the cyclic GC's sight, so its collections only walk per-flow objects.
+        import gc
+
+        gc.collect()
+        gc.freeze()
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), timeout=60)

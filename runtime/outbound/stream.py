@@ -113,7 +113,13 @@ class SocketStream:
                 await self._wait_readable()
 
     async def sendall(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
+        try:  # the usual case: all of it at once, no memoryview
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent == len(data):
+            return
+        view = memoryview(data)[sent:]
         while view:
             try:
                 sent = self.sock.send(view)

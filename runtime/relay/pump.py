@@ -346,16 +346,18 @@ class SplicedFlow:
             self.fail(exc)
 
     def _on_client(self, events: int) -> None:
-        if events & (IN | HUP_ERR) and self.up.reading:
-            self.up._readable()
-        if events & (OUT | HUP_ERR) and self.down.writing:
-            self.down._writable()
+        up, down = self.up, self.down
+        if events & (IN | HUP_ERR) and up.reading:
+            up._readable()
+        if events & (OUT | HUP_ERR) and down.writing:  # False once the flow ended
+            down._writable()
 
     def _on_upstream(self, events: int) -> None:
-        if events & (IN | HUP_ERR) and self.down.reading:
-            self.down._readable()
-        if events & (OUT | HUP_ERR) and self.up.writing:
-            self.up._writable()
+        up, down = self.up, self.down
+        if events & (IN | HUP_ERR) and down.reading:
+            down._readable()
+        if events & (OUT | HUP_ERR) and up.writing:
+            up._writable()
 
     def sync(self) -> None:
         """Bring the registrations in line with what the ways want (no syscall if unchanged)."""
@@ -412,6 +414,28 @@ class SplicedFlow:
             self.client.close()
             self.upstream.close()
         on_end(self, outcome)
+        # no flow <-> way cycle left behind: freed by reference counting, not by the cyclic GC
+        self.up.flow = self.down.flow = _ENDED  # type: ignore[assignment]
+
+
+class _Ended:
+    """What an ended flow's ways point to: late calls (none are expected) do nothing."""
+
+    alive = 0
+    active = False
+    pipe_size = DEFAULT_PIPE_SIZE
+
+    def sync(self) -> None:
+        pass
+
+    def fail(self, exc: BaseException) -> None:
+        pass
+
+    def _end(self, outcome: object) -> None:
+        pass
+
+
+_ENDED = _Ended()
 
 
 class IdleSweeper:
