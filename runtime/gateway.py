@@ -106,6 +106,7 @@ def main(args: argparse.Namespace) -> int:
     logging.logProcesses = False
     logging.logMultiprocessing = False
     logging.logThreads = False
+    logging._srcfile = None  # no stack walk for the caller's file and line (not in the format)
     try:
         build = Build.open(args.build)
     except BuildError as exc:

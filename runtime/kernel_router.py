@@ -44,6 +44,8 @@ class KernelRouter:
         self.domains = domain_map
         self.n_rules = len(build.manifest["rules"])
         self._last: tuple[Any, RouteInfo] | None = None  # decide() then describe() of one flow
+        lookuper = getattr(flows_map, "lookuper", None)
+        self._lookup = lookuper() if lookuper is not None else flows_map.lookup
         config_file = build.manifest.get("config", {}).get("file", "?")
         # what the per-flow log line says, per rule: built once, not per flow
         self._why: dict[int | None, str] = {None: " (fallback)"}
@@ -61,7 +63,7 @@ class KernelRouter:
         else:
             key = (_inet_pton(_AF_INET, s) + _V4_PAD + _inet_pton(_AF_INET, d) + _V4_PAD
                    + _TAIL(src[1], dst[1], IPPROTO_TCP, 4))
-            raw = self.flows.lookup(key)
+            raw = self._lookup(key)
             if raw is not None:
                 _mark, rule, outbound, _flags = _VALUE(raw, 0)
                 why = self._why.get(rule if rule < self.n_rules else None)

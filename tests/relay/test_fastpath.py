@@ -416,3 +416,18 @@ def test_running_gateway_does_not_import_the_compiler_front_end() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_log_time_stamps_match_the_default_format() -> None:
+    import logging
+
+    from runtime.cli import _Formatter
+
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    ours, default = _Formatter(fmt), logging.Formatter(fmt)
+    for created in (1_700_000_000.0, 1_700_000_000.0005, 1_700_000_000.999, 1_700_000_001.25):
+        record = logging.LogRecord("runtime.relay.tcp", logging.INFO, __file__, 1, "tcp %s", ("x",),
+                                   None)
+        record.created = created
+        record.msecs = (created - int(created)) * 1000
+        assert ours.format(record) == default.format(record)
