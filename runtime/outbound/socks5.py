@@ -9,7 +9,7 @@ import struct
 
 from .base import (Destination, DialOptions, Node, ProxyAuthError, ProxyProtocolError,
                    ProxyRefusedError, ReplyCallback)
-from .sockets import connect_in, connect_tcp, resolve, set_mark
+from .sockets import _literal, connect_in, connect_tcp, resolve, set_mark
 from .stream import SocketStream, Stream, bounded, read_exact
 from .udp import SocketAssociation
 
@@ -229,28 +229,102 @@ async def dial(node: Node, dst: Destination, opts: DialOptions) -> SocketStream:
     loop = asyncio.get_running_loop()
     stream = SocketStream(await connect_in(loop, node.host, node.port, opts, node, keep=True),
                           loop, in_poller=True)
-    try:
-        if pipelined:
-            progress = _Progress()
-            try:
-                await bounded(pipelined_handshake(stream, node, dst, progress),
-                              opts.handshake_timeout, node, "SOCKS5 CONNECT handshake", loop)
-                return stream
-            except ProxyProtocolError:
-                if progress.got != _OK_METHOD:
-                    raise
-            # a method reply, then silence or EOF: the request was lost, not refused
-            _NO_PIPELINING.add(key)
-            log.warning("node %s: no answer to a pipelined SOCKS5 CONNECT; dialing it step by "
-                        "step from now on", node)
+    if pipelined:
+        progress = _Progress()
+        try:
+            await bounded(pipelined_handshake(stream, node, dst, progress),
+                          opts.handshake_timeout, node, "SOCKS5 CONNECT handshake", loop)
+            return stream
+        except ProxyProtocolError:
             stream.abort()
-            stream = SocketStream(await connect_tcp(node.host, node.port, opts, node))
+            if progress.got != _OK_METHOD:
+                raise
+        except BaseException:
+            stream.abort()
+            raise
+        return await _step_by_step_from_now_on(node, dst, opts)
+    try:
         await bounded(handshake(stream, node, dst), opts.handshake_timeout, node,
                       "SOCKS5 CONNECT handshake")
     except BaseException:
         stream.abort()
         raise
     return stream
+
+
+async def _step_by_step_from_now_on(node: Node, dst: Destination,
+                                    opts: DialOptions) -> SocketStream:
+    """A method reply, then silence or EOF: the pipelined request was lost, not refused."""
+    _NO_PIPELINING.add((node.host, node.port))
+    log.warning("node %s: no answer to a pipelined SOCKS5 CONNECT; dialing it step by step "
+                "from now on", node)
+    stream = SocketStream(await connect_tcp(node.host, node.port, opts, node))
+    try:
+        await bounded(handshake(stream, node, dst), opts.handshake_timeout, node,
+                      "SOCKS5 CONNECT handshake")
+    except BaseException:
+        stream.abort()
+        raise
+    return stream
+
+
+async def finish_pipelined(stream: SocketStream, node: Node, dst: Destination,
+                           opts: DialOptions, got: bytes, timed_out: bool,
+                           loop: asyncio.AbstractEventLoop) -> SocketStream:
+    """The rest of a pipelined handshake a callback dial started (the relay's fast path):
+    `got` the reply bytes it read (already unread into `stream`), `timed_out` whether its
+    handshake timer fired. Same outcomes as `dial`: a named error, or the step-by-step retry
+    for a node that dropped the request."""
+    try:
+        if timed_out:
+            raise ProxyProtocolError(f"SOCKS5 CONNECT handshake timed out after "
+                                     f"{opts.handshake_timeout:g}s", node)
+        await bounded(_finish_reply(stream, node, dst), opts.handshake_timeout, node,
+                      "SOCKS5 CONNECT handshake", loop)
+        return stream
+    except ProxyProtocolError:
+        stream.abort()
+        if got != _OK_METHOD:
+            raise
+    except BaseException:
+        stream.abort()
+        raise
+    return await _step_by_step_from_now_on(node, dst, opts)
+
+
+async def _finish_reply(stream: Stream, node: Node, dst: Destination) -> None:
+    await _method_reply(stream, node)
+    await read_reply(stream, node, CMD_CONNECT, dst.host, dst.port)
+
+
+def pipelined_reply_size(buf: bytes) -> int:
+    """For the bytes of a pipelined handshake's replies read so far: how many make up both
+    replies (0: not known yet), or -1 when they are not a plain success (a step-by-step parse
+    will say what they are)."""
+    n = len(buf)
+    if n >= 2 and buf[:2] != _OK_METHOD or n >= 5 and buf[2:5] != _OK_REPLY:
+        return -1
+    if n < 6:
+        return 0
+    atyp = buf[5]
+    if atyp in _REPLY_SIZE:
+        return 2 + _REPLY_SIZE[atyp]
+    if atyp != ATYP_DOMAIN:
+        return -1
+    return 2 + 7 + buf[6] if n >= 7 else 0
+
+
+def fast_dialable(node: Node) -> list[tuple[int, tuple]] | None:
+    """The address of a node the relay may dial with its callback fast path (socks5 without
+    credentials, an IP literal, not known to drop pipelined requests), else None."""
+    if node.protocol != "socks5" or node.username is not None:
+        return None
+    if (node.host, node.port) in _NO_PIPELINING:
+        return None
+    return _literal(node.host, node.port)
+
+
+PIPELINED_GREETING = b"\x05\x01\x00"
 
 
 class Socks5UdpAssociation(SocketAssociation):
