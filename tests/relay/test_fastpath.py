@@ -656,3 +656,24 @@ class TestCallbackDial:
             await stop(listener, task)
 
         run(scenario)
+
+
+@pytest.mark.root
+def test_callback_dial_marks_its_socket() -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        server, port = await serve(socks_ok)
+        fast = FastRelay([port])
+        fast.relay.outbounds.get(2).opts = DialOptions(so_mark=0x80, connect_timeout=1,
+                                                       handshake_timeout=1)
+        await fast.start()
+        client = fast.flow()
+        await loop.sock_sendall(client, b"m")
+        assert await asyncio.wait_for(loop.sock_recv(client, 1), 2) == b"m"
+        (flow,) = fast.relay._sweeper.flows
+        assert flow.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0x80
+        client.close()
+        await fast.close()
+        server.close()
+
+    run(scenario)
