@@ -61,6 +61,8 @@ class TcpRelay:
         loop = self._loop = asyncio.get_running_loop()
         self._poller = poller_for(loop)
         for sock in self._listeners:
+            # accepted sockets inherit it from the listener (Linux): no setsockopt per flow
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.listen(self.config.listen_backlog)
             loop.add_reader(sock.fileno(), self._accept, sock)
         self.port = self._listeners[0].getsockname()[1]
@@ -97,8 +99,7 @@ class TcpRelay:
         """The callback path: decide, and for a group with a qualifying SOCKS5 node dial it
         with a FastSocksDial (no task); everything else goes to `handle`."""
         try:
-            conn.setblocking(False)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn.setblocking(False)  # TCP_NODELAY came with it from the listener
             dst = _addr(conn.getsockname())
         except OSError as exc:
             log.debug("tcp %s: gone before handling: %s", format_hostport(*src), exc)

@@ -677,3 +677,25 @@ def test_callback_dial_marks_its_socket() -> None:
         server.close()
 
     run(scenario)
+
+
+def test_accepted_sockets_inherit_nodelay_from_the_relay_listener() -> None:
+    """The callback path sets no TCP_NODELAY per flow: Linux copies it from the listener."""
+    async def scenario() -> None:
+        relay = TcpRelay(DecidingRouter(), OutboundTable({}), RelayConfig())
+        port = await relay.start(0, ("127.0.0.1",))
+        (listener,) = relay._listeners
+        assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        probe = socket.socket()
+        probe.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        probe.bind(("127.0.0.1", 0))
+        probe.listen()
+        client = socket.create_connection(probe.getsockname())
+        conn, _ = probe.accept()
+        assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        for s in (client, conn, probe):
+            s.close()
+        await relay.close()
+        assert port
+
+    run(scenario)
