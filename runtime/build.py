@@ -8,12 +8,13 @@ import json
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from compiler.domains import DomainMatcher
-from compiler.ir import RoutingIR, max_domain_words
-from compiler.ir_json import ir_from_json
 from compiler.version import MANIFEST_FORMAT
+
+if TYPE_CHECKING:  # imported where used: the running gateway only needs them on a map miss
+    from compiler.domains import DomainMatcher
+    from compiler.ir import RoutingIR
 
 
 class BuildError(Exception):
@@ -45,14 +46,20 @@ class Build:
 
     @cached_property
     def ir(self) -> RoutingIR:
+        from compiler.ir_json import ir_from_json
+
         return ir_from_json(json.loads((self.path / "ir.json").read_text()))
 
     @cached_property
     def domain_matcher(self) -> DomainMatcher:
+        from compiler.domains import DomainMatcher
+
         return DomainMatcher.from_sets(self.ir.domain_sets)
 
     @property
     def domain_words(self) -> int:
+        from compiler.ir import max_domain_words
+
         return max_domain_words(self.ir)
 
     def outbound_name(self, oid: int) -> str:

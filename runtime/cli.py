@@ -5,12 +5,12 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
-
-from compiler.values import parse_mac
 
 
 def _explain(args: argparse.Namespace) -> int:
+    from compiler.values import parse_mac
     from runtime.bpf import BpfError
     from runtime.build import Build, BuildError
     from runtime.explain import explain, make_flow
@@ -36,6 +36,23 @@ def _explain(args: argparse.Namespace) -> int:
     else:
         print(result.text(build.manifest["config"]["file"]))
     return 0
+
+
+class _Formatter(logging.Formatter):
+    """The default format, with the date and time part formatted once per second rather than
+    once per line (the relay logs a line per flow)."""
+
+    _second = -1
+    _text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
+            self._second = second
+        return f"{self._text},{int(record.msecs):03d}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] not in ("explain", "run", "cleanup", "-h", "--help") and not argv[0].startswith("--"):
         argv.insert(0, "run")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     if args.command == "explain":
         return _explain(args)
     if args.command in ("run", "cleanup"):

@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from compiler.evaluate import Flow as IrFlow
-from compiler.evaluate import classify
-from runtime.build import Build
 from runtime.packets import IPPROTO_TCP, IPPROTO_UDP, FlowSpec, domain_key, flow_key, parse_flow_value
+
+if TYPE_CHECKING:
+    from runtime.build import Build
+
+_V4_PAD = bytes(12)
+_TAIL = struct.Struct("!HHBB2x").pack  # sport, dport, proto, IP version, padding
+_VALUE = struct.Struct("<IHBB").unpack_from  # mark, rule, outbound, flags
+_inet_pton = socket.inet_pton
+_AF_INET = socket.AF_INET
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,43 @@ class KernelRouter:
         self.domains = domain_map
         self.n_rules = len(build.manifest["rules"])
         self._last: tuple[Any, RouteInfo] | None = None  # decide() then describe() of one flow
+        lookuper = getattr(flows_map, "lookuper", None)
+        self._lookup = lookuper() if lookuper is not None else flows_map.lookup
+        config_file = build.manifest.get("config", {}).get("file", "?")
+        # what the per-flow log line says, per rule: built once, not per flow
+        self._why: dict[int | None, str] = {None: " (fallback)"}
+        for r in build.manifest["rules"]:
+            self._why[r["index"]] = f" (rule {r['index']} ({config_file}:{r.get('line', '?')}))"
+
+    def decide_tcp(self, src: tuple[str, int], dst: tuple[str, int]) -> tuple[int, str]:
+        """(outbound id, " (rule 3 (config.yaml:33))" or " (fallback)") of a TCP flow, in one
+        map lookup; IPv4 keys are built without the ipaddress module."""
+        s, d = src[0], dst[0]
+        if ":" in s or ":" in d:
+            from runtime.relay.flow import Flow
+
+            info = self.route(Flow("tcp", src, dst))
+        else:
+            key = (_inet_pton(_AF_INET, s) + _V4_PAD + _inet_pton(_AF_INET, d) + _V4_PAD
+                   + _TAIL(src[1], dst[1], IPPROTO_TCP, 4))
+            raw = self._lookup(key)
+            if raw is not None:
+                _mark, rule, outbound, _flags = _VALUE(raw, 0)
+                why = self._why.get(rule if rule < self.n_rules else None)
+                if why is None:
+                    why = self._describe_rule(rule)
+                return outbound, why
+            from runtime.relay.flow import Flow
+
+            info = self.route(Flow("tcp", src, dst))
+        why = self._why.get(info.rule)
+        return info.outbound_id, why if why is not None else self._describe_rule(info.rule)
+
+    def _describe_rule(self, rule: int | None) -> str:
+        if rule is None:
+            return " (fallback)"
+        r = self.build.rule(rule)
+        return f" (rule {rule} ({self.build.manifest['config']['file']}:{r['line'] if r else '?'}))"
 
     @staticmethod
     def _spec(flow: Any) -> FlowSpec:
@@ -56,6 +100,9 @@ class KernelRouter:
             d = parse_flow_value(raw)
             rule = d.rule if d.rule < self.n_rules else None
             return RouteInfo(d.outbound, rule, d.mark, d.must, "kernel")
+        from compiler.evaluate import Flow as IrFlow
+        from compiler.evaluate import classify
+
         bits = 0
         if self.domains is not None:
             v = self.domains.lookup(domain_key(spec.dst))

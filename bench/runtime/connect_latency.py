@@ -34,7 +34,7 @@ from typing import Any
 from bench.runtime.common import (HERE, PY, gateway_config, machine_note, pct, proc_cpu,
                                   proc_cpu_split, proc_status, raise_nofile, start_echo, start_pyspy,
                                   start_strace, strace_counts,
-                                  top_frames,
+                                  top_frames, tree_cpu_reaped,
                                   tune_lab, versions)
 
 DIRECT_PORT = 7001
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     with Lab("benchrt") as lab, tempfile.TemporaryDirectory(prefix="bench-conn-") as tmp:
         tune_lab(lab)
         t = lab.topo
-        lab.start_danted(1080)
+        danted = lab.start_danted(1080)
         lab.start_http_peer(8080)
         start_echo(lab, [DIRECT_PORT, PROXY_PORT])
         gw = GatewayProcess(lab, gateway_config(t, [PROXY_PORT]), Path(tmp), log_level=args.log_level)
@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             pid = gw.proc.pid  # type: ignore[union-attr]
             rss0 = proc_status(pid)["VmRSS"]
             cpu0 = proc_cpu(pid)
+            dcpu0 = tree_cpu_reaped(danted.pid)
             us0, sy0 = proc_cpu_split(pid)
             spy = (start_pyspy(args.py_spy, pid, Path(tmp) / "spy.txt", total / args.rate + 5)
                    if args.py_spy else None)
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                         timeout=budget)
             wall = time.monotonic() - t0
             cpu = proc_cpu(pid) - cpu0
+            dcpu = tree_cpu_reaped(danted.pid) - dcpu0
             us1, sy1 = proc_cpu_split(pid)
             user, system = us1 - us0, sy1 - sy0
             rss1 = proc_status(pid)["VmRSS"]
@@ -170,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  dae-runtime: {cpu:.2f} CPU-s over {wall:.1f} s wall{per}; RSS {rss0 / 1024:.1f} -> {rss1 / 1024:.1f} MiB; "
           f"per-flow log lines: {relayed} relayed to {PROXY_PORT} (expected {n_relay_total}), "
           f"{direct_in_relay} for the direct port (expected 0)")
+    n_socks_total = sum(args.warmup + args.rounds * args.count for m in ("relay", "socks") if m in modes)
+    if n_socks_total:
+        which = " and ".join(m for m in ("relay", "socks") if m in modes)
+        print(f"  danted (all its processes, reaped children included): {dcpu:.2f} CPU-s = "
+              f"{dcpu / n_socks_total * 1e6:.0f} us CPU per SOCKS connection it carried ({which} blocks; "
+              f"run --modes relay or --modes socks alone to split them)")
     print_profile(profile)
     if syscalls and n_relay_total:
         total_calls = sum(syscalls.values())
@@ -177,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{k} {v / n_relay_total:.1f}" for k, v in sorted(syscalls.items(), key=lambda kv: -kv[1])[:14]))
     if args.json:
         args.json.write_text(json.dumps({"note": note, "versions": versions(), "args": vars(args) | {"json": str(args.json)},
-                                         "stats": stats, "added": added, "relay_share": relay_share,
+                                         "stats": stats, "added": added, "relay_share": relay_share, "danted_cpu_s": dcpu,
                                          "errors": res["errors"], "block_s": res.get("block_s"), "cpu_s": cpu, "cpu_user_s": user, "cpu_system_s": system, "wall_s": wall,
                                          "rss_kb": [rss0, rss1], "profile": profile, "syscalls": syscalls,
                                          "ttfb_us": res["ttfb_us"]}, indent=1))

@@ -205,6 +205,27 @@ class BpfMap:
         lb.check(ret, f"cannot look up in map {self.name!r}")
         return buf.raw
 
+    def lookuper(self) -> Callable[[bytes], bytes | None]:
+        """`lookup` for a hot path (the relay asks once per flow): one value buffer reused, the
+        function and fd bound once. Keys must be `key_size` bytes (not checked); not for use
+        from several threads at once."""
+        fn = lb.lib.bpf_map_lookup_elem
+        fd = self.fd
+        buf = ctypes.create_string_buffer(self.value_stride)
+        enoent = -errno.ENOENT
+        name = self.name
+
+        def lookup(key: bytes) -> bytes | None:
+            ret = fn(fd, key, buf)
+            if ret == 0:
+                return buf.raw
+            if ret == enoent:
+                return None
+            lb.check(ret, f"cannot look up in map {name!r}")
+            return None
+
+        return lookup
+
     def delete(self, key: bytes) -> bool:
         """Delete ``key``; False if absent. Array maps refuse deletion (EINVAL -> BpfError)."""
         self._check_len("key", key, self.key_size)

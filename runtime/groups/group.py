@@ -147,9 +147,13 @@ class Group:
             return AllNodesDown(f"group '{self.name}': no node carries {kind.value}")
         return AllNodesDown(f"group '{self.name}': all nodes down for {kind.value}: {down}")
 
-    async def dial_tcp(self, dst: Destination) -> Dialed:
-        tried: list[Node] = []
-        errors: list[str] = []
+    async def dial_tcp(self, dst: Destination, tried: list[Node] | None = None,
+                       errors: list[str] | None = None) -> Dialed:
+        """A connection through the selected node, failing over to the next alive one.
+        `tried`/`errors`: nodes already dialed for this flow and why they failed (the relay's
+        callback dial hands its failover over to here)."""
+        tried = [] if tried is None else tried
+        errors = [] if errors is None else errors
         while (node := self.select(Check.TCP, tried)) is not None:
             tried.append(node)
             self.dial_attempts += 1

@@ -12,6 +12,7 @@ import os
 import socket
 
 from .base import DialError, DialOptions, Node
+from .poller import connected, poller_for
 
 SO_MARK = getattr(socket, "SO_MARK", 36)
 IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
@@ -66,16 +67,32 @@ def set_transparent(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
 
 
-async def resolve(host: str, port: int, timeout: float, node: Node | None = None,
-                  family: int = 0) -> list[tuple[int, tuple]]:
-    """[(family, sockaddr)] for an IP literal (no lookup) or a name (getaddrinfo, bounded)."""
+_LITERALS: dict[tuple[str, int], list[tuple[int, tuple]]] = {}  # IP literal (host, port) -> answer
+
+
+def _literal(host: str, port: int) -> list[tuple[int, tuple]] | None:
+    """resolve()'s answer for an IP literal, cached (nodes are dialed again and again)."""
+    key = (host, port)
+    cached = _LITERALS.get(key)
+    if cached is not None:
+        return cached
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        pass
-    else:
-        fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-        return [(fam, (host, port, 0, 0) if fam == socket.AF_INET6 else (host, port))]
+        return None
+    fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    answer = [(fam, (host, port, 0, 0) if fam == socket.AF_INET6 else (host, port))]
+    if len(_LITERALS) < 4096:
+        _LITERALS[key] = answer
+    return answer
+
+
+async def resolve(host: str, port: int, timeout: float, node: Node | None = None,
+                  family: int = 0) -> list[tuple[int, tuple]]:
+    """[(family, sockaddr)] for an IP literal (no lookup) or a name (getaddrinfo, bounded)."""
+    literal = _literal(host, port)
+    if literal is not None:
+        return literal
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
@@ -90,11 +107,19 @@ async def resolve(host: str, port: int, timeout: float, node: Node | None = None
 async def connect_tcp(host: str, port: int, opts: DialOptions,
                       node: Node | None = None) -> socket.socket:
     """A connected, non-blocking, marked TCP socket; DialError (naming the node) otherwise."""
-    loop = asyncio.get_running_loop()
+    return await connect_in(asyncio.get_running_loop(), host, port, opts, node, keep=False)
+
+
+async def connect_in(loop: asyncio.AbstractEventLoop, host: str, port: int, opts: DialOptions,
+                     node: Node | None = None, *, keep: bool) -> socket.socket:
+    """connect_tcp on `loop`. `keep`: leave the socket in the loop's FdPoller set (disarmed),
+    for a SocketStream that reads next (`SocketStream(sock, loop, in_poller=True)`)."""
     deadline = loop.time() + opts.connect_timeout
     last: Exception | None = None
-    for fam, addr in await resolve(host, port, opts.connect_timeout, node):
+    addrs = _literal(host, port) or await resolve(host, port, opts.connect_timeout, node)
+    for fam, addr in addrs:
         sock = socket.socket(fam, socket.SOCK_STREAM | SOCK_NONBLOCK)  # no ioctl(FIONBIO)
+        waited = False
         try:
             set_mark(sock, opts.so_mark)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -102,11 +127,13 @@ async def connect_tcp(host: str, port: int, opts: DialOptions,
             if err == errno.EINPROGRESS:
                 if deadline - loop.time() <= 0:
                     raise TimeoutError
-                async with asyncio.timeout_at(deadline):  # no extra task, unlike wait_for
-                    await wait_writable(sock.fileno())
+                await connected(loop, sock.fileno(), deadline)
+                waited = True
                 err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 raise OSError(err, os.strerror(err))
+            if waited and not keep:
+                poller_for(loop).remove(sock.fileno())
             return sock
         except TimeoutError:
             sock.close()
@@ -114,10 +141,14 @@ async def connect_tcp(host: str, port: int, opts: DialOptions,
                              f"{opts.connect_timeout:g}s", node)
             break
         except OSError as exc:
+            if waited:
+                poller_for(loop).remove(sock.fileno())
             sock.close()
             last = DialError(f"connect to {addr[0]}:{addr[1]} failed: "
                              f"{exc.strerror or exc}", node)
         except BaseException:
+            if waited:
+                poller_for(loop).remove(sock.fileno())
             sock.close()
             raise
     assert last is not None

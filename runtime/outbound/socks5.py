@@ -9,7 +9,7 @@ import struct
 
 from .base import (Destination, DialOptions, Node, ProxyAuthError, ProxyProtocolError,
                    ProxyRefusedError, ReplyCallback)
-from .sockets import connect_tcp, resolve, set_mark
+from .sockets import _literal, connect_in, connect_tcp, resolve, set_mark
 from .stream import SocketStream, Stream, bounded, read_exact
 from .udp import SocketAssociation
 
@@ -142,14 +142,122 @@ async def read_reply(stream: Stream, node: Node, cmd: int, host: str,
 
 
 async def handshake(stream: Stream, node: Node, dst: Destination) -> None:
-    # Not pipelined (greeting + CONNECT in one segment, which danted accepts): a server that
-    # reads the greeting with one fixed-size recv() would swallow the request and hang
-    # (tests/runtime/test_flows.py's fake proxy does); `negotiate(then=...)` offers it.
+    """Method selection (and authentication), then CONNECT: one round trip each."""
     await negotiate(stream, node)
     await request(stream, node, CMD_CONNECT, dst.host, dst.port)
 
 
+# Nodes (host, port) seen mishandling a pipelined handshake: they get the plain one from then on.
+_NO_PIPELINING: set[tuple[str, int]] = set()
+_OK_METHOD = b"\x05\x00"
+_OK_REPLY = b"\x05\x00\x00"
+_REPLY_SIZE = {ATYP_V4: 10, ATYP_V6: 22}
+_inet_pton = socket.inet_pton
+_PORT = struct.Struct("!H").pack
+
+
+def connect_request(host: str, port: int) -> bytes:
+    """A CONNECT request; IP literals without the ipaddress module."""
+    try:
+        return b"\x05\x01\x00\x01" + _inet_pton(socket.AF_INET, host) + _PORT(port)
+    except OSError:
+        pass
+    return encode_request(CMD_CONNECT, host, port)
+
+
+class _Progress:
+    __slots__ = ("got",)
+
+    def __init__(self) -> None:
+        self.got = b""  # reply bytes received so far
+
+
+async def pipelined_handshake(stream: Stream, node: Node, dst: Destination,
+                              progress: _Progress) -> None:
+    """No-auth greeting and CONNECT in one segment, both replies read together (RFC 1928 lets
+    the client send its request once it knows the method; a server that reads the greeting
+    byte-exactly, as dante does, handles it). Any reply that is not a plain success is
+    re-parsed by the one-step readers, which name what was wrong."""
+    await stream.sendall(b"\x05\x01\x00" + connect_request(dst.host, dst.port))
+    buf = b""
+    need = 6
+    while len(buf) < need:
+        chunk = await stream.recv(512)
+        if not chunk:
+            break
+        buf += chunk
+        progress.got = buf
+        if len(buf) >= 2 and buf[:2] != _OK_METHOD or len(buf) >= 5 and buf[2:5] != _OK_REPLY:
+            break
+        if len(buf) >= 6:
+            atyp = buf[5]
+            if atyp in _REPLY_SIZE:
+                need = 2 + _REPLY_SIZE[atyp]
+            elif atyp != ATYP_DOMAIN:
+                break
+            else:  # a domain: its length byte, then the name and port
+                need = 2 + 7 + buf[6] if len(buf) >= 7 else 7
+    else:
+        if len(buf) > need:  # the target spoke first: its bytes stay queued
+            stream.unread(buf[need:])
+        return
+    stream.unread(buf)  # not a plain success: let the step-by-step readers say what it is
+    await _method_reply(stream, node)
+    await read_reply(stream, node, CMD_CONNECT, dst.host, dst.port)
+
+
+async def _method_reply(stream: Stream, node: Node) -> None:
+    ver, method = await read_exact(stream, 2, node, "the SOCKS5 method selection reply")
+    if ver != 5:
+        raise ProxyProtocolError(f"not a SOCKS5 server: method reply starts with {ver:#04x} "
+                                 f"(expected 0x05)", node)
+    if method == 0xFF:
+        raise ProxyAuthError("SOCKS5 server accepts none of our authentication methods "
+                             "(no-auth; does it need a username?)", node)
+    if method != 0x00:
+        raise ProxyProtocolError(f"SOCKS5 server chose method {method:#04x}, which we did not "
+                                 f"offer", node)
+
+
 async def dial(node: Node, dst: Destination, opts: DialOptions) -> SocketStream:
+    """A connected stream through `node`. Without credentials the handshake is pipelined; a
+    node that answers the method selection and then nothing (it read the greeting with a
+    fixed-size read and dropped the request) or closes is dialed again step by step, and
+    remembered."""
+    key = (node.host, node.port)
+    pipelined = node.username is None and key not in _NO_PIPELINING
+    loop = asyncio.get_running_loop()
+    stream = SocketStream(await connect_in(loop, node.host, node.port, opts, node, keep=True),
+                          loop, in_poller=True)
+    if pipelined:
+        progress = _Progress()
+        try:
+            await bounded(pipelined_handshake(stream, node, dst, progress),
+                          opts.handshake_timeout, node, "SOCKS5 CONNECT handshake", loop)
+            return stream
+        except ProxyProtocolError:
+            stream.abort()
+            if progress.got != _OK_METHOD:
+                raise
+        except BaseException:
+            stream.abort()
+            raise
+        return await _step_by_step_from_now_on(node, dst, opts)
+    try:
+        await bounded(handshake(stream, node, dst), opts.handshake_timeout, node,
+                      "SOCKS5 CONNECT handshake")
+    except BaseException:
+        stream.abort()
+        raise
+    return stream
+
+
+async def _step_by_step_from_now_on(node: Node, dst: Destination,
+                                    opts: DialOptions) -> SocketStream:
+    """A method reply, then silence or EOF: the pipelined request was lost, not refused."""
+    _NO_PIPELINING.add((node.host, node.port))
+    log.warning("node %s: no answer to a pipelined SOCKS5 CONNECT; dialing it step by step "
+                "from now on", node)
     stream = SocketStream(await connect_tcp(node.host, node.port, opts, node))
     try:
         await bounded(handshake(stream, node, dst), opts.handshake_timeout, node,
@@ -158,6 +266,65 @@ async def dial(node: Node, dst: Destination, opts: DialOptions) -> SocketStream:
         stream.abort()
         raise
     return stream
+
+
+async def finish_pipelined(stream: SocketStream, node: Node, dst: Destination,
+                           opts: DialOptions, got: bytes, timed_out: bool,
+                           loop: asyncio.AbstractEventLoop) -> SocketStream:
+    """The rest of a pipelined handshake a callback dial started (the relay's fast path):
+    `got` the reply bytes it read (already unread into `stream`), `timed_out` whether its
+    handshake timer fired. Same outcomes as `dial`: a named error, or the step-by-step retry
+    for a node that dropped the request."""
+    try:
+        if timed_out:
+            raise ProxyProtocolError(f"SOCKS5 CONNECT handshake timed out after "
+                                     f"{opts.handshake_timeout:g}s", node)
+        await bounded(_finish_reply(stream, node, dst), opts.handshake_timeout, node,
+                      "SOCKS5 CONNECT handshake", loop)
+        return stream
+    except ProxyProtocolError:
+        stream.abort()
+        if got != _OK_METHOD:
+            raise
+    except BaseException:
+        stream.abort()
+        raise
+    return await _step_by_step_from_now_on(node, dst, opts)
+
+
+async def _finish_reply(stream: Stream, node: Node, dst: Destination) -> None:
+    await _method_reply(stream, node)
+    await read_reply(stream, node, CMD_CONNECT, dst.host, dst.port)
+
+
+def pipelined_reply_size(buf: bytes) -> int:
+    """For the bytes of a pipelined handshake's replies read so far: how many make up both
+    replies (0: not known yet), or -1 when they are not a plain success (a step-by-step parse
+    will say what they are)."""
+    n = len(buf)
+    if n >= 2 and buf[:2] != _OK_METHOD or n >= 5 and buf[2:5] != _OK_REPLY:
+        return -1
+    if n < 6:
+        return 0
+    atyp = buf[5]
+    if atyp in _REPLY_SIZE:
+        return 2 + _REPLY_SIZE[atyp]
+    if atyp != ATYP_DOMAIN:
+        return -1
+    return 2 + 7 + buf[6] if n >= 7 else 0
+
+
+def fast_dialable(node: Node) -> list[tuple[int, tuple]] | None:
+    """The address of a node the relay may dial with its callback fast path (socks5 without
+    credentials, an IP literal, not known to drop pipelined requests), else None."""
+    if node.protocol != "socks5" or node.username is not None:
+        return None
+    if (node.host, node.port) in _NO_PIPELINING:
+        return None
+    return _literal(node.host, node.port)
+
+
+PIPELINED_GREETING = b"\x05\x01\x00"
 
 
 class Socks5UdpAssociation(SocketAssociation):

@@ -11,6 +11,7 @@ import ssl
 from typing import Awaitable, Protocol, TypeVar
 
 from .base import Node, ProxyProtocolError
+from .poller import IN, FdPoller, poller_for
 from .sockets import abort, wait_writable
 
 RECV_SIZE = 256 * 1024
@@ -39,22 +40,27 @@ class Stream(Protocol):
 class SocketStream:
     """A connected non-blocking TCP socket.
 
-    Reads wait with the fd registered once and kept registered across reads (not an
-    add_reader/remove_reader pair, and with uvloop a poll handle plus ioctl, per wait); a
-    readiness report nobody waits for drops the registration. `release_reader()` before anyone
-    else registers the fd for reading (the relay's splice pump does)."""
+    Reads wait through the loop's FdPoller with the fd registered once and kept registered
+    across reads; a readiness report nobody waits for drops the registration (level-triggered:
+    it would spin). `hand_over_reader()` gives the registration to a new owner (the relay's
+    SplicedFlow); `release_reader()` drops it."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    __slots__ = ("sock", "_fd", "_pending", "_loop", "_poller", "_waiter", "_armed", "_in_set")
+
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop | None = None,
+                 in_poller: bool = False) -> None:
         if sock.gettimeout() != 0.0:  # one ioctl per socket, not one per wrapper
             sock.setblocking(False)
         self.sock = sock
         self._fd = sock.fileno()
         self._pending = b""
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop = loop
+        self._poller: FdPoller | None = poller_for(loop) if in_poller and loop is not None else None
         self._waiter: asyncio.Future[None] | None = None
-        self._armed = False
+        self._armed = False  # registered for EPOLLIN
+        self._in_set = self._poller is not None  # in the poller's set (maybe disarmed)
 
-    def _ready(self) -> None:
+    def _ready(self, _events: int) -> None:
         waiter = self._waiter
         if waiter is None:
             self.release_reader()
@@ -68,25 +74,32 @@ class SocketStream:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         if not self._armed:
-            loop.add_reader(self._fd, self._ready)
-            self._armed = True
+            poller = self._poller
+            if poller is None:
+                poller = self._poller = poller_for(loop)
+            poller.watch(self._fd, IN, self._ready)
+            self._armed = self._in_set = True
         self._waiter = waiter = loop.create_future()
         try:
             await waiter
         finally:
             self._waiter = None
 
-    def hand_over_reader(self) -> None:
-        """Forget the registration without removing it: the caller registers its own reader
-        on the fd right away, before the loop runs again (replacing ours: no epoll_ctl)."""
-        self._armed = False
+    def hand_over_reader(self) -> bool:
+        """Forget the registration without removing it: the caller takes the fd over in the
+        same poller (`FdPoller.set_handler`, no syscall) if this returns True (armed for
+        reading), else registers it itself (the fd may still be in the set, disarmed: `watch`
+        turns that into one MOD)."""
+        armed = self._armed
+        self._armed = self._in_set = False
+        return armed
 
     def release_reader(self) -> None:
-        if self._armed:
-            self._armed = False
+        if self._in_set:
+            self._armed = self._in_set = False
             try:
-                self._loop.remove_reader(self._fd)  # type: ignore[union-attr]
-            except (RuntimeError, ValueError, OSError):  # loop closed, fd gone
+                self._poller.remove(self._fd)  # type: ignore[union-attr]
+            except (ValueError, OSError):  # poller closed, fd gone
                 pass
 
     async def recv(self, n: int = RECV_SIZE) -> bytes:
@@ -100,7 +113,13 @@ class SocketStream:
                 await self._wait_readable()
 
     async def sendall(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
+        try:  # the usual case: all of it at once, no memoryview
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent == len(data):
+            return
+        view = memoryview(data)[sent:]
         while view:
             try:
                 sent = self.sock.send(view)
@@ -220,13 +239,37 @@ class TlsStream:
         return None
 
 
-async def bounded(coro: Awaitable[T], seconds: float, node: Node | None, what: str) -> T:
-    """`coro` within `seconds`; past that a ProxyProtocolError saying what timed out."""
+async def bounded(coro: Awaitable[T], seconds: float, node: Node | None, what: str,
+                  loop: asyncio.AbstractEventLoop | None = None) -> T:
+    """`coro` within `seconds`; past that a ProxyProtocolError saying what timed out.
+
+    With `loop` given: one timer handle and no asyncio.timeout (its Timeout object and its
+    current_task/get_running_loop calls, each a getpid(2) on Python 3.11), same semantics: an
+    outside cancel still wins."""
+    if loop is None:
+        try:
+            async with asyncio.timeout(seconds):  # no extra task, unlike wait_for
+                return await coro
+        except TimeoutError:
+            raise ProxyProtocolError(f"{what} timed out after {seconds:g}s", node) from None
+    task = asyncio.current_task(loop)
+    assert task is not None
+    fired = False
+
+    def fire() -> None:
+        nonlocal fired
+        fired = True
+        task.cancel()
+
+    handle = loop.call_later(seconds, fire)
     try:
-        async with asyncio.timeout(seconds):  # no extra task, unlike wait_for
-            return await coro
-    except TimeoutError:
-        raise ProxyProtocolError(f"{what} timed out after {seconds:g}s", node) from None
+        return await coro
+    except asyncio.CancelledError:
+        if fired and task.uncancel() == 0:
+            raise ProxyProtocolError(f"{what} timed out after {seconds:g}s", node) from None
+        raise
+    finally:
+        handle.cancel()
 
 
 async def read_exact(stream: Stream, n: int, node: Node | None, what: str) -> bytes:

@@ -7,6 +7,13 @@ Public API:
 - `TcpRelay(router, table, config).start(port)`, `.handle(sock, src, prefix=b"")`, `.close()`.
 - `UdpRelay(router, table, config).start(port)`, `.handle_packet(data, src, dst, family)`.
 - `Gateway`: both relays and the table together (`start`, `close`).
+
+Per-flow cost (issue 3): a proxied TCP flow to a SOCKS5 node without credentials goes from
+the accept callback to a `pump.SplicedFlow` without a task (`fastdial.FastSocksDial`: connect,
+pipelined greeting+CONNECT, failover); other flows take the `handle` coroutine and are handed
+to a SplicedFlow once dialed. An established spliced flow is a few small objects driven by the
+loop's `runtime.outbound.poller.FdPoller` (one epoll registration per socket), ended when idle
+by the relay's one `pump.IdleSweeper`.
 """
 from __future__ import annotations
 

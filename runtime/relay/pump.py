@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import socket
 from typing import Callable
 
-from runtime.outbound.sockets import wait_writable
+from runtime.outbound.poller import HUP_ERR, IN, OUT, poller_for
+from runtime.outbound.sockets import abort, wait_writable
 from runtime.outbound.stream import RECV_SIZE, Stream
 
 F_SETPIPE_SZ = 1031
@@ -172,43 +174,38 @@ class IdleWatch:
 
 
 class _Way:
-    """One direction of a spliced flow, driven by fd callbacks (no task, no coroutine): the
-    first chunk read into user space, later ones spliced through a pipe created then."""
+    """One direction of a spliced flow, driven by its flow's fd events (no task, no coroutine):
+    small reads through user space, a splice pipe once a read fills FIRST_READ bytes."""
 
-    __slots__ = ("pump", "dst", "src_fd", "dst_fd", "count", "read_end", "write_end", "chunk",
-                 "left", "buf", "pending", "reading", "writing", "done")
+    __slots__ = ("flow", "dst_sock", "src_fd", "dst_fd", "count", "read_end", "write_end",
+                 "chunk", "left", "buf", "pending", "reading", "writing", "done")
 
-    def __init__(self, pump: _SplicePump, src: Stream, dst: Stream, count: Count) -> None:
-        self.pump = pump
-        self.dst = dst
-        self.src_fd: int = src.splice_fd()  # type: ignore[assignment]
-        self.dst_fd: int = dst.splice_fd()  # type: ignore[assignment]
+    def __init__(self, flow: SplicedFlow, src_fd: int, dst_sock: socket.socket,
+                 count: Count) -> None:
+        self.flow = flow
+        self.dst_sock = dst_sock
+        self.src_fd = src_fd
+        self.dst_fd = dst_sock.fileno()
         self.count = count
         self.read_end = self.write_end = -1
         self.chunk = 0
         self.left = 0  # bytes in the pipe not yet written to dst
-        self.buf = b""  # first-chunk bytes not yet written to dst
+        self.buf = b""  # user-space bytes not yet written to dst
         self.pending = 0  # bytes read, counted once all are written
-        self.reading = self.writing = self.done = False
-
-    def start(self) -> None:
-        self._want_read()
+        self.reading = True  # what the flow registers at start
+        self.writing = self.done = False
 
     def _want_read(self) -> None:
-        if self.writing:
-            self.pump.loop.remove_writer(self.dst_fd)
+        if self.writing or not self.reading:
             self.writing = False
-        if not self.reading:
-            self.pump.loop.add_reader(self.src_fd, self._readable)
             self.reading = True
+            self.flow.sync()
 
     def _want_write(self) -> None:
-        if self.reading:
-            self.pump.loop.remove_reader(self.src_fd)
+        if self.reading or not self.writing:
             self.reading = False
-        if not self.writing:
-            self.pump.loop.add_writer(self.dst_fd, self._writable)
             self.writing = True
+            self.flow.sync()
 
     def _readable(self) -> None:
         try:
@@ -221,7 +218,7 @@ class _Way:
                     self._eof()
                     return
                 if len(data) == FIRST_READ:  # bulk: from now on the kernel moves it
-                    self.read_end, self.write_end, self.chunk = _open_pipe(self.pump.pipe_size)
+                    self.read_end, self.write_end, self.chunk = _open_pipe(self.flow.pipe_size)
                 self.buf = data
                 self.pending = len(data)
                 self._flush_buf()
@@ -236,7 +233,7 @@ class _Way:
             self.left = self.pending = n
             self._flush_pipe()
         except Exception as exc:  # noqa: BLE001 - ends this flow, not the loop
-            self.pump.fail(exc)
+            self.flow.fail(exc)
 
     def _writable(self) -> None:
         try:
@@ -245,7 +242,7 @@ class _Way:
             else:
                 self._flush_pipe()
         except Exception as exc:  # noqa: BLE001 - ends this flow, not the loop
-            self.pump.fail(exc)
+            self.flow.fail(exc)
 
     def _flush_buf(self) -> None:
         while self.buf:
@@ -268,111 +265,253 @@ class _Way:
 
     def _moved(self) -> None:
         n, self.pending = self.pending, 0
+        self.flow.active = True
         self.count(n)
-        if not self.done:  # count() may not end the flow, but stay safe
+        if not self.done:
             self._want_read()
 
     def _eof(self) -> None:
         self.stop()
-        self.dst.shutdown_write()
-        self.pump.way_done()
+        flow = self.flow
+        if flow.alive > 1:  # the other way goes on: forward the half-close
+            try:
+                self.dst_sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            flow.alive -= 1
+            flow.sync()
+        else:  # both ends said EOF: closing sends the last FIN, no shutdown(2) needed
+            flow.alive = 0
+            flow._end("closed")
 
     def stop(self) -> None:
+        """No more events for this way (the flow syncs or removes the registrations)."""
         if self.done:
             return
         self.done = True
-        loop = self.pump.loop
-        if self.reading:
-            self.reading = False
-            loop.remove_reader(self.src_fd)
-        if self.writing:
-            self.writing = False
-            loop.remove_writer(self.dst_fd)
+        self.reading = self.writing = False
         if self.read_end >= 0:
             os.close(self.read_end)
             os.close(self.write_end)
             self.read_end = self.write_end = -1
+        self.buf = b""
 
 
-class _SplicePump:
-    """Both directions of a spliced flow; `future` ends with "closed" (both EOFs), None (idle)
-    or the exception that broke it."""
+class SplicedFlow:
+    """A relayed TCP flow once both sockets are connected: two `_Way`s driven by the loop's
+    `FdPoller` (one epoll registration per socket), no task, no coroutine, no timer of its own
+    (an `IdleSweeper` ends it when idle). Owns both sockets: `on_end(flow, outcome)` runs once,
+    after both are closed; outcome is "closed" (both EOFs), "idle", another string (closed from
+    outside) or the exception that broke the flow (both sides were then reset)."""
 
-    __slots__ = ("loop", "pipe_size", "ways", "future", "alive")
+    __slots__ = ("loop", "poller", "pipe_size", "client", "upstream", "c_fd", "u_fd", "c_mask",
+                 "u_mask", "up", "down", "alive", "active", "last", "on_end", "sweeper", "tag")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, pipe_size: int) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, client: socket.socket,
+                 upstream: socket.socket, count_up: Count, count_down: Count,
+                 on_end: Callable[[SplicedFlow, object], None], pipe_size: int = DEFAULT_PIPE_SIZE,
+                 sweeper: IdleSweeper | None = None, tag: object = None) -> None:
         self.loop = loop
+        self.poller = poller_for(loop)
         self.pipe_size = pipe_size
-        self.ways: list[_Way] = []
-        self.future: asyncio.Future[str | None] = loop.create_future()
+        self.client = client
+        self.upstream = upstream
+        self.c_fd = client.fileno()
+        self.u_fd = upstream.fileno()
+        self.c_mask = self.u_mask = 0  # registered interest (0: not in the poller's set)
+        self.up = _Way(self, self.c_fd, upstream, count_up)
+        self.down = _Way(self, self.u_fd, client, count_down)
         self.alive = 2
+        self.active = False
+        self.on_end: Callable[[SplicedFlow, object], None] | None = on_end
+        self.sweeper = sweeper
+        self.tag = tag  # the caller's, e.g. its counters and a description for its log
+        self.last = 0.0
 
-    def way_done(self) -> None:
-        self.alive -= 1
-        if self.alive <= 0 and not self.future.done():
-            self.future.set_result("closed")
+    def start(self, upstream_armed: bool = False) -> None:
+        """Register both sockets for reading. `upstream_armed`: the upstream is in the poller's
+        set with EPOLLIN already (handed over by its SocketStream): only its handler changes."""
+        if self.sweeper is not None:
+            self.sweeper.add(self)
+        poller = self.poller
+        try:
+            poller.watch(self.c_fd, IN, self._on_client)
+            self.c_mask = IN
+            if upstream_armed:
+                poller.set_handler(self.u_fd, self._on_upstream)
+            else:
+                poller.watch(self.u_fd, IN, self._on_upstream)
+            self.u_mask = IN
+        except OSError as exc:
+            self.fail(exc)
+
+    def _on_client(self, events: int) -> None:
+        up, down = self.up, self.down
+        if events & (IN | HUP_ERR) and up.reading:
+            up._readable()
+        if events & (OUT | HUP_ERR) and down.writing:  # False once the flow ended
+            down._writable()
+
+    def _on_upstream(self, events: int) -> None:
+        up, down = self.up, self.down
+        if events & (IN | HUP_ERR) and down.reading:
+            down._readable()
+        if events & (OUT | HUP_ERR) and up.writing:
+            up._writable()
+
+    def sync(self) -> None:
+        """Bring the registrations in line with what the ways want (no syscall if unchanged)."""
+        if self.on_end is None:
+            return
+        up, down = self.up, self.down
+        c = (IN if up.reading else 0) | (OUT if down.writing else 0)
+        u = (IN if down.reading else 0) | (OUT if up.writing else 0)
+        try:
+            if c != self.c_mask:
+                self._apply(self.c_fd, self.c_mask, c, self._on_client)
+                self.c_mask = c
+            if u != self.u_mask:
+                self._apply(self.u_fd, self.u_mask, u, self._on_upstream)
+                self.u_mask = u
+        except OSError as exc:
+            self.fail(exc)
+
+    def _apply(self, fd: int, old: int, new: int, handler: Callable[[int], None]) -> None:
+        if not new:  # nothing wanted: out of the set (HUP/ERR would be reported regardless)
+            self.poller.remove(fd)
+        elif old:
+            self.poller.modify(fd, new)
+        else:
+            self.poller.watch(fd, new, handler)
 
     def fail(self, exc: BaseException) -> None:
-        self.stop()
-        if not self.future.done():
-            self.future.set_exception(exc)
+        self._end(exc)
 
     def expire(self) -> None:
-        self.stop()
-        if not self.future.done():
-            self.future.set_result(None)
+        self._end("idle")
 
-    def stop(self) -> None:
-        for way in self.ways:
-            way.stop()
+    def close(self) -> None:
+        """End it from outside (the relay closing, a cancelled `relay()`): both sides closed."""
+        self._end("closed by the relay")
+
+    def _end(self, outcome: object) -> None:
+        on_end = self.on_end
+        if on_end is None:  # ended already
+            return
+        self.on_end = None
+        self.up.stop()
+        self.down.stop()
+        poller = self.poller
+        poller.remove(self.c_fd)
+        poller.remove(self.u_fd)
+        self.c_mask = self.u_mask = 0
+        if self.sweeper is not None:
+            self.sweeper.discard(self)
+        if isinstance(outcome, BaseException):
+            abort(self.client)
+            abort(self.upstream)
+        else:
+            self.client.close()
+            self.upstream.close()
+        on_end(self, outcome)
+        # no flow <-> way cycle left behind: freed by reference counting, not by the cyclic GC
+        self.up.flow = self.down.flow = _ENDED  # type: ignore[assignment]
+
+
+class _Ended:
+    """What an ended flow's ways point to: late calls (none are expected) do nothing."""
+
+    alive = 0
+    active = False
+    pipe_size = DEFAULT_PIPE_SIZE
+
+    def sync(self) -> None:
+        pass
+
+    def fail(self, exc: BaseException) -> None:
+        pass
+
+    def _end(self, outcome: object) -> None:
+        pass
+
+
+_ENDED = _Ended()
+
+
+class IdleSweeper:
+    """Ends flows that moved nothing for `timeout` seconds with one timer for all of them.
+
+    A flow only sets `active` when it moves bytes; every `tick` the sweeper turns that into a
+    time stamp (the tick's) and ends the flows whose stamp is `timeout` old. A flow is ended
+    after between `timeout` and `timeout + tick` seconds of idleness, never earlier."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float,
+                 tick: float | None = None) -> None:
+        self.loop = loop
+        self.timeout = timeout
+        self.tick = tick if tick is not None else min(max(timeout / 16, 0.005), 5.0)
+        self.flows: set[SplicedFlow] = set()
+        self._handle: asyncio.TimerHandle | None = None
+
+    def add(self, flow: SplicedFlow) -> None:
+        flow.last = self.loop.time()
+        self.flows.add(flow)
+        if self._handle is None:
+            self._handle = self.loop.call_later(self.tick, self._sweep)
+
+    def discard(self, flow: SplicedFlow) -> None:
+        self.flows.discard(flow)
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        deadline = now - self.timeout
+        expired = []
+        for flow in self.flows:
+            if flow.active:
+                flow.active = False
+                flow.last = now
+            elif flow.last <= deadline:
+                expired.append(flow)
+        for flow in expired:
+            flow.expire()
+        self._handle = self.loop.call_later(self.tick, self._sweep) if self.flows else None
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        for flow in list(self.flows):
+            flow.close()
 
 
 async def _relay_spliced(loop: asyncio.AbstractEventLoop, client: Stream, upstream: Stream,
                          idle_timeout: float, count_up: Count, count_down: Count,
                          pipe_size: int) -> str:
-    """The spliced relay without tasks: fd callbacks move the bytes, this coroutine (the flow's
-    own task) only waits for the end."""
-    pump = _SplicePump(loop, pipe_size)
-    watch = IdleWatch(loop, idle_timeout, pump.expire)
-    touch = watch.touch
+    """`relay()` of a spliced flow: a SplicedFlow with its own sweeper, awaited."""
+    done: asyncio.Future[object] = loop.create_future()
 
-    def counting(count: Count) -> Count:
-        def counted(n: int) -> None:
-            touch()
-            count(n)
-        return counted
+    def ended(_flow: SplicedFlow, outcome: object) -> None:
+        if not done.done():
+            done.set_result(outcome)
 
-    for stream in (client, upstream):  # the ways register their own readers just below
-        hand_over = getattr(stream, "hand_over_reader", None)
-        if hand_over is not None:
-            hand_over()
-    up = _Way(pump, client, upstream, counting(count_up))
-    down = _Way(pump, upstream, client, counting(count_down))
-    pump.ways = [up, down]
-    outcome = "closed"
+    client.release_reader()  # type: ignore[attr-defined]
+    armed = upstream.hand_over_reader()  # type: ignore[attr-defined]
+    sweeper = IdleSweeper(loop, idle_timeout)
+    flow = SplicedFlow(loop, client.sock, upstream.sock, count_up, count_down,  # type: ignore[attr-defined]
+                       ended, pipe_size, sweeper)
     try:
-        up.start()
-        down.start()
-        try:
-            ended = await pump.future
-        except Exception as exc:  # noqa: BLE001 - reported as the flow's outcome
-            outcome = f"error: {exc}"
-            client.abort()
-            upstream.abort()
-        else:
-            if ended is None:
-                outcome = f"idle for {idle_timeout:g}s"
+        flow.start(armed)
+        outcome = await done
     finally:
-        watch.cancel()
-        pump.stop()
-        for fd in (up.src_fd, down.src_fd):  # nothing left registered (no syscall if so)
-            try:
-                loop.remove_reader(fd)
-            except (RuntimeError, ValueError, OSError):
-                pass
+        flow.close()  # no-op once ended
+        sweeper.close()
         client.close()
         upstream.close()
-    return outcome + " (splice)"
+    if isinstance(outcome, BaseException):
+        return f"error: {outcome} (splice)"
+    if outcome == "idle":
+        return f"idle for {idle_timeout:g}s (splice)"
+    return "closed (splice)"
 
 
 async def relay(client: Stream, upstream: Stream, *, use_splice: bool, idle_timeout: float,

@@ -13,6 +13,12 @@ class Counters:
     refused: int = 0
     dropped: int = 0
 
+    def add_up(self, n: int) -> None:
+        self.bytes_up += n
+
+    def add_down(self, n: int) -> None:
+        self.bytes_down += n
+
 
 class RelayStats:
     def __init__(self) -> None:

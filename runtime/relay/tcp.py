@@ -9,16 +9,22 @@ import ipaddress
 import logging
 import socket
 
-from runtime.outbound import Destination, OutboundError
+from runtime.outbound import Destination, Dialed, OutboundError, ProxyRefusedError
 from runtime.outbound.base import Blocked, format_hostport
+from runtime.outbound.poller import poller_for
 from runtime.outbound.sockets import abort
 from runtime.outbound.stream import SocketStream
 
+from runtime.groups import Group
+from runtime.groups.stats import Check
+from runtime.outbound import socks5
+
+from .fastdial import FastSocksDial
 from .flow import Flow, RelayConfig, Router, reason
 from .listen import bind_pair
 from .outbounds import OutboundTable
-from .pump import Reader, relay
-from .stats import RelayStats
+from .pump import HAVE_SPLICE, IdleSweeper, SplicedFlow, relay
+from .stats import Counters, RelayStats
 
 log = logging.getLogger(__name__)
 
@@ -39,43 +45,82 @@ class TcpRelay:
         self.stats = stats or RelayStats()
         self.port = 0
         self._listeners: list[socket.socket] = []
-        self._accepting: list[asyncio.Task[None]] = []
-        self._flows: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flows: set[asyncio.Task[None]] = set()  # flows still dialing (or copying)
+        self._sweeper: IdleSweeper | None = None  # and the spliced ones, task-less
+        self._counting: dict[str, tuple[Counters, object, object]] = {}
+        self._decide_tcp = getattr(router, "decide_tcp", None)  # (id, log reason) in one call
+        self._poller = None  # the loop's FdPoller, from start()
+        self._dialing: set = set()  # FastSocksDial in progress (no task)
+        # the callback path (accept -> SplicedFlow without a task) needs these
+        self._fast = self._decide_tcp is not None and config.splice and HAVE_SPLICE
 
     async def start(self, port: int = 0, hosts: tuple[str, ...] = ("0.0.0.0", "::")) -> int:
         """Listen on `port` on every host; returns the port."""
         self._listeners = bind_pair(socket.SOCK_STREAM, hosts, port, so_mark=self.config.so_mark)
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
+        self._poller = poller_for(loop)
         for sock in self._listeners:
+            # accepted sockets inherit it from the listener (Linux): no setsockopt per flow
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.listen(self.config.listen_backlog)
-            self._accepting.append(loop.create_task(self._accept_loop(sock)))
+            loop.add_reader(sock.fileno(), self._accept, sock)
         self.port = self._listeners[0].getsockname()[1]
         log.info("tcp relay listening on port %d (%s)", self.port, ", ".join(hosts))
         return self.port
 
-    async def _accept_loop(self, listener: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        ready = Reader(loop, listener.fileno())  # registered once, not per wait
+    def _accept(self, listener: socket.socket) -> None:
+        """One connection per readiness report, no accept loop task: a listener with more
+        waiting stays readable and is called again in the next loop iteration (so no extra
+        accept(2) that fails with EAGAIN per connection)."""
         try:
-            await self._accept_with(listener, ready)
-        finally:
-            ready.close()
+            conn, peer = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # EMFILE and friends: log, breathe, go on
+            log.error("tcp accept failed: %s", exc)
+            loop = self._loop
+            fd = listener.fileno()
+            loop.remove_reader(fd)  # type: ignore[union-attr]
+            loop.call_later(0.1, self._resume, listener)  # type: ignore[union-attr]
+            return
+        src = _addr(peer)
+        if self._fast:
+            self._accepted(conn, src)
+        else:
+            self._spawn(self.handle(conn, src))
 
-    async def _accept_with(self, listener: socket.socket, ready: Reader) -> None:
-        loop = ready.loop
-        while True:
-            try:
-                conn, peer = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                await ready.wait()
-                continue
-            except OSError as exc:  # EMFILE and friends: log, breathe, go on
-                log.error("tcp accept failed: %s", exc)
-                await asyncio.sleep(0.1)
-                continue
-            task = loop.create_task(self.handle(conn, _addr(peer)))
-            self._flows.add(task)
-            task.add_done_callback(self._flows.discard)
+    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        task = self._loop.create_task(coro)  # type: ignore[union-attr]
+        self._flows.add(task)
+        task.add_done_callback(self._flows.discard)
+
+    def _accepted(self, conn: socket.socket, src: tuple[str, int]) -> None:
+        """The callback path: decide, and for a group with a qualifying SOCKS5 node dial it
+        with a FastSocksDial (no task); everything else goes to `handle`."""
+        try:
+            conn.setblocking(False)  # TCP_NODELAY came with it from the listener
+            dst = _addr(conn.getsockname())
+        except OSError as exc:
+            log.debug("tcp %s: gone before handling: %s", format_hostport(*src), exc)
+            conn.close()
+            return
+        if dst[1] == self.port:  # maybe addressed to ourselves: handle() checks
+            self._spawn(self.handle(conn, src, dst=dst, prepared=True))
+            return
+        try:
+            outbound_id, why = self._decide_tcp(src, dst)  # type: ignore[misc]
+        except Exception:  # noqa: BLE001 - handle() asks again and logs the failure
+            self._spawn(self.handle(conn, src, dst=dst, prepared=True))
+            return
+        outbound = self.outbounds.get(outbound_id)
+        if type(outbound) is Group and FastSocksDial(self, conn, src, dst, outbound, why).start():
+            return
+        self._spawn(self.handle(conn, src, dst=dst, prepared=True, decided=(outbound_id, why)))
+
+    def _resume(self, listener: socket.socket) -> None:
+        if listener.fileno() >= 0 and listener in self._listeners:
+            self._loop.add_reader(listener.fileno(), self._accept, listener)  # type: ignore[union-attr]
 
     def _loops_back(self, dst: tuple[str, int]) -> bool:
         """A flow addressed to our own listener (a local address, our port) would dial itself
@@ -95,82 +140,235 @@ class TcpRelay:
             probe.close()
         return True
 
+    def _counters(self, name: str) -> tuple[Counters, object, object]:
+        entry = self._counting.get(name)
+        if entry is None:
+            counters = self.stats[name]
+            entry = self._counting[name] = (counters, counters.add_up, counters.add_down)
+        return entry
+
     async def handle(self, conn: socket.socket, src: tuple[str, int], prefix: bytes = b"",
-                     dst: tuple[str, int] | None = None) -> None:
-        """Carry one accepted connection. `prefix`: bytes already read from the client."""
-        conn.setblocking(False)
-        try:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            flow = Flow("tcp", src, dst or _addr(conn.getsockname()))
-        except OSError as exc:
-            log.debug("tcp %s: gone before handling: %s", format_hostport(*src), exc)
-            conn.close()
-            return
-        if self._loops_back(flow.dst):
-            log.warning("%s refused: addressed to the relay itself", flow)
+                     dst: tuple[str, int] | None = None, prepared: bool = False,
+                     decided: tuple[int, str] | None = None) -> None:
+        """Carry one accepted connection. `prefix`: bytes already read from the client.
+
+        A plain TCP flow (splice on, the upstream a plain socket) is handed to a SplicedFlow
+        once dialed and this coroutine returns: the established flow keeps no task."""
+        if not prepared or dst is None:
+            try:
+                conn.setblocking(False)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if dst is None:
+                    dst = _addr(conn.getsockname())
+            except OSError as exc:
+                log.debug("tcp %s: gone before handling: %s", format_hostport(*src), exc)
+                conn.close()
+                return
+        if dst[1] == self.port and self._loops_back(dst):
+            log.warning("%s refused: addressed to the relay itself", Flow("tcp", src, dst))
             abort(conn)
             return
-        try:
-            outbound_id = self.router.decide(flow)
-        except Exception as exc:  # noqa: BLE001 - a router bug must not kill the listener
-            log.error("%s refused: router failed: %r", flow, exc)
-            abort(conn)
-            return
+        if decided is not None:
+            outbound_id, why = decided
+        else:
+            try:
+                if self._decide_tcp is not None:
+                    outbound_id, why = self._decide_tcp(src, dst)
+                else:
+                    flow = Flow("tcp", src, dst)
+                    outbound_id = self.router.decide(flow)
+                    why = reason(self.router, flow)
+            except Exception as exc:  # noqa: BLE001 - a router bug must not kill the listener
+                log.error("%s refused: router failed: %r", Flow("tcp", src, dst), exc)
+                abort(conn)
+                return
         outbound = self.outbounds.get(outbound_id)
         if outbound is None:
-            log.error("%s refused: router chose unknown outbound id %d", flow, outbound_id)
+            log.error("%s refused: router chose unknown outbound id %d", Flow("tcp", src, dst),
+                      outbound_id)
             abort(conn)
             return
-        counters = self.stats[outbound.name]
         try:
-            dialed = await outbound.dial_tcp(Destination(*flow.dst))
+            dialed = await outbound.dial_tcp(Destination(dst[0], dst[1]))
         except OutboundError as exc:
-            counters.refused += 1
-            level = logging.INFO if isinstance(exc, Blocked) else logging.WARNING
-            log.log(level, "%s via %s refused: %s", flow, outbound.name, exc)
-            abort(conn)
+            self._refuse(conn, src, dst, outbound.name, exc)
             return
         except BaseException:
             abort(conn)
             raise
-        node = dialed.node.name if dialed.node else "-"
-        log.info("%s%s via %s node %s", flow, reason(self.router, flow), outbound.name, node)
+        await self._established(conn, src, dst, why, outbound.name, dialed, prefix)
+
+    def _refuse(self, conn: socket.socket, src: tuple[str, int], dst: tuple[str, int],
+                outbound: str, exc: OutboundError) -> None:
+        self.stats[outbound].refused += 1
+        level = logging.INFO if isinstance(exc, Blocked) else logging.WARNING
+        log.log(level, "%s via %s refused: %s", Flow("tcp", src, dst), outbound, exc)
+        abort(conn)
+
+    async def _dial_rest(self, conn: socket.socket, src: tuple[str, int], dst: tuple[str, int],
+                         group: Group, why: str, tried: list, errors: list[str]) -> None:
+        """A FastSocksDial's failover continued by the group (a node it cannot dial)."""
+        try:
+            dialed = await group.dial_tcp(Destination(dst[0], dst[1]), tried, errors)
+        except OutboundError as exc:
+            self._refuse(conn, src, dst, group.name, exc)
+            return
+        except BaseException:
+            abort(conn)
+            raise
+        await self._established(conn, src, dst, why, group.name, dialed, b"")
+
+    async def _rescue(self, conn: socket.socket, src: tuple[str, int], dst: tuple[str, int],
+                      group: Group, why: str, node: object, stream: SocketStream, got: bytes,
+                      timed_out: bool, tried: list, errors: list[str]) -> None:
+        """A FastSocksDial's handshake went out of the ordinary: finish it the step-by-step
+        way (naming the error, or redialing a node that dropped the pipelined request), then
+        fail over like Group.dial_tcp."""
+        opts = group.opts
+        try:
+            try:
+                upstream = await socks5.finish_pipelined(stream, node, Destination(dst[0], dst[1]),  # type: ignore[arg-type]
+                                                         opts, got, timed_out, self._loop)  # type: ignore[arg-type]
+                dialed = Dialed(upstream, node)  # type: ignore[arg-type]
+            except ProxyRefusedError:
+                raise
+            except (OutboundError, OSError) as exc:
+                what = exc.what if isinstance(exc, OutboundError) else \
+                    f"SOCKS5 CONNECT handshake failed: {exc.strerror or exc}"
+                errors.append(f"{node}: {what}")
+                group.report_failure(node, Check.TCP, what)  # type: ignore[arg-type]
+                dialed = await group.dial_tcp(Destination(dst[0], dst[1]), tried, errors)
+        except OutboundError as exc:
+            self._refuse(conn, src, dst, group.name, exc)
+            return
+        except BaseException:
+            abort(conn)
+            raise
+        await self._established(conn, src, dst, why, group.name, dialed, b"")
+
+    def _fast_established(self, conn: socket.socket, src: tuple[str, int],
+                          dst: tuple[str, int], why: str, group: Group, node: object,
+                          upstream: socket.socket, early: bytes) -> None:
+        """A FastSocksDial's success: the upstream is in the poller, armed for reading."""
+        if early:  # the target spoke first: the coroutine path sends that on
+            stream = SocketStream(upstream, self._loop, in_poller=True)
+            stream.unread(early)
+            self._spawn(self._established(conn, src, dst, why, group.name,
+                                          Dialed(stream, node), b""))  # type: ignore[arg-type]
+            return
+        name = node.name  # type: ignore[attr-defined]
+        if log.isEnabledFor(logging.INFO):
+            log.info("tcp %s -> %s%s via %s node %s", format_hostport(*src),
+                     format_hostport(*dst), why, group.name, name)
+        counters, add_up, add_down = self._counters(group.name)
         counters.flows += 1
         counters.active += 1
+        self._splice(conn, src, dst, group.name, name, counters, add_up, add_down, upstream, True)
+
+    def _splice(self, conn: socket.socket, src: tuple[str, int], dst: tuple[str, int],
+                outbound: str, node: str, counters: Counters, add_up: object, add_down: object,
+                upstream: socket.socket, armed: bool) -> None:
+        loop = self._loop or asyncio.get_running_loop()
+        sweeper = self._sweeper
+        if sweeper is None:
+            sweeper = self._sweeper = IdleSweeper(loop, self.config.tcp_idle_timeout)
+        tag: object = counters
+        if log.isEnabledFor(logging.DEBUG):
+            tag = (counters, f"tcp {format_hostport(*src)} -> {format_hostport(*dst)} via "
+                             f"{outbound} node {node}")
+        SplicedFlow(loop, conn, upstream, add_up, add_down,  # type: ignore[arg-type]
+                    self._spliced_ended, self.config.pipe_size, sweeper, tag).start(armed)
+
+    async def _established(self, conn: socket.socket, src: tuple[str, int],
+                           dst: tuple[str, int], why: str, outbound: str, dialed: Dialed,
+                           prefix: bytes) -> None:
+        node = dialed.node.name if dialed.node else "-"
+        if log.isEnabledFor(logging.INFO):
+            log.info("tcp %s -> %s%s via %s node %s", format_hostport(*src),
+                     format_hostport(*dst), why, outbound, node)
+        counters, add_up, add_down = self._counters(outbound)
+        counters.flows += 1
+        counters.active += 1
+        upstream = dialed.stream
+        if self.config.splice and HAVE_SPLICE and type(upstream) is SocketStream:
+            try:
+                if prefix:
+                    await upstream.sendall(prefix)
+                    counters.bytes_up += len(prefix)
+                early = upstream.take_pending()  # the target spoke first
+                if early:
+                    await SocketStream(conn).sendall(early)
+                    counters.bytes_down += len(early)
+            except OSError as exc:
+                log.debug("tcp %s -> %s via %s node %s ended: %s", format_hostport(*src),
+                          format_hostport(*dst), outbound, node, exc)
+                counters.active -= 1
+                abort(conn)
+                upstream.abort()
+                return
+            except BaseException:
+                counters.active -= 1
+                abort(conn)
+                upstream.abort()
+                raise
+            armed = upstream.hand_over_reader()  # the flow takes the registration over
+            self._splice(conn, src, dst, outbound, node, counters, add_up, add_down,
+                         upstream.sock, armed)
+            return
+        await self._carry(conn, upstream, prefix, Flow("tcp", src, dst), outbound, node,
+                          counters)
+
+    def _spliced_ended(self, flow: SplicedFlow, outcome: object) -> None:
+        tag = flow.tag
+        if type(tag) is tuple:
+            counters, what = tag
+            if isinstance(outcome, BaseException):
+                text = f"error: {outcome}"
+            elif outcome == "idle":
+                text = f"idle for {self.config.tcp_idle_timeout:g}s"
+            else:
+                text = str(outcome)
+            log.debug("%s ended: %s (splice)", what, text)
+        else:
+            counters = tag
+        counters.active -= 1
+
+    async def _carry(self, conn: socket.socket, upstream: object, prefix: bytes, flow: Flow,
+                     outbound: str, node: str, counters: Counters) -> None:
+        """The flows a SplicedFlow does not take (copy mode, TLS upstreams): two tasks."""
         client = SocketStream(conn)
+        dialed_stream = upstream
         try:
             if prefix:
-                await dialed.stream.sendall(prefix)
+                await dialed_stream.sendall(prefix)  # type: ignore[attr-defined]
                 counters.bytes_up += len(prefix)
-
-            def up(n: int) -> None:
-                counters.bytes_up += n
-
-            def down(n: int) -> None:
-                counters.bytes_down += n
-
-            outcome = await relay(client, dialed.stream, use_splice=self.config.splice,
-                                  idle_timeout=self.config.tcp_idle_timeout, count_up=up,
-                                  count_down=down, pipe_size=self.config.pipe_size)
-            log.debug("%s via %s node %s ended: %s", flow, outbound.name, node, outcome)
+            outcome = await relay(client, dialed_stream, use_splice=self.config.splice,  # type: ignore[arg-type]
+                                  idle_timeout=self.config.tcp_idle_timeout,
+                                  count_up=counters.add_up, count_down=counters.add_down,
+                                  pipe_size=self.config.pipe_size)
+            log.debug("%s via %s node %s ended: %s", flow, outbound, node, outcome)
         except OSError as exc:
-            log.debug("%s via %s node %s ended: %s", flow, outbound.name, node, exc)
+            log.debug("%s via %s node %s ended: %s", flow, outbound, node, exc)
             client.abort()
-            dialed.stream.abort()
+            dialed_stream.abort()  # type: ignore[attr-defined]
         finally:
             counters.active -= 1
             client.close()
-            dialed.stream.close()
+            dialed_stream.close()  # type: ignore[attr-defined]
 
     async def close(self) -> None:
-        for task in self._accepting:
-            task.cancel()
-        await asyncio.gather(*self._accepting, return_exceptions=True)
-        self._accepting.clear()
         for sock in self._listeners:
+            try:
+                self._loop.remove_reader(sock.fileno())  # type: ignore[union-attr]
+            except (AttributeError, RuntimeError, ValueError, OSError):
+                pass
             sock.close()
         self._listeners.clear()
+        for dial in list(self._dialing):
+            dial.close()
         flows = list(self._flows)
         for task in flows:
             task.cancel()
         await asyncio.gather(*flows, return_exceptions=True)
+        if self._sweeper is not None:
+            self._sweeper.close()

@@ -37,6 +37,16 @@ def lab() -> Iterator[Lab]:
         yield lab
 
 
+def _recv_exact(conn: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = conn.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("closed mid-handshake")
+        buf += chunk
+    return buf
+
+
 class GarbageServer:
     """A fake proxy in upstream (socks5 or http) that passes the health checks and answers
     real flows with garbage.
@@ -75,10 +85,17 @@ class GarbageServer:
             try:
                 conn.settimeout(2)
                 if self.kind == "socks5":
-                    conn.recv(64)                      # method selection
+                    # byte-exact, as a real server reads: the relay pipelines greeting + request
+                    head = _recv_exact(conn, 2)        # VER, NMETHODS
+                    _recv_exact(conn, head[1])         # the methods
                     conn.sendall(b"\x05\x00")          # "no auth": fine so far
-                    req = conn.recv(512)               # CONNECT / UDP ASSOCIATE request
-                    port = int.from_bytes(req[-2:], "big") if len(req) >= 7 else 0
+                    req = _recv_exact(conn, 4)         # CONNECT / UDP ASSOCIATE request
+                    if req[3] == 3:
+                        size = _recv_exact(conn, 1)
+                        req += size + _recv_exact(conn, size[0] + 2)
+                    else:
+                        req += _recv_exact(conn, (16 if req[3] == 4 else 4) + 2)
+                    port = int.from_bytes(req[-2:], "big")
                     ok = req[1:2] == b"\x01" and port == self.CHECK_PORT
                     tunnel = b"\x05\x00\x00\x01\x00\x00\x00\x00\x00\x00"
                 else:
