@@ -218,8 +218,12 @@ def _domain_term(bit: int) -> str:
 
 # Above this many intervals (per field and address family) an address field keeps its LPM trie
 # map; at or below it, the intervals become an unrolled binary search over constants (no helper
-# call). bench/results/classify-after-tree.md has the measurements behind the number.
-MAX_TREE_INTERVALS = 4096
+# call). All trees are inlined into one function and clang's time grows much faster than
+# linearly with its size (~1 s for 2,000 leaves, more than 10 minutes for 4,000), so the trees of
+# a program share a budget of MAX_TREE_TOTAL leaves; a family that does not fit uses its trie.
+# bench/results/classify-after-tree.md has the measurements behind the numbers.
+MAX_TREE_INTERVALS = 2048
+MAX_TREE_TOTAL = 3072
 # MAC values become a tree up to this many distinct addresses (else a hash map).
 MAX_TREE_MACS = 1024
 
@@ -386,13 +390,16 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
             t.cls(v)
         rows = [c_words(v, words) for v in proto]
         ctx["proto"] = {"rows": rows}
-        fields.append({"var": "v_proto", "uses": uses_words(rule_bits((Field.L4PROTO, Field.IPVERSION)))})
+        fields.append({"var": "v_proto", "uses": uses_words(rule_bits((Field.L4PROTO, Field.IPVERSION))),
+                       "table": "proto_vecs", "idx": "i_proto", "vecs": proto, "size": 4})
     else:
         ctx["proto"] = None
 
     if Field.DSCP in ps:
-        ctx["dscp"] = {"rows": [c_words(v, words) for v in dscp_vectors(ps[Field.DSCP])]}
-        fields.append({"var": "v_dscp", "uses": uses_words(rule_bits((Field.DSCP,)))})
+        dvecs = dscp_vectors(ps[Field.DSCP])
+        ctx["dscp"] = {"rows": [c_words(v, words) for v in dvecs]}
+        fields.append({"var": "v_dscp", "uses": uses_words(rule_bits((Field.DSCP,))),
+                       "table": "dscp_vecs", "idx": "i_dscp", "vecs": dvecs, "size": 64})
     else:
         ctx["dscp"] = None
 
@@ -405,7 +412,8 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
         ctx["proto_dscp"] = {"classes": idx, "size": ct.size, "rows": _vec_rows(ct, words),
                              "ctype": "__u8" if ct.size <= 256 else "__u16"}
         ctx["proto"] = ctx["dscp"] = None
-        fields[-2:] = [{"var": "v_pd", "uses": uses_words(rule_bits((Field.L4PROTO, Field.IPVERSION, Field.DSCP)))}]
+        fields[-2:] = [{"var": "v_pd", "uses": uses_words(rule_bits((Field.L4PROTO, Field.IPVERSION, Field.DSCP))),
+                        "table": "proto_dscp_vecs", "idx": "i_pd", "vecs": ct.vecs, "size": ct.size}]
 
     ports = []
     for f in (Field.DPORT, Field.SPORT):
@@ -423,9 +431,11 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
                 lo = p
         ports.append({"field": f.value, "nclasses": len(vecs), "size": ct.size, "rows": _vec_rows(ct, words),
                       "runs": runs, "ctype": "__u8" if len(vecs) <= 256 else "__u16"})
-        fields.append({"var": f"v_{f.value}", "uses": uses_words(rule_bits((f,)))})
+        fields.append({"var": f"v_{f.value}", "uses": uses_words(rule_bits((f,))),
+                       "table": f"{f.value}_vecs", "idx": f"i_{f.value}", "vecs": ct.vecs, "size": ct.size})
     ctx["ports"] = ports
 
+    budget = [MAX_TREE_TOTAL]
     cidrs = []
     for f in (Field.DIP, Field.SIP):
         if f not in ps:
@@ -436,8 +446,10 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
         for family in (4, 6):
             per_net, default = cidr_vectors(ps[f], family)
             fam: dict[str, Any] = {"family": family, "prefixes": len(per_net)}
-            ivs = prefix_intervals(per_net, default, family) if 2 * len(per_net) + 1 <= MAX_TREE_INTERVALS else None
-            if ivs is not None and len(ivs) <= MAX_TREE_INTERVALS:
+            limit = min(MAX_TREE_INTERVALS, budget[0])
+            ivs = prefix_intervals(per_net, default, family) if 2 * len(per_net) + 1 <= limit else None
+            if ivs is not None and len(ivs) <= limit:
+                budget[0] -= len(ivs)
                 fam["kind"] = "tree"
                 fam["intervals"] = len(ivs)
                 if family == 4:
@@ -466,7 +478,7 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
         vals, default = value_vectors(ps[Field.MAC])
         ct = ClassTable()
         mac: dict[str, Any] = {"default_class": ct.cls(default), "entries": max(1, len(vals))}
-        if len(vals) <= MAX_TREE_MACS:
+        if len(vals) <= MAX_TREE_MACS and 2 * len(vals) + 1 <= budget[0]:
             ivs = value_intervals(vals, default, 48, lambda m: ":".join(f"{(m >> (8 * (5 - i))) & 255:02x}"
                                                                           for i in range(6)))
             mac["kind"] = "tree"
@@ -510,8 +522,19 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
             if any(m.field is Field.DOMAIN for m in r.matches):
                 dom_bits |= 1 << pos
         ctx["domain"] = {"base": c_words(dplan["base"], words), "nodom": c_words(nodom, words),
-                         "nsets": dplan["nsets"], "rows": rows, "complex": complex_lines}
-        fields.append({"var": "v_domain", "uses": uses_words(dom_bits)})
+                         "nsets": dplan["nsets"], "rows": rows, "complex": complex_lines, "host": None}
+        # Fold the domain vector into a small table field that every packet indexes (the
+        # "host"): a copy of its table ANDed with the no-domain vector serves packets without
+        # domain bits; with bits, the walk's result is ANDed with the host's row instead. One
+        # vector fewer in the word loop.
+        host = next((f for f in fields if "table" in f), None)
+        if host is not None:
+            host["uses"] = [a or b for a, b in zip(host["uses"], uses_words(dom_bits))]
+            ctx["domain"]["host"] = {"var": host["var"], "table": host["table"], "idx": host["idx"],
+                                     "nd_table": host["table"].replace("_vecs", "_nd_vecs"), "size": host["size"],
+                                     "rows": [c_words(v & nodom, words) for v in host["vecs"]]}
+        else:
+            fields.append({"var": "v_domain", "uses": uses_words(dom_bits)})
     else:
         ctx["domain"] = None
 

@@ -135,7 +135,7 @@ def _edge_flows(rng: random.Random, n: int) -> list[evaluate.Flow]:
 
 
 FORCINGS = {
-    "trees": {"MAX_TREE_INTERVALS": 1 << 20, "MAX_TREE_MACS": 1 << 20},
+    "trees": {"MAX_TREE_INTERVALS": 1 << 20, "MAX_TREE_MACS": 1 << 20, "MAX_TREE_TOTAL": 1 << 20},
     "maps": {"MAX_TREE_INTERVALS": 0, "MAX_TREE_MACS": 0},
     "mixed": {"MAX_TREE_INTERVALS": 9, "MAX_TREE_MACS": 2},
 }
