@@ -219,7 +219,7 @@ def _domain_term(bit: int) -> str:
 # Above this many intervals (per field and address family) an address field keeps its LPM trie
 # map; at or below it, the intervals become an unrolled binary search over constants (no helper
 # call). All trees are inlined into one function and clang's time grows much faster than
-# linearly with its size (~1 s for 2,000 leaves, more than 10 minutes for 4,000), so the trees of
+# linearly with its size (~1 s for 2,300 leaves, more than 14 minutes for one 4,400-leaf tree), so the trees of
 # a program share a budget of MAX_TREE_TOTAL leaves; a family that does not fit uses its trie.
 # bench/results/classify-after-tree.md has the measurements behind the numbers.
 MAX_TREE_INTERVALS = 2048
