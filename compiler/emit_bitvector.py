@@ -1,12 +1,14 @@
 """The bit-vector classifier: cost independent of the number of rules.
 
-For each field the rules use, a lookup on the packet's value yields a bit-vector of the rules
-that field allows (bit i = i-th live rule; rules that don't look at the field always allow it).
-The AND of those vectors has the first matching rule as its lowest set bit (bpf-iptables'
-linear bit-vector search). Lookups are one LPM trie per address family for IPs, a class table
-for ports, a hash for MACs and process names, constants for protocol/IP version and DSCP, and
-per-set constant masks for domain bits. The compiler knows every rule, so all vectors are
-computed here and shipped as map data; the program holds no rules, only tables.
+For each field the rules use, the packet's value selects a bit-vector of the rules that field
+allows (bit i = i-th live rule; rules that don't look at the field always allow it). The AND of
+those vectors has the first matching rule as its lowest set bit (bpf-iptables' linear bit-vector
+search); the program ANDs them one 64-bit word at a time and stops at the first non-zero word.
+Address and MAC fields become decision trees over constants that yield an equivalence class
+(large CIDR sets keep an LPM trie per family, many MACs a hash); ports, DSCP and
+protocol/IP version index class tables; every class's vector is a table in the program's .data.
+Process names are a hash map, domain bits a walk over the destination's set bits. The compiler
+knows every rule, so all vectors are computed here; the program holds no rules, only tables.
 """
 from __future__ import annotations
 
@@ -219,8 +221,9 @@ def _domain_term(bit: int) -> str:
 # Above this many intervals (per field and address family) an address field keeps its LPM trie
 # map; at or below it, the intervals become an unrolled binary search over constants (no helper
 # call). All trees are inlined into one function and clang's time grows much faster than
-# linearly with its size (~1 s for 2,300 leaves, more than 14 minutes for one 4,400-leaf tree), so the trees of
-# a program share a budget of MAX_TREE_TOTAL leaves; a family that does not fit uses its trie.
+# linearly with its size (~1 s for 2,300 leaves, more than 14 minutes for one 4,400-leaf tree),
+# so the trees of a program share a budget of MAX_TREE_TOTAL leaves; a family that does not fit
+# uses its trie.
 # bench/results/classify-after-tree.md has the measurements behind the numbers.
 MAX_TREE_INTERVALS = 2048
 MAX_TREE_TOTAL = 3072

@@ -75,7 +75,8 @@ def test_prefix_intervals_match_longest_prefix(seed: int) -> None:
     assert ivs[0].start == 0
     assert all(a.start < b.start and a.vec != b.vec for a, b in zip(ivs, ivs[1:]))
     for addr in _probe_addrs(list(nets), width, rng):
-        assert _interval_vec(ivs, addr) == _lpm_vec(per_net, default, addr, version), (hex(addr), sorted(map(str, nets)))
+        want = _lpm_vec(per_net, default, addr, version)
+        assert _interval_vec(ivs, addr) == want, (hex(addr), sorted(map(str, nets)))
 
 
 def test_value_intervals() -> None:
