@@ -1,15 +1,18 @@
 """The bit-vector classifier: cost independent of the number of rules.
 
-For each field the rules use, a lookup on the packet's value yields a bit-vector of the rules
-that field allows (bit i = i-th live rule; rules that don't look at the field always allow it).
-The AND of those vectors has the first matching rule as its lowest set bit (bpf-iptables'
-linear bit-vector search). Lookups are one LPM trie per address family for IPs, a class table
-for ports, a hash for MACs and process names, constants for protocol/IP version and DSCP, and
-per-set constant masks for domain bits. The compiler knows every rule, so all vectors are
-computed here and shipped as map data; the program holds no rules, only tables.
+For each field the rules use, the packet's value selects a bit-vector of the rules that field
+allows (bit i = i-th live rule; rules that don't look at the field always allow it). The AND of
+those vectors has the first matching rule as its lowest set bit (bpf-iptables' linear bit-vector
+search); the program ANDs them one 64-bit word at a time and stops at the first non-zero word.
+Address and MAC fields become decision trees over constants that yield an equivalence class
+(large CIDR sets keep an LPM trie per family, many MACs a hash); ports, DSCP and
+protocol/IP version index class tables; every class's vector is a table in the program's .data.
+Process names are a hash map, domain bits a walk over the destination's set bits. The compiler
+knows every rule, so all vectors are computed here; the program holds no rules, only tables.
 """
 from __future__ import annotations
 
+import ipaddress
 import struct
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -213,16 +216,148 @@ def _domain_term(bit: int) -> str:
     return f"(dom && (dom->w[{bit // 64}] & (1ULL << {bit % 64})))"
 
 
+# ---- decision trees ----------------------------------------------------------------------------
+
+# Above this many intervals (per field and address family) an address field keeps its LPM trie
+# map; at or below it, the intervals become an unrolled binary search over constants (no helper
+# call). All trees are inlined into one function and clang's time grows much faster than
+# linearly with its size (~1 s for 2,300 leaves, more than 14 minutes for one 4,400-leaf tree),
+# so the trees of a program share a budget of MAX_TREE_TOTAL leaves; a family that does not fit
+# uses its trie.
+# bench/results/classify-after-tree.md has the measurements behind the numbers.
+MAX_TREE_INTERVALS = 2048
+MAX_TREE_TOTAL = 3072
+# MAC values become a tree up to this many distinct addresses (else a hash map).
+MAX_TREE_MACS = 1024
+
+
+@dataclass
+class Interval:
+    start: int
+    vec: Vec
+    label: str  # what the interval stands for, for the generated comment
+
+
+def prefix_intervals(per_net: dict[Any, Vec], default: Vec, family: int) -> list[Interval]:
+    """The address space cut into maximal intervals of equal vector: the longest matching
+    prefix's vector, or `default` where no prefix matches. Prefixes nest or are disjoint, so a
+    sweep over them sorted by (start, length) with a stack of the enclosing ones does it."""
+    width = 32 if family == 4 else 128
+    out: list[Interval] = []
+
+    def emit(start: int, vec: Vec, label: str) -> None:
+        if out and out[-1].vec == vec:
+            return
+        out.append(Interval(start, vec, label))
+
+    stack: list[tuple[int, Vec, str]] = []  # (last address, vector, label) of enclosing prefixes
+    cur = 0
+    for net in sorted(per_net, key=lambda n: (int(n.network_address), n.prefixlen)):
+        s = int(net.network_address)
+        e = int(net.broadcast_address)
+        while stack and stack[-1][0] < s:
+            end, vec, label = stack.pop()
+            if cur <= end:
+                emit(cur, vec, label)
+                cur = end + 1
+        if cur < s:
+            if stack:
+                emit(cur, stack[-1][1], stack[-1][2])
+            else:
+                emit(cur, default, "no prefix")
+            cur = s
+        stack.append((e, per_net[net], str(net)))
+    while stack:
+        end, vec, label = stack.pop()
+        if cur <= end:
+            emit(cur, vec, label)
+            cur = end + 1
+    if cur < (1 << width):
+        emit(cur, default, "no prefix")
+    return out
+
+
+def value_intervals(vals: dict[int, Vec], default: Vec, width: int, fmt: Callable[[int], str]) -> list[Interval]:
+    out: list[Interval] = []
+    cur = 0
+    for v in sorted(vals):
+        if cur < v:
+            out.append(Interval(cur, default, "no value"))
+        out.append(Interval(v, vals[v], fmt(v)))
+        cur = v + 1
+    if cur < (1 << width):
+        out.append(Interval(cur, default, "no value"))
+    # merge neighbours with the same vector
+    merged: list[Interval] = []
+    for iv in out:
+        if merged and merged[-1].vec == iv.vec:
+            continue
+        merged.append(iv)
+    return merged
+
+
+class ClassTable:
+    """Distinct rule vectors of one field; index = the class a lookup yields."""
+
+    def __init__(self) -> None:
+        self.index: dict[Vec, int] = {}
+        self.vecs: list[Vec] = []
+
+    def cls(self, v: Vec) -> int:
+        if v not in self.index:
+            self.index[v] = len(self.vecs)
+            self.vecs.append(v)
+        return self.index[v]
+
+    @property
+    def size(self) -> int:
+        """Rows in the table: a power of two, so `class & (size - 1)` bounds an index."""
+        n = 1
+        while n < len(self.vecs):
+            n *= 2
+        return n
+
+
+def _fmt_addr(x: int, family: int) -> str:
+    return str(ipaddress.IPv4Address(x)) if family == 4 else str(ipaddress.IPv6Address(x))
+
+
+def tree_lines(ivs: list[Interval], table: ClassTable, less: Callable[[int], str], show: Callable[[int], str],
+               indent: str, last: int) -> list[str]:
+    """An unrolled binary search over the interval starts: `return <class>;` at each leaf, with the
+    interval and what it stands for as a comment."""
+    lines: list[str] = []
+
+    def rec(lo: int, hi: int, ind: str) -> None:
+        if lo == hi:
+            iv = ivs[lo]
+            end = ivs[lo + 1].start - 1 if lo + 1 < len(ivs) else last
+            lines.append(f"{ind}return {table.cls(iv.vec)};  /* {show(iv.start)} - {show(end)}: {iv.label} */")
+            return
+        mid = (lo + hi + 1) // 2
+        lines.append(f"{ind}if ({less(ivs[mid].start)}) {{")
+        rec(lo, mid - 1, ind + "\t")
+        lines.append(f"{ind}}} else {{")
+        rec(mid, hi, ind + "\t")
+        lines.append(f"{ind}}}")
+
+    rec(0, len(ivs) - 1, indent)
+    return lines
+
+
+def _v6_less(var_hi: str, var_lo: str) -> Callable[[int], str]:
+    def less(x: int) -> str:
+        hi, lo = x >> 64, x & (2**64 - 1)
+        if lo == 0:
+            return f"{var_hi} < 0x{hi:016x}ULL"
+        return f"{var_hi} < 0x{hi:016x}ULL || ({var_hi} == 0x{hi:016x}ULL && {var_lo} < 0x{lo:016x}ULL)"
+    return less
+
+
 # ---- template context --------------------------------------------------------------------------
 
-def _mask_lines(acc_mask: Vec, words: int, indent: str) -> list[str]:
-    """`acc[i] &= C;` for the words where the mask clears something."""
-    lines = []
-    for i in range(words):
-        w = (acc_mask >> (64 * i)) & (2**64 - 1)
-        if w != 2**64 - 1:
-            lines.append(f"{indent}acc[{i}] &= 0x{w:016x}ULL;")
-    return lines
+def _vec_rows(table: ClassTable, words: int) -> list[str]:
+    return [c_words(v, words) for v in table.vecs]
 
 
 def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
@@ -236,58 +371,131 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
     tables: list[MapTable] = []
     vsize = 8 * words
     ctx: dict[str, Any] = {"words": words, "n_live": n, "lpm_groups": [], "port_sets": 0}
+    # Per field, in the order the program computes them, and which words of the vector it can
+    # clear (the word loop skips a field in a word where every rule allows any value).
+    fields: list[dict[str, Any]] = []
+
+    def uses_words(rule_bits: Vec) -> list[bool]:
+        return [bool((rule_bits >> (64 * i)) & (2**64 - 1)) for i in range(words)]
+
+    def rule_bits(fs: tuple[Field, ...]) -> Vec:
+        v = 0
+        for f in fs:
+            if f in ps:
+                for pos in ps[f].rules:
+                    v |= 1 << pos
+        return v
 
     proto = proto_vectors(ps)
-    ctx["proto_vecs"] = [c_words(v, words) for v in proto] if proto else None
+    if proto:
+        t = ClassTable()
+        for v in proto:
+            t.cls(v)
+        rows = [c_words(v, words) for v in proto]
+        ctx["proto"] = {"rows": rows}
+        fields.append({"var": "v_proto", "uses": uses_words(rule_bits((Field.L4PROTO, Field.IPVERSION))),
+                       "table": "proto_vecs", "idx": "i_proto", "vecs": proto, "size": 4})
+    else:
+        ctx["proto"] = None
 
     if Field.DSCP in ps:
-        ctx["dscp_vecs"] = True
-        t = MapTable("dscp_vecs", "array", 4, vsize)
-        for d, v in enumerate(dscp_vectors(ps[Field.DSCP])):
-            t.records.append((struct.pack("<I", d), vec_bytes(v, words)))
-        tables.append(t)
+        dvecs = dscp_vectors(ps[Field.DSCP])
+        ctx["dscp"] = {"rows": [c_words(v, words) for v in dvecs]}
+        fields.append({"var": "v_dscp", "uses": uses_words(rule_bits((Field.DSCP,))),
+                       "table": "dscp_vecs", "idx": "i_dscp", "vecs": dvecs, "size": 64})
     else:
-        ctx["dscp_vecs"] = False
+        ctx["dscp"] = None
+
+    ctx["proto_dscp"] = None
+    if ctx["proto"] and ctx["dscp"]:
+        # Both small: one table indexed by (protocol index, DSCP) saves a vector per word below.
+        dv = dscp_vectors(ps[Field.DSCP])
+        ct = ClassTable()
+        idx = [ct.cls(proto[pi] & dv[d]) for pi in range(4) for d in range(64)]
+        ctx["proto_dscp"] = {"classes": idx, "size": ct.size, "rows": _vec_rows(ct, words),
+                             "ctype": "__u8" if ct.size <= 256 else "__u16"}
+        ctx["proto"] = ctx["dscp"] = None
+        fields[-2:] = [{"var": "v_pd", "uses": uses_words(rule_bits((Field.L4PROTO, Field.IPVERSION, Field.DSCP))),
+                        "table": "proto_dscp_vecs", "idx": "i_pd", "vecs": ct.vecs, "size": ct.size}]
 
     ports = []
     for f in (Field.DPORT, Field.SPORT):
         if f not in ps:
             continue
         table, vecs = port_classes(ps[f])
-        name = f.value
-        tc = MapTable(f"{name}_class", "array", 4, 4)
-        tc.records = [(struct.pack("<I", p), struct.pack("<I", c)) for p, c in enumerate(table)]
-        tv = MapTable(f"{name}_vecs", "array", 4, vsize)
-        tv.records = [(struct.pack("<I", i), vec_bytes(v, words)) for i, v in enumerate(vecs)]
-        tables += [tc, tv]
-        ports.append({"field": name, "nclasses": len(vecs)})
+        ct = ClassTable()
+        for v in vecs:
+            ct.cls(v)
+        runs = []  # (lo, hi, class): the 65536-entry class table as GNU range designators
+        lo = 0
+        for p in range(1, 65537):
+            if p == 65536 or table[p] != table[lo]:
+                runs.append((lo, p - 1, table[lo]))
+                lo = p
+        ports.append({"field": f.value, "nclasses": len(vecs), "size": ct.size, "rows": _vec_rows(ct, words),
+                      "runs": runs, "ctype": "__u8" if len(vecs) <= 256 else "__u16"})
+        fields.append({"var": f"v_{f.value}", "uses": uses_words(rule_bits((f,))),
+                       "table": f"{f.value}_vecs", "idx": f"i_{f.value}", "vecs": ct.vecs, "size": ct.size})
     ctx["ports"] = ports
 
+    budget = [MAX_TREE_TOTAL]
     cidrs = []
     for f in (Field.DIP, Field.SIP):
         if f not in ps:
             continue
-        entry: dict[str, Any] = {"field": f.value, "addr": "daddr" if f is Field.DIP else "saddr", "maps": []}
+        ct = ClassTable()
+        entry: dict[str, Any] = {"field": f.value, "addr": "daddr" if f is Field.DIP else "saddr", "families": []}
         default: Vec = 0
         for family in (4, 6):
             per_net, default = cidr_vectors(ps[f], family)
-            name = f"{f.value}{family}_vecs"
-            t = MapTable(name, "lpm_trie", 4 + (4 if family == 4 else 16), vsize)
-            for net in sorted(per_net, key=lambda x: (x.prefixlen, int(x.network_address))):
-                t.records.append((lpm_key(net), vec_bytes(per_net[net], words)))
-            tables.append(t)
-            entry["maps"].append({"name": name, "family": family, "entries": len(t.records),
-                                  "max_entries": max(1, len(t.records))})
-        entry["default"] = c_words(default, words)
+            fam: dict[str, Any] = {"family": family, "prefixes": len(per_net)}
+            limit = min(MAX_TREE_INTERVALS, budget[0])
+            ivs = prefix_intervals(per_net, default, family) if 2 * len(per_net) + 1 <= limit else None
+            if ivs is not None and len(ivs) <= limit:
+                budget[0] -= len(ivs)
+                fam["kind"] = "tree"
+                fam["intervals"] = len(ivs)
+                if family == 4:
+                    fam["lines"] = tree_lines(ivs, ct, lambda x: f"a < 0x{x:08x}", lambda x: _fmt_addr(x, 4),
+                                              "\t", 2**32 - 1)
+                else:
+                    fam["lines"] = tree_lines(ivs, ct, _v6_less("hi", "lo"), lambda x: _fmt_addr(x, 6),
+                                              "\t", 2**128 - 1)
+            else:
+                name = f"{f.value}{family}_vecs"
+                t = MapTable(name, "lpm_trie", 4 + (4 if family == 4 else 16), vsize)
+                for net in sorted(per_net, key=lambda x: (x.prefixlen, int(x.network_address))):
+                    t.records.append((lpm_key(net), vec_bytes(per_net[net], words)))
+                tables.append(t)
+                fam.update(kind="lpm", name=name, entries=len(t.records), max_entries=max(1, len(t.records)))
+            entry["families"].append(fam)
+        entry["default_class"] = ct.cls(default)
+        entry["size"] = ct.size
+        entry["rows"] = _vec_rows(ct, words)
+        entry["nclasses"] = len(ct.vecs)
         cidrs.append(entry)
+        fields.append({"var": f"v_{f.value}", "uses": uses_words(rule_bits((f,)))})
     ctx["cidrs"] = cidrs
 
     if Field.MAC in ps:
         vals, default = value_vectors(ps[Field.MAC])
-        t = MapTable("mac_vecs", "hash", 8, vsize)
-        t.records = [(struct.pack("<Q", mac), vec_bytes(v, words)) for mac, v in vals.items()]
-        tables.append(t)
-        ctx["mac"] = {"entries": max(1, len(vals)), "default": c_words(default, words)}
+        ct = ClassTable()
+        mac: dict[str, Any] = {"default_class": ct.cls(default), "entries": max(1, len(vals))}
+        if len(vals) <= MAX_TREE_MACS and 2 * len(vals) + 1 <= budget[0]:
+            ivs = value_intervals(vals, default, 48, lambda m: ":".join(f"{(m >> (8 * (5 - i))) & 255:02x}"
+                                                                          for i in range(6)))
+            mac["kind"] = "tree"
+            mac["lines"] = tree_lines(ivs, ct, lambda x: f"m < 0x{x:012x}ULL", lambda x: f"0x{x:012x}", "\t",
+                                      2**48 - 1)
+        else:
+            t = MapTable("mac_vecs", "hash", 8, vsize)
+            t.records = [(struct.pack("<Q", m), vec_bytes(v, words)) for m, v in vals.items()]
+            tables.append(t)
+            mac["kind"] = "hash"
+        mac["size"] = ct.size
+        mac["rows"] = _vec_rows(ct, words)
+        ctx["mac"] = mac
+        fields.append({"var": "v_mac", "uses": uses_words(rule_bits((Field.MAC,)))})
     else:
         ctx["mac"] = None
 
@@ -297,21 +505,39 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
         t.records = [(name.encode()[:15].ljust(16, b"\0"), vec_bytes(v, words)) for name, v in vals.items()]
         tables.append(t)
         ctx["pname"] = {"entries": max(1, len(vals)), "default": c_words(default, words)}
+        fields.append({"var": "v_pname", "uses": uses_words(rule_bits((Field.PNAME,)))})
     else:
         ctx["pname"] = None
 
     dplan = domain_plan(live, all_ones)
     if dplan:
-        t = MapTable("domain_vecs", "array", 4, 2 * vsize)
-        for bit in range(dplan["nsets"]):
-            t.records.append((struct.pack("<I", bit), vec_bytes(dplan["pos"].get(bit, 0), words)
-                              + vec_bytes(dplan["neg"].get(bit, 0), words)))
-        tables.append(t)
+        rows = [f"{{ {c_words(dplan['pos'].get(bit, 0), words)} }}, {{ {c_words(dplan['neg'].get(bit, 0), words)} }}"
+                for bit in range(dplan["nsets"])]
         complex_lines = []
+        nodom = dplan["base"]
+        dom_bits = 0
         for pos, ls in dplan["complex"]:
             terms = [("!" if neg else "") + _domain_term(b) for b, neg in ls]
             complex_lines.append({"pos": pos, "word": pos // 64, "shift": pos % 64, "cond": " && ".join(terms)})
-        ctx["domain"] = {"base": c_words(dplan["base"], words), "nsets": dplan["nsets"], "complex": complex_lines}
+            if all(neg for _, neg in ls):  # holds for a name without any set bit
+                nodom |= 1 << pos
+        for pos, r in enumerate(live):
+            if any(m.field is Field.DOMAIN for m in r.matches):
+                dom_bits |= 1 << pos
+        ctx["domain"] = {"base": c_words(dplan["base"], words), "nodom": c_words(nodom, words),
+                         "nsets": dplan["nsets"], "rows": rows, "complex": complex_lines, "host": None}
+        # Fold the domain vector into a small table field that every packet indexes (the
+        # "host"): a copy of its table ANDed with the no-domain vector serves packets without
+        # domain bits; with bits, the walk's result is ANDed with the host's row instead. One
+        # vector fewer in the word loop.
+        host = next((f for f in fields if "table" in f), None)
+        if host is not None:
+            host["uses"] = [a or b for a, b in zip(host["uses"], uses_words(dom_bits))]
+            ctx["domain"]["host"] = {"var": host["var"], "table": host["table"], "idx": host["idx"],
+                                     "nd_table": host["table"].replace("_vecs", "_nd_vecs"), "size": host["size"],
+                                     "rows": [c_words(v & nodom, words) for v in host["vecs"]]}
+        else:
+            fields.append({"var": "v_domain", "uses": uses_words(dom_bits)})
     else:
         ctx["domain"] = None
 
@@ -320,5 +546,13 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
         if r.action.must_rules:
             must_rules |= 1 << pos
     ctx["must_rules_vec"] = c_words(must_rules, words) if must_rules else None
+    word_plan = []
+    for i in range(words):
+        terms = [f["var"] + f"->w[{i}]" for f in fields if f["uses"][i]]
+        must_w = (must_rules >> (64 * i)) & (2**64 - 1)
+        word_plan.append({"i": i, "expr": " & ".join(terms) if terms else "~0ULL",
+                          "must": f"0x{must_w:016x}ULL" if must_w else None})
+    ctx["word_plan"] = word_plan
+    ctx["fields"] = fields
     ctx["positions"] = [r.index for r in live]
     return ctx, tables

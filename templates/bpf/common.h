@@ -92,6 +92,8 @@ struct outbound_stats {
 /* Constant tables go to .rodata explicitly: clang 14 otherwise puts small ones in mergeable
  * .rodata.cstN sections whose BTF libbpf 1.1 cannot load. */
 #define DAE_RODATA __attribute__((section(".rodata")))
+/* Tables the verifier must not read as constants (see classify_bitvector.c.j2) go to .data. */
+#define DAE_DATA __attribute__((section(".data")))
 
 /* Stop clang from reasoning about a value, so its bounds stay as the verifier sees them. */
 #define DAE_OPAQUE(x) asm volatile("" : "+r"(x))
