@@ -62,9 +62,11 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
         datapath = Datapath(lan=lan or None, wan=wan or None, fwmark=int(g["fwmark"]), table=int(g["route_table"]),
                             state_path=state_path, manage_sysctls=bool(g.get("auto_config_kernel_parameter", True)))
         # pyroute2's sync API runs its own event loop: keep it off ours.
-        await asyncio.to_thread(datapath.setup, obj.program_fd("lan_ingress"))
+        await asyncio.to_thread(datapath.setup, obj.program_fd("lan_ingress"),
+                                ingress_l3_fd=obj.program_fd("lan_ingress_l3"))
         log.info("gateway ready: %d rules (%s), tproxy port %d, lan %s", len(build.manifest["rules"]),
-                 build.manifest["strategy"], port, ",".join(i.name for i in datapath.lan_interfaces) or "-")
+                 build.manifest["strategy"], port,
+                 ",".join(i.name + (" (L3)" if i.l3 else "") for i in datapath.lan_interfaces) or "-")
         if ready is not None:
             ready()
         # Everything alive now (modules, the build, pyroute2's objects) lives as long as the

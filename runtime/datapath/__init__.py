@@ -106,6 +106,7 @@ class Datapath:
         self.wan_interfaces: list[Interface] = []
         self._state = StateFile(self.state_path)
         self._reinject: list[Interface] | None = None
+        self._ingress_l3_fd: int | None = None
         self._filters: dict[tuple[str, str, str], int] = {}  # (role, dir, ifname) -> entry id
         self._active = False
 
@@ -122,14 +123,18 @@ class Datapath:
         *,
         wan_ingress_fd: int | None = None,
         lan_egress_fd: int | None = None,
+        ingress_l3_fd: int | None = None,
         pins: Iterable[str] = (),
     ) -> None:
-        """Apply everything. `pins`: BPF filesystem pins the caller created (or is about to)
-        for this datapath; they are removed by teardown/cleanup."""
+        """Apply everything. `ingress_l3_fd`: the program for LAN interfaces without an
+        Ethernet header (tun, WireGuard, PPP); without it such an interface is an error, since
+        the Ethernet program would misread every packet. `pins`: BPF filesystem pins the caller
+        created (or is about to) for this datapath; they are removed by teardown/cleanup."""
         if self._active:
             raise RuntimeError("datapath already set up; use replace() or teardown()")
         fds = {"ingress_fd": ingress_fd, "egress_fd": egress_fd,
                "wan_ingress_fd": wan_ingress_fd, "lan_egress_fd": lan_egress_fd}
+        self._ingress_l3_fd = ingress_l3_fd
         self._state.lock()
         try:
             if self._state.load() is not None and self._state.entries:
@@ -140,6 +145,7 @@ class Datapath:
                     raise RuntimeError(f"stale state could not be cleaned: {report.failed}")
             with open_iproute(self.netns) as ipr:
                 self._resolve(ipr)
+            self._check_l3(fds)
             reinject = self._reinject_names(egress_fd is not None)
             self._state.begin(self.netns, lan=[i.name for i in self.lan_interfaces],
                               wan=[i.name for i in self.wan_interfaces],
@@ -171,6 +177,7 @@ class Datapath:
         *,
         wan_ingress_fd: int | None = None,
         lan_egress_fd: int | None = None,
+        ingress_l3_fd: int | None = None,
     ) -> None:
         """Swap in new programs (reload). Each given fd replaces the program at its hook on
         every interface with one atomic NLM_F_REPLACE; a hook that had no program gets one.
@@ -178,6 +185,9 @@ class Datapath:
         self._require_active()
         fds = {"ingress_fd": ingress_fd, "egress_fd": egress_fd,
                "wan_ingress_fd": wan_ingress_fd, "lan_egress_fd": lan_egress_fd}
+        if ingress_fd is not None:  # the pair is swapped together (an L3 LAN needs both)
+            self._ingress_l3_fd = ingress_l3_fd
+        self._check_l3(fds)
         with open_iproute(self.netns) as ipr:
             self._attach_all(ipr, fds)
 
@@ -263,13 +273,23 @@ class Datapath:
                 if not policy_routing.add_route(ipr, route):
                     self._state.forget(eid)
 
+    def _check_l3(self, fds: dict[str, int | None]) -> None:
+        bare = [i.name for i in self.lan_interfaces if i.l3]
+        if bare and fds["ingress_fd"] is not None and self._ingress_l3_fd is None:
+            raise InterfaceResolutionError(
+                f"lan_interface: {', '.join(bare)} carries bare IP packets (no Ethernet header) "
+                "and no L3 ingress program was given")
+
     def _attach_all(self, ipr: object, fds: dict[str, int | None]) -> None:
         for arg, fd in fds.items():
             if fd is None:
                 continue
             role, direction = _HOOKS[arg]
             for iface in self.lan_interfaces if role == LAN else self.wan_interfaces:
-                self._attach_one(ipr, role, direction, iface, fd)
+                use = fd
+                if arg == "ingress_fd" and iface.l3 and self._ingress_l3_fd is not None:
+                    use = self._ingress_l3_fd
+                self._attach_one(ipr, role, direction, iface, use)
 
     def _attach_one(self, ipr: object, role: str, direction: str, iface: Interface,
                     fd: int) -> None:

@@ -20,6 +20,10 @@ AUTO = "auto"
 _GLOB_CHARS = frozenset("*?[")
 _RT_TABLE_MAIN = 254
 _RTN_UNICAST = 1
+#: Link types whose packets carry an Ethernet header at tc (veth, bridges, bonds, VLANs, Wi-Fi
+#: in managed mode and loopback all report one of these); anything else (tun, WireGuard, PPP,
+#: IP tunnels: ARPHRD_NONE, _PPP, _TUNNEL, ...) hands tc a bare IP packet.
+_ETHERNET_LINK_TYPES = frozenset({1, 772})  # ARPHRD_ETHER, ARPHRD_LOOPBACK
 
 
 class InterfaceResolutionError(ValueError):
@@ -33,6 +37,8 @@ class Interface:
 
     name: str
     index: int
+    #: No Ethernet header at tc (tun, WireGuard, PPP): it needs the `lan_ingress_l3` program.
+    l3: bool = False
 
 
 def is_glob(pattern: str) -> bool:
@@ -57,6 +63,12 @@ def normalise_spec(spec: str | Sequence[str] | None) -> list[str]:
 def list_links(ipr: Any) -> dict[str, int]:
     """name -> ifindex for every link in the namespace `ipr` talks to."""
     return {link.get_attr("IFLA_IFNAME"): link["index"] for link in ipr.get_links()}
+
+
+def l3_links(ipr: Any) -> set[str]:
+    """Names of the links whose packets reach tc without an Ethernet header."""
+    return {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()
+            if link["ifi_type"] not in _ETHERNET_LINK_TYPES}
 
 
 def default_route_links(ipr: Any) -> set[int]:
@@ -141,7 +153,9 @@ def resolve_interfaces(
     defaults = default_route_links(ipr) if allow_auto and AUTO in normalise_spec(spec) else None
     if allow_auto and defaults is None:
         defaults = set()
-    return resolve(spec, links, role=role, default_route_ifindexes=defaults)
+    l3 = l3_links(ipr)
+    return [Interface(i.name, i.index, l3=i.name in l3)
+            for i in resolve(spec, links, role=role, default_route_ifindexes=defaults)]
 
 
 def _present(links: dict[str, int]) -> str:
