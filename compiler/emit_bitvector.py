@@ -227,6 +227,8 @@ def _domain_term(bit: int) -> str:
 # bench/results/classify-after-tree.md has the measurements behind the numbers.
 MAX_TREE_INTERVALS = 2048
 MAX_TREE_TOTAL = 3072
+MAX_INLINE_TREE = 256  # intervals of a tree inlined into the classifier (else a global function)
+MAX_INLINE_TOTAL = 512
 # MAC values become a tree up to this many distinct addresses (else a hash map).
 MAX_TREE_MACS = 1024
 
@@ -475,6 +477,17 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
         entry["nclasses"] = len(ct.vecs)
         cidrs.append(entry)
         fields.append({"var": f"v_{f.value}", "uses": uses_words(rule_bits((f,)))})
+    # Small trees are inlined into the classifier; bigger ones become global functions. clang's
+    # CodeGenPrepare time explodes, erratically, when big trees share a function (1,201 + 601
+    # intervals: 41 s; 2,001 + 1,001: 250 s; ~2 s as separate functions), while a call costs
+    # ~10 ns on the first packet of a flow. Inlined leaves are capped in all.
+    inline_left = MAX_INLINE_TOTAL
+    for entry in cidrs:
+        for fam in entry["families"]:
+            if fam["kind"] == "tree":
+                fam["inline"] = fam["intervals"] <= MAX_INLINE_TREE and fam["intervals"] <= inline_left
+                if fam["inline"]:
+                    inline_left -= fam["intervals"]
     ctx["cidrs"] = cidrs
 
     if Field.MAC in ps:
