@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,30 @@ def test_detects_and_forgets_changes(plain_lab: Lab) -> None:
     assert lab.snapshot("gateway", SYSCTLS) == before
 
 
-def test_bpf_filters(plain_lab: Lab, tmp_path: Path) -> None:
+BPFFS = Path("/sys/fs/bpf")
+
+
+@pytest.fixture
+def tc_bpffs_restored() -> Iterator[None]:
+    """`tc ... bpf obj FILE` (iproute2's own loader) creates its work dir in the BPF filesystem,
+    which the lab's namespaces share with the host: /sys/fs/bpf/tc/globals plus the `ip` and
+    `xdp` links to it. Remove what appeared during the test, if nothing was pinned in it."""
+    before = set(BPFFS.iterdir()) if BPFFS.is_dir() else set()
+    try:
+        yield
+    finally:
+        if BPFFS.is_dir():
+            new = set(BPFFS.iterdir()) - before
+            for link in (e for e in new if e.is_symlink()):
+                link.unlink()
+            for top in (e for e in new if not e.is_symlink() and e.is_dir()):
+                for sub in sorted(top.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+                    if sub.is_dir():
+                        sub.rmdir()  # fails (and shows) if tc left a pin inside
+                top.rmdir()
+
+
+def test_bpf_filters(plain_lab: Lab, tmp_path: Path, tc_bpffs_restored: None) -> None:
     """Program ids change on every load and are ignored; the tag (instruction hash) is kept."""
     lab = plain_lab
     lan = lab.topo.gateway_lan_if
