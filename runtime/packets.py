@@ -31,7 +31,8 @@ class FlowSpec:
             raise ValueError("source and destination must be the same IP version")
 
 
-def _checksum(data: bytes) -> int:
+def inet_checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of `data`, padded to an even length."""
     if len(data) % 2:
         data += b"\0"
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -50,7 +51,7 @@ def frame(f: FlowSpec, payload: bytes = b"") -> bytes:
     if f.dst.version == 4:
         ip = struct.pack("!BBHHHBBH4s4s", 0x45, f.dscp << 2, 20 + len(l4), 1, 0x4000, 64, f.l4proto, 0,
                          f.src.packed, f.dst.packed)
-        ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
+        ip = ip[:10] + struct.pack("!H", inet_checksum(ip)) + ip[12:]
         ethertype = 0x0800
     else:
         vtf = (6 << 28) | ((f.dscp << 2) << 20)

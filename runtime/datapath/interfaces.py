@@ -60,14 +60,15 @@ def normalise_spec(spec: str | Sequence[str] | None) -> list[str]:
     return out
 
 
-def list_links(ipr: Any) -> dict[str, int]:
-    """name -> ifindex for every link in the namespace `ipr` talks to."""
-    return {link.get_attr("IFLA_IFNAME"): link["index"] for link in ipr.get_links()}
+def list_links(links: Iterable[Any]) -> dict[str, int]:
+    """name -> ifindex of the links (netlink link messages, e.g. `ipr.get_links()`)."""
+    return {link.get_attr("IFLA_IFNAME"): link["index"] for link in links}
 
 
-def l3_links(ipr: Any) -> set[str]:
-    """Names of the links whose packets reach tc without an Ethernet header."""
-    return {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()
+def l3_links(links: Iterable[Any]) -> set[str]:
+    """Names of the links (netlink link messages) whose packets reach tc without an Ethernet
+    header."""
+    return {link.get_attr("IFLA_IFNAME") for link in links
             if link["ifi_type"] not in _ETHERNET_LINK_TYPES}
 
 
@@ -149,11 +150,12 @@ def resolve_interfaces(
     unless `allow_auto` says otherwise."""
     if allow_auto is None:
         allow_auto = role == "wan"
-    links = list_links(ipr)
+    dump = list(ipr.get_links())
+    links = list_links(dump)
     defaults = default_route_links(ipr) if allow_auto and AUTO in normalise_spec(spec) else None
     if allow_auto and defaults is None:
         defaults = set()
-    l3 = l3_links(ipr)
+    l3 = l3_links(dump)
     return [Interface(i.name, i.index, l3=i.name in l3)
             for i in resolve(spec, links, role=role, default_route_ifindexes=defaults)]
 

@@ -243,6 +243,13 @@ async def dial(node: Node, dst: Destination, opts: DialOptions) -> SocketStream:
             stream.abort()
             raise
         return await _step_by_step_from_now_on(node, dst, opts)
+    return await _handshake(stream, node, dst, opts)
+
+
+async def _handshake(stream: SocketStream, node: Node, dst: Destination,
+                     opts: DialOptions) -> SocketStream:
+    """The step-by-step handshake on a connected stream, bounded; the stream is aborted if it
+    fails."""
     try:
         await bounded(handshake(stream, node, dst), opts.handshake_timeout, node,
                       "SOCKS5 CONNECT handshake")
@@ -259,13 +266,7 @@ async def _step_by_step_from_now_on(node: Node, dst: Destination,
     log.warning("node %s: no answer to a pipelined SOCKS5 CONNECT; dialing it step by step "
                 "from now on", node)
     stream = SocketStream(await connect_tcp(node.host, node.port, opts, node))
-    try:
-        await bounded(handshake(stream, node, dst), opts.handshake_timeout, node,
-                      "SOCKS5 CONNECT handshake")
-    except BaseException:
-        stream.abort()
-        raise
-    return stream
+    return await _handshake(stream, node, dst, opts)
 
 
 async def finish_pipelined(stream: SocketStream, node: Node, dst: Destination,

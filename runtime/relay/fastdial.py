@@ -216,25 +216,25 @@ class FastSocksDial:
     def _finish(self) -> None:
         self.relay._dialing.discard(self)
 
-    def _established(self, early: bytes) -> None:
+    def _hand_off(self) -> socket.socket | None:
+        """End the callback dial and give its upstream socket to whoever goes on with it."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         self.state = 0
         self._finish()
         sock, self.sock = self.sock, None
+        return sock
+
+    def _established(self, early: bytes) -> None:
+        sock = self._hand_off()
         self.relay._fast_established(self.conn, self.src, self.dst, self.why, self.group,
                                      self.node, sock, early)  # type: ignore[arg-type]
 
     def _rescue(self, timed_out: bool, resend: bool = False) -> None:
         """Out of the ordinary during the handshake: the coroutine path takes the socket and
         the bytes read so far (and, for a send that did not go out whole, starts over)."""
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.state = 0
-        self._finish()
-        sock, self.sock = self.sock, None
+        sock = self._hand_off()
         assert sock is not None and self.node is not None
         if resend:  # never seen on a fresh socket: redial this flow the ordinary way
             self.poller.remove(self.fd)

@@ -8,6 +8,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
+from collections.abc import Awaitable
 
 from runtime.outbound import Destination, Dialed, OutboundError, ProxyRefusedError
 from runtime.outbound.base import Blocked, format_hostport
@@ -205,11 +206,12 @@ class TcpRelay:
         log.log(level, "%s via %s refused: %s", Flow("tcp", src, dst), outbound, exc)
         abort(conn)
 
-    async def _dial_rest(self, conn: socket.socket, src: tuple[str, int], dst: tuple[str, int],
-                         group: Group, why: str, tried: list, errors: list[str]) -> None:
-        """A FastSocksDial's failover continued by the group (a node it cannot dial)."""
+    async def _continue(self, conn: socket.socket, src: tuple[str, int], dst: tuple[str, int],
+                        group: Group, why: str, dial: Awaitable[Dialed]) -> None:
+        """A FastSocksDial handed to the coroutine path: await the rest of the dial, then relay
+        or refuse like a flow dialed there from the start."""
         try:
-            dialed = await group.dial_tcp(Destination(dst[0], dst[1]), tried, errors)
+            dialed = await dial
         except OutboundError as exc:
             self._refuse(conn, src, dst, group.name, exc)
             return
@@ -218,18 +220,23 @@ class TcpRelay:
             raise
         await self._established(conn, src, dst, why, group.name, dialed, b"")
 
+    async def _dial_rest(self, conn: socket.socket, src: tuple[str, int], dst: tuple[str, int],
+                         group: Group, why: str, tried: list, errors: list[str]) -> None:
+        """A FastSocksDial's failover continued by the group (a node it cannot dial)."""
+        await self._continue(conn, src, dst, group, why,
+                             group.dial_tcp(Destination(dst[0], dst[1]), tried, errors))
+
     async def _rescue(self, conn: socket.socket, src: tuple[str, int], dst: tuple[str, int],
                       group: Group, why: str, node: object, stream: SocketStream, got: bytes,
                       timed_out: bool, tried: list, errors: list[str]) -> None:
         """A FastSocksDial's handshake went out of the ordinary: finish it the step-by-step
         way (naming the error, or redialing a node that dropped the pipelined request), then
         fail over like Group.dial_tcp."""
-        opts = group.opts
-        try:
+        async def finish() -> Dialed:
             try:
                 upstream = await socks5.finish_pipelined(stream, node, Destination(dst[0], dst[1]),  # type: ignore[arg-type]
-                                                         opts, got, timed_out, self._loop)  # type: ignore[arg-type]
-                dialed = Dialed(upstream, node)  # type: ignore[arg-type]
+                                                         group.opts, got, timed_out, self._loop)  # type: ignore[arg-type]
+                return Dialed(upstream, node)  # type: ignore[arg-type]
             except ProxyRefusedError:
                 raise
             except (OutboundError, OSError) as exc:
@@ -237,14 +244,9 @@ class TcpRelay:
                     f"SOCKS5 CONNECT handshake failed: {exc.strerror or exc}"
                 errors.append(f"{node}: {what}")
                 group.report_failure(node, Check.TCP, what)  # type: ignore[arg-type]
-                dialed = await group.dial_tcp(Destination(dst[0], dst[1]), tried, errors)
-        except OutboundError as exc:
-            self._refuse(conn, src, dst, group.name, exc)
-            return
-        except BaseException:
-            abort(conn)
-            raise
-        await self._established(conn, src, dst, why, group.name, dialed, b"")
+                return await group.dial_tcp(Destination(dst[0], dst[1]), tried, errors)
+
+        await self._continue(conn, src, dst, group, why, finish())
 
     def _fast_established(self, conn: socket.socket, src: tuple[str, int],
                           dst: tuple[str, int], why: str, group: Group, node: object,

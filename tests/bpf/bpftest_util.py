@@ -5,18 +5,13 @@ from __future__ import annotations
 import socket
 import struct
 
+from runtime.packets import inet_checksum
+
 TC_ACT_OK = 0
 TC_ACT_SHOT = 2
 TC_ACT_STOLEN = 4
 TC_ACT_REDIRECT = 7
 TC_ACT_UNSPEC_U32 = 0xFFFFFFFF  # -1 as the kernel's __u32 retval
-
-
-def ipv4_checksum(header: bytes) -> int:
-    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 def ipv4_frame(dst: str, src: str = "192.0.2.1", proto: int = socket.IPPROTO_TCP,
@@ -28,7 +23,7 @@ def ipv4_frame(dst: str, src: str = "192.0.2.1", proto: int = socket.IPPROTO_TCP
         l4 = struct.pack("!HHHH", sport, dport, 8, 0)
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, 0x4000, 64, proto, 0,
                      socket.inet_aton(src), socket.inet_aton(dst))
-    ip = ip[:10] + struct.pack("!H", ipv4_checksum(ip)) + ip[12:]
+    ip = ip[:10] + struct.pack("!H", inet_checksum(ip)) + ip[12:]
     eth = bytes.fromhex("020000000002" "020000000001") + struct.pack("!H", 0x0800)
     return eth + ip + l4
 

@@ -28,7 +28,7 @@ from runtime.lab.gateway_proc import GatewayProcess, lab_config
 from tests.conftest import have_root_bpf
 
 __all__ = ["DnsServer", "Gw", "Lab", "client_get", "datapath_sysctls", "flow_lines", "gateway",
-           "gateway_snapshot", "lab_config", "parse_exit_stats", "runtime_lab", "snapshot_diff",
+           "gateway_snapshot", "lab_config", "parse_exit_stats", "refused_promptly", "runtime_lab", "snapshot_diff",
            "udp_exchange", "wait_for"]
 
 # The datapath's sysctls (runtime/datapath/sysctls.py `plan` and the keys its writes propagate
@@ -315,3 +315,22 @@ def snapshot_diff(a: dict[str, Any], b: dict[str, Any]) -> str:
         out += [f"{key} gone: {x}" for x in sorted(sa - sb)]
         out += [f"{key} new:  {x}" for x in sorted(sb - sa)]
     return "\n".join(out)
+
+
+def refused_promptly(lab: Lab, dst: str, port: int, limit: float = 3.0) -> float:
+    """Connect (the relay accepts: tproxy), send a request, and expect the connection to be
+    closed or reset, not answered and not left hanging. Returns how long it took."""
+    fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    with lab.socket("client", fam) as s:
+        s.settimeout(limit + 2)
+        t0 = time.monotonic()
+        try:
+            s.connect((dst, port))
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = s.recv(4096)
+        except ConnectionError:
+            data = b""
+        elapsed = time.monotonic() - t0
+    assert data == b"", f"expected the flow to be refused, got {data[:200]!r}"
+    assert elapsed < limit, f"took {elapsed:.1f}s: the client hung"
+    return elapsed

@@ -11,7 +11,7 @@ import pytest
 from runtime.lab import Peer
 
 from .helpers import Gw, Lab, client_get, flow_lines, gateway, lab_config, runtime_lab, \
-    udp_exchange, wait_for
+    refused_promptly, udp_exchange, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -85,23 +85,6 @@ def test_failover_to_the_second_node(lab: Lab, gw: Gw, nodes: tuple[Peer, Peer])
     assert gw.alive
 
 
-def _refused_promptly(lab: Lab, dst: str, port: int, limit: float = 2.0) -> float:
-    fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
-    with lab.socket("client", fam) as s:
-        s.settimeout(limit + 5)
-        t0 = time.monotonic()
-        try:
-            s.connect((dst, port))
-            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            data = s.recv(4096)
-        except ConnectionError:
-            data = b""
-        elapsed = time.monotonic() - t0
-    assert data == b"", f"expected a refused flow, got {data[:200]!r}"
-    assert elapsed < limit, f"the client waited {elapsed:.1f}s: a hang, not a refusal"
-    return elapsed
-
-
 def test_all_nodes_down_refuses_at_once(lab: Lab, gw: Gw, nodes: tuple[Peer, Peer]) -> None:
     """Both servers stopped: the client's connection is reset at once (the relay accepted it
     via tproxy, then closes it), with a log line; later flows too; the runtime lives on, and
@@ -111,11 +94,11 @@ def test_all_nodes_down_refuses_at_once(lab: Lab, gw: Gw, nodes: tuple[Peer, Pee
     d1.stop()
     d2.stop()
     since = gw.log_len()
-    _refused_promptly(lab, t.upstream_ip4, 8081)   # both dials fail: "every node failed"
+    refused_promptly(lab, t.upstream_ip4, 8081, limit=2.0)   # both dials fail: "every node failed"
     gw.wait_log(r"tcp \S+ -> 10\.231\.2\.2:8081 via pair refused: group 'pair': "
                 r"every node failed: .*'d1'.*'d2'", since=since)
     since = gw.log_len()
-    _refused_promptly(lab, t.upstream_ip6, 8081)   # now known down: refused without a dial
+    refused_promptly(lab, t.upstream_ip6, 8081, limit=2.0)   # now known down: refused without a dial
     gw.wait_log(r"via pair refused: group 'pair': all nodes down for tcp", since=since)
     # UDP: nothing comes back, and the log says why
     with pytest.raises(TimeoutError):

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from .helpers import Gw, Lab, client_get, flow_lines, gateway, lab_config, runtime_lab, \
-    udp_exchange
+    refused_promptly, udp_exchange
 
 pytestmark = pytest.mark.root
 
@@ -310,25 +310,6 @@ def test_direct_with_mark_sets_the_mark(lab: Lab, gw: Gw, v: int) -> None:
 # --- 8. a broken peer ------------------------------------------------------------------------
 
 
-def _refused_promptly(lab: Lab, dst: str, port: int, limit: float = 3.0) -> float:
-    """Connect (the relay accepts: tproxy), send a request, and expect the connection to be
-    closed or reset, not answered and not left hanging. Returns how long it took."""
-    fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
-    with lab.socket("client", fam) as s:
-        s.settimeout(limit + 2)
-        t0 = time.monotonic()
-        try:
-            s.connect((dst, port))
-            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            data = s.recv(4096)
-        except ConnectionError:
-            data = b""
-        elapsed = time.monotonic() - t0
-    assert data == b"", f"expected the flow to be refused, got {data[:200]!r}"
-    assert elapsed < limit, f"took {elapsed:.1f}s: the client hung"
-    return elapsed
-
-
 @pytest.mark.parametrize("port,group,node,expect", [
     (8086, "bad", "garbage", "SOCKS5 reply version 0x07 (expected 0x05)"),
     (8087, "badhttp", "garbage_http", "malformed HTTP CONNECT status line"),
@@ -340,7 +321,7 @@ def test_garbage_proxy_fails_the_flow_not_the_gateway(lab: Lab, gw: Gw, garbage,
     naming the node and the cause; the next flows through good nodes work; the runtime lives."""
     t = lab.topo
     since = gw.log_len()
-    _refused_promptly(lab, t.upstream_ip4, port)
+    refused_promptly(lab, t.upstream_ip4, port)
     m = gw.wait_log(rf"tcp \S+ -> {t.upstream_ip4}:{port} via {group} refused: (.*)$",
                     since=since)
     assert node in m.group(1) and expect in m.group(1), m.group(0)

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from runtime.packets import inet_checksum
+
 from .helpers import Gw, Lab, flow_lines, gateway, lab_config, parse_exit_stats, runtime_lab
 
 pytestmark = pytest.mark.root
@@ -33,24 +35,15 @@ IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
 SYN, RST, PSH, ACK = 0x02, 0x04, 0x08, 0x10
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def tcp_packet(src: str, dst: str, sport: int, dport: int, seq: int, ack: int, flags: int,
                payload: bytes = b"") -> bytes:
     """An IPv4/TCP packet with correct checksums (the stack behind the tun device checks them)."""
     s, d = ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed
     tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0) + payload
     pseudo = s + d + struct.pack("!BBH", 0, 6, len(tcp))
-    tcp = tcp[:16] + struct.pack("!H", _checksum(pseudo + tcp)) + tcp[18:]
+    tcp = tcp[:16] + struct.pack("!H", inet_checksum(pseudo + tcp)) + tcp[18:]
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0x4000, 64, 6, 0, s, d)
-    return ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:] + tcp
+    return ip[:10] + struct.pack("!H", inet_checksum(ip)) + ip[12:] + tcp
 
 
 def parse_tcp(pkt: bytes) -> tuple[int, int, int, int, int, bytes] | None:
