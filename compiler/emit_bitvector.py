@@ -4,8 +4,10 @@ For each field the rules use, the packet's value selects a bit-vector of the rul
 allows (bit i = i-th live rule; rules that don't look at the field always allow it). The AND of
 those vectors has the first matching rule as its lowest set bit (bpf-iptables' linear bit-vector
 search); the program ANDs them one 64-bit word at a time and stops at the first non-zero word.
-Address and MAC fields become decision trees over constants that yield an equivalence class
-(large CIDR sets keep an LPM trie per family, many MACs a hash); ports, DSCP and
+Address and MAC fields are cut into intervals of equal vector and yield an equivalence class:
+through an inlined decision tree over constants when there are few intervals, else a binary
+search of a sorted interval table (very large CIDR sets keep an LPM trie per family, very many
+MACs a hash); ports, DSCP and
 protocol/IP version index class tables; every class's vector is a table in the program's .data.
 Process names are a hash map, domain bits a walk over the destination's set bits. The compiler
 knows every rule, so all vectors are computed here; the program holds no rules, only tables.
@@ -216,21 +218,23 @@ def _domain_term(bit: int) -> str:
     return f"(dom && (dom->w[{bit // 64}] & (1ULL << {bit % 64})))"
 
 
-# ---- decision trees ----------------------------------------------------------------------------
+# ---- decision trees and interval tables ---------------------------------------------------------
 
-# Above this many intervals (per field and address family) an address field keeps its LPM trie
-# map; at or below it, the intervals become an unrolled binary search over constants (no helper
-# call). All trees are inlined into one function and clang's time grows much faster than
-# linearly with its size (~1 s for 2,300 leaves, more than 14 minutes for one 4,400-leaf tree),
-# so the trees of a program share a budget of MAX_TREE_TOTAL leaves; a family that does not fit
-# uses its trie.
-# bench/results/classify-after-tree.md has the measurements behind the numbers.
-MAX_TREE_INTERVALS = 2048
-MAX_TREE_TOTAL = 3072
-MAX_INLINE_TREE = 256  # intervals of a tree inlined into the classifier (else a global function)
+# An address family of dip()/sip() (or the MAC field) cut into few intervals becomes an unrolled
+# binary search over constants, inlined into the classifier. clang's time grows much faster than
+# linearly with such trees in one function (CodeGenPrepare: 1,201 + 601 leaves took 41 s,
+# 2,001 + 1,001 took 250 s), so only small trees are inlined, within a program-wide budget.
+MAX_INLINE_TREE = 256
 MAX_INLINE_TOTAL = 512
-# MAC values become a tree up to this many distinct addresses (else a hash map).
-MAX_TREE_MACS = 1024
+# Up to MAX_TREE_INTERVALS per family (MAX_TREE_TOTAL in all), the intervals are a sorted table
+# in .data searched by a fixed-depth loop, inlined too: its code grows with log2 of the table,
+# so clang and the verifier stay fast, and it needs no call (a BPF-to-BPF call and its return
+# cost ~10 ns where returns are mitigated, as on this project's AMD machines). Past that, the
+# family keeps an LPM trie map. bench/results/ has the measurements behind the numbers.
+MAX_TREE_INTERVALS = 16384
+MAX_TREE_TOTAL = 32768
+# MAC values become a tree or table up to this many distinct addresses (else a hash map).
+MAX_TREE_MACS = 4096
 
 
 @dataclass
@@ -356,6 +360,30 @@ def _v6_less(var_hi: str, var_lo: str) -> Callable[[int], str]:
     return less
 
 
+def interval_table(ivs: list[Interval], table: ClassTable, start: Callable[[int], str], show: Callable[[int], str],
+                   last: int) -> dict[str, Any]:
+    """The intervals as rows of a sorted table (initializer, comment), padded to a power of two
+    by repeating the last row, and the steps of the search: the last row whose start is <= the
+    key is found in log2(size) halving steps, with no bound check and no early exit."""
+    rows = []
+    for k, iv in enumerate(ivs):
+        end = ivs[k + 1].start - 1 if k + 1 < len(ivs) else last
+        rows.append((f"{start(iv.start)}, {table.cls(iv.vec)}", f"{show(iv.start)} - {show(end)}: {iv.label}"))
+    size = 2  # at least one step, for a field the rules cut into one interval only
+    while size < len(rows):
+        size *= 2
+    steps = []
+    s = size // 2
+    while s:
+        steps.append(s)
+        s //= 2
+    return {"rows": rows, "size": size, "pad": size - len(rows), "steps": steps}
+
+
+def _v6_start(x: int) -> str:
+    return f"0x{x >> 64:016x}ULL, 0x{x & (2**64 - 1):016x}ULL"
+
+
 # ---- template context --------------------------------------------------------------------------
 
 def _vec_rows(table: ClassTable, words: int) -> list[str]:
@@ -440,7 +468,8 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
                        "table": f"{f.value}_vecs", "idx": f"i_{f.value}", "vecs": ct.vecs, "size": ct.size})
     ctx["ports"] = ports
 
-    budget = [MAX_TREE_TOTAL]
+    budget = [MAX_TREE_TOTAL]  # intervals of trees and tables in all
+    inline_left = [MAX_INLINE_TOTAL]  # intervals of inlined trees in all
     cidrs = []
     for f in (Field.DIP, Field.SIP):
         if f not in ps:
@@ -455,14 +484,17 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
             ivs = prefix_intervals(per_net, default, family) if 2 * len(per_net) + 1 <= limit else None
             if ivs is not None and len(ivs) <= limit:
                 budget[0] -= len(ivs)
-                fam["kind"] = "tree"
                 fam["intervals"] = len(ivs)
-                if family == 4:
-                    fam["lines"] = tree_lines(ivs, ct, lambda x: f"a < 0x{x:08x}", lambda x: _fmt_addr(x, 4),
-                                              "\t", 2**32 - 1)
+                fam["kind"] = "tree" if len(ivs) <= min(MAX_INLINE_TREE, inline_left[0]) else "search"
+                show = (lambda x: _fmt_addr(x, 4)) if family == 4 else (lambda x: _fmt_addr(x, 6))
+                last = 2**32 - 1 if family == 4 else 2**128 - 1
+                if fam["kind"] == "tree":
+                    inline_left[0] -= len(ivs)
+                    less = (lambda x: f"a < 0x{x:08x}") if family == 4 else _v6_less("hi", "lo")
+                    fam["lines"] = tree_lines(ivs, ct, less, show, "\t", last)
                 else:
-                    fam["lines"] = tree_lines(ivs, ct, _v6_less("hi", "lo"), lambda x: _fmt_addr(x, 6),
-                                              "\t", 2**128 - 1)
+                    start = (lambda x: f"0x{x:08x}") if family == 4 else _v6_start
+                    fam["search"] = interval_table(ivs, ct, start, show, last)
             else:
                 name = f"{f.value}{family}_vecs"
                 t = MapTable(name, "lpm_trie", 4 + (4 if family == 4 else 16), vsize)
@@ -477,17 +509,6 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
         entry["nclasses"] = len(ct.vecs)
         cidrs.append(entry)
         fields.append({"var": f"v_{f.value}", "uses": uses_words(rule_bits((f,)))})
-    # Small trees are inlined into the classifier; bigger ones become global functions. clang's
-    # CodeGenPrepare time explodes, erratically, when big trees share a function (1,201 + 601
-    # intervals: 41 s; 2,001 + 1,001: 250 s; ~2 s as separate functions), while a call costs
-    # ~10 ns on the first packet of a flow. Inlined leaves are capped in all.
-    inline_left = MAX_INLINE_TOTAL
-    for entry in cidrs:
-        for fam in entry["families"]:
-            if fam["kind"] == "tree":
-                fam["inline"] = fam["intervals"] <= MAX_INLINE_TREE and fam["intervals"] <= inline_left
-                if fam["inline"]:
-                    inline_left -= fam["intervals"]
     ctx["cidrs"] = cidrs
 
     if Field.MAC in ps:
@@ -497,9 +518,13 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
         if len(vals) <= MAX_TREE_MACS and 2 * len(vals) + 1 <= budget[0]:
             ivs = value_intervals(vals, default, 48, lambda m: ":".join(f"{(m >> (8 * (5 - i))) & 255:02x}"
                                                                           for i in range(6)))
-            mac["kind"] = "tree"
-            mac["lines"] = tree_lines(ivs, ct, lambda x: f"m < 0x{x:012x}ULL", lambda x: f"0x{x:012x}", "\t",
-                                      2**48 - 1)
+            show = lambda x: f"0x{x:012x}"  # noqa: E731
+            if len(ivs) <= min(MAX_INLINE_TREE, inline_left[0]):
+                mac["kind"] = "tree"
+                mac["lines"] = tree_lines(ivs, ct, lambda x: f"m < 0x{x:012x}ULL", show, "\t", 2**48 - 1)
+            else:
+                mac["kind"] = "search"
+                mac["search"] = interval_table(ivs, ct, lambda x: f"0x{x:012x}ULL", show, 2**48 - 1)
         else:
             t = MapTable("mac_vecs", "hash", 8, vsize)
             t.records = [(struct.pack("<Q", m), vec_bytes(v, words)) for m, v in vals.items()]
@@ -566,6 +591,8 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
         word_plan.append({"i": i, "expr": " & ".join(terms) if terms else "~0ULL",
                           "must": f"0x{must_w:016x}ULL" if must_w else None})
     ctx["word_plan"] = word_plan
+    ctx["uses_search"] = any(f["kind"] == "search" for c in cidrs for f in c["families"]) or bool(
+        ctx["mac"] and ctx["mac"]["kind"] == "search")
     ctx["fields"] = fields
     ctx["positions"] = [r.index for r in live]
     return ctx, tables

@@ -1,8 +1,10 @@
-"""The bit-vector classifier's field paths: decision trees against LPM tries and hash maps.
+"""The bit-vector classifier's field paths: decision trees and interval tables against LPM tries
+and hash maps.
 
-Addresses (dip/sip, v4 and v6) become an unrolled binary search over interval starts while a
-field has at most `MAX_TREE_INTERVALS` intervals per family, else an LPM trie; MACs a tree up to
-`MAX_TREE_MACS` values, else a hash map. The thresholds are lowered or raised here to force each
+Addresses (dip/sip, v4 and v6) are cut into intervals of equal rule vector. Up to
+`MAX_INLINE_TREE` intervals they become an unrolled binary search over constants; up to
+`MAX_TREE_INTERVALS` per family a sorted table in .data with a fixed-depth search; past that an
+LPM trie. MACs likewise up to `MAX_TREE_MACS` values, else a hash map. The thresholds are lowered or raised here to force each
 path on the same configs, and the real program (BPF_PROG_TEST_RUN) is held against the Python
 evaluator. The interval sweep itself is checked against a brute-force longest-prefix match.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -139,12 +142,15 @@ FORCINGS = {
     "trees": {"MAX_TREE_INTERVALS": 1 << 20, "MAX_TREE_MACS": 1 << 20, "MAX_TREE_TOTAL": 1 << 20},
     "maps": {"MAX_TREE_INTERVALS": 0, "MAX_TREE_MACS": 0},
     "mixed": {"MAX_TREE_INTERVALS": 9, "MAX_TREE_MACS": 2},
-    # every tree a global function (the form big trees take), then inline and global mixed
-    "trees-global": {"MAX_TREE_INTERVALS": 1 << 20, "MAX_TREE_MACS": 1 << 20, "MAX_TREE_TOTAL": 1 << 20,
-                     "MAX_INLINE_TREE": 0},
-    "trees-some-global": {"MAX_TREE_INTERVALS": 1 << 20, "MAX_TREE_MACS": 1 << 20,
-                          "MAX_TREE_TOTAL": 1 << 20, "MAX_INLINE_TREE": 6, "MAX_INLINE_TOTAL": 8},
+    # every family a sorted interval table (the form big trees take), then trees and tables mixed
+    "tables": {"MAX_TREE_INTERVALS": 1 << 20, "MAX_TREE_MACS": 1 << 20, "MAX_TREE_TOTAL": 1 << 20,
+               "MAX_INLINE_TREE": 0},
+    "trees-and-tables": {"MAX_TREE_INTERVALS": 1 << 20, "MAX_TREE_MACS": 1 << 20,
+                         "MAX_TREE_TOTAL": 1 << 20, "MAX_INLINE_TREE": 6, "MAX_INLINE_TOTAL": 8},
 }
+
+
+TREE_LEAF = re.compile(r"\treturn \d+;  /\* ")  # a leaf of an unrolled tree of constants
 
 
 def _check(k: Kernel, ir: Any, flows: list[evaluate.Flow], label: str) -> int:
@@ -172,11 +178,12 @@ def test_edge_config_each_path(forcing: str, tmp_path: Path, monkeypatch: pytest
     if forcing == "trees":
         assert tree and not lpm and "mac_class(" in src
         assert "static __always_inline __u32 dip4_class(" in src
-    elif forcing == "trees-global":
-        assert tree and not lpm and "static __always_inline __u32 dip" not in src
-        assert "__attribute__((noinline)) __u32 dip4_class(" in src
-    elif forcing == "trees-some-global":
-        assert not lpm and "static __always_inline __u32" in src and "__attribute__((noinline))" in src
+    elif forcing == "tables":
+        assert tree and not lpm and not TREE_LEAF.search(src)
+        for name in ("dip4", "dip6", "sip4", "sip6", "mac"):
+            assert f"{name}_intervals[" in src
+    elif forcing == "trees-and-tables":
+        assert not lpm and "_intervals[" in src and TREE_LEAF.search(src)
     elif forcing == "maps":
         assert lpm and not tree and "mac_vecs SEC" in src
     else:
@@ -193,7 +200,7 @@ def test_edge_config_each_path(forcing: str, tmp_path: Path, monkeypatch: pytest
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("forcing", ["trees", "maps", "mixed", "trees-global", "trees-some-global"])
+@pytest.mark.parametrize("forcing", ["trees", "maps", "mixed", "tables", "trees-and-tables"])
 def test_random_configs_each_path(forcing: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The differential generator's configs (big ones included), each address and MAC field
     forced through trees, through maps, or split between them."""
@@ -217,13 +224,16 @@ def test_random_configs_each_path(forcing: str, tmp_path: Path, monkeypatch: pyt
 
 
 @pytest.mark.root
-def test_many_cidrs_use_the_trie_and_few_the_tree(tmp_path: Path) -> None:
-    """With the default thresholds: a 5,000-prefix dip() set goes to an LPM trie, a few prefixes
-    to a tree; both classify like the evaluator."""
+def test_cidr_set_size_picks_tree_table_or_trie(tmp_path: Path) -> None:
+    """With the default thresholds: a dip() set cut into more than MAX_TREE_INTERVALS intervals
+    goes to an LPM trie, a few hundred prefixes to a sorted table, a few to an inlined tree; all
+    three classify like the evaluator."""
     rng = random.Random(5)
-    nets = sorted({ipaddress.IPv4Network((rng.randrange(1 << 32), rng.randint(12, 28)), strict=False)
-                   for _ in range(5000)}, key=lambda n: (int(n.network_address), n.prefixlen))
+    n_big = eb.MAX_TREE_INTERVALS // 2 + 500  # disjoint /24s: about two intervals each
+    nets = sorted({ipaddress.IPv4Network((rng.randrange(1 << 24) << 8, 24)) for _ in range(n_big)},
+                  key=lambda n: int(n.network_address))
     big = ", ".join(str(n) for n in nets)
+    mid = ", ".join(f"'2001:db8:{i:x}::/48'" for i in range(0, 600, 2))
     text = f"""
 global:
   lan_interface: [eth0]
@@ -235,12 +245,12 @@ routing:
   rules:
     - 'sip(10.0.0.0/8) && dport(22) -> block'
     - 'dip({big}) -> g1'
-    - "dip('2001:db8::/32') -> direct(mark: 7)"
+    - "dip({mid}) -> direct(mark: 7)"
   fallback: direct
 """
     c = compile_text(tmp_path, text, strategy="bitvector")
     src = (c.out / "program.c").read_text()
-    assert "dip4_vecs SEC" in src and "dip6_class(" in src and "sip4_class(" in src
+    assert "dip4_vecs SEC" in src and "dip6_intervals[" in src and "sip4_class(__u32 a)" in src
     flows = []
     for _ in range(200):
         n = rng.choice(nets)
@@ -248,16 +258,20 @@ routing:
         flows.append(evaluate.Flow(l4proto=6, src=ipaddress.ip_address(rng.choice(["10.0.0.1", "11.0.0.1"])),
                                    sport=1, dst=dst, dport=rng.choice([22, 80]), mac=1, dscp=0))
     flows += [evaluate.Flow(l4proto=17, src=ipaddress.ip_address("fd00::1"), sport=1,
-                            dst=ipaddress.ip_address(a), dport=9, mac=1) for a in ["2001:db8::1", "2001:db9::"]]
+                            dst=ipaddress.ip_address(f"2001:db8:{i:x}::{j}"), dport=9, mac=1)
+              for i in range(0, 602, 7) for j in (0, 1)]
+    flows += [evaluate.Flow(l4proto=17, src=ipaddress.ip_address("fd00::1"), sport=1,
+                            dst=ipaddress.ip_address(a), dport=9, mac=1) for a in ["::", "2001:db9::", "ffff::1"]]
     with Kernel(c.build) as k:
-        _check(k, c.checked.ir_checked, flows, "5k")
+        _check(k, c.checked.ir_checked, flows, "big, mid and small sets")
 
 
 @pytest.mark.root
-def test_big_trees_are_global_functions_and_classify_right(tmp_path: Path) -> None:
+def test_big_trees_are_tables_and_classify_right(tmp_path: Path) -> None:
     """Two big trees in one function sent clang's CodeGenPrepare into minutes (600 v4 + 300 v6
-    rules: 41 s), so trees above MAX_INLINE_TREE intervals are global functions, small ones stay
-    inline; the program still agrees with the evaluator on both families."""
+    rules: 41 s), so families above MAX_INLINE_TREE intervals are sorted tables with a
+    fixed-depth search, small ones stay trees; the program agrees with the evaluator on both
+    families."""
     rules = [f"    - \"dip(10.{i // 250}.{i % 250}.{i % 250 + 1}/32) -> {'g1' if i % 2 else 'direct'}\""
              for i in range(600)]
     rules += [f"    - \"dip('2001:db8:{i:x}::1/128') && dport({1000 + i}) -> g1\"" for i in range(300)]
@@ -266,9 +280,9 @@ def test_big_trees_are_global_functions_and_classify_right(tmp_path: Path) -> No
             "routing:\n  rules:\n" + "\n".join(rules) + "\n  fallback: direct\n")
     c = compile_text(tmp_path, text, strategy="bitvector")
     src = (c.out / "program.c").read_text()
-    assert "__attribute__((noinline)) __u32 dip4_class(__u32 a)" in src
-    assert "__attribute__((noinline)) __u32 dip6_class(" in src
-    assert "static __always_inline __u32 sip4_class(" in src
+    assert "static __always_inline __u32 dip4_class(__u32 a, __u32 z)" in src
+    assert "static __always_inline __u32 dip6_class(__u64 hi, __u64 lo, __u32 z)" in src
+    assert "static __always_inline __u32 sip4_class(__u32 a)" in src
     ir = c.checked.ir_checked
     flows = [evaluate.Flow(l4proto=6, src=ipaddress.ip_address("192.168.1.1"), sport=1,
                            dst=ipaddress.ip_address(f"10.{i // 250}.{i % 250}.{i % 250 + 1}"), dport=80,
