@@ -17,7 +17,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from runtime.packets import domain_key, domain_value, frame
+from runtime.domain_map import DomainBindings
+from runtime.packets import frame
 
 from . import configs
 from .common import Compiled, Timed, machine_note, print_machine, retval, time_interleaved
@@ -28,13 +29,13 @@ PACKET_ORDER = ["last", "last+dns", "fallback", "fallback6"]
 def set_domain(builds: dict[str, Compiled], dst: object, present: bool) -> None:
     for c in builds.values():
         assert c.obj is not None and c.build is not None
-        if "domain_routing" not in c.obj.map_names():
+        if DomainBindings.of(c.obj, 1) is None:
             continue
-        m = c.obj.map("domain_routing")
+        b = DomainBindings(c.obj, c.build.domain_words)
         if present:
-            m.update(domain_key(dst), domain_value(0, c.build.domain_words))
+            b.bind(dst, 0)  # type: ignore[arg-type]
         else:
-            m.delete(domain_key(dst))
+            b.unbind(dst)  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> int:

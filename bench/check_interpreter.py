@@ -23,7 +23,8 @@ from pathlib import Path
 
 from compiler.evaluate import Flow, classify
 from compiler.ir import CidrSet, Field, PortSet, RoutingIR, ValueSet
-from runtime.packets import IPPROTO_TCP, IPPROTO_UDP, DEFAULT_SRC_MAC, FlowSpec, domain_key, domain_value, frame
+from runtime.domain_map import DomainBindings
+from runtime.packets import IPPROTO_TCP, IPPROTO_UDP, DEFAULT_SRC_MAC, FlowSpec, frame
 
 from . import configs
 from .common import Compiled, available_strategies, compile_one, retval
@@ -160,10 +161,9 @@ def check_config(text: str, name: str, tmp: Path, strategies: list[str], flows: 
             if n_sets:
                 interp.set_domain_bits(f.dst, bits)
                 for c in compiled.values():
-                    if "domain_routing" not in c.obj.map_names():  # type: ignore[union-attr]
+                    if DomainBindings.of(c.obj, 1) is None:  # type: ignore[union-attr]
                         continue  # no live rule looks at domains
-                    c.obj.map("domain_routing").update(domain_key(f.dst),  # type: ignore[union-attr]
-                                                       domain_value(bits, c.build.domain_words))  # type: ignore[union-attr]
+                    DomainBindings(c.obj, c.build.domain_words).bind(f.dst, bits)  # type: ignore[union-attr]
             ref = classify(checked.ir_checked, Flow(l4proto=f.l4proto, src=f.src, sport=f.sport, dst=f.dst,
                                                     dport=f.dport, mac=f.mac, dscp=f.dscp, domain_bits=bits))
             want = (len(ir.rules) if ref.rule is None else ref.rule, ref.outbound_id, ref.mark, ref.must)

@@ -25,7 +25,8 @@ from typing import Any
 
 from compiler.evaluate import Flow, classify
 from compiler.pipeline import choose_strategy
-from runtime.packets import domain_key, domain_value, frame
+from runtime.domain_map import DomainBindings
+from runtime.packets import domain_key, frame
 
 from . import configs
 from .common import (Compiled, Timed, available_strategies, check_only, compile_one, machine_note, print_machine,
@@ -66,13 +67,13 @@ def rows_wanted(args: argparse.Namespace, tmp: Path) -> list[Row]:
 def set_domain(row: Row, interp: Interpreter, dst: Any, present: bool) -> None:
     """Add (no bits) or remove the destination's domain-map entry in every loaded program."""
     for c in row.compiled.values():
-        if c.obj is None or "domain_routing" not in c.obj.map_names():
+        if c.obj is None or DomainBindings.of(c.obj, 1) is None:
             continue
-        m = c.obj.map("domain_routing")
+        b = DomainBindings(c.obj, c.build.domain_words)  # type: ignore[union-attr]
         if present:
-            m.update(domain_key(dst), domain_value(0, c.build.domain_words))  # type: ignore[union-attr]
+            b.bind(dst, 0)
         else:
-            m.delete(domain_key(dst))
+            b.unbind(dst)
     if present:
         interp.set_domain_bits(dst, 0)
     else:

@@ -15,7 +15,8 @@ from typing import Any
 
 from runtime.bpf import BpfObject, prog_test_run
 from runtime.build import Build, load_tables
-from runtime.packets import (IPPROTO_TCP, IPPROTO_UDP, FlowSpec, KernelDecision, domain_key, domain_value, flow_key,
+from runtime.domain_map import DomainBindings
+from runtime.packets import (IPPROTO_TCP, IPPROTO_UDP, FlowSpec, KernelDecision, flow_key,
                              frame, parse_flow_value, pname_value)
 
 TC_ACTIONS = {0: "TC_ACT_OK", 2: "TC_ACT_SHOT", 7: "TC_ACT_REDIRECT", 0xFFFFFFFF: "TC_ACT_UNSPEC"}
@@ -78,7 +79,7 @@ def explain(build: Build, flow: FlowSpec, domain: str | None = None, pname: str 
         obj.load()
         load_tables(obj, build)
         if bits:
-            obj.map("domain_routing").update(domain_key(flow.dst), domain_value(bits, build.domain_words))
+            DomainBindings(obj, build.domain_words).bind(flow.dst, bits)
         if pname and "sock_pname" in obj.map_names():
             # A test-run skb has no socket: its cookie is 0, so that is the key the hook would use.
             obj.map("sock_pname").update((0).to_bytes(8, "little"), pname_value(pname))

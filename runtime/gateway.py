@@ -20,6 +20,7 @@ from runtime.bpf import BpfError, BpfObject
 from runtime.build import Build, BuildError, load_tables
 from runtime.datapath import Datapath, InterfaceResolutionError, StateBusy, TcError, cleanup
 from runtime.datapath.state import DEFAULT_STATE_PATH, StateCorrupt
+from runtime.domain_map import DomainBindings
 from runtime.kernel_router import KernelRouter
 
 log = logging.getLogger("dae.gateway")
@@ -53,8 +54,7 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
     try:
         obj.load()
         load_tables(obj, build)
-        names = obj.map_names()
-        router = KernelRouter(build, obj.map("flows"), obj.map("domain_routing") if "domain_routing" in names else None)
+        router = KernelRouter(build, obj.map("flows"), DomainBindings.of(obj, build.domain_words))
         relay = Gateway.from_manifest(router, build.manifest, RelayConfig(so_mark=so_mark))
         port = await relay.start(int(g["tproxy_port"]))
         lan = g.get("lan_interface") or []

@@ -14,7 +14,8 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from runtime.packets import IPPROTO_TCP, IPPROTO_UDP, FlowSpec, domain_key, flow_key, parse_flow_value
+from runtime.domain_map import DomainBindings
+from runtime.packets import IPPROTO_TCP, IPPROTO_UDP, FlowSpec, flow_key, parse_flow_value
 
 if TYPE_CHECKING:
     from runtime.build import Build
@@ -38,10 +39,10 @@ class RouteInfo:
 
 
 class KernelRouter:
-    def __init__(self, build: Build, flows_map: Any, domain_map: Any | None = None):
+    def __init__(self, build: Build, flows_map: Any, domains: DomainBindings | None = None):
         self.build = build
         self.flows = flows_map
-        self.domains = domain_map
+        self.domains = domains
         self.n_rules = len(build.manifest["rules"])
         self._last: tuple[Any, RouteInfo] | None = None  # decide() then describe() of one flow
         lookuper = getattr(flows_map, "lookuper", None)
@@ -105,10 +106,7 @@ class KernelRouter:
 
         bits = 0
         if self.domains is not None:
-            v = self.domains.lookup(domain_key(spec.dst))
-            if v is not None:
-                words = struct.unpack(f"<{len(v) // 8}Q", v)
-                bits = sum(w << (64 * i) for i, w in enumerate(words))
+            bits = self.domains.lookup(spec.dst) or 0
         dec = classify(self.build.ir, IrFlow(l4proto=spec.l4proto, src=spec.src, sport=spec.sport, dst=spec.dst,
                                              dport=spec.dport, domain_bits=bits))
         log.debug("no kernel decision for %s; user-space matcher chose %s", flow, dec.outbound)

@@ -20,7 +20,8 @@ from compiler import evaluate
 from compiler.pipeline import Checked, compile_config
 from runtime.bpf import BpfObject, prog_test_run
 from runtime.build import Build, load_tables
-from runtime.packets import (DEFAULT_SRC_MAC, IPPROTO_TCP, IPPROTO_UDP, FlowSpec, domain_key, domain_value,
+from runtime.domain_map import DomainBindings
+from runtime.packets import (DEFAULT_SRC_MAC, IPPROTO_TCP, IPPROTO_UDP, FlowSpec,
                              flow_key, frame, parse_flow_value, pname_value)
 
 TC_ACT_OK = 0
@@ -144,7 +145,7 @@ class Kernel:
         load_tables(self.obj, build)
         names = set(self.obj.map_names())
         self.flows = self.obj.map("flows")
-        self.domains = self.obj.map("domain_routing") if "domain_routing" in names else None
+        self.domains = DomainBindings.of(self.obj, build.domain_words)
         self.pnames = self.obj.map("sock_pname") if "sock_pname" in names else None
         self.words = build.domain_words
         self.n_rules = len(build.manifest["rules"])
@@ -162,13 +163,15 @@ class Kernel:
     def bind_domain(self, dst: Any, bits: int) -> None:
         assert self.domains is not None
         if bits:
-            self.domains.update(domain_key(dst), domain_value(bits, self.words))
+            self.domains.bind(dst, bits)
         else:
-            self.domains.delete(domain_key(dst))
+            self.domains.unbind(dst)
 
     def run_spec(self, spec: FlowSpec, bits: int = 0, pname: str | None = None,
-                 raw_frame: bytes | None = None) -> KernelResult:
-        if self.domains is not None:  # (no map when no live rule looks at domains)
+                 raw_frame: bytes | None = None, leave_domains: bool = False) -> KernelResult:
+        """Bind `bits` to the destination (or unbind it) unless `leave_domains`, run the packet
+        through lan_ingress (wan_egress with a pname) and classify_only, return the decision."""
+        if self.domains is not None and not leave_domains:  # (no map when no live rule looks at domains)
             self.bind_domain(spec.dst, bits)
         prog = "wan_egress" if pname else "lan_ingress"
         data = raw_frame if raw_frame is not None else frame(spec)

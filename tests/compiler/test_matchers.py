@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,7 +25,7 @@ from compiler_kit import (TC_ACT_OK, TC_ACT_SHOT, Compiled, Kernel, compile_text
                           strategy_params)
 from runtime.bpf import BpfError
 from runtime.explain import explain
-from runtime.packets import DEFAULT_SRC_MAC, FlowSpec, domain_key, frame
+from runtime.packets import DEFAULT_SRC_MAC, FlowSpec, frame
 
 pytestmark = pytest.mark.root
 
@@ -797,7 +798,35 @@ def test_domain_bits_belong_to_one_address(strategy: str, compiled: Callable[[st
         for src, dst in (("192.168.1.2", "93.184.216.35"), ("fd00::2", "2001:db8::5db8:d822")):
             other = FlowSpec(6, ipaddress.ip_address(src), 1, ipaddress.ip_address(dst), 443)
             assert k.run_spec(other).rule is None, dst
-        assert k.domains is not None and k.domains.lookup(domain_key(a.dst)) is not None
+        assert k.domains is not None and k.domains.lookup(a.dst) == bits
+
+
+@pytest.mark.parametrize("strategy", strategy_params())
+def test_domain_filter_guards_the_lookup(strategy: str, compiled: Callable[[str, str], Compiled]) -> None:
+    """The domain_filter bit array in front of domain_routing (runtime.domain_map): bits bound
+    through DomainBindings at random v4 and v6 addresses are found (the Python and C filter
+    hashes agree), and an entry written to domain_routing alone, with its filter bit clear, is
+    not looked up: the bit is what lets flows to unresolved addresses skip the hash lookup."""
+    c = compiled("domain", strategy)
+    bits = c.build.domain_matcher.bits("www.example.com")
+    rng = random.Random(11)
+    with Kernel(c.build) as k:
+        assert k.domains is not None
+        for i in range(120):
+            dst: Any = (ipaddress.IPv4Address(rng.getrandbits(32)) if i % 2
+                        else ipaddress.IPv6Address(rng.getrandbits(128)))
+            spec = FlowSpec(6, ipaddress.ip_address("192.168.1.2" if dst.version == 4 else "fd00::2"), 1, dst, 443)
+            assert k.run_spec(spec, bits).rule == 1, dst  # bound through DomainBindings
+            assert k.run_spec(spec).rule is None, dst  # unbound: the filter bit alone decides nothing
+        for _ in range(1000):  # an address whose filter bit nobody set
+            dst = ipaddress.IPv4Address(rng.getrandbits(32))
+            if not k.domains.filter_bit_set(dst):
+                break
+        spec = FlowSpec(6, ipaddress.ip_address("192.168.1.2"), 1, dst, 443)
+        k.domains.write_entry_only(dst, bits)
+        assert k.run_spec(spec, leave_domains=True).rule is None
+        k.domains.bind(dst, bits)
+        assert k.run_spec(spec, leave_domains=True).rule == 1
 
 
 def test_field_coverage() -> None:

@@ -1,0 +1,98 @@
+"""Binding domain bits to destination addresses in a loaded program: the one way to write them.
+
+A program with `domain()` rules reads these maps (docs/maps.md):
+- `domain_routing4` / `domain_routing6`, LRU hashes from the destination address (the IPv4 or
+  IPv6 address in network order) to the domain-set bits of the name it was resolved from;
+- `domain_filter`, an array of 2^20 bits in front of them: bit `filter_bit(address)` is set for
+  every address ever bound. The program skips the hash lookup (about a third of a first packet's
+  classification cost) when the bit is clear, so an entry whose bit is not set is never seen.
+
+Hence the order here: the filter bit first, then the entry. Bits are never cleared by the
+program; unbinding leaves them set, which only costs a lookup. Whoever binds addresses at a high
+rate for a long time (the DNS module) should rebuild the filter from the map now and then.
+"""
+from __future__ import annotations
+
+import ipaddress
+import struct
+from typing import Any
+
+from runtime.packets import domain_key, domain_value
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+FILTER_WORDS = 16384  # u64 words: 2^20 bits (128 KiB); the template's DOMAIN_FILTER_WORDS
+FILTER_MULTIPLIER = 0x9E3779B1  # Fibonacci hashing; the template's domain_filter_bit()
+
+
+def filter_bit(dst: IPAddress) -> int:
+    """The filter bit of an address, as the program computes it: the address's 32-bit words
+    (host order) XORed together, times FILTER_MULTIPLIER mod 2^32, top 20 bits."""
+    n = int(dst)
+    x = n if dst.version == 4 else (n >> 96) ^ (n >> 64) ^ (n >> 32) ^ n
+    return (((x & 0xFFFFFFFF) * FILTER_MULTIPLIER) & 0xFFFFFFFF) >> 12
+
+
+class DomainBindings:
+    """The domain maps of one loaded program (a BpfObject, or anything with .map(name))."""
+
+    def __init__(self, obj: Any, words: int):
+        names = set(obj.map_names())
+        if "domain_routing4" in names:
+            self.routing = {4: obj.map("domain_routing4"), 6: obj.map("domain_routing6")}
+            self._key = _packed
+        else:  # builds of compiler versions before the split: one map, IPv4 as ::ffff:a.b.c.d
+            routing = obj.map("domain_routing")
+            self.routing = {4: routing, 6: routing}
+            self._key = domain_key
+        # (and before the filter: none; bench.ab_builds times such builds against new ones)
+        self.filter = obj.map("domain_filter") if "domain_filter" in names else None
+        self.words = words
+
+    @classmethod
+    def of(cls, obj: Any, words: int) -> "DomainBindings | None":
+        """The bindings of a program, or None if it has no domain() rules (and so no maps)."""
+        names = set(obj.map_names())
+        return cls(obj, words) if names & {"domain_routing4", "domain_routing"} else None
+
+    def bind(self, dst: IPAddress, bits: int) -> None:
+        """Bind `bits` (an int, bit b = domain set b) to `dst`: filter bit, then the entry."""
+        if self.filter is not None:
+            self._set_filter_bit(dst)
+        self.routing[dst.version].update(self._key(dst), domain_value(bits, self.words))
+
+    def write_entry_only(self, dst: IPAddress, bits: int) -> None:
+        """The entry without its filter bit: for tests that show the program then ignores it."""
+        self.routing[dst.version].update(self._key(dst), domain_value(bits, self.words))
+
+    def _set_filter_bit(self, dst: IPAddress) -> None:
+        assert self.filter is not None
+        bit = filter_bit(dst)
+        key = struct.pack("<I", bit >> 6)
+        raw = self.filter.lookup(key)
+        word = struct.unpack("<Q", raw)[0] if raw else 0
+        mask = 1 << (bit & 63)
+        if not word & mask:
+            self.filter.update(key, struct.pack("<Q", word | mask))
+
+    def filter_bit_set(self, dst: IPAddress) -> bool:
+        if self.filter is None:
+            return True
+        bit = filter_bit(dst)
+        raw = self.filter.lookup(struct.pack("<I", bit >> 6))
+        return bool(raw and struct.unpack("<Q", raw)[0] & (1 << (bit & 63)))
+
+    def unbind(self, dst: IPAddress) -> bool:
+        """Remove the entry of `dst`; its filter bit stays (it may be shared)."""
+        return self.routing[dst.version].delete(self._key(dst))
+
+    def lookup(self, dst: IPAddress) -> int | None:
+        """The bits bound to `dst`, or None without an entry (the filter is not consulted)."""
+        raw = self.routing[dst.version].lookup(self._key(dst))
+        if raw is None:
+            return None
+        return sum(struct.unpack_from("<Q", raw, 8 * i)[0] << (64 * i) for i in range(len(raw) // 8))
+
+
+def _packed(dst: IPAddress) -> bytes:
+    return dst.packed
