@@ -17,7 +17,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from runtime.domain_map import DomainBindings
 from runtime.packets import frame
 
 from . import configs
@@ -28,14 +27,7 @@ PACKET_ORDER = ["last", "last+dns", "fallback", "fallback6"]
 
 def set_domain(builds: dict[str, Compiled], dst: object, present: bool) -> None:
     for c in builds.values():
-        assert c.obj is not None and c.build is not None
-        if DomainBindings.of(c.obj, 1) is None:
-            continue
-        b = DomainBindings(c.obj, c.build.domain_words)
-        if present:
-            b.bind(dst, 0)  # type: ignore[arg-type]
-        else:
-            b.unbind(dst)  # type: ignore[arg-type]
+        c.bind_domain(dst, 0 if present else None)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from compiler.evaluate import Flow, classify
 from compiler.ir import CidrSet, Field, PortSet, RoutingIR, ValueSet
-from runtime.domain_map import DomainBindings
 from runtime.packets import IPPROTO_TCP, IPPROTO_UDP, DEFAULT_SRC_MAC, FlowSpec, frame
 
 from . import configs
@@ -161,9 +160,7 @@ def check_config(text: str, name: str, tmp: Path, strategies: list[str], flows: 
             if n_sets:
                 interp.set_domain_bits(f.dst, bits)
                 for c in compiled.values():
-                    if DomainBindings.of(c.obj, 1) is None:  # type: ignore[union-attr]
-                        continue  # no live rule looks at domains
-                    DomainBindings(c.obj, c.build.domain_words).bind(f.dst, bits)  # type: ignore[union-attr]
+                    c.bind_domain(f.dst, bits)  # (nothing when no live rule looks at domains)
             ref = classify(checked.ir_checked, Flow(l4proto=f.l4proto, src=f.src, sport=f.sport, dst=f.dst,
                                                     dport=f.dport, mac=f.mac, dscp=f.dscp, domain_bits=bits))
             want = (len(ir.rules) if ref.rule is None else ref.rule, ref.outbound_id, ref.mark, ref.must)

@@ -25,7 +25,6 @@ from typing import Any
 
 from compiler.evaluate import Flow, classify
 from compiler.pipeline import choose_strategy
-from runtime.domain_map import DomainBindings
 from runtime.packets import domain_key, frame
 
 from . import configs
@@ -67,13 +66,8 @@ def rows_wanted(args: argparse.Namespace, tmp: Path) -> list[Row]:
 def set_domain(row: Row, interp: Interpreter, dst: Any, present: bool) -> None:
     """Add (no bits) or remove the destination's domain-map entry in every loaded program."""
     for c in row.compiled.values():
-        if c.obj is None or DomainBindings.of(c.obj, 1) is None:
-            continue
-        b = DomainBindings(c.obj, c.build.domain_words)  # type: ignore[union-attr]
-        if present:
-            b.bind(dst, 0)
-        else:
-            b.unbind(dst)
+        if c.obj is not None:
+            c.bind_domain(dst, 0 if present else None)
     if present:
         interp.set_domain_bits(dst, 0)
     else:

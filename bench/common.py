@@ -18,6 +18,7 @@ from compiler.diagnostics import CompileError
 from compiler.emit import EmitError
 from runtime.bpf import BpfError, BpfObject, prog_test_run
 from runtime.build import Build, load_tables
+from runtime.domain_map import DomainBindings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,6 +62,18 @@ class Compiled:
             obj.close()
             raise
         self.obj = obj
+
+    def bind_domain(self, dst: Any, bits: int | None) -> None:
+        """Bind `bits` to `dst` in the loaded program's domain maps (None: remove the entry), as
+        the DNS module would; nothing for a program without domain() rules."""
+        assert self.obj is not None and self.build is not None
+        b = DomainBindings.of(self.obj, self.build.domain_words)
+        if b is None:
+            return
+        if bits is None:
+            b.unbind(dst)
+        else:
+            b.bind(dst, bits)
 
     def close(self) -> None:
         if self.obj is not None:

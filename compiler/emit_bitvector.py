@@ -380,6 +380,16 @@ def interval_table(ivs: list[Interval], table: ClassTable, start: Callable[[int]
     return {"rows": rows, "size": size, "pad": size - len(rows), "steps": steps}
 
 
+def class_lookup(ivs: list[Interval], table: ClassTable, inline_left: list[int], less: Callable[[int], str],
+                 start: Callable[[int], str], show: Callable[[int], str], last: int) -> dict[str, Any]:
+    """How a field finds its class: an inlined tree while the intervals fit the inline budget
+    (`inline_left`, shared by the program's trees and reduced here), else a sorted table."""
+    if len(ivs) <= min(MAX_INLINE_TREE, inline_left[0]):
+        inline_left[0] -= len(ivs)
+        return {"kind": "tree", "lines": tree_lines(ivs, table, less, show, "\t", last)}
+    return {"kind": "search", "search": interval_table(ivs, table, start, show, last)}
+
+
 def _v6_start(x: int) -> str:
     return f"0x{x >> 64:016x}ULL, 0x{x & (2**64 - 1):016x}ULL"
 
@@ -485,16 +495,12 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
             if ivs is not None and len(ivs) <= limit:
                 budget[0] -= len(ivs)
                 fam["intervals"] = len(ivs)
-                fam["kind"] = "tree" if len(ivs) <= min(MAX_INLINE_TREE, inline_left[0]) else "search"
-                show = (lambda x: _fmt_addr(x, 4)) if family == 4 else (lambda x: _fmt_addr(x, 6))
-                last = 2**32 - 1 if family == 4 else 2**128 - 1
-                if fam["kind"] == "tree":
-                    inline_left[0] -= len(ivs)
-                    less = (lambda x: f"a < 0x{x:08x}") if family == 4 else _v6_less("hi", "lo")
-                    fam["lines"] = tree_lines(ivs, ct, less, show, "\t", last)
+                if family == 4:
+                    fam.update(class_lookup(ivs, ct, inline_left, lambda x: f"a < 0x{x:08x}",
+                                            lambda x: f"0x{x:08x}", lambda x: _fmt_addr(x, 4), 2**32 - 1))
                 else:
-                    start = (lambda x: f"0x{x:08x}") if family == 4 else _v6_start
-                    fam["search"] = interval_table(ivs, ct, start, show, last)
+                    fam.update(class_lookup(ivs, ct, inline_left, _v6_less("hi", "lo"), _v6_start,
+                                            lambda x: _fmt_addr(x, 6), 2**128 - 1))
             else:
                 name = f"{f.value}{family}_vecs"
                 t = MapTable(name, "lpm_trie", 4 + (4 if family == 4 else 16), vsize)
@@ -518,13 +524,8 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
         if len(vals) <= MAX_TREE_MACS and 2 * len(vals) + 1 <= budget[0]:
             ivs = value_intervals(vals, default, 48, lambda m: ":".join(f"{(m >> (8 * (5 - i))) & 255:02x}"
                                                                           for i in range(6)))
-            show = lambda x: f"0x{x:012x}"  # noqa: E731
-            if len(ivs) <= min(MAX_INLINE_TREE, inline_left[0]):
-                mac["kind"] = "tree"
-                mac["lines"] = tree_lines(ivs, ct, lambda x: f"m < 0x{x:012x}ULL", show, "\t", 2**48 - 1)
-            else:
-                mac["kind"] = "search"
-                mac["search"] = interval_table(ivs, ct, lambda x: f"0x{x:012x}ULL", show, 2**48 - 1)
+            mac.update(class_lookup(ivs, ct, inline_left, lambda x: f"m < 0x{x:012x}ULL",
+                                    lambda x: f"0x{x:012x}ULL", lambda x: f"0x{x:012x}", 2**48 - 1))
         else:
             t = MapTable("mac_vecs", "hash", 8, vsize)
             t.records = [(struct.pack("<Q", m), vec_bytes(v, words)) for m, v in vals.items()]

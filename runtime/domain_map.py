@@ -65,22 +65,24 @@ class DomainBindings:
         """The entry without its filter bit: for tests that show the program then ignores it."""
         self.routing[dst.version].update(self._key(dst), domain_value(bits, self.words))
 
-    def _set_filter_bit(self, dst: IPAddress) -> None:
+    def _filter_word(self, dst: IPAddress) -> tuple[bytes, int, int]:
+        """(key of the filter word holding dst's bit, the word, the bit's mask)."""
         assert self.filter is not None
         bit = filter_bit(dst)
         key = struct.pack("<I", bit >> 6)
         raw = self.filter.lookup(key)
-        word = struct.unpack("<Q", raw)[0] if raw else 0
-        mask = 1 << (bit & 63)
+        return key, struct.unpack("<Q", raw)[0] if raw else 0, 1 << (bit & 63)
+
+    def _set_filter_bit(self, dst: IPAddress) -> None:
+        key, word, mask = self._filter_word(dst)
         if not word & mask:
-            self.filter.update(key, struct.pack("<Q", word | mask))
+            self.filter.update(key, struct.pack("<Q", word | mask))  # type: ignore[union-attr]
 
     def filter_bit_set(self, dst: IPAddress) -> bool:
         if self.filter is None:
             return True
-        bit = filter_bit(dst)
-        raw = self.filter.lookup(struct.pack("<I", bit >> 6))
-        return bool(raw and struct.unpack("<Q", raw)[0] & (1 << (bit & 63)))
+        _key, word, mask = self._filter_word(dst)
+        return bool(word & mask)
 
     def unbind(self, dst: IPAddress) -> bool:
         """Remove the entry of `dst`; its filter bit stays (it may be shared)."""

@@ -147,7 +147,6 @@ class Kernel:
         self.flows = self.obj.map("flows")
         self.domains = DomainBindings.of(self.obj, build.domain_words)
         self.pnames = self.obj.map("sock_pname") if "sock_pname" in names else None
-        self.words = build.domain_words
         self.n_rules = len(build.manifest["rules"])
         self.fds = {p: self.obj.program_fd(p) for p in ("lan_ingress", "wan_egress", "classify_only")}
 
