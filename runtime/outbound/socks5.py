@@ -79,19 +79,9 @@ async def negotiate(stream: Stream, node: Node, then: bytes = b"") -> None:
     (pipelined; its reply follows the method selection reply)."""
     methods = b"\x00\x02" if node.username is not None else b"\x00"
     await stream.sendall(b"\x05" + bytes((len(methods),)) + methods + then)
-    ver, method = await read_exact(stream, 2, node, "the SOCKS5 method selection reply")
-    if ver != 5:
-        raise ProxyProtocolError(f"not a SOCKS5 server: method reply starts with {ver:#04x} "
-                                 f"(expected 0x05)", node)
-    if method == 0xFF:
-        raise ProxyAuthError("SOCKS5 server accepts none of our authentication methods "
-                             + ("(no-auth, username/password)" if node.username is not None
-                                else "(no-auth; does it need a username?)"), node)
-    if method == 0x00:
+    if await _method_reply(stream, node) == 0x00:
         return
-    if method != 0x02 or node.username is None:
-        raise ProxyProtocolError(f"SOCKS5 server chose method {method:#04x}, which we did not "
-                                 f"offer", node)
+    assert node.username is not None  # method 0x02 is offered only with credentials
     user = node.username.encode()
     password = (node.password or "").encode()
     if len(user) > 255 or len(password) > 255:
@@ -206,17 +196,21 @@ async def pipelined_handshake(stream: Stream, node: Node, dst: Destination,
     await read_reply(stream, node, CMD_CONNECT, dst.host, dst.port)
 
 
-async def _method_reply(stream: Stream, node: Node) -> None:
+async def _method_reply(stream: Stream, node: Node) -> int:
+    """The method the server chose: no-auth, or username/password when the node has
+    credentials (the methods `negotiate` offers); anything else raises."""
     ver, method = await read_exact(stream, 2, node, "the SOCKS5 method selection reply")
     if ver != 5:
         raise ProxyProtocolError(f"not a SOCKS5 server: method reply starts with {ver:#04x} "
                                  f"(expected 0x05)", node)
     if method == 0xFF:
         raise ProxyAuthError("SOCKS5 server accepts none of our authentication methods "
-                             "(no-auth; does it need a username?)", node)
-    if method != 0x00:
+                             + ("(no-auth, username/password)" if node.username is not None
+                                else "(no-auth; does it need a username?)"), node)
+    if method != 0x00 and (method != 0x02 or node.username is None):
         raise ProxyProtocolError(f"SOCKS5 server chose method {method:#04x}, which we did not "
                                  f"offer", node)
+    return method
 
 
 async def dial(node: Node, dst: Destination, opts: DialOptions) -> SocketStream:
