@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -197,8 +198,10 @@ def _teardown(datapath: Datapath, state_path: Path) -> bool:
     if report.ok:
         log.info("datapath removed: %s", first if first.ok else report)
         return True
+    left = report.failed if report is first or report.undone or report.absent else \
+        first.failed + [f"then {line}" for line in report.failed]  # the retry could not even look
     log.error("datapath teardown left behind: %s; run `dae-runtime cleanup --state %s`",
-              "; ".join(report.failed), state_path)
+              "; ".join(left), state_path)
     return False
 
 
@@ -240,9 +243,11 @@ def main(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         return await serve(build, state_path, stop, reserve=reserve)
 
+    sys.unraisablehook = _unraisable
+    runner = asyncio.Runner(loop_factory=loop_factory)
+    clean = False
     try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            clean = runner.run(run())
+        clean = runner.run(run())
     except BpfError as exc:
         log.error("cannot load the program: %s", exc)
         return 1
@@ -250,4 +255,18 @@ def main(args: argparse.Namespace) -> int:
         # Configuration or environment problems: one line naming the cause, not a traceback.
         log.error("cannot start the gateway: %s", exc)
         return 1
+    finally:
+        try:
+            runner.close()
+        except (OSError, RuntimeError) as exc:  # out of descriptors, closing needs one (then
+            # uvloop also finds itself still running): the exit status still tells
+            log.error("closing the event loop failed: %s", _one_line(exc.__context__ or exc))
+            clean = False
     return 0 if clean else 1
+
+
+def _unraisable(info: Any) -> None:
+    """Exceptions Python can only ignore (in __del__: pyroute2's loops that could not open
+    their sockets when out of descriptors) as one line each, not a traceback."""
+    log.warning("ignored in %r: %s", info.object, _one_line(info.exc_value)
+                if info.exc_value is not None else info.exc_type)
