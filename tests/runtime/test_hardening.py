@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from .helpers import Gw, Lab, client_get, flow_lines, gateway, gateway_snapshot, lab_config, \
-    runtime_lab, snapshot_diff, udp_exchange, wait_for
+    proxy_lab, snapshot_diff, udp_exchange, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -28,11 +28,7 @@ TPROXY_PORT = 12345
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    for lab in runtime_lab():
-        lab.start_danted(1080)
-        lab.start_http_peer(8081)
-        lab.start_udp_echo(9001)
-        yield lab
+    yield from proxy_lab()
 
 
 def fd_count(gw: Gw) -> int:
