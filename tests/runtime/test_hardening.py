@@ -6,9 +6,13 @@ its /proc/PID/fd.
 """
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import os
+import re
 import resource
+import select
 import socket
 import struct
 import threading
@@ -115,6 +119,93 @@ def test_relay_refuses_datagrams_delivered_to_its_own_address(lab: Lab, tmp_path
     last = [ln for ln in gw.log_text().splitlines() if "; relay: " in ln][-1]
     assert "guards: self-addressed=200" in last, last
     assert len([ln for ln in gw.log_text().splitlines() if "addressed to the relay itself" in ln]) <= 4
+
+
+# --- UDP reply sockets --------------------------------------------------------------------------
+
+MANY_NET = "10.231.64.0/23"  # 512 addresses, all local to the upstream namespace
+
+
+@contextlib.contextmanager
+def many_remotes(lab: Lab) -> Iterator[list[str]]:
+    """Every address of MANY_NET answers in upstream (a `local` route to lo there, the UDP
+    echo bound to the wildcard address), routed to via the upstream from the gateway."""
+    t = lab.topo
+    local = {"dst": MANY_NET, "type": "local", "table": 255, "scope": 254}  # scope host
+    with lab.iproute("upstream") as ipr:
+        ipr.route("add", oif=ipr.link_lookup(ifname="lo")[0], **local)
+    try:
+        with lab.iproute("gateway") as ipr:
+            ipr.route("add", dst=MANY_NET, gateway=t.upstream_ip4)
+        try:
+            yield [str(ip) for ip in ipaddress.ip_network(MANY_NET).hosts()]
+        finally:
+            with lab.iproute("gateway") as ipr:
+                ipr.route("del", dst=MANY_NET, gateway=t.upstream_ip4)
+    finally:
+        with lab.iproute("upstream") as ipr:
+            ipr.route("del", oif=ipr.link_lookup(ifname="lo")[0], **local)
+
+
+@contextlib.contextmanager
+def echo_on(lab: Lab, hosts: list[str], port: int) -> Iterator[None]:
+    """A UDP echo on each of `hosts` (one socket each in upstream), so that every reply comes
+    from the address it was sent to."""
+    socks = []
+    for host in hosts:
+        s = lab.socket("upstream", socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((host, port))
+        socks.append(s)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            ready, _, _ = select.select(socks, [], [], 0.2)
+            for s in ready:
+                data, addr = s.recvfrom(65535)
+                s.sendto(data, addr)
+
+    thread = threading.Thread(target=serve, name="many-echo", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+        for s in socks:
+            s.close()
+
+
+def test_udp_reply_sockets_are_bounded_per_client(lab: Lab, tmp_path: Path) -> None:
+    """One client socket sends to 300 remotes through the proxy: replies come back from the
+    first 256 (the per-client bound, one reply socket each), the rest are dropped, counted
+    and logged once; the runtime's fds grow by about the bound, not by 300."""
+    t = lab.topo
+    cfg = lab_config(t, fallback="direct", rules=[f"dip({MANY_NET}) -> proxy"])
+    with many_remotes(lab) as remotes, echo_on(lab, remotes[:300], 9002), \
+            gateway(lab, cfg, tmp_path) as gw:
+        before = fd_count(gw)
+        seen: set[str] = set()
+        with lab.socket("client", socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("0.0.0.0", 0))
+            s.settimeout(0.5)
+            for rnd in range(3):  # the first datagrams wait for the UDP ASSOCIATE
+                for host in remotes[:300]:
+                    if host not in seen:
+                        s.sendto(b"r%d" % rnd, (host, 9002))
+                while True:
+                    try:
+                        _data, src = s.recvfrom(65535)
+                    except (TimeoutError, socket.timeout):
+                        break
+                    seen.add(src[0])
+        assert len(seen) == 256, len(seen)
+        limited = [ln for ln in gw.log_text().splitlines() if "dropped: at the bound" in ln]
+        assert len(limited) == 1 and "256 remotes for this client" in limited[0], limited
+        assert fd_count(gw) <= before + 256 + 8
+    last = [ln for ln in gw.log_text().splitlines() if "; relay: " in ln][-1]
+    m = re.search(r"udp-reply-limited=(\d+)", last)
+    assert m and int(m[1]) >= 44, last
 
 
 # --- a node that resets after CONNECT --------------------------------------------------------
