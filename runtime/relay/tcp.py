@@ -151,6 +151,7 @@ class TcpRelay:
                 conn.close()
                 return
         if dst[1] == self.port and addressed_to_self(dst, self.port):
+            self.stats.guards.self_addressed += 1
             log.warning("%s refused: addressed to the relay itself", Flow("tcp", src, dst))
             abort(conn)
             return

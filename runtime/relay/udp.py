@@ -189,9 +189,11 @@ class UdpRelay:
             counters.dropped += 1
 
     def _refuse_self(self, src: Addr, dst: Addr, now: float) -> None:
-        """A datagram to our own port (sent to the gateway directly, not delivered by the
-        datapath): dropped before it costs a client entry or a socket; one log line per
-        SELF_LOG_EVERY seconds at most, since whoever sends these may send many."""
+        """A datagram whose original destination is our own port on a local address (a rule
+        proxied it there, or no guard keeps such datagrams off the listener): relayed, it would
+        come back to us from a new socket, hop after hop. Dropped before it costs a client
+        entry or a socket; one log line per SELF_LOG_EVERY seconds at most, since whoever sends
+        these may send many."""
         self.stats.guards.self_addressed += 1
         self._self_unlogged += 1
         if now - self._self_logged >= SELF_LOG_EVERY:
