@@ -51,12 +51,16 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
     obj = BpfObject(build.object_path)
     relay = None
     datapath = None
+    dns_module = None
     try:
         obj.load()
         load_tables(obj, build)
         router = KernelRouter(build, obj.map("flows"), DomainBindings.of(obj, build.domain_words))
         relay = Gateway.from_manifest(router, build.manifest, RelayConfig(so_mark=so_mark))
         port = await relay.start(int(g["tproxy_port"]))
+        from runtime.dns import DnsModule  # answers dns.bind; binds domain bits before answering
+
+        dns_module = await DnsModule.start(build, router.domains, so_mark)
         lan = g.get("lan_interface") or []
         wan = g.get("wan_interface") or []
         datapath = Datapath(lan=lan or None, wan=wan or None, fwmark=int(g["fwmark"]), table=int(g["route_table"]),
@@ -81,6 +85,8 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
             except asyncio.TimeoutError:
                 log.info("%s; relay: %s", _stats_line(obj, build), relay.stats)
     finally:
+        if dns_module is not None:
+            await dns_module.close()
         if datapath is not None and datapath.active:
             report = await asyncio.to_thread(datapath.teardown)
             log.info("datapath removed: %s", report)
