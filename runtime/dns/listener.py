@@ -4,7 +4,8 @@ A datagram that is not a DNS query is dropped (garbage, or a response: answering
 start a loop) or, when its header is readable, answered FORMERR; it never ends the listener.
 In-flight queries are bounded (`max_pending`): past that, new datagrams are dropped, as a
 busy resolver does. TCP connections carry length-prefixed messages (RFC 7766), one answer per
-query in order, closed when idle or on a bad length.
+query in order, closed when idle or on a bad length. The sockets are the relay's transparent
+ones: dns.bind may name an address the gateway answers for without holding it.
 """
 from __future__ import annotations
 
@@ -14,28 +15,13 @@ import socket
 import struct
 from typing import Awaitable, Callable
 
-from runtime.outbound.sockets import SOL_IPV6
+from runtime.relay.listen import transparent_socket
 
 log = logging.getLogger("dae.dns.listen")
 
 Answer = Callable[[bytes, int], Awaitable[bytes | None]]  # (query wire, max answer size) -> answer
 TCP_IDLE = 10.0
 MAX_TCP_CONNECTIONS = 512
-
-
-def _bound_socket(kind: int, host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, kind)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(SOL_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.setblocking(False)
-        sock.bind((host, port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
@@ -68,10 +54,10 @@ class DnsListener:
         loop = asyncio.get_running_loop()
         for host, want in binds:
             for _attempt in range(20 if want == 0 else 1):  # port 0 (tests): one port for both
-                udp = _bound_socket(socket.SOCK_DGRAM, host, want)
+                udp = transparent_socket(socket.SOCK_DGRAM, host, want)
                 port = udp.getsockname()[1]
                 try:
-                    tcp = _bound_socket(socket.SOCK_STREAM, host, port)
+                    tcp = transparent_socket(socket.SOCK_STREAM, host, port)
                     break
                 except OSError:
                     udp.close()
