@@ -53,6 +53,7 @@ class Binder:
         self.max_entries = max_entries
         self.clock = clock
         self._expiry: dict[IPAddress, float] = {}
+        self._bits: dict[IPAddress, int] = {}
         self._heap: list[tuple[float, IPAddress]] = []
         self.bound = self.expired = self.evicted = 0
 
@@ -65,27 +66,38 @@ class Binder:
             bits |= self.bits_of(name)
         return bits
 
-    def bind_answer(self, r: dns.message.Message, ttl: int) -> int:
-        """Write the bits of r's names for each of its addresses; returns how many were bound.
-        An address whose names match no set is bound to 0 (an earlier, other name's bits must
-        not route it)."""
+    def bind_answer(self, r: dns.message.Message, ttl: int) -> tuple[tuple[IPAddress, ...], int]:
+        """Write the bits of r's names for each of its addresses; returns (addresses, bits),
+        what `refresh` needs on a cache hit. An address whose names match no set is bound to 0
+        only if it was bound before (an earlier, other name's bits must not route it)."""
         if self.bindings is None:
-            return 0
-        addrs = answer_addresses(r)
+            return (), 0
+        addrs = tuple(answer_addresses(r))
         if not addrs:
-            return 0
+            return (), 0
         bits = self.bits_for(r)
+        self.refresh(addrs, bits, ttl, force=True)
+        return addrs, bits
+
+    def refresh(self, addrs: tuple[IPAddress, ...], bits: int, ttl: int, force: bool = False) -> None:
+        """Bind what is not bound to these bits already (swept, evicted, or re-bound by another
+        name); a cache hit costs dict look-ups, no map write, when all is in place."""
+        if self.bindings is None:
+            return
         until = self.clock() + max(ttl, 0) + self.grace
         for a in addrs:
-            if bits or a in self._expiry:
-                self.bindings.bind(a, bits)
-                self._remember(a, until)
-                self.bound += 1
-        return len(addrs) if bits else 0
+            if not (bits or a in self._expiry):
+                continue
+            if not force and self._bits.get(a) == bits and self._expiry.get(a, 0) >= until - self.grace:
+                continue
+            self.bindings.bind(a, bits)
+            self._remember(a, until, bits)
+            self.bound += 1
 
-    def _remember(self, a: IPAddress, until: float) -> None:
+    def _remember(self, a: IPAddress, until: float, bits: int) -> None:
         new = a not in self._expiry
         self._expiry[a] = until
+        self._bits[a] = bits
         heapq.heappush(self._heap, (until, a))
         if new and len(self._expiry) > self.max_entries:
             self._drop_soonest()
@@ -97,7 +109,7 @@ class Binder:
         while self._heap:
             t, a = heapq.heappop(self._heap)
             if self._expiry.get(a) == t:
-                del self._expiry[a]
+                del self._expiry[a], self._bits[a]
                 self.bindings.unbind(a)
                 self.evicted += 1
                 return
@@ -109,7 +121,7 @@ class Binder:
         while self._heap and self._heap[0][0] <= now:
             t, a = heapq.heappop(self._heap)
             if self._expiry.get(a) == t:
-                del self._expiry[a]
+                del self._expiry[a], self._bits[a]
                 self.bindings.unbind(a)
                 n += 1
         self.expired += n

@@ -133,6 +133,9 @@ class DnsModule:
         elif len(q.question) != 1:
             r = empty_answer(q, dns.rcode.FORMERR)
         else:
+            hit = self._wire_hit(q, wire, max_size)
+            if hit is not None:
+                return hit
             try:
                 r = await asyncio.wait_for(self.resolve(q), self.deadline)
             except (asyncio.TimeoutError, UpstreamError) as exc:
@@ -150,6 +153,22 @@ class DnsModule:
             t.flags |= dns.flags.TC
             return t.to_wire()
 
+    def _wire_hit(self, q: dns.message.Message, wire: bytes, max_size: int) -> bytes | None:
+        """The hot path: a cached answer as bytes (its bindings checked first), or None."""
+        if self._preferred_away(q):
+            return None
+        if not max_size:
+            max_size = max(UDP_DEFAULT_PAYLOAD, q.payload if q.edns >= 0 else 0)
+        key = key_of(q)
+        e = self.cache.entry(key)
+        if e is None:
+            return None
+        out = self.cache.wire_hit(q, wire, max_size)
+        if out is not None:
+            self.binder.refresh(e.addrs, e.bits, int(e.expires - self.cache.clock()))
+            self.answered += 1
+        return out
+
     async def resolve(self, q: dns.message.Message) -> dns.message.Message:
         question = q.question[0]
         name = question.name.to_text()
@@ -165,7 +184,9 @@ class DnsModule:
         key = key_of(q)
         cached = self.cache.answer_for(q)
         if cached is not None:
-            self.binder.bind_answer(cached, self.cache.lifetime(key, cached))  # the map may have evicted
+            e = self.cache.entry(key)
+            if e is not None:
+                self.binder.refresh(e.addrs, e.bits, int(e.expires - self.cache.clock()))
             self.answered += 1
             return cached
         r = await self.cache.inflight(key, lambda: self._fetch(q, target, bits))
@@ -211,11 +232,16 @@ class DnsModule:
             log.debug("dns: %s: answer of %s re-queried with %s (%s)", question.name, target, decision,
                       rule.text if rule else "fallback")
             target = decision
-        ttl = self.cache.put(key_of(q), r)
+        key = key_of(q)
+        ttl = self.cache.put(key, r)
         t0 = time.perf_counter()
-        n = self.binder.bind_answer(r, ttl if ttl else self.cache.lifetime(key_of(q), r))
-        if n:
-            log.debug("dns: %s bound %d addresses in %.0f us", question.name, n, (time.perf_counter() - t0) * 1e6)
+        addrs, bits = self.binder.bind_answer(r, ttl if ttl else self.cache.lifetime(key, r))
+        e = self.cache.entry(key)
+        if e is not None:
+            e.addrs, e.bits = addrs, bits
+        if bits:
+            log.debug("dns: %s bound %d addresses in %.0f us", question.name, len(addrs),
+                      (time.perf_counter() - t0) * 1e6)
         return r
 
     @staticmethod

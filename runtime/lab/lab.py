@@ -358,16 +358,18 @@ class Lab:
 
 
     def start_dnsmasq(self, port: int, hosts: dict[str, list[str]], *, cnames: dict[str, str] | None = None,
-                      ttl: int = 2, ns: str = "upstream", extra: Sequence[str] = ()) -> Peer:
+                      ttl: int = 2, ns: str = "upstream", listen: Sequence[str] = (),
+                      extra: Sequence[str] = ()) -> Peer:
         """dnsmasq serving a test zone on the namespace's addresses: `hosts` name -> addresses
-        (A/AAAA), `cnames` alias -> target, every record with `ttl`; nothing is forwarded."""
+        (A/AAAA), `cnames` alias -> target, every record with `ttl`; nothing is forwarded unless
+        `extra` says so. `listen`: addresses (default: the namespace's own pair)."""
         name = self._peer_name("dnsmasq", ns, port)
         hosts_file = self.dir / f"{name}.hosts"
         hosts_file.write_text("".join(f"{a} {n}\n" for n, addrs in hosts.items() for a in addrs))
         hosts_file.chmod(0o644)  # dnsmasq reads it after dropping to nobody
-        ip4, ip6 = self.addresses(ns)
+        listen = listen or self.addresses(ns)
         argv = ["dnsmasq", "--keep-in-foreground", "--log-facility=-", "--no-resolv", "--no-hosts",
-                "--bind-interfaces", f"--listen-address={ip4}", f"--listen-address={ip6}", f"--port={port}",
+                "--bind-interfaces", *(f"--listen-address={a}" for a in listen), f"--port={port}",
                 f"--addn-hosts={hosts_file}", f"--local-ttl={ttl}", "--pid-file=", "--conf-file=/dev/null",
                 *(f"--cname={a},{t}" for a, t in (cnames or {}).items()), *extra]
         return self._peer("dnsmasq", ns, port, argv, [Listen("udp", port, 4), Listen("tcp", port, 4)])

@@ -315,3 +315,26 @@ def test_malformed_messages_get_formerr_or_nothing() -> None:
         finally:
             await up.close()
     run(main)
+
+
+def test_cache_hits_keep_the_clients_id_and_question_case_and_restore_swept_bindings() -> None:
+    async def main() -> None:
+        up = await FakeUpstream(ZONE).start()
+        try:
+            async def body(mod: DnsModule, b: RecordingBindings) -> None:
+                for _ in range(3):  # rendered once, then the same bytes with each client's id
+                    await ask(mod, "a.proxied.test")
+                r = await ask(mod, "A.Proxied.TEST")
+                assert r.question[0].name.labels[:2] == (b"A", b"Proxied")
+                assert addresses(r) == ["10.232.1.1"] and up.udp_queries == 1
+                b.entries.clear()
+                mod.binder._expiry.clear()  # as after an eviction
+                await ask(mod, "a.proxied.test")
+                assert b.entries == {ipaddress.ip_address("10.232.1.1"): 0b01}
+                writes = len(b.events)
+                await ask(mod, "a.proxied.test")
+                assert len(b.events) == writes  # all in place: no map write on a hit
+            await with_module(config({"main": ("udp", up.port)}), body)
+        finally:
+            await up.close()
+    run(main)
