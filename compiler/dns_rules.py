@@ -29,19 +29,21 @@ DEFAULT_BIND_PORT = 53
 def parse_bind(text: str) -> tuple[str, int]:
     """'10.0.0.1:53', '[fd00::1]:53', '10.0.0.1' or 'fd00::1' -> (ip, port); ValueError if not."""
     text = text.strip()
-    port = DEFAULT_BIND_PORT
+    port: int | str = DEFAULT_BIND_PORT
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
         if not sep or (rest and not rest.startswith(":")):
             raise ValueError(f"dns.bind {text!r}: expected '[IPv6]:port'")
         if rest:
-            port = int(rest[1:])
+            port = rest[1:]
     elif text.count(":") == 1:
-        host, _, p = text.partition(":")
-        port = int(p)
+        host, _, port = text.partition(":")
     else:
         host = text
     ip = ipaddress.ip_address(host)  # ValueError names the bad address
+    if isinstance(port, str) and not port.isdigit():
+        raise ValueError(f"dns.bind {text!r}: port {port!r} is not a number")
+    port = int(port)
     if not 0 < port < 65536:
         raise ValueError(f"dns.bind {text!r}: port {port} out of range")
     return str(ip), port
@@ -54,11 +56,13 @@ def compile_dns(cfg: LoadedConfig, diags: Diagnostics, dns_out: dict[str, Any], 
     dns_out["bind"] = []
     bind = raw.get("bind")
     if bind is not None:
-        for item in ([bind] if isinstance(bind, str) else list(bind)):
+        items = [(("dns", "bind"), bind)] if isinstance(bind, str) else \
+            [(("dns", "bind", i), b) for i, b in enumerate(bind)]
+        for at, item in items:
             try:
                 host, port = parse_bind(str(item))
             except ValueError as exc:
-                diags.error(cfg.pos.value(("dns", "bind")), f"invalid dns.bind: {exc}",
+                diags.error(cfg.pos.value(at), f"invalid dns.bind: {exc}",
                             "write 'ADDRESS:PORT', e.g. '192.168.1.1:53' or '[fd00::1]:53'")
                 continue
             dns_out["bind"].append({"host": host, "port": port})
