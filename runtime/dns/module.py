@@ -71,7 +71,7 @@ class DnsModule:
         self.prefer = int(manifest_dns.get("ipversion_prefer") or 0)
         self.binder = Binder(bindings, bits_of)
         self.deadline = deadline
-        self.listener = DnsListener(self.answer)
+        self.listener = DnsListener(self.answer, self.answer_now)
         self.binds = [(b["host"], int(b["port"])) for b in manifest_dns.get("bind") or []]
         self._sweeper: asyncio.Task[None] | None = None
         self.answered = self.failed = self.rejected = 0
@@ -152,6 +152,18 @@ class DnsModule:
             t.set_rcode(r.rcode())
             t.flags |= dns.flags.TC
             return t.to_wire()
+
+    def answer_now(self, wire: bytes) -> bytes | None:
+        """A cache hit answered inside the datagram callback, without a task: a plain query (one
+        question, no EDNS, QR clear; header counts read first so nothing else is parsed) whose
+        answer is cached and fits 512 bytes. Anything else returns None and takes `answer`."""
+        if len(wire) < 17 or wire[2] & 0xF8 or wire[4:6] != b"\0\1" or wire[6:12] != bytes(6):
+            return None  # not QUERY with QR clear, or not exactly one question and nothing else
+        try:
+            q = dns.message.from_wire(wire, question_only=True)
+        except Exception:  # noqa: BLE001 - `answer` parses it again and says FORMERR
+            return None
+        return self._wire_hit(q, wire, UDP_DEFAULT_PAYLOAD)
 
     def _wire_hit(self, q: dns.message.Message, wire: bytes, max_size: int) -> bytes | None:
         """The hot path: a cached answer as bytes (its bindings checked first), or None."""

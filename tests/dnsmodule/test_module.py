@@ -338,3 +338,36 @@ def test_cache_hits_keep_the_clients_id_and_question_case_and_restore_swept_bind
         finally:
             await up.close()
     run(main)
+
+
+def test_udp_cache_hits_are_answered_in_the_datagram_callback() -> None:
+    async def main() -> None:
+        import socket
+
+        up = await FakeUpstream(ZONE).start()
+        try:
+            async def body(mod: DnsModule, b: RecordingBindings) -> None:
+                loop = asyncio.get_running_loop()
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.setblocking(False)
+                s.connect(mod.listener.addresses[0])
+                try:
+                    spawned = []
+                    real_spawn = mod.listener.spawn_udp
+                    mod.listener.spawn_udp = lambda *a: (spawned.append(a), real_spawn(*a))  # type: ignore[method-assign]
+                    for i in range(3):
+                        q = dns.message.make_query("a.proxied.test", "A", use_edns=False)
+                        s.send(q.to_wire())
+                        r = dns.message.from_wire(await asyncio.wait_for(loop.sock_recv(s, 4096), 3))
+                        assert r.id == q.id and addresses(r) == ["10.232.1.1"]
+                    assert len(spawned) == 1  # only the miss took a task
+                    q = dns.message.make_query("a.proxied.test", "A", use_edns=0)  # EDNS: the full path
+                    s.send(q.to_wire())
+                    r = dns.message.from_wire(await asyncio.wait_for(loop.sock_recv(s, 4096), 3))
+                    assert r.id == q.id and r.edns == 0 and len(spawned) == 2
+                finally:
+                    s.close()
+            await with_module(config({"main": ("udp", up.port)}), body)
+        finally:
+            await up.close()
+    run(main)
