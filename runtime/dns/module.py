@@ -74,6 +74,7 @@ class DnsModule:
         self.listener = DnsListener(self.answer, self.answer_now)
         self.binds = [(b["host"], int(b["port"])) for b in manifest_dns.get("bind") or []]
         self._sweeper: asyncio.Task[None] | None = None
+        self._plain: dict[bytes, tuple[str, int, int]] = {}  # answer_now's question bytes -> cache key
         self.answered = self.failed = self.rejected = 0
 
     @classmethod
@@ -159,15 +160,31 @@ class DnsModule:
         answer is cached and fits 512 bytes. Anything else returns None and takes `answer`."""
         if len(wire) < 17 or wire[2] & 0xF8 or wire[4:6] != b"\0\1" or wire[6:12] != bytes(6):
             return None  # not QUERY with QR clear, or not exactly one question and nothing else
+        # The question's bytes, name case-folded (label lengths are < 0x40, never letters; type
+        # and class are not folded), name a cache key once a parsed query of them was answered.
+        qb = wire[12:-4].lower() + wire[-4:]
+        key = self._plain.get(qb)
+        if key is not None and not self._preferred_away(key):
+            e = self.cache.entry(key)
+            out = self.cache.plain_hit(key, wire) if e is not None else None
+            if out is not None:
+                self.binder.refresh(e.addrs, e.bits, int(e.expires - self.cache.clock()))  # type: ignore[union-attr]
+                self.answered += 1
+                return out
         try:
             q = dns.message.from_wire(wire, question_only=True)
         except Exception:  # noqa: BLE001 - `answer` parses it again and says FORMERR
             return None
-        return self._wire_hit(q, wire, UDP_DEFAULT_PAYLOAD)
+        out = self._wire_hit(q, wire, UDP_DEFAULT_PAYLOAD)
+        if out is not None and len(wire) == 12 + len(q.question[0].name.to_wire()) + 4:
+            if len(self._plain) >= 2 * max(self.cache.max_size, 1):
+                self._plain.clear()  # keys of evicted entries: start over
+            self._plain[qb] = key_of(q)
+        return out
 
     def _wire_hit(self, q: dns.message.Message, wire: bytes, max_size: int) -> bytes | None:
         """The hot path: a cached answer as bytes (its bindings checked first), or None."""
-        if self._preferred_away(q):
+        if self._preferred_away(key_of(q)):
             return None
         if not max_size:
             max_size = max(UDP_DEFAULT_PAYLOAD, q.payload if q.edns >= 0 else 0)
@@ -191,7 +208,7 @@ class DnsModule:
             return empty_answer(q)
         if target == "asis":
             raise UpstreamError("request routing chose 'asis', but a dns.bind client has no other server")
-        if self._preferred_away(q):
+        if self._preferred_away(key_of(q)):
             return empty_answer(q)
         key = key_of(q)
         cached = self.cache.answer_for(q)
@@ -205,14 +222,15 @@ class DnsModule:
         self.answered += 1
         return self._shaped(q, r)
 
-    def _preferred_away(self, q: dns.message.Message) -> bool:
+    def _preferred_away(self, key: tuple[str, int, int]) -> bool:
         """ipversion_prefer: an AAAA (A) question of a name known to have A (AAAA) records gets
         an empty answer; known means an unexpired cached answer with records (as dae does)."""
-        qt = q.question[0].rdtype
+        if not self.prefer:
+            return False
+        name, qt, cls = key
         other = {(4, dns.rdatatype.AAAA): dns.rdatatype.A, (6, dns.rdatatype.A): dns.rdatatype.AAAA}.get((self.prefer, qt))
         if other is None:
             return False
-        name, _t, cls = key_of(q)
         hit = self.cache.get((name, int(other), cls))
         return hit is not None and bool(answer_addresses(hit[0]))
 

@@ -355,12 +355,14 @@ def test_udp_cache_hits_are_answered_in_the_datagram_callback() -> None:
                     spawned = []
                     real_spawn = mod.listener.spawn_udp
                     mod.listener.spawn_udp = lambda *a: (spawned.append(a), real_spawn(*a))  # type: ignore[method-assign]
-                    for i in range(3):
-                        q = dns.message.make_query("a.proxied.test", "A", use_edns=False)
+                    for name in ("a.proxied.test", "a.proxied.test", "a.proxied.test", "A.PROXIED.test"):
+                        q = dns.message.make_query(name, "A", use_edns=False)
                         s.send(q.to_wire())
                         r = dns.message.from_wire(await asyncio.wait_for(loop.sock_recv(s, 4096), 3))
                         assert r.id == q.id and addresses(r) == ["10.232.1.1"]
-                    assert len(spawned) == 1  # only the miss took a task
+                        assert r.question[0].name.to_text() == name + "."  # the client's own case
+                    assert len(spawned) == 1  # only the miss took a task (the rest: parsed, then not)
+                    assert len(mod._plain) == 1
                     q = dns.message.make_query("a.proxied.test", "A", use_edns=0)  # EDNS: the full path
                     s.send(q.to_wire())
                     r = dns.message.from_wire(await asyncio.wait_for(loop.sock_recv(s, 4096), 3))
