@@ -22,7 +22,6 @@ import dns.flags
 import dns.message
 import dns.opcode
 import dns.rcode
-import dns.rdataclass
 import dns.rdatatype
 
 from .binder import Binder, answer_addresses

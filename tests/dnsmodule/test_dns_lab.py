@@ -9,7 +9,6 @@ client's (direct).
 """
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 from collections.abc import Iterator
