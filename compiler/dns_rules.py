@@ -19,6 +19,7 @@ import dns.rdatatype
 
 from .check import GeoResolver, RoutingChecker
 from .diagnostics import Diagnostics
+from .ir import RoutingIR
 from .load import LoadedConfig
 from .rules import RuleSyntaxError, parse_rule
 
@@ -50,8 +51,9 @@ def parse_bind(text: str) -> tuple[str, int]:
 
 
 def compile_dns(cfg: LoadedConfig, diags: Diagnostics, dns_out: dict[str, Any], geo: GeoResolver,
-                has_domain_rules: bool) -> None:
+                ir: RoutingIR | None) -> None:
     """Fill `dns_out` (dns_settings' result) with bind, domain_sets and structured rules."""
+    has_domain_rules = bool(ir and ir.domain_sets)
     raw = cfg.data.get("dns") or {}
     dns_out["bind"] = []
     bind = raw.get("bind")
@@ -88,6 +90,16 @@ def compile_dns(cfg: LoadedConfig, diags: Diagnostics, dns_out: dict[str, Any], 
             diags.warning(cfg.pos.value(("dns", "upstream", name)),
                           f"dns upstream '{name}': host '{up['host']}' is resolved once at start by the "
                           "gateway's system resolver")
+    if dns_out["bind"]:
+        req = dns_out.get("routing", {}).get("request")
+        fb = req["fallback"] if req else "asis"
+        if fb == "asis":
+            at = cfg.pos.value(("dns", "routing", "request", "fallback")) if req else cfg.pos.value(("dns", "bind"))
+            diags.warning(at, "dns.bind clients asked the gateway itself: a query that request routing sends to "
+                              "'asis' has no other server and is answered SERVFAIL",
+                          "make an upstream dns.routing.request.fallback")
+    if ir is not None:
+        _upstreams_bypass_routing(cfg, diags, dns_out, ir)
     checker = RoutingChecker(cfg, diags, [], geo)
     routing = raw.get("routing") or {}
     for section, sec in dns_out.get("routing", {}).items():
@@ -110,6 +122,27 @@ def compile_dns(cfg: LoadedConfig, diags: Diagnostics, dns_out: dict[str, Any], 
     dns_out["domain_sets"] = [
         {"bit": d.bit, "full": list(d.full), "suffix": list(d.suffix), "keyword": list(d.keyword),
          "regex": list(d.regex)} for d in sorted(checker.domain_sets.values(), key=lambda d: d.bit)]
+
+
+def _upstreams_bypass_routing(cfg: LoadedConfig, diags: Diagnostics, dns_out: dict[str, Any],
+                              ir: RoutingIR) -> None:
+    """The module dials upstreams from the gateway with the runtime's so_mark: routing does
+    not apply to them. Say so where routing would have sent an upstream's address elsewhere."""
+    from .evaluate import Flow, classify
+    from .ir import L4_TCP, L4_UDP
+
+    for name, up in dns_out.get("upstream", {}).items():
+        try:
+            dst = ipaddress.ip_address(up["host"])
+        except ValueError:
+            continue
+        proto = L4_UDP if up["scheme"] == "udp" else L4_TCP
+        src = ipaddress.ip_address("0.0.0.0" if dst.version == 4 else "::")
+        d = classify(ir, Flow(l4proto=proto, src=src, sport=0, dst=dst, dport=int(up["port"])))
+        if d.outbound != "direct":
+            diags.warning(cfg.pos.value(("dns", "upstream", name)),
+                          f"dns upstream '{name}': routing would send {dst} to '{d.outbound}', but the DNS "
+                          "module queries its upstreams directly from the gateway (not through a group yet)")
 
 
 def _call(checker: RoutingChecker, call: Any, locate: Any, diags: Diagnostics) -> dict[str, Any]:

@@ -63,7 +63,7 @@ def check_config(cfg: LoadedConfig) -> Checked:
 
     geo = GeoResolver(asset("geoip_path"), asset("geosite_path"), asset_dir)
     ir = RoutingChecker(cfg, diags, groups, geo).build()
-    compile_dns(cfg, diags, dns, geo, has_domain_rules=bool(ir and ir.domain_sets))
+    compile_dns(cfg, diags, dns, geo, ir)
     if ir is None or diags.errors:
         raise CompileError(diags)
     final = optimise(ir, diags)

@@ -75,3 +75,12 @@ def test_warnings_say_what_the_runtime_does_not_do() -> None:
     assert any(line == 4 and "quic:// is not supported" in m for line, m in msgs)
     assert any(line == 4 and "resolved once at start" in m for line, m in msgs)
     assert any(line == 5 and "optimistic_cache" in m for line, m in msgs)
+
+
+def test_warnings_for_asis_behind_dns_bind_and_upstreams_routing_would_proxy() -> None:
+    text = BASE.format(dns="  bind: '10.0.0.1:53'\n  upstream: {u: 'udp://10.9.9.9'}\n").replace(
+        '    - "domain(suffix: proxied.test) -> direct(mark: 1)"', '    - "dip(10.9.9.0/24) -> block"')
+    c = compile_config(None, None, text=text)
+    msgs = [(d.pos.line, d.message) for d in c.diags.warnings]
+    assert any(line == 4 and "'asis'" in m for line, m in msgs)
+    assert any(line == 5 and "routing would send 10.9.9.9 to 'block'" in m for line, m in msgs)
