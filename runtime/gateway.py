@@ -110,6 +110,7 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
     obj = BpfObject(build.object_path)
     relay = None
     datapath = None
+    dns_module = None
     clean = False
     try:
         try:
@@ -119,6 +120,9 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
             router = KernelRouter(build, obj.map("flows"), DomainBindings.of(obj, build.domain_words))
             relay = Gateway.from_manifest(router, build.manifest, RelayConfig(so_mark=so_mark))
             port = await relay.start(int(g["tproxy_port"]), guard_fd=_guard_fd(obj))
+            from runtime.dns import DnsModule  # answers dns.bind; binds domain bits before answering
+
+            dns_module = await DnsModule.start(build, router.domains, so_mark)
             lan = g.get("lan_interface") or []
             wan = g.get("wan_interface") or []
             datapath = Datapath(lan=lan or None, wan=wan or None, fwmark=int(g["fwmark"]),
@@ -149,13 +153,19 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
             except asyncio.TimeoutError:
                 log.info("%s; relay: %s", _stats_line(obj, build), relay.stats)
     finally:
-        clean = await _stop(obj, build, relay, datapath, state_path, reserve)
+        clean = await _stop(obj, build, relay, dns_module, datapath, state_path, reserve)
     return clean
 
 
-async def _stop(obj: BpfObject, build: Build, relay: Any, datapath: Datapath | None,
-                state_path: Path, reserve: FdReserve | None) -> bool:
-    """Free descriptors (the relay's, then the reserve), then undo the datapath."""
+async def _stop(obj: BpfObject, build: Build, relay: Any, dns_module: Any,
+                datapath: Datapath | None, state_path: Path, reserve: FdReserve | None) -> bool:
+    """Free descriptors (the DNS module's and the relay's, then the reserve), then undo the
+    datapath."""
+    if dns_module is not None:
+        try:
+            await dns_module.close()
+        except Exception as exc:  # noqa: BLE001 - the datapath must still be undone
+            log.error("closing the DNS module failed: %s", _one_line(exc))
     if relay is not None:
         try:
             await relay.close()

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   clang llvm libbpf-dev bpftool iproute2 nftables python3-venv
-  iperf3 dante-server tinyproxy dnsmasq redsocks curl openssl util-linux procps
+  iperf3 dante-server tinyproxy dnsmasq unbound dnsperf redsocks curl openssl util-linux procps
 )
 
 install_system() {
