@@ -260,9 +260,7 @@ class UdpRelay:
                 return None
             self._forget(oldest)
             self._close_client(oldest)
-            self.stats.guards.udp_client_evicted += 1
-            log.debug("udp %s ended early (idle %.1fs) to admit %s", format_hostport(*oldest.src),
-                      now - oldest.last, format_hostport(*src))
+            self.stats.guards.udp_client_evicted += 1  # counted, not logged: a spray evicts many
             peers = self._by_ip.get(ip)
         client = self.clients[src] = _Client(src, family, now)
         if peers is None:
