@@ -78,6 +78,13 @@ class RelayConfig:
     # remotes per client at a time, and this many sockets in all (docs/hardening.md)
     udp_reply_sockets_per_client: int = 256
     udp_reply_sockets: int = 16384
+    # UDP client entries (one per source address and port, each holding an upstream
+    # association per outbound it uses): at most this many per source IP, and this many in
+    # all (at most an eighth of RLIMIT_NOFILE); past a bound, an entry of that source IP idle
+    # for udp_client_evict_idle seconds makes room, else the datagram is dropped
+    udp_clients_per_ip: int = 512
+    udp_clients: int = 8192
+    udp_client_evict_idle: float = 5.0
 
     def dial_options(self) -> DialOptions:
         return DialOptions(so_mark=self.so_mark, connect_timeout=self.connect_timeout,

@@ -27,6 +27,8 @@ class Guards:
 
     self_addressed: int = 0  # datagrams/flows addressed to the relay's own port: refused
     udp_reply_limited: int = 0  # UDP replies dropped: past the reply-socket bound
+    udp_client_limited: int = 0  # UDP datagrams dropped: a new client past the client bound
+    udp_client_evicted: int = 0  # idle UDP clients ended early to admit a new one
 
     def __str__(self) -> str:
         return " ".join(f"{k.replace('_', '-')}={v}" for k, v in asdict(self).items() if v)

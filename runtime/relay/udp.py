@@ -12,7 +12,12 @@ it would come back to us on a new socket, without end); reply sockets are bounde
 (`udp_reply_sockets_per_client` distinct remotes at a time) and in total
 (`udp_reply_sockets`, at most a quarter of RLIMIT_NOFILE): a reply that needs one more is
 dropped, counted (stats.guards.udp_reply_limited and the outbound's `dropped`) and logged once
-per client."""
+per client. Client entries (each with its upstream associations) are bounded per source IP
+(`udp_clients_per_ip`) and in total (`udp_clients`, at most an eighth of RLIMIT_NOFILE): a new
+client past a bound takes the place of that source IP's least recently used entry if it has
+been idle for `udp_client_evict_idle`, else its datagram is dropped, counted
+(stats.guards.udp_client_limited) and logged at most once per source IP every LOG_EVERY
+seconds."""
 from __future__ import annotations
 
 import asyncio
@@ -20,6 +25,7 @@ import ipaddress
 import logging
 import resource
 import socket
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -37,7 +43,7 @@ log = logging.getLogger(__name__)
 ANC_SIZE = socket.CMSG_SPACE(28)
 QUEUE_LIMIT = 64
 RETRY_AFTER = 1.0  # a failed association (all nodes down) is retried no sooner than this
-SELF_LOG_EVERY = 10.0  # seconds between two log lines about datagrams addressed to ourselves
+LOG_EVERY = 10.0  # seconds between two log lines about the same kind of refused datagrams
 
 
 def orig_dst(ancdata: list[tuple[int, int, bytes]]) -> Addr | None:
@@ -76,13 +82,45 @@ class _ReplySocket:
     last: float
 
 
-def reply_socket_limit(configured: int) -> int:
-    """The total bound on reply sockets: as configured, but never more than a quarter of the
-    process's file descriptors, so replies cannot starve the listeners and the TCP flows."""
+@dataclass
+class _Throttle:
+    """One log line per LOG_EVERY seconds about one kind of refusal: whoever sends what we
+    refuse may send a lot of it, and a log line per datagram would be a flood of its own."""
+
+    logged: float = -LOG_EVERY
+    unlogged: int = 0
+
+    def due(self, now: float) -> str | None:
+        """Count one refusal; when a line is due, the suffix it carries (what was left
+        unlogged since the last line), else None."""
+        self.unlogged += 1
+        if now - self.logged < LOG_EVERY:
+            return None
+        more = (f" (+{self.unlogged - 1} more since the last report)"
+                if self.unlogged > 1 else "")
+        self.logged, self.unlogged = now, 0
+        return more
+
+
+def fd_share(configured: int, divisor: int) -> int:
+    """A total bound: as configured, but never more than 1/`divisor` of the process's file
+    descriptors, so one kind of UDP state cannot starve the listeners and the TCP flows."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return configured
-    return max(1, min(configured, soft // 4))
+    return max(1, min(configured, soft // divisor))
+
+
+def reply_socket_limit(configured: int) -> int:
+    """Reply sockets (one descriptor each): at most a quarter of the descriptors."""
+    return fd_share(configured, 4)
+
+
+def client_limit(configured: int) -> int:
+    """Client entries: at most an eighth of the descriptors, since a proxied association
+    holds two (SOCKS5: the TCP control connection and the UDP socket), so associations, too,
+    take at most a quarter (per outbound a client uses)."""
+    return fd_share(configured, 8)
 
 
 class UdpRelay:
@@ -97,12 +135,15 @@ class UdpRelay:
         self.port = 0
         self._listeners: list[socket.socket] = []
         self.clients: dict[Addr, _Client] = {}
+        # the same clients per source IP, least recently used first (touching moves to the end)
+        self._by_ip: dict[str, OrderedDict[Addr, _Client]] = {}
+        self.client_limit = client_limit(config.udp_clients)
+        self._client_throttles: dict[str, _Throttle] = {}  # per source IP, "" for the total
         self.reply_sockets: dict[Addr, _ReplySocket] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._guard_fd: int | None = None
         self.reply_socket_limit = reply_socket_limit(config.udp_reply_sockets)
-        self._self_logged = -SELF_LOG_EVERY
-        self._self_unlogged = 0
+        self._self_throttle = _Throttle()
 
     def now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
@@ -146,8 +187,10 @@ class UdpRelay:
             self._refuse_self(src, dst, now)
             return
         if client is None:
-            client = self.clients[src] = _Client(src, family, now)
-        client.last = now
+            client = self._admit(src, dst, family, now)
+            if client is None:
+                return
+        self._touch(client, now)
         if outbound_id is None:
             flow = Flow("udp", src, dst)
             try:
@@ -192,16 +235,74 @@ class UdpRelay:
         """A datagram whose original destination is our own port on a local address (a rule
         proxied it there, or no guard keeps such datagrams off the listener): relayed, it would
         come back to us from a new socket, hop after hop. Dropped before it costs a client
-        entry or a socket; one log line per SELF_LOG_EVERY seconds at most, since whoever sends
+        entry or a socket; one log line per LOG_EVERY seconds at most, since whoever sends
         these may send many."""
         self.stats.guards.self_addressed += 1
-        self._self_unlogged += 1
-        if now - self._self_logged >= SELF_LOG_EVERY:
-            more = (f" (+{self._self_unlogged - 1} more since the last report)"
-                    if self._self_unlogged > 1 else "")
+        more = self._self_throttle.due(now)
+        if more is not None:
             log.warning("%s refused: addressed to the relay itself%s", Flow("udp", src, dst), more)
-            self._self_logged = now
-            self._self_unlogged = 0
+
+    def _admit(self, src: Addr, dst: Addr, family: int, now: float) -> _Client | None:
+        """A client entry for a new source address and port, within the bounds: per source IP
+        and in total. Past one, the source IP's least recently used entry makes room if it has
+        been idle for udp_client_evict_idle (a finished exchange, e.g. a DNS query, whose
+        entry would otherwise wait for udp_idle_timeout); if none is, the datagram is dropped:
+        evicting a busy flow would break it for a newcomer, and entries of other source IPs
+        are never touched."""
+        ip = src[0]
+        peers = self._by_ip.get(ip)
+        per_ip = self.config.udp_clients_per_ip
+        mine = len(peers) if peers is not None else 0
+        if mine >= per_ip or len(self.clients) >= self.client_limit:
+            oldest = next(iter(peers.values())) if peers else None
+            if oldest is None or now - oldest.last < self.config.udp_client_evict_idle:
+                self._refuse_client(src, dst, now, mine >= per_ip)
+                return None
+            self._forget(oldest)
+            self._close_client(oldest)
+            self.stats.guards.udp_client_evicted += 1  # counted, not logged: a spray evicts many
+            peers = self._by_ip.get(ip)
+        client = self.clients[src] = _Client(src, family, now)
+        if peers is None:
+            peers = self._by_ip[ip] = OrderedDict()
+        peers[src] = client
+        return client
+
+    def _refuse_client(self, src: Addr, dst: Addr, now: float, per_ip: bool) -> None:
+        """Counted always; logged once per LOG_EVERY per source IP past its own bound (the
+        total bound's refusals share one line: its sources may be countless)."""
+        self.stats.guards.udp_client_limited += 1
+        key = src[0] if per_ip else ""
+        throttle = self._client_throttles.get(key)
+        if throttle is None:
+            throttle = self._client_throttles[key] = _Throttle()
+        more = throttle.due(now)
+        if more is None:
+            return
+        which = (f"{self.config.udp_clients_per_ip} clients (source ports) for {src[0]}"
+                 if per_ip else f"{self.client_limit} clients in all")
+        log.warning("%s dropped: at the bound of %s, none idle%s; further datagrams past it "
+                    "are counted, logged again in %.0fs at the earliest", Flow("udp", src, dst),
+                    which, more, LOG_EVERY)
+
+    def _touch(self, client: _Client, now: float) -> None:
+        """`client` is in use: its idle time restarts, and it becomes the last of its source
+        IP's entries to be evicted (if it is still an entry: a reply may come for one that
+        expired)."""
+        client.last = now
+        peers = self._by_ip.get(client.src[0])
+        if peers is not None and peers.get(client.src) is client:
+            peers.move_to_end(client.src)
+
+    def _forget(self, client: _Client) -> None:
+        """Remove `client` from the tables (the caller closes what it holds)."""
+        if self.clients.get(client.src) is client:
+            del self.clients[client.src]
+        peers = self._by_ip.get(client.src[0])
+        if peers is not None and peers.get(client.src) is client:
+            del peers[client.src]
+            if not peers:
+                del self._by_ip[client.src[0]]
 
     def _log_route(self, client: _Client, dst: Addr, outbound: str,
                    assoc: UdpAssociation) -> None:
@@ -285,7 +386,7 @@ class UdpRelay:
             counters.dropped += 1
             return
         now = self.now()
-        client.last = now
+        self._touch(client, now)
         key = (str(ip), remote[1])
         entry = self.reply_sockets.get(key)
         if key not in client.remotes and self._over_bound(client, key, entry is None, outbound):
@@ -336,10 +437,13 @@ class UdpRelay:
         """End clients and reply sockets idle for longer than udp_idle_timeout."""
         now = self.now() if now is None else now
         limit = self.config.udp_idle_timeout
-        for src, client in list(self.clients.items()):
+        for client in list(self.clients.values()):
             if now - client.last >= limit:
-                del self.clients[src]
+                self._forget(client)
                 self._close_client(client)
+        for key, throttle in list(self._client_throttles.items()):
+            if now - throttle.logged >= LOG_EVERY:
+                del self._client_throttles[key]  # what it left unlogged is in the stats
         closed = set()
         for key, entry in list(self.reply_sockets.items()):
             if now - entry.last >= limit:
@@ -382,6 +486,7 @@ class UdpRelay:
         for client in self.clients.values():
             self._close_client(client)
         self.clients.clear()
+        self._by_ip.clear()
         for entry in self.reply_sockets.values():
             self._close_socket(entry.sock)
         self.reply_sockets.clear()

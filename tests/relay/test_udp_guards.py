@@ -1,5 +1,5 @@
 """The UDP relay's own guards, on loopback: datagrams addressed to the relay itself, and the
-bounds on reply sockets (per client and in total)."""
+bounds on reply sockets and on client entries (per client or source IP, and in total)."""
 from __future__ import annotations
 
 import asyncio
@@ -9,7 +9,8 @@ import socket
 import pytest
 
 from runtime.relay import OutboundTable, RelayConfig, StaticRouter, UdpRelay
-from runtime.relay.udp import _Client, reply_socket_limit
+from runtime.relay.outbounds import DIRECT_ID
+from runtime.relay.udp import LOG_EVERY, _Client, client_limit, reply_socket_limit
 
 pytestmark = pytest.mark.root  # transparent reply sockets need CAP_NET_ADMIN
 
@@ -85,3 +86,114 @@ def test_the_total_bound_never_exceeds_a_quarter_of_the_fd_limit() -> None:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert reply_socket_limit(10**9) == max(1, soft // 4)
     assert reply_socket_limit(7) == min(7, max(1, soft // 4))
+
+
+class Clock:
+    """The relay's clock, moved by hand (idle ages without waiting)."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_client_entries_are_bounded_per_source_ip_and_in_total(caplog) -> None:
+    """Direct associations (a real socket each) to a loopback sink: 127.0.0.1 gets 3 entries,
+    127.0.0.2 the 2 left of the total 5; newcomers past either bound are dropped (counted,
+    one log line per source IP and interval) while admitted clients keep flowing; once one
+    of its entries is idle past udp_client_evict_idle, a newcomer of that IP takes its place
+    (its association closed) and the other IP's entries are untouched."""
+    async def scenario() -> None:
+        clock = Clock()
+        r = UdpRelay(StaticRouter(DIRECT_ID), OutboundTable.from_manifest({}),
+                     RelayConfig(udp_clients_per_ip=3, udp_clients=5, udp_client_evict_idle=5.0),
+                     clock=clock)
+        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sink.bind(("127.0.0.1", 0))
+        sink.settimeout(2)
+        dst = sink.getsockname()
+
+        def send(src: tuple[str, int], data: bytes = b"x") -> None:
+            r.handle_packet(data, src, dst, socket.AF_INET)
+
+        try:
+            for port in range(1, 6):
+                send(("127.0.0.1", port))
+            assert sorted(r.clients) == [("127.0.0.1", p) for p in (1, 2, 3)]
+            assert r.stats.guards.udp_client_limited == 2
+            for port in range(1, 4):
+                send(("127.0.0.2", port))
+            assert len(r.clients) == 5 and r.stats.guards.udp_client_limited == 3
+            await asyncio.sleep(0.1)  # the direct associations open
+            send(("127.0.0.1", 1), b"still")  # admitted clients are untouched by the bound
+            got = set()
+            for _ in range(6):
+                got.add(sink.recv(100))
+            assert got == {b"x", b"still"}
+            assert r.stats["direct"].dropped == 0
+            lines = [m for m in caplog.messages if "dropped: at the bound" in m]
+            assert len(lines) == 2, lines  # once for 127.0.0.1 (2 drops), once for the total
+            assert "3 clients (source ports) for 127.0.0.1" in lines[0]
+            assert "5 clients in all" in lines[1]
+            assert "udp-client-limited=3" in str(r.stats)
+
+            clock.t += 5.0
+            send(("127.0.0.1", 2))  # 1 and 3 idle for 5 s; 3 used least recently (1 sent "still")
+            evicted = r.clients[("127.0.0.1", 3)]
+            assoc = evicted.assocs[DIRECT_ID].assoc
+            assert assoc is not None
+            send(("127.0.0.1", 9))
+            assert ("127.0.0.1", 3) not in r.clients and ("127.0.0.1", 9) in r.clients
+            assert not evicted.assocs and r.stats.guards.udp_client_evicted == 1
+            assert assoc.closed
+            assert sorted(c for c in r.clients if c[0] == "127.0.0.2") == [
+                ("127.0.0.2", 1), ("127.0.0.2", 2)]
+            send(("127.0.0.1", 10))  # 1 goes the same way
+            assert ("127.0.0.1", 1) not in r.clients and r.stats.guards.udp_client_evicted == 2
+            send(("127.0.0.1", 11))  # 2, 9, 10 are fresh: dropped, not logged again yet
+            assert r.stats.guards.udp_client_limited == 4
+            assert len([m for m in caplog.messages if "dropped: at the bound" in m]) == 2
+            clock.t += 10.0
+            r.sweep(clock.t - 5.0)  # nothing expires; the throttles age
+            send(("127.0.0.1", 12))  # 2, 9, 10 idle 10 s now: one makes room
+            assert r.stats.guards.udp_client_evicted == 3 and r.stats.guards.udp_client_limited == 4
+            r.sweep(clock.t + r.config.udp_idle_timeout)
+            assert not r.clients and not r._by_ip
+        finally:
+            sink.close()
+            await r.close()
+
+    with caplog.at_level(logging.WARNING, logger="runtime.relay.udp"):
+        asyncio.run(scenario())
+
+
+def test_a_refused_client_is_logged_again_after_the_interval_with_the_count(caplog) -> None:
+    """Past the bound a source IP spraying ports is one log line per LOG_EVERY, the next one
+    saying how many were left unlogged."""
+    async def scenario() -> None:
+        clock = Clock()
+        r = UdpRelay(StaticRouter(BLOCK), OutboundTable.from_manifest({}),
+                     RelayConfig(udp_clients_per_ip=2, udp_client_evict_idle=2 * LOG_EVERY),
+                     clock=clock)
+        for port in range(1, 103):
+            r.handle_packet(b"x", ("10.0.0.7", port), ("192.0.2.1", 53), socket.AF_INET)
+        clock.t += LOG_EVERY
+        r.handle_packet(b"x", ("10.0.0.7", 200), ("192.0.2.1", 53), socket.AF_INET)
+        assert r.stats.guards.udp_client_limited == 101
+        await r.close()
+
+    with caplog.at_level(logging.WARNING, logger="runtime.relay.udp"):
+        asyncio.run(scenario())
+    lines = [m for m in caplog.messages if "dropped: at the bound" in m]
+    assert len(lines) == 2, lines
+    assert "more since" not in lines[0] and "(+99 more since the last report)" in lines[1]
+
+
+def test_the_client_bound_never_exceeds_an_eighth_of_the_fd_limit() -> None:
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert client_limit(10**9) == max(1, soft // 8)
+    assert UdpRelay(StaticRouter(BLOCK), OutboundTable.from_manifest({})).client_limit == min(
+        RelayConfig().udp_clients, max(1, soft // 8))

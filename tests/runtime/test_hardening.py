@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from runtime.lab import parse_udp_echo
+
 from .helpers import Gw, Lab, client_get, flow_lines, gateway, gateway_snapshot, lab_config, \
     proxy_lab, snapshot_diff, udp_exchange, wait_for
 
@@ -206,6 +208,103 @@ def test_udp_reply_sockets_are_bounded_per_client(lab: Lab, tmp_path: Path) -> N
     last = [ln for ln in gw.log_text().splitlines() if "; relay: " in ln][-1]
     m = re.search(r"udp-reply-limited=(\d+)", last)
     assert m and int(m[1]) >= 44, last
+
+
+SPRAY_PORTS = 700  # source ports one LAN host sends from: more than udp_clients_per_ip (512)
+PER_IP = 512
+SECOND_CLIENT = "10.231.1.3"  # another LAN host: a second address on the client's interface
+
+
+@contextlib.contextmanager
+def nofile_at_least(n: int) -> Iterator[None]:
+    """This process's RLIMIT_NOFILE soft limit raised to `n` (at most the hard limit) while the
+    block runs: the runtime inherits it, and the relay's total client bound (an eighth of it)
+    must stay above the per-IP bound for the per-IP bound to be what the test sees."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = n if hard == resource.RLIM_INFINITY else min(n, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@contextlib.contextmanager
+def second_lan_address(lab: Lab) -> Iterator[str]:
+    t = lab.topo
+    prefix = ipaddress.ip_network(t.lan_net4).prefixlen
+    with lab.iproute("client") as ipr:
+        idx = ipr.link_lookup(ifname=t.client_if)[0]
+        ipr.addr("add", index=idx, address=SECOND_CLIENT, prefixlen=prefix)
+    try:
+        yield SECOND_CLIENT
+    finally:
+        with lab.iproute("client") as ipr:
+            ipr.addr("del", index=idx, address=SECOND_CLIENT, prefixlen=prefix)
+
+
+def test_udp_clients_are_bounded_per_source_ip(lab: Lab, tmp_path: Path) -> None:
+    """One LAN host sends from 700 source ports to a proxied UDP echo: the relay admits 512 of
+    them (the per-IP bound; one SOCKS5 association each, a TCP control connection and a UDP
+    socket), the rest are dropped, counted and logged once; the runtime's fds grow by about
+    two per admitted client, not per port, and another host's UDP flow keeps working."""
+    t = lab.topo
+    dst = (t.upstream_ip4, 9001)
+    cfg = lab_config(t, fallback="direct", rules=[f"dip({t.upstream_ip4}) && dport(9001) -> proxy"])
+    with nofile_at_least(8 * (SPRAY_PORTS + 64)), second_lan_address(lab) as other, \
+            gateway(lab, cfg, tmp_path) as gw, contextlib.ExitStack() as stack:
+        before = fd_count(gw)
+        socks = []
+        for _ in range(SPRAY_PORTS):
+            s = stack.enter_context(lab.socket("client", socket.AF_INET, socket.SOCK_DGRAM))
+            s.bind((t.client_ip4, 0))  # kept open: each stays its own client for the relay
+            socks.append(s)
+        flow_rx = re.compile(rf"udp {re.escape(t.client_ip4)}:(\d+) -> "
+                             rf"{re.escape(t.upstream_ip4)}:9001 .*via proxy node")
+
+        def admitted() -> set[int]:
+            return {int(p) for p in flow_rx.findall(gw.log_text())}
+
+        def spray(order: list[socket.socket]) -> None:
+            for i, s in enumerate(order):
+                s.sendto(b"spray", dst)
+                if i % 64 == 63:
+                    time.sleep(0.02)  # pacing, so the runtime reads them as they come
+
+        started = time.monotonic()
+        spray(socks)
+        wait_for(lambda: len(admitted()) >= PER_IP, timeout=90)  # the associations are up
+        # Again, now that the runtime is idle (while it opened 512 associations its listener's
+        # buffer may have overflowed): the admitted ports first, so none of them is idle when
+        # the refused ones come, which are then refused again, each counted.
+        ports = admitted()
+        spray(sorted(socks, key=lambda s: s.getsockname()[1] not in ports))
+        grown = fd_count(gw) - before
+        assert grown <= 2 * PER_IP + 32, f"runtime fds grew by {grown} for {SPRAY_PORTS} ports"
+        with lab.socket("client", socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((other, 0))
+            s.settimeout(1.0)
+            reply = None
+            for _ in range(5):  # the first datagram waits for the UDP ASSOCIATE
+                s.sendto(b"other host", dst)
+                try:
+                    reply, src = s.recvfrom(65535)
+                    break
+                except (TimeoutError, socket.timeout):
+                    continue
+            assert reply is not None, "the second host's UDP flow got no reply"
+            assert src == dst and parse_udp_echo(reply)[2] == b"other host"
+        assert admitted() == ports and len(ports) == PER_IP
+        limited = [ln for ln in gw.log_text().splitlines() if "dropped: at the bound" in ln]
+        # once per source IP and 10 s (a slow machine may span more than one interval)
+        assert 1 <= len(limited) <= 1 + (time.monotonic() - started) // 10, limited
+        assert all(f"{PER_IP} clients (source ports) for {t.client_ip4}" in ln
+                   for ln in limited), limited
+    last = [ln for ln in gw.log_text().splitlines() if "; relay: " in ln][-1]
+    m = re.search(r"udp-client-limited=(\d+)", last)
+    assert m and int(m[1]) >= SPRAY_PORTS - PER_IP, last
+    assert "udp-client-evicted" not in last, last  # nobody was idle long enough
+    assert "Traceback" not in gw.log_text()
 
 
 # --- a node that resets after CONNECT --------------------------------------------------------
