@@ -20,6 +20,9 @@ from ruamel.yaml.scanner import RoundTripScanner
 from ruamel.yaml.tokens import ScalarToken
 
 from .diagnostics import CompileError, Diagnostics, SourcePos
+from .readfile import read_capped_text
+
+CONFIG_MAX_BYTES = 64 << 20  # a config with 100,000 inline rule values is ~2 MB
 
 JsonPath = tuple[str | int, ...]
 
@@ -148,18 +151,55 @@ class _FastScanner(RoundTripScanner):
         return super().scan_flow_scalar(style)
 
 
-def _plain(node: Any, path: JsonPath, pos: PosMap, diags: Diagnostics) -> Any:
+# Nodes an alias may add beyond the file's own: YAML aliases share one node, and converting
+# the tree expands each use (a 796-byte "billion laughs" took 62 s and 3.9 GiB before this).
+ALIAS_EXPANSION_NODES = 100_000
+
+
+class _Budget:
+    """Counts converted nodes; a file without aliases has at most about one node per byte."""
+
+    def __init__(self, text_len: int):
+        self.left = text_len + ALIAS_EXPANSION_NODES
+
+    def take(self) -> bool:
+        self.left -= 1
+        return self.left >= 0
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _has_surrogate(s: str) -> bool:
+    if s.isascii():
+        return False
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _plain(node: Any, path: JsonPath, pos: PosMap, diags: Diagnostics, budget: _Budget) -> Any:
     """Convert ruamel nodes to plain Python values, recording positions on the way."""
+    if not budget.take():
+        raise _TooLarge()
     if isinstance(node, CommentedMap):
         out: dict[str, Any] = {}
+        here = pos.value(path)
         for k, v in node.items():
             key = str(k)
             child = path + (key,)
-            kl, kc = node.lc.key(k)
+            # Keys brought in by a merge key (`<<: *base`) have no position of their own in this
+            # mapping: they are reported at the mapping.
+            kl, kc = node.lc.key(k) or (here.line - 1, here.col - 1)
             pos.set_key(child, ScalarPos(kl + 1, kc + 1, False))
-            vl, vc = node.lc.value(k)
+            vl, vc = node.lc.value(k) or (here.line - 1, here.col - 1)
             pos.set_value(child, ScalarPos(vl + 1, vc + 1, _is_quoted(v), _style(v)))
-            out[key] = _plain(v, child, pos, diags)
+            if _has_surrogate(key):
+                diags.error(pos.key(child), "invalid YAML: a key contains a lone surrogate escape (no UTF-8 form)")
+            out[key] = _plain(v, child, pos, diags, budget)
         return out
     if isinstance(node, CommentedSeq):
         items = []
@@ -167,10 +207,8 @@ def _plain(node: Any, path: JsonPath, pos: PosMap, diags: Diagnostics) -> Any:
             child = path + (i,)
             il, ic = node.lc.item(i)
             pos.set_value(child, ScalarPos(il + 1, ic + 1, _is_quoted(v), _style(v)))
-            items.append(_plain(v, child, pos, diags))
+            items.append(_plain(v, child, pos, diags, budget))
         return items
-    if isinstance(node, ScalarString):
-        return str(node)
     if isinstance(node, TaggedScalar):
         # `- !domain(x) -> direct` unquoted: YAML reads the leading '!' as a tag.
         tag = str(node.tag.value if hasattr(node.tag, "value") else node.tag)
@@ -178,6 +216,14 @@ def _plain(node: Any, path: JsonPath, pos: PosMap, diags: Diagnostics) -> Any:
         diags.error(pos.value(path), f"invalid YAML: '{tag}' is read as a YAML tag",
                     f"quote the value: \"{text}\"" if tag.startswith("!") else None)
         return text
+    if isinstance(node, str):
+        if _has_surrogate(node):
+            # "\ud800" in double quotes: a string no file, manifest or process name can hold.
+            diags.error(pos.value(path), "invalid YAML: the value contains a lone surrogate escape (no UTF-8 form)")
+        return str(node)
+    if isinstance(node, (dict, list, set)):  # a mapping or sequence type ruamel made that is not round-trip
+        diags.error(pos.value(path), f"invalid YAML: unsupported {type(node).__name__} here")
+        return None
     return node
 
 
@@ -199,12 +245,12 @@ def load_config(path: str | Path) -> LoadedConfig:
     name = str(path)
     diags = Diagnostics()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_capped_text(path, CONFIG_MAX_BYTES, "config")
     except OSError as exc:
         diags.error(SourcePos(name, 1, 1), f"cannot read config: {exc.strerror or exc}")
         raise CompileError(diags) from exc
-    except UnicodeDecodeError as exc:
-        diags.error(SourcePos(name, 1, 1), f"config is not UTF-8: {exc.reason}")
+    except ValueError as exc:
+        diags.error(SourcePos(name, 1, 1), f"cannot read config: {exc}")
         raise CompileError(diags) from exc
     return load_config_text(text, name)
 
@@ -239,7 +285,15 @@ def load_config_text(text: str, name: str = "config.yaml", fast_scanner: bool = 
         raise CompileError(diags) from exc
     pos = PosMap(name, text)
     pos.set_value((), ScalarPos(1, 1, False))
-    data = _plain(root, (), pos, diags) if root is not None else {}
+    try:
+        data = _plain(root, (), pos, diags, _Budget(len(text))) if root is not None else {}
+    except _TooLarge:
+        diags.error(SourcePos(name, 1, 1), f"invalid YAML: aliases expand the config to more than "
+                    f"{len(text) + ALIAS_EXPANSION_NODES} nodes", "write the repeated parts out, or use fewer aliases")
+        raise CompileError(diags) from None
+    except RecursionError:
+        diags.error(SourcePos(name, 1, 1), "invalid YAML: nested too deeply (or a recursive alias)")
+        raise CompileError(diags) from None
     if diags.errors:
         raise CompileError(diags)
     return LoadedConfig(
