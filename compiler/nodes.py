@@ -103,7 +103,9 @@ SUBSCRIPTION_MAX_BYTES = 16 << 20  # a subscription of 100,000 links is ~10 MB
 def _read_subscription(url: str, base: Path) -> list[str]:
     """file:// subscriptions are read at compile time: base64 of newline-separated links, or plain.
     Raises ValueError (not UTF-8, too large, not a regular file, a bad URL) or OSError."""
-    path = Path(unquote(split_url(url).path))
+    u = split_url(url)
+    # dae reads `file://sub.txt` as a path relative to the config (urlsplit: host 'sub.txt').
+    path = Path(unquote(u.path if u.netloc in ("", "localhost") else u.netloc + u.path))
     if not path.is_absolute():
         path = base / path
     raw = read_capped_text(path, SUBSCRIPTION_MAX_BYTES, "subscription", regular_only=True).strip()

@@ -25,6 +25,7 @@ class Url:
     """The parts of a split URL the compiler uses; `port` is None when absent."""
 
     scheme: str
+    netloc: str
     hostname: str | None
     port: int | None
     username: str | None
@@ -45,7 +46,7 @@ def split_url(text: str) -> Url:
         if "Port" in reason or "port" in reason:
             raise ValueError("invalid port") from None
         raise ValueError(f"invalid URL ({reason.lower() or 'cannot be parsed'})") from None
-    return Url(scheme=u.scheme.lower(), hostname=hostname, port=port, username=u.username, password=u.password,
+    return Url(scheme=u.scheme.lower(), netloc=u.netloc, hostname=hostname, port=port, username=u.username, password=u.password,
                path=u.path, query=u.query, fragment=u.fragment)
 
 
