@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
+from ruamel.yaml.composer import ReusedAnchorWarning
 from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.scalarstring import ScalarString
@@ -264,7 +266,16 @@ def load_config_text(text: str, name: str = "config.yaml", fast_scanner: bool = 
     yaml.preserve_quotes = True
     yaml.allow_duplicate_keys = False
     try:
-        root = yaml.load(text)
+        with warnings.catch_warnings():
+            # ruamel warns (on stderr) about an anchor defined twice; here it is an error.
+            warnings.simplefilter("error", ReusedAnchorWarning)
+            root = yaml.load(text)
+    except ReusedAnchorWarning as exc:
+        where = re.search(r"second occurrence.*?line (\d+), column (\d+)", str(exc), re.S)
+        line, col = (int(where.group(1)), int(where.group(2))) if where else (1, 1)
+        diags.error(SourcePos(name, line, col), "invalid YAML: an anchor is defined twice",
+                    "give each anchor ('&name') its own name")
+        raise CompileError(diags) from None
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
