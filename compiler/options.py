@@ -40,12 +40,13 @@ def bounded_duration(key: str, raw: Any) -> float:
     return seconds
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
+def _require_ips(key: str, after: str, items: list[str]) -> None:
+    """The list's items after its first are addresses to reach the target at, without DNS."""
+    for item in items:
+        try:
+            ipaddress.ip_address(item)
+        except ValueError:
+            raise ValueError(f"{key}: {item!r} is not an IP address (after the {after} come IPs)") from None
 
 
 def check_tcp_check_url(items: list[str]) -> None:
@@ -59,9 +60,7 @@ def check_tcp_check_url(items: list[str]) -> None:
         raise ValueError(f"tcp_check_url {url!r}: {exc}") from None
     if u.scheme not in ("http", "https") or not u.hostname:
         raise ValueError(f"tcp_check_url {url!r}: expected 'http(s)://host[:port]/path'")
-    for ip in ips:
-        if not _is_ip(ip):
-            raise ValueError(f"tcp_check_url: {ip!r} is not an IP address (after the URL come IPs)")
+    _require_ips("tcp_check_url", "URL", ips)
 
 
 def check_udp_check_dns(items: list[str]) -> None:
@@ -83,6 +82,4 @@ def check_udp_check_dns(items: list[str]) -> None:
         raise ValueError(f"udp_check_dns {target!r}: expected 'host[:port]'")
     if port and not (port.isdigit() and 1 <= int(port) <= 65535):
         raise ValueError(f"udp_check_dns {target!r}: invalid port")
-    for ip in ips:
-        if not _is_ip(ip):
-            raise ValueError(f"udp_check_dns: {ip!r} is not an IP address (after the server come IPs)")
+    _require_ips("udp_check_dns", "server", ips)

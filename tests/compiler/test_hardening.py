@@ -22,18 +22,9 @@ from compiler.emit import outbound_macro
 from compiler.pipeline import compile_config
 from compiler.urls import mask_secrets, mask_with_column
 from compiler.userregex import compile_user_regex
+from test_diagnostics import HEAD  # the small valid config the diagnostics tests count lines from
 
 REPO = Path(__file__).resolve().parents[2]
-
-HEAD = """\
-global: {lan_interface: [eth0]}
-nodes:
-  n1: 'socks5://192.0.2.10:1080'
-groups:
-  proxy: {policy: random}
-routing:
-  rules:
-"""
 
 
 def config(rules: str = '    - "dport(53) -> direct"\n', head: str = HEAD, tail: str = "") -> str:
