@@ -117,7 +117,10 @@ def _worker(args: tuple[int, int, int, float, int, bool]) -> dict:
     crashes: list[dict] = []
     times: list[float] = []
     max_rss = 0
-    for _ in range(count):
+    for n in range(count):
+        if n and n % 5000 == 0:
+            print(f"worker {worker_id}: {n}/{count} inputs, {kinds.get('crash', 0)} crashes", file=sys.stderr,
+                  flush=True)
         data = mutate(rng.choice(pool), rng)
         kind, detail, elapsed, rss = (_one(data, directory, timeout, as_limit) if fork
                                       else _one_in_process(data, directory, timeout))

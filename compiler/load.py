@@ -257,9 +257,42 @@ def load_config(path: str | Path) -> LoadedConfig:
     return load_config_text(text, name)
 
 
+# Nesting deeper than this is refused before ruamel reads it: ruamel recurses per level, and its
+# cost grows faster than the depth (3,000 '[' took 62 s before it hit Python's recursion limit).
+MAX_FLOW_DEPTH = 100
+MAX_INDENT_COLUMNS = 200  # block nesting: each level takes at least one column ('- - x' two)
+# What can hold a bracket that is not one: quoted scalars and comments (a '#' after a space).
+_FLOW_TOKEN = re.compile(r"""(?:(?<=[\s\[{,:])|^)(?:"(?:\\.|[^"\\])*"|'(?:[^']|'')*')|(?:(?<=\s)|^)#[^\n]*|[\[\]{}]""",
+                         re.M)
+_DEEP_INDENT = re.compile(rf"^[ \t?:-]{{{MAX_INDENT_COLUMNS},}}", re.M)
+
+
+def _too_deep(text: str) -> tuple[int, int] | None:
+    """The 0-based offset where nesting passes the limits, or None."""
+    depth = 0
+    for m in _FLOW_TOKEN.finditer(text):
+        c = m.group(0)
+        if c in "[{":
+            depth += 1
+            if depth > MAX_FLOW_DEPTH:
+                return m.start(), MAX_FLOW_DEPTH
+        elif c in "]}":
+            depth = max(depth - 1, 0)
+    m = _DEEP_INDENT.search(text)
+    return (m.start() + MAX_INDENT_COLUMNS - 1, MAX_INDENT_COLUMNS) if m else None
+
+
 def load_config_text(text: str, name: str = "config.yaml", fast_scanner: bool = True) -> LoadedConfig:
     """`fast_scanner=False` is ruamel's own scanner (the reference the tests compare with)."""
     diags = Diagnostics()
+    deep = _too_deep(text)
+    if deep is not None:
+        offset, limit = deep
+        line = text.count("\n", 0, offset) + 1
+        col = offset - (text.rfind("\n", 0, offset) + 1) + 1
+        what = f"{limit} levels of [ ] or {{ }}" if limit == MAX_FLOW_DEPTH else f"{limit} columns of indentation"
+        diags.error(SourcePos(name, line, col), f"invalid YAML: nested deeper than {what}")
+        raise CompileError(diags)
     yaml = YAML(typ="rt")
     if fast_scanner:
         yaml.Scanner = _FastScanner

@@ -137,6 +137,14 @@ def test_a_backtracking_group_filter_regex_runs_in_linear_time() -> None:
     assert checked.groups[0]["nodes"] == []
 
 
+@pytest.mark.parametrize("text, where", [
+    ("a: " + "[" * 3000 + "]" * 3000, "1:104: error: invalid YAML: nested deeper than 100 levels of [ ] or { }"),
+    ("".join(" " * i + f"k{i}:\n" for i in range(300)), "201:200: error: invalid YAML: nested deeper than 200 columns"),
+])
+def test_deep_nesting_is_refused_before_the_yaml_parser_recurses(text: str, where: str) -> None:
+    assert first_error(text).startswith(f"config.yaml:{where}")
+
+
 @pytest.mark.parametrize("target, reason", [
     ("/dev/zero", "subscription is not a regular file"),
     ("big.txt", "subscription is larger than 16 MiB"),
