@@ -261,22 +261,36 @@ def load_config(path: str | Path) -> LoadedConfig:
 # cost grows faster than the depth (3,000 '[' took 62 s before it hit Python's recursion limit).
 MAX_FLOW_DEPTH = 100
 MAX_INDENT_COLUMNS = 200  # block nesting: each level takes at least one column ('- - x' two)
-# What can hold a bracket that is not one: quoted scalars and comments (a '#' after a space).
-_FLOW_TOKEN = re.compile(r"""(?:(?<=[\s\[{,:])|^)(?:"(?:\\.|[^"\\])*"|'(?:[^']|'')*')|(?:(?<=\s)|^)#[^\n]*|[\[\]{}]""",
-                         re.M)
+# What can hold a bracket that is not one: quoted scalars (a quote that starts a token) and comments
+# (a '#' at a line start or after a space). Quoted scalars are skipped with one match each, so a
+# 2 MB rule string costs one step.
+_SPECIAL = re.compile(r"""[\[\]{}"'#]""")
+_QUOTED = {'"': re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"'), "'": re.compile(r"'[^']*(?:''[^']*)*'")}
 _DEEP_INDENT = re.compile(rf"^[ \t?:-]{{{MAX_INDENT_COLUMNS},}}", re.M)
 
 
 def _too_deep(text: str) -> tuple[int, int] | None:
-    """The 0-based offset where nesting passes the limits, or None."""
+    """(0-based offset, limit) where nesting passes a limit, or None."""
     depth = 0
-    for m in _FLOW_TOKEN.finditer(text):
-        c = m.group(0)
-        if c in "[{":
+    pos = 0
+    search = _SPECIAL.search
+    while (m := search(text, pos)) is not None:
+        c, at = m.group(0), m.start()
+        pos = at + 1
+        before = text[at - 1] if at else "\n"
+        if c in "\"'":
+            if before in " \t\r\n[{,:-?":
+                q = _QUOTED[c].match(text, at)
+                pos = q.end() if q else len(text)  # unterminated: ruamel reports it
+        elif c == "#":
+            if before in " \t\r\n":
+                nl = text.find("\n", at)
+                pos = len(text) if nl < 0 else nl
+        elif c in "[{":
             depth += 1
             if depth > MAX_FLOW_DEPTH:
-                return m.start(), MAX_FLOW_DEPTH
-        elif c in "]}":
+                return at, MAX_FLOW_DEPTH
+        else:
             depth = max(depth - 1, 0)
     m = _DEEP_INDENT.search(text)
     return (m.start() + MAX_INDENT_COLUMNS - 1, MAX_INDENT_COLUMNS) if m else None
