@@ -38,7 +38,7 @@ def first_error(text: str, tmp_path: Path | None = None) -> str:
     with pytest.raises(CompileError) as info:
         compile_config(None if tmp_path is None else tmp_path / "config.yaml", None,
                        text=text if tmp_path is None else None)
-    return info.value.diagnostics.render(text).splitlines()[0]
+    return next(line for line in info.value.diagnostics.render(text).splitlines() if ": error: " in line)
 
 
 # ---- the eight crash classes -------------------------------------------------------------------
