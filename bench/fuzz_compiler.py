@@ -30,6 +30,9 @@ from pathlib import Path
 from bench.fuzz_inputs import mutate, run_front_end, seeds
 
 
+SLOW_SECONDS = 2.0  # inputs slower than this are saved with the crashes, to look at
+
+
 def _child(data: str | bytes, directory: Path, wfd: int, as_limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (as_limit, as_limit))
     try:
@@ -76,8 +79,8 @@ def _one(data: str | bytes, directory: Path, timeout: float, as_limit: int) -> t
     return res["kind"], res["detail"], elapsed, usage.ru_maxrss
 
 
-class _Timeout(Exception):
-    pass
+class _Timeout(BaseException):
+    """BaseException: no `except Exception` in the compiler may swallow it."""
 
 
 def _alarm(_sig: int, _frame: object) -> None:
@@ -127,7 +130,10 @@ def _worker(args: tuple[int, int, int, float, int, bool]) -> dict:
         kinds[kind] = kinds.get(kind, 0) + 1
         times.append(elapsed)
         max_rss = max(max_rss, rss)
-        if kind == "crash" and len(crashes) < 50:
+        if elapsed > SLOW_SECONDS and kind != "crash":
+            kind, detail = "slow", f"{elapsed:.2f} s (counted apart: over {SLOW_SECONDS} s)"
+            kinds["slow"] = kinds.get("slow", 0) + 1
+        if kind in ("crash", "slow") and len(crashes) < 50:
             crashes.append({"input": data if isinstance(data, str) else data.decode("utf-8", "backslashreplace"),
                             "detail": detail})
     return {"kinds": kinds, "crashes": crashes, "times": times, "max_rss_kib": max_rss}
@@ -161,12 +167,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: {' '.join([sys.executable, '-m', 'bench.fuzz_compiler', *(argv or sys.argv[1:])])}")
     print(f"load average at the end: {os.getloadavg()}")
     print()
-    print("| inputs | seeds | ok | rejected | crashes | max time | p99 time | median time | max RSS | wall |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| inputs | seeds | ok | rejected | crashes | over 2 s | max time | p99 time | median time | max RSS | wall |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     p99 = times[int(len(times) * 0.99) - 1] if times else 0.0
     med = times[len(times) // 2] if times else 0.0
     print(f"| {len(times)} | {len(seeds())} | {kinds.get('ok', 0)} | {kinds.get('rejected', 0)} | "
-          f"{kinds.get('crash', 0)} | {times[-1]:.2f} s | {p99 * 1000:.0f} ms | {med * 1000:.0f} ms | "
+          f"{kinds.get('crash', 0)} | {kinds.get('slow', 0)} | {times[-1]:.2f} s | {p99 * 1000:.0f} ms | {med * 1000:.0f} ms | "
           f"{max_rss / 1024:.0f} MiB | {wall:.0f} s |")
     if args.save_crashes:
         args.save_crashes.write_text(json.dumps(crashes, indent=1))

@@ -155,7 +155,8 @@ class _FastScanner(RoundTripScanner):
 
 # Nodes an alias may add beyond the file's own: YAML aliases share one node, and converting
 # the tree expands each use (a 796-byte "billion laughs" took 62 s and 3.9 GiB before this).
-ALIAS_EXPANSION_NODES = 100_000
+# Every node also costs the schema check afterwards, so the allowance is small.
+ALIAS_EXPANSION_NODES = 10_000
 
 
 class _Budget:
@@ -187,6 +188,9 @@ def _plain(node: Any, path: JsonPath, pos: PosMap, diags: Diagnostics, budget: _
     """Convert ruamel nodes to plain Python values, recording positions on the way."""
     if not budget.take():
         raise _TooLarge()
+    tag = getattr(getattr(node, "tag", None), "value", None)
+    if tag and isinstance(node, (CommentedMap, CommentedSeq)):
+        diags.error(pos.value(path), f"invalid YAML: '{tag}' is read as a YAML tag", "remove it, or quote the value")
     if isinstance(node, CommentedMap):
         out: dict[str, Any] = {}
         here = pos.value(path)
@@ -205,9 +209,10 @@ def _plain(node: Any, path: JsonPath, pos: PosMap, diags: Diagnostics, budget: _
         return out
     if isinstance(node, CommentedSeq):
         items = []
+        here = pos.value(path)
         for i, v in enumerate(node):
             child = path + (i,)
-            il, ic = node.lc.item(i)
+            il, ic = node.lc.item(i) or (here.line - 1, here.col - 1)  # none in a tagged sequence
             pos.set_value(child, ScalarPos(il + 1, ic + 1, _is_quoted(v), _style(v)))
             items.append(_plain(v, child, pos, diags, budget))
         return items

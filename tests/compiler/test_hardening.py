@@ -333,3 +333,9 @@ def test_output_absent_or_empty_is_written_and_a_previous_build_is_replaced(home
     assert cli.main([str(cfg), "-o", str(home / target), "-q"]) == 0  # a previous build: replaced
     assert _tree(home / target)["program.c"] != first["program.c"]
     assert sorted(p.name for p in (home / target).parent.iterdir() if p.name.startswith(".dae-build-")) == []
+
+
+def test_a_tag_on_a_sequence_or_mapping_is_an_error_at_it() -> None:
+    # found by bench/fuzz_compiler.py: ruamel keeps no item positions in a tagged sequence
+    assert first_error("global: {lan_interface: !tag [eth0]}\nrouting: {fallback: direct}\n") == (
+        "config.yaml:1:25: error: invalid YAML: '!tag' is read as a YAML tag")
