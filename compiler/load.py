@@ -15,6 +15,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.composer import ReusedAnchorWarning
+from ruamel.yaml.constructor import DuplicateKeyError, RoundTripConstructor
 from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.scalarstring import ScalarString
@@ -127,6 +128,37 @@ class LoadedConfig:
 # bookkeeping other than by one column each (line breaks, BOM), no NUL (ruamel's end of input).
 _SIMPLE_DOUBLE = re.compile('"([^"\\\\\0\r\n\x85\u2028\u2029\ufeff]*)"')
 _SIMPLE_SINGLE = re.compile("'([^'\0\r\n\x85\u2028\u2029\ufeff]*)'(?!')")
+
+
+def _is_plain_key(key: Any) -> bool:
+    return key is None or isinstance(key, (str, int, float, bool))
+
+
+class _Constructor(RoundTripConstructor):
+    """ruamel's constructor, minus two ways an alias makes it expand a shared tree: its
+    duplicate-key message formats both values (`x: *bomb` twice took the fuzz campaign's 10 s),
+    and a collection used as a key is hashed element by element. Keys here must be scalars."""
+
+    def _plain_key(self, node: Any, key_node: Any, key: Any) -> None:
+        if not _is_plain_key(key):
+            raise DuplicateKeyError("while constructing a mapping", node.start_mark,
+                                    "a key must be a plain value, not a sequence or mapping", key_node.start_mark)
+
+    def check_mapping_key(self, node: Any, key_node: Any, mapping: Any, key: Any, value: Any) -> bool:
+        self._plain_key(node, key_node, key)
+        if key in mapping:
+            old = mapping.get(key)
+            values = (f' with value "{value}" (original value: "{old}")'
+                      if _is_plain_key(value) and _is_plain_key(old) else "")  # a collection may be a bomb
+            raise DuplicateKeyError("while constructing a mapping", node.start_mark,
+                                    f'found duplicate key "{str(key)[:80]}"{values}', key_node.start_mark)
+        return True
+
+    def check_set_key(self, node: Any, key_node: Any, setting: Any, key: Any) -> None:
+        self._plain_key(node, key_node, key)
+        if key in setting:
+            raise DuplicateKeyError("while constructing a set", node.start_mark,
+                                    f'found duplicate key "{str(key)[:80]}"', key_node.start_mark)
 
 
 class _FastScanner(RoundTripScanner):
@@ -313,6 +345,7 @@ def load_config_text(text: str, name: str = "config.yaml", fast_scanner: bool = 
         diags.error(SourcePos(name, line, col), f"invalid YAML: nested deeper than {what}")
         raise CompileError(diags)
     yaml = YAML(typ="rt")
+    yaml.Constructor = _Constructor
     if fast_scanner:
         yaml.Scanner = _FastScanner
     yaml.preserve_quotes = True

@@ -339,3 +339,15 @@ def test_a_tag_on_a_sequence_or_mapping_is_an_error_at_it() -> None:
     # found by bench/fuzz_compiler.py: ruamel keeps no item positions in a tagged sequence
     assert first_error("global: {lan_interface: !tag [eth0]}\nrouting: {fallback: direct}\n") == (
         "config.yaml:1:25: error: invalid YAML: '!tag' is read as a YAML tag")
+
+
+@pytest.mark.parametrize("tail, message", [
+    ("x8: 1\n", 'found duplicate key "x8" (while'),  # ruamel's own message formatted both values
+    ("? *i\n: 1\n", "a key must be a plain value, not a sequence or mapping"),  # hashed element by element
+])
+def test_an_alias_bomb_behind_a_duplicate_or_collection_key_is_not_expanded(tail: str, message: str) -> None:
+    # found by bench/fuzz_compiler.py (run 2): the 10 s timer fired inside ruamel's duplicate-key check
+    bomb = ['x: &a ["x","x","x","x","x","x","x","x","x"]']
+    for i in range(1, 9):
+        bomb.append(f"x{i}: &{chr(97 + i)} [" + ",".join([f"*{chr(96 + i)}"] * 9) + "]")
+    assert message in first_error("\n".join(bomb) + "\n" + tail)
