@@ -7,7 +7,6 @@ sees every problem in one run.
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -16,8 +15,9 @@ from .diagnostics import Diagnostics, SourcePos, did_you_mean
 from .ir import (L4_TCP, L4_UDP, OUTBOUND_BLOCK, OUTBOUND_DIRECT, Action, CidrSet, DomainRef, DomainSet,
                  Field, Match, Outbound, PortSet, Rule, RoutingIR, SourceRef, ValueSet)
 from .load import LoadedConfig
-from .rules import (Call, Param, RuleAst, RuleSyntaxError, abbreviate, parse_outbound, parse_rule, parse_structured_rule,
-                    structured_param_path)
+from .rules import (Call, Param, RuleAst, RuleSyntaxError, StructuredRuleError, abbreviate, parse_outbound, parse_rule,
+                    parse_structured_rule, structured_param_path)
+from .userregex import compile_user_regex
 from .values import parse_int, parse_mac, parse_mark, parse_network, parse_port_range
 
 FUNCTIONS: dict[str, Field] = {
@@ -153,7 +153,11 @@ class RoutingChecker:
                 locate_outbound=lambda off: self.cfg.pos.in_string(path, off),
             )
         else:
-            ast, call_paths = parse_structured_rule(raw)
+            try:
+                ast, call_paths = parse_structured_rule(raw)
+            except StructuredRuleError as exc:
+                self.diags.error(self.cfg.pos.value(path + exc.path), exc.message, exc.hint)
+                return None
 
             def locate_structured(call: Call, off: int, cp: list = call_paths, a: RuleAst = ast) -> SourcePos:
                 k = next(i for i, c in enumerate(a.calls) if c is call)
@@ -355,6 +359,17 @@ class RoutingChecker:
             self.pnames[name] = None
         return ValueSet(tuple(vals)) if ok else None
 
+    @staticmethod
+    def _bad_geosite_regex(entries: list[Any]) -> str | None:
+        """The first regex entry of a geosite tag that does not compile (RE2), with the reason."""
+        for e in entries:
+            if e.kind == "regex":
+                try:
+                    compile_user_regex(e.value)
+                except ValueError as exc:
+                    return f"{e.value!r}: {exc}"
+        return None
+
     def _domain(self, call: Call, locate: Locate) -> DomainRef | None:
         buckets: dict[str, list[str]] = {"full": [], "suffix": [], "keyword": [], "regex": []}
         ok = True
@@ -380,14 +395,19 @@ class RoutingChecker:
                     ok = False
                     continue
                 kinds = {"plain": "keyword", "regex": "regex", "domain": "suffix", "full": "full"}
+                bad_regex = self._bad_geosite_regex(entries)
+                if bad_regex is not None:
+                    self.diags.error(locate(p.offset), f"'{key}:{p.value}' has a regex dae cannot use: {bad_regex}")
+                    ok = False
+                    continue
                 for e in entries:
                     buckets[kinds[e.kind]].append(e.value if e.kind == "regex" else e.value.lower())
                 continue
             value = p.value.strip()
             if key == "regex":
                 try:
-                    re.compile(value)
-                except re.error as exc:
+                    compile_user_regex(value)
+                except ValueError as exc:
                     self.diags.error(locate(p.value_offset), f"invalid regex {value!r}: {exc}")
                     ok = False
                     continue

@@ -2,48 +2,98 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import traceback
 from pathlib import Path
 
-from .diagnostics import CompileError
+from .diagnostics import CompileError, Diagnostics, SourcePos
 from .emit import EmitError
+from .load import CONFIG_MAX_BYTES
+from .outdir import OutputDirError
 from .pipeline import STRATEGIES, compile_config
+from .readfile import decode_utf8, read_capped, read_capped_text
+from .urls import mask_secrets
 from .version import COMPILER_VERSION
+
+EXIT_OK, EXIT_REJECTED, EXIT_INTERNAL = 0, 1, 2
+STDIN_NAME = "<stdin>"
+
+EPILOG = f"""\
+CONFIG '-' reads the config from standard input (read once; relative paths in it are relative
+to the current directory).
+
+exit status:
+  {EXIT_OK}  the config is valid (and the build was written)
+  {EXIT_REJECTED}  the config was rejected (the errors are printed as FILE:LINE:COL), or it cannot be
+     read, or -o names something a build must not replace (nothing is changed)
+  {EXIT_INTERNAL}  an internal error (a compiler bug or a missing tool such as clang)
+"""
+
+log = logging.getLogger(__name__)
+
+
+def _read_config(arg: str) -> tuple[str, str]:
+    """(name, text) of the config, read once: `-` and /dev/stdin are pipes (one read only)."""
+    if arg == "-":
+        return STDIN_NAME, decode_utf8(read_capped(sys.stdin.buffer, CONFIG_MAX_BYTES, "config"), "config")
+    return str(Path(arg)), read_capped_text(Path(arg), CONFIG_MAX_BYTES, "config")
+
+
+def _unreadable(name: str, reason: str) -> int:
+    diags = Diagnostics()
+    diags.error(SourcePos(name, 1, 1), f"cannot read config: {reason}")
+    print(diags.render(None), file=sys.stderr)
+    return EXIT_REJECTED
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="dae-compile", description=__doc__)
-    ap.add_argument("config", type=Path, help="config.yaml")
-    ap.add_argument("-o", "--output", type=Path, default=Path("build"), help="build directory (default: build/)")
+    ap = argparse.ArgumentParser(prog="dae-compile", description=__doc__, epilog=EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config", help="config.yaml, or '-' for standard input")
+    ap.add_argument("-o", "--output", type=Path, default=Path("build"),
+                    help="build directory (default: build/); must be absent, empty, or a previous build")
     ap.add_argument("--check", action="store_true", help="validate only; write nothing")
     ap.add_argument("--strategy", choices=STRATEGIES, default="auto",
                     help="classifier shape: straight-line compares, bit-vectors, or chosen by rule count")
     ap.add_argument("-q", "--quiet", action="store_true", help="do not print warnings")
     ap.add_argument("--version", action="version", version=f"dae-compile {COMPILER_VERSION}")
     args = ap.parse_args(argv)
-    source_text: str | None
     try:
-        source_text = args.config.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        source_text = None
+        name, source_text = _read_config(args.config)
+    except OSError as exc:
+        return _unreadable(str(Path(args.config)), exc.strerror or str(exc))
+    except ValueError as exc:
+        return _unreadable(str(Path(args.config)), str(exc))
     try:
-        checked = compile_config(args.config, None if args.check else args.output, strategy=args.strategy)
+        checked = compile_config(None, None if args.check else args.output, text=source_text, name=name,
+                                 strategy=args.strategy)
     except CompileError as exc:
         print(exc.diagnostics.render(source_text), file=sys.stderr)
         n = len(exc.diagnostics.errors)
-        print(f"{n} error{'s' if n != 1 else ''} in {args.config}", file=sys.stderr)
-        return 1
+        print(f"{n} error{'s' if n != 1 else ''} in {name}", file=sys.stderr)
+        return EXIT_REJECTED
+    except OutputDirError as exc:
+        print(f"dae-compile: error: {exc}", file=sys.stderr)
+        return EXIT_REJECTED
     except EmitError as exc:
-        print(f"dae-compile: internal error: {exc}", file=sys.stderr)
-        return 2
+        print(f"dae-compile: internal error: {mask_secrets(str(exc))}", file=sys.stderr)
+        return EXIT_INTERNAL
+    except Exception as exc:  # a compiler bug: one line (masked), the traceback only at debug level
+        log.debug("internal error", exc_info=True)
+        where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+        at = f" at {Path(where.filename).name}:{where.lineno}" if where else ""
+        print(f"dae-compile: internal error: {type(exc).__name__}{at}: {mask_secrets(str(exc))[:500]} "
+              "(a compiler bug; please report it with the config)", file=sys.stderr)
+        return EXIT_INTERNAL
     if checked.diags.warnings and not args.quiet:
         print(checked.diags.render(source_text), file=sys.stderr)
     if args.check:
-        print(f"{args.config}: ok ({len(checked.ir.rules)} rules)")
+        print(f"{name}: ok ({len(checked.ir.rules)} rules)")
     else:
         live = len(checked.ir.live_rules())
-        print(f"{args.config}: compiled {live} rules into {args.output}/")
-    return 0
+        print(f"{name}: compiled {live} rules into {args.output}/")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

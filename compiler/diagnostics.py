@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Iterable
 
+from .urls import mask_secrets, mask_with_column
+
 
 SHOW_LINE_CHARS = 160  # source lines longer than this are shown as a window around the caret
 
@@ -40,10 +42,11 @@ class Diagnostic:
     hint: str | None = None
 
     def render(self, source_lines: list[str] | None = None) -> str:
-        out = [f"{self.pos}: {self.severity.value}: {self.message}"]
+        """Every part shown is masked (mask_secrets): node links carry passwords, and a message
+        quoting a link or the echoed source line would otherwise print them."""
+        out = [f"{self.pos}: {self.severity.value}: {mask_secrets(self.message)}"]
         if source_lines and 1 <= self.pos.line <= len(source_lines):
-            text = source_lines[self.pos.line - 1].rstrip("\n")
-            caret = max(self.pos.col - 1, 0)
+            text, caret = mask_with_column(source_lines[self.pos.line - 1].rstrip("\n"), max(self.pos.col - 1, 0))
             if len(text) > SHOW_LINE_CHARS:
                 # A rule with thousands of inline values is one line of megabytes: show a window
                 # around the caret, marked with '...' where it was cut.
@@ -55,7 +58,7 @@ class Diagnostic:
             out.append(f"  {text}")
             out.append("  " + " " * caret + "^")
         if self.hint:
-            out.append(f"  hint: {self.hint}")
+            out.append(f"  hint: {mask_secrets(self.hint)}")
         return "\n".join(out)
 
 
@@ -97,7 +100,7 @@ class CompileError(Exception):
     def __init__(self, diagnostics: Diagnostics):
         self.diagnostics = diagnostics
         first = diagnostics.errors[0] if diagnostics.errors else None
-        super().__init__(f"{first.pos}: {first.message}" if first else "compile failed")
+        super().__init__(f"{first.pos}: {mask_secrets(first.message)}" if first else "compile failed")
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:

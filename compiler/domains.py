@@ -2,16 +2,16 @@
 
 Built once per build from the IR's domain sets. Full and suffix patterns go into dicts (a name is
 checked against each of its label suffixes), keywords into one Aho-Corasick-free pass per set
-(Python's `in` on a short name is fast), regexes are compiled once. dae's semantics: suffix
-matches the name itself or any name ending in '.' + suffix; keyword is a substring; regex is a
-search.
+(Python's `in` on a short name is fast), regexes are compiled once with RE2 (compiler.userregex:
+dae's Go syntax, linear time). dae's semantics: suffix matches the name itself or any name ending
+in '.' + suffix; keyword is a substring; regex is a search.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from .ir import DomainSet
+from .userregex import UserRegex, compile_user_regex
 
 
 @dataclass
@@ -19,7 +19,7 @@ class DomainMatcher:
     full: dict[str, int] = field(default_factory=dict)
     suffix: dict[str, int] = field(default_factory=dict)
     keywords: list[tuple[str, int]] = field(default_factory=list)
-    regexes: list[tuple[re.Pattern[str], int]] = field(default_factory=list)
+    regexes: list[tuple[UserRegex, int]] = field(default_factory=list)
 
     @classmethod
     def from_sets(cls, sets: tuple[DomainSet, ...]) -> "DomainMatcher":
@@ -31,7 +31,7 @@ class DomainMatcher:
             for name in s.suffix:
                 m.suffix[name] = m.suffix.get(name, 0) | bit
             m.keywords.extend((k, bit) for k in s.keyword)
-            m.regexes.extend((re.compile(r), bit) for r in s.regex)
+            m.regexes.extend((compile_user_regex(r), bit) for r in s.regex)
         return m
 
     def bits(self, name: str) -> int:

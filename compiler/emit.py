@@ -19,6 +19,7 @@ from typing import Any
 import jinja2
 
 from .ir import Field, RoutingIR, max_domain_words
+from .outdir import check_output_dir
 from .tables import MapTable
 from .version import COMPILER_VERSION, MANIFEST_FORMAT
 
@@ -48,9 +49,24 @@ def _env() -> jinja2.Environment:
                               lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
 
 
+# The characters of a name (schema: [A-Za-z_][A-Za-z0-9_.-]*) that the macro's upper-case form
+# loses, with the letter that records them.
+_LOST = {"-": "d", ".": "p"}
+
+
 def outbound_macro(name: str) -> str:
-    safe = "".join(c if c.isalnum() else "_" for c in name).upper()
-    return f"OUTBOUND_{safe}"
+    """A C identifier for an outbound, one-to-one with its name.
+
+    Names of lower-case letters, digits and '_' (`proxy`, `my_group`) read as they always did:
+    OUTBOUND_PROXY. Any other name gets a suffix that records, per position, what the upper-case
+    form lost (`h-k` -> OUTBOUND_H_K_x1d, `h.k` -> OUTBOUND_H_K_x1p, `HK` -> OUTBOUND_HK_x0u1u):
+    the suffix holds lower-case letters, which no plain name's macro does, so `h-k` and `h_k`
+    (or `Proxy` and `proxy`) no longer become one identifier.
+    """
+    safe = "".join(c.upper() if c.isascii() and c.isalnum() else "_" for c in name)
+    lost = "".join(f"{i}{_LOST.get(c, 'u')}" for i, c in enumerate(name)
+                   if c in _LOST or c.isupper() or not (c.isascii() and (c.isalnum() or c == "_")))
+    return f"OUTBOUND_{safe}" + (f"_x{lost}" if lost else "")
 
 
 def _comment(text: str) -> str:
@@ -135,7 +151,9 @@ def compile_c(build: Path) -> None:
 
 
 def write_build(out_dir: Path, emitted: Emitted, manifest: dict[str, Any], extra_files: dict[str, str]) -> None:
-    """Write the build to a temporary directory, then swap it into place (never half a build)."""
+    """Write the build to a temporary directory, then swap it into place (never half a build).
+    Raises OutputDirError, changing nothing, when `out_dir` is not a directory a build may replace."""
+    check_output_dir(out_dir)
     out_dir = out_dir.resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".dae-build-", dir=out_dir.parent))

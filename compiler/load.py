@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
+from ruamel.yaml.composer import ReusedAnchorWarning
+from ruamel.yaml.constructor import DuplicateKeyError, RoundTripConstructor
 from ruamel.yaml.comments import CommentedMap, CommentedSeq, TaggedScalar
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.scalarstring import ScalarString
@@ -20,6 +23,9 @@ from ruamel.yaml.scanner import RoundTripScanner
 from ruamel.yaml.tokens import ScalarToken
 
 from .diagnostics import CompileError, Diagnostics, SourcePos
+from .readfile import read_capped_text
+
+CONFIG_MAX_BYTES = 64 << 20  # a config with 100,000 inline rule values is ~2 MB
 
 JsonPath = tuple[str | int, ...]
 
@@ -124,6 +130,37 @@ _SIMPLE_DOUBLE = re.compile('"([^"\\\\\0\r\n\x85\u2028\u2029\ufeff]*)"')
 _SIMPLE_SINGLE = re.compile("'([^'\0\r\n\x85\u2028\u2029\ufeff]*)'(?!')")
 
 
+def _is_plain_key(key: Any) -> bool:
+    return key is None or isinstance(key, (str, int, float, bool))
+
+
+class _Constructor(RoundTripConstructor):
+    """ruamel's constructor, minus two ways an alias makes it expand a shared tree: its
+    duplicate-key message formats both values (`x: *bomb` twice took the fuzz campaign's 10 s),
+    and a collection used as a key is hashed element by element. Keys here must be scalars."""
+
+    def _plain_key(self, node: Any, key_node: Any, key: Any) -> None:
+        if not _is_plain_key(key):
+            raise DuplicateKeyError("while constructing a mapping", node.start_mark,
+                                    "a key must be a plain value, not a sequence or mapping", key_node.start_mark)
+
+    def check_mapping_key(self, node: Any, key_node: Any, mapping: Any, key: Any, value: Any) -> bool:
+        self._plain_key(node, key_node, key)
+        if key in mapping:
+            old = mapping.get(key)
+            values = (f' with value "{value}" (original value: "{old}")'
+                      if _is_plain_key(value) and _is_plain_key(old) else "")  # a collection may be a bomb
+            raise DuplicateKeyError("while constructing a mapping", node.start_mark,
+                                    f'found duplicate key "{str(key)[:80]}"{values}', key_node.start_mark)
+        return True
+
+    def check_set_key(self, node: Any, key_node: Any, setting: Any, key: Any) -> None:
+        self._plain_key(node, key_node, key)
+        if key in setting:
+            raise DuplicateKeyError("while constructing a set", node.start_mark,
+                                    f'found duplicate key "{str(key)[:80]}"', key_node.start_mark)
+
+
 class _FastScanner(RoundTripScanner):
     """RoundTripScanner that reads simple quoted scalars with one regex match.
 
@@ -148,29 +185,69 @@ class _FastScanner(RoundTripScanner):
         return super().scan_flow_scalar(style)
 
 
-def _plain(node: Any, path: JsonPath, pos: PosMap, diags: Diagnostics) -> Any:
+# Nodes an alias may add beyond the file's own: YAML aliases share one node, and converting
+# the tree expands each use (a 796-byte "billion laughs" took 62 s and 3.9 GiB before this).
+# Every node also costs the schema check afterwards, so the allowance is small.
+ALIAS_EXPANSION_NODES = 10_000
+
+
+class _Budget:
+    """Counts converted nodes; a file without aliases has at most about one node per byte."""
+
+    def __init__(self, text_len: int):
+        self.left = text_len + ALIAS_EXPANSION_NODES
+
+    def take(self) -> bool:
+        self.left -= 1
+        return self.left >= 0
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _has_surrogate(s: str) -> bool:
+    if s.isascii():
+        return False
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _plain(node: Any, path: JsonPath, pos: PosMap, diags: Diagnostics, budget: _Budget) -> Any:
     """Convert ruamel nodes to plain Python values, recording positions on the way."""
+    if not budget.take():
+        raise _TooLarge()
+    tag = getattr(getattr(node, "tag", None), "value", None)
+    if tag and isinstance(node, (CommentedMap, CommentedSeq)):
+        diags.error(pos.value(path), f"invalid YAML: '{tag}' is read as a YAML tag", "remove it, or quote the value")
     if isinstance(node, CommentedMap):
         out: dict[str, Any] = {}
+        here = pos.value(path)
         for k, v in node.items():
             key = str(k)
             child = path + (key,)
-            kl, kc = node.lc.key(k)
+            # Keys brought in by a merge key (`<<: *base`) have no position of their own in this
+            # mapping: they are reported at the mapping.
+            kl, kc = node.lc.key(k) or (here.line - 1, here.col - 1)
             pos.set_key(child, ScalarPos(kl + 1, kc + 1, False))
-            vl, vc = node.lc.value(k)
+            vl, vc = node.lc.value(k) or (here.line - 1, here.col - 1)
             pos.set_value(child, ScalarPos(vl + 1, vc + 1, _is_quoted(v), _style(v)))
-            out[key] = _plain(v, child, pos, diags)
+            if _has_surrogate(key):
+                diags.error(pos.key(child), "invalid YAML: a key contains a lone surrogate escape (no UTF-8 form)")
+            out[key] = _plain(v, child, pos, diags, budget)
         return out
     if isinstance(node, CommentedSeq):
         items = []
+        here = pos.value(path)
         for i, v in enumerate(node):
             child = path + (i,)
-            il, ic = node.lc.item(i)
+            il, ic = node.lc.item(i) or (here.line - 1, here.col - 1)  # none in a tagged sequence
             pos.set_value(child, ScalarPos(il + 1, ic + 1, _is_quoted(v), _style(v)))
-            items.append(_plain(v, child, pos, diags))
+            items.append(_plain(v, child, pos, diags, budget))
         return items
-    if isinstance(node, ScalarString):
-        return str(node)
     if isinstance(node, TaggedScalar):
         # `- !domain(x) -> direct` unquoted: YAML reads the leading '!' as a tag.
         tag = str(node.tag.value if hasattr(node.tag, "value") else node.tag)
@@ -178,6 +255,14 @@ def _plain(node: Any, path: JsonPath, pos: PosMap, diags: Diagnostics) -> Any:
         diags.error(pos.value(path), f"invalid YAML: '{tag}' is read as a YAML tag",
                     f"quote the value: \"{text}\"" if tag.startswith("!") else None)
         return text
+    if isinstance(node, str):
+        if _has_surrogate(node):
+            # "\ud800" in double quotes: a string no file, manifest or process name can hold.
+            diags.error(pos.value(path), "invalid YAML: the value contains a lone surrogate escape (no UTF-8 form)")
+        return str(node)
+    if isinstance(node, (dict, list, set)):  # a mapping or sequence type ruamel made that is not round-trip
+        diags.error(pos.value(path), f"invalid YAML: unsupported {type(node).__name__} here")
+        return None
     return node
 
 
@@ -199,26 +284,83 @@ def load_config(path: str | Path) -> LoadedConfig:
     name = str(path)
     diags = Diagnostics()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_capped_text(path, CONFIG_MAX_BYTES, "config")
     except OSError as exc:
         diags.error(SourcePos(name, 1, 1), f"cannot read config: {exc.strerror or exc}")
         raise CompileError(diags) from exc
-    except UnicodeDecodeError as exc:
-        diags.error(SourcePos(name, 1, 1), f"config is not UTF-8: {exc.reason}")
+    except ValueError as exc:
+        diags.error(SourcePos(name, 1, 1), f"cannot read config: {exc}")
         raise CompileError(diags) from exc
     return load_config_text(text, name)
+
+
+# Nesting deeper than this is refused before ruamel reads it: ruamel recurses per level, and its
+# cost grows faster than the depth (3,000 '[' took 62 s before it hit Python's recursion limit).
+MAX_FLOW_DEPTH = 100
+MAX_INDENT_COLUMNS = 200  # block nesting: each level takes at least one column ('- - x' two)
+# What can hold a bracket that is not one: quoted scalars (a quote that starts a token) and comments
+# (a '#' at a line start or after a space). Quoted scalars are skipped with one match each, so a
+# 2 MB rule string costs one step.
+_SPECIAL = re.compile(r"""[\[\]{}"'#]""")
+_QUOTED = {'"': re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"'), "'": re.compile(r"'[^']*(?:''[^']*)*'")}
+_DEEP_INDENT = re.compile(rf"^[ \t?:-]{{{MAX_INDENT_COLUMNS},}}", re.M)
+
+
+def _too_deep(text: str) -> tuple[int, int] | None:
+    """(0-based offset, limit) where nesting passes a limit, or None."""
+    depth = 0
+    pos = 0
+    search = _SPECIAL.search
+    while (m := search(text, pos)) is not None:
+        c, at = m.group(0), m.start()
+        pos = at + 1
+        before = text[at - 1] if at else "\n"
+        if c in "\"'":
+            if before in " \t\r\n[{,:-?":
+                q = _QUOTED[c].match(text, at)
+                pos = q.end() if q else len(text)  # unterminated: ruamel reports it
+        elif c == "#":
+            if before in " \t\r\n":
+                nl = text.find("\n", at)
+                pos = len(text) if nl < 0 else nl
+        elif c in "[{":
+            depth += 1
+            if depth > MAX_FLOW_DEPTH:
+                return at, MAX_FLOW_DEPTH
+        else:
+            depth = max(depth - 1, 0)
+    m = _DEEP_INDENT.search(text)
+    return (m.start() + MAX_INDENT_COLUMNS - 1, MAX_INDENT_COLUMNS) if m else None
 
 
 def load_config_text(text: str, name: str = "config.yaml", fast_scanner: bool = True) -> LoadedConfig:
     """`fast_scanner=False` is ruamel's own scanner (the reference the tests compare with)."""
     diags = Diagnostics()
+    deep = _too_deep(text)
+    if deep is not None:
+        offset, limit = deep
+        line = text.count("\n", 0, offset) + 1
+        col = offset - (text.rfind("\n", 0, offset) + 1) + 1
+        what = f"{limit} levels of [ ] or {{ }}" if limit == MAX_FLOW_DEPTH else f"{limit} columns of indentation"
+        diags.error(SourcePos(name, line, col), f"invalid YAML: nested deeper than {what}")
+        raise CompileError(diags)
     yaml = YAML(typ="rt")
+    yaml.Constructor = _Constructor
     if fast_scanner:
         yaml.Scanner = _FastScanner
     yaml.preserve_quotes = True
     yaml.allow_duplicate_keys = False
     try:
-        root = yaml.load(text)
+        with warnings.catch_warnings():
+            # ruamel warns (on stderr) about an anchor defined twice; here it is an error.
+            warnings.simplefilter("error", ReusedAnchorWarning)
+            root = yaml.load(text)
+    except ReusedAnchorWarning as exc:
+        where = re.search(r"second occurrence.*?line (\d+), column (\d+)", str(exc), re.S)
+        line, col = (int(where.group(1)), int(where.group(2))) if where else (1, 1)
+        diags.error(SourcePos(name, line, col), "invalid YAML: an anchor is defined twice",
+                    "give each anchor ('&name') its own name")
+        raise CompileError(diags) from None
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -239,7 +381,15 @@ def load_config_text(text: str, name: str = "config.yaml", fast_scanner: bool = 
         raise CompileError(diags) from exc
     pos = PosMap(name, text)
     pos.set_value((), ScalarPos(1, 1, False))
-    data = _plain(root, (), pos, diags) if root is not None else {}
+    try:
+        data = _plain(root, (), pos, diags, _Budget(len(text))) if root is not None else {}
+    except _TooLarge:
+        diags.error(SourcePos(name, 1, 1), f"invalid YAML: aliases expand the config to more than "
+                    f"{len(text) + ALIAS_EXPANSION_NODES} nodes", "write the repeated parts out, or use fewer aliases")
+        raise CompileError(diags) from None
+    except RecursionError:
+        diags.error(SourcePos(name, 1, 1), "invalid YAML: nested too deeply (or a recursive alias)")
+        raise CompileError(diags) from None
     if diags.errors:
         raise CompileError(diags)
     return LoadedConfig(

@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote
 
 from .diagnostics import Diagnostics, SourcePos, did_you_mean
 from .load import LoadedConfig
+from .readfile import read_capped_text
 from .rules import RuleSyntaxError, parse_filter
-from .values import parse_duration
+from .urls import split_url
+from .userregex import compile_user_regex
+from .options import bounded_duration, check_tcp_check_url, check_udp_check_dns
 
 # The protocols the runtime can dial today; the others parse and validate but are reported.
 DIALABLE = {"socks5", "http", "https"}
@@ -58,11 +60,11 @@ def parse_link(name: str, link: str, allow_insecure: bool = False) -> dict[str, 
             rest = _b64(head) + ("#" + frag if frag else "")
         except Exception:
             raise LinkError(f"node '{name}': ss link is neither SIP002 nor base64 'method:password@host:port'") from None
-    u = urlsplit(f"{scheme}://{rest}")
     try:
-        port = u.port
-    except ValueError:
-        raise LinkError(f"node '{name}': invalid port in {link!r}") from None
+        u = split_url(f"{scheme}://{rest}")
+    except ValueError as exc:
+        raise LinkError(f"node '{name}': {exc} in {link!r}") from None
+    port = u.port
     if not u.hostname:
         raise LinkError(f"node '{name}': link {link!r} has no host")
     port = port or DEFAULT_PORTS.get(scheme)
@@ -95,12 +97,18 @@ class NodePool:
     tags: dict[str, str | None]  # node name -> subscription tag
 
 
+SUBSCRIPTION_MAX_BYTES = 16 << 20  # a subscription of 100,000 links is ~10 MB
+
+
 def _read_subscription(url: str, base: Path) -> list[str]:
-    """file:// subscriptions are read at compile time: base64 of newline-separated links, or plain."""
-    path = Path(unquote(urlsplit(url).path))
+    """file:// subscriptions are read at compile time: base64 of newline-separated links, or plain.
+    Raises ValueError (not UTF-8, too large, not a regular file, a bad URL) or OSError."""
+    u = split_url(url)
+    # dae reads `file://sub.txt` as a path relative to the config (urlsplit: host 'sub.txt').
+    path = Path(unquote(u.path if u.netloc in ("", "localhost") else u.netloc + u.path))
     if not path.is_absolute():
         path = base / path
-    raw = path.read_text(encoding="utf-8").strip()
+    raw = read_capped_text(path, SUBSCRIPTION_MAX_BYTES, "subscription", regular_only=True).strip()
     try:
         text = _b64(raw) if "://" not in raw else raw
     except Exception:
@@ -144,8 +152,11 @@ def build_node_pool(cfg: LoadedConfig, diags: Diagnostics, allow_insecure: bool)
         except OSError as exc:
             diags.error(at, f"subscription '{tag}': cannot read {url}: {exc.strerror or exc}")
             continue
+        except ValueError as exc:
+            diags.error(at, f"subscription '{tag}': cannot read {url}: {exc}")
+            continue
         for i, link in enumerate(links):
-            frag = unquote(urlsplit(link).fragment) if "#" in link else ""
+            frag = unquote(link.partition("#")[2])
             name = frag or f"{tag}-{i + 1}"
             if name in nodes:
                 name = f"{tag}-{name}"
@@ -171,12 +182,12 @@ def _filter_matches(calls: tuple, node_name: str, tag: str | None) -> bool:
                 elif p.key == "keyword":
                     hit |= p.value in node_name
                 elif p.key == "regex":
-                    hit |= re.search(p.value, node_name) is not None
+                    hit |= compile_user_regex(p.value).search(node_name) is not None
             elif call.name == "subtag":
                 if p.key is None:
                     hit |= tag == p.value
                 elif p.key == "regex":
-                    hit |= tag is not None and re.search(p.value, tag) is not None
+                    hit |= tag is not None and compile_user_regex(p.value).search(tag) is not None
                 elif p.key == "keyword":
                     hit |= tag is not None and p.value in tag
         if hit == call.negated:
@@ -215,8 +226,8 @@ def resolve_groups(cfg: LoadedConfig, diags: Diagnostics, pool: NodePool, defaul
                         bad = True
                     elif p.key == "regex":
                         try:
-                            re.compile(p.value)
-                        except re.error as exc:
+                            compile_user_regex(p.value)
+                        except ValueError as exc:
                             diags.error(cfg.pos.in_string(fpath, p.value_offset), f"invalid regex {p.value!r}: {exc}")
                             bad = True
             latency = 0.0
@@ -227,7 +238,7 @@ def resolve_groups(cfg: LoadedConfig, diags: Diagnostics, pool: NodePool, defaul
                     bad = True
                 else:
                     try:
-                        latency = parse_duration(extra.value)
+                        latency = bounded_duration("add_latency", extra.value)
                     except ValueError as exc:
                         diags.error(cfg.pos.in_string(fpath, extra.value_offset), str(exc))
                         bad = True
@@ -268,11 +279,18 @@ def _check_settings(raw: dict[str, Any], cfg: LoadedConfig, path: tuple, diags: 
 
     out = {"tcp_check_url": as_list(raw["tcp_check_url"]), "tcp_check_http_method": raw["tcp_check_http_method"],
            "udp_check_dns": as_list(raw["udp_check_dns"])}
+    for key, check in (("tcp_check_url", check_tcp_check_url), ("udp_check_dns", check_udp_check_dns)):
+        if key in cfg.data["groups"][path[-1]]:  # the global value is checked once, in global_settings
+            try:
+                check(out[key])
+            except ValueError as exc:
+                diags.error(cfg.pos.value(path + (key,)), str(exc))
     for key in ("check_interval", "check_tolerance"):
         try:
-            seconds = parse_duration(raw[key])
+            seconds = bounded_duration(key, raw[key])
         except ValueError as exc:
-            diags.error(cfg.pos.value(path + (key,)), str(exc))
+            if key in cfg.data["groups"][path[-1]]:  # else the global value, reported once already
+                diags.error(cfg.pos.value(path + (key,)), str(exc))
             seconds = 0.0
         out[key + ("_s" if key == "check_interval" else "_ms")] = seconds if key == "check_interval" else seconds * 1000
     return out

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from .diagnostics import Diagnostics, did_you_mean
 from .load import LoadedConfig
+from .options import bounded_duration, check_tcp_check_url, check_udp_check_dns
 from .rules import RuleSyntaxError, parse_rule
-from .values import parse_duration
+from .urls import split_url
 
 GLOBAL_DEFAULTS: dict[str, Any] = {
     "tproxy_port": 12345,
@@ -45,7 +45,12 @@ def global_settings(cfg: LoadedConfig, diags: Diagnostics) -> dict[str, Any]:
             out[key] = [s.strip() for s in out[key].split(",") if s.strip()]
     for key in ("check_interval", "check_tolerance", "sniffing_timeout"):
         try:
-            out[key + "_s"] = parse_duration(out[key])
+            out[key + "_s"] = bounded_duration(key, out[key])
+        except ValueError as exc:
+            diags.error(cfg.pos.value(("global", key)), str(exc))
+    for key, check in (("tcp_check_url", check_tcp_check_url), ("udp_check_dns", check_udp_check_dns)):
+        try:
+            check(out[key])
         except ValueError as exc:
             diags.error(cfg.pos.value(("global", key)), str(exc))
     if not out["lan_interface"] and not out["wan_interface"]:
@@ -62,11 +67,14 @@ def dns_settings(cfg: LoadedConfig, diags: Diagnostics) -> dict[str, Any]:
     raw = cfg.data.get("dns") or {}
     upstreams: dict[str, dict[str, Any]] = {}
     for name, url in (raw.get("upstream") or {}).items():
-        u = urlsplit(url)
         try:
-            port = u.port or DNS_PORTS[u.scheme]
-        except ValueError:
-            diags.error(cfg.pos.value(("dns", "upstream", name)), f"dns upstream '{name}': invalid port in {url!r}")
+            u = split_url(url)
+        except ValueError as exc:
+            diags.error(cfg.pos.value(("dns", "upstream", name)), f"dns upstream '{name}': {exc} in {url!r}")
+            continue
+        port = u.port or DNS_PORTS.get(u.scheme)
+        if port is None:
+            diags.error(cfg.pos.value(("dns", "upstream", name)), f"dns upstream '{name}': no port in {url!r}")
             continue
         if not u.hostname:
             diags.error(cfg.pos.value(("dns", "upstream", name)), f"dns upstream '{name}': no host in {url!r}")

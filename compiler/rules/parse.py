@@ -36,6 +36,16 @@ class RuleSyntaxError(Exception):
         self.offset = offset
 
 
+class StructuredRuleError(Exception):
+    """A structured rule whose shape the schema cannot rule out; `path` is inside the rule mapping."""
+
+    def __init__(self, message: str, path: tuple[Any, ...], hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.path = path
+        self.hint = hint
+
+
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
     grammar = (Path(__file__).parent / "grammar.lark").read_text()
@@ -69,7 +79,7 @@ def _param(node: Tree) -> Param:
         (value_tok,) = node.children  # type: ignore[assignment]
     raw = str(value_tok)
     quoted = value_tok.type == "STRING"
-    value = _unquote(raw) if quoted else raw
+    value = _unquote(raw, value_tok.start_pos or 0) if quoted else raw
     key = str(key_tok).rstrip(" \t:").strip() if key_tok is not None else None
     start = key_tok.start_pos if key_tok is not None else value_tok.start_pos
     return Param(
@@ -82,9 +92,24 @@ def _param(node: Tree) -> Param:
     )
 
 
-def _unquote(s: str) -> str:
+# One backslash escape in a double-quoted value, as Python's unicode_escape reads it.
+_ESCAPE = re.compile(r"\\(?:x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|N\{[^}]*\}|[0-7]{1,3}|.)", re.S)
+
+
+def _unescape(m: re.Match[str], offset: int) -> str:
+    try:
+        out = m.group(0).encode("ascii", "backslashreplace").decode("unicode_escape")
+        out.encode("utf-8")
+    except (UnicodeDecodeError, UnicodeEncodeError):
+        raise RuleSyntaxError(f"invalid escape {m.group(0)!r} in a quoted value", offset + 1 + m.start()) from None
+    return out
+
+
+def _unquote(s: str, offset: int = 0) -> str:
+    """The text of a quoted value whose opening quote is at `offset` in the rule; escapes are decoded one by
+    one (non-ASCII text stays as written), a bad one (`\\x`, a lone surrogate) is a syntax error."""
     if s.startswith('"'):
-        return bytes(s[1:-1], "utf-8").decode("unicode_escape") if "\\" in s else s[1:-1]
+        return _ESCAPE.sub(lambda m: _unescape(m, offset), s[1:-1]) if "\\" in s else s[1:-1]
     return s[1:-1]
 
 
@@ -177,7 +202,7 @@ def _fast_params(text: str, pos: int, spans: list[tuple[int, int]]) -> tuple[tup
         vstart = m.start(2)
         c = val[0]
         if c == "'" or c == '"':
-            param = (None if key is None else key.rstrip(" \t:").strip(), _unquote(val),
+            param = (None if key is None else key.rstrip(" \t:").strip(), _unquote(val, vstart),
                      vstart if key is None else m.start(1), vstart + 1, True, key)
         elif key is None:
             param = (None, val, vstart, vstart, False, None)
@@ -288,7 +313,13 @@ def parse_structured_rule(rule: dict[str, Any]) -> tuple[RuleAst, list[tuple[Any
     paths: list[tuple[Any, ...]] = []
     for i, item in enumerate(rule["match"]):
         negated = bool(item.get("not", False))
-        (fname,) = [k for k in item if k != "not"]
+        names = [k for k in item if k != "not"]
+        if len(names) != 1:
+            raise StructuredRuleError(
+                "a match item needs exactly one function" + (f", not {len(names)} ({', '.join(names)})" if names else
+                                                             " besides 'not'"),
+                ("match", i), "write one item per function: they are ANDed")
+        (fname,) = names
         raw = item[fname]
         values = raw if isinstance(raw, list) else [raw]
         params = []

@@ -16,6 +16,7 @@ import pytest
 from compiler.cli import main
 from compiler.diagnostics import SHOW_LINE_CHARS
 from compiler.geodata import SiteDomain, write_geoip, write_geosite
+from compiler.urls import mask_secrets
 
 # Line numbers below count from this header: a rule `R` of `rule(R)` is on line 8, its string's
 # opening quote in column 7, so the rule text starts in column 8.
@@ -140,7 +141,7 @@ CASES = [
            "config.yaml:8:12: error: invalid MAC address '02:42:ac:11:00:zz' "
            "(expected six hex octets like '02:42:ac:11:00:02')"),
     Broken("bad-regex", rule("domain(regex: '(ab') -> direct"),
-           "config.yaml:8:23: error: invalid regex '(ab': missing ), unterminated subpattern at position 0"),
+           "config.yaml:8:23: error: invalid regex '(ab': missing ): (ab"),
     Broken("dscp-out-of-range", rule("dscp(64) -> direct"),
            "config.yaml:8:13: error: dscp '64' is out of range 0-63 (DSCP is 6 bits)"),
     Broken("dscp-not-a-number", rule("dscp(ef) -> direct"),
@@ -211,7 +212,7 @@ CASES = [
         - domain: [{suffix: a.com}, {regex: '(x'}]
       outbound: direct
   fallback: proxy
-""", "config.yaml:9:45: error: invalid regex '(x': missing ), unterminated subpattern at position 0"),
+""", "config.yaml:9:45: error: invalid regex '(x': missing ): (x"),
     Broken("structured-unknown-outbound", HEAD + """\
     - match: [{dport: 443}]
       outbound: proxxy
@@ -417,7 +418,7 @@ def test_broken_config(case: Broken, tmp_path: Path, capsys: pytest.CaptureFixtu
     line = int(lines[0].split(":")[1])
     src = case.config.splitlines()
     if line <= len(src) and len(src[line - 1]) <= SHOW_LINE_CHARS:
-        assert lines[1] == "  " + src[line - 1]
+        assert lines[1] == "  " + mask_secrets(src[line - 1])  # node credentials are never echoed
         assert lines[2] == "  " + " " * (col - 1) + "^"
     elif line <= len(src):  # a long line: a window of it, the caret under the same character
         shown, caret = lines[1][2:], lines[2].index("^") - 2
