@@ -16,6 +16,7 @@ after. Encrypted bytes cannot be spliced: `splice_fd()` is None, so the relay co
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -204,14 +205,20 @@ class ShadowsocksStream:
         self._sealer = Sealer(cipher, master)
         self._opener = Opener(cipher, master)
         self._pending = b""
-        self._salt_sent = False
+        self._salt_sent = False  # the first sendall (the target address) carries the salt
+        self._sent_payload = False
 
     async def send_header(self, dst: Destination) -> None:
         await self.sendall(encode_addr(dst.host, dst.port))
 
     async def recv(self, n: int = RECV_SIZE) -> bytes:
         while not self._pending:
-            data = await self.raw.recv(RECV_SIZE)
+            try:
+                data = await self.raw.recv(RECV_SIZE)
+            except asyncio.CancelledError:  # the flow or the check ended, the server mute
+                if self._opener.received == 0 and self._sent_payload:
+                    self._silent("sent no byte of reply before the flow ended")
+                raise
             if not data:
                 return self._eof()
             try:
@@ -224,15 +231,20 @@ class ShadowsocksStream:
         data, self._pending = self._pending[:n], self._pending[n:]
         return data
 
+    def _silent(self, what: str) -> None:
+        """One line per node (until it answers again): shadowsocks servers never reject a bad
+        key out loud, they stay mute (shadowsocks-libev holds the connection open)."""
+        if self.node.name not in _SILENT:
+            _SILENT.add(self.node.name)
+            log.warning("node %s: the server %s: a wrong password or cipher looks like this "
+                        "(so does a target that sent nothing)", self.node, what)
+
     def _eof(self) -> bytes:
         if self._opener.mid_chunk:
             raise ProxyProtocolError("the server closed the connection in the middle of a "
                                      "chunk", self.node)
-        if self._opener.received == 0 and self.node.name not in _SILENT:
-            _SILENT.add(self.node.name)
-            log.warning("node %s: the server closed the connection without a byte of reply: "
-                        "a wrong password or cipher looks like this (so does a target that "
-                        "sent nothing)", self.node)
+        if self._opener.received == 0:
+            self._silent("closed the connection without a byte of reply")
         return b""
 
     async def sendall(self, data: bytes | memoryview) -> None:
@@ -242,6 +254,8 @@ class ShadowsocksStream:
         if not self._salt_sent:
             self._salt_sent = True
             sealed = self._sealer.salt + sealed
+        else:
+            self._sent_payload = True
         await self.raw.sendall(sealed)
 
     def unread(self, data: bytes) -> None:
