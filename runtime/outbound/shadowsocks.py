@@ -8,8 +8,9 @@ The framing follows the Shadowsocks AEAD spec (shadowsocks.org, "AEAD ciphers"):
   12-byte little-endian nonce counting up by one per AEAD operation;
 - UDP: salt + AEAD([SOCKS5 address][payload]) with the all-zero nonce.
 The first TCP chunk sent carries the target address (SOCKS5 form); the server never answers it,
-so a dial succeeds as soon as TCP does. A wrong password shows only as a server that closes the
-connection (or never answers): logged naming the node, and the health check marks it down.
+so a dial succeeds as soon as TCP does. A wrong password shows only as a server that never
+answers (shadowsocks-libev holds such a connection open): when a flow or a check ends with
+nothing received, one line per node says so, and the health check marks the node down.
 
 Pure functions (keys, Sealer/Opener, UDP packets) come first; the dialer and the association
 after. Encrypted bytes cannot be spliced: `splice_fd()` is None, so the relay copies in user space.
@@ -237,14 +238,15 @@ class ShadowsocksStream:
         if self.node.name not in _SILENT:
             _SILENT.add(self.node.name)
             log.warning("node %s: the server %s: a wrong password or cipher looks like this "
-                        "(so does a target that sent nothing)", self.node, what)
+                        "(so does a target that never answers)", self.node, what)
 
     def _eof(self) -> bytes:
         if self._opener.mid_chunk:
             raise ProxyProtocolError("the server closed the connection in the middle of a "
                                      "chunk", self.node)
-        if self._opener.received == 0:
-            self._silent("closed the connection without a byte of reply")
+        if self._opener.received == 0:  # common for upload-only flows: not worth a warning
+            log.debug("node %s: the server closed the connection without a byte of reply",
+                      self.node)
         return b""
 
     async def sendall(self, data: bytes | memoryview) -> None:
