@@ -35,7 +35,7 @@ from .base import (Destination, DialError, DialOptions, Node, ProxyProtocolError
                    ReplyCallback)
 from .sockets import connect_tcp, resolve, set_mark
 from .socks5 import decode_addr, encode_addr
-from .stream import RECV_SIZE, SocketStream
+from .stream import RECV_SIZE, LayeredStream, SocketStream
 from .udp import SocketAssociation
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ def keys_of(node: Node) -> tuple[Cipher, bytes]:
     return cipher, master
 
 
-class ShadowsocksStream:
+class ShadowsocksStream(LayeredStream):
     """A Stream carrying AEAD chunks over a TCP connection to the node.
 
     Half-close is not forwarded (shadowsocks-libev ends the whole session on the first EOF it
@@ -259,25 +259,6 @@ class ShadowsocksStream:
         else:
             self._sent_payload = True
         await self.raw.sendall(sealed)
-
-    def unread(self, data: bytes) -> None:
-        self._pending = data + self._pending
-
-    def take_pending(self) -> bytes:
-        data, self._pending = self._pending, b""
-        return data
-
-    def shutdown_write(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.raw.close()
-
-    def abort(self) -> None:
-        self.raw.abort()
-
-    def splice_fd(self) -> int | None:
-        return None
 
 
 async def dial(node: Node, dst: Destination, opts: DialOptions) -> ShadowsocksStream:

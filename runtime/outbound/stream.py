@@ -153,7 +153,35 @@ class SocketStream:
         return self._fd if self.sock.fileno() >= 0 else None
 
 
-class TlsStream:
+class LayeredStream:
+    """The shared half of a stream that transforms bytes over a SocketStream `raw` (TLS, an
+    AEAD framing): decoded bytes read ahead wait in `_pending`, nothing is spliceable, and
+    half-close is not forwarded (it would end the session for most such peers)."""
+
+    raw: SocketStream
+    _pending: bytes
+
+    def unread(self, data: bytes) -> None:
+        self._pending = data + self._pending
+
+    def take_pending(self) -> bytes:
+        data, self._pending = self._pending, b""
+        return data
+
+    def shutdown_write(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def abort(self) -> None:
+        self.raw.abort()
+
+    def splice_fd(self) -> int | None:
+        return None
+
+
+class TlsStream(LayeredStream):
     """TLS over a SocketStream with ssl.SSLObject + memory BIOs, on the same loop mechanics.
 
     Half-close is not forwarded over TLS (a close_notify ends the session for most peers):
@@ -219,24 +247,6 @@ class TlsStream:
             self._obj.write(data)
             await self._flush()
 
-    def unread(self, data: bytes) -> None:
-        self._pending = data + self._pending
-
-    def take_pending(self) -> bytes:
-        data, self._pending = self._pending, b""
-        return data
-
-    def shutdown_write(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.raw.close()
-
-    def abort(self) -> None:
-        self.raw.abort()
-
-    def splice_fd(self) -> int | None:
-        return None
 
 
 async def bounded(coro: Awaitable[T], seconds: float, node: Node | None, what: str,

@@ -128,6 +128,20 @@ async def echo_through(env, family: int, server: str, outbound_id: int,
         sock.close()
 
 
+def checked(nodes: list[str], policy: str = "min") -> dict[str, Any]:
+    """Group 2 of `nodes`, health-checked (one round, then none within a test's time)."""
+    return {"name": "checked", "id": 2, "policy": policy, "nodes": nodes,
+            "check": {**CHECK, "check_interval_s": 60.0}}
+
+
+async def first_round(env) -> Any:
+    """Group 2 once its health checker finished the first round."""
+    group = env.gateway.table.get(2)
+    while group.checker.rounds == 0:
+        await asyncio.sleep(0.01)
+    return group
+
+
 async def udp_through(env, family: int, server: str, outbound_id: int) -> tuple[str, bytes]:
     sock = env.client(family, socket.SOCK_DGRAM, outbound_id=outbound_id)
     try:
@@ -175,20 +189,16 @@ def test_udp_flow_through_the_node_reaches_the_target(plab: Lab, family, server,
 
 
 def test_ss_wrong_password_is_logged_and_health_checks_fail_over(plab: Lab, caplog) -> None:
-    group = {"name": "ssg", "id": 2, "policy": "min",
-             "nodes": ["ss_badpw", "ss_badcipher", "ss_aes-128-gcm"],
-             "check": {**CHECK, "check_interval_s": 60.0}}
+    group = checked(["ss_badpw", "ss_badcipher", "ss_aes-128-gcm"])
 
     async def scenario() -> None:
         async with gateway_env(plab, manifest([group]), health_checks=True) as env:
-            checked = env.gateway.table.get(2)
-            while checked.checker.rounds == 0:
-                await asyncio.sleep(0.01)
+            group2 = await first_round(env)
             for kind in (Check.TCP, Check.UDP):
-                assert not checked.stats[kind]["ss_badpw"].alive, kind
-                assert not checked.stats[kind]["ss_badcipher"].alive, kind
-                assert checked.stats[kind]["ss_aes-128-gcm"].alive, kind
-                assert checked.selected(kind).name == "ss_aes-128-gcm"
+                assert not group2.stats[kind]["ss_badpw"].alive, kind
+                assert not group2.stats[kind]["ss_badcipher"].alive, kind
+                assert group2.stats[kind]["ss_aes-128-gcm"].alive, kind
+                assert group2.selected(kind).name == "ss_aes-128-gcm"
             who, sent, echoed = await echo_through(env, socket.AF_INET, SERVER4, 2, 4096)
             assert sent == echoed and who == SS_IPS["aes-128-gcm"][0]
             who, _ = await udp_through(env, socket.AF_INET, SERVER4, 2)
@@ -234,18 +244,15 @@ def test_ss_flow_with_a_wrong_key_ends_without_data_and_names_the_node(plab: Lab
 
 
 def test_trojan_wrong_password_fails_the_checks(plab: Lab) -> None:
-    group = {"name": "tg", "id": 2, "policy": "min", "nodes": ["trojan_badpw", "trojan"],
-             "check": {**CHECK, "check_interval_s": 60.0}}
+    group = checked(["trojan_badpw", "trojan"])
 
     async def scenario() -> None:
         async with gateway_env(plab, manifest([group]), health_checks=True) as env:
-            checked = env.gateway.table.get(2)
-            while checked.checker.rounds == 0:
-                await asyncio.sleep(0.01)
+            group2 = await first_round(env)
             for kind in (Check.TCP, Check.UDP):
-                assert not checked.stats[kind]["trojan_badpw"].alive, kind
-                assert checked.stats[kind]["trojan"].alive, kind
-                assert checked.selected(kind).name == "trojan"
+                assert not group2.stats[kind]["trojan_badpw"].alive, kind
+                assert group2.stats[kind]["trojan"].alive, kind
+                assert group2.selected(kind).name == "trojan"
 
     plab.run(scenario)
 
@@ -268,18 +275,14 @@ def test_trojan_bad_certificate_is_refused_and_the_group_fails_over(plab: Lab, c
 
 
 def test_health_checks_pass_through_both_protocols(plab: Lab) -> None:
-    group = {"name": "both", "id": 2, "policy": "min",
-             "nodes": ["ss_chacha20-ietf-poly1305", "trojan", "trojan6", "ss6_aes-256-gcm"],
-             "check": {**CHECK, "check_interval_s": 60.0}}
+    group = checked(["ss_chacha20-ietf-poly1305", "trojan", "trojan6", "ss6_aes-256-gcm"])
 
     async def scenario() -> None:
         async with gateway_env(plab, manifest([group]), health_checks=True) as env:
-            checked = env.gateway.table.get(2)
-            while checked.checker.rounds == 0:
-                await asyncio.sleep(0.01)
+            group2 = await first_round(env)
             for kind in (Check.TCP, Check.UDP):
                 for name in group["nodes"]:
-                    stats = checked.stats[kind][name]
+                    stats = group2.stats[kind][name]
                     assert stats.alive and stats.last is not None, (kind, name, stats.last_error)
 
     plab.run(scenario)
