@@ -277,6 +277,22 @@ class Lab:
             self.wait_listening(self.up, ip, port, peer)
         return peer
 
+    def v2ray_ss_server(self, ip: str, port: int, method: str, password: str) -> Peer:
+        """v2ray 4.34's shadowsocks inbound (TCP and UDP) on `ip`, leaving from `ip`: an
+        implementation of the server side independent of shadowsocks-libev."""
+        name = f"v2ray-ss-{ip}-{port}"
+        conf = self.dir / f"{name}.json"
+        conf.write_text(json.dumps({
+            "log": {"loglevel": "warning"},
+            "inbounds": [{"listen": ip, "port": port, "protocol": "shadowsocks",
+                          "settings": {"method": method, "password": password,
+                                       "network": "tcp,udp"}}],
+            "outbounds": [{"protocol": "freedom", "sendThrough": ip}],
+        }))
+        peer = self.start_peer(name, self.up, ["v2ray", "-config", str(conf)])
+        self.wait_listening(self.up, ip, port, peer)
+        return peer
+
     def trojan_server(self, port: int, password: str, cert: Path, key: Path,
                       fallback_port: int = 1) -> Peer:
         """Debian's trojan (trojan-gfw) on every address of the upstream namespace; traffic

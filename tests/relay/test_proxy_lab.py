@@ -1,5 +1,6 @@
 """Shadowsocks AEAD and Trojan through the gateway against real servers from Debian:
-shadowsocks-libev's ss-server (one per cipher) and trojan-gfw (a test CA made by trustme).
+shadowsocks-libev's ss-server (one per cipher), v2ray 4.34's shadowsocks inbound (a second,
+independent implementation of the server side) and trojan-gfw (a test CA made by trustme).
 
 Client namespace -> nftables tproxy -> relay -> node in the upstream namespace -> target server
 in the upstream namespace; payloads checksummed both ways; UDP replies say where they came from."""
@@ -32,6 +33,7 @@ SS_PASSWORD = "ss-p@ss word"
 SS_IPS = {"aes-128-gcm": ("10.77.2.30", "fd77:2::30"),
           "aes-256-gcm": ("10.77.2.31", "fd77:2::31"),
           "chacha20-ietf-poly1305": ("10.77.2.32", "fd77:2::32")}
+V2RAY_SS = "10.77.2.33"  # v2ray's shadowsocks inbound: a second, independent server
 TROJAN4, TROJAN6 = "10.77.2.40", "fd77:2::40"
 TROJAN_PORT = 4443
 TROJAN_PASSWORD = "trojan-s3cret"
@@ -52,6 +54,8 @@ def trojan_node(name: str, host: str, password: str = TROJAN_PASSWORD, sni: str 
 
 NODES = [ss_node(f"ss_{c}", c, ips[0]) for c, ips in SS_IPS.items()]
 NODES += [ss_node(f"ss6_{c}", c, ips[1]) for c, ips in SS_IPS.items()]
+NODES += [{**ss_node(f"v2ray_{c}", c, V2RAY_SS), "port": port}
+          for port, c in enumerate(SS_IPS, start=SS_PORT)]
 NODES += [
     ss_node("ss_badpw", "aes-128-gcm", SS_IPS["aes-128-gcm"][0], "not-the-password"),
     ss_node("ss_badcipher", "aes-256-gcm", SS_IPS["aes-128-gcm"][0]),
@@ -96,6 +100,8 @@ def plab(tmp_path_factory) -> Iterator[Lab]:
     try:
         for cipher, (ip4, ip6) in SS_IPS.items():
             lab.ss_server([ip4, ip6], SS_PORT, cipher, SS_PASSWORD, bind=ip4)
+        for port, cipher in enumerate(SS_IPS, start=SS_PORT):
+            lab.v2ray_ss_server(V2RAY_SS, port, cipher, SS_PASSWORD)
         lab.trojan_server(TROJAN_PORT, TROJAN_PASSWORD, cert_file, key_file)
         yield lab
     finally:
@@ -157,11 +163,12 @@ async def udp_through(env, family: int, server: str, outbound_id: int) -> tuple[
 
 CASES4 = [(socket.AF_INET, SERVER4, f"ss_{c}", ips[0]) for c, ips in SS_IPS.items()]
 CASES6 = [(socket.AF_INET6, SERVER6, f"ss6_{c}", None) for c in SS_IPS]
+V2RAY_CASES = [(socket.AF_INET, SERVER4, f"v2ray_{c}", V2RAY_SS) for c in SS_IPS]
 TROJAN_CASES = [(socket.AF_INET, SERVER4, "trojan", None), (socket.AF_INET6, SERVER6, "trojan6", None),
                 (socket.AF_INET, SERVER4, "trojan_insecure", None)]
 
 
-@pytest.mark.parametrize("family,server,name,seen", CASES4 + CASES6 + TROJAN_CASES)
+@pytest.mark.parametrize("family,server,name,seen", CASES4 + CASES6 + V2RAY_CASES + TROJAN_CASES)
 def test_tcp_flow_through_the_node_is_intact_both_ways(plab: Lab, family, server, name,
                                                        seen) -> None:
     async def scenario() -> None:
@@ -176,7 +183,8 @@ def test_tcp_flow_through_the_node_is_intact_both_ways(plab: Lab, family, server
     plab.run(scenario)
 
 
-@pytest.mark.parametrize("family,server,name,seen", CASES4 + CASES6 + TROJAN_CASES[:2])
+@pytest.mark.parametrize("family,server,name,seen",
+                         CASES4 + CASES6 + V2RAY_CASES + TROJAN_CASES[:2])
 def test_udp_flow_through_the_node_reaches_the_target(plab: Lab, family, server, name,
                                                       seen) -> None:
     async def scenario() -> None:
