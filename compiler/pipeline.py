@@ -11,6 +11,7 @@ from typing import Any
 
 from .check import GeoResolver, RoutingChecker
 from .diagnostics import CompileError, Diagnostics
+from .dns_rules import compile_dns
 from .emit_linear import is_large_cidr
 from .ir import CidrSet, RoutingIR
 from .ir_json import ir_to_json
@@ -62,6 +63,7 @@ def check_config(cfg: LoadedConfig) -> Checked:
 
     geo = GeoResolver(asset("geoip_path"), asset("geosite_path"), asset_dir)
     ir = RoutingChecker(cfg, diags, groups, geo).build()
+    compile_dns(cfg, diags, dns, geo, ir)
     if ir is None or diags.errors:
         raise CompileError(diags)
     final = optimise(ir, diags)

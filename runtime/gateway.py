@@ -1,10 +1,17 @@
 """`dae-runtime BUILD_DIR`: turn a build into a working gateway, and undo it on exit.
 
 Order matters. Start: load the object and its tables, start the relay listeners (so the
-first hijacked packet finds a socket), then let the datapath set sysctls, policy routes and
-finally attach the filters. Stop (SIGTERM/SIGINT): detach first, then close the relay and the
-object. A crash leaves the state file behind for `dae-runtime cleanup`; while the filter is
-still attached, proxied flows find no listener and go direct (fail-open).
+first hijacked packet finds a socket) guarded by the program's tproxy_guard socket filter,
+then let the datapath set sysctls, policy routes and finally attach the filters. Any start-up
+failure is one error line and exit status 1 (2 for an unreadable build), never a traceback.
+
+Stop (SIGTERM/SIGINT): close the relay first, then release the descriptors reserved at start,
+then undo the datapath, retrying what failed: a runtime that ran out of file descriptors must
+get them back before it can open the netlink sockets and files the teardown needs. Closing
+the relay first means proxied flows find no listener for the moment the filter is still
+attached, and go direct (fail-open). If anything is left behind, the runtime says what in an
+error line and exits 1, so `dae-runtime cleanup` can finish the job. A crash leaves the state
+file behind for `dae-runtime cleanup` too.
 """
 from __future__ import annotations
 
@@ -13,12 +20,14 @@ import asyncio
 import logging
 import os
 import signal
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from runtime.bpf import BpfError, BpfObject
 from runtime.build import Build, BuildError, load_tables
-from runtime.datapath import Datapath, InterfaceResolutionError, StateBusy, TcError, cleanup
+from runtime.datapath import CleanupReport, Datapath, StateBusy, cleanup
 from runtime.datapath.state import DEFAULT_STATE_PATH, StateCorrupt
 from runtime.domain_map import DomainBindings
 from runtime.kernel_router import KernelRouter
@@ -28,6 +37,53 @@ log = logging.getLogger("dae.gateway")
 # compiler.settings' DEFAULT_SO_MARK, not imported from there: that module pulls in the rule
 # parser (lark) and the YAML loader, megabytes the running gateway never needs (test-checked).
 DEFAULT_SO_MARK = 0x800000  # older builds may carry 0
+
+#: Descriptors held from the start and released before the teardown: the teardown's netlink
+#: sockets, state file writes and /proc/sys files need a few, and a runtime that ran out (a
+#: flood of flows, a lowered RLIMIT_NOFILE) must still be able to undo its datapath. Taken
+#: first thing, they are the lowest numbers, which stay usable under any lowered limit.
+RESERVED_FDS = 16
+TEARDOWN_ATTEMPTS = 4
+GUARD_PROGRAM = "tproxy_guard"
+
+
+class StartError(RuntimeError):
+    """The gateway could not start; the message is the one line the operator sees."""
+
+
+class FdReserve:
+    """A few descriptors (dups of /dev/null) kept for the teardown."""
+
+    def __init__(self, count: int = RESERVED_FDS) -> None:
+        self.fds: list[int] = []
+        try:
+            for _ in range(count):
+                self.fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+        except OSError as exc:
+            log.warning("could not reserve %d file descriptors for the teardown: %s", count, exc)
+
+    def release(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as the operator's one line: its message, with its kind when the message
+    alone would not say it (a KeyError is just the key)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, (OSError, ValueError, RuntimeError)) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _guard_fd(obj: BpfObject) -> int | None:
+    """The tproxy port protection program; a build from before it has none (warned)."""
+    if GUARD_PROGRAM not in obj.program_names():
+        log.warning("this build has no %s program: the tproxy port takes packets from anyone "
+                    "(recompile the config with this version to protect it)", GUARD_PROGRAM)
+        return None
+    return obj.program_fd(GUARD_PROGRAM)
 
 
 def _stats_line(obj: BpfObject, build: Build) -> str:
@@ -43,27 +99,43 @@ def _stats_line(obj: BpfObject, build: Build) -> str:
     return "kernel: " + " ".join(parts)
 
 
-async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any = None) -> None:
+async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any = None,
+                reserve: FdReserve | None = None) -> bool:
+    """Run the gateway until `stop` is set. Start-up failures raise StartError (BpfError for
+    the program); returns whether the stop undid everything (False: an error line said what
+    was left behind)."""
     from runtime.relay import Gateway, RelayConfig
 
     g = build.manifest["global"]
-    so_mark = int(g.get("so_mark_from_dae") or DEFAULT_SO_MARK)
     obj = BpfObject(build.object_path)
     relay = None
     datapath = None
+    dns_module = None
+    clean = False
     try:
-        obj.load()
-        load_tables(obj, build)
-        router = KernelRouter(build, obj.map("flows"), DomainBindings.of(obj, build.domain_words))
-        relay = Gateway.from_manifest(router, build.manifest, RelayConfig(so_mark=so_mark))
-        port = await relay.start(int(g["tproxy_port"]))
-        lan = g.get("lan_interface") or []
-        wan = g.get("wan_interface") or []
-        datapath = Datapath(lan=lan or None, wan=wan or None, fwmark=int(g["fwmark"]), table=int(g["route_table"]),
-                            state_path=state_path, manage_sysctls=bool(g.get("auto_config_kernel_parameter", True)))
-        # pyroute2's sync API runs its own event loop: keep it off ours.
-        await asyncio.to_thread(datapath.setup, obj.program_fd("lan_ingress"),
-                                ingress_l3_fd=obj.program_fd("lan_ingress_l3"))
+        try:
+            so_mark = int(g.get("so_mark_from_dae") or DEFAULT_SO_MARK)
+            obj.load()
+            load_tables(obj, build)
+            router = KernelRouter(build, obj.map("flows"), DomainBindings.of(obj, build.domain_words))
+            relay = Gateway.from_manifest(router, build.manifest, RelayConfig(so_mark=so_mark))
+            port = await relay.start(int(g["tproxy_port"]), guard_fd=_guard_fd(obj))
+            from runtime.dns import DnsModule  # answers dns.bind; binds domain bits before answering
+
+            dns_module = await DnsModule.start(build, router.domains, so_mark)
+            lan = g.get("lan_interface") or []
+            wan = g.get("wan_interface") or []
+            datapath = Datapath(lan=lan or None, wan=wan or None, fwmark=int(g["fwmark"]),
+                                table=int(g["route_table"]), state_path=state_path,
+                                manage_sysctls=bool(g.get("auto_config_kernel_parameter", True)))
+            # pyroute2's sync API runs its own event loop: keep it off ours.
+            await asyncio.to_thread(datapath.setup, obj.program_fd("lan_ingress"),
+                                    ingress_l3_fd=obj.program_fd("lan_ingress_l3"))
+        except (BpfError, StartError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever it is, one line, not a traceback
+            log.debug("start-up failed", exc_info=True)
+            raise StartError(_one_line(exc)) from exc
         log.info("gateway ready: %d rules (%s), tproxy port %d, lan %s", len(build.manifest["rules"]),
                  build.manifest["strategy"], port,
                  ",".join(i.name + (" (L3)" if i.l3 else "") for i in datapath.lan_interfaces) or "-")
@@ -81,16 +153,66 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
             except asyncio.TimeoutError:
                 log.info("%s; relay: %s", _stats_line(obj, build), relay.stats)
     finally:
-        if datapath is not None and datapath.active:
-            report = await asyncio.to_thread(datapath.teardown)
-            log.info("datapath removed: %s", report)
-        if relay is not None:
+        clean = await _stop(obj, build, relay, dns_module, datapath, state_path, reserve)
+    return clean
+
+
+async def _stop(obj: BpfObject, build: Build, relay: Any, dns_module: Any,
+                datapath: Datapath | None, state_path: Path, reserve: FdReserve | None) -> bool:
+    """Free descriptors (the DNS module's and the relay's, then the reserve), then undo the
+    datapath."""
+    if dns_module is not None:
+        try:
+            await dns_module.close()
+        except Exception as exc:  # noqa: BLE001 - the datapath must still be undone
+            log.error("closing the DNS module failed: %s", _one_line(exc))
+    if relay is not None:
+        try:
             await relay.close()
-        if obj.loaded:
-            # The kernel's per-outbound counters next to the relay's own: direct flows show up
-            # in the first and never in the second (the periodic line only comes every 60 s).
+        except Exception as exc:  # noqa: BLE001 - the datapath must still be undone
+            log.error("closing the relay failed: %s", _one_line(exc))
+    if reserve is not None:
+        reserve.release()
+    clean = True
+    if datapath is not None and datapath.active:
+        clean = await asyncio.to_thread(_teardown, datapath, state_path)
+    if obj.loaded:
+        # The kernel's per-outbound counters next to the relay's own: direct flows show up
+        # in the first and never in the second (the periodic line only comes every 60 s).
+        try:
             log.info("%s; relay: %s", _stats_line(obj, build), relay.stats if relay is not None else "-")
-        obj.close()
+        except Exception as exc:  # noqa: BLE001 - statistics are not worth a failed exit
+            log.warning("no exit statistics: %s", _one_line(exc))
+    obj.close()
+    return clean
+
+
+def _teardown(datapath: Datapath, state_path: Path) -> bool:
+    """Datapath.teardown, then `cleanup` of what it left, a few times: a failure for want of a
+    resource (a descriptor, memory) may pass once the relay's are gone. True when nothing is
+    left; else one error line naming what is."""
+    try:
+        report = datapath.teardown()
+    except Exception as exc:  # noqa: BLE001 - e.g. the state file could not be rewritten
+        report = CleanupReport(failed=[f"teardown: {_one_line(exc)}"])
+    first = report
+    for attempt in range(1, TEARDOWN_ATTEMPTS):
+        if report.ok:
+            break
+        log.warning("datapath teardown incomplete (%s); retrying", "; ".join(report.failed))
+        time.sleep(0.2 * attempt)
+        try:
+            report = cleanup(state_path)
+        except Exception as exc:  # noqa: BLE001
+            report = CleanupReport(failed=[f"cleanup: {_one_line(exc)}"])
+    if report.ok:
+        log.info("datapath removed: %s", first if first.ok else report)
+        return True
+    left = report.failed if report is first or report.undone or report.absent else \
+        first.failed + [f"then {line}" for line in report.failed]  # the retry could not even look
+    log.error("datapath teardown left behind: %s; run `dae-runtime cleanup --state %s`",
+              "; ".join(left), state_path)
+    return False
 
 
 def main(args: argparse.Namespace) -> int:
@@ -109,6 +231,7 @@ def main(args: argparse.Namespace) -> int:
     logging.logMultiprocessing = False
     logging.logThreads = False
     logging._srcfile = None  # no stack walk for the caller's file and line (not in the format)
+    reserve = FdReserve()  # first: the lowest descriptor numbers
     try:
         build = Build.open(args.build)
     except BuildError as exc:
@@ -123,21 +246,37 @@ def main(args: argparse.Namespace) -> int:
     except ImportError:  # pragma: no cover
         loop_factory = None
 
-    async def run() -> None:
+    async def run() -> bool:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(build, state_path, stop)
+        return await serve(build, state_path, stop, reserve=reserve)
 
+    sys.unraisablehook = _unraisable
+    runner = asyncio.Runner(loop_factory=loop_factory)
+    clean = False
     try:
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(run())
+        clean = runner.run(run())
     except BpfError as exc:
         log.error("cannot load the program: %s", exc)
         return 1
-    except (OSError, InterfaceResolutionError, StateBusy, StateCorrupt, TcError) as exc:
+    except StartError as exc:
         # Configuration or environment problems: one line naming the cause, not a traceback.
         log.error("cannot start the gateway: %s", exc)
         return 1
-    return 0
+    finally:
+        try:
+            runner.close()
+        except (OSError, RuntimeError) as exc:  # out of descriptors, closing needs one (then
+            # uvloop also finds itself still running): the exit status still tells
+            log.error("closing the event loop failed: %s", _one_line(exc.__context__ or exc))
+            clean = False
+    return 0 if clean else 1
+
+
+def _unraisable(info: Any) -> None:
+    """Exceptions Python can only ignore (in __del__: pyroute2's loops that could not open
+    their sockets when out of descriptors) as one line each, not a traceback."""
+    log.warning("ignored in %r: %s", info.object, _one_line(info.exc_value)
+                if info.exc_value is not None else info.exc_type)

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   clang llvm libbpf-dev bpftool iproute2 nftables python3-venv
-  iperf3 dante-server tinyproxy dnsmasq redsocks curl openssl util-linux procps
+  iperf3 dante-server tinyproxy dnsmasq unbound dnsperf redsocks curl openssl util-linux procps
   shadowsocks-libev trojan v2ray
 )
 
@@ -38,9 +38,16 @@ install_python() {
   .venv/bin/pip install -q -e '.[test]'
 }
 
+# The BPF filesystem: systemd mounts it at boot, but not every machine runs systemd as PID 1 (these
+# VMs do not). Pinned maps and programs (tests, and iproute2's tc loader) need it.
+mount_bpffs() {
+  mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+}
+
 mode=${1:---demo}
 install_system
 install_python
+mount_bpffs
 case "$mode" in
   --install) ;;
   --demo) exec .venv/bin/python -m runtime.demo ;;

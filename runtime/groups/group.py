@@ -1,6 +1,7 @@
 """A group of nodes: pick one per flow by policy, fail over on dial errors."""
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import random
@@ -8,7 +9,7 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from runtime import outbound
-from runtime.outbound import (AllNodesDown, Destination, Dialed, DialOptions, Node,
+from runtime.outbound import (AllNodesDown, DialError, Destination, Dialed, DialOptions, Node,
                               OutboundError, ProxyRefusedError, ReplyCallback, UdpAssociation)
 
 from .health import HealthChecker
@@ -16,6 +17,21 @@ from .spec import GroupSpec, Policy
 from .stats import Check, NodeStats
 
 log = logging.getLogger(__name__)
+
+
+#: Socket errors that say the gateway is short of something, not that the node is broken: the
+#: flow is refused, no node is marked down and none other is tried (it would fail the same way).
+LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def dial_failure(exc: OSError, during: str = "dial") -> str:
+    """What a socket error during a dial (connect, handshake) says about the node. Every
+    socket error on a dial is a failed dial: a reset after CONNECT is the node's failure as
+    much as a refused connect; only the local shortages (LOCAL_ERRNOS) raise a DialError."""
+    what = f"{exc.strerror or exc}"
+    if exc.errno in LOCAL_ERRNOS:
+        raise DialError(f"cannot dial: {what}") from exc
+    return f"{during} failed: {what}"
 
 
 def _ms(seconds: float) -> str:
@@ -165,6 +181,11 @@ class Group:
                 errors.append(f"{node}: {exc.what}")
                 self.report_failure(node, Check.TCP, exc.what)
                 continue
+            except OSError as exc:  # e.g. ECONNRESET after CONNECT: the outbound let it out
+                what = dial_failure(exc)
+                errors.append(f"{node}: {what}")
+                self.report_failure(node, Check.TCP, what)
+                continue
             return Dialed(stream, node)
         raise self._all_down(Check.TCP, errors)
 
@@ -179,6 +200,10 @@ class Group:
             except OutboundError as exc:
                 errors.append(f"{node}: {exc.what}")
                 self.report_failure(node, Check.UDP, exc.what)
+            except OSError as exc:
+                what = dial_failure(exc)
+                errors.append(f"{node}: {what}")
+                self.report_failure(node, Check.UDP, what)
         raise self._all_down(Check.UDP, errors)
 
     async def start(self) -> None:

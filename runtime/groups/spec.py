@@ -56,10 +56,23 @@ class CheckSpec:
     dns_qname: str = "."
 
     def __post_init__(self) -> None:
+        """Settings the checker could not run are refused here, at start, not at each check."""
         url = urlsplit(self.tcp_check_url)
-        if url.scheme not in ("http", "https") or not url.hostname:
+        try:
+            url_port = url.port
+        except ValueError:
+            url_port = -1
+        if url.scheme not in ("http", "https") or not url.hostname or url_port == -1:
             raise ValueError(f"tcp_check_url {self.tcp_check_url!r}: "
                              f"want http(s)://host[:port]/path")
+        if not 0 < self.dns_port < 65536:
+            raise ValueError(f"udp_check_dns {self.dns_host}:{self.dns_port}: port out of range")
+        bad = [ip for ip in self.tcp_check_ips + self.dns_ips if not _is_ip(ip)]
+        if bad:
+            raise ValueError(f"health check addresses {', '.join(map(repr, bad))}: not IP addresses")
+        if not self.interval > 0 or not self.tolerance >= 0:
+            raise ValueError(f"check_interval {self.interval:g}s / check_tolerance "
+                             f"{self.tolerance * 1000:g}ms: want a positive interval")
 
     @classmethod
     def from_manifest(cls, raw: Mapping[str, Any] | None) -> CheckSpec:

@@ -357,6 +357,34 @@ class Lab:
                           [Listen("udp", port, 4), Listen("udp", port, 6)])
 
 
+    def start_dnsmasq(self, port: int, hosts: dict[str, list[str]], *, cnames: dict[str, str] | None = None,
+                      ttl: int = 2, ns: str = "upstream", listen: Sequence[str] = (),
+                      extra: Sequence[str] = ()) -> Peer:
+        """dnsmasq serving a test zone on the namespace's addresses: `hosts` name -> addresses
+        (A/AAAA), `cnames` alias -> target, every record with `ttl`; nothing is forwarded unless
+        `extra` says so. `listen`: addresses (default: the namespace's own pair)."""
+        name = self._peer_name("dnsmasq", ns, port)
+        hosts_file = self.dir / f"{name}.hosts"
+        hosts_file.write_text("".join(f"{a} {n}\n" for n, addrs in hosts.items() for a in addrs))
+        hosts_file.chmod(0o644)  # dnsmasq reads it after dropping to nobody
+        listen = listen or self.addresses(ns)
+        argv = ["dnsmasq", "--keep-in-foreground", "--log-facility=-", "--no-resolv", "--no-hosts",
+                "--bind-interfaces", *(f"--listen-address={a}" for a in listen), f"--port={port}",
+                f"--addn-hosts={hosts_file}", f"--local-ttl={ttl}", "--pid-file=", "--conf-file=/dev/null",
+                *(f"--cname={a},{t}" for a, t in (cnames or {}).items()), *extra]
+        return self._peer("dnsmasq", ns, port, argv, [Listen("udp", port, 4), Listen("tcp", port, 4)])
+
+    def start_unbound(self, config: str, port: int, *, ns: str = "upstream") -> Peer:
+        """unbound with the `server:` clauses in `config` (the caller's interfaces, TLS files and
+        local data); run in the foreground, logging to the lab log."""
+        name = self._peer_name("unbound", ns, port)
+        conf = self.dir / f"{name}.conf"
+        conf.write_text("server:\n  do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n  pidfile: \"\"\n"
+                        "  use-syslog: no\n  logfile: \"\"\n  directory: \"" + str(self.dir) + "\"\n" + config)
+        return self._peer("unbound", ns, port, ["unbound", "-d", "-c", str(conf)], [Listen("tcp", port, 4)],
+                          config_path=conf)
+
+
 def cleanup_stale(prefix: str = DEFAULT_PREFIX, *, force: bool = False) -> list[str]:
     """Remove what crashed runs of labs with `prefix` left: processes in their namespaces, the
     namespaces, temp dirs and users. A run whose pid is still alive is left alone unless

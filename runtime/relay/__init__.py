@@ -42,9 +42,11 @@ class Gateway:
         return cls(router, OutboundTable.from_manifest(manifest, config.dial_options()), config)
 
     async def start(self, port: int = 0, hosts: tuple[str, ...] = ("0.0.0.0", "::"),
-                    health_checks: bool = True) -> int:
-        port = await self.tcp.start(port, hosts)
-        await self.udp.start(port, hosts)
+                    health_checks: bool = True, guard_fd: int | None = None) -> int:
+        """`guard_fd`: the program's tproxy_guard socket filter (tproxy port protection);
+        without it the listeners take any packet addressed to them."""
+        port = await self.tcp.start(port, hosts, guard_fd=guard_fd)
+        await self.udp.start(port, hosts, guard_fd=guard_fd)
         if health_checks:
             await self.table.start()
         return port

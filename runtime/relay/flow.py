@@ -74,6 +74,10 @@ class RelayConfig:
     splice: bool = True
     pipe_size: int = 64 * 1024  # per splice pipe, created lazily per direction
     listen_backlog: int = 4096
+    # UDP replies go out from a transparent socket per remote address: at most this many
+    # remotes per client at a time, and this many sockets in all (docs/hardening.md)
+    udp_reply_sockets_per_client: int = 256
+    udp_reply_sockets: int = 16384
 
     def dial_options(self) -> DialOptions:
         return DialOptions(so_mark=self.so_mark, connect_timeout=self.connect_timeout,

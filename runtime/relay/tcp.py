@@ -5,24 +5,24 @@ original destination is the accepted socket's own address."""
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable
 
-from runtime.outbound import Destination, Dialed, OutboundError, ProxyRefusedError
-from runtime.outbound.base import Blocked, format_hostport
+from runtime.outbound import DialError, Destination, Dialed, OutboundError, ProxyRefusedError
+from runtime.outbound.base import Blocked, Outbound, format_hostport
 from runtime.outbound.poller import poller_for
 from runtime.outbound.sockets import abort
 from runtime.outbound.stream import SocketStream
 
 from runtime.groups import Group
+from runtime.groups.group import dial_failure
 from runtime.groups.stats import Check
 from runtime.outbound import socks5
 
 from .fastdial import FastSocksDial
 from .flow import Flow, RelayConfig, Router, reason
-from .listen import bind_pair
+from .listen import addressed_to_self, bind_pair
 from .outbounds import OutboundTable
 from .pump import HAVE_SPLICE, IdleSweeper, SplicedFlow, relay
 from .stats import Counters, RelayStats
@@ -56,9 +56,12 @@ class TcpRelay:
         # the callback path (accept -> SplicedFlow without a task) needs these
         self._fast = self._decide_tcp is not None and config.splice and HAVE_SPLICE
 
-    async def start(self, port: int = 0, hosts: tuple[str, ...] = ("0.0.0.0", "::")) -> int:
-        """Listen on `port` on every host; returns the port."""
-        self._listeners = bind_pair(socket.SOCK_STREAM, hosts, port, so_mark=self.config.so_mark)
+    async def start(self, port: int = 0, hosts: tuple[str, ...] = ("0.0.0.0", "::"),
+                    guard_fd: int | None = None) -> int:
+        """Listen on `port` on every host; returns the port. `guard_fd`: the program's
+        tproxy_guard socket filter (only packets the datapath delivered get through)."""
+        self._listeners = bind_pair(socket.SOCK_STREAM, hosts, port, so_mark=self.config.so_mark,
+                                    guard_fd=guard_fd)
         loop = self._loop = asyncio.get_running_loop()
         self._poller = poller_for(loop)
         for sock in self._listeners:
@@ -123,24 +126,6 @@ class TcpRelay:
         if listener.fileno() >= 0 and listener in self._listeners:
             self._loop.add_reader(listener.fileno(), self._accept, listener)  # type: ignore[union-attr]
 
-    def _loops_back(self, dst: tuple[str, int]) -> bool:
-        """A flow addressed to our own listener (a local address, our port) would dial itself
-        forever. Only flows to our port pay for the check."""
-        if dst[1] != self.port:
-            return False
-        ip = ipaddress.ip_address(dst[0])
-        if ip.is_loopback:
-            return True
-        probe = socket.socket(socket.AF_INET6 if ip.version == 6 else socket.AF_INET,
-                              socket.SOCK_DGRAM)
-        try:
-            probe.bind((dst[0], 0))  # succeeds only for a local address (no IP_TRANSPARENT)
-        except OSError:
-            return False
-        finally:
-            probe.close()
-        return True
-
     def _counters(self, name: str) -> tuple[Counters, object, object]:
         entry = self._counting.get(name)
         if entry is None:
@@ -165,7 +150,8 @@ class TcpRelay:
                 log.debug("tcp %s: gone before handling: %s", format_hostport(*src), exc)
                 conn.close()
                 return
-        if dst[1] == self.port and self._loops_back(dst):
+        if dst[1] == self.port and addressed_to_self(dst, self.port):
+            self.stats.guards.self_addressed += 1
             log.warning("%s refused: addressed to the relay itself", Flow("tcp", src, dst))
             abort(conn)
             return
@@ -189,15 +175,8 @@ class TcpRelay:
                       outbound_id)
             abort(conn)
             return
-        try:
-            dialed = await outbound.dial_tcp(Destination(dst[0], dst[1]))
-        except OutboundError as exc:
-            self._refuse(conn, src, dst, outbound.name, exc)
-            return
-        except BaseException:
-            abort(conn)
-            raise
-        await self._established(conn, src, dst, why, outbound.name, dialed, prefix)
+        await self._continue(conn, src, dst, outbound, why,
+                             outbound.dial_tcp(Destination(dst[0], dst[1])), prefix)
 
     def _refuse(self, conn: socket.socket, src: tuple[str, int], dst: tuple[str, int],
                 outbound: str, exc: OutboundError) -> None:
@@ -207,18 +186,27 @@ class TcpRelay:
         abort(conn)
 
     async def _continue(self, conn: socket.socket, src: tuple[str, int], dst: tuple[str, int],
-                        group: Group, why: str, dial: Awaitable[Dialed]) -> None:
-        """A FastSocksDial handed to the coroutine path: await the rest of the dial, then relay
-        or refuse like a flow dialed there from the start."""
+                        outbound: Outbound, why: str, dial: Awaitable[Dialed],
+                        prefix: bytes = b"") -> None:
+        """Await a dial, then relay or refuse. Any failure of the dial refuses the flow with a
+        log line: an exception that is not an OutboundError (an outbound's bug, a socket error
+        it let out) must neither kill the flow's task unlogged nor reach the loop."""
         try:
             dialed = await dial
         except OutboundError as exc:
-            self._refuse(conn, src, dst, group.name, exc)
+            self._refuse(conn, src, dst, outbound.name, exc)
+            return
+        except OSError as exc:
+            self._refuse(conn, src, dst, outbound.name, DialError(f"dial failed: {exc.strerror or exc}"))
+            return
+        except Exception as exc:  # noqa: BLE001
+            log.error("%s via %s: the dial raised %r", Flow("tcp", src, dst), outbound.name, exc)
+            self._refuse(conn, src, dst, outbound.name, DialError(f"dial failed: {exc!r}"))
             return
         except BaseException:
             abort(conn)
             raise
-        await self._established(conn, src, dst, why, group.name, dialed, b"")
+        await self._established(conn, src, dst, why, outbound.name, dialed, prefix)
 
     async def _dial_rest(self, conn: socket.socket, src: tuple[str, int], dst: tuple[str, int],
                          group: Group, why: str, tried: list, errors: list[str]) -> None:
@@ -241,7 +229,7 @@ class TcpRelay:
                 raise
             except (OutboundError, OSError) as exc:
                 what = exc.what if isinstance(exc, OutboundError) else \
-                    f"SOCKS5 CONNECT handshake failed: {exc.strerror or exc}"
+                    dial_failure(exc, "SOCKS5 CONNECT handshake")
                 errors.append(f"{node}: {what}")
                 group.report_failure(node, Check.TCP, what)  # type: ignore[arg-type]
                 return await group.dial_tcp(Destination(dst[0], dst[1]), tried, errors)

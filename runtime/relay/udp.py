@@ -5,12 +5,20 @@ each one's original destination. Each (client, destination) pair is routed once;
 one upstream association per outbound it uses (so a source routed both direct and through a
 group keeps a stable mapping on each path), kept until the client is idle. Replies, from any
 remote, go back from a transparent socket bound to the remote's address (so_mark set), cached
-per remote address with the same expiry."""
+per remote address with the same expiry.
+
+Bounds (docs/hardening.md): a datagram addressed to the relay's own port is refused (relayed,
+it would come back to us on a new socket, without end); reply sockets are bounded per client
+(`udp_reply_sockets_per_client` distinct remotes at a time) and in total
+(`udp_reply_sockets`, at most a quarter of RLIMIT_NOFILE): a reply that needs one more is
+dropped, counted (stats.guards.udp_reply_limited and the outbound's `dropped`) and logged once
+per client."""
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import logging
+import resource
 import socket
 from dataclasses import dataclass, field
 from typing import Callable
@@ -20,7 +28,7 @@ from runtime.outbound.base import format_hostport
 from runtime.outbound.sockets import (IP_ORIGDSTADDR, IPV6_ORIGDSTADDR, SOL_IPV6)
 
 from .flow import Addr, Flow, RelayConfig, Router, reason
-from .listen import bind_pair, transparent_socket
+from .listen import addressed_to_self, bind_pair, transparent_socket
 from .outbounds import OutboundTable
 from .stats import RelayStats
 
@@ -29,6 +37,7 @@ log = logging.getLogger(__name__)
 ANC_SIZE = socket.CMSG_SPACE(28)
 QUEUE_LIMIT = 64
 RETRY_AFTER = 1.0  # a failed association (all nodes down) is retried no sooner than this
+SELF_LOG_EVERY = 10.0  # seconds between two log lines about datagrams addressed to ourselves
 
 
 def orig_dst(ancdata: list[tuple[int, int, bytes]]) -> Addr | None:
@@ -57,12 +66,23 @@ class _Client:
     last: float
     routes: dict[Addr, int] = field(default_factory=dict)
     assocs: dict[int, _Assoc] = field(default_factory=dict)
+    remotes: set[Addr] = field(default_factory=set)  # reply sockets it uses
+    limited: bool = False  # a reply past the bound was dropped (and logged)
 
 
 @dataclass
 class _ReplySocket:
     sock: socket.socket
     last: float
+
+
+def reply_socket_limit(configured: int) -> int:
+    """The total bound on reply sockets: as configured, but never more than a quarter of the
+    process's file descriptors, so replies cannot starve the listeners and the TCP flows."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return configured
+    return max(1, min(configured, soft // 4))
 
 
 class UdpRelay:
@@ -79,13 +99,21 @@ class UdpRelay:
         self.clients: dict[Addr, _Client] = {}
         self.reply_sockets: dict[Addr, _ReplySocket] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._guard_fd: int | None = None
+        self.reply_socket_limit = reply_socket_limit(config.udp_reply_sockets)
+        self._self_logged = -SELF_LOG_EVERY
+        self._self_unlogged = 0
 
     def now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
 
-    async def start(self, port: int = 0, hosts: tuple[str, ...] = ("0.0.0.0", "::")) -> int:
+    async def start(self, port: int = 0, hosts: tuple[str, ...] = ("0.0.0.0", "::"),
+                    guard_fd: int | None = None) -> int:
+        """`guard_fd`: the program's tproxy_guard socket filter, for the listeners and the
+        reply sockets (they read client datagrams too)."""
+        self._guard_fd = guard_fd
         self._listeners = bind_pair(socket.SOCK_DGRAM, hosts, port, so_mark=self.config.so_mark,
-                                    recv_orig_dst=True)
+                                    recv_orig_dst=True, guard_fd=guard_fd)
         loop = asyncio.get_running_loop()
         for sock in self._listeners:
             loop.add_reader(sock.fileno(), self._readable, sock)
@@ -113,10 +141,13 @@ class UdpRelay:
         """One datagram from `src` to its original destination `dst`."""
         now = self.now()
         client = self.clients.get(src)
+        outbound_id = client.routes.get(dst) if client is not None else None
+        if outbound_id is None and dst[1] == self.port and addressed_to_self(dst, self.port):
+            self._refuse_self(src, dst, now)
+            return
         if client is None:
             client = self.clients[src] = _Client(src, family, now)
         client.last = now
-        outbound_id = client.routes.get(dst)
         if outbound_id is None:
             flow = Flow("udp", src, dst)
             try:
@@ -157,6 +188,21 @@ class UdpRelay:
         else:
             counters.dropped += 1
 
+    def _refuse_self(self, src: Addr, dst: Addr, now: float) -> None:
+        """A datagram whose original destination is our own port on a local address (a rule
+        proxied it there, or no guard keeps such datagrams off the listener): relayed, it would
+        come back to us from a new socket, hop after hop. Dropped before it costs a client
+        entry or a socket; one log line per SELF_LOG_EVERY seconds at most, since whoever sends
+        these may send many."""
+        self.stats.guards.self_addressed += 1
+        self._self_unlogged += 1
+        if now - self._self_logged >= SELF_LOG_EVERY:
+            more = (f" (+{self._self_unlogged - 1} more since the last report)"
+                    if self._self_unlogged > 1 else "")
+            log.warning("%s refused: addressed to the relay itself%s", Flow("udp", src, dst), more)
+            self._self_logged = now
+            self._self_unlogged = 0
+
     def _log_route(self, client: _Client, dst: Addr, outbound: str,
                    assoc: UdpAssociation) -> None:
         node = assoc.node.name if assoc.node else "-"
@@ -189,9 +235,16 @@ class UdpRelay:
             state.failed_until = self.now() + (RETRY_AFTER if isinstance(exc, AllNodesDown)
                                                else self.config.udp_idle_timeout)
             return
-        except Exception:
-            log.exception("udp %s: opening an association via %s failed",
-                          format_hostport(*src), outbound.name)
+        except Exception as exc:  # noqa: BLE001 - e.g. EMFILE for a direct socket
+            if isinstance(exc, OSError):
+                log.warning("udp %s: opening an association via %s failed: %s",
+                            format_hostport(*src), outbound.name, exc.strerror or exc)
+            else:
+                log.exception("udp %s: opening an association via %s failed",
+                              format_hostport(*src), outbound.name)
+            counters.dropped += len(state.queue)
+            state.queue.clear()
+            state.unlogged.clear()
             state.task = None
             state.failed_until = self.now() + RETRY_AFTER
             return
@@ -235,10 +288,14 @@ class UdpRelay:
         client.last = now
         key = (str(ip), remote[1])
         entry = self.reply_sockets.get(key)
+        if key not in client.remotes and self._over_bound(client, key, entry is None, outbound):
+            counters.dropped += 1
+            return
         if entry is None:
             try:
                 sock = transparent_socket(socket.SOCK_DGRAM, key[0], key[1],
-                                          so_mark=self.config.so_mark, recv_orig_dst=True)
+                                          so_mark=self.config.so_mark, recv_orig_dst=True,
+                                          guard_fd=self._guard_fd)
             except OSError as exc:
                 counters.dropped += 1
                 log.warning("udp reply from %s to %s dropped: cannot bind a transparent "
@@ -247,6 +304,7 @@ class UdpRelay:
                 return
             asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, sock)
             entry = self.reply_sockets[key] = _ReplySocket(sock, now)
+        client.remotes.add(key)
         entry.last = now
         try:
             entry.sock.sendto(data, client.src)
@@ -255,6 +313,23 @@ class UdpRelay:
             log.debug("udp reply to %s failed: %s", format_hostport(*client.src), exc)
             return
         counters.bytes_down += len(data)
+
+    def _over_bound(self, client: _Client, key: Addr, new_socket: bool, outbound: str) -> bool:
+        """Would a reply from `key` take `client` past its bound, or the relay past its own
+        (only when it needs a new socket)? Counted, and logged once per client."""
+        per_client = self.config.udp_reply_sockets_per_client
+        if len(client.remotes) < per_client and not (
+                new_socket and len(self.reply_sockets) >= self.reply_socket_limit):
+            return False
+        self.stats.guards.udp_reply_limited += 1
+        if not client.limited:
+            client.limited = True
+            which = (f"{per_client} remotes for this client" if len(client.remotes) >= per_client
+                     else f"{self.reply_socket_limit} reply sockets in all")
+            log.warning("udp reply from %s to %s via %s dropped: at the bound of %s; further "
+                        "replies past it are dropped silently (counted)", format_hostport(*key),
+                        format_hostport(*client.src), outbound, which)
+        return True
 
     # --- expiry ----------------------------------------------------------------------------
     def sweep(self, now: float | None = None) -> None:
@@ -265,10 +340,15 @@ class UdpRelay:
             if now - client.last >= limit:
                 del self.clients[src]
                 self._close_client(client)
+        closed = set()
         for key, entry in list(self.reply_sockets.items()):
             if now - entry.last >= limit:
                 del self.reply_sockets[key]
                 self._close_socket(entry.sock)
+                closed.add(key)
+        if closed:
+            for client in self.clients.values():
+                client.remotes -= closed
 
     def _close_client(self, client: _Client) -> None:
         for state in list(client.assocs.values()):

@@ -109,6 +109,18 @@ int wan_egress(struct __sk_buff *skb)
 	return handle(skb, 1, 0);
 }
 
+/* tproxy port protection: the runtime attaches this socket filter (SO_ATTACH_BPF) to its
+ * tproxy listeners and UDP reply sockets, and the sockets a listener accepts inherit it. Only
+ * packets hijack() delivered carry DAE_FWMARK (tested as the policy rule `fwmark X/X` tests
+ * it), so a packet sent to the port from anywhere else (LAN or WAN, v4 or v6) is dropped before
+ * the socket sees it: a SYN gets no answer, a datagram is never read. A socket filter returns
+ * how many bytes to keep; 0 drops. */
+SEC("socket")
+int tproxy_guard(struct __sk_buff *skb)
+{
+	return (skb->mark & DAE_FWMARK) == DAE_FWMARK ? skb->len : 0;
+}
+
 /* Parse and classify only, no flow state: returns the rule index (RULE_FALLBACK when none
  * matched). Used by benchmarks to time classification itself; never attached. */
 SEC("tc")

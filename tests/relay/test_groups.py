@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import random
 
 import pytest
@@ -205,6 +206,35 @@ class TestDialFailover:
         with pytest.raises(ProxyRefusedError):
             asyncio.run(g.dial_tcp(Destination("198.51.100.1", 80)))
         assert g.dial_attempts == 1 and g.stats[Check.TCP]["a"].alive
+
+
+    def test_a_socket_error_during_the_dial_is_a_failed_dial(self, monkeypatch) -> None:
+        """ECONNRESET after CONNECT (an OSError the outbound let out): node down, next node."""
+        g = group("min")
+        feed(g, a=10, b=20, c=30)
+
+        async def dial(node, dst, opts):
+            if node.name == "a":
+                raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+            return FakeStream()
+
+        monkeypatch.setattr(outbound, "dial_tcp", dial)
+        dialed = asyncio.run(g.dial_tcp(Destination("198.51.100.1", 80)))
+        assert dialed.node.name == "b"
+        assert not g.stats[Check.TCP]["a"].alive
+        assert "Connection reset by peer" in g.stats[Check.TCP]["a"].last_error
+
+    def test_running_out_of_fds_refuses_the_flow_and_blames_no_node(self, monkeypatch) -> None:
+        g = group("min")
+        feed(g, a=10, b=20, c=30)
+
+        async def dial(node, dst, opts):
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        monkeypatch.setattr(outbound, "dial_tcp", dial)
+        with pytest.raises(DialError, match="cannot dial: Too many open files"):
+            asyncio.run(g.dial_tcp(Destination("198.51.100.1", 80)))
+        assert g.dial_attempts == 1 and all(s.alive for s in g.stats[Check.TCP].values())
 
 
 class FakeClock:

@@ -28,7 +28,7 @@ from runtime.lab.gateway_proc import GatewayProcess, lab_config
 from tests.conftest import have_root_bpf
 
 __all__ = ["DnsServer", "Gw", "Lab", "client_get", "datapath_sysctls", "flow_lines", "gateway",
-           "gateway_snapshot", "lab_config", "parse_exit_stats", "refused_promptly", "runtime_lab", "snapshot_diff",
+           "gateway_snapshot", "lab_config", "parse_exit_stats", "proxy_lab", "refused_promptly", "runtime_lab", "snapshot_diff",
            "udp_exchange", "wait_for"]
 
 # The datapath's sysctls (runtime/datapath/sysctls.py `plan` and the keys its writes propagate
@@ -56,6 +56,16 @@ def runtime_lab() -> Iterator[Lab]:
         lab.start_http_peer(8080)
         with DnsServer(lab):
             yield lab
+
+
+def proxy_lab() -> Iterator[Lab]:
+    """runtime_lab plus danted on :1080 (the lab_config default node), an HTTP peer on :8081
+    and a UDP echo on :9001 (the proxied targets)."""
+    for lab in runtime_lab():
+        lab.start_danted(1080)
+        lab.start_http_peer(8081)
+        lab.start_udp_echo(9001)
+        yield lab
 
 
 # --- a DNS responder for the health checks --------------------------------------------------

@@ -1,0 +1,102 @@
+"""Cache-hit queries per second: the runtime's DNS module against dnsmasq as a caching
+forwarder, side by side in one lab run, both loaded by dnsperf from the client namespace.
+
+    .venv/bin/python -m bench.dns_cache [--seconds 10] [--clients 100] [--trials 10000]
+
+The zone is served by a dnsmasq in the upstream namespace; the gateway runs `dae-runtime` with
+dns.bind on its LAN address (port 53) and a second dnsmasq, a caching forwarder to the same
+zone, on the same address at port 5353. dnsperf keeps 100 queries in flight over 20 names
+(warmed first, so every timed query is a cache hit). With --trials it also repeats the
+first-connection test of tests/dnsmodule (fresh name, then connect at once) that many times.
+Prints Markdown.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import dns.message
+import dns.query
+
+
+def dnsperf(lab, server: str, port: int, qfile: Path, seconds: int, clients: int) -> dict[str, float]:
+    out = lab.run("client", ["dnsperf", "-s", server, "-p", str(port), "-d", str(qfile), "-l", str(seconds),
+                             "-c", "4", "-q", str(clients), "-T", "1"], timeout=seconds + 60).stdout
+    qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))
+    lost = re.search(r"Queries lost:\s+(\d+)", out)
+    avg = re.search(r"Average Latency \(s\):\s+([\d.]+)", out)
+    return {"qps": qps, "lost": float(lost.group(1)) if lost else 0.0, "avg_ms": float(avg.group(1)) * 1000}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--clients", type=int, default=100)
+    ap.add_argument("--trials", type=int, default=0)
+    args = ap.parse_args()
+    from runtime.lab import Lab
+    from tests.runtime.helpers import DnsServer, client_get, gateway, lab_config
+
+    n_names = max(20, args.trials)
+    with Lab() as lab, tempfile.TemporaryDirectory() as wd:
+        t = lab.topo
+        lab.start_http_peer(8080)
+        lab.start_http_peer(8081)
+        lab.start_danted(1080)
+        lab.run("upstream", ["ip", "route", "add", "local", "10.232.0.0/16", "dev", "lo"], check=True)
+        lab.run("gateway", ["ip", "route", "add", "10.232.0.0/16", "via", t.upstream_ip4], check=True)
+        hosts = {f"n{i}.proxied.test": [f"10.232.{1 + i // 250}.{1 + i % 250}"] for i in range(n_names)}
+        hosts |= {f"h{i}.bench.test": [f"10.231.2.{10 + i}"] for i in range(20)}
+        lab.start_dnsmasq(5300, hosts, ttl=3600)
+        # the baseline: dnsmasq as a caching forwarder in the gateway namespace
+        lab.start_dnsmasq(5353, {}, ns="gateway", listen=[t.gateway_lan_ip4], extra=[f"--server={t.upstream_ip4}#5300", "--cache-size=10000"])
+        qfile = Path(wd) / "queries"
+        qfile.write_text("".join(f"h{i}.bench.test A\n" for i in range(20)))
+        qfile.chmod(0o644)
+        cfg = lab_config(t, rules=["domain(suffix: proxied.test) -> proxy"]) + f"""\
+dns:
+  bind: '{t.gateway_lan_ip4}:53'
+  upstream:
+    zone: 'udp://{t.upstream_ip4}:5300'
+  routing:
+    request:
+      fallback: zone
+"""
+        with DnsServer(lab), gateway(lab, cfg, Path(wd) / "gw") as gw:
+            for i in range(20):  # warm both caches
+                for port in (53, 5353):
+                    q = dns.message.make_query(f"h{i}.bench.test", "A")
+                    with lab.socket("client", type=2) as s:
+                        dns.query.udp(q, t.gateway_lan_ip4, port=port, timeout=3, sock=s)
+            rows = []
+            for rnd in range(2):  # alternate, so neither side always runs on a warmer machine
+                for name, port in (("dae-py DNS module", 53), ("dnsmasq (caching forwarder)", 5353)):
+                    r = dnsperf(lab, t.gateway_lan_ip4, port, qfile, args.seconds, args.clients)
+                    rows.append((rnd, name, r))
+            print(f"# DNS cache hits, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n")
+            print(f"dnsperf -l {args.seconds} -c 4 -q {args.clients} -T 1, 20 names, all cache hits\n")
+            print("| round | server | qps | lost | avg latency ms |\n|---|---|---|---|---|")
+            for rnd, name, r in rows:
+                print(f"| {rnd + 1} | {name} | {r['qps']:.0f} | {r['lost']:.0f} | {r['avg_ms']:.3f} |")
+            ours = sum(r["qps"] for _, n, r in rows if n.startswith("dae")) / 2
+            base = sum(r["qps"] for _, n, r in rows if n.startswith("dnsmasq")) / 2
+            print(f"\nratio dae-py / dnsmasq (mean qps): {ours / base:.2f}\n")
+            if args.trials:
+                wrong = 0
+                for i in range(args.trials):
+                    q = dns.message.make_query(f"n{i}.proxied.test", "A")
+                    with lab.socket("client", type=2) as s:
+                        r = dns.query.udp(q, t.gateway_lan_ip4, timeout=5, sock=s)
+                    ip = r.answer[0][0].address
+                    if client_get(lab, ip, 8081)["peer"] != t.upstream_ip4:
+                        wrong += 1
+                print(f"first connection after a fresh answer routed by domain: {args.trials - wrong} of {args.trials}")
+            print(f"\ngateway alive: {gw.alive}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

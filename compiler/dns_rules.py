@@ -1,0 +1,168 @@
+"""`dns`: what the runtime's DNS module needs, compiled (bind address, structured rules, warnings).
+
+`settings.dns_settings` validates the names and targets of the DNS rules; this pass gives them
+their meaning with the routing checker's own matchers, so `qname()` means exactly what
+`domain()` means (same keys, geosite and ext), and `ip()` what `dip()` means (CIDRs, geoip):
+- each rule becomes `{"text", "line", "target", "calls": [...]}`, a call being
+  `{"func", "negated", ...}` with `domain_bit` (qname: a bit of `dns.domain_sets`), `qtypes`
+  (numbers), `upstreams` (names) or `v4`/`v6` (CIDR strings);
+- `dns.domain_sets`: the qname domain sets, in the IR's DomainSet fields;
+- `dns.bind`: the listen addresses (`[{"host", "port"}]`), checked here with their position.
+The runtime evaluates these; it never parses a rule string.
+"""
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import dns.rdatatype
+
+from .check import GeoResolver, RoutingChecker
+from .diagnostics import Diagnostics
+from .ir import RoutingIR
+from .load import LoadedConfig
+from .rules import RuleSyntaxError, parse_rule
+
+UNSUPPORTED_SCHEMES = ("h3", "http3", "quic")
+DEFAULT_BIND_PORT = 53
+
+
+def parse_bind(text: str) -> tuple[str, int]:
+    """'10.0.0.1:53', '[fd00::1]:53', '10.0.0.1' or 'fd00::1' -> (ip, port); ValueError if not."""
+    text = text.strip()
+    port: int | str = DEFAULT_BIND_PORT
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"dns.bind {text!r}: expected '[IPv6]:port'")
+        if rest:
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host = text
+    ip = ipaddress.ip_address(host)  # ValueError names the bad address
+    if isinstance(port, str) and not port.isdigit():
+        raise ValueError(f"dns.bind {text!r}: port {port!r} is not a number")
+    port = int(port)
+    if not 0 < port < 65536:
+        raise ValueError(f"dns.bind {text!r}: port {port} out of range")
+    return str(ip), port
+
+
+def compile_dns(cfg: LoadedConfig, diags: Diagnostics, dns_out: dict[str, Any], geo: GeoResolver,
+                ir: RoutingIR | None) -> None:
+    """Fill `dns_out` (dns_settings' result) with bind, domain_sets and structured rules."""
+    has_domain_rules = bool(ir and ir.domain_sets)
+    raw = cfg.data.get("dns") or {}
+    dns_out["bind"] = []
+    bind = raw.get("bind")
+    if bind is not None:
+        items = [(("dns", "bind"), bind)] if isinstance(bind, str) else \
+            [(("dns", "bind", i), b) for i, b in enumerate(bind)]
+        for at, item in items:
+            try:
+                host, port = parse_bind(str(item))
+            except ValueError as exc:
+                diags.error(cfg.pos.value(at), f"invalid dns.bind: {exc}",
+                            "write 'ADDRESS:PORT', e.g. '192.168.1.1:53' or '[fd00::1]:53'")
+                continue
+            dns_out["bind"].append({"host": host, "port": port})
+    at_dns = cfg.pos.key(("dns",)) if "dns" in cfg.data else None
+    if at_dns is not None or has_domain_rules:
+        where = at_dns if at_dns is not None else cfg.pos.key(("routing",))
+        diags.warning(where, "DNS from the LAN (port 53) is not intercepted by this version: domain() rules "
+                             "only see names resolved through dns.bind",
+                      None if dns_out["bind"] else "set dns.bind (e.g. the gateway's LAN address) and point "
+                                                   "the clients' resolver at it")
+    if raw.get("optimistic_cache"):
+        diags.warning(cfg.pos.value(("dns", "optimistic_cache")),
+                      "optimistic_cache (serving stale answers while refreshing) is not implemented yet: "
+                      "an expired answer is queried again before it is served")
+    for name, up in dns_out.get("upstream", {}).items():
+        if up["scheme"] in UNSUPPORTED_SCHEMES:
+            diags.warning(cfg.pos.value(("dns", "upstream", name)),
+                          f"dns upstream '{name}': {up['scheme']}:// is not supported yet; queries routed "
+                          "to it are answered SERVFAIL", "use tls:// or https://")
+        try:
+            ipaddress.ip_address(up["host"])
+        except ValueError:
+            diags.warning(cfg.pos.value(("dns", "upstream", name)),
+                          f"dns upstream '{name}': host '{up['host']}' is resolved once at start by the "
+                          "gateway's system resolver")
+    if dns_out["bind"]:
+        req = dns_out.get("routing", {}).get("request")
+        fb = req["fallback"] if req else "asis"
+        if fb == "asis":
+            at = cfg.pos.value(("dns", "routing", "request", "fallback")) if req else cfg.pos.value(("dns", "bind"))
+            diags.warning(at, "dns.bind clients asked the gateway itself: a query that request routing sends to "
+                              "'asis' has no other server and is answered SERVFAIL",
+                          "make an upstream dns.routing.request.fallback")
+    if ir is not None:
+        _upstreams_bypass_routing(cfg, diags, dns_out, ir)
+    checker = RoutingChecker(cfg, diags, [], geo)
+    routing = raw.get("routing") or {}
+    for section, sec in dns_out.get("routing", {}).items():
+        texts = (routing.get(section) or {}).get("rules") or []
+        compiled = []
+        for i, text in enumerate(texts):
+            path = ("dns", "routing", section, "rules", i)
+            try:
+                ast = parse_rule(text)
+            except RuleSyntaxError:
+                continue  # reported by dns_settings
+
+            def locate(off: int, p: tuple[Any, ...] = path) -> Any:
+                return cfg.pos.in_string(p, off)
+
+            calls = [_call(checker, call, locate, diags) for call in ast.calls]
+            compiled.append({"text": text, "line": cfg.pos.value(path).line, "target": ast.outbound.name,
+                             "calls": calls})
+        sec["rules"] = compiled
+    dns_out["domain_sets"] = [
+        {"bit": d.bit, "full": list(d.full), "suffix": list(d.suffix), "keyword": list(d.keyword),
+         "regex": list(d.regex)} for d in sorted(checker.domain_sets.values(), key=lambda d: d.bit)]
+
+
+def _upstreams_bypass_routing(cfg: LoadedConfig, diags: Diagnostics, dns_out: dict[str, Any],
+                              ir: RoutingIR) -> None:
+    """The module dials upstreams from the gateway with the runtime's so_mark: routing does
+    not apply to them. Say so where routing would have sent an upstream's address elsewhere."""
+    from .evaluate import Flow, classify
+    from .ir import L4_TCP, L4_UDP
+
+    for name, up in dns_out.get("upstream", {}).items():
+        try:
+            dst = ipaddress.ip_address(up["host"])
+        except ValueError:
+            continue
+        proto = L4_UDP if up["scheme"] == "udp" else L4_TCP
+        src = ipaddress.ip_address("0.0.0.0" if dst.version == 4 else "::")
+        d = classify(ir, Flow(l4proto=proto, src=src, sport=0, dst=dst, dport=int(up["port"])))
+        if d.outbound != "direct":
+            diags.warning(cfg.pos.value(("dns", "upstream", name)),
+                          f"dns upstream '{name}': routing would send {dst} to '{d.outbound}', but the DNS "
+                          "module queries its upstreams directly from the gateway (not through a group yet)")
+
+
+def _call(checker: RoutingChecker, call: Any, locate: Any, diags: Diagnostics) -> dict[str, Any]:
+    out: dict[str, Any] = {"func": call.name, "negated": call.negated}
+    if call.name == "qname":
+        ref = checker._domain(call, locate)  # the routing checker's domain(): one meaning
+        out["domain_bit"] = ref.bit if ref is not None else None
+    elif call.name == "ip":
+        cidrs = checker._cidrs(call, locate)
+        out["v4"] = [str(n) for n in cidrs.v4] if cidrs else []
+        out["v6"] = [str(n) for n in cidrs.v6] if cidrs else []
+    elif call.name == "qtype":
+        types = []
+        for p in call.params:
+            try:
+                types.append(int(p.value) if p.value.isdigit() else int(dns.rdatatype.from_text(p.value.upper())))
+            except (ValueError, dns.rdatatype.UnknownRdatatype):
+                diags.error(locate(p.value_offset), f"unknown DNS query type '{p.value}'",
+                            "a type name such as a, aaaa, cname, https, or a number")
+        out["qtypes"] = types
+    elif call.name == "upstream":
+        out["upstreams"] = [p.value for p in call.params]
+    return out

@@ -1,0 +1,283 @@
+"""The DNS module: one query from the wire to the answer, binding before answering.
+
+    wire -> parse (FORMERR on a bad message) -> request routing -> reject | cache hit |
+    in-flight join | upstream (response routing: accept | reject | re-query) -> cache ->
+    bind the answer's addresses -> the client's answer
+
+Every step that waits is bounded: an upstream exchange by UPSTREAM_TIMEOUT, the whole answer by
+ANSWER_DEADLINE, after which the client gets SERVFAIL (never left to time out). `asis` means the
+server the client asked; a client of `dns.bind` asked us, so it has none: SERVFAIL, and the
+compiler warns about such a config.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from typing import Any
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.opcode
+import dns.rcode
+import dns.rdatatype
+
+from .binder import Binder, answer_addresses
+from .cache import Cache, key_of
+from .listener import DnsListener
+from .rules import Query, RuleList, qname_matcher
+from .upstream import Upstream, UpstreamError
+
+log = logging.getLogger("dae.dns")
+
+UPSTREAM_TIMEOUT = 2.0
+ANSWER_DEADLINE = 4.0  # below the 5 s a stub resolver waits before it retries
+MAX_REQUERIES = 3
+UDP_DEFAULT_PAYLOAD = 512
+UPSTREAM_PAYLOAD = 1232
+SWEEP_INTERVAL = 5.0
+
+
+def formerr_for(wire: bytes) -> bytes | None:
+    """FORMERR for a message we cannot use, if its header is readable and it is a query."""
+    if len(wire) < 12 or wire[2] & 0x80:  # too short for a header, or QR set (a response)
+        return None
+    m = dns.message.Message(id=struct.unpack_from("!H", wire)[0])
+    m.flags = dns.flags.QR | dns.flags.RA
+    m.set_rcode(dns.rcode.FORMERR)
+    return m.to_wire()
+
+
+def empty_answer(q: dns.message.Message, rcode: int = dns.rcode.NOERROR) -> dns.message.Message:
+    """dae's `reject`: NOERROR, RA, nothing in the answer section (also used for SERVFAIL)."""
+    r = dns.message.make_response(q, recursion_available=True)
+    r.set_rcode(rcode)
+    return r
+
+
+class DnsModule:
+    def __init__(self, manifest_dns: dict[str, Any], bindings: Any, bits_of: Any, so_mark: int,
+                 upstream_timeout: float = UPSTREAM_TIMEOUT, deadline: float = ANSWER_DEADLINE) -> None:
+        self.upstreams = {name: Upstream.from_manifest(u, so_mark, upstream_timeout)
+                          for name, u in (manifest_dns.get("upstream") or {}).items()}
+        routing = manifest_dns.get("routing") or {}
+        self.request = RuleList.from_manifest(routing.get("request"), "asis")
+        self.response = RuleList.from_manifest(routing.get("response"), "accept")
+        self.qname_bits = qname_matcher(manifest_dns.get("domain_sets") or [])
+        self.cache = Cache(int(manifest_dns.get("max_cache_size", 65536)), manifest_dns.get("fixed_domain_ttl"))
+        self.prefer = int(manifest_dns.get("ipversion_prefer") or 0)
+        self.binder = Binder(bindings, bits_of)
+        self.deadline = deadline
+        self.listener = DnsListener(self.answer, self.answer_now)
+        self.binds = [(b["host"], int(b["port"])) for b in manifest_dns.get("bind") or []]
+        self._sweeper: asyncio.Task[None] | None = None
+        self._plain: dict[bytes, tuple[str, int, int]] = {}  # answer_now's question bytes -> cache key
+        self.answered = self.failed = self.rejected = 0
+
+    @classmethod
+    async def start(cls, build: Any, bindings: Any, so_mark: int) -> "DnsModule | None":
+        """The module of a build, listening; None (and a warning) when there is no dns.bind."""
+        cfg = build.manifest.get("dns") or {}
+        if not cfg.get("bind"):
+            if build.manifest.get("rules") and getattr(build, "domain_words", 0) and bindings is not None:
+                log.warning("no dns.bind: domain() rules will not match (nothing binds names to addresses)")
+            return None
+        bits_of = build.domain_matcher.bits if bindings is not None else (lambda name: 0)
+        mod = cls(cfg, bindings, bits_of, so_mark)
+        await mod.open()
+        return mod
+
+    async def open(self, binds: list[tuple[str, int]] | None = None) -> None:
+        for up in self.upstreams.values():
+            await up.resolve()
+            if not up.supported:
+                log.warning("dns upstream %s: %s:// is not supported; its queries are answered SERVFAIL",
+                            up.name, up.scheme)
+        await self.listener.start(binds if binds is not None else self.binds)
+        if self.binder.bindings is not None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            try:
+                self.binder.sweep()
+            except OSError as exc:  # a map write failed: try again next round
+                log.warning("dns: expiring bindings failed: %s", exc)
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.listener.close()
+        for up in self.upstreams.values():
+            await up.close()
+        log.info("dns: %d answered, %d SERVFAIL, %d rejected; cache %d entries (%d hits, %d misses, "
+                 "%d joined in flight); %d addresses bound", self.answered, self.failed, self.rejected,
+                 len(self.cache), self.cache.hits, self.cache.misses, self.cache.deduplicated, len(self.binder))
+
+    # --- one query ---------------------------------------------------------------------------
+
+    async def answer(self, wire: bytes, max_size: int) -> bytes | None:
+        """The wire answer to one query (max_size 0: UDP, the client's EDNS payload), or None
+        to send nothing."""
+        try:
+            q = dns.message.from_wire(wire)
+        except Exception:  # noqa: BLE001 - any malformed input: dnspython raises many kinds
+            return formerr_for(wire)
+        if q.flags & dns.flags.QR:
+            return None
+        if q.opcode() != dns.opcode.QUERY:
+            r = empty_answer(q, dns.rcode.NOTIMP)
+        elif len(q.question) != 1:
+            r = empty_answer(q, dns.rcode.FORMERR)
+        else:
+            hit = self._wire_hit(q, wire, max_size)
+            if hit is not None:
+                return hit
+            try:
+                r = await asyncio.wait_for(self.resolve(q), self.deadline)
+            except (asyncio.TimeoutError, UpstreamError) as exc:
+                self.failed += 1
+                log.warning("dns: %s %s: SERVFAIL (%s)", q.question[0].name,
+                            dns.rdatatype.to_text(q.question[0].rdtype), exc or "deadline passed")
+                r = empty_answer(q, dns.rcode.SERVFAIL)
+        if not max_size:
+            max_size = max(UDP_DEFAULT_PAYLOAD, q.payload if q.edns >= 0 else 0)
+        try:
+            return r.to_wire(max_size=max_size)
+        except dns.exception.TooBig:  # RFC 1035 4.2.1: truncate, the client retries over TCP
+            t = empty_answer(q)
+            t.set_rcode(r.rcode())
+            t.flags |= dns.flags.TC
+            return t.to_wire()
+
+    def answer_now(self, wire: bytes) -> bytes | None:
+        """A cache hit answered inside the datagram callback, without a task: a plain query (one
+        question, no EDNS, QR clear; header counts read first so nothing else is parsed) whose
+        answer is cached and fits 512 bytes. Anything else returns None and takes `answer`."""
+        if len(wire) < 17 or wire[2] & 0xF8 or wire[4:6] != b"\0\1" or wire[6:12] != bytes(6):
+            return None  # not QUERY with QR clear, or not exactly one question and nothing else
+        # The question's bytes, name case-folded (label lengths are < 0x40, never letters; type
+        # and class are not folded), name a cache key once a parsed query of them was answered.
+        qb = wire[12:-4].lower() + wire[-4:]
+        key = self._plain.get(qb)
+        if key is not None and not self._preferred_away(key):
+            e = self.cache.entry(key)
+            out = self.cache.plain_hit(key, wire) if e is not None else None
+            if out is not None:
+                self.binder.refresh(e.addrs, e.bits, int(e.expires - self.cache.clock()))  # type: ignore[union-attr]
+                self.answered += 1
+                return out
+        try:
+            q = dns.message.from_wire(wire, question_only=True)
+        except Exception:  # noqa: BLE001 - `answer` parses it again and says FORMERR
+            return None
+        out = self._wire_hit(q, wire, UDP_DEFAULT_PAYLOAD)
+        if out is not None and len(wire) == 12 + len(q.question[0].name.to_wire()) + 4:
+            if len(self._plain) >= 2 * max(self.cache.max_size, 1):
+                self._plain.clear()  # keys of evicted entries: start over
+            self._plain[qb] = key_of(q)
+        return out
+
+    def _wire_hit(self, q: dns.message.Message, wire: bytes, max_size: int) -> bytes | None:
+        """The hot path: a cached answer as bytes (its bindings checked first), or None."""
+        if self._preferred_away(key_of(q)):
+            return None
+        if not max_size:
+            max_size = max(UDP_DEFAULT_PAYLOAD, q.payload if q.edns >= 0 else 0)
+        key = key_of(q)
+        e = self.cache.entry(key)
+        if e is None:
+            return None
+        out = self.cache.wire_hit(q, wire, max_size)
+        if out is not None:
+            self.binder.refresh(e.addrs, e.bits, int(e.expires - self.cache.clock()))
+            self.answered += 1
+        return out
+
+    async def resolve(self, q: dns.message.Message) -> dns.message.Message:
+        question = q.question[0]
+        name = question.name.to_text()
+        bits = self.qname_bits(name)
+        target, _rule = self.request.decide(Query(name, int(question.rdtype), bits))
+        if target == "reject":
+            self.rejected += 1
+            return empty_answer(q)
+        if target == "asis":
+            raise UpstreamError("request routing chose 'asis', but a dns.bind client has no other server")
+        if self._preferred_away(key_of(q)):
+            return empty_answer(q)
+        key = key_of(q)
+        cached = self.cache.answer_for(q)
+        if cached is not None:
+            e = self.cache.entry(key)
+            if e is not None:
+                self.binder.refresh(e.addrs, e.bits, int(e.expires - self.cache.clock()))
+            self.answered += 1
+            return cached
+        r = await self.cache.inflight(key, lambda: self._fetch(q, target, bits))
+        self.answered += 1
+        return self._shaped(q, r)
+
+    def _preferred_away(self, key: tuple[str, int, int]) -> bool:
+        """ipversion_prefer: an AAAA (A) question of a name known to have A (AAAA) records gets
+        an empty answer; known means an unexpired cached answer with records (as dae does)."""
+        if not self.prefer:
+            return False
+        name, qt, cls = key
+        other = {(4, dns.rdatatype.AAAA): dns.rdatatype.A, (6, dns.rdatatype.A): dns.rdatatype.AAAA}.get((self.prefer, qt))
+        if other is None:
+            return False
+        hit = self.cache.get((name, int(other), cls))
+        return hit is not None and bool(answer_addresses(hit[0]))
+
+    async def _fetch(self, q: dns.message.Message, target: str, bits: int) -> dns.message.Message:
+        """Ask upstreams (following response routing), cache, and bind: all before any waiter
+        gets the answer."""
+        question = q.question[0]
+        uq = dns.message.make_query(question.name, question.rdtype, question.rdclass, use_edns=0,
+                                    payload=UPSTREAM_PAYLOAD)
+        seen: list[str] = []
+        while True:
+            up = self.upstreams.get(target)
+            if up is None:
+                raise UpstreamError(f"no upstream '{target}'")
+            seen.append(target)
+            r = await up.query(uq)
+            decision, rule = self.response.decide(Query(question.name.to_text(), int(question.rdtype), bits,
+                                                        upstream=target, ips=tuple(answer_addresses(r))))
+            if decision == "accept":
+                break
+            if decision == "reject":
+                self.rejected += 1
+                r = empty_answer(uq)
+                break
+            if len(seen) > MAX_REQUERIES or decision in seen:
+                log.warning("dns: %s: response routing loops (%s -> %s); accepting the last answer",
+                            question.name, " -> ".join(seen), decision)
+                break
+            log.debug("dns: %s: answer of %s re-queried with %s (%s)", question.name, target, decision,
+                      rule.text if rule else "fallback")
+            target = decision
+        key = key_of(q)
+        ttl = self.cache.put(key, r)
+        t0 = time.perf_counter()
+        addrs, bits = self.binder.bind_answer(r, ttl if ttl else self.cache.lifetime(key, r))
+        e = self.cache.entry(key)
+        if e is not None:
+            e.addrs, e.bits = addrs, bits
+        if bits:
+            log.debug("dns: %s bound %d addresses in %.0f us", question.name, len(addrs),
+                      (time.perf_counter() - t0) * 1e6)
+        return r
+
+    @staticmethod
+    def _shaped(q: dns.message.Message, r: dns.message.Message) -> dns.message.Message:
+        """r's content under q's id, question and EDNS (several clients may share one r)."""
+        out = dns.message.make_response(q, recursion_available=True)
+        out.set_rcode(r.rcode())
+        out.answer = list(r.answer)
+        out.authority = list(r.authority)
+        return out
