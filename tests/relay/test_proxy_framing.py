@@ -70,11 +70,15 @@ def decode_chunks(cipher: ss.Cipher, master: bytes, wire: bytes) -> list[bytes]:
     return out
 
 
-@pytest.mark.parametrize("cipher", list(ss.CIPHERS))
-def test_sealed_chunks_decode_with_an_independent_reader(cipher: str) -> None:
+def sealer_for(cipher: str) -> tuple[ss.Cipher, bytes, ss.Sealer]:
     c = ss.CIPHERS[cipher]
     master = ss.evp_bytes_to_key(b"pw", c.key_size)
-    sealer = ss.Sealer(c, master)
+    return c, master, ss.Sealer(c, master)
+
+
+@pytest.mark.parametrize("cipher", list(ss.CIPHERS))
+def test_sealed_chunks_decode_with_an_independent_reader(cipher: str) -> None:
+    c, master, sealer = sealer_for(cipher)
     data = os.urandom(40000)
     wire = sealer.salt + sealer.seal(b"hello") + sealer.seal(data)
     chunks = decode_chunks(c, master, wire)
@@ -84,9 +88,7 @@ def test_sealed_chunks_decode_with_an_independent_reader(cipher: str) -> None:
 
 @pytest.mark.parametrize("cipher", list(ss.CIPHERS))
 def test_opener_reads_a_stream_fed_one_byte_at_a_time(cipher: str) -> None:
-    c = ss.CIPHERS[cipher]
-    master = ss.evp_bytes_to_key(b"pw", c.key_size)
-    sealer = ss.Sealer(c, master)
+    c, master, sealer = sealer_for(cipher)
     data = os.urandom(20000)
     wire = sealer.salt + sealer.seal(data)
     opener = ss.Opener(c, master)
