@@ -15,19 +15,16 @@ from urllib.parse import parse_qs, unquote
 from .diagnostics import Diagnostics, SourcePos, did_you_mean
 from .load import LoadedConfig
 from .readfile import read_capped_text
+from .proxy_links import LinkError, finish_ss, finish_trojan, mask_link
 from .rules import RuleSyntaxError, parse_filter
 from .urls import split_url
 from .userregex import compile_user_regex
 from .options import bounded_duration, check_tcp_check_url, check_udp_check_dns
 
 # The protocols the runtime can dial today; the others parse and validate but are reported.
-DIALABLE = {"socks5", "http", "https"}
+DIALABLE = {"socks5", "http", "https", "ss", "trojan"}
 KNOWN = DIALABLE | {"socks5h", "ss", "trojan", "vmess", "vless"}
 DEFAULT_PORTS = {"socks5": 1080, "socks5h": 1080, "http": 80, "https": 443, "trojan": 443}
-
-
-class LinkError(ValueError):
-    pass
 
 
 def _b64(text: str) -> str:
@@ -35,12 +32,21 @@ def _b64(text: str) -> str:
     return base64.urlsafe_b64decode(text.replace("+", "-").replace("/", "_") + pad).decode("utf-8")
 
 
+def _port_offset(link: str) -> int | None:
+    authority = re.split(r"[/?#]", link.partition("://")[2], maxsplit=1)[0]
+    colon = authority.rfind(":")
+    return len(link.partition("://")[0]) + 3 + colon + 1 if colon >= 0 else None
+
+
 def parse_link(name: str, link: str, allow_insecure: bool = False) -> dict[str, Any]:
-    """Parse one node link into the manifest's node dict (raises LinkError)."""
+    """Parse one node link into the manifest's node dict (raises LinkError).
+
+    "unsupported" (popped by the caller, never in a manifest): None, or (offset in the link,
+    why the runtime cannot dial this node yet)."""
     scheme, sep, rest = link.partition("://")
     scheme = scheme.lower()
     if not sep:
-        raise LinkError(f"node '{name}': link {link!r} has no scheme (expected e.g. 'socks5://host:port')")
+        raise LinkError(f"node '{name}': link {mask_link(link)!r} has no scheme (expected e.g. 'socks5://host:port')")
     if scheme not in KNOWN:
         raise LinkError(f"node '{name}': unknown protocol '{scheme}'"
                         + (f" ({did_you_mean(scheme, KNOWN)})" if did_you_mean(scheme, KNOWN) else ""))
@@ -63,13 +69,14 @@ def parse_link(name: str, link: str, allow_insecure: bool = False) -> dict[str, 
     try:
         u = split_url(f"{scheme}://{rest}")
     except ValueError as exc:
-        raise LinkError(f"node '{name}': {exc} in {link!r}") from None
+        raise LinkError(f"node '{name}': {exc} in {mask_link(link)!r}",
+                        _port_offset(link) if "port" in str(exc) else None) from None
     port = u.port
     if not u.hostname:
-        raise LinkError(f"node '{name}': link {link!r} has no host")
+        raise LinkError(f"node '{name}': link {mask_link(link)!r} has no host")
     port = port or DEFAULT_PORTS.get(scheme)
     if port is None:
-        raise LinkError(f"node '{name}': link {link!r} has no port")
+        raise LinkError(f"node '{name}': link {mask_link(link)!r} has no port")
     node["host"] = u.hostname
     node["port"] = port
     query = {k: v[-1] for k, v in parse_qs(u.query).items()}
@@ -83,7 +90,10 @@ def parse_link(name: str, link: str, allow_insecure: bool = False) -> dict[str, 
             method, _, password = _b64(node["username"]).partition(":")
             node["username"], node["password"] = method, password
         except Exception:
-            raise LinkError(f"node '{name}': ss userinfo is not base64 'method:password'") from None
+            raise LinkError(f"node '{name}': ss userinfo is neither base64 'method:password' nor "
+                            f"'method:password'", len(scheme) + 3) from None
+    if scheme in ("ss", "trojan"):
+        node["unsupported"] = (finish_ss if scheme == "ss" else finish_trojan)(node, link, query)
     if scheme in ("https", "trojan", "vless"):
         node["sni"] = query.get("sni") or query.get("peer") or None
         if query.get("allowInsecure") in ("1", "true"):
@@ -123,15 +133,25 @@ def build_node_pool(cfg: LoadedConfig, diags: Diagnostics, allow_insecure: bool)
     for name, link in (data.get("nodes") or {}).items():
         at = cfg.pos.value(("nodes", name))
         hops = [h.strip() for h in link.split("->")]
+        starts = [link.find(h) for h in hops]
+        parsed = []
         try:
-            parsed = [parse_link(name, h, allow_insecure) for h in hops]
+            for hop in hops:
+                parsed.append(parse_link(name, hop, allow_insecure))
         except LinkError as exc:
-            diags.error(at, str(exc))
+            offset = None if exc.offset is None else starts[len(parsed)] + exc.offset
+            diags.error(at if offset is None else cfg.pos.in_string(("nodes", name), offset),
+                        str(exc))
             continue
         node = parsed[-1]
+        unsupported = [u for u in (p.pop("unsupported", None) for p in parsed) if u]
         if len(parsed) > 1:
             node["chain"] = parsed[:-1]
-        if node["protocol"] not in DIALABLE or len(parsed) > 1:
+        if unsupported and len(parsed) == 1:
+            diags.warning(cfg.pos.in_string(("nodes", name), starts[-1] + unsupported[0][0]),
+                          unsupported[0][1])
+            node["dialable"] = False
+        elif node["protocol"] not in DIALABLE or len(parsed) > 1:
             diags.warning(at, f"node '{name}': the runtime cannot dial {node['protocol']}"
                               f"{' chains' if len(parsed) > 1 else ''} yet; groups will not select it")
             node["dialable"] = False
@@ -165,8 +185,11 @@ def build_node_pool(cfg: LoadedConfig, diags: Diagnostics, allow_insecure: bool)
             except LinkError as exc:
                 diags.warning(at, f"subscription '{tag}': skipped a link: {exc}")
                 continue
+            unsupported = node.pop("unsupported", None)
+            if unsupported:
+                diags.warning(at, f"subscription '{tag}': {unsupported[1]}")
             node["tag"] = tag
-            node["dialable"] = node["protocol"] in DIALABLE
+            node["dialable"] = node["protocol"] in DIALABLE and not unsupported
             nodes[name] = node
             tags[name] = tag
     return NodePool(nodes=nodes, tags=tags)

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   clang llvm libbpf-dev bpftool iproute2 nftables python3-venv
   iperf3 dante-server tinyproxy dnsmasq unbound dnsperf redsocks curl openssl util-linux procps
+  shadowsocks-libev trojan v2ray
 )
 
 install_system() {
@@ -23,6 +24,10 @@ install_system() {
   for svc in danted tinyproxy dnsmasq redsocks; do
     (command -v systemctl >/dev/null && systemctl disable --now "$svc" 2>/dev/null) || true
     pkill -x "$svc" 2>/dev/null || true
+  done
+  for svc in shadowsocks-libev trojan v2ray; do  # by service only: the lab runs its own ss-server/trojan
+    (command -v systemctl >/dev/null && systemctl disable --now "$svc" 2>/dev/null) || true
+    [ -x "/etc/init.d/$svc" ] && { "/etc/init.d/$svc" stop >/dev/null 2>&1 || true; }
   done
 }
 

@@ -5,17 +5,20 @@ The manifest dict of a node is accepted exactly as the compiler writes it::
     {"name": "n1", "protocol": "socks5", "host": "192.0.2.10", "port": 1080,
      "username": None, "password": None, "sni": None, "allow_insecure": False,
      "link": "socks5://192.0.2.10:1080"}
+
+plus, for some protocols, "cipher" (ss: the AEAD method) and "alpn" (trojan: a list).
 """
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 if TYPE_CHECKING:
     from .stream import Stream
 
-PROTOCOLS = ("socks5", "http", "https")
+PROTOCOLS = ("socks5", "http", "https", "ss", "trojan")
+UDP_PROTOCOLS = ("socks5", "ss", "trojan")
 
 
 @dataclass(frozen=True)
@@ -27,10 +30,12 @@ class Node:
     host: str
     port: int
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # secrets stay out of reprs
     sni: str | None = None
     allow_insecure: bool = False
-    link: str = ""
+    link: str = field(default="", repr=False)
+    cipher: str | None = None
+    alpn: tuple[str, ...] = ()
 
     @classmethod
     def from_manifest(cls, raw: Mapping[str, Any]) -> Node:
@@ -45,9 +50,12 @@ class Node:
                 sni=raw.get("sni"),
                 allow_insecure=bool(raw.get("allow_insecure", False)),
                 link=str(raw.get("link") or ""),
+                cipher=raw.get("cipher"),
+                alpn=tuple(str(p) for p in raw.get("alpn") or ()),
             )
-        except KeyError as exc:
-            raise ValueError(f"manifest node {raw!r}: missing key {exc.args[0]!r}") from None
+        except KeyError as exc:  # not the whole dict: it holds the password
+            raise ValueError(f"manifest node {raw.get('name')!r}: missing key "
+                             f"{exc.args[0]!r}") from None
         if node.protocol not in PROTOCOLS:
             raise ValueError(f"node '{node.name}': unsupported protocol {node.protocol!r} "
                              f"(supported: {', '.join(PROTOCOLS)})")
@@ -57,7 +65,7 @@ class Node:
 
     @property
     def supports_udp(self) -> bool:
-        return self.protocol == "socks5"
+        return self.protocol in UDP_PROTOCOLS
 
     def __str__(self) -> str:
         return f"'{self.name}' ({self.protocol} {format_hostport(self.host, self.port)})"

@@ -37,7 +37,21 @@ class Stream(Protocol):
         """The socket's fd when bytes on it are plain (so splice(2) may move them), else None."""
 
 
-class SocketStream:
+class PendingBytes:
+    """`unread`/`take_pending` over `_pending`: bytes a handshake read too far come out first."""
+
+    __slots__ = ()
+    _pending: bytes
+
+    def unread(self, data: bytes) -> None:
+        self._pending = data + self._pending
+
+    def take_pending(self) -> bytes:
+        data, self._pending = self._pending, b""
+        return data
+
+
+class SocketStream(PendingBytes):
     """A connected non-blocking TCP socket.
 
     Reads wait through the loop's FdPoller with the fd registered once and kept registered
@@ -128,13 +142,6 @@ class SocketStream:
                 continue
             view = view[sent:]
 
-    def unread(self, data: bytes) -> None:
-        self._pending = data + self._pending
-
-    def take_pending(self) -> bytes:
-        data, self._pending = self._pending, b""
-        return data
-
     def shutdown_write(self) -> None:
         try:
             self.sock.shutdown(socket.SHUT_WR)
@@ -153,7 +160,27 @@ class SocketStream:
         return self._fd if self.sock.fileno() >= 0 else None
 
 
-class TlsStream:
+class LayeredStream(PendingBytes):
+    """The shared half of a stream that transforms bytes over a SocketStream `raw` (TLS, an
+    AEAD framing): decoded bytes read ahead wait in `_pending`, nothing is spliceable, and
+    half-close is not forwarded (it would end the session for most such peers)."""
+
+    raw: SocketStream
+
+    def shutdown_write(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def abort(self) -> None:
+        self.raw.abort()
+
+    def splice_fd(self) -> int | None:
+        return None
+
+
+class TlsStream(LayeredStream):
     """TLS over a SocketStream with ssl.SSLObject + memory BIOs, on the same loop mechanics.
 
     Half-close is not forwarded over TLS (a close_notify ends the session for most peers):
@@ -219,24 +246,6 @@ class TlsStream:
             self._obj.write(data)
             await self._flush()
 
-    def unread(self, data: bytes) -> None:
-        self._pending = data + self._pending
-
-    def take_pending(self) -> bytes:
-        data, self._pending = self._pending, b""
-        return data
-
-    def shutdown_write(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.raw.close()
-
-    def abort(self) -> None:
-        self.raw.abort()
-
-    def splice_fd(self) -> int | None:
-        return None
 
 
 async def bounded(coro: Awaitable[T], seconds: float, node: Node | None, what: str,

@@ -353,7 +353,7 @@ nodes:
   n1: 'socks5://192.0.2.10:99999'
 routing:
   fallback: direct
-""", "config.yaml:3:7: error: node 'n1': invalid port in 'socks5://192.0.2.10:99999'"),
+""", "config.yaml:3:28: error: node 'n1': invalid port in 'socks5://192.0.2.10:99999'"),
     Broken("bad-link-no-scheme", """\
 global: {lan_interface: [eth0]}
 nodes:

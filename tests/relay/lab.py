@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import ctypes
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -258,6 +259,57 @@ class Lab:
         conf.write_text("\n".join(lines) + "\n")
         peer = self.start_peer(name, self.up, ["tinyproxy", "-d", "-c", str(conf)])
         self.wait_listening(self.up, ip4, port, peer)
+        return peer
+
+    def ss_server(self, ips: list[str], port: int, method: str, password: str,
+                  bind: str | None = None) -> Peer:
+        """shadowsocks-libev's ss-server with UDP (-u) on `ips`; `bind`: the address its
+        outgoing connections leave from (so a target sees which node carried a flow)."""
+        name = f"ss-server-{ips[0]}-{port}"
+        argv = ["ss-server", "-p", str(port), "-k", password, "-m", method, "-u", "-v",
+                "-t", "30"]
+        for ip in ips:
+            argv += ["-s", ip]
+        if bind:
+            argv += ["-b", bind]
+        peer = self.start_peer(name, self.up, argv)
+        for ip in ips:
+            self.wait_listening(self.up, ip, port, peer)
+        return peer
+
+    def v2ray_ss_server(self, ip: str, port: int, method: str, password: str) -> Peer:
+        """v2ray 4.34's shadowsocks inbound (TCP and UDP) on `ip`, leaving from `ip`: an
+        implementation of the server side independent of shadowsocks-libev."""
+        name = f"v2ray-ss-{ip}-{port}"
+        conf = self.dir / f"{name}.json"
+        conf.write_text(json.dumps({
+            "log": {"loglevel": "warning"},
+            "inbounds": [{"listen": ip, "port": port, "protocol": "shadowsocks",
+                          "settings": {"method": method, "password": password,
+                                       "network": "tcp,udp"}}],
+            "outbounds": [{"protocol": "freedom", "sendThrough": ip}],
+        }))
+        peer = self.start_peer(name, self.up, ["v2ray", "-config", str(conf)])
+        self.wait_listening(self.up, ip, port, peer)
+        return peer
+
+    def trojan_server(self, port: int, password: str, cert: Path, key: Path,
+                      fallback_port: int = 1) -> Peer:
+        """Debian's trojan (trojan-gfw) on every address of the upstream namespace; traffic
+        that is not trojan goes to `fallback_port` on loopback (nothing listens on port 1: the
+        server then closes such connections)."""
+        name = f"trojan-{port}"
+        conf = self.dir / f"{name}.json"
+        conf.write_text(json.dumps({
+            "run_type": "server", "local_addr": "::", "local_port": port,
+            "remote_addr": "127.0.0.1", "remote_port": fallback_port, "password": [password],
+            "log_level": 1,
+            "ssl": {"cert": str(cert), "key": str(key), "alpn": ["http/1.1"],
+                    "reuse_session": True, "session_ticket": False},
+            "tcp": {"no_delay": True, "keep_alive": True, "prefer_ipv4": False},
+        }))
+        peer = self.start_peer(name, self.up, ["trojan", "-c", str(conf)])
+        self.wait_listening(self.up, "10.77.2.2", port, peer)
         return peer
 
     def wait_listening(self, ns: str, ip: str, port: int, peer: Peer, timeout: float = 10) -> None:
