@@ -19,9 +19,10 @@ from typing import Any
 from runtime.bpf import BpfError, BpfObject
 from runtime.build import Build, BuildError, load_tables
 from runtime.datapath import Datapath, InterfaceResolutionError, StateBusy, TcError, cleanup
-from runtime.datapath.state import DEFAULT_STATE_PATH, StateCorrupt
+from runtime.datapath.state import StateCorrupt, default_state_path
 from runtime.domain_map import DomainBindings
 from runtime.kernel_router import KernelRouter
+from runtime.privileges import hint as privileges_hint
 
 log = logging.getLogger("dae.gateway")
 
@@ -93,8 +94,14 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
         obj.close()
 
 
+def _log_privileges_hint(err: int | None) -> None:
+    line = privileges_hint(err)
+    if line:
+        log.error("%s", line)
+
+
 def main(args: argparse.Namespace) -> int:
-    state_path = Path(getattr(args, "state", None) or os.environ.get("DAE_STATE", DEFAULT_STATE_PATH))
+    state_path = Path(getattr(args, "state", None) or os.environ.get("DAE_STATE") or default_state_path())
     if args.command == "cleanup":
         try:
             report = cleanup(state_path)
@@ -135,9 +142,11 @@ def main(args: argparse.Namespace) -> int:
             runner.run(run())
     except BpfError as exc:
         log.error("cannot load the program: %s", exc)
+        _log_privileges_hint(exc.errno)
         return 1
     except (OSError, InterfaceResolutionError, StateBusy, StateCorrupt, TcError) as exc:
         # Configuration or environment problems: one line naming the cause, not a traceback.
         log.error("cannot start the gateway: %s", exc)
+        _log_privileges_hint(getattr(exc, "errno", None))
         return 1
     return 0

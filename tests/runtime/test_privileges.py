@@ -1,0 +1,167 @@
+"""The runtime as the systemd unit runs it: a dedicated unprivileged user holding exactly the
+least capability set (runtime.privileges.REQUIRED), really dropped, on a read-only file system
+but for its state directory, with a 64 KiB RLIMIT_MEMLOCK and no_new_privs
+(runtime/lab/unprivileged.py). It must carry direct and proxied flows and tear down cleanly;
+without any one of the needed capabilities it must fail with an error line naming the missing
+one, exit 1, print no traceback and leave the namespace untouched. docs/privileges.md has the
+findings these tests keep true.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runtime.datapath.state import DEFAULT_STATE_PATH, default_state_path
+from runtime.lab.gateway_proc import GatewayStartError
+from runtime.lab.unprivileged import cap_spec, unprivileged_argv
+from runtime.privileges import REQUIRED
+
+from .helpers import Gw, Lab, client_get, flow_lines, gateway, gateway_snapshot, lab_config, runtime_lab, \
+    snapshot_diff, udp_exchange
+
+REPO = Path(__file__).resolve().parents[2]
+LEAST = tuple(REQUIRED)
+LEAST_MASK = sum(1 << bit for bit in REQUIRED.values())
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    for lab in runtime_lab():
+        lab.start_danted(1080)
+        lab.start_http_peer(8081)
+        lab.start_udp_echo(9001)
+        yield lab
+
+
+@pytest.fixture(scope="module")
+def user(lab: Lab) -> pwd.struct_passwd:
+    return lab.service_user()
+
+
+def config(lab: Lab) -> str:
+    t = lab.topo
+    return lab_config(t, fallback="direct",
+                      rules=[f"dip({t.upstream_ip4}, '{t.upstream_ip6}') && dport(8081, 9001) -> proxy"])
+
+
+def workdir(lab: Lab, name: str, user: pwd.struct_passwd, *, state_owner: int | None = None) -> tuple[Path, Path]:
+    """A work dir the service user can reach (pytest's tmp_path is root's 0700) and its state
+    dir, owned by `state_owner` (the user: systemd's RuntimeDirectory=) with mode 0700."""
+    wd = lab.dir / name
+    wd.mkdir(mode=0o755)
+    state = wd / "run"
+    state.mkdir(mode=0o700)
+    owner = user.pw_uid if state_owner is None else state_owner
+    os.chown(state, owner, user.pw_gid if state_owner is None else 0)
+    return wd, state
+
+
+@contextlib.contextmanager
+def unprivileged(lab: Lab, user: pwd.struct_passwd, name: str, caps: tuple[str, ...],
+                 state_owner: int | None = None) -> Iterator[Gw]:
+    wd, state = workdir(lab, name, user, state_owner=state_owner)
+    wrap = unprivileged_argv(user.pw_uid, user.pw_gid, caps, state, reach=[REPO])
+    with gateway(lab, config(lab), wd, state_path=state / "state.json", wrap=wrap,
+                 build_group=user.pw_gid) as gw:
+        yield gw
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
+def root_mount_options(pid: int) -> list[str]:
+    for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == "/":
+            return fields[5].split(",")
+    raise AssertionError(f"no / in /proc/{pid}/mountinfo")
+
+
+@pytest.mark.root
+def test_runs_as_a_service_user_with_exactly_the_least_capabilities(lab: Lab, user: pwd.struct_passwd) -> None:
+    t = lab.topo
+    before = gateway_snapshot(lab)
+    with unprivileged(lab, user, "least", LEAST) as gw:
+        status = proc_status(gw.proc.pid)
+        assert status["Uid"].split() == [str(user.pw_uid)] * 4 and user.pw_uid != 0, status["Uid"]
+        assert status["Gid"].split() == [str(user.pw_gid)] * 4, status["Gid"]
+        assert status["Groups"] == "", status["Groups"]
+        for key in ("CapEff", "CapPrm", "CapBnd", "CapAmb", "CapInh"):
+            assert int(status[key], 16) == LEAST_MASK, f"{key}: {status[key]}, want {LEAST_MASK:016x}"
+        assert status["NoNewPrivs"] == "1"
+        assert "ro" in root_mount_options(gw.proc.pid)  # it writes nothing but its state dir
+        limits = Path(f"/proc/{gw.proc.pid}/limits").read_text()
+        assert re.search(r"Max locked memory\s+65536\s+65536", limits), limits
+        assert gw.state_path.stat().st_uid == user.pw_uid and gw.state_entries()
+
+        for dst, client in ((t.upstream_ip4, t.client_ip4), (t.upstream_ip6, t.client_ip6)):
+            assert client_get(lab, dst, 8080)["peer"] == client  # direct: the kernel forwards it
+            assert client_get(lab, dst, 8081)["peer"] == dst  # proxied: from danted's address
+            peer, _, payload, reply_src, _ = udp_exchange(lab, dst, 9001, b"unprivileged")
+            assert (peer, payload, reply_src) == (dst, b"unprivileged", (dst, 9001))
+        proxied = [f for f in flow_lines(gw.log_text()) if f.outbound == "proxy"]
+        assert {f.proto for f in proxied} == {"tcp", "udp"}, gw.log_text()[-3000:]
+
+        assert gw.stop() == 0, gw.log_text()[-3000:]
+        after = gateway_snapshot(lab)
+        assert after == before, snapshot_diff(before, after)
+        assert not gw.state_entries()
+    log = gw.log_text()
+    assert "datapath removed" in log
+    # BPF memory is charged to the memory cgroup: libbpf never needed to raise the 64 KiB limit.
+    assert "RLIMIT_MEMLOCK" not in log, log[-3000:]
+    assert "Traceback" not in log
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("dropped", LEAST)
+def test_without_a_needed_capability_it_fails_clearly(lab: Lab, user: pwd.struct_passwd, dropped: str) -> None:
+    before = gateway_snapshot(lab)
+    caps = tuple(c for c in LEAST if c != dropped)
+    with pytest.raises(GatewayStartError):
+        with unprivileged(lab, user, f"without-{dropped}", caps):
+            pass
+    log = (lab.dir / f"without-{dropped}" / "runtime.log").read_text()
+    assert re.search(r"ERROR dae\.gateway: cannot load the program: .*"
+                     r"(Operation not permitted \(EPERM\)|Permission denied \(EACCES\))", log), log[-3000:]
+    assert f"ERROR dae.gateway: missing capabilities {dropped}: the gateway needs {' '.join(LEAST)}" in log, \
+        log[-3000:]
+    assert "Traceback" not in log, log
+    after = gateway_snapshot(lab)
+    assert after == before, snapshot_diff(before, after)
+
+
+@pytest.mark.root
+def test_a_state_dir_it_cannot_write_fails_clearly(lab: Lab, user: pwd.struct_passwd) -> None:
+    """What a unit without RuntimeDirectory= would meet: the state dir is root's."""
+    before = gateway_snapshot(lab)
+    with pytest.raises(GatewayStartError):
+        with unprivileged(lab, user, "root-state", LEAST, state_owner=0):
+            pass
+    log = (lab.dir / "root-state" / "runtime.log").read_text()
+    assert re.search(r"ERROR dae\.gateway: cannot start the gateway: .*Permission denied", log), log[-3000:]
+    assert "missing capabilities" not in log and "Traceback" not in log, log
+    after = gateway_snapshot(lab)
+    assert after == before, snapshot_diff(before, after)
+
+
+def test_state_path_defaults_to_the_units_runtime_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RUNTIME_DIRECTORY", "/run/dae-py-lab:/run/other")
+    assert default_state_path() == Path("/run/dae-py-lab/state.json")
+    monkeypatch.delenv("RUNTIME_DIRECTORY")
+    assert default_state_path() == DEFAULT_STATE_PATH
+
+
+def test_cap_spec_is_setprivs_form() -> None:
+    assert cap_spec(LEAST) == "-all,+bpf,+perfmon,+net_admin"
+    assert cap_spec(()) == "-all"
+    with pytest.raises(ValueError):
+        cap_spec(["NET_ADMIN"])
