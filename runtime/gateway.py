@@ -22,7 +22,7 @@ from runtime.datapath import Datapath, InterfaceResolutionError, StateBusy, TcEr
 from runtime.datapath.state import StateCorrupt, default_state_path
 from runtime.domain_map import DomainBindings
 from runtime.kernel_router import KernelRouter
-from runtime.privileges import hint as privileges_hint
+from runtime.privileges import hint as privileges_hint, warn_if_degraded
 
 log = logging.getLogger("dae.gateway")
 
@@ -121,6 +121,7 @@ def main(args: argparse.Namespace) -> int:
     except BuildError as exc:
         log.error("%s", exc)
         return 2
+    warn_if_degraded()
     try:
         import uvloop
 

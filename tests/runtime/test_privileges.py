@@ -1,9 +1,10 @@
 """The runtime as the systemd unit runs it: a dedicated unprivileged user holding exactly the
-least capability set (runtime.privileges.REQUIRED), really dropped, on a read-only file system
+least capability set (runtime.privileges.LEAST), really dropped, on a read-only file system
 but for its state directory, with a 64 KiB RLIMIT_MEMLOCK and no_new_privs
 (runtime/lab/unprivileged.py). It must carry direct and proxied flows and tear down cleanly;
-without any one of the needed capabilities it must fail with an error line naming the missing
-one, exit 1, print no traceback and leave the namespace untouched. docs/privileges.md has the
+without any one of the capabilities it needs to start it must fail with an error line naming the missing
+one, exit 1, print no traceback and leave the namespace untouched; without
+CAP_NET_BIND_SERVICE it starts with a warning and only UDP replies from ports below 1024 fail. docs/privileges.md has the
 findings these tests keep true.
 """
 from __future__ import annotations
@@ -20,14 +21,16 @@ import pytest
 from runtime.datapath.state import DEFAULT_STATE_PATH, default_state_path
 from runtime.lab.gateway_proc import GatewayStartError
 from runtime.lab.unprivileged import cap_spec, unprivileged_argv
-from runtime.privileges import REQUIRED
+from runtime.privileges import LEAST as LEAST_SET
+from runtime.privileges import NEEDED_TO_START
 
 from .helpers import Gw, Lab, client_get, flow_lines, gateway, gateway_snapshot, lab_config, runtime_lab, \
     snapshot_diff, udp_exchange
 
 REPO = Path(__file__).resolve().parents[2]
-LEAST = tuple(REQUIRED)
-LEAST_MASK = sum(1 << bit for bit in REQUIRED.values())
+LEAST = tuple(LEAST_SET)
+LEAST_MASK = sum(1 << bit for bit in LEAST_SET.values())
+PRIVILEGED_UDP = 443  # QUIC's port: below 1024
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +39,7 @@ def lab() -> Iterator[Lab]:
         lab.start_danted(1080)
         lab.start_http_peer(8081)
         lab.start_udp_echo(9001)
+        lab.start_udp_echo(PRIVILEGED_UDP)
         yield lab
 
 
@@ -47,7 +51,7 @@ def user(lab: Lab) -> pwd.struct_passwd:
 def config(lab: Lab) -> str:
     t = lab.topo
     return lab_config(t, fallback="direct",
-                      rules=[f"dip({t.upstream_ip4}, '{t.upstream_ip6}') && dport(8081, 9001) -> proxy"])
+                      rules=[f"dip({t.upstream_ip4}, '{t.upstream_ip6}') && dport(8081, 9001, {PRIVILEGED_UDP}) -> proxy"])
 
 
 def workdir(lab: Lab, name: str, user: pwd.struct_passwd, *, state_owner: int | None = None) -> tuple[Path, Path]:
@@ -105,8 +109,9 @@ def test_runs_as_a_service_user_with_exactly_the_least_capabilities(lab: Lab, us
         for dst, client in ((t.upstream_ip4, t.client_ip4), (t.upstream_ip6, t.client_ip6)):
             assert client_get(lab, dst, 8080)["peer"] == client  # direct: the kernel forwards it
             assert client_get(lab, dst, 8081)["peer"] == dst  # proxied: from danted's address
-            peer, _, payload, reply_src, _ = udp_exchange(lab, dst, 9001, b"unprivileged")
-            assert (peer, payload, reply_src) == (dst, b"unprivileged", (dst, 9001))
+            for port in (9001, PRIVILEGED_UDP):  # the reply to 443 leaves a socket bound to dst:443
+                peer, _, payload, reply_src, _ = udp_exchange(lab, dst, port, b"unprivileged")
+                assert (peer, payload, reply_src) == (dst, b"unprivileged", (dst, port))
         proxied = [f for f in flow_lines(gw.log_text()) if f.outbound == "proxy"]
         assert {f.proto for f in proxied} == {"tcp", "udp"}, gw.log_text()[-3000:]
 
@@ -122,7 +127,7 @@ def test_runs_as_a_service_user_with_exactly_the_least_capabilities(lab: Lab, us
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("dropped", LEAST)
+@pytest.mark.parametrize("dropped", list(NEEDED_TO_START))
 def test_without_a_needed_capability_it_fails_clearly(lab: Lab, user: pwd.struct_passwd, dropped: str) -> None:
     before = gateway_snapshot(lab)
     caps = tuple(c for c in LEAST if c != dropped)
@@ -137,6 +142,23 @@ def test_without_a_needed_capability_it_fails_clearly(lab: Lab, user: pwd.struct
     assert "Traceback" not in log, log
     after = gateway_snapshot(lab)
     assert after == before, snapshot_diff(before, after)
+
+
+@pytest.mark.root
+def test_without_net_bind_service_only_replies_from_low_ports_fail(lab: Lab, user: pwd.struct_passwd) -> None:
+    """It starts, warns, relays TCP and UDP, but a proxied UDP flow to port 443 gets no reply:
+    the transparent reply socket cannot be bound to the remote's port 443."""
+    t = lab.topo
+    caps = tuple(c for c in LEAST if c != "CAP_NET_BIND_SERVICE")
+    with unprivileged(lab, user, "without-bind-service", caps) as gw:
+        gw.wait_log(r"WARNING runtime\.privileges: no CAP_NET_BIND_SERVICE: replies of proxied UDP flows "
+                    r"from remote ports below 1024")
+        assert client_get(lab, t.upstream_ip4, 8081)["peer"] == t.upstream_ip4
+        assert udp_exchange(lab, t.upstream_ip4, 9001, b"high")[0] == t.upstream_ip4
+        with pytest.raises(TimeoutError):
+            udp_exchange(lab, t.upstream_ip4, PRIVILEGED_UDP, b"low")
+        gw.wait_log(r"udp reply from .* dropped")
+        assert gw.alive
 
 
 @pytest.mark.root
@@ -161,7 +183,7 @@ def test_state_path_defaults_to_the_units_runtime_directory(monkeypatch: pytest.
 
 
 def test_cap_spec_is_setprivs_form() -> None:
-    assert cap_spec(LEAST) == "-all,+bpf,+perfmon,+net_admin"
+    assert cap_spec(LEAST) == "-all,+bpf,+perfmon,+net_admin,+net_bind_service"
     assert cap_spec(()) == "-all"
     with pytest.raises(ValueError):
         cap_spec(["NET_ADMIN"])
