@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import Gw, Lab, client_get, gateway, gateway_snapshot, lab_config, runtime_lab, \
+from .helpers import Gw, Lab, client_get, gateway, gateway_snapshot, lab_config, proxy_lab, \
     snapshot_diff, udp_exchange
 
 pytestmark = pytest.mark.root
@@ -24,11 +24,7 @@ FILTER_NAME = "dae-py:lan-ingress"
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    for lab in runtime_lab():
-        lab.start_danted(1080)
-        lab.start_http_peer(8081)
-        lab.start_udp_echo(9001)
-        yield lab
+    yield from proxy_lab()
 
 
 def config(lab: Lab) -> str:

@@ -15,6 +15,7 @@ import pwd
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ from runtime.lab.unprivileged import cap_spec, unprivileged_argv
 from runtime.privileges import LEAST as LEAST_SET
 from runtime.privileges import NEEDED_TO_START
 
-from .helpers import Gw, Lab, client_get, flow_lines, gateway, gateway_snapshot, lab_config, runtime_lab, \
+from .helpers import Gw, Lab, client_get, flow_lines, gateway, gateway_snapshot, lab_config, proxy_lab, \
     snapshot_diff, udp_exchange
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,12 +36,7 @@ PRIVILEGED_UDP = 443  # QUIC's port: below 1024
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    for lab in runtime_lab():
-        lab.start_danted(1080)
-        lab.start_http_peer(8081)
-        lab.start_udp_echo(9001)
-        lab.start_udp_echo(PRIVILEGED_UDP)
-        yield lab
+    yield from proxy_lab((9001, PRIVILEGED_UDP))
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +62,38 @@ def workdir(lab: Lab, name: str, user: pwd.struct_passwd, *, state_owner: int | 
     return wd, state
 
 
-@contextlib.contextmanager
-def unprivileged(lab: Lab, user: pwd.struct_passwd, name: str, caps: tuple[str, ...],
-                 state_owner: int | None = None) -> Iterator[Gw]:
+def _options(lab: Lab, user: pwd.struct_passwd, name: str, caps: tuple[str, ...], state_owner: int | None,
+             share_build: bool) -> tuple[Path, dict[str, Any]]:
     wd, state = workdir(lab, name, user, state_owner=state_owner)
     wrap = unprivileged_argv(user.pw_uid, user.pw_gid, caps, state, reach=[REPO])
-    with gateway(lab, config(lab), wd, state_path=state / "state.json", wrap=wrap,
-                 build_group=user.pw_gid) as gw:
+    return wd, {"state_path": state / "state.json", "wrap": wrap,
+                "build_group": user.pw_gid if share_build else None}
+
+
+@contextlib.contextmanager
+def unprivileged(lab: Lab, user: pwd.struct_passwd, name: str, caps: tuple[str, ...]) -> Iterator[Gw]:
+    """The runtime as the service user with `caps`, until the block ends."""
+    wd, options = _options(lab, user, name, caps, None, True)
+    with gateway(lab, config(lab), wd, **options) as gw:
         yield gw
+
+
+def failed_start(lab: Lab, user: pwd.struct_passwd, name: str, caps: tuple[str, ...], *,
+                 state_owner: int | None = None, share_build: bool = True) -> tuple[int, str]:
+    """Start the runtime as the service user, expecting it to exit: (exit status, its log)."""
+    wd, options = _options(lab, user, name, caps, state_owner, share_build)
+    gw = Gw(lab, config(lab), wd, **options)
+    try:
+        with pytest.raises(GatewayStartError):
+            gw.start()
+    finally:
+        gw.stop()
+        if gw._log is not None:
+            gw._log.close()
+        if gw.proc is not None:
+            lab.procs.forget(gw.proc)
+    assert gw.proc is not None
+    return gw.proc.returncode, gw.log_text()
 
 
 def proc_status(pid: int) -> dict[str, str]:
@@ -131,10 +151,8 @@ def test_runs_as_a_service_user_with_exactly_the_least_capabilities(lab: Lab, us
 def test_without_a_needed_capability_it_fails_clearly(lab: Lab, user: pwd.struct_passwd, dropped: str) -> None:
     before = gateway_snapshot(lab)
     caps = tuple(c for c in LEAST if c != dropped)
-    with pytest.raises(GatewayStartError):
-        with unprivileged(lab, user, f"without-{dropped}", caps):
-            pass
-    log = (lab.dir / f"without-{dropped}" / "runtime.log").read_text()
+    status, log = failed_start(lab, user, f"without-{dropped}", caps)
+    assert status == 1, log[-3000:]
     assert re.search(r"ERROR dae\.gateway: cannot load the program: .*"
                      r"(Operation not permitted \(EPERM\)|Permission denied \(EACCES\))", log), log[-3000:]
     assert f"ERROR dae.gateway: missing capabilities {dropped}: the gateway needs {' '.join(LEAST)}" in log, \
@@ -157,7 +175,7 @@ def test_without_net_bind_service_only_replies_from_low_ports_fail(lab: Lab, use
         assert udp_exchange(lab, t.upstream_ip4, 9001, b"high")[0] == t.upstream_ip4
         with pytest.raises(TimeoutError):
             udp_exchange(lab, t.upstream_ip4, PRIVILEGED_UDP, b"low")
-        gw.wait_log(r"udp reply from .* dropped")
+        gw.wait_log(r"udp reply from .* dropped.*Permission denied")
         assert gw.alive
 
 
@@ -165,14 +183,21 @@ def test_without_net_bind_service_only_replies_from_low_ports_fail(lab: Lab, use
 def test_a_state_dir_it_cannot_write_fails_clearly(lab: Lab, user: pwd.struct_passwd) -> None:
     """What a unit without RuntimeDirectory= would meet: the state dir is root's."""
     before = gateway_snapshot(lab)
-    with pytest.raises(GatewayStartError):
-        with unprivileged(lab, user, "root-state", LEAST, state_owner=0):
-            pass
-    log = (lab.dir / "root-state" / "runtime.log").read_text()
+    status, log = failed_start(lab, user, "root-state", LEAST, state_owner=0)
+    assert status == 1, log[-3000:]
     assert re.search(r"ERROR dae\.gateway: cannot start the gateway: .*Permission denied", log), log[-3000:]
     assert "missing capabilities" not in log and "Traceback" not in log, log
     after = gateway_snapshot(lab)
     assert after == before, snapshot_diff(before, after)
+
+
+@pytest.mark.root
+def test_a_build_it_cannot_read_fails_clearly(lab: Lab, user: pwd.struct_passwd) -> None:
+    """What a user outside the build's group meets: dae-compile writes the manifest 0600."""
+    status, log = failed_start(lab, user, "unshared-build", LEAST, share_build=False)
+    assert status == 2, log[-3000:]
+    assert re.search(r"ERROR dae\.gateway: cannot read .*/manifest\.json: Permission denied$", log, re.M), log
+    assert "Traceback" not in log, log
 
 
 def test_state_path_defaults_to_the_units_runtime_directory(monkeypatch: pytest.MonkeyPatch) -> None:
