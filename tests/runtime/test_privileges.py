@@ -147,6 +147,22 @@ def test_runs_as_a_service_user_with_exactly_the_least_capabilities(lab: Lab, us
 
 
 @pytest.mark.root
+def test_cleanup_after_a_crash_works_as_the_service_user(lab: Lab, user: pwd.struct_passwd) -> None:
+    """The unit's ExecStopPost=dae-runtime cleanup runs as the same user with the same set."""
+    before = gateway_snapshot(lab)
+    with unprivileged(lab, user, "crash", LEAST) as gw:
+        gw.kill()
+        assert gateway_snapshot(lab) != before and gw.state_entries()  # left behind: a crash
+        result = lab.run("gateway", [*gw.wrap, *gw.argv("cleanup", "--state", str(gw.state_path))],
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "dae-runtime cleanup" in result.stdout and "Traceback" not in result.stderr
+        after = gateway_snapshot(lab)
+        assert after == before, snapshot_diff(before, after)
+        assert not gw.state_entries()
+
+
+@pytest.mark.root
 @pytest.mark.parametrize("dropped", list(NEEDED_TO_START))
 def test_without_a_needed_capability_it_fails_clearly(lab: Lab, user: pwd.struct_passwd, dropped: str) -> None:
     before = gateway_snapshot(lab)
