@@ -44,6 +44,8 @@ from ._netns import NetnsNotFound, netns_exists, open_iproute
 log = logging.getLogger(__name__)
 
 DEFAULT_STATE_PATH = Path("/run/dae-py/state.json")
+VERSION = 1
+KINDS = ("sysctl", "rule", "route", "qdisc", "filter", "pin")
 
 
 def default_state_path() -> Path:
@@ -51,8 +53,6 @@ def default_state_path() -> Path:
     sets $RUNTIME_DIRECTORY; the unit's user owns it), else DEFAULT_STATE_PATH (root's)."""
     runtime_dir = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
     return Path(runtime_dir) / "state.json" if runtime_dir else DEFAULT_STATE_PATH
-VERSION = 1
-KINDS = ("sysctl", "rule", "route", "qdisc", "filter", "pin")
 
 
 class StateBusy(RuntimeError):
