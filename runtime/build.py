@@ -35,6 +35,8 @@ class Build:
             raise BuildError(f"{p}: not a build directory (no manifest.json); run dae-compile first") from None
         except json.JSONDecodeError as exc:
             raise BuildError(f"{p}/manifest.json is corrupt: {exc}") from None
+        except OSError as exc:  # EACCES: the service user is not in the build's group
+            raise BuildError(f"cannot read {p}/manifest.json: {exc.strerror}") from None
         if manifest.get("format") != MANIFEST_FORMAT:
             raise BuildError(f"{p}: manifest format {manifest.get('format')} is not {MANIFEST_FORMAT}; "
                              "recompile with this version of dae-compile")

@@ -28,9 +28,10 @@ from typing import Any
 from runtime.bpf import BpfError, BpfObject
 from runtime.build import Build, BuildError, load_tables
 from runtime.datapath import CleanupReport, Datapath, StateBusy, cleanup
-from runtime.datapath.state import DEFAULT_STATE_PATH, StateCorrupt
+from runtime.datapath.state import StateCorrupt, default_state_path
 from runtime.domain_map import DomainBindings
 from runtime.kernel_router import KernelRouter
+from runtime.privileges import hint as privileges_hint, warn_if_degraded
 
 log = logging.getLogger("dae.gateway")
 
@@ -215,8 +216,14 @@ def _teardown(datapath: Datapath, state_path: Path) -> bool:
     return False
 
 
+def _log_privileges_hint(err: int | None) -> None:
+    line = privileges_hint(err)
+    if line:
+        log.error("%s", line)
+
+
 def main(args: argparse.Namespace) -> int:
-    state_path = Path(getattr(args, "state", None) or os.environ.get("DAE_STATE", DEFAULT_STATE_PATH))
+    state_path = Path(getattr(args, "state", None) or os.environ.get("DAE_STATE") or default_state_path())
     if args.command == "cleanup":
         try:
             report = cleanup(state_path)
@@ -237,6 +244,7 @@ def main(args: argparse.Namespace) -> int:
     except BuildError as exc:
         log.error("%s", exc)
         return 2
+    warn_if_degraded()
     try:
         import uvloop
 
@@ -260,10 +268,12 @@ def main(args: argparse.Namespace) -> int:
         clean = runner.run(run())
     except BpfError as exc:
         log.error("cannot load the program: %s", exc)
+        _log_privileges_hint(exc.errno)
         return 1
     except StartError as exc:
         # Configuration or environment problems: one line naming the cause, not a traceback.
         log.error("cannot start the gateway: %s", exc)
+        _log_privileges_hint(getattr(exc.__cause__, "errno", None))  # what StartError wraps
         return 1
     finally:
         try:

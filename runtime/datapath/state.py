@@ -48,6 +48,13 @@ VERSION = 1
 KINDS = ("sysctl", "rule", "route", "qdisc", "filter", "pin")
 
 
+def default_state_path() -> Path:
+    """state.json in the service's runtime directory when systemd made one (RuntimeDirectory=
+    sets $RUNTIME_DIRECTORY; the unit's user owns it), else DEFAULT_STATE_PATH (root's)."""
+    runtime_dir = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return Path(runtime_dir) / "state.json" if runtime_dir else DEFAULT_STATE_PATH
+
+
 class StateBusy(RuntimeError):
     """Another live process holds the state (its lock): cleaning up now would pull the
     datapath out from under it."""

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from compiler.pipeline import compile_config
 
@@ -24,15 +24,23 @@ class GatewayStartError(RuntimeError):
 
 class GatewayProcess:
     def __init__(self, lab: Any, config_text: str, workdir: Path, *, log_level: str = "info",
-                 name: str = "config.yaml"):
+                 name: str = "config.yaml", state_path: Path | None = None, wrap: Sequence[str] = (),
+                 build_group: int | None = None):
+        """`wrap`: argv put in front of the runtime's (inside the namespace), e.g. to drop
+        privileges before it starts; `state_path`: where it keeps its state (default: workdir);
+        `build_group`: a gid given read access to the build (root-owned, 0640/0750, as the
+        role deploys it), for a runtime that runs as a service user."""
         self.lab = lab
         self.workdir = workdir
         self.config_path = workdir / name
         self.build_dir = workdir / "build"
-        self.state_path = workdir / "state.json"
+        self.state_path = state_path or workdir / "state.json"
+        self.wrap = list(wrap)
         self.log_path = workdir / "runtime.log"
         self.config_path.write_text(config_text)
         self.checked = compile_config(self.config_path, self.build_dir)
+        if build_group is not None:
+            share_with_group(self.build_dir, build_group)
         self.log_level = log_level
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = None
@@ -44,7 +52,8 @@ class GatewayProcess:
     def start(self, timeout: float = 20.0) -> "GatewayProcess":
         self._log = open(self.log_path, "ab")
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "PYTHONUNBUFFERED": "1"}
-        self.proc = self.lab.popen("gateway", self.argv("run", str(self.build_dir), "--state", str(self.state_path)),
+        self.proc = self.lab.popen("gateway", [*self.wrap, *self.argv("run", str(self.build_dir), "--state",
+                                                                       str(self.state_path))],
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
@@ -119,6 +128,14 @@ class GatewayProcess:
         self.stop()
         if self._log is not None:
             self._log.close()
+
+
+def share_with_group(root: Path, gid: int) -> None:
+    """Make a tree root:gid, directories 0750 and files 0640: readable by that group only."""
+    for path in [root, *root.rglob("*")]:
+        os.chown(path, 0, gid, follow_symlinks=False)
+        if not path.is_symlink():
+            path.chmod(0o750 if path.is_dir() else 0o640)
 
 
 def lab_config(topo: Any, *, rules: list[str], fallback: str = "direct", nodes: dict[str, str] | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -311,6 +312,14 @@ class Lab:
                 users.create_user(creds[0], creds[1], owner=self.run_id)
                 self.users[creds[0]] = creds[1]
         return creds
+
+    def service_user(self) -> pwd.struct_passwd:
+        """A fresh login-less system user without a password, deleted on close: the lab's
+        stand-in for the role's dedicated service user."""
+        name = f"labsvc{secrets.token_hex(4)}"
+        users.create_user(name, None, owner=self.run_id)
+        self.users[name] = ""
+        return pwd.getpwnam(name)
 
     def start_danted(self, port: int = 1080, auth: bool | tuple[str, str] | None = None, *,
                      ns: str = "upstream", debug: int = 0) -> Peer:

@@ -23,8 +23,9 @@ def owner_of(entry: pwd.struct_passwd) -> str | None:
     return None
 
 
-def create_user(name: str, password: str, owner: str) -> None:
-    """Create a login-less system user with a password; refuse to touch an existing user."""
+def create_user(name: str, password: str | None, owner: str) -> None:
+    """Create a login-less system user (with a password unless None: a service user needs
+    none); refuse to touch an existing user."""
     try:
         pwd.getpwnam(name)
     except KeyError:
@@ -36,8 +37,9 @@ def create_user(name: str, password: str, owner: str) -> None:
          "--shell", "/usr/sbin/nologin", "--comment", f"{GECOS_TAG} {owner}", name],
         check=True, capture_output=True, text=True,
     )
-    subprocess.run(["chpasswd"], input=f"{name}:{password}\n", check=True,
-                   capture_output=True, text=True)
+    if password is not None:
+        subprocess.run(["chpasswd"], input=f"{name}:{password}\n", check=True,
+                       capture_output=True, text=True)
     log.debug("created user %s for %s", name, owner)
 
 

@@ -13,8 +13,10 @@ dae-compile, and `systemd-analyze` (Debian package `systemd`, installed here whe
 """
 from __future__ import annotations
 
+import grp
 import hashlib
 import os
+import pwd
 import re
 import shutil
 import stat
@@ -26,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
+
+from runtime.privileges import LEAST
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "ansible"
@@ -112,6 +117,9 @@ class Lab:
         self.tmp = tmp
         self.tag = f"daeans{os.getpid() % 100000}{uuid.uuid4().hex[:4]}"
         self.netns = {h: f"{self.tag}-{h}" for h in HOSTS}
+        # The role creates the service user in this machine's /etc/passwd (the hosts share it):
+        # one per host, named after the run, deleted in down().
+        self.users = {h: f"{self.tag}{h}" for h in HOSTS}
         self.env = dict(os.environ)
         for name, sub in (("ANSIBLE_HOME", "ansible-home"), ("ANSIBLE_LOCAL_TEMP", "ansible-local"),
                           ("ANSIBLE_REMOTE_TEMP", "ansible-remote"), ("TMPDIR", "scratch")):
@@ -141,6 +149,9 @@ class Lab:
     def down(self) -> None:
         for ns in self.netns.values():
             subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+        for user in self.users.values():
+            subprocess.run(["userdel", user], check=False, capture_output=True)
+            subprocess.run(["groupdel", user], check=False, capture_output=True)
 
     def root(self, scenario: str, host: str) -> Path:
         return self.tmp / scenario / host
@@ -162,7 +173,9 @@ class Lab:
             rules.append("dip(203.0.113.7) -> no_such_group")
         hosts = "\n".join(
             f"        {h}:\n          ansible_host: {self.netns[h]}\n"
-            f"          dae_py_root: {self.root(scenario, h)}"
+            f"          dae_py_root: {self.root(scenario, h)}\n"
+            f"          dae_py_service_user: {self.users[h]}\n"
+            f"          dae_py_service_group: {self.users[h]}"
             for h in HOSTS
         )
         rule_lines = "\n".join(f'          - "{r}"' for r in rules)
@@ -207,6 +220,16 @@ class Lab:
 
     def digests(self, scenario: str) -> dict[str, dict[str, str]]:
         return {h: _tree_digest(self.root(scenario, h)) for h in HOSTS}
+
+
+def unit_directives(text: str) -> dict[str, list[str]]:
+    """KEY -> values of a rendered unit (comments and section headers left out)."""
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            out.setdefault(key.strip(), []).append(value.strip())
+    return out
 
 
 def _why_not_runnable() -> str | None:
@@ -307,7 +330,13 @@ def test_first_run_changes_every_host(lab: Lab, deployed: tuple[Run, Run]):
     for host in HOSTS:
         root = lab.root("controller", host)
         config = root / "etc/dae-py/config.yaml"
-        assert stat.S_IMODE(config.stat().st_mode) == 0o600
+        user = pwd.getpwnam(lab.users[host])  # the role created the service user
+        assert user.pw_shell == "/usr/sbin/nologin" and user.pw_dir == "/nonexistent"
+        assert not Path(user.pw_dir).exists() and user.pw_uid < 1000, user  # a system user, no home
+        assert grp.getgrgid(user.pw_gid).gr_name == lab.users[host]
+        # root's file, readable by the service group only: the service reads it, never writes it
+        assert stat.S_IMODE(config.stat().st_mode) == 0o640
+        assert (config.stat().st_uid, config.stat().st_gid) == (0, user.pw_gid)
         text = config.read_text()
         # The vaulted link was decrypted into the file, not written as ciphertext.
         assert f"alice:{VAULTED_PASSWORD}@" in text and "$ANSIBLE_VAULT" not in text
@@ -352,6 +381,14 @@ def test_systemd_analyze_verifies_the_unit(lab: Lab, deployed: tuple[Run, Run]):
         text = unit.read_text()
         assert "Restart=on-failure" in text and "ExecStartPre=" in text and "ExecStopPost=" in text
         assert f"dae-runtime {lab.root('controller', host)}/var/lib/dae-py/current" in text
+        directives = unit_directives(text)
+        least = " ".join(LEAST)
+        assert directives["User"] == [lab.users[host]] and directives["Group"] == [lab.users[host]]
+        assert directives["AmbientCapabilities"] == [least], directives["AmbientCapabilities"]
+        assert directives["CapabilityBoundingSet"] == [least], directives["CapabilityBoundingSet"]
+        assert directives["NoNewPrivileges"] == ["yes"] and directives["ProtectSystem"] == ["strict"]
+        assert directives["RuntimeDirectory"] == ["dae-py"] and "LimitMEMLOCK" not in directives
+        assert "ProtectKernelTunables" not in directives  # the datapath writes /proc/sys/net
         result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,
                                 check=False)
         assert result.returncode == 0, f"{unit}:\n{result.stdout}{result.stderr}"
@@ -385,7 +422,8 @@ def test_config_change_switches_the_build_and_notifies(lab: Lab, deployed: tuple
 
 
 def test_compile_on_each_host_is_idempotent(lab: Lab):
-    inventory = lab.inventory("perhost", extra="dae_py_compile_on: host\n")
+    """Also the opt-out: run as root (no ambient set, the same bounding set)."""
+    inventory = lab.inventory("perhost", extra="dae_py_compile_on: host\ndae_py_service_run_as_root: true\n")
     first = lab.playbook(inventory)
     assert first.rc == 0, first.explain()
     assert all(first.recap()[h]["changed"] > 0 for h in HOSTS), first.explain()
@@ -396,3 +434,27 @@ def test_compile_on_each_host_is_idempotent(lab: Lab):
     _assert_no_secrets(second)
     builds = {h: sorted(p.name for p in (lab.root("perhost", h) / "var/lib/dae-py/current").iterdir()) for h in HOSTS}
     assert "program.o" in builds[HOSTS[0]] and builds[HOSTS[0]] == builds[HOSTS[1]]
+    for host in HOSTS:
+        root = lab.root("perhost", host)
+        unit = root / "etc/systemd/system/dae-py.service"
+        directives = unit_directives(unit.read_text())
+        assert directives["User"] == ["root"] and directives["Group"] == ["root"]
+        assert "AmbientCapabilities" not in directives
+        assert directives["CapabilityBoundingSet"] == [" ".join(LEAST)]
+        assert (root / "etc/dae-py/config.yaml").stat().st_gid == 0
+        result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True,
+                                check=False)
+        assert result.returncode == 0, f"{unit}:\n{result.stdout}{result.stderr}"
+
+
+def test_role_defaults_to_the_dedicated_user_and_the_least_capabilities():
+    """The set the runtime's lab test proves (runtime.privileges.LEAST) is the role's default."""
+    role = ANSIBLE_DIR / "roles/dae_py"
+    defaults = yaml.safe_load((role / "defaults/main.yml").read_text())
+    assert defaults["dae_py_service_user"] == defaults["dae_py_service_group"] == "dae-py"
+    assert defaults["dae_py_service_capabilities"] == list(LEAST)
+    assert defaults["dae_py_service_run_as_root"] is False
+    spec = yaml.safe_load((role / "meta/argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
+    for name in ("dae_py_service_user", "dae_py_service_group", "dae_py_service_capabilities",
+                 "dae_py_service_run_as_root"):
+        assert spec[name]["default"] == defaults[name], name

@@ -28,8 +28,8 @@ from runtime.lab.gateway_proc import GatewayProcess, lab_config
 from tests.conftest import have_root_bpf
 
 __all__ = ["DnsServer", "Gw", "Lab", "client_get", "datapath_sysctls", "flow_lines", "gateway",
-           "gateway_snapshot", "lab_config", "parse_exit_stats", "proxy_lab", "refused_promptly", "runtime_lab", "snapshot_diff",
-           "udp_exchange", "wait_for"]
+           "gateway_snapshot", "lab_config", "parse_exit_stats", "proxy_lab", "refused_promptly", "runtime_lab",
+           "snapshot_diff", "udp_exchange", "wait_for"]
 
 # The datapath's sysctls (runtime/datapath/sysctls.py `plan` and the keys its writes propagate
 # to), as globs expanded inside the gateway namespace.
@@ -58,13 +58,14 @@ def runtime_lab() -> Iterator[Lab]:
             yield lab
 
 
-def proxy_lab() -> Iterator[Lab]:
-    """runtime_lab plus danted on :1080 (the lab_config default node), an HTTP peer on :8081
-    and a UDP echo on :9001 (the proxied targets)."""
+def proxy_lab(udp_ports: tuple[int, ...] = (9001,)) -> Iterator[Lab]:
+    """runtime_lab plus a proxy node and targets: danted on :1080, the HTTP peer on :8081 and
+    UDP echoes on `udp_ports`, all in upstream."""
     for lab in runtime_lab():
         lab.start_danted(1080)
         lab.start_http_peer(8081)
-        lab.start_udp_echo(9001)
+        for port in udp_ports:
+            lab.start_udp_echo(port)
         yield lab
 
 
