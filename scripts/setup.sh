@@ -25,7 +25,7 @@ install_system() {
     (command -v systemctl >/dev/null && systemctl disable --now "$svc" 2>/dev/null) || true
     pkill -x "$svc" 2>/dev/null || true
   done
-  for svc in shadowsocks-libev trojan v2ray; do  # by service only: the lab runs its own ss-server/trojan
+  for svc in shadowsocks-libev trojan v2ray unbound; do  # by service only: the lab runs its own copies
     (command -v systemctl >/dev/null && systemctl disable --now "$svc" 2>/dev/null) || true
     [ -x "/etc/init.d/$svc" ] && { "/etc/init.d/$svc" stop >/dev/null 2>&1 || true; }
   done
