@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+import re
 from urllib.parse import parse_qs, unquote
 
 from .diagnostics import Diagnostics, SourcePos, did_you_mean

@@ -47,10 +47,9 @@ def mask_link(link: str) -> str:
             return f"{scheme}://***" + rest[len(authority):]
         return link
     userinfo = authority[:authority.rfind("@")]
-    user, colon, _password = userinfo.partition(":")
-    keep_user = scheme.lower() in ("socks5", "socks5h", "http", "https") and colon
-    masked = f"{user}:***" if keep_user else "***"
-    return f"{scheme}://{masked}{rest[len(userinfo):]}"
+    # The whole user info, user names too, as the diagnostics renderer masks echoed lines
+    # (compiler.urls.mask_secrets): one rule for everything the compiler prints.
+    return f"{scheme}://***{rest[len(userinfo):]}"
 
 
 def _offset_of(link: str, needle: str) -> int | None:
@@ -67,7 +66,7 @@ def finish_ss(node: dict[str, Any], link: str, query: dict[str, str]) -> Unsuppo
     at = link.find("://") + 3
     if not method:
         raise LinkError(f"node '{name}': ss link has no method (expected "
-                        f"'ss://base64(method:password)@host:port')", at)
+                        f"base64 of 'method:password' before '@host:port')", at)
     if node.get("password") in (None, ""):
         raise LinkError(f"node '{name}': ss link has no password", at)
     if method in SS_STREAM:
@@ -99,7 +98,7 @@ def finish_trojan(node: dict[str, Any], link: str, query: dict[str, str]) -> Uns
     node["username"] = None
     if not node["password"]:
         raise LinkError(f"node '{name}': trojan link has no password (expected "
-                        f"'trojan://password@host:port')", link.find("://") + 3)
+                        f"it before '@host:port')", link.find("://") + 3)
     alpn = [p.strip() for p in query.get("alpn", "").split(",") if p.strip()]
     node["alpn"] = alpn
     network = query.get("type", "").lower()
