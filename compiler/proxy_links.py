@@ -13,6 +13,7 @@ import re
 from typing import Any
 
 from .diagnostics import did_you_mean
+from .urls import mask_secrets
 
 SS_AEAD = ("aes-128-gcm", "aes-256-gcm", "chacha20-ietf-poly1305")
 SS_2022 = ("2022-blake3-aes-128-gcm", "2022-blake3-aes-256-gcm",
@@ -41,15 +42,13 @@ def mask_link(link: str) -> str:
     scheme, sep, rest = link.partition("://")
     if not sep:
         return re.sub(r"^[^@]*@", "***@", link)
+    masked = mask_secrets(link)  # the renderer's rule: the whole user info, user names too
+    if masked != link:
+        return masked
     authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
-    if "@" not in authority:
-        if scheme.lower() in ("ss", "vmess") and not re.search(r":\d+$", authority):
-            return f"{scheme}://***" + rest[len(authority):]
-        return link
-    userinfo = authority[:authority.rfind("@")]
-    # The whole user info, user names too, as the diagnostics renderer masks echoed lines
-    # (compiler.urls.mask_secrets): one rule for everything the compiler prints.
-    return f"{scheme}://***{rest[len(userinfo):]}"
+    if scheme.lower() in ("ss", "vmess") and not re.search(r":\d+$", authority):
+        return f"{scheme}://***" + rest[len(authority):]  # a short base64 body
+    return link
 
 
 def _offset_of(link: str, needle: str) -> int | None:

@@ -14,8 +14,10 @@ from urllib.parse import SplitResult, urlsplit
 
 MASK = "***"
 
-# scheme://USERINFO@  (userinfo: anything up to '@' that is not a separator or a quote)
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<secret>[^\s/@'\"#?,\]\)]+)@")
+# scheme://USERINFO@  (userinfo: everything up to the token's last '@'; only white space and
+# quotes end it. Standard base64 puts '/' and '+' in ss user info, and passwords hold '#', '?'
+# or '@' unescaped: better to hide a host now and then than to show part of a secret.)
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<secret>[^\s'\"]+)@")
 # Links that are a credential as a whole: vmess (base64 JSON with the UUID), legacy ss (base64).
 _OPAQUE = re.compile(r"(?P<scheme>\b(?:vmess|vless|ss|ssr)://)(?P<secret>[A-Za-z0-9+/=_-]{8,})(?![A-Za-z0-9+/=_-]*@)")
 

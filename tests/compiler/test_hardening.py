@@ -206,6 +206,9 @@ def test_masking_keeps_the_caret_under_the_token_after_a_secret() -> None:
     assert masked == "  n1: 'socks5://***@192.0.2.10:x'" and masked[col] == "x"
     assert mask_secrets("vmess://eyJhZGQiOiIxLjIuMy40In0=") == "vmess://***"
     assert mask_secrets("ss://YWVzLTEyOC1nY206cGFzcw@h:1") == "ss://***@h:1"
+    line = "  n2: 'ss://YWVz/LTEy+cGFz==@h:x'"  # standard base64 in the user info
+    masked, col = mask_with_column(line, line.index("x"))
+    assert masked == "  n2: 'ss://***@h:x'" and masked[col] == "x"
 
 
 def test_help_documents_the_exit_statuses(capsys: pytest.CaptureFixture[str]) -> None:

@@ -105,6 +105,9 @@ def test_good_links_fill_the_manifest_fields_the_runtime_reads(tmp_path: Path, c
     (f"ss://{B64}@h:1", "ss://***@h:1"),
     ("ss://" + base64.b64encode(b"aes-128-gcm:pw@1.2.3.4:80").decode() + "#n", "ss://***#n"),
     ("socks5://10.0.0.1:1080", "socks5://10.0.0.1:1080"),
+    # standard base64 ('/', '+') and unescaped '#', '?', '@' in the user info stay hidden whole
+    ("ss://YWVz/LTEy+pw==@h:1", "ss://***@h:1"),
+    ("trojan://pa#s?s@w@h:443?sni=x", "trojan://***@h:443?sni=x"),
 ])
 def test_mask_link_hides_every_secret(link: str, masked: str) -> None:
     assert mask_link(link) == masked
