@@ -1,7 +1,7 @@
 """Time finished build directories side by side: the A/B of two compiler versions.
 
 `bench.classify` compiles with this checkout only. To compare a change against the code before
-it, compile the same config with each checkout (`cd OLD && python -m compiler.cli ...`), then
+it, compile the same config with each checkout (`cd OLD && python -m dae_py.compiler.cli ...`), then
 time the builds' `classify_only` programs here in the same interleaved rounds, so the shared
 machine's drifts hit every build alike and the ratios stand:
 
@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from runtime.packets import frame
+from dae_py.runtime.packets import frame
 
 from . import configs
 from .common import Compiled, Timed, machine_note, print_machine, retval, time_interleaved

@@ -21,9 +21,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from compiler.evaluate import Flow, classify
-from compiler.ir import CidrSet, Field, PortSet, RoutingIR, ValueSet
-from runtime.packets import IPPROTO_TCP, IPPROTO_UDP, DEFAULT_SRC_MAC, FlowSpec, frame
+from dae_py.compiler.evaluate import Flow, classify
+from dae_py.compiler.ir import CidrSet, Field, PortSet, RoutingIR, ValueSet
+from dae_py.runtime.packets import IPPROTO_TCP, IPPROTO_UDP, DEFAULT_SRC_MAC, FlowSpec, frame
 
 from . import configs
 from .common import Compiled, available_strategies, compile_one, retval

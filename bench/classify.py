@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compiler.evaluate import Flow, classify
-from compiler.pipeline import choose_strategy
-from runtime.packets import domain_key, frame
+from dae_py.compiler.evaluate import Flow, classify
+from dae_py.compiler.pipeline import choose_strategy
+from dae_py.runtime.packets import domain_key, frame
 
 from . import configs
 from .common import (Compiled, Timed, available_strategies, check_only, compile_one, machine_note, print_machine,

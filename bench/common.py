@@ -13,12 +13,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from compiler import pipeline
-from compiler.diagnostics import CompileError
-from compiler.emit import EmitError
-from runtime.bpf import BpfError, BpfObject, prog_test_run
-from runtime.build import Build, load_tables
-from runtime.domain_map import DomainBindings
+from dae_py.compiler import pipeline
+from dae_py.compiler.diagnostics import CompileError
+from dae_py.compiler.emit import EmitError
+from dae_py.runtime.bpf import BpfError, BpfObject, prog_test_run
+from dae_py.runtime.build import Build, load_tables
+from dae_py.runtime.domain_map import DomainBindings
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -70,10 +70,10 @@ def run_cli(config: Path, out: Path, strategy: str, tree: Path | None = None) ->
 @contextlib.contextmanager
 def stage_timer() -> Iterator[dict[str, float]]:
     """Patch the pipeline's stage functions to accumulate their wall time by name."""
-    import compiler.check as check
-    import compiler.emit as emit
-    import compiler.geodata as geodata
-    import compiler.pipeline as pl
+    import dae_py.compiler.check as check
+    import dae_py.compiler.emit as emit
+    import dae_py.compiler.geodata as geodata
+    import dae_py.compiler.pipeline as pl
 
     acc: dict[str, float] = {}
     patched: list[tuple[Any, str, Any]] = []
@@ -111,7 +111,7 @@ def stage_timer() -> Iterator[dict[str, float]]:
 
 
 def in_process(config: Path, out: Path, strategy: str) -> dict[str, Any]:
-    from compiler.pipeline import compile_config
+    from dae_py.compiler.pipeline import compile_config
 
     if out.exists():
         shutil.rmtree(out)
@@ -145,8 +145,8 @@ def in_process_elsewhere(config: Path, out: Path, strategy: str, tree: Path, shi
 
 
 def load_time(out: Path) -> float:
-    from runtime.bpf import BpfObject
-    from runtime.build import Build, load_tables
+    from dae_py.runtime.bpf import BpfObject
+    from dae_py.runtime.build import Build, load_tables
 
     t0 = time.perf_counter()
     b = Build.open(out)

@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--trials", type=int, default=0)
     args = ap.parse_args()
-    from runtime.lab import Lab
+    from dae_py.runtime.lab import Lab
     from tests.runtime.helpers import DnsServer, client_get, gateway, lab_config
 
     n_names = max(20, args.trials)

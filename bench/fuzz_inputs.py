@@ -142,10 +142,10 @@ class Outcome:
 def run_front_end(data: str | bytes, directory: Path) -> Outcome:
     """The front end on one input, as `dae-compile --check` runs it, plus rendering the C: every
     exception other than a CompileError carrying diagnostics is a crash (with its traceback)."""
-    from compiler.diagnostics import CompileError
-    from compiler.emit import render
-    from compiler.pipeline import check_config, choose_strategy
-    from compiler.load import load_config
+    from dae_py.compiler.diagnostics import CompileError
+    from dae_py.compiler.emit import render
+    from dae_py.compiler.pipeline import check_config, choose_strategy
+    from dae_py.compiler.load import load_config
 
     path = directory / "config.yaml"
     path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass"))

@@ -10,11 +10,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compiler.version import MANIFEST_FORMAT
+from dae_py.compiler.version import MANIFEST_FORMAT
 
 if TYPE_CHECKING:  # imported where used: the running gateway only needs them on a map miss
-    from compiler.domains import DomainMatcher
-    from compiler.ir import RoutingIR
+    from dae_py.compiler.domains import DomainMatcher
+    from dae_py.compiler.ir import RoutingIR
 
 
 class BuildError(Exception):
@@ -48,19 +48,19 @@ class Build:
 
     @cached_property
     def ir(self) -> RoutingIR:
-        from compiler.ir_json import ir_from_json
+        from dae_py.compiler.ir_json import ir_from_json
 
         return ir_from_json(json.loads((self.path / "ir.json").read_text()))
 
     @cached_property
     def domain_matcher(self) -> DomainMatcher:
-        from compiler.domains import DomainMatcher
+        from dae_py.compiler.domains import DomainMatcher
 
         return DomainMatcher.from_sets(self.ir.domain_sets)
 
     @property
     def domain_words(self) -> int:
-        from compiler.ir import max_domain_words
+        from dae_py.compiler.ir import max_domain_words
 
         return max_domain_words(self.ir)
 

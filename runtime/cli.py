@@ -10,11 +10,11 @@ from pathlib import Path
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from compiler.values import parse_mac
-    from runtime.bpf import BpfError
-    from runtime.build import Build, BuildError
-    from runtime.explain import explain, make_flow
-    from runtime.packets import parse_endpoint
+    from dae_py.compiler.values import parse_mac
+    from dae_py.runtime.bpf import BpfError
+    from dae_py.runtime.build import Build, BuildError
+    from dae_py.runtime.explain import explain, make_flow
+    from dae_py.runtime.packets import parse_endpoint
 
     try:
         build = Build.open(args.build)
@@ -54,6 +54,15 @@ class _Formatter(logging.Formatter):
             self._second = second
         return f"{self._text},{int(record.msecs):03d}"
 
+    def format(self, record: logging.LogRecord) -> str:
+        # Loggers are named by module (dae_py.runtime.relay.tcp); the namespace says nothing here.
+        name = record.name
+        record.name = name.removeprefix("dae_py.")
+        try:
+            return super().format(record)
+        finally:
+            record.name = name
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="dae-runtime", description=__doc__)
@@ -87,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "explain":
         return _explain(args)
     if args.command in ("run", "cleanup"):
-        from runtime import gateway
+        from dae_py.runtime import gateway
 
         return gateway.main(args)
     ap.print_help()

@@ -12,9 +12,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from runtime.build import Build
-from runtime.explain import explain, make_flow
-from runtime.packets import parse_endpoint
+from dae_py.runtime.build import Build
+from dae_py.runtime.explain import explain, make_flow
+from dae_py.runtime.packets import parse_endpoint
 
 
 def _say(text: str = "") -> None:
@@ -22,8 +22,8 @@ def _say(text: str = "") -> None:
 
 
 def main() -> int:
-    from runtime.lab import Lab, cleanup_stale
-    from runtime.lab.gateway_proc import GatewayProcess, lab_config
+    from dae_py.runtime.lab import Lab, cleanup_stale
+    from dae_py.runtime.lab.gateway_proc import GatewayProcess, lab_config
 
     cleanup_stale()
     with Lab() as lab, tempfile.TemporaryDirectory(prefix="dae-demo-") as tmp:

@@ -17,7 +17,7 @@ import ipaddress
 import struct
 from typing import Any
 
-from runtime.packets import domain_key, domain_value
+from dae_py.runtime.packets import domain_key, domain_value
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

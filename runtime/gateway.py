@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime.bpf import BpfError, BpfObject
-from runtime.build import Build, BuildError, load_tables
-from runtime.datapath import CleanupReport, Datapath, StateBusy, cleanup
-from runtime.datapath.state import StateCorrupt, default_state_path
-from runtime.domain_map import DomainBindings
-from runtime.kernel_router import KernelRouter
-from runtime.privileges import hint as privileges_hint, warn_if_degraded
+from dae_py.runtime.bpf import BpfError, BpfObject
+from dae_py.runtime.build import Build, BuildError, load_tables
+from dae_py.runtime.datapath import CleanupReport, Datapath, StateBusy, cleanup
+from dae_py.runtime.datapath.state import StateCorrupt, default_state_path
+from dae_py.runtime.domain_map import DomainBindings
+from dae_py.runtime.kernel_router import KernelRouter
+from dae_py.runtime.privileges import hint as privileges_hint, warn_if_degraded
 
 log = logging.getLogger("dae.gateway")
 
@@ -105,7 +105,7 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
     """Run the gateway until `stop` is set. Start-up failures raise StartError (BpfError for
     the program); returns whether the stop undid everything (False: an error line said what
     was left behind)."""
-    from runtime.relay import Gateway, RelayConfig
+    from dae_py.runtime.relay import Gateway, RelayConfig
 
     g = build.manifest["global"]
     obj = BpfObject(build.object_path)
@@ -121,7 +121,7 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
             router = KernelRouter(build, obj.map("flows"), DomainBindings.of(obj, build.domain_words))
             relay = Gateway.from_manifest(router, build.manifest, RelayConfig(so_mark=so_mark))
             port = await relay.start(int(g["tproxy_port"]), guard_fd=_guard_fd(obj))
-            from runtime.dns import DnsModule  # answers dns.bind; binds domain bits before answering
+            from dae_py.runtime.dns import DnsModule  # answers dns.bind; binds domain bits before answering
 
             dns_module = await DnsModule.start(build, router.domains, so_mark)
             lan = g.get("lan_interface") or []

@@ -14,11 +14,11 @@ import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from runtime.domain_map import DomainBindings
-from runtime.packets import IPPROTO_TCP, IPPROTO_UDP, FlowSpec, flow_key, parse_flow_value
+from dae_py.runtime.domain_map import DomainBindings
+from dae_py.runtime.packets import IPPROTO_TCP, IPPROTO_UDP, FlowSpec, flow_key, parse_flow_value
 
 if TYPE_CHECKING:
-    from runtime.build import Build
+    from dae_py.runtime.build import Build
 
 _V4_PAD = bytes(12)
 _TAIL = struct.Struct("!HHBB2x").pack  # sport, dport, proto, IP version, padding
@@ -58,7 +58,7 @@ class KernelRouter:
         map lookup; IPv4 keys are built without the ipaddress module."""
         s, d = src[0], dst[0]
         if ":" in s or ":" in d:
-            from runtime.relay.flow import Flow
+            from dae_py.runtime.relay.flow import Flow
 
             info = self.route(Flow("tcp", src, dst))
         else:
@@ -71,7 +71,7 @@ class KernelRouter:
                 if why is None:
                     why = self._describe_rule(rule)
                 return outbound, why
-            from runtime.relay.flow import Flow
+            from dae_py.runtime.relay.flow import Flow
 
             info = self.route(Flow("tcp", src, dst))
         why = self._why.get(info.rule)
@@ -101,8 +101,8 @@ class KernelRouter:
             d = parse_flow_value(raw)
             rule = d.rule if d.rule < self.n_rules else None
             return RouteInfo(d.outbound, rule, d.mark, d.must, "kernel")
-        from compiler.evaluate import Flow as IrFlow
-        from compiler.evaluate import classify
+        from dae_py.compiler.evaluate import Flow as IrFlow
+        from dae_py.compiler.evaluate import classify
 
         bits = 0
         if self.domains is not None:

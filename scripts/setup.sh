@@ -50,7 +50,7 @@ install_python
 mount_bpffs
 case "$mode" in
   --install) ;;
-  --demo) exec .venv/bin/python -m runtime.demo ;;
+  --demo) exec .venv/bin/python -m dae_py.runtime.demo ;;
   --test) shift; exec .venv/bin/python -m pytest -p no:cacheprovider "$@" ;;
   *) echo "usage: $0 [--demo|--test|--install]" >&2; exit 2 ;;
 esac

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler.geodata import (
+from dae_py.compiler.geodata import (
     Attrs,
     GeoDataError,
     GeoIP,

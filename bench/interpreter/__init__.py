@@ -13,8 +13,8 @@ import struct
 import subprocess
 from pathlib import Path
 
-from runtime.bpf import BpfError, BpfMap, BpfObject
-from runtime.packets import domain_key
+from dae_py.runtime.bpf import BpfError, BpfMap, BpfObject
+from dae_py.runtime.packets import domain_key
 
 from .encoder import DOMAIN_WORDS, LPM_KEY_SIZE, LPM_VALUE, Encoded, encode
 

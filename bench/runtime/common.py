@@ -62,7 +62,7 @@ def gateway_config(topo: Any, proxy_ports: Sequence[int]) -> str:
 
     The direct cases go through the same rule list (they miss the proxy rules and hit the
     fallback), so the program does its whole classification for them."""
-    from runtime.lab.gateway_proc import lab_config
+    from dae_py.runtime.lab.gateway_proc import lab_config
 
     rules = [f"dip({topo.upstream_ip4}) && l4proto(tcp) && dport({p}) -> proxy" for p in proxy_ports]
     return lab_config(topo, rules=rules, fallback="direct")
@@ -151,7 +151,7 @@ def v2ray_policy_route(lab: Any, add: bool = True) -> None:
 def start_tcp_peer(lab: Any, name: str, argv: list[str], port: int, ns: str = "gateway",
                    family: int | None = 4) -> Any:
     """Start a server through the lab's Peer machinery (waits until it listens on `port`)."""
-    from runtime.lab.peers import Listen, Peer
+    from dae_py.runtime.lab.peers import Listen, Peer
 
     peer = Peer(tracker=lab.procs, name=name, ns=lab.ns(ns), argv=argv,
                 log_path=lab.dir / f"{name}.log", listens=[Listen("tcp", port, family)], port=port,
@@ -178,7 +178,7 @@ def start_v2ray(lab: Any) -> Any:
 
 def start_echo(lab: Any, ports: Sequence[int], ns: str = "upstream") -> Any:
     """Our uvloop TCP echo server (echo_server.py) on `ports`, in `ns`."""
-    from runtime.lab.peers import Listen, Peer
+    from dae_py.runtime.lab.peers import Listen, Peer
 
     argv = [PY, str(HERE / "echo_server.py"), *[str(p) for p in ports]]
     peer = Peer(tracker=lab.procs, name="echo", ns=lab.ns(ns), argv=argv,
@@ -244,7 +244,7 @@ def slab_growth(before: dict[str, int], after: dict[str, int], n: int = 6) -> li
 
 
 def tree_pids(pid: int) -> list[int]:
-    from runtime.lab.procs import descendants
+    from dae_py.runtime.lab.procs import descendants
 
     return [pid, *descendants(pid)]
 

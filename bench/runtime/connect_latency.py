@@ -88,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 
-    from runtime.lab import Lab, cleanup_stale
-    from runtime.lab.gateway_proc import GatewayProcess
+    from dae_py.runtime.lab import Lab, cleanup_stale
+    from dae_py.runtime.lab.gateway_proc import GatewayProcess
 
     modes = tuple(m for m in args.modes.split(",") if m)
     raise_nofile()

@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 
-    from runtime.lab import Lab, cleanup_stale
-    from runtime.lab.gateway_proc import GatewayProcess
+    from dae_py.runtime.lab import Lab, cleanup_stale
+    from dae_py.runtime.lab.gateway_proc import GatewayProcess
 
     nofile = raise_nofile()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]

@@ -49,7 +49,7 @@ CASES = {
 
 class Bench:
     def __init__(self, lab: Any, workdir: Path, seconds: float) -> None:
-        from runtime.lab.gateway_proc import GatewayProcess
+        from dae_py.runtime.lab.gateway_proc import GatewayProcess
 
         from bench.runtime.common import gateway_config
 
@@ -141,9 +141,9 @@ def program_cost_ns(build_dir: Path, topo: Any, runs: int = 7, repeat: int = 200
     import ipaddress
     import statistics
 
-    from runtime.bpf import BpfObject, prog_test_run
-    from runtime.build import Build, load_tables
-    from runtime.packets import IPPROTO_TCP, FlowSpec, frame
+    from dae_py.runtime.bpf import BpfObject, prog_test_run
+    from dae_py.runtime.build import Build, load_tables
+    from dae_py.runtime.packets import IPPROTO_TCP, FlowSpec, frame
 
     build = Build.open(build_dir)
     obj = BpfObject(build.object_path)
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write all runs here")
     args = ap.parse_args(argv)
 
-    from runtime.lab import Lab, cleanup_stale
+    from dae_py.runtime.lab import Lab, cleanup_stale
 
     note = machine_note()
     cleanup_stale("benchrt")

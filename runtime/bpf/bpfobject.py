@@ -17,7 +17,7 @@ from . import libbpf as lb
 from .errors import BpfError
 from .maps import BpfMap
 
-log = logging.getLogger("runtime.bpf")
+log = logging.getLogger("dae_py.runtime.bpf")
 
 # libbpf 1.1 names the program the kernel rejected in these WARN lines.
 _FAILED_PROG_RE = re.compile(

@@ -39,8 +39,8 @@ from typing import Any
 
 from .errors import BpfError
 
-log = logging.getLogger("runtime.bpf")
-libbpf_log = logging.getLogger("runtime.bpf.libbpf")
+log = logging.getLogger("dae_py.runtime.bpf")
+libbpf_log = logging.getLogger("dae_py.runtime.bpf.libbpf")
 
 LIBBPF_SONAME = "libbpf.so.1"
 

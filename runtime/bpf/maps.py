@@ -18,7 +18,7 @@ from enum import IntEnum
 from . import libbpf as lb
 from .errors import ENOTSUPP, BpfError
 
-log = logging.getLogger("runtime.bpf")
+log = logging.getLogger("dae_py.runtime.bpf")
 
 
 class MapType(IntEnum):

@@ -15,7 +15,7 @@ import socket
 import struct
 from typing import Awaitable, Callable
 
-from runtime.relay.listen import transparent_socket
+from dae_py.runtime.relay.listen import transparent_socket
 
 log = logging.getLogger("dae.dns.listen")
 

@@ -8,8 +8,8 @@ import random
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from runtime import outbound
-from runtime.outbound import (AllNodesDown, DialError, Destination, Dialed, DialOptions, Node,
+from dae_py.runtime import outbound
+from dae_py.runtime.outbound import (AllNodesDown, DialError, Destination, Dialed, DialOptions, Node,
                               OutboundError, ProxyRefusedError, ReplyCallback, UdpAssociation)
 
 from .health import HealthChecker

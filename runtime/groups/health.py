@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 import dns.message
 import dns.rdatatype
 
-from runtime.outbound import Destination, DialOptions, Node, OutboundError, dial_tcp, open_udp
-from runtime.outbound.https import tls_context
-from runtime.outbound.stream import Stream, TlsStream, read_exact, read_until
+from dae_py.runtime.outbound import Destination, DialOptions, Node, OutboundError, dial_tcp, open_udp
+from dae_py.runtime.outbound.https import tls_context
+from dae_py.runtime.outbound.stream import Stream, TlsStream, read_exact, read_until
 
 from .spec import CheckSpec
 from .stats import Check

@@ -2,7 +2,7 @@
 
 The live demo and the tests import it:
 
-    from runtime.lab import Lab, cleanup_stale
+    from dae_py.runtime.lab import Lab, cleanup_stale
     cleanup_stale()                      # leftovers of crashed runs
     with Lab() as lab:
         http = lab.start_http_peer(8080)

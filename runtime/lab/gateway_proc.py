@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from compiler.pipeline import compile_config
+from dae_py.compiler.pipeline import compile_config
 
 
 class GatewayStartError(RuntimeError):
@@ -47,11 +47,11 @@ class GatewayProcess:
         self._pump: Any = None
 
     def argv(self, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "runtime.cli", "--log-level", self.log_level, *extra]
+        return [sys.executable, "-m", "dae_py.runtime.cli", "--log-level", self.log_level, *extra]
 
     def start(self, timeout: float = 20.0) -> "GatewayProcess":
         self._log = open(self.log_path, "ab")
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = self.lab.popen("gateway", [*self.wrap, *self.argv("run", str(self.build_dir), "--state",
                                                                        str(self.state_path))],
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)

@@ -20,18 +20,18 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
-from runtime.groups.stats import Check
-from runtime.outbound import DialError, Node, OutboundError
-from runtime.outbound.poller import IN, OUT
-from runtime.outbound.sockets import abort, set_mark
-from runtime.outbound.socks5 import (PIPELINED_GREETING, connect_request, fast_dialable,
+from dae_py.runtime.groups.stats import Check
+from dae_py.runtime.outbound import DialError, Node, OutboundError
+from dae_py.runtime.outbound.poller import IN, OUT
+from dae_py.runtime.outbound.sockets import abort, set_mark
+from dae_py.runtime.outbound.socks5 import (PIPELINED_GREETING, connect_request, fast_dialable,
                                      pipelined_reply_size)
-from runtime.outbound.stream import SocketStream
+from dae_py.runtime.outbound.stream import SocketStream
 
 if TYPE_CHECKING:
     import asyncio
 
-    from runtime.groups import Group
+    from dae_py.runtime.groups import Group
 
     from .tcp import TcpRelay
 

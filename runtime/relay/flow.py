@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from runtime.outbound import DialOptions
-from runtime.outbound.base import format_hostport
+from dae_py.runtime.outbound import DialOptions
+from dae_py.runtime.outbound.base import format_hostport
 
 Addr = tuple[str, int]
 

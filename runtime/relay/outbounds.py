@@ -5,8 +5,8 @@ import logging
 
 from typing import Any, Mapping
 
-from runtime.groups import Group
-from runtime.outbound import (BLOCK_ID, DIRECT_ID, BlockOutbound, DialOptions, DirectOutbound,
+from dae_py.runtime.groups import Group
+from dae_py.runtime.outbound import (BLOCK_ID, DIRECT_ID, BlockOutbound, DialOptions, DirectOutbound,
                               Node, Outbound)
 
 

@@ -29,9 +29,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
-from runtime.outbound import AllNodesDown, Blocked, Destination, OutboundError, UdpAssociation
-from runtime.outbound.base import format_hostport
-from runtime.outbound.sockets import (IP_ORIGDSTADDR, IPV6_ORIGDSTADDR, SOL_IPV6)
+from dae_py.runtime.outbound import AllNodesDown, Blocked, Destination, OutboundError, UdpAssociation
+from dae_py.runtime.outbound.base import format_hostport
+from dae_py.runtime.outbound.sockets import (IP_ORIGDSTADDR, IPV6_ORIGDSTADDR, SOL_IPV6)
 
 from .flow import Addr, Flow, RelayConfig, Router, reason
 from .listen import addressed_to_self, bind_pair, transparent_socket

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runtime.privileges import LEAST
+from dae_py.runtime.privileges import LEAST
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE_DIR = REPO / "ansible"

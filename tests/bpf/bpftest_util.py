@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from runtime.packets import inet_checksum
+from dae_py.runtime.packets import inet_checksum
 
 TC_ACT_OK = 0
 TC_ACT_SHOT = 2

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from bpftest_util import ip_key, lpm_key, u32
 
-from runtime.bpf import (
+from dae_py.runtime.bpf import (
     BPF_EXIST,
     BPF_NOEXIST,
     BpfError,
@@ -22,8 +22,8 @@ from runtime.bpf import (
     bpf_map_update_elem,
     libbpf_num_possible_cpus,
 )
-from runtime.bpf import maps as maps_mod
-from runtime.bpf.errors import ENOTSUPP
+from dae_py.runtime.bpf import maps as maps_mod
+from dae_py.runtime.bpf.errors import ENOTSUPP
 
 pytestmark = pytest.mark.root
 log = logging.getLogger(__name__)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.bpf import BpfError, BpfObject, MapType
-from runtime.bpf.errors import ENOTSUPP, LOG_TAIL_CHARS
+from dae_py.runtime.bpf import BpfError, BpfObject, MapType
+from dae_py.runtime.bpf.errors import ENOTSUPP, LOG_TAIL_CHARS
 
 # ---- no kernel needed --------------------------------------------------------------------
 
@@ -25,10 +25,10 @@ def test_open_missing_file_names_path_and_errno(tmp_path: Path) -> None:
 
 
 def test_libbpf_messages_reach_logging(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="runtime.bpf.libbpf")
+    caplog.set_level(logging.WARNING, logger="dae_py.runtime.bpf.libbpf")
     with pytest.raises(BpfError):
         BpfObject(tmp_path / "absent.o")
-    assert any(r.name == "runtime.bpf.libbpf" and "absent.o" in r.getMessage()
+    assert any(r.name == "dae_py.runtime.bpf.libbpf" and "absent.o" in r.getMessage()
                for r in caplog.records)
 
 

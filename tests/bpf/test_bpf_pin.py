@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from bpftest_util import TC_ACT_SHOT, ipv4_frame, u32
 
-from runtime.bpf import (
+from dae_py.runtime.bpf import (
     BpfError,
     BpfMap,
     BpfObject,

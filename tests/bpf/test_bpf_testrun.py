@@ -21,8 +21,8 @@ from bpftest_util import (
     u32,
 )
 
-from runtime.bpf import BpfError, BpfObject, TestRunResult, prog_test_run
-from runtime.bpf.libbpf import BpfTestRunOpts
+from dae_py.runtime.bpf import BpfError, BpfObject, TestRunResult, prog_test_run
+from dae_py.runtime.bpf.libbpf import BpfTestRunOpts
 
 SKB_MARK_OFFSET = 8  # struct __sk_buff { __u32 len, pkt_type, mark; ... }
 SKB_CTX_MAX = 256  # >= sizeof(struct __sk_buff) (192 on 6.x)

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from compiler import evaluate
-from compiler.pipeline import Checked, compile_config
-from runtime.bpf import BpfObject, prog_test_run
-from runtime.build import Build, load_tables
-from runtime.domain_map import DomainBindings
-from runtime.packets import (DEFAULT_SRC_MAC, IPPROTO_TCP, IPPROTO_UDP, FlowSpec,
+from dae_py.compiler import evaluate
+from dae_py.compiler.pipeline import Checked, compile_config
+from dae_py.runtime.bpf import BpfObject, prog_test_run
+from dae_py.runtime.build import Build, load_tables
+from dae_py.runtime.domain_map import DomainBindings
+from dae_py.runtime.packets import (DEFAULT_SRC_MAC, IPPROTO_TCP, IPPROTO_UDP, FlowSpec,
                              flow_key, frame, parse_flow_value, pname_value)
 
 TC_ACT_OK = 0

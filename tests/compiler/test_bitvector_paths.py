@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from compiler import emit_bitvector as eb
-from compiler import evaluate
-from compiler.domains import DomainMatcher
+from dae_py.compiler import emit_bitvector as eb
+from dae_py.compiler import evaluate
+from dae_py.compiler.domains import DomainMatcher
 from compiler_kit import Kernel, compile_text, flowspec
 
 import test_differential as td

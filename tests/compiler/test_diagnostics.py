@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from compiler.cli import main
-from compiler.diagnostics import SHOW_LINE_CHARS
-from compiler.geodata import SiteDomain, write_geoip, write_geosite
-from compiler.urls import mask_secrets
+from dae_py.compiler.cli import main
+from dae_py.compiler.diagnostics import SHOW_LINE_CHARS
+from dae_py.compiler.geodata import SiteDomain, write_geoip, write_geosite
+from dae_py.compiler.urls import mask_secrets
 
 # Line numbers below count from this header: a rule `R` of `rule(R)` is on line 8, its string's
 # opening quote in column 7, so the rule text starts in column 8.

@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
-from compiler import evaluate
-from compiler.domains import DomainMatcher
-from compiler.ir import DomainSet
+from dae_py.compiler import evaluate
+from dae_py.compiler.domains import DomainMatcher
+from dae_py.compiler.ir import DomainSet
 from compiler_kit import Kernel, compile_text, flowspec, strategy_params
 
 pytestmark = pytest.mark.root

@@ -12,8 +12,8 @@ import random
 
 import pytest
 
-from compiler.rules import RuleSyntaxError, parse_rule
-from compiler.rules.parse import _fast_rule, _GiveUp, parse_rule_lark
+from dae_py.compiler.rules import RuleSyntaxError, parse_rule
+from dae_py.compiler.rules.parse import _fast_rule, _GiveUp, parse_rule_lark
 
 # '"\\q"' style values go through the same unicode_escape decoding on both paths, which warns.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -232,7 +232,7 @@ def test_big_rule_takes_the_fast_path() -> None:
 
 
 def test_abbreviate() -> None:
-    from compiler.rules import abbreviate, parse_structured_rule
+    from dae_py.compiler.rules import abbreviate, parse_structured_rule
 
     assert abbreviate(parse_rule("dip(1.1.1.1, 2.2.2.2) -> direct")) is None
     vals = [f"'v{i})x, y'" for i in range(300)]  # quoted values holding ')' and ','

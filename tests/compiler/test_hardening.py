@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from compiler import cli
-from compiler.diagnostics import CompileError
-from compiler.emit import outbound_macro
-from compiler.pipeline import compile_config
-from compiler.urls import mask_secrets, mask_with_column
-from compiler.userregex import compile_user_regex
+from dae_py.compiler import cli
+from dae_py.compiler.diagnostics import CompileError
+from dae_py.compiler.emit import outbound_macro
+from dae_py.compiler.pipeline import compile_config
+from dae_py.compiler.urls import mask_secrets, mask_with_column
+from dae_py.compiler.userregex import compile_user_regex
 from test_diagnostics import HEAD  # the small valid config the diagnostics tests count lines from
 
 REPO = Path(__file__).resolve().parents[2]
@@ -182,7 +182,7 @@ def test_dash_reads_the_config_from_stdin(monkeypatch: pytest.MonkeyPatch, capsy
 
 
 def test_check_reads_dev_stdin_once() -> None:
-    proc = subprocess.run([sys.executable, "-m", "compiler.cli", "--check", "/dev/stdin"], input=config(),
+    proc = subprocess.run([sys.executable, "-m", "dae_py.compiler.cli", "--check", "/dev/stdin"], input=config(),
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "/dev/stdin: ok (1 rules)\n"

@@ -12,8 +12,8 @@ import random
 import pytest
 from ruamel.yaml import YAML
 
-from compiler.diagnostics import CompileError
-from compiler.load import _FastScanner, load_config_text
+from dae_py.compiler.diagnostics import CompileError
+from dae_py.compiler.load import _FastScanner, load_config_text
 
 DOCS = [
     'a: "x"\n',

@@ -18,14 +18,14 @@ from typing import Any, Callable
 
 import pytest
 
-from compiler import evaluate
-from compiler.geodata import SiteDomain, write_geoip, write_geosite
-from compiler.ir import Field
+from dae_py.compiler import evaluate
+from dae_py.compiler.geodata import SiteDomain, write_geoip, write_geosite
+from dae_py.compiler.ir import Field
 from compiler_kit import (TC_ACT_OK, TC_ACT_SHOT, Compiled, Kernel, compile_text, endpoint, make_flow,
                           strategy_params)
-from runtime.bpf import BpfError
-from runtime.explain import explain
-from runtime.packets import DEFAULT_SRC_MAC, FlowSpec, frame
+from dae_py.runtime.bpf import BpfError
+from dae_py.runtime.explain import explain
+from dae_py.runtime.packets import DEFAULT_SRC_MAC, FlowSpec, frame
 
 pytestmark = pytest.mark.root
 
@@ -705,7 +705,7 @@ def test_structured_rule_is_the_string_rule(tmp_path: Path) -> None:
 # ---- the CLI users debug with -------------------------------------------------------------------
 
 def test_explain_cli_json(compiled: Callable[[str, str], Compiled], capsys: pytest.CaptureFixture[str]) -> None:
-    from runtime.cli import main
+    from dae_py.runtime.cli import main
 
     c = compiled("logic", "linear")
     out = c.out

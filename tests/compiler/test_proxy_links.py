@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from compiler.proxy_links import mask_link
-from compiler.urls import mask_with_column
+from dae_py.compiler.proxy_links import mask_link
+from dae_py.compiler.urls import mask_with_column
 
 from test_diagnostics import run_check  # tests/compiler is on sys.path (rootdir-relative, no package)
 

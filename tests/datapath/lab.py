@@ -17,8 +17,8 @@ from typing import Any
 
 from pyroute2 import netns
 
-from runtime.datapath import sysctls, tc
-from runtime.datapath._netns import open_iproute
+from dae_py.runtime.datapath import sysctls, tc
+from dae_py.runtime.datapath._netns import open_iproute
 
 PROGS = Path(__file__).resolve().parent / "progs"
 IFA_F_NODAD = 0x02

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.datapath import Datapath, StateBusy, TcError, cleanup, tc
-from runtime.datapath._netns import open_iproute
+from dae_py.runtime.datapath import Datapath, StateBusy, TcError, cleanup, tc
+from dae_py.runtime.datapath._netns import open_iproute
 
 from . import lab
 
@@ -113,7 +113,7 @@ def test_sigkill_then_cleanup(gw: str, state_path: Path, bpf_objects: dict[str, 
     child = textwrap.dedent(f"""
         import ctypes, sys, time
         sys.path.insert(0, {str(ROOT)!r})
-        from runtime.datapath import Datapath
+        from dae_py.runtime.datapath import Datapath
         from tests.datapath import lab
         fd = lab.load_prog(__import__("pathlib").Path({str(bpf_objects["pass_a"])!r}))
         dp = Datapath(lan=["lan*"], wan="auto", fwmark={FWMARK}, table={TABLE},
@@ -216,7 +216,7 @@ def test_caller_namespace_mode(gw: str, tmp_path: Path, bpf_objects: dict[str, P
         sys.path.insert(0, {str(ROOT)!r})
         from pyroute2 import netns
         netns.setns({gw!r}, flags=0)
-        from runtime.datapath import Datapath, cleanup
+        from dae_py.runtime.datapath import Datapath, cleanup
         from tests.datapath import lab
         fd = lab.load_prog(__import__("pathlib").Path({str(bpf_objects["pass_a"])!r}))
         snap = lambda: {{k: v for k, v in lab.snapshot(None).items()}}

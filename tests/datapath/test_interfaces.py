@@ -5,9 +5,9 @@ import socket
 
 import pytest
 
-from runtime.datapath import interfaces
-from runtime.datapath._netns import open_iproute
-from runtime.datapath.interfaces import Interface, InterfaceResolutionError, resolve
+from dae_py.runtime.datapath import interfaces
+from dae_py.runtime.datapath._netns import open_iproute
+from dae_py.runtime.datapath.interfaces import Interface, InterfaceResolutionError, resolve
 
 from . import lab
 

@@ -5,8 +5,8 @@ import socket
 
 import pytest
 
-from runtime.datapath import policy_routing as pr
-from runtime.datapath._netns import open_iproute
+from dae_py.runtime.datapath import policy_routing as pr
+from dae_py.runtime.datapath._netns import open_iproute
 
 from . import lab
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.datapath import sysctls
-from runtime.datapath._netns import NetnsNotFound, run_in_netns
+from dae_py.runtime.datapath import sysctls
+from dae_py.runtime.datapath._netns import NetnsNotFound, run_in_netns
 
 from . import lab
 

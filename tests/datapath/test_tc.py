@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
-from runtime.datapath import tc
-from runtime.datapath._netns import open_iproute, run_in_netns
+from dae_py.runtime.datapath import tc
+from dae_py.runtime.datapath._netns import open_iproute, run_in_netns
 
 from . import lab
 

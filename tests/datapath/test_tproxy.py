@@ -20,8 +20,8 @@ from typing import Callable, Iterator
 
 import pytest
 
-from runtime.datapath import Datapath, sysctls
-from runtime.datapath._netns import open_iproute, run_in_netns
+from dae_py.runtime.datapath import Datapath, sysctls
+from dae_py.runtime.datapath._netns import open_iproute, run_in_netns
 
 from . import lab
 

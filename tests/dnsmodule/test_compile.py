@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from compiler.diagnostics import CompileError
-from compiler.dns_rules import parse_bind
-from compiler.pipeline import compile_config
+from dae_py.compiler.diagnostics import CompileError
+from dae_py.compiler.dns_rules import parse_bind
+from dae_py.compiler.pipeline import compile_config
 
 BASE = """\
 global:

@@ -13,9 +13,9 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 
-from compiler.domains import DomainMatcher
-from compiler.pipeline import compile_config
-from runtime.dns import DnsModule
+from dae_py.compiler.domains import DomainMatcher
+from dae_py.compiler.pipeline import compile_config
+from dae_py.runtime.dns import DnsModule
 
 from .fakes import FakeUpstream, RecordingBindings, Zone
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from runtime.lab import Lab, cleanup_stale
+from dae_py.runtime.lab import Lab, cleanup_stale
 
 log = logging.getLogger(__name__)
 

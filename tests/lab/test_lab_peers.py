@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from runtime.lab import Lab, PeerStartError, http_get
+from dae_py.runtime.lab import Lab, PeerStartError, http_get
 
 pytestmark = pytest.mark.root
 

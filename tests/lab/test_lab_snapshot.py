@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.lab import Lab, http_get, netlink_snapshot
+from dae_py.runtime.lab import Lab, http_get, netlink_snapshot
 
 pytestmark = pytest.mark.root
 

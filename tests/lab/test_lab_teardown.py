@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from runtime.lab import Lab, cleanup_stale, pids_in_netns
+from dae_py.runtime.lab import Lab, cleanup_stale, pids_in_netns
 
 pytestmark = pytest.mark.root
 
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = r"""
 import json, sys, time
-from runtime.lab import Lab, pids_in_netns
+from dae_py.runtime.lab import Lab, pids_in_netns
 with Lab(prefix=sys.argv[1]) as lab:
     lab.start_http_peer(8080)
     lab.start_udp_echo(9000)

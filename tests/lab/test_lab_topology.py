@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from runtime.lab import Lab, http_get, netlink_snapshot, parse_udp_echo
+from dae_py.runtime.lab import Lab, http_get, netlink_snapshot, parse_udp_echo
 
 pytestmark = pytest.mark.root
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import trustme
 
-from runtime.outbound import trojan
-from runtime.relay import Gateway, RelayConfig, StaticRouter
+from dae_py.runtime.outbound import trojan
+from dae_py.runtime.relay import Gateway, RelayConfig, StaticRouter
 
 from .bench_relay import iperf, thread_cpu
 from .conftest import DANTE4, NODES, node

@@ -16,7 +16,7 @@ import resource
 import statistics
 import subprocess
 
-from runtime.relay import Gateway, RelayConfig, StaticRouter
+from dae_py.runtime.relay import Gateway, RelayConfig, StaticRouter
 
 from .conftest import DANTE4, NODES, single_node_groups, group_id
 from .lab import RELAY_MARK, SERVER4, TPROXY_PORT, Lab, sh

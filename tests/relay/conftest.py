@@ -9,7 +9,7 @@ from typing import Any, AsyncIterator, Iterator
 
 import pytest
 
-from runtime.relay import FunctionRouter, Gateway, RelayConfig
+from dae_py.runtime.relay import FunctionRouter, Gateway, RelayConfig
 from tests.conftest import have_root_bpf
 
 from . import servers

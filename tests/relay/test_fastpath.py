@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from runtime.groups.stats import Check
-from runtime.outbound import Destination, DialOptions, ProxyRefusedError, dial_tcp
-from runtime.outbound import socks5
-from runtime.outbound.poller import IN, OUT, poller_for
-from runtime.relay import OutboundTable, RelayConfig, StaticRouter, TcpRelay
-from runtime.relay.pump import IdleSweeper, SplicedFlow
+from dae_py.runtime.groups.stats import Check
+from dae_py.runtime.outbound import Destination, DialOptions, ProxyRefusedError, dial_tcp
+from dae_py.runtime.outbound import socks5
+from dae_py.runtime.outbound.poller import IN, OUT, poller_for
+from dae_py.runtime.relay import OutboundTable, RelayConfig, StaticRouter, TcpRelay
+from dae_py.runtime.relay.pump import IdleSweeper, SplicedFlow
 
 from .test_outbound import run, serve, socks_ok, socks_node
 
@@ -411,8 +411,8 @@ def test_running_gateway_does_not_import_the_compiler_front_end() -> None:
     """The runtime process needs neither the rule parser (lark), the YAML loader nor the
     compiler's settings: megabytes of RSS it would keep for nothing."""
     code = ("import sys, runtime.cli, runtime.gateway, runtime.relay, runtime.kernel_router\n"
-            "bad = [m for m in ('lark', 'ruamel', 'ruamel.yaml', 'compiler.settings', 'compiler.rules',"
-            " 'compiler.evaluate', 'jinja2') if m in sys.modules]\n"
+            "bad = [m for m in ('lark', 'ruamel', 'ruamel.yaml', 'dae_py.compiler.settings', 'dae_py.compiler.rules',"
+            " 'dae_py.compiler.evaluate', 'jinja2') if m in sys.modules]\n"
             "print(bad)\n")
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
@@ -423,12 +423,12 @@ def test_running_gateway_does_not_import_the_compiler_front_end() -> None:
 def test_log_time_stamps_match_the_default_format() -> None:
     import logging
 
-    from runtime.cli import _Formatter
+    from dae_py.runtime.cli import _Formatter
 
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     ours, default = _Formatter(fmt), logging.Formatter(fmt)
     for created in (1_700_000_000.0, 1_700_000_000.0005, 1_700_000_000.999, 1_700_000_001.25):
-        record = logging.LogRecord("runtime.relay.tcp", logging.INFO, __file__, 1, "tcp %s", ("x",),
+        record = logging.LogRecord("dae_py.runtime.relay.tcp", logging.INFO, __file__, 1, "tcp %s", ("x",),
                                    None)
         record.created = created
         record.msecs = (created - int(created)) * 1000

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from runtime import outbound
-from runtime.groups import Check, CheckSpec, Group, GroupSpec, HealthChecker, Policy
-from runtime.outbound import (AllNodesDown, Destination, DialError, Node, ProxyAuthError,
+from dae_py.runtime import outbound
+from dae_py.runtime.groups import Check, CheckSpec, Group, GroupSpec, HealthChecker, Policy
+from dae_py.runtime.outbound import (AllNodesDown, Destination, DialError, Node, ProxyAuthError,
                               ProxyRefusedError)
 
 

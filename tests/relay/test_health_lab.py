@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from runtime.groups import Check
+from dae_py.runtime.groups import Check
 
 from .conftest import CHECK, gateway_env, manifest
 from .lab import Lab

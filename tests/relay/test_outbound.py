@@ -15,11 +15,11 @@ from typing import Awaitable, Callable
 import pytest
 import uvloop
 
-from runtime.outbound import (Destination, DialError, DialOptions, Node, ProxyAuthError,
+from dae_py.runtime.outbound import (Destination, DialError, DialOptions, Node, ProxyAuthError,
                               ProxyProtocolError, ProxyRefusedError, SocketStream, dial_tcp,
                               open_udp)
-from runtime.outbound.socks5 import decode_addr, encode_addr
-from runtime.relay.pump import relay
+from dae_py.runtime.outbound.socks5 import decode_addr, encode_addr
+from dae_py.runtime.relay.pump import relay
 
 OPTS = DialOptions(connect_timeout=2, handshake_timeout=0.3)
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

@@ -12,10 +12,10 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from runtime.outbound import Node
-from runtime.outbound import shadowsocks as ss
-from runtime.outbound import trojan
-from runtime.outbound.socks5 import encode_addr
+from dae_py.runtime.outbound import Node
+from dae_py.runtime.outbound import shadowsocks as ss
+from dae_py.runtime.outbound import trojan
+from dae_py.runtime.outbound.socks5 import encode_addr
 
 
 def hkdf_sha1(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:

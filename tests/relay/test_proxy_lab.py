@@ -17,9 +17,9 @@ from typing import Any, Iterator
 import pytest
 import trustme
 
-from runtime.groups import Check
-from runtime.outbound import shadowsocks, trojan
-from runtime.relay import RelayConfig
+from dae_py.runtime.groups import Check
+from dae_py.runtime.outbound import shadowsocks, trojan
+from dae_py.runtime.relay import RelayConfig
 from tests.conftest import have_root_bpf
 
 from . import servers

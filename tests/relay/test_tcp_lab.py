@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from runtime.groups import Check
-from runtime.relay import RelayConfig
+from dae_py.runtime.groups import Check
+from dae_py.runtime.relay import RelayConfig
 
 from . import servers
 from .conftest import (DANTE4, DANTE6, DANTE_AUTH, TINY, TINY_AUTH, gateway_env, group_id,
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.root
 def refusals(caplog) -> list[str]:
     """The relay's one line per refused flow."""
     return [r.getMessage() for r in caplog.records
-            if r.name == "runtime.relay.tcp" and " refused: " in r.getMessage()]
+            if r.name == "dae_py.runtime.relay.tcp" and " refused: " in r.getMessage()]
 
 
 async def whoami_through(env, family: int, server: str, outbound_id: int) -> str:

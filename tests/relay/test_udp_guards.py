@@ -8,9 +8,9 @@ import socket
 
 import pytest
 
-from runtime.relay import OutboundTable, RelayConfig, StaticRouter, UdpRelay
-from runtime.relay.outbounds import DIRECT_ID
-from runtime.relay.udp import LOG_EVERY, _Client, client_limit, reply_socket_limit
+from dae_py.runtime.relay import OutboundTable, RelayConfig, StaticRouter, UdpRelay
+from dae_py.runtime.relay.outbounds import DIRECT_ID
+from dae_py.runtime.relay.udp import LOG_EVERY, _Client, client_limit, reply_socket_limit
 
 pytestmark = pytest.mark.root  # transparent reply sockets need CAP_NET_ADMIN
 
@@ -75,7 +75,7 @@ def test_reply_sockets_are_bounded_per_client_and_in_total(caplog) -> None:
                 s.close()
             await r.close()
 
-    with caplog.at_level(logging.WARNING, logger="runtime.relay.udp"):
+    with caplog.at_level(logging.WARNING, logger="dae_py.runtime.relay.udp"):
         asyncio.run(scenario())
     assert "guards: self-addressed" not in str(relay().stats)
 
@@ -164,7 +164,7 @@ def test_client_entries_are_bounded_per_source_ip_and_in_total(caplog) -> None:
             sink.close()
             await r.close()
 
-    with caplog.at_level(logging.WARNING, logger="runtime.relay.udp"):
+    with caplog.at_level(logging.WARNING, logger="dae_py.runtime.relay.udp"):
         asyncio.run(scenario())
 
 
@@ -183,7 +183,7 @@ def test_a_refused_client_is_logged_again_after_the_interval_with_the_count(capl
         assert r.stats.guards.udp_client_limited == 101
         await r.close()
 
-    with caplog.at_level(logging.WARNING, logger="runtime.relay.udp"):
+    with caplog.at_level(logging.WARNING, logger="dae_py.runtime.relay.udp"):
         asyncio.run(scenario())
     lines = [m for m in caplog.messages if "dropped: at the bound" in m]
     assert len(lines) == 2, lines

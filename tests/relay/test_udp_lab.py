@@ -98,7 +98,7 @@ def test_udp_fails_over_to_the_next_socks5_node(lab: Lab, caplog) -> None:
 
     with caplog.at_level(logging.INFO):
         lab.run(scenario)
-    flows = [r.getMessage() for r in caplog.records if r.name == "runtime.relay.udp"
+    flows = [r.getMessage() for r in caplog.records if r.name == "dae_py.runtime.relay.udp"
              and "via udpfail" in r.getMessage()]
     assert flows == [f"udp {flows[0].split()[1]} -> {SERVER4}:7001 via udpfail node dante"]
 
@@ -121,6 +121,6 @@ def test_udp_refused_with_one_clear_line(lab: Lab, caplog, outbound: str, expect
 
     with caplog.at_level(logging.INFO):
         lab.run(scenario)
-    lines = [r.getMessage() for r in caplog.records if r.name == "runtime.relay.udp"
+    lines = [r.getMessage() for r in caplog.records if r.name == "dae_py.runtime.relay.udp"
              and "refused" in r.getMessage()]
     assert len(lines) == 1 and expected in lines[0], lines

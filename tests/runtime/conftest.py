@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from runtime.lab import cleanup_stale
+from dae_py.runtime.lab import cleanup_stale
 
 
 @pytest.fixture(scope="session", autouse=True)

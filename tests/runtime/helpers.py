@@ -23,8 +23,8 @@ import dns.message
 import dns.rcode
 import pytest
 
-from runtime.lab import Lab, http_get, parse_udp_echo
-from runtime.lab.gateway_proc import GatewayProcess, lab_config
+from dae_py.runtime.lab import Lab, http_get, parse_udp_echo
+from dae_py.runtime.lab.gateway_proc import GatewayProcess, lab_config
 from tests.conftest import have_root_bpf
 
 __all__ = ["DnsServer", "Gw", "Lab", "client_get", "datapath_sysctls", "flow_lines", "gateway",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.lab import Peer
+from dae_py.runtime.lab import Peer
 
 from .helpers import Gw, Lab, client_get, flow_lines, gateway, lab_config, runtime_lab, \
     refused_promptly, udp_exchange, wait_for

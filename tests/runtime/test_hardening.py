@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.lab import parse_udp_echo
+from dae_py.runtime.lab import parse_udp_echo
 
 from .helpers import Gw, Lab, client_get, flow_lines, gateway, gateway_snapshot, lab_config, \
     proxy_lab, snapshot_diff, udp_exchange, wait_for

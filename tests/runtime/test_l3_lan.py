@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from runtime.packets import inet_checksum
+from dae_py.runtime.packets import inet_checksum
 
 from .helpers import Gw, Lab, flow_lines, gateway, lab_config, parse_exit_stats, runtime_lab
 
@@ -166,7 +166,7 @@ def test_direct_and_proxied_flows_from_an_l3_lan(lab: Lab, gw: Gw, tun: TunClien
 
 def test_an_l3_lan_without_the_l3_program_is_refused_before_any_change(
         lab: Lab, tun: TunClient, tmp_path) -> None:
-    from runtime.datapath import Datapath, InterfaceResolutionError
+    from dae_py.runtime.datapath import Datapath, InterfaceResolutionError
 
     dp = Datapath(lan=[TUN_NAME], wan=None, fwmark=0x8000000, table=2023, netns=lab.ns("gateway"),
                   state_path=tmp_path / "state.json")

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from runtime.datapath.state import DEFAULT_STATE_PATH, default_state_path
-from runtime.lab.gateway_proc import GatewayStartError
-from runtime.lab.unprivileged import cap_spec, unprivileged_argv
-from runtime.privileges import LEAST as LEAST_SET
-from runtime.privileges import NEEDED_TO_START
+from dae_py.runtime.datapath.state import DEFAULT_STATE_PATH, default_state_path
+from dae_py.runtime.lab.gateway_proc import GatewayStartError
+from dae_py.runtime.lab.unprivileged import cap_spec, unprivileged_argv
+from dae_py.runtime.privileges import LEAST as LEAST_SET
+from dae_py.runtime.privileges import NEEDED_TO_START
 
 from .helpers import Gw, Lab, client_get, flow_lines, gateway, gateway_snapshot, lab_config, proxy_lab, \
     snapshot_diff, udp_exchange

@@ -1,0 +1,1 @@
+"""The BPF C templates and headers; data, not Python."""
