@@ -8,7 +8,7 @@ plus the benchmark's own configs; for each, random flows drawn from the values t
 For every flow three answers must agree:
   - the compiled `classify_only` (each strategy this checkout has) -- the rule index;
   - the interpreter's `interp_record` -- rule index, outbound, mark, must;
-  - compiler.evaluate.classify on the checked IR (the project's Python reference).
+  - contract.evaluate.classify on the checked IR (the project's Python reference).
 Exit status 1 on any disagreement, with the first few listed.
 """
 from __future__ import annotations
@@ -21,8 +21,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from dae_py.compiler.evaluate import Flow, classify
-from dae_py.compiler.ir import CidrSet, Field, PortSet, RoutingIR, ValueSet
+from dae_py.contract.evaluate import Flow, classify
+from dae_py.contract.ir import CidrSet, Field, PortSet, RoutingIR, ValueSet
 from dae_py.runtime.packets import IPPROTO_TCP, IPPROTO_UDP, DEFAULT_SRC_MAC, FlowSpec, frame
 
 from . import configs

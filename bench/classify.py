@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dae_py.compiler.evaluate import Flow, classify
+from dae_py.contract.evaluate import Flow, classify
 from dae_py.compiler.pipeline import choose_strategy
 from dae_py.runtime.packets import domain_key, frame
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from .ir import L4_TCP, L4_UDP, IPNetwork
+from dae_py.contract.ir import L4_TCP, L4_UDP, IPNetwork
 
 L4_NAMES = {L4_TCP: "IPPROTO_TCP", L4_UDP: "IPPROTO_UDP"}
 

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .diagnostics import Diagnostics, SourcePos, did_you_mean
-from .ir import (L4_TCP, L4_UDP, OUTBOUND_BLOCK, OUTBOUND_DIRECT, Action, CidrSet, DomainRef, DomainSet,
+from dae_py.contract.ir import (L4_TCP, L4_UDP, OUTBOUND_BLOCK, OUTBOUND_DIRECT, Action, CidrSet, DomainRef, DomainSet,
                  Field, Match, Outbound, PortSet, Rule, RoutingIR, SourceRef, ValueSet)
 from .load import LoadedConfig
 from .rules import (Call, Param, RuleAst, RuleSyntaxError, StructuredRuleError, abbreviate, parse_outbound, parse_rule,
                     parse_structured_rule, structured_param_path)
-from .userregex import compile_user_regex
+from dae_py.contract.userregex import compile_user_regex
 from .values import parse_int, parse_mac, parse_mark, parse_network, parse_port_range
 
 FUNCTIONS: dict[str, Field] = {

@@ -19,7 +19,7 @@ import dns.rdatatype
 
 from .check import GeoResolver, RoutingChecker
 from .diagnostics import Diagnostics
-from .ir import RoutingIR
+from dae_py.contract.ir import RoutingIR
 from .load import LoadedConfig
 from .rules import RuleSyntaxError, parse_rule
 
@@ -128,8 +128,8 @@ def _upstreams_bypass_routing(cfg: LoadedConfig, diags: Diagnostics, dns_out: di
                               ir: RoutingIR) -> None:
     """The module dials upstreams from the gateway with the runtime's so_mark: routing does
     not apply to them. Say so where routing would have sent an upstream's address elsewhere."""
-    from .evaluate import Flow, classify
-    from .ir import L4_TCP, L4_UDP
+    from dae_py.contract.evaluate import Flow, classify
+    from dae_py.contract.ir import L4_TCP, L4_UDP
 
     for name, up in dns_out.get("upstream", {}).items():
         try:

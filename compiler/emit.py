@@ -18,7 +18,7 @@ from typing import Any
 
 import jinja2
 
-from .ir import Field, RoutingIR, max_domain_words
+from dae_py.contract.ir import Field, RoutingIR, max_domain_words
 from .outdir import check_output_dir
 from .tables import MapTable
 from .version import COMPILER_VERSION, MANIFEST_FORMAT

@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .ir import L4_TCP, L4_UDP, CidrSet, DomainRef, Field, Match, PortSet, Rule, RoutingIR, ValueSet
+from dae_py.contract.ir import L4_TCP, L4_UDP, CidrSet, DomainRef, Field, Match, PortSet, Rule, RoutingIR, ValueSet
 from .tables import MapTable, cidr_membership, lpm_key, words_bytes
 
 MAX_WORDS = 32  # 2,048 live rules: the vectors live on the BPF stack

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import cexpr
-from .ir import CidrSet, DomainRef, Field, Match, PortSet, Rule, RoutingIR, ValueSet, max_domain_words
+from dae_py.contract.ir import CidrSet, DomainRef, Field, Match, PortSet, Rule, RoutingIR, ValueSet, max_domain_words
 from .tables import MapTable, cidr_membership, lpm_table, port_bitmap, words_bytes
 
 SMALL_CIDRS = 8  # per family; more than this and the set goes into an LPM trie

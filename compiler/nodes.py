@@ -19,7 +19,7 @@ from .readfile import read_capped_text
 from .proxy_links import LinkError, finish_ss, finish_trojan, mask_link
 from .rules import RuleSyntaxError, parse_filter
 from .urls import split_url
-from .userregex import compile_user_regex
+from dae_py.contract.userregex import compile_user_regex
 from .options import bounded_duration, check_tcp_check_url, check_udp_check_dns
 
 # The protocols the runtime can dial today; the others parse and validate but are reported.

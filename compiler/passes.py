@@ -14,7 +14,7 @@ import ipaddress
 from dataclasses import replace
 
 from .diagnostics import Diagnostics, SourcePos
-from .ir import L4_TCP, L4_UDP, CidrSet, Field, Match, PortSet, Rule, RoutingIR, ValueSet
+from dae_py.contract.ir import L4_TCP, L4_UDP, CidrSet, Field, Match, PortSet, Rule, RoutingIR, ValueSet
 
 UNIVERSE: dict[Field, tuple] = {Field.L4PROTO: (L4_TCP, L4_UDP), Field.IPVERSION: (4, 6),
                                 Field.DSCP: tuple(range(64))}

@@ -13,8 +13,8 @@ from .check import GeoResolver, RoutingChecker
 from .diagnostics import CompileError, Diagnostics
 from .dns_rules import compile_dns
 from .emit_linear import is_large_cidr
-from .ir import CidrSet, RoutingIR
-from .ir_json import ir_to_json
+from dae_py.contract.ir import CidrSet, RoutingIR
+from dae_py.contract.ir_json import ir_to_json
 from .load import LoadedConfig, load_config, load_config_text
 from .nodes import build_node_pool, resolve_groups
 from .passes import optimise

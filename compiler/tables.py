@@ -9,7 +9,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass, field
 
-from .ir import IPNetwork
+from dae_py.contract.ir import IPNetwork
 
 
 @dataclass

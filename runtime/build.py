@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 from dae_py.compiler.version import MANIFEST_FORMAT
 
 if TYPE_CHECKING:  # imported where used: the running gateway only needs them on a map miss
-    from dae_py.compiler.domains import DomainMatcher
-    from dae_py.compiler.ir import RoutingIR
+    from dae_py.contract.domains import DomainMatcher
+    from dae_py.contract.ir import RoutingIR
 
 
 class BuildError(Exception):
@@ -48,19 +48,19 @@ class Build:
 
     @cached_property
     def ir(self) -> RoutingIR:
-        from dae_py.compiler.ir_json import ir_from_json
+        from dae_py.contract.ir_json import ir_from_json
 
         return ir_from_json(json.loads((self.path / "ir.json").read_text()))
 
     @cached_property
     def domain_matcher(self) -> DomainMatcher:
-        from dae_py.compiler.domains import DomainMatcher
+        from dae_py.contract.domains import DomainMatcher
 
         return DomainMatcher.from_sets(self.ir.domain_sets)
 
     @property
     def domain_words(self) -> int:
-        from dae_py.compiler.ir import max_domain_words
+        from dae_py.contract.ir import max_domain_words
 
         return max_domain_words(self.ir)
 

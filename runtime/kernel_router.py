@@ -101,8 +101,8 @@ class KernelRouter:
             d = parse_flow_value(raw)
             rule = d.rule if d.rule < self.n_rules else None
             return RouteInfo(d.outbound, rule, d.mark, d.must, "kernel")
-        from dae_py.compiler.evaluate import Flow as IrFlow
-        from dae_py.compiler.evaluate import classify
+        from dae_py.contract.evaluate import Flow as IrFlow
+        from dae_py.contract.evaluate import classify
 
         bits = 0
         if self.domains is not None:

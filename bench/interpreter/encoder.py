@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass, field
 
 from dae_py.compiler.cexpr import comm_words
-from dae_py.compiler.ir import L4_TCP, L4_UDP, CidrSet, DomainRef, Field, Match, PortSet, RoutingIR, ValueSet
+from dae_py.contract.ir import L4_TCP, L4_UDP, CidrSet, DomainRef, Field, Match, PortSet, RoutingIR, ValueSet
 
 # enum match_type
 M_DOMAIN, M_DIP, M_SIP, M_DPORT, M_SPORT, M_L4PROTO, M_IPVERSION, M_MAC, M_PNAME, M_DSCP, M_FALLBACK = range(11)

@@ -88,8 +88,8 @@ class RuleList:
 
 def qname_matcher(domain_sets: list[dict[str, Any]]) -> Callable[[str], int]:
     """The bits of a name against `dns.domain_sets`, with the routing's DomainMatcher."""
-    from dae_py.compiler.domains import DomainMatcher  # what Build.domain_matcher uses too
-    from dae_py.compiler.ir import DomainSet
+    from dae_py.contract.domains import DomainMatcher  # what Build.domain_matcher uses too
+    from dae_py.contract.ir import DomainSet
 
     sets = tuple(DomainSet(bit=d["bit"], full=tuple(d["full"]), suffix=tuple(d["suffix"]),
                            keyword=tuple(d["keyword"]), regex=tuple(d["regex"])) for d in domain_sets)

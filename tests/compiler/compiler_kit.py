@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from dae_py.compiler import evaluate
+from dae_py.contract import evaluate
 from dae_py.compiler.pipeline import Checked, compile_config
 from dae_py.runtime.bpf import BpfObject, prog_test_run
 from dae_py.runtime.build import Build, load_tables

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from dae_py.compiler import emit_bitvector as eb
-from dae_py.compiler import evaluate
-from dae_py.compiler.domains import DomainMatcher
+from dae_py.contract import evaluate
+from dae_py.contract.domains import DomainMatcher
 from compiler_kit import Kernel, compile_text, flowspec
 
 import test_differential as td

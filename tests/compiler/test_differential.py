@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
-from dae_py.compiler import evaluate
-from dae_py.compiler.domains import DomainMatcher
-from dae_py.compiler.ir import DomainSet
+from dae_py.contract import evaluate
+from dae_py.contract.domains import DomainMatcher
+from dae_py.contract.ir import DomainSet
 from compiler_kit import Kernel, compile_text, flowspec, strategy_params
 
 pytestmark = pytest.mark.root

@@ -18,9 +18,9 @@ from typing import Any, Callable
 
 import pytest
 
-from dae_py.compiler import evaluate
+from dae_py.contract import evaluate
 from dae_py.compiler.geodata import SiteDomain, write_geoip, write_geosite
-from dae_py.compiler.ir import Field
+from dae_py.contract.ir import Field
 from compiler_kit import (TC_ACT_OK, TC_ACT_SHOT, Compiled, Kernel, compile_text, endpoint, make_flow,
                           strategy_params)
 from dae_py.runtime.bpf import BpfError

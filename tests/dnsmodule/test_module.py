@@ -13,7 +13,7 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 
-from dae_py.compiler.domains import DomainMatcher
+from dae_py.contract.domains import DomainMatcher
 from dae_py.compiler.pipeline import compile_config
 from dae_py.runtime.dns import DnsModule
 

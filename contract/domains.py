@@ -2,7 +2,7 @@
 
 Built once per build from the IR's domain sets. Full and suffix patterns go into dicts (a name is
 checked against each of its label suffixes), keywords into one Aho-Corasick-free pass per set
-(Python's `in` on a short name is fast), regexes are compiled once with RE2 (compiler.userregex:
+(Python's `in` on a short name is fast), regexes are compiled once with RE2 (contract.userregex:
 dae's Go syntax, linear time). dae's semantics: suffix matches the name itself or any name ending
 in '.' + suffix; keyword is a substring; regex is a search.
 """

@@ -1,7 +1,7 @@
 """The routing IR: what every later stage (passes, C emitter, user-space matcher) works from.
 
 The IR is plain frozen dataclasses with no reference to YAML or C. The kernel matcher (generated
-C) and the user-space matcher (`compiler.evaluate`) are both derived from it, which is what lets
+C) and the user-space matcher (`contract.evaluate`) are both derived from it, which is what lets
 the tests hold one against the other.
 """
 from __future__ import annotations
