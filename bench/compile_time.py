@@ -15,14 +15,17 @@ in-process compile of each big config gives a breakdown by stage and tracemalloc
 Python allocations (a separate run: tracemalloc slows Python down).
 
 --base DIR compares this checkout with another source tree (e.g. `git archive BASE | tar -x -C DIR`):
-its CLI runs are interleaved with this checkout's in the same shuffled rounds (the same
-.venv/bin/dae-compile with PYTHONPATH=DIR, so DIR's `compiler` package is imported), and a table
-of ratios follows; the stage breakdown runs in a subprocess per tree, this bench's stage timer
-wrapped around the other tree's compiler.
+its CLI runs are interleaved with this checkout's in the same shuffled rounds, and a table of
+ratios follows. Both trees then run as `python -m dae_py.compiler.cli` with PYTHONPATH set to a
+directory of symlinks whose `dae_py` package maps to that tree's folders (the editable install's
+finder comes after PYTHONPATH, so the shim wins); the stage breakdown runs in a subprocess per
+tree, this bench's stage timer wrapped around that tree's compiler. DIR must have the `dae_py`
+layout (commit cdd15ff or later).
 """
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
@@ -43,19 +46,47 @@ from .common import REPO, machine_note, print_machine
 DAE_COMPILE = REPO / ".venv" / "bin" / "dae-compile"
 
 
+PACKAGE_FOLDERS = ("compiler", "contract", "runtime", "templates", "schemas")
+SHIMS: dict[Path, Path] = {}
+
+
+def tree_shim(tree: Path) -> Path:
+    """A directory whose `dae_py` package is `tree`'s (symlinks to its package-dir folders), next
+    to this checkout's `bench`: with it first on PYTHONPATH, a subprocess imports `tree`'s code."""
+    tree = tree.resolve()
+    if tree in SHIMS:
+        return SHIMS[tree]
+    if not (tree / "dae_py" / "__init__.py").is_file():
+        raise SystemExit(f"--base {tree}: no dae_py/ package (a tree from before commit cdd15ff)")
+    shim = Path(tempfile.mkdtemp(prefix="compile-time-shim-"))
+    (shim / "dae_py").mkdir()
+    (shim / "dae_py" / "__init__.py").symlink_to(tree / "dae_py" / "__init__.py")
+    for name in PACKAGE_FOLDERS:
+        if (tree / name).is_dir():
+            (shim / "dae_py" / name).symlink_to(tree / name)
+    (shim / "bench").symlink_to(REPO / "bench")
+    SHIMS[tree] = shim
+    if len(SHIMS) == 1:
+        atexit.register(lambda: [shutil.rmtree(d, ignore_errors=True) for d in SHIMS.values()])
+    return shim
+
+
 def tree_env(tree: Path | None) -> dict[str, str] | None:
-    """The environment that makes a subprocess import `compiler` from `tree` (None: this checkout)."""
+    """The environment that makes a subprocess import `dae_py` from `tree` (None: this checkout)."""
     if tree is None:
         return None
-    return {**os.environ, "PYTHONPATH": str(tree)}
+    return {**os.environ, "PYTHONPATH": str(tree_shim(tree))}
 
 
 def run_cli(config: Path, out: Path, strategy: str, tree: Path | None = None) -> dict[str, float]:
     if out.exists():
         shutil.rmtree(out)
-    cmd = [str(DAE_COMPILE), str(config), "-o", str(out), "-q", "--strategy", strategy]
+    head = [str(DAE_COMPILE)] if tree is None else [sys.executable, "-m", "dae_py.compiler.cli"]
+    cmd = [*head, str(config), "-o", str(out), "-q", "--strategy", strategy]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=tree_env(tree))
+    # From the shim: `python -m` puts the working directory first on sys.path, before PYTHONPATH.
+    cwd = None if tree is None else tree_shim(tree)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=tree_env(tree), cwd=cwd)
     _, status, ru = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -129,14 +160,9 @@ def in_process(config: Path, out: Path, strategy: str) -> dict[str, Any]:
     return {"total": total, "stages": dict(acc), "py_peak_mb": peak / 2**20, "sizes": sizes}
 
 
-def in_process_elsewhere(config: Path, out: Path, strategy: str, tree: Path, shim: Path) -> dict[str, Any]:
-    """in_process() in a subprocess whose `compiler` (and runtime, templates) come from `tree`: a
-    directory of symlinks puts this checkout's `bench` next to the other tree's packages."""
-    shim.mkdir(parents=True, exist_ok=True)
-    for name, target in (("bench", REPO / "bench"), ("compiler", tree / "compiler"), ("runtime", tree / "runtime"),
-                         ("templates", tree / "templates")):
-        if not (shim / name).exists():
-            (shim / name).symlink_to(target)
+def in_process_elsewhere(config: Path, out: Path, strategy: str, tree: Path) -> dict[str, Any]:
+    """in_process() in a subprocess whose `dae_py` comes from `tree` (see tree_shim)."""
+    shim = tree_shim(tree)
     code = ("import json, sys; from pathlib import Path; from bench.compile_time import in_process; "
             "print(json.dumps(in_process(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])))")
     proc = subprocess.run([sys.executable, "-c", code, str(config), str(out), strategy], cwd=shim,
@@ -186,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
               + f"; geosite.dat {(tmp / 'geo' / 'geosite.dat').stat().st_size / 1e6:.2f} MB, "
               f"geoip.dat {(tmp / 'geo' / 'geoip.dat').stat().st_size / 1e6:.2f} MB", file=sys.stderr)
         jobs = [("tiny", "auto")] + [(k, s) for k in ("geodata", "inline") for s in args.strategies]
-        trees: dict[str, Path | None] = {"this": None, **({"base": base} if base else {})}
+        # With --base, this checkout goes through a shim too, so both start alike.
+        trees: dict[str, Path | None] = {"this": REPO, "base": base} if base else {"this": None}
         runs = [(j, t) for j in jobs for t in trees]
         samples: dict[tuple[tuple[str, str], str], list[dict[str, float]]] = {r: [] for r in runs}
         failed: dict[tuple[tuple[str, str], str], str] = {}
@@ -211,8 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                     out = tmp / f"bd-{t}-{j[0]}-{j[1]}"
                     # With --base, both trees run in a fresh subprocess each, alike.
                     breakdown[(j, t)] = (in_process(cfgs[j[0]], out, j[1]) if base is None
-                                         else in_process_elsewhere(cfgs[j[0]], out, j[1], tree or REPO,
-                                                                   tmp / f"shim-{t}"))
+                                         else in_process_elsewhere(cfgs[j[0]], out, j[1], tree or REPO))
         loads = {}
         if not args.no_load:
             for j in jobs:
