@@ -8,9 +8,19 @@ import random
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from dae_py.runtime import outbound
-from dae_py.runtime.outbound import (AllNodesDown, DialError, Destination, Dialed, DialOptions, Node,
-                              OutboundError, ProxyRefusedError, ReplyCallback, UdpAssociation)
+from dae_py.runtime import proxy
+from dae_py.runtime.proxy import (
+    AllNodesDown,
+    Destination,
+    Dialed,
+    DialError,
+    DialOptions,
+    Node,
+    OutboundError,
+    ProxyRefusedError,
+    ReplyCallback,
+    UdpAssociation,
+)
 
 from .health import HealthChecker
 from .spec import GroupSpec, Policy
@@ -174,7 +184,7 @@ class Group:
             tried.append(node)
             self.dial_attempts += 1
             try:
-                stream = await outbound.dial_tcp(node, dst, self.opts)
+                stream = await proxy.dial_tcp(node, dst, self.opts)
             except ProxyRefusedError:
                 raise
             except OutboundError as exc:
@@ -196,7 +206,7 @@ class Group:
             tried.append(node)
             self.dial_attempts += 1
             try:
-                return await outbound.open_udp(node, self.opts, on_reply)
+                return await proxy.open_udp(node, self.opts, on_reply)
             except OutboundError as exc:
                 errors.append(f"{node}: {exc.what}")
                 self.report_failure(node, Check.UDP, exc.what)

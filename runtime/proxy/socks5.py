@@ -7,10 +7,10 @@ import logging
 import socket
 import struct
 
-from .base import (Destination, DialOptions, Node, ProxyAuthError, ProxyProtocolError,
-                   ProxyRefusedError, ReplyCallback)
-from .sockets import _literal, connect_in, connect_tcp, resolve, set_mark
-from .stream import SocketStream, Stream, bounded, read_exact
+from dae_py.runtime.net.sockets import _literal, connect_in, connect_tcp, resolve, set_mark
+from dae_py.runtime.net.stream import SocketStream, Stream, bounded, read_exact
+
+from .base import Destination, DialOptions, Node, ProxyAuthError, ProxyProtocolError, ProxyRefusedError, ReplyCallback
 from .udp import SocketAssociation
 
 log = logging.getLogger(__name__)

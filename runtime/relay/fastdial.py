@@ -21,12 +21,12 @@ import socket
 from typing import TYPE_CHECKING
 
 from dae_py.runtime.groups.stats import Check
-from dae_py.runtime.outbound import DialError, Node, OutboundError
-from dae_py.runtime.outbound.poller import IN, OUT
-from dae_py.runtime.outbound.sockets import abort, set_mark
-from dae_py.runtime.outbound.socks5 import (PIPELINED_GREETING, connect_request, fast_dialable,
+from dae_py.runtime.proxy import DialError, Node, OutboundError
+from dae_py.runtime.net.poller import IN, OUT
+from dae_py.runtime.net.sockets import abort, set_mark
+from dae_py.runtime.proxy.socks5 import (PIPELINED_GREETING, connect_request, fast_dialable,
                                      pipelined_reply_size)
-from dae_py.runtime.outbound.stream import SocketStream
+from dae_py.runtime.net.stream import SocketStream
 
 if TYPE_CHECKING:
     import asyncio

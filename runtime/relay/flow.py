@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from dae_py.runtime.outbound import DialOptions
-from dae_py.runtime.outbound.base import format_hostport
+from dae_py.runtime.proxy import DialOptions
+from dae_py.runtime.proxy.base import format_hostport
 
 Addr = tuple[str, int]
 

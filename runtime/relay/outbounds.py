@@ -6,7 +6,7 @@ import logging
 from typing import Any, Mapping
 
 from dae_py.runtime.groups import Group
-from dae_py.runtime.outbound import (BLOCK_ID, DIRECT_ID, BlockOutbound, DialOptions, DirectOutbound,
+from dae_py.runtime.proxy import (BLOCK_ID, DIRECT_ID, BlockOutbound, DialOptions, DirectOutbound,
                               Node, Outbound)
 
 

@@ -13,9 +13,9 @@ import os
 import socket
 from typing import Callable
 
-from dae_py.runtime.outbound.poller import HUP_ERR, IN, OUT, poller_for
-from dae_py.runtime.outbound.sockets import abort, wait_writable
-from dae_py.runtime.outbound.stream import RECV_SIZE, Stream
+from dae_py.runtime.net.poller import HUP_ERR, IN, OUT, poller_for
+from dae_py.runtime.net.sockets import abort, wait_writable
+from dae_py.runtime.net.stream import RECV_SIZE, Stream
 
 F_SETPIPE_SZ = 1031
 F_GETPIPE_SZ = 1032

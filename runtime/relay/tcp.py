@@ -9,16 +9,16 @@ import logging
 import socket
 from collections.abc import Awaitable
 
-from dae_py.runtime.outbound import DialError, Destination, Dialed, OutboundError, ProxyRefusedError
-from dae_py.runtime.outbound.base import Blocked, Outbound, format_hostport
-from dae_py.runtime.outbound.poller import poller_for
-from dae_py.runtime.outbound.sockets import abort
-from dae_py.runtime.outbound.stream import SocketStream
+from dae_py.runtime.proxy import DialError, Destination, Dialed, OutboundError, ProxyRefusedError
+from dae_py.runtime.proxy.base import Blocked, Outbound, format_hostport
+from dae_py.runtime.net.poller import poller_for
+from dae_py.runtime.net.sockets import abort
+from dae_py.runtime.net.stream import SocketStream
 
 from dae_py.runtime.groups import Group
 from dae_py.runtime.groups.group import dial_failure
 from dae_py.runtime.groups.stats import Check
-from dae_py.runtime.outbound import socks5
+from dae_py.runtime.proxy import socks5
 
 from .fastdial import FastSocksDial
 from .flow import Flow, RelayConfig, Router, reason

@@ -29,9 +29,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
-from dae_py.runtime.outbound import AllNodesDown, Blocked, Destination, OutboundError, UdpAssociation
-from dae_py.runtime.outbound.base import format_hostport
-from dae_py.runtime.outbound.sockets import (IP_ORIGDSTADDR, IPV6_ORIGDSTADDR, SOL_IPV6)
+from dae_py.runtime.proxy import AllNodesDown, Blocked, Destination, OutboundError, UdpAssociation
+from dae_py.runtime.proxy.base import format_hostport
+from dae_py.runtime.net.sockets import (IP_ORIGDSTADDR, IPV6_ORIGDSTADDR, SOL_IPV6)
 
 from .flow import Addr, Flow, RelayConfig, Router, reason
 from .listen import addressed_to_self, bind_pair, transparent_socket

@@ -14,11 +14,19 @@ from typing import Awaitable, Callable
 
 import pytest
 import uvloop
-
-from dae_py.runtime.outbound import (Destination, DialError, DialOptions, Node, ProxyAuthError,
-                              ProxyProtocolError, ProxyRefusedError, SocketStream, dial_tcp,
-                              open_udp)
-from dae_py.runtime.outbound.socks5 import decode_addr, encode_addr
+from dae_py.runtime.proxy import (
+    Destination,
+    DialError,
+    DialOptions,
+    Node,
+    ProxyAuthError,
+    ProxyProtocolError,
+    ProxyRefusedError,
+    SocketStream,
+    dial_tcp,
+    open_udp,
+)
+from dae_py.runtime.proxy.socks5 import decode_addr, encode_addr
 from dae_py.runtime.relay.pump import relay
 
 OPTS = DialOptions(connect_timeout=2, handshake_timeout=0.3)

@@ -7,7 +7,7 @@ from typing import Awaitable, Callable
 
 import dns.message
 
-from dae_py.runtime.outbound.sockets import wait_readable
+from dae_py.runtime.net.sockets import wait_readable
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from dae_py.runtime.groups.stats import Check
-from dae_py.runtime.outbound import Destination, DialOptions, ProxyRefusedError, dial_tcp
-from dae_py.runtime.outbound import socks5
-from dae_py.runtime.outbound.poller import IN, OUT, poller_for
+from dae_py.runtime.proxy import Destination, DialOptions, ProxyRefusedError, dial_tcp
+from dae_py.runtime.proxy import socks5
+from dae_py.runtime.net.poller import IN, OUT, poller_for
 from dae_py.runtime.relay import OutboundTable, RelayConfig, StaticRouter, TcpRelay
 from dae_py.runtime.relay.pump import IdleSweeper, SplicedFlow
 
