@@ -163,7 +163,7 @@ class Group:
         return min(alive, key=lambda n: self.metric(n, kind))
 
     # --- Outbound protocol -----------------------------------------------------------------
-    def _all_down(self, kind: Check, errors: list[str]) -> AllNodesDown:
+    def all_down(self, kind: Check, errors: list[str]) -> AllNodesDown:
         self.checker.poke()
         if errors:
             return AllNodesDown(f"group '{self.name}': every node failed: {'; '.join(errors)}")
@@ -197,7 +197,7 @@ class Group:
                 self.report_failure(node, Check.TCP, what)
                 continue
             return Dialed(stream, node)
-        raise self._all_down(Check.TCP, errors)
+        raise self.all_down(Check.TCP, errors)
 
     async def open_udp(self, family: int, on_reply: ReplyCallback) -> UdpAssociation:
         tried: list[Node] = []
@@ -214,7 +214,7 @@ class Group:
                 what = dial_failure(exc)
                 errors.append(f"{node}: {what}")
                 self.report_failure(node, Check.UDP, what)
-        raise self._all_down(Check.UDP, errors)
+        raise self.all_down(Check.UDP, errors)
 
     async def start(self) -> None:
         """Start the periodic health checks."""

@@ -47,6 +47,10 @@ class OutboundTable:
     def get(self, outbound_id: int) -> Outbound | None:
         return self.table.get(outbound_id)
 
+    def choosers(self) -> dict[int, Group]:
+        """id -> the outbounds that choose among nodes (the relay's callback dial serves them)."""
+        return {i: o for i, o in self.table.items() if isinstance(o, Group)}
+
     def groups(self) -> list[Group]:
         return [o for o in self.table.values() if isinstance(o, Group)]
 

@@ -20,7 +20,7 @@ from dae_py.runtime.net.poller import IN, OUT, poller_for
 from dae_py.runtime.relay import OutboundTable, RelayConfig, StaticRouter, TcpRelay
 from dae_py.runtime.relay.pump import IdleSweeper, SplicedFlow
 
-from .test_outbound import run, serve, socks_ok, socks_node
+from tests.proxy.test_proxy import run, serve, socks_ok, socks_node
 
 OPTS = DialOptions(connect_timeout=2, handshake_timeout=0.3)
 GREETING = b"\x05\x01\x00"
@@ -511,10 +511,10 @@ class TestCallbackDial:
             fast = FastRelay([port])
             await fast.start()
             client = fast.flow()
-            assert fast.relay._dialing and not fast.relay._flows  # dialing, without a task
+            assert fast.relay.dialing and not fast.relay._flows  # dialing, without a task
             await loop.sock_sendall(client, b"hello")
             assert await asyncio.wait_for(loop.sock_recv(client, 5), 2) == b"hello"
-            assert not fast.relay._flows and not fast.relay._dialing
+            assert not fast.relay._flows and not fast.relay.dialing
             counters = fast.relay.stats["proxy"]
             assert (counters.flows, counters.active) == (1, 1)
             client.shutdown(socket.SHUT_WR)
@@ -614,7 +614,7 @@ class TestCallbackDial:
                 assert ("127.0.0.1", port) in socks5._NO_PIPELINING
                 client.close()
                 client = fast.flow()  # the next flow takes the coroutine path at once
-                assert fast.relay._flows and not fast.relay._dialing
+                assert fast.relay._flows and not fast.relay.dialing
                 await loop.sock_sendall(client, b"next")
                 assert await asyncio.wait_for(loop.sock_recv(client, 4), 3) == b"next"
                 client.close()
@@ -657,9 +657,9 @@ class TestCallbackDial:
             fast = FastRelay([port], handshake_timeout=5)
             await fast.start()
             client = fast.flow()
-            await until(lambda: any(d.state == 2 for d in fast.relay._dialing))
+            await until(lambda: any(d.state == 2 for d in fast.relay.dialing))
             await fast.close()
-            assert not fast.relay._dialing
+            assert not fast.relay.dialing
             with pytest.raises(ConnectionResetError):
                 await asyncio.wait_for(loop.sock_recv(client, 1), 2)
             client.close()
