@@ -29,8 +29,18 @@ from dae_py.runtime.groups.stats import Check
 from dae_py.runtime.net.poller import IN, OUT, FdPoller
 from dae_py.runtime.net.sockets import abort, set_mark
 from dae_py.runtime.net.stream import SocketStream
-from dae_py.runtime.proxy import (AllNodesDown, Destination, Dialed, DialError, DialOptions, FastPath,
-                                  Node, OutboundError, ProxyRefusedError, fast_path)
+from dae_py.runtime.proxy import (
+    AllNodesDown,
+    Destination,
+    Dialed,
+    DialError,
+    DialOptions,
+    FastPath,
+    Node,
+    OutboundError,
+    ProxyRefusedError,
+    fast_path,
+)
 
 
 class NodeChooser(Protocol):

@@ -308,10 +308,9 @@ class TcpRelay:
             if prefix:
                 await dialed_stream.sendall(prefix)  # type: ignore[attr-defined]
                 counters.bytes_up += len(prefix)
-            outcome = await relay(client, dialed_stream, use_splice=self.config.splice,  # type: ignore[arg-type]
+            outcome = await relay(client, dialed_stream,  # type: ignore[arg-type]
                                   idle_timeout=self.config.tcp_idle_timeout,
-                                  count_up=counters.add_up, count_down=counters.add_down,
-                                  pipe_size=self.config.pipe_size)
+                                  count_up=counters.add_up, count_down=counters.add_down)
             log.debug("%s via %s node %s ended: %s", flow, outbound, node, outcome)
         except OSError as exc:
             log.debug("%s via %s node %s ended: %s", flow, outbound, node, exc)
