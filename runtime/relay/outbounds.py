@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import logging
-
 from typing import Any, Mapping
 
 from dae_py.runtime.groups import Group
-from dae_py.runtime.proxy import (BLOCK_ID, DIRECT_ID, BlockOutbound, DialOptions, DirectOutbound,
-                              Node, Outbound)
-
+from dae_py.runtime.proxy import BLOCK_ID, DIRECT_ID, BlockOutbound, DialOptions, DirectOutbound, Node, Outbound
 
 log = logging.getLogger(__name__)
 

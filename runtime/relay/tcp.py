@@ -16,7 +16,7 @@ from dae_py.runtime.proxy import Blocked, Destination, Dialed, DialError, Outbou
 from dae_py.runtime.proxy.base import format_hostport
 
 from .fastdial import CallbackDial, NodeChooser
-from .flow import Flow, RelayConfig, Router, reason
+from .flow import Flow, RelayConfig, Route, Router
 from .listen import addressed_to_self, bind_pair
 from .outbounds import OutboundTable
 from .pump import HAVE_SPLICE, IdleSweeper, SplicedFlow, relay
@@ -45,13 +45,12 @@ class TcpRelay:
         self._flows: set[asyncio.Task[None]] = set()  # flows still dialing (or copying)
         self._sweeper: IdleSweeper | None = None  # and the spliced ones, task-less
         self._counting: dict[str, tuple[Counters, object, object]] = {}
-        self._decide_tcp = getattr(router, "decide_tcp", None)  # (id, log reason) in one call
         self.poller: FdPoller = None  # type: ignore[assignment]  # the loop's, from start()
         self.dialing: set[CallbackDial] = set()  # callback dials in progress (no task)
         # the outbounds that choose among nodes: the callback dial's candidates
         self._choosers: dict[int, NodeChooser] = dict(outbounds.choosers())
-        # the callback path (accept -> SplicedFlow without a task) needs these
-        self._fast = self._decide_tcp is not None and config.splice and HAVE_SPLICE
+        # the callback path (accept -> SplicedFlow without a task) needs splice
+        self._fast = config.splice and HAVE_SPLICE
 
     async def start(self, port: int = 0, hosts: tuple[str, ...] = ("0.0.0.0", "::"),
                     guard_fd: int | None = None) -> int:
@@ -110,14 +109,14 @@ class TcpRelay:
             self._spawn(self.handle(conn, src, dst=dst, prepared=True))
             return
         try:
-            outbound_id, why = self._decide_tcp(src, dst)  # type: ignore[misc]
+            route = self.router.route(Flow("tcp", src, dst))
         except Exception:  # noqa: BLE001 - handle() asks again and logs the failure
             self._spawn(self.handle(conn, src, dst=dst, prepared=True))
             return
-        group = self._choosers.get(outbound_id)
-        if group is not None and CallbackDial(self, conn, src, dst, group, why).start():
+        group = self._choosers.get(route.outbound)
+        if group is not None and CallbackDial(self, conn, src, dst, group, route.why).start():
             return
-        self._spawn(self.handle(conn, src, dst=dst, prepared=True, decided=(outbound_id, why)))
+        self._spawn(self.handle(conn, src, dst=dst, prepared=True, decided=route))
 
     def _resume(self, listener: socket.socket) -> None:
         if listener.fileno() >= 0 and listener in self._listeners:
@@ -132,7 +131,7 @@ class TcpRelay:
 
     async def handle(self, conn: socket.socket, src: tuple[str, int], prefix: bytes = b"",
                      dst: tuple[str, int] | None = None, prepared: bool = False,
-                     decided: tuple[int, str] | None = None) -> None:
+                     decided: Route | None = None) -> None:
         """Carry one accepted connection. `prefix`: bytes already read from the client.
 
         A plain TCP flow (splice on, the upstream a plain socket) is handed to a SplicedFlow
@@ -153,15 +152,10 @@ class TcpRelay:
             abort(conn)
             return
         if decided is not None:
-            outbound_id, why = decided
+            outbound_id, _rule, why = decided
         else:
             try:
-                if self._decide_tcp is not None:
-                    outbound_id, why = self._decide_tcp(src, dst)
-                else:
-                    flow = Flow("tcp", src, dst)
-                    outbound_id = self.router.decide(flow)
-                    why = reason(self.router, flow)
+                outbound_id, _rule, why = self.router.route(Flow("tcp", src, dst))
             except Exception as exc:  # noqa: BLE001 - a router bug must not kill the listener
                 log.error("%s refused: router failed: %r", Flow("tcp", src, dst), exc)
                 abort(conn)

@@ -11,7 +11,7 @@ import time
 import pytest
 from dae_py.runtime.groups.stats import Check
 from dae_py.runtime.proxy import DialOptions, socks5
-from dae_py.runtime.relay import OutboundTable, RelayConfig, TcpRelay
+from dae_py.runtime.relay import OutboundTable, RelayConfig, Route, TcpRelay
 
 from tests.proxy.test_proxy import run, serve, socks_ok
 from tests.relay.servers import GREETING, REPLY, REQUEST, echo_after, raw_server, recv_exact, stop
@@ -20,11 +20,8 @@ from tests.relay.servers import GREETING, REPLY, REQUEST, echo_after, raw_server
 class DecidingRouter:
     """A router with the kernel router's one-call interface: every flow to group 2."""
 
-    def decide(self, flow: object) -> int:
-        return 2
-
-    def decide_tcp(self, src: tuple[str, int], dst: tuple[str, int]) -> tuple[int, str]:
-        return 2, " (fallback)"
+    def route(self, flow: object) -> Route:
+        return Route(2, None, " (fallback)")
 
 
 def closed_port() -> int:
