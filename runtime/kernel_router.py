@@ -41,6 +41,7 @@ class KernelRouter:
         lookuper = getattr(flows_map, "lookuper", None)
         self._lookup = lookuper() if lookuper is not None else flows_map.lookup
         self._config_file = build.manifest.get("config", {}).get("file", "?")
+        self._routes: dict[int, Route] = {}  # rule << 8 | outbound -> its Route, made once
         # what the per-flow log line says, per rule: built once, not per flow
         self._why: dict[int | None, str] = {None: f" ({rule_label(None, self._config_file, None)})"}
         for r in build.manifest["rules"]:
@@ -56,7 +57,13 @@ class KernelRouter:
             raw = self._lookup(key)
             if raw is not None:
                 _mark, rule, outbound, _flags = _VALUE(raw, 0)
-                return self._route(outbound, rule if rule < self.n_rules else None)
+                known = self._routes.get(rule << 8 | outbound)  # one Route per (rule, outbound)
+                if known is not None:
+                    return known
+                route = self._route(outbound, rule if rule < self.n_rules else None)
+                if len(self._routes) < 4096:
+                    self._routes[rule << 8 | outbound] = route
+                return route
         return self._route_slow(flow)
 
     def _route(self, outbound: int, rule: int | None) -> Route:

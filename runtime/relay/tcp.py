@@ -16,7 +16,7 @@ from dae_py.runtime.proxy import Blocked, Destination, Dialed, DialError, Outbou
 from dae_py.runtime.proxy.base import format_hostport
 
 from .fastdial import CallbackDial, NodeChooser
-from .flow import Flow, RelayConfig, Route, Router
+from .flow import Flow, RelayConfig, Route, Router, tcp_flow
 from .listen import addressed_to_self, bind_pair
 from .outbounds import OutboundTable
 from .pump import HAVE_SPLICE, IdleSweeper, SplicedFlow, relay
@@ -109,7 +109,7 @@ class TcpRelay:
             self._spawn(self.handle(conn, src, dst=dst, prepared=True))
             return
         try:
-            route = self.router.route(Flow("tcp", src, dst))
+            route = self.router.route(tcp_flow(src, dst))
         except Exception:  # noqa: BLE001 - handle() asks again and logs the failure
             self._spawn(self.handle(conn, src, dst=dst, prepared=True))
             return
