@@ -11,7 +11,7 @@ from .sockets import DialOptions, connect_tcp
 from .stream import SocketStream, TlsStream, bounded
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def client_context(allow_insecure: bool, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
     """Certificates and host names checked unless `allow_insecure`; ALPN offered if given.
     Cached: contexts are costly to build and the settings are few."""

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import functools
 import importlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ UDP_PROTOCOLS: tuple[str, ...] = tuple(e.scheme for e in ENTRIES if e.udp)
 _BY_SCHEME = {e.scheme: e for e in ENTRIES}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load(scheme: str) -> ModuleType:
     """The module implementing `scheme`; KeyError for a scheme not in the table."""
     return importlib.import_module(f"{__package__}.{_BY_SCHEME[scheme].module}")

@@ -22,7 +22,8 @@ import asyncio
 import errno
 import os
 import socket
-from typing import Awaitable, Iterable, Protocol
+from collections.abc import Awaitable, Iterable
+from typing import Protocol
 
 from dae_py.runtime.groups.group import dial_failure
 from dae_py.runtime.groups.stats import Check

@@ -1,8 +1,9 @@
 """Flows, the Router callback that picks their outbound, and the relay's settings."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from dae_py.runtime.proxy import DialOptions
 from dae_py.runtime.proxy.base import format_hostport
