@@ -15,6 +15,7 @@ from pathlib import Path
 from dae_py.runtime.build import Build
 from dae_py.runtime.explain import explain, make_flow
 from dae_py.runtime.packets import parse_endpoint
+from dae_py.runtime.relay.flow import rule_label
 
 
 def _say(text: str = "") -> None:
@@ -49,7 +50,7 @@ def main() -> int:
                 flow = make_flow("tcp", parse_endpoint(f"{t.client_ip4}:40000"), parse_endpoint(f"{t.upstream_ip4}:{port}"),
                                  None, 0)
                 ex = explain(build, flow)
-                why = (f"rule {ex.rule['index']} (config.yaml:{ex.rule['line']}): {ex.rule['text']}"
+                why = (f"{rule_label(ex.rule['index'], 'config.yaml', ex.rule['line'])}: {ex.rule['text']}"
                        if ex.rule else "routing.fallback")
                 _say(f"client GET {url}")
                 _say(f"  decided by {why} -> {ex.outbound}")

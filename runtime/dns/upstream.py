@@ -24,7 +24,7 @@ import dns.message
 import dns.flags
 from dns import _asyncio_backend  # the backend classes dnspython's own asyncio queries use
 
-from dae_py.runtime.outbound.sockets import set_mark
+from dae_py.runtime.net.sockets import set_mark
 
 log = logging.getLogger("dae.dns.upstream")
 

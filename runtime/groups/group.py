@@ -8,9 +8,19 @@ import random
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from dae_py.runtime import outbound
-from dae_py.runtime.outbound import (AllNodesDown, DialError, Destination, Dialed, DialOptions, Node,
-                              OutboundError, ProxyRefusedError, ReplyCallback, UdpAssociation)
+from dae_py.runtime import proxy
+from dae_py.runtime.proxy import (
+    AllNodesDown,
+    Destination,
+    Dialed,
+    DialError,
+    DialOptions,
+    Node,
+    OutboundError,
+    ProxyRefusedError,
+    ReplyCallback,
+    UdpAssociation,
+)
 
 from .health import HealthChecker
 from .spec import GroupSpec, Policy
@@ -153,7 +163,7 @@ class Group:
         return min(alive, key=lambda n: self.metric(n, kind))
 
     # --- Outbound protocol -----------------------------------------------------------------
-    def _all_down(self, kind: Check, errors: list[str]) -> AllNodesDown:
+    def all_down(self, kind: Check, errors: list[str]) -> AllNodesDown:
         self.checker.poke()
         if errors:
             return AllNodesDown(f"group '{self.name}': every node failed: {'; '.join(errors)}")
@@ -174,7 +184,7 @@ class Group:
             tried.append(node)
             self.dial_attempts += 1
             try:
-                stream = await outbound.dial_tcp(node, dst, self.opts)
+                stream = await proxy.dial_tcp(node, dst, self.opts)
             except ProxyRefusedError:
                 raise
             except OutboundError as exc:
@@ -187,7 +197,7 @@ class Group:
                 self.report_failure(node, Check.TCP, what)
                 continue
             return Dialed(stream, node)
-        raise self._all_down(Check.TCP, errors)
+        raise self.all_down(Check.TCP, errors)
 
     async def open_udp(self, family: int, on_reply: ReplyCallback) -> UdpAssociation:
         tried: list[Node] = []
@@ -196,7 +206,7 @@ class Group:
             tried.append(node)
             self.dial_attempts += 1
             try:
-                return await outbound.open_udp(node, self.opts, on_reply)
+                return await proxy.open_udp(node, self.opts, on_reply)
             except OutboundError as exc:
                 errors.append(f"{node}: {exc.what}")
                 self.report_failure(node, Check.UDP, exc.what)
@@ -204,7 +214,7 @@ class Group:
                 what = dial_failure(exc)
                 errors.append(f"{node}: {what}")
                 self.report_failure(node, Check.UDP, what)
-        raise self._all_down(Check.UDP, errors)
+        raise self.all_down(Check.UDP, errors)
 
     async def start(self) -> None:
         """Start the periodic health checks."""

@@ -8,21 +8,17 @@ import logging
 import re
 import struct
 import time
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import Awaitable, Callable, Protocol
 from urllib.parse import urlsplit
 
 import dns.message
 import dns.rdatatype
+from dae_py.runtime.net.stream import Stream, TlsStream, read_exact, read_until
+from dae_py.runtime.net.tls import client_context
+from dae_py.runtime.proxy import Destination, DialOptions, Node, OutboundError, dial_tcp, open_udp
 
-from dae_py.runtime.outbound import Destination, DialOptions, Node, OutboundError, dial_tcp, open_udp
-from dae_py.runtime.outbound.https import tls_context
-from dae_py.runtime.outbound.stream import Stream, TlsStream, read_exact, read_until
-
-from .spec import CheckSpec
-from .stats import Check
-
-if TYPE_CHECKING:
-    from .group import Group
+from .spec import CheckSpec, GroupSpec
+from .stats import Check, NodeStats
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +48,7 @@ async def http_probe(node: Node, spec: CheckSpec, opts: DialOptions) -> None:
             continue
         try:
             if url.scheme == "https":
-                stream = await TlsStream.wrap(stream, tls_context(False), url.hostname, node)
+                stream = await TlsStream.wrap(stream, client_context(False), url.hostname, node)
             await stream.sendall(request)
             line = await read_until(stream, b"\r\n", 8192, node, "the check URL's status line")
         except (OutboundError, OSError) as exc:
@@ -128,6 +124,19 @@ async def _dns_over_udp(node: Node, opts: DialOptions, query: dns.message.Messag
         assoc.close()
 
 
+class Checked(Protocol):
+    """What a HealthChecker needs of its group (a `Group`): its nodes, settings and stats, and
+    where results go. A protocol, so that this module does not import the group's."""
+
+    spec: GroupSpec
+    nodes: tuple[Node, ...]
+    opts: DialOptions
+    stats: dict[Check, dict[str, NodeStats]]
+
+    def record(self, node: Node, kind: Check, latency: float | None,
+               error: str | None = None) -> None: ...
+
+
 class HealthChecker:
     """Runs both checks on every node of a group each `interval`, feeding `group.record`.
 
@@ -136,7 +145,7 @@ class HealthChecker:
 
     DOWN_RETRY = 1.0
 
-    def __init__(self, group: Group, *, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, group: Checked, *, clock: Callable[[], float] = time.monotonic,
                  tcp_probe: Probe = http_probe, dns_probe: Probe = dns_probe) -> None:
         self.group = group
         self.clock = clock

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from dae_py.runtime.outbound.base import parse_hostport
+from dae_py.runtime.proxy.base import parse_hostport
 
 
 class Policy(str, enum.Enum):

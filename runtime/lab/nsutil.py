@@ -30,7 +30,9 @@ def netns_path(name: str) -> Path:
     return NETNS_DIR / name
 
 
-def _setns_current_thread(name: str) -> None:
+def enter_netns(name: str) -> None:
+    """Move the calling thread into namespace `name` for good (a thread of its own, as
+    `call_in_netns` makes, or one that runs an event loop there)."""
     fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
     try:
         if _libc.setns(fd, CLONE_NEWNET) != 0:
@@ -52,7 +54,7 @@ def call_in_netns(name: str | None, fn: Callable[[], T], timeout: float = 30.0) 
 
     def runner() -> None:
         try:
-            _setns_current_thread(name)
+            enter_netns(name)
             result["value"] = fn()
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
             result["error"] = exc

@@ -1,7 +1,8 @@
 """The user-space relay: TCP and UDP tproxy listeners carrying flows to outbounds.
 
 Public API:
-- `Flow`, `Router` (protocol: `decide(flow) -> outbound id`), `StaticRouter`, `FunctionRouter`.
+- `Flow`, `Router` (protocol: `route(flow) -> Route(outbound, rule, why)`), `StaticRouter`,
+  `FunctionRouter`.
 - `RelayConfig` (so_mark, timeouts, splice on/off), `RelayStats` (per-outbound counters).
 - `OutboundTable.from_manifest(manifest, opts)`: 0 direct, 1 block, groups by id.
 - `TcpRelay(router, table, config).start(port)`, `.handle(sock, src, prefix=b"")`, `.close()`.
@@ -9,17 +10,17 @@ Public API:
 - `Gateway`: both relays and the table together (`start`, `close`).
 
 Per-flow cost (issue 3): a proxied TCP flow to a SOCKS5 node without credentials goes from
-the accept callback to a `pump.SplicedFlow` without a task (`fastdial.FastSocksDial`: connect,
-pipelined greeting+CONNECT, failover); other flows take the `handle` coroutine and are handed
+the accept callback to a `pump.SplicedFlow` without a task (`fastdial.CallbackDial` over the protocol's
+`proxy.FastPath`: connect, pipelined greeting+CONNECT for SOCKS5, failover); other flows take the `handle` coroutine and are handed
 to a SplicedFlow once dialed. An established spliced flow is a few small objects driven by the
-loop's `runtime.outbound.poller.FdPoller` (one epoll registration per socket), ended when idle
+loop's `runtime.net.poller.FdPoller` (one epoll registration per socket), ended when idle
 by the relay's one `pump.IdleSweeper`.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .flow import Flow, FunctionRouter, RelayConfig, Router, StaticRouter
+from .flow import Flow, FunctionRouter, RelayConfig, Route, Router, StaticRouter
 from .outbounds import OutboundTable
 from .stats import Counters, RelayStats
 from .tcp import TcpRelay
@@ -58,4 +59,4 @@ class Gateway:
 
 
 __all__ = ["Counters", "Flow", "FunctionRouter", "Gateway", "OutboundTable", "RelayConfig",
-           "RelayStats", "Router", "StaticRouter", "TcpRelay", "UdpRelay"]
+           "RelayStats", "Route", "Router", "StaticRouter", "TcpRelay", "UdpRelay"]

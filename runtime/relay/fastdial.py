@@ -1,53 +1,100 @@
 """The relay's callback dial: a proxied TCP flow from accept() to its SplicedFlow without a task.
 
-For the common case only: the flow's outbound is a group whose node of choice speaks SOCKS5
-without credentials at an IP literal, and splice is on. Connect, the pipelined greeting and
-CONNECT, and the reply are driven by the loop's FdPoller and two timers (connect, handshake);
-no coroutine, no future, no loop iteration spent resuming a task. Dial failures fail over like
-`Group.dial_tcp` does (the node is reported down, the next alive one is dialed). Anything out
-of the ordinary goes to the coroutine path, with what was done so far:
+For the common case only: the flow's outbound chooses among nodes (a group), the node of choice
+speaks a protocol with a fast path (`proxy.FastPath`: today SOCKS5 without credentials at an IP
+literal), and splice is on. Connect, the pipelined request and its reply are driven by the
+loop's FdPoller and two timers (connect, handshake); no coroutine, no future, no loop iteration
+spent resuming a task. Dial failures fail over like `Group.dial_tcp` does (the node is reported
+down, the next alive one is dialed). Anything out of the ordinary goes to the coroutine path,
+with what was done so far:
 
 - a reply that is not a plain success, EOF or a timeout during the handshake: the bytes read
-  so far go into a SocketStream and `socks5.finish_pipelined` parses them (naming the error, or
-  redialing a node that dropped the request step by step);
+  so far go into a SocketStream and the protocol's `FastPath.finish` parses them (naming the
+  error, or redialing a node that dropped the pipelined request);
 - a next node that does not qualify: `Group.dial_tcp` with the nodes tried and their errors;
 - bytes from the target in the reply's segment: the established-flow coroutine sends them.
+
+The dial knows its relay only as a `DialOwner`: this module does not import the relay's.
 """
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import socket
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Iterable
+from typing import Protocol
 
+from dae_py.runtime.groups.group import dial_failure
 from dae_py.runtime.groups.stats import Check
-from dae_py.runtime.outbound import DialError, Node, OutboundError
-from dae_py.runtime.outbound.poller import IN, OUT
-from dae_py.runtime.outbound.sockets import abort, set_mark
-from dae_py.runtime.outbound.socks5 import (PIPELINED_GREETING, connect_request, fast_dialable,
-                                     pipelined_reply_size)
-from dae_py.runtime.outbound.stream import SocketStream
+from dae_py.runtime.net.poller import IN, OUT, FdPoller
+from dae_py.runtime.net.sockets import abort, set_mark
+from dae_py.runtime.net.stream import SocketStream
+from dae_py.runtime.proxy import (
+    AllNodesDown,
+    Destination,
+    Dialed,
+    DialError,
+    DialOptions,
+    FastPath,
+    Node,
+    OutboundError,
+    ProxyRefusedError,
+    fast_path,
+)
 
-if TYPE_CHECKING:
-    import asyncio
 
-    from dae_py.runtime.groups import Group
+class NodeChooser(Protocol):
+    """An outbound that picks one of its nodes per flow and fails over (a `Group`)."""
 
-    from .tcp import TcpRelay
+    name: str
+    opts: DialOptions
+    dial_attempts: int
+
+    def select(self, kind: Check = Check.TCP, exclude: Iterable[Node] = ()) -> Node | None: ...
+
+    def report_failure(self, node: Node, kind: Check, error: str) -> None: ...
+
+    def all_down(self, kind: Check, errors: list[str]) -> AllNodesDown: ...
+
+    async def dial_tcp(self, dst: Destination, tried: list[Node] | None = None,
+                       errors: list[str] | None = None) -> Dialed: ...
+
+
+class DialOwner(Protocol):
+    """What a CallbackDial reports to (the TCP relay)."""
+
+    loop: asyncio.AbstractEventLoop
+    poller: FdPoller
+    dialing: set[CallbackDial]  # the dials in progress (closed with the relay)
+
+    def dial_refused(self, dial: CallbackDial, exc: OutboundError) -> None:
+        """No node could carry the flow: refuse the client."""
+        ...
+
+    def dial_continues(self, dial: CallbackDial, rest: Awaitable[Dialed]) -> None:
+        """The coroutine path takes over: await `rest` and carry (or refuse) the flow."""
+        ...
+
+    def dial_established(self, dial: CallbackDial, upstream: socket.socket, early: bytes) -> None:
+        """The handshake is done: `upstream` is in the poller, armed for reading; `early` the
+        target's bytes that came with the reply."""
+        ...
+
 
 SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 _CONNECTING, _HANDSHAKE = 1, 2
 
 
-class FastSocksDial:
-    __slots__ = ("relay", "loop", "poller", "conn", "src", "dst", "group", "why", "node",
-                 "addr", "tried", "errors", "sock", "fd", "buf", "timer", "state", "request")
+class CallbackDial:
+    __slots__ = ("owner", "loop", "poller", "conn", "src", "dst", "group", "why", "node",
+                 "addr", "tried", "errors", "sock", "fd", "buf", "timer", "state", "request", "fast")
 
-    def __init__(self, relay: TcpRelay, conn: socket.socket, src: tuple[str, int],
-                 dst: tuple[str, int], group: Group, why: str) -> None:
-        self.relay = relay
-        self.loop: asyncio.AbstractEventLoop = relay._loop  # type: ignore[assignment]
-        self.poller = relay._poller
+    def __init__(self, owner: DialOwner, conn: socket.socket, src: tuple[str, int],
+                 dst: tuple[str, int], group: NodeChooser, why: str) -> None:
+        self.owner = owner
+        self.loop = owner.loop
+        self.poller = owner.poller
         self.conn = conn
         self.src = src
         self.dst = dst
@@ -63,21 +110,26 @@ class FastSocksDial:
         self.timer: asyncio.TimerHandle | None = None
         self.state = 0
         self.request = b""
+        self.fast: FastPath | None = None
 
     def start(self) -> bool:
         """Dial the group's node of choice; False (nothing done) if it does not qualify."""
         node = self.group.select(Check.TCP)
         if node is None:
             return False  # all down: the coroutine path refuses it with the usual message
-        addrs = fast_dialable(node)
-        if addrs is None or len(addrs) != 1:
+        fast = fast_path(node)
+        if fast is None:
             return False
-        try:
-            self.request = PIPELINED_GREETING + connect_request(self.dst[0], self.dst[1])
-        except ValueError:
+        addr = fast.address(node)
+        if addr is None:
             return False
-        self.relay._dialing.add(self)
-        self._dial(node, addrs[0][0], addrs[0][1])
+        request = fast.request(node, self.dst[0], self.dst[1])
+        if request is None:
+            return False
+        self.fast = fast
+        self.request = request
+        self.owner.dialing.add(self)
+        self._dial(node, addr[0], addr[1])
         return True
 
     # --- connect ------------------------------------------------------------------------
@@ -92,8 +144,7 @@ class FastSocksDial:
             sock = socket.socket(family, socket.SOCK_STREAM | SOCK_NONBLOCK)
         except OSError as exc:  # EMFILE and the like: not the node's fault
             self._finish()
-            self.relay._refuse(self.conn, self.src, self.dst, self.group.name,
-                               DialError(f"cannot open a socket: {exc.strerror or exc}"))
+            self.owner.dial_refused(self, DialError(f"cannot open a socket: {exc.strerror or exc}"))
             return
         self.sock = sock
         self.fd = sock.fileno()
@@ -139,16 +190,14 @@ class FastSocksDial:
         nxt = self.group.select(Check.TCP, self.tried)
         if nxt is None:
             self._finish()
-            self.relay._refuse(self.conn, self.src, self.dst, self.group.name,
-                               self.group._all_down(Check.TCP, self.errors))
+            self.owner.dial_refused(self, self.group.all_down(Check.TCP, self.errors))
             return
-        addrs = fast_dialable(nxt)
-        if addrs is None or len(addrs) != 1:  # the coroutine path dials that one
+        addr = self.fast.address(nxt) if fast_path(nxt) is self.fast else None  # type: ignore[union-attr]
+        if addr is None:  # the coroutine path dials that one
             self._finish()
-            self.relay._spawn(self.relay._dial_rest(self.conn, self.src, self.dst, self.group,
-                                                    self.why, self.tried, self.errors))
+            self.owner.dial_continues(self, self._dial_rest(self.tried))
             return
-        self._dial(nxt, addrs[0][0], addrs[0][1])
+        self._dial(nxt, addr[0], addr[1])
 
     # --- events -------------------------------------------------------------------------
     def _on_event(self, events: int) -> None:
@@ -179,7 +228,7 @@ class FastSocksDial:
             self._rescue(False)
             return
         buf = self.buf = self.buf + data
-        need = pipelined_reply_size(buf)
+        need = self.fast.reply_size(buf)  # type: ignore[union-attr]
         if need < 0:
             self._rescue(False)
         elif need and len(buf) >= need:
@@ -214,7 +263,7 @@ class FastSocksDial:
 
     # --- endings ------------------------------------------------------------------------
     def _finish(self) -> None:
-        self.relay._dialing.discard(self)
+        self.owner.dialing.discard(self)
 
     def _hand_off(self) -> socket.socket | None:
         """End the callback dial and give its upstream socket to whoever goes on with it."""
@@ -228,8 +277,8 @@ class FastSocksDial:
 
     def _established(self, early: bytes) -> None:
         sock = self._hand_off()
-        self.relay._fast_established(self.conn, self.src, self.dst, self.why, self.group,
-                                     self.node, sock, early)  # type: ignore[arg-type]
+        assert sock is not None
+        self.owner.dial_established(self, sock, early)
 
     def _rescue(self, timed_out: bool, resend: bool = False) -> None:
         """Out of the ordinary during the handshake: the coroutine path takes the socket and
@@ -239,15 +288,37 @@ class FastSocksDial:
         if resend:  # never seen on a fresh socket: redial this flow the ordinary way
             self.poller.remove(self.fd)
             abort(sock)
-            self.relay._spawn(self.relay._dial_rest(self.conn, self.src, self.dst, self.group,
-                                                    self.why, self.tried[:-1], self.errors))
+            self.owner.dial_continues(self, self._dial_rest(self.tried[:-1]))
             return
         stream = SocketStream(sock, self.loop, in_poller=True)
         if self.buf:
             stream.unread(self.buf)
-        self.relay._spawn(self.relay._rescue(self.conn, self.src, self.dst, self.group,
-                                             self.why, self.node, stream, self.buf, timed_out,
-                                             self.tried, self.errors))
+        self.owner.dial_continues(self, self._finish_handshake(self.node, stream, self.buf,
+                                                               timed_out))
+
+    async def _dial_rest(self, tried: list[Node]) -> Dialed:
+        """The failover continued by the group (a node the callback dial cannot dial)."""
+        return await self.group.dial_tcp(Destination(self.dst[0], self.dst[1]), tried, self.errors)
+
+    async def _finish_handshake(self, node: Node, stream: SocketStream, got: bytes,
+                                timed_out: bool) -> Dialed:
+        """The handshake went out of the ordinary: the protocol finishes it the step-by-step
+        way (naming the error, or redialing a node that dropped the pipelined request), then
+        the group fails over like Group.dial_tcp."""
+        fast = self.fast
+        assert fast is not None
+        dst = Destination(self.dst[0], self.dst[1])
+        try:
+            upstream = await fast.finish(stream, node, dst, self.group.opts, got, timed_out,
+                                         self.loop)
+            return Dialed(upstream, node)
+        except ProxyRefusedError:
+            raise
+        except (OutboundError, OSError) as exc:
+            what = exc.what if isinstance(exc, OutboundError) else dial_failure(exc, fast.handshake)
+            self.errors.append(f"{node}: {what}")
+            self.group.report_failure(node, Check.TCP, what)
+            return await self.group.dial_tcp(dst, self.tried, self.errors)
 
     def close(self) -> None:
         """The relay is closing: drop the dial, reset the client."""

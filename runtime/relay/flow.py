@@ -1,18 +1,25 @@
 """Flows, the Router callback that picks their outbound, and the relay's settings."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-from dae_py.runtime.outbound import DialOptions
-from dae_py.runtime.outbound.base import format_hostport
+from dae_py.runtime.proxy import DialOptions
+from dae_py.runtime.proxy.base import format_hostport
+
+if TYPE_CHECKING:
+    from dae_py.contract.evaluate import Flow as EvaluatedFlow
 
 Addr = tuple[str, int]
 
 
-@dataclass(frozen=True)
-class Flow:
-    """What the datapath hands over: protocol, client source, original destination."""
+class Flow(NamedTuple):
+    """What the datapath hands over: protocol, client source, original destination.
+
+    The relay's record of a flow, from accept (or recvmsg) to the router: plain strings, cheap
+    to build per connection. `evaluated()` derives the reference evaluator's record from it.
+    A NamedTuple, not a frozen dataclass: one is built per flow."""
 
     l4proto: str  # "tcp" | "udp"
     src: Addr
@@ -23,35 +30,69 @@ class Flow:
         return (f"{self.l4proto} {format_hostport(*self.src)} -> {format_hostport(*self.dst)}"
                 + (f" ({self.domain})" if self.domain else ""))
 
+    def evaluated(self, domain_bits: int = 0) -> EvaluatedFlow:
+        """This flow as `contract.evaluate` (and `packets.flow_key`) read it: IP addresses
+        parsed (a scope id dropped, an IPv4-mapped address unwrapped), the protocol number."""
+        import ipaddress
+
+        from dae_py.contract.evaluate import Flow as EvaluatedFlow  # not at start-up: see test_startup
+
+        src = ipaddress.ip_address(self.src[0].split("%")[0])
+        dst = ipaddress.ip_address(self.dst[0].split("%")[0])
+        if src.version == 6 and src.ipv4_mapped:  # type: ignore[union-attr]
+            src = src.ipv4_mapped  # type: ignore[union-attr]
+        if dst.version == 6 and dst.ipv4_mapped:  # type: ignore[union-attr]
+            dst = dst.ipv4_mapped  # type: ignore[union-attr]
+        return EvaluatedFlow(l4proto=6 if self.l4proto == "tcp" else 17, src=src, sport=int(self.src[1]),
+                             dst=dst, dport=int(self.dst[1]), domain_bits=domain_bits)
+
+
+_tuple_new = tuple.__new__
+
+
+def tcp_flow(src: Addr, dst: Addr) -> Flow:
+    """`Flow("tcp", src, dst)` for the relay's accept path, without the NamedTuple's Python-level
+    `__new__` (half the cost; one is built per connection)."""
+    return _tuple_new(Flow, ("tcp", src, dst, None))  # type: ignore[no-any-return]
+
+
+def rule_label(rule: int | None, config_file: str, line: object) -> str:
+    """How a log line or a report names the rule that decided a flow: 'rule 3 (config.yaml:33)',
+    or 'fallback' (no rule matched). The one place this is formatted."""
+    if rule is None:
+        return "fallback"
+    return f"rule {rule} ({config_file}:{line})"
+
+
+class Route(NamedTuple):
+    """A router's answer for one flow: the outbound id (0 direct, 1 block, groups from 2), the
+    rule that chose it (None: the fallback, or a router that does not say), and `why`, the
+    suffix of the flow's log line (' (rule 3 (config.yaml:33))', ' (fallback)' or '')."""
+
+    outbound: int
+    rule: int | None = None
+    why: str = ""
+
 
 class Router(Protocol):
-    """Which outbound id carries a flow: 0 direct, 1 block, groups from 2. The kernel's
-    decision arrives through a map later; anything with `decide` fits."""
+    """Which outbound carries a flow, and why: one call per flow. The kernel's decision arrives
+    through a map (`kernel_router.KernelRouter`); anything with `route` fits."""
 
-    def decide(self, flow: Flow) -> int: ...
-
-
-def reason(router: object, flow: Flow) -> str:
-    """' (rule 3, config.yaml:33)' when the router can say which rule decided, else ''.
-
-    Routers may offer `describe(flow) -> str`; the per-flow log line carries it."""
-    describe = getattr(router, "describe", None)
-    if describe is None:
-        return ""
-    try:
-        return f" ({describe(flow)})"
-    except Exception:  # noqa: BLE001 - a log detail must never break a flow
-        return ""
+    def route(self, flow: Flow) -> Route: ...
 
 
 class StaticRouter:
     """Every flow to one outbound."""
 
     def __init__(self, outbound_id: int) -> None:
-        self.outbound_id = outbound_id
+        self._route = Route(outbound_id)
 
-    def decide(self, flow: Flow) -> int:
-        return self.outbound_id
+    @property
+    def outbound_id(self) -> int:
+        return self._route.outbound
+
+    def route(self, flow: Flow) -> Route:
+        return self._route
 
 
 class FunctionRouter:
@@ -60,8 +101,8 @@ class FunctionRouter:
     def __init__(self, fn: Callable[[Flow], int]) -> None:
         self.fn = fn
 
-    def decide(self, flow: Flow) -> int:
-        return self.fn(flow)
+    def route(self, flow: Flow) -> Route:
+        return Route(self.fn(flow))
 
 
 @dataclass(frozen=True)

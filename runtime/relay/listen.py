@@ -6,9 +6,7 @@ import errno
 import ipaddress
 import socket
 
-from dae_py.runtime.outbound.sockets import (IP_RECVORIGDSTADDR, IPV6_RECVORIGDSTADDR, SOL_IPV6,
-                                      set_mark, set_transparent)
-
+from dae_py.runtime.net.sockets import IP_RECVORIGDSTADDR, IPV6_RECVORIGDSTADDR, SOL_IPV6, set_mark, set_transparent
 
 SO_ATTACH_BPF = getattr(socket, "SO_ATTACH_BPF", 50)
 

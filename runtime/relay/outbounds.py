@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import logging
-
 from typing import Any, Mapping
 
 from dae_py.runtime.groups import Group
-from dae_py.runtime.outbound import (BLOCK_ID, DIRECT_ID, BlockOutbound, DialOptions, DirectOutbound,
-                              Node, Outbound)
-
+from dae_py.runtime.proxy import BLOCK_ID, DIRECT_ID, BlockOutbound, DialOptions, DirectOutbound, Node, Outbound
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +43,10 @@ class OutboundTable:
 
     def get(self, outbound_id: int) -> Outbound | None:
         return self.table.get(outbound_id)
+
+    def choosers(self) -> dict[int, Group]:
+        """id -> the outbounds that choose among nodes (the relay's callback dial serves them)."""
+        return {i: o for i, o in self.table.items() if isinstance(o, Group)}
 
     def groups(self) -> list[Group]:
         return [o for o in self.table.values() if isinstance(o, Group)]

@@ -13,9 +13,9 @@ import os
 import socket
 from typing import Callable
 
-from dae_py.runtime.outbound.poller import HUP_ERR, IN, OUT, poller_for
-from dae_py.runtime.outbound.sockets import abort, wait_writable
-from dae_py.runtime.outbound.stream import RECV_SIZE, Stream
+from dae_py.runtime.net.poller import HUP_ERR, IN, OUT, poller_for
+from dae_py.runtime.net.sockets import abort
+from dae_py.runtime.net.stream import RECV_SIZE, Stream
 
 F_SETPIPE_SZ = 1031
 F_GETPIPE_SZ = 1032
@@ -25,47 +25,6 @@ SPLICE_BURST = 8  # splices per wake-up at most, while the socket keeps filling 
 FIRST_READ = 64 * 1024  # the first chunk of a direction, read into user space (no pipe yet)
 SPLICE_FLAGS = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if HAVE_SPLICE else 0
 Count = Callable[[int], None]
-
-
-class Reader:
-    """Waits for an fd to become readable with the fd registered once, not per wait.
-
-    The registration stays while the owner keeps reading; if readiness is reported while
-    nobody waits (the owner blocked elsewhere, e.g. writing), it is dropped so a level-triggered
-    loop does not spin, and re-added by the next wait."""
-
-    __slots__ = ("loop", "fd", "waiter", "armed")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
-        self.loop = loop
-        self.fd = fd
-        self.waiter: asyncio.Future[None] | None = None
-        self.armed = False
-
-    def _ready(self) -> None:
-        waiter = self.waiter
-        if waiter is None:
-            self.loop.remove_reader(self.fd)
-            self.armed = False
-        else:
-            self.waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def wait(self) -> None:
-        if not self.armed:
-            self.loop.add_reader(self.fd, self._ready)
-            self.armed = True
-        self.waiter = waiter = self.loop.create_future()
-        try:
-            await waiter
-        finally:
-            self.waiter = None
-
-    def close(self) -> None:
-        if self.armed:
-            self.armed = False
-            self.loop.remove_reader(self.fd)
 
 
 def _open_pipe(pipe_size: int) -> tuple[int, int, int]:
@@ -84,56 +43,6 @@ def _open_pipe(pipe_size: int) -> tuple[int, int, int]:
         os.close(write_end)
         raise
     return read_end, write_end, chunk
-
-
-async def splice_one_way(src: Stream, dst: Stream, count: Count,
-                         pipe_size: int = DEFAULT_PIPE_SIZE) -> None:
-    """src socket -> dst socket until src's EOF: the first chunk through user space, the rest
-    src -> pipe -> dst in the kernel (the pipe created then, closed on return)."""
-    src_fd: int = src.splice_fd()  # type: ignore[assignment]
-    dst_fd: int = dst.splice_fd()  # type: ignore[assignment]
-    loop = asyncio.get_running_loop()
-    reader = Reader(loop, src_fd)
-    read_end = write_end = -1
-    try:
-        while True:  # first chunk: plain read, no pipe
-            try:
-                data = os.read(src_fd, FIRST_READ)
-            except (BlockingIOError, InterruptedError):
-                await reader.wait()
-                continue
-            break
-        if not data:
-            return
-        await dst.sendall(data)
-        count(len(data))
-        del data
-        flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-        splice = os.splice
-        chunk = 0
-        while True:
-            if read_end < 0:
-                await reader.wait()  # the pipe only once more data (or EOF) is there
-                read_end, write_end, chunk = _open_pipe(pipe_size)
-            try:
-                n = splice(src_fd, write_end, chunk, flags=flags)
-            except (BlockingIOError, InterruptedError):
-                await reader.wait()
-                continue
-            if n == 0:
-                return
-            left = n
-            while left:
-                try:
-                    left -= splice(read_end, dst_fd, left, flags=flags)
-                except (BlockingIOError, InterruptedError):
-                    await wait_writable(dst_fd)
-            count(n)
-    finally:
-        reader.close()
-        if read_end >= 0:
-            os.close(read_end)
-            os.close(write_end)
 
 
 async def copy_one_way(src: Stream, dst: Stream, count: Count) -> None:
@@ -492,53 +401,15 @@ class IdleSweeper:
             flow.close()
 
 
-async def _relay_spliced(loop: asyncio.AbstractEventLoop, client: Stream, upstream: Stream,
-                         idle_timeout: float, count_up: Count, count_down: Count,
-                         pipe_size: int) -> str:
-    """`relay()` of a spliced flow: a SplicedFlow with its own sweeper, awaited."""
-    done: asyncio.Future[object] = loop.create_future()
-
-    def ended(_flow: SplicedFlow, outcome: object) -> None:
-        if not done.done():
-            done.set_result(outcome)
-
-    client.release_reader()  # type: ignore[attr-defined]
-    armed = upstream.hand_over_reader()  # type: ignore[attr-defined]
-    sweeper = IdleSweeper(loop, idle_timeout)
-    flow = SplicedFlow(loop, client.sock, upstream.sock, count_up, count_down,  # type: ignore[attr-defined]
-                       ended, pipe_size, sweeper)
-    try:
-        flow.start(armed)
-        outcome = await done
-    finally:
-        flow.close()  # no-op once ended
-        sweeper.close()
-        client.close()
-        upstream.close()
-    if isinstance(outcome, BaseException):
-        return f"error: {outcome} (splice)"
-    if outcome == "idle":
-        return f"idle for {idle_timeout:g}s (splice)"
-    return "closed (splice)"
-
-
-async def relay(client: Stream, upstream: Stream, *, use_splice: bool, idle_timeout: float,
-                count_up: Count, count_down: Count, pipe_size: int = DEFAULT_PIPE_SIZE) -> str:
-    """Both directions until both reach EOF (each EOF becomes a shutdown(SHUT_WR) on the other
-    side), an error (both sides aborted) or the idle timeout. Returns how the flow ended."""
-    spliced = (use_splice and HAVE_SPLICE and client.splice_fd() is not None
-               and upstream.splice_fd() is not None)
+async def relay(client: Stream, upstream: Stream, *, idle_timeout: float, count_up: Count,
+                count_down: Count) -> str:
+    """Both directions through user space until both reach EOF (each EOF becomes a
+    shutdown(SHUT_WR) on the other side), an error (both sides aborted) or the idle timeout.
+    Returns how the flow ended. For the flows a SplicedFlow cannot take: a layered upstream
+    (TLS, an AEAD stream) or splice turned off."""
     loop = asyncio.get_running_loop()
     pending_up = client.take_pending()
     pending_down = upstream.take_pending()
-    if spliced and not pending_up and not pending_down:
-        return await _relay_spliced(loop, client, upstream, idle_timeout, count_up, count_down,
-                                    pipe_size)
-    if spliced:  # splice_one_way registers the fds itself from now on
-        for stream in (client, upstream):
-            release = getattr(stream, "release_reader", None)
-            if release is not None:
-                release()
     tasks: list[asyncio.Task[None]] = []
 
     def cancel_all() -> None:
@@ -557,10 +428,7 @@ async def relay(client: Stream, upstream: Stream, *, use_splice: bool, idle_time
         if pending:
             await dst.sendall(pending)
             count(len(pending))
-        if spliced:
-            await splice_one_way(src, dst, count, pipe_size)
-        else:
-            await copy_one_way(src, dst, count)
+        await copy_one_way(src, dst, count)
         dst.shutdown_write()
 
     tasks.append(loop.create_task(one_way(client, upstream, pending_up, counting(count_up))))
@@ -585,4 +453,4 @@ async def relay(client: Stream, upstream: Stream, *, use_splice: bool, idle_time
         await asyncio.gather(*tasks, return_exceptions=True)
         client.close()
         upstream.close()
-    return outcome + (" (splice)" if spliced else " (copy)")
+    return outcome + " (copy)"

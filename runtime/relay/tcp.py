@@ -9,19 +9,14 @@ import logging
 import socket
 from collections.abc import Awaitable
 
-from dae_py.runtime.outbound import DialError, Destination, Dialed, OutboundError, ProxyRefusedError
-from dae_py.runtime.outbound.base import Blocked, Outbound, format_hostport
-from dae_py.runtime.outbound.poller import poller_for
-from dae_py.runtime.outbound.sockets import abort
-from dae_py.runtime.outbound.stream import SocketStream
+from dae_py.runtime.net.poller import FdPoller, poller_for
+from dae_py.runtime.net.sockets import abort
+from dae_py.runtime.net.stream import SocketStream
+from dae_py.runtime.proxy import Blocked, Destination, Dialed, DialError, Outbound, OutboundError
+from dae_py.runtime.proxy.base import format_hostport
 
-from dae_py.runtime.groups import Group
-from dae_py.runtime.groups.group import dial_failure
-from dae_py.runtime.groups.stats import Check
-from dae_py.runtime.outbound import socks5
-
-from .fastdial import FastSocksDial
-from .flow import Flow, RelayConfig, Router, reason
+from .fastdial import CallbackDial, NodeChooser
+from .flow import Flow, RelayConfig, Route, Router, tcp_flow
 from .listen import addressed_to_self, bind_pair
 from .outbounds import OutboundTable
 from .pump import HAVE_SPLICE, IdleSweeper, SplicedFlow, relay
@@ -46,15 +41,16 @@ class TcpRelay:
         self.stats = stats or RelayStats()
         self.port = 0
         self._listeners: list[socket.socket] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # from start()
         self._flows: set[asyncio.Task[None]] = set()  # flows still dialing (or copying)
         self._sweeper: IdleSweeper | None = None  # and the spliced ones, task-less
         self._counting: dict[str, tuple[Counters, object, object]] = {}
-        self._decide_tcp = getattr(router, "decide_tcp", None)  # (id, log reason) in one call
-        self._poller = None  # the loop's FdPoller, from start()
-        self._dialing: set = set()  # FastSocksDial in progress (no task)
-        # the callback path (accept -> SplicedFlow without a task) needs these
-        self._fast = self._decide_tcp is not None and config.splice and HAVE_SPLICE
+        self.poller: FdPoller = None  # type: ignore[assignment]  # the loop's, from start()
+        self.dialing: set[CallbackDial] = set()  # callback dials in progress (no task)
+        # the outbounds that choose among nodes: the callback dial's candidates
+        self._choosers: dict[int, NodeChooser] = dict(outbounds.choosers())
+        # the callback path (accept -> SplicedFlow without a task) needs splice
+        self._fast = config.splice and HAVE_SPLICE
 
     async def start(self, port: int = 0, hosts: tuple[str, ...] = ("0.0.0.0", "::"),
                     guard_fd: int | None = None) -> int:
@@ -62,8 +58,8 @@ class TcpRelay:
         tproxy_guard socket filter (only packets the datapath delivered get through)."""
         self._listeners = bind_pair(socket.SOCK_STREAM, hosts, port, so_mark=self.config.so_mark,
                                     guard_fd=guard_fd)
-        loop = self._loop = asyncio.get_running_loop()
-        self._poller = poller_for(loop)
+        loop = self.loop = asyncio.get_running_loop()
+        self.poller = poller_for(loop)
         for sock in self._listeners:
             # accepted sockets inherit it from the listener (Linux): no setsockopt per flow
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -83,7 +79,7 @@ class TcpRelay:
             return
         except OSError as exc:  # EMFILE and friends: log, breathe, go on
             log.error("tcp accept failed: %s", exc)
-            loop = self._loop
+            loop = self.loop
             fd = listener.fileno()
             loop.remove_reader(fd)  # type: ignore[union-attr]
             loop.call_later(0.1, self._resume, listener)  # type: ignore[union-attr]
@@ -95,13 +91,13 @@ class TcpRelay:
             self._spawn(self.handle(conn, src))
 
     def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
-        task = self._loop.create_task(coro)  # type: ignore[union-attr]
+        task = self.loop.create_task(coro)  # type: ignore[union-attr]
         self._flows.add(task)
         task.add_done_callback(self._flows.discard)
 
     def _accepted(self, conn: socket.socket, src: tuple[str, int]) -> None:
-        """The callback path: decide, and for a group with a qualifying SOCKS5 node dial it
-        with a FastSocksDial (no task); everything else goes to `handle`."""
+        """The callback path: decide, and for a group whose node of choice has a fast path dial
+        it with a CallbackDial (no task); everything else goes to `handle`."""
         try:
             conn.setblocking(False)  # TCP_NODELAY came with it from the listener
             dst = _addr(conn.getsockname())
@@ -113,18 +109,18 @@ class TcpRelay:
             self._spawn(self.handle(conn, src, dst=dst, prepared=True))
             return
         try:
-            outbound_id, why = self._decide_tcp(src, dst)  # type: ignore[misc]
+            route = self.router.route(tcp_flow(src, dst))
         except Exception:  # noqa: BLE001 - handle() asks again and logs the failure
             self._spawn(self.handle(conn, src, dst=dst, prepared=True))
             return
-        outbound = self.outbounds.get(outbound_id)
-        if type(outbound) is Group and FastSocksDial(self, conn, src, dst, outbound, why).start():
+        group = self._choosers.get(route.outbound)
+        if group is not None and CallbackDial(self, conn, src, dst, group, route.why).start():
             return
-        self._spawn(self.handle(conn, src, dst=dst, prepared=True, decided=(outbound_id, why)))
+        self._spawn(self.handle(conn, src, dst=dst, prepared=True, decided=route))
 
     def _resume(self, listener: socket.socket) -> None:
         if listener.fileno() >= 0 and listener in self._listeners:
-            self._loop.add_reader(listener.fileno(), self._accept, listener)  # type: ignore[union-attr]
+            self.loop.add_reader(listener.fileno(), self._accept, listener)  # type: ignore[union-attr]
 
     def _counters(self, name: str) -> tuple[Counters, object, object]:
         entry = self._counting.get(name)
@@ -135,7 +131,7 @@ class TcpRelay:
 
     async def handle(self, conn: socket.socket, src: tuple[str, int], prefix: bytes = b"",
                      dst: tuple[str, int] | None = None, prepared: bool = False,
-                     decided: tuple[int, str] | None = None) -> None:
+                     decided: Route | None = None) -> None:
         """Carry one accepted connection. `prefix`: bytes already read from the client.
 
         A plain TCP flow (splice on, the upstream a plain socket) is handed to a SplicedFlow
@@ -156,15 +152,10 @@ class TcpRelay:
             abort(conn)
             return
         if decided is not None:
-            outbound_id, why = decided
+            outbound_id, _rule, why = decided
         else:
             try:
-                if self._decide_tcp is not None:
-                    outbound_id, why = self._decide_tcp(src, dst)
-                else:
-                    flow = Flow("tcp", src, dst)
-                    outbound_id = self.router.decide(flow)
-                    why = reason(self.router, flow)
+                outbound_id, _rule, why = self.router.route(Flow("tcp", src, dst))
             except Exception as exc:  # noqa: BLE001 - a router bug must not kill the listener
                 log.error("%s refused: router failed: %r", Flow("tcp", src, dst), exc)
                 abort(conn)
@@ -208,45 +199,24 @@ class TcpRelay:
             raise
         await self._established(conn, src, dst, why, outbound.name, dialed, prefix)
 
-    async def _dial_rest(self, conn: socket.socket, src: tuple[str, int], dst: tuple[str, int],
-                         group: Group, why: str, tried: list, errors: list[str]) -> None:
-        """A FastSocksDial's failover continued by the group (a node it cannot dial)."""
-        await self._continue(conn, src, dst, group, why,
-                             group.dial_tcp(Destination(dst[0], dst[1]), tried, errors))
+    # --- what a CallbackDial reports (fastdial.DialOwner) -----------------------------------
+    def dial_refused(self, dial: CallbackDial, exc: OutboundError) -> None:
+        self._refuse(dial.conn, dial.src, dial.dst, dial.group.name, exc)
 
-    async def _rescue(self, conn: socket.socket, src: tuple[str, int], dst: tuple[str, int],
-                      group: Group, why: str, node: object, stream: SocketStream, got: bytes,
-                      timed_out: bool, tried: list, errors: list[str]) -> None:
-        """A FastSocksDial's handshake went out of the ordinary: finish it the step-by-step
-        way (naming the error, or redialing a node that dropped the pipelined request), then
-        fail over like Group.dial_tcp."""
-        async def finish() -> Dialed:
-            try:
-                upstream = await socks5.finish_pipelined(stream, node, Destination(dst[0], dst[1]),  # type: ignore[arg-type]
-                                                         group.opts, got, timed_out, self._loop)  # type: ignore[arg-type]
-                return Dialed(upstream, node)  # type: ignore[arg-type]
-            except ProxyRefusedError:
-                raise
-            except (OutboundError, OSError) as exc:
-                what = exc.what if isinstance(exc, OutboundError) else \
-                    dial_failure(exc, "SOCKS5 CONNECT handshake")
-                errors.append(f"{node}: {what}")
-                group.report_failure(node, Check.TCP, what)  # type: ignore[arg-type]
-                return await group.dial_tcp(Destination(dst[0], dst[1]), tried, errors)
+    def dial_continues(self, dial: CallbackDial, rest: Awaitable[Dialed]) -> None:
+        self._spawn(self._continue(dial.conn, dial.src, dial.dst, dial.group, dial.why,  # type: ignore[arg-type]
+                                   rest))
 
-        await self._continue(conn, src, dst, group, why, finish())
-
-    def _fast_established(self, conn: socket.socket, src: tuple[str, int],
-                          dst: tuple[str, int], why: str, group: Group, node: object,
-                          upstream: socket.socket, early: bytes) -> None:
-        """A FastSocksDial's success: the upstream is in the poller, armed for reading."""
+    def dial_established(self, dial: CallbackDial, upstream: socket.socket, early: bytes) -> None:
+        """The upstream is in the poller, armed for reading."""
+        conn, src, dst, why, group, node = dial.conn, dial.src, dial.dst, dial.why, dial.group, dial.node
+        assert node is not None
         if early:  # the target spoke first: the coroutine path sends that on
-            stream = SocketStream(upstream, self._loop, in_poller=True)
+            stream = SocketStream(upstream, self.loop, in_poller=True)
             stream.unread(early)
-            self._spawn(self._established(conn, src, dst, why, group.name,
-                                          Dialed(stream, node), b""))  # type: ignore[arg-type]
+            self._spawn(self._established(conn, src, dst, why, group.name, Dialed(stream, node), b""))
             return
-        name = node.name  # type: ignore[attr-defined]
+        name = node.name
         if log.isEnabledFor(logging.INFO):
             log.info("tcp %s -> %s%s via %s node %s", format_hostport(*src),
                      format_hostport(*dst), why, group.name, name)
@@ -258,7 +228,7 @@ class TcpRelay:
     def _splice(self, conn: socket.socket, src: tuple[str, int], dst: tuple[str, int],
                 outbound: str, node: str, counters: Counters, add_up: object, add_down: object,
                 upstream: socket.socket, armed: bool) -> None:
-        loop = self._loop or asyncio.get_running_loop()
+        loop = self.loop or asyncio.get_running_loop()
         sweeper = self._sweeper
         if sweeper is None:
             sweeper = self._sweeper = IdleSweeper(loop, self.config.tcp_idle_timeout)
@@ -332,10 +302,9 @@ class TcpRelay:
             if prefix:
                 await dialed_stream.sendall(prefix)  # type: ignore[attr-defined]
                 counters.bytes_up += len(prefix)
-            outcome = await relay(client, dialed_stream, use_splice=self.config.splice,  # type: ignore[arg-type]
+            outcome = await relay(client, dialed_stream,  # type: ignore[arg-type]
                                   idle_timeout=self.config.tcp_idle_timeout,
-                                  count_up=counters.add_up, count_down=counters.add_down,
-                                  pipe_size=self.config.pipe_size)
+                                  count_up=counters.add_up, count_down=counters.add_down)
             log.debug("%s via %s node %s ended: %s", flow, outbound, node, outcome)
         except OSError as exc:
             log.debug("%s via %s node %s ended: %s", flow, outbound, node, exc)
@@ -349,12 +318,12 @@ class TcpRelay:
     async def close(self) -> None:
         for sock in self._listeners:
             try:
-                self._loop.remove_reader(sock.fileno())  # type: ignore[union-attr]
+                self.loop.remove_reader(sock.fileno())  # type: ignore[union-attr]
             except (AttributeError, RuntimeError, ValueError, OSError):
                 pass
             sock.close()
         self._listeners.clear()
-        for dial in list(self._dialing):
+        for dial in list(self.dialing):
             dial.close()
         flows = list(self._flows)
         for task in flows:

@@ -29,11 +29,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
-from dae_py.runtime.outbound import AllNodesDown, Blocked, Destination, OutboundError, UdpAssociation
-from dae_py.runtime.outbound.base import format_hostport
-from dae_py.runtime.outbound.sockets import (IP_ORIGDSTADDR, IPV6_ORIGDSTADDR, SOL_IPV6)
+from dae_py.runtime.net.sockets import IP_ORIGDSTADDR, IPV6_ORIGDSTADDR, SOL_IPV6
+from dae_py.runtime.proxy import AllNodesDown, Blocked, Destination, OutboundError, UdpAssociation
+from dae_py.runtime.proxy.base import format_hostport
 
-from .flow import Addr, Flow, RelayConfig, Router, reason
+from .flow import Addr, Flow, RelayConfig, Route, Router
 from .listen import addressed_to_self, bind_pair, transparent_socket
 from .outbounds import OutboundTable
 from .stats import RelayStats
@@ -70,7 +70,7 @@ class _Client:
     src: Addr
     family: int
     last: float
-    routes: dict[Addr, int] = field(default_factory=dict)
+    routes: dict[Addr, Route] = field(default_factory=dict)  # by destination
     assocs: dict[int, _Assoc] = field(default_factory=dict)
     remotes: set[Addr] = field(default_factory=set)  # reply sockets it uses
     limited: bool = False  # a reply past the bound was dropped (and logged)
@@ -182,8 +182,8 @@ class UdpRelay:
         """One datagram from `src` to its original destination `dst`."""
         now = self.now()
         client = self.clients.get(src)
-        outbound_id = client.routes.get(dst) if client is not None else None
-        if outbound_id is None and dst[1] == self.port and addressed_to_self(dst, self.port):
+        route = client.routes.get(dst) if client is not None else None
+        if route is None and dst[1] == self.port and addressed_to_self(dst, self.port):
             self._refuse_self(src, dst, now)
             return
         if client is None:
@@ -191,17 +191,18 @@ class UdpRelay:
             if client is None:
                 return
         self._touch(client, now)
-        if outbound_id is None:
+        if route is None:
             flow = Flow("udp", src, dst)
             try:
-                outbound_id = self.router.decide(flow)
+                route = self.router.route(flow)
             except Exception as exc:  # noqa: BLE001
                 log.error("%s dropped: router failed: %r", flow, exc)
                 return
-            client.routes[dst] = outbound_id
+            client.routes[dst] = route
             fresh = True
         else:
             fresh = False
+        outbound_id = route.outbound
         outbound = self.outbounds.get(outbound_id)
         if outbound is None:
             if fresh:
@@ -307,8 +308,9 @@ class UdpRelay:
     def _log_route(self, client: _Client, dst: Addr, outbound: str,
                    assoc: UdpAssociation) -> None:
         node = assoc.node.name if assoc.node else "-"
-        flow = Flow("udp", client.src, dst)
-        log.info("%s%s via %s node %s", flow, reason(self.router, flow), outbound, node)
+        route = client.routes.get(dst)
+        log.info("%s%s via %s node %s", Flow("udp", client.src, dst), route.why if route else "",
+                 outbound, node)
 
     async def _open(self, client: _Client, outbound_id: int, state: _Assoc) -> None:
         outbound = self.outbounds.get(outbound_id)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import trustme
 
-from dae_py.runtime.outbound import trojan
+from dae_py.runtime.net.tls import client_context
+from dae_py.runtime.proxy import trojan
 from dae_py.runtime.relay import Gateway, RelayConfig, StaticRouter
 
 from .bench_relay import iperf, thread_cpu
@@ -54,7 +55,7 @@ def main() -> None:
         cert.cert_chain_pems[0].write_to_path(str(cert_file))
         ca.cert_pem.write_to_path(str(ca_file))
         os.environ["SSL_CERT_FILE"] = str(ca_file)
-        trojan.tls_context.cache_clear()
+        client_context.cache_clear()
         lab.trojan_server(TROJAN_PORT, PASSWORD, cert_file, key_file)
         iperf_server = lab.start_peer("iperf3", lab.up, ["iperf3", "-s", "-B", SERVER4])
         lab.wait_listening(lab.up, SERVER4, 5201, iperf_server)

@@ -9,14 +9,14 @@
 
 The relay runs in-process: the test's event loop runs on a thread that joined the gateway
 namespace (a network namespace is per thread, and sockets keep the namespace they were made
-in), and `sockets_in(ns)` makes client/server sockets in the other namespaces from that thread.
+in), and `socket(ns, ...)` makes client/server sockets in the other namespaces
+(`runtime.lab.nsutil`, the one lab helper's namespace primitives).
 Peers (danted, tinyproxy) run as processes under `nsenter --net=/run/netns/NAME`.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import itertools
 import json
 import os
@@ -28,12 +28,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Callable
 
 import uvloop
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
+from dae_py.runtime.lab.nsutil import enter_netns, socket_in_netns
+
 TPROXY_PORT = 12345
 TPROXY_MARK = 1
 RELAY_MARK = 0x80  # must differ from TPROXY_MARK, or the relay's own dials route to `local`
@@ -42,31 +42,6 @@ CLIENT4, CLIENT6 = "10.77.1.2", "fd77:1::2"
 GW_UP4, GW_UP6 = "10.77.2.1", "fd77:2::1"
 SERVER4, SERVER6 = "10.77.2.100", "fd77:2::100"
 _counter = itertools.count()
-
-
-def setns(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({path}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def thread_in_netns(name: str) -> Iterator[None]:
-    """Run the current thread in namespace `name` for the block (sockets made here stay there)."""
-    back = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        setns(f"/run/netns/{name}")
-        try:
-            yield
-        finally:
-            if _libc.setns(back, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back failed")
-    finally:
-        os.close(back)
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -182,7 +157,7 @@ class Lab:
 
         def body() -> None:
             try:
-                setns(f"/run/netns/{self.gw}")
+                enter_netns(self.gw)
                 with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                     result["value"] = runner.run(asyncio.wait_for(fn(), timeout))
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
@@ -198,8 +173,7 @@ class Lab:
         return result.get("value")
 
     def socket(self, ns: str, family: int, kind: int) -> socket.socket:
-        with thread_in_netns(ns):
-            sock = socket.socket(family, kind)
+        sock = socket_in_netns(ns, family, kind)
         sock.setblocking(False)
         return sock
 
@@ -317,8 +291,7 @@ class Lab:
         while time.monotonic() < deadline:
             if not peer.alive():
                 raise RuntimeError(f"{peer.name} exited: {peer.log.read_text()[-2000:]}")
-            with thread_in_netns(ns):
-                probe = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET)
+            probe = socket_in_netns(ns, socket.AF_INET6 if ":" in ip else socket.AF_INET)
             try:
                 probe.settimeout(0.5)
                 if probe.connect_ex((ip, port)) == 0:

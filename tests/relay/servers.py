@@ -6,8 +6,7 @@ import socket
 from typing import Awaitable, Callable
 
 import dns.message
-
-from dae_py.runtime.outbound.sockets import wait_readable
+from dae_py.runtime.net.sockets import wait_readable
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -142,3 +141,56 @@ async def udp_recv(sock: socket.socket, timeout: float = 5.0) -> tuple[bytes, tu
                 await wait_readable(sock.fileno())
 
     return await asyncio.wait_for(receive(), timeout)
+
+
+# --- raw SOCKS5 peers served from a thread (blocking sockets, as simple servers are written)
+GREETING = b"\x05\x01\x00"
+REQUEST = b"\x05\x01\x00\x01\xc0\x00\x02\x07\x00\x50"  # CONNECT 192.0.2.7:80
+REPLY = b"\x05\x00\x00\x01\x7f\x00\x00\x01\x04\x38"
+
+
+async def raw_server(handle) -> tuple[socket.socket, int, asyncio.Task]:
+    """A listener whose connections `handle(conn)` serves in a thread (blocking sockets, as
+    simple servers are written)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+
+    def serve_forever() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.settimeout(3)
+            try:
+                handle(conn)
+            except OSError:
+                pass
+            finally:
+                conn.close()
+
+    task = asyncio.get_running_loop().create_task(asyncio.to_thread(serve_forever))
+    return listener, port, task
+
+
+async def stop(listener: socket.socket, task: asyncio.Task) -> None:
+    listener.shutdown(socket.SHUT_RDWR)
+    listener.close()
+    await asyncio.wait_for(task, 5)
+
+
+def recv_exact(conn: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = conn.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("closed")
+        buf += chunk
+    return buf
+
+
+def echo_after(conn: socket.socket) -> None:
+    while data := conn.recv(4096):
+        conn.sendall(data)

@@ -11,20 +11,19 @@ import hashlib
 import logging
 import os
 import socket
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 import trustme
-
 from dae_py.runtime.groups import Check
-from dae_py.runtime.outbound import shadowsocks, trojan
+from dae_py.runtime.net.tls import client_context
+from dae_py.runtime.proxy import shadowsocks
 from dae_py.runtime.relay import RelayConfig
-from tests.conftest import have_root_bpf
 
-from . import servers
-from .conftest import CHECK, gateway_env, node
-from .lab import GW_UP4, GW_UP6, RELAY_MARK, SERVER4, SERVER6, Lab
+from tests.conftest import have_root_bpf
+from tests.relay import servers
+from tests.relay.conftest import CHECK, gateway_env, node
+from tests.relay.lab import GW_UP4, GW_UP6, RELAY_MARK, SERVER4, SERVER6, Lab
 
 pytestmark = pytest.mark.root
 
@@ -96,7 +95,7 @@ def plab(tmp_path_factory) -> Iterator[Lab]:
     # The runtime's default context trusts the system store; OpenSSL reads SSL_CERT_FILE for
     # it, so the test CA is trusted without touching the machine's store.
     os.environ["SSL_CERT_FILE"] = str(ca_file)
-    trojan.tls_context.cache_clear()
+    client_context.cache_clear()
     try:
         for cipher, (ip4, ip6) in SS_IPS.items():
             lab.ss_server([ip4, ip6], SS_PORT, cipher, SS_PASSWORD, bind=ip4)
@@ -109,7 +108,7 @@ def plab(tmp_path_factory) -> Iterator[Lab]:
             os.environ.pop("SSL_CERT_FILE", None)
         else:
             os.environ["SSL_CERT_FILE"] = old
-        trojan.tls_context.cache_clear()
+        client_context.cache_clear()
         lab.down()
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import base64
 import re
 
-from .base import (Destination, DialOptions, Node, ProxyAuthError, ProxyProtocolError,
-                   ProxyRefusedError)
-from .sockets import connect_tcp
-from .stream import SocketStream, Stream, bounded, read_until
+from dae_py.runtime.net.sockets import connect_tcp
+from dae_py.runtime.net.stream import SocketStream, Stream, bounded, read_until
+
+from .base import Destination, DialOptions, Node, ProxyAuthError, ProxyProtocolError, ProxyRefusedError
 
 MAX_RESPONSE_HEAD = 16 * 1024
 _STATUS = re.compile(rb"HTTP/1\.[01] (\d{3})(?: ([^\r\n]*))?\r\n")

@@ -6,11 +6,9 @@ import errno
 import random
 
 import pytest
-
-from dae_py.runtime import outbound
+from dae_py.runtime import proxy
 from dae_py.runtime.groups import Check, CheckSpec, Group, GroupSpec, HealthChecker, Policy
-from dae_py.runtime.outbound import (AllNodesDown, Destination, DialError, Node, ProxyAuthError,
-                              ProxyRefusedError)
+from dae_py.runtime.proxy import AllNodesDown, Destination, DialError, Node, ProxyAuthError, ProxyRefusedError
 
 
 def nodes(*names: str, protocol: str = "socks5") -> list[Node]:
@@ -178,7 +176,7 @@ class TestDialFailover:
                 raise ProxyAuthError("SOCKS5 username/password rejected", node)
             return FakeStream()
 
-        monkeypatch.setattr(outbound, "dial_tcp", dial)
+        monkeypatch.setattr(proxy, "dial_tcp", dial)
         dialed = asyncio.run(g.dial_tcp(Destination("198.51.100.1", 80)))
         assert dialed.node.name == "c" and calls == ["a", "b", "c"]
         assert not g.stats[Check.TCP]["a"].alive and not g.stats[Check.TCP]["b"].alive
@@ -191,7 +189,7 @@ class TestDialFailover:
         async def dial(node, dst, opts):
             raise AssertionError("must not dial")
 
-        monkeypatch.setattr(outbound, "dial_tcp", dial)
+        monkeypatch.setattr(proxy, "dial_tcp", dial)
         with pytest.raises(AllNodesDown, match="group 'g': all nodes down for tcp: a \\(made-up"):
             asyncio.run(g.dial_tcp(Destination("198.51.100.1", 80)))
         assert g.dial_attempts == 0
@@ -202,7 +200,7 @@ class TestDialFailover:
         async def dial(node, dst, opts):
             raise ProxyRefusedError("SOCKS5 CONNECT 198.51.100.1:80: host unreachable", node)
 
-        monkeypatch.setattr(outbound, "dial_tcp", dial)
+        monkeypatch.setattr(proxy, "dial_tcp", dial)
         with pytest.raises(ProxyRefusedError):
             asyncio.run(g.dial_tcp(Destination("198.51.100.1", 80)))
         assert g.dial_attempts == 1 and g.stats[Check.TCP]["a"].alive
@@ -218,7 +216,7 @@ class TestDialFailover:
                 raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
             return FakeStream()
 
-        monkeypatch.setattr(outbound, "dial_tcp", dial)
+        monkeypatch.setattr(proxy, "dial_tcp", dial)
         dialed = asyncio.run(g.dial_tcp(Destination("198.51.100.1", 80)))
         assert dialed.node.name == "b"
         assert not g.stats[Check.TCP]["a"].alive
@@ -231,7 +229,7 @@ class TestDialFailover:
         async def dial(node, dst, opts):
             raise OSError(errno.EMFILE, "Too many open files")
 
-        monkeypatch.setattr(outbound, "dial_tcp", dial)
+        monkeypatch.setattr(proxy, "dial_tcp", dial)
         with pytest.raises(DialError, match="cannot dial: Too many open files"):
             asyncio.run(g.dial_tcp(Destination("198.51.100.1", 80)))
         assert g.dial_attempts == 1 and all(s.alive for s in g.stats[Check.TCP].values())

@@ -5,9 +5,10 @@ import asyncio
 import logging
 import socket
 
+from dae_py.runtime.net.sockets import connect_tcp, resolve, set_mark
+from dae_py.runtime.net.stream import SocketStream
+
 from .base import Destination, Dialed, DialOptions, OutboundError, ReplyCallback
-from .sockets import connect_tcp, resolve, set_mark
-from .stream import SocketStream
 from .udp import SocketAssociation
 
 log = logging.getLogger(__name__)

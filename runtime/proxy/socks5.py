@@ -7,10 +7,10 @@ import logging
 import socket
 import struct
 
-from .base import (Destination, DialOptions, Node, ProxyAuthError, ProxyProtocolError,
-                   ProxyRefusedError, ReplyCallback)
-from .sockets import _literal, connect_in, connect_tcp, resolve, set_mark
-from .stream import SocketStream, Stream, bounded, read_exact
+from dae_py.runtime.net.sockets import _literal, connect_in, connect_tcp, resolve, set_mark
+from dae_py.runtime.net.stream import SocketStream, Stream, bounded, read_exact
+
+from .base import Destination, DialOptions, Node, ProxyAuthError, ProxyProtocolError, ProxyRefusedError, ReplyCallback
 from .udp import SocketAssociation
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,7 @@ async def handshake(stream: Stream, node: Node, dst: Destination) -> None:
 _NO_PIPELINING: set[tuple[str, int]] = set()
 _OK_METHOD = b"\x05\x00"
 _OK_REPLY = b"\x05\x00\x00"
+PIPELINED_GREETING = b"\x05\x01\x00"  # version 5, one method: no authentication
 _REPLY_SIZE = {ATYP_V4: 10, ATYP_V6: 22}
 _inet_pton = socket.inet_pton
 _PORT = struct.Struct("!H").pack
@@ -168,29 +169,21 @@ async def pipelined_handshake(stream: Stream, node: Node, dst: Destination,
     the client send its request once it knows the method; a server that reads the greeting
     byte-exactly, as dante does, handles it). Any reply that is not a plain success is
     re-parsed by the one-step readers, which name what was wrong."""
-    await stream.sendall(b"\x05\x01\x00" + connect_request(dst.host, dst.port))
+    await stream.sendall(PIPELINED_GREETING + connect_request(dst.host, dst.port))
     buf = b""
-    need = 6
-    while len(buf) < need:
+    while True:
         chunk = await stream.recv(512)
         if not chunk:
             break
         buf += chunk
         progress.got = buf
-        if len(buf) >= 2 and buf[:2] != _OK_METHOD or len(buf) >= 5 and buf[2:5] != _OK_REPLY:
+        need = pipelined_reply_size(buf)
+        if need < 0:
             break
-        if len(buf) >= 6:
-            atyp = buf[5]
-            if atyp in _REPLY_SIZE:
-                need = 2 + _REPLY_SIZE[atyp]
-            elif atyp != ATYP_DOMAIN:
-                break
-            else:  # a domain: its length byte, then the name and port
-                need = 2 + 7 + buf[6] if len(buf) >= 7 else 7
-    else:
-        if len(buf) > need:  # the target spoke first: its bytes stay queued
-            stream.unread(buf[need:])
-        return
+        if need and len(buf) >= need:
+            if len(buf) > need:  # the target spoke first: its bytes stay queued
+                stream.unread(buf[need:])
+            return
     stream.unread(buf)  # not a plain success: let the step-by-step readers say what it is
     await _method_reply(stream, node)
     await read_reply(stream, node, CMD_CONNECT, dst.host, dst.port)
@@ -319,7 +312,34 @@ def fast_dialable(node: Node) -> list[tuple[int, tuple]] | None:
     return _literal(node.host, node.port)
 
 
-PIPELINED_GREETING = b"\x05\x01\x00"
+class PipelinedConnect:
+    """The relay's callback dial for SOCKS5 (`base.FastPath`): the no-auth greeting and CONNECT
+    in one segment, both replies measured by `pipelined_reply_size`, anything else finished by
+    `finish_pipelined`. The same handshake `dial` does, without a coroutine."""
+
+    handshake = "SOCKS5 CONNECT handshake"
+
+    def address(self, node: Node) -> tuple[int, tuple] | None:
+        addrs = fast_dialable(node)
+        if addrs is None or len(addrs) != 1:
+            return None
+        return addrs[0]
+
+    def request(self, node: Node, host: str, port: int) -> bytes | None:
+        try:
+            return PIPELINED_GREETING + connect_request(host, port)
+        except ValueError:  # a name too long for SOCKS5: `dial` names the error
+            return None
+
+    def reply_size(self, buf: bytes) -> int:
+        return pipelined_reply_size(buf)
+
+    async def finish(self, stream: SocketStream, node: Node, dst: Destination, opts: DialOptions,
+                     got: bytes, timed_out: bool, loop: asyncio.AbstractEventLoop) -> SocketStream:
+        return await finish_pipelined(stream, node, dst, opts, got, timed_out, loop)
+
+
+FAST_PATH = PipelinedConnect()
 
 
 class Socks5UdpAssociation(SocketAssociation):

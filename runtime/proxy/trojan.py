@@ -12,17 +12,16 @@ allow_insecure; ALPN offered when the node lists any.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import logging
-import ssl
 import struct
 from typing import Any, Callable
 
+from dae_py.runtime.net.stream import TlsStream
+from dae_py.runtime.net.tls import client_context, open_tls
+
 from .base import Destination, DialError, DialOptions, Node, ReplyCallback
-from .sockets import connect_tcp
 from .socks5 import decode_addr, encode_addr
-from .stream import SocketStream, TlsStream, bounded
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +82,6 @@ def _could_grow(buf: bytearray, pos: int) -> bool:
     return size is not None and len(buf) - pos < size
 
 
-@functools.lru_cache(maxsize=None)
-def tls_context(allow_insecure: bool, alpn: tuple[str, ...]) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    if allow_insecure:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    if alpn:
-        ctx.set_alpn_protocols(list(alpn))
-    return ctx
-
-
 def _password(node: Node) -> str:
     if not node.password:
         raise DialError("trojan node has no password", node)
@@ -104,15 +92,12 @@ async def open_session(node: Node, opts: DialOptions, cmd: int, host: str,
                        port: int) -> TlsStream:
     """TLS to the node (certificate checked unless allow_insecure) and the request sent."""
     password = _password(node)
-    raw = SocketStream(await connect_tcp(node.host, node.port, opts, node))
+    stream = await open_tls(node.host, node.port, opts, node.sni or node.host,
+                            client_context(node.allow_insecure, node.alpn), node)
     try:
-        stream = await bounded(
-            TlsStream.wrap(raw, tls_context(node.allow_insecure, node.alpn),
-                           node.sni or node.host, node),
-            opts.handshake_timeout, node, "TLS handshake")
         await stream.sendall(request(password, cmd, host, port))
     except BaseException:
-        raw.abort()
+        stream.abort()
         raise
     return stream
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from typing import Awaitable, Protocol, TypeVar
+from typing import Any, Awaitable, Protocol, TypeVar
 
-from .base import Node, ProxyProtocolError
+from .errors import ProxyProtocolError
 from .poller import IN, FdPoller, poller_for
 from .sockets import abort, wait_writable
 
@@ -197,7 +197,7 @@ class TlsStream(LayeredStream):
 
     @classmethod
     async def wrap(cls, raw: SocketStream, ctx: ssl.SSLContext, server_hostname: str | None,
-                   node: Node | None = None) -> TlsStream:
+                   node: Any = None) -> TlsStream:
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         obj = ctx.wrap_bio(incoming, outgoing, server_side=False, server_hostname=server_hostname)
         self = cls(raw, obj, incoming, outgoing)
@@ -248,7 +248,7 @@ class TlsStream(LayeredStream):
 
 
 
-async def bounded(coro: Awaitable[T], seconds: float, node: Node | None, what: str,
+async def bounded(coro: Awaitable[T], seconds: float, node: Any, what: str,
                   loop: asyncio.AbstractEventLoop | None = None) -> T:
     """`coro` within `seconds`; past that a ProxyProtocolError saying what timed out.
 
@@ -281,7 +281,7 @@ async def bounded(coro: Awaitable[T], seconds: float, node: Node | None, what: s
         handle.cancel()
 
 
-async def read_exact(stream: Stream, n: int, node: Node | None, what: str) -> bytes:
+async def read_exact(stream: Stream, n: int, node: Any, what: str) -> bytes:
     """Exactly n bytes of a handshake; EOF before that is a protocol error naming `what`."""
     buf = b""
     while len(buf) < n:
@@ -293,7 +293,7 @@ async def read_exact(stream: Stream, n: int, node: Node | None, what: str) -> by
     return buf
 
 
-async def read_until(stream: Stream, sep: bytes, limit: int, node: Node | None,
+async def read_until(stream: Stream, sep: bytes, limit: int, node: Any,
                      what: str) -> bytes:
     """Bytes up to and including `sep`; the surplus goes back to the stream."""
     buf = b""

@@ -1,4 +1,5 @@
-"""What every outbound shares: the node a manifest describes, destinations, dial options, errors.
+"""What every outbound shares: the node a manifest describes, destinations, the Outbound and
+UdpAssociation protocols (dial options and errors come from `runtime.net`, re-exported here).
 
 The manifest dict of a node is accepted exactly as the compiler writes it::
 
@@ -10,15 +11,26 @@ plus, for some protocols, "cipher" (ss: the AEAD method) and "alpn" (trojan: a l
 """
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
-if TYPE_CHECKING:
-    from .stream import Stream
+from dae_py.runtime.net.errors import (
+    AllNodesDown,
+    Blocked,
+    DialError,
+    OutboundError,
+    ProxyAuthError,
+    ProxyProtocolError,
+    ProxyRefusedError,
+)
+from dae_py.runtime.net.sockets import DialOptions
 
-PROTOCOLS = ("socks5", "http", "https", "ss", "trojan")
-UDP_PROTOCOLS = ("socks5", "ss", "trojan")
+from .registry import PROTOCOLS, UDP_PROTOCOLS
+
+if TYPE_CHECKING:
+    from dae_py.runtime.net.stream import SocketStream, Stream
 
 
 @dataclass(frozen=True)
@@ -110,50 +122,6 @@ def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int
     return host, int(port)
 
 
-@dataclass(frozen=True)
-class DialOptions:
-    """Socket options and timeouts every outgoing connection honours."""
-
-    so_mark: int = 0
-    connect_timeout: float = 10.0
-    handshake_timeout: float = 10.0
-
-
-class OutboundError(Exception):
-    """A flow could not be carried; the message names the node (if any) and the cause."""
-
-    def __init__(self, what: str, node: Node | None = None) -> None:
-        self.node = node
-        self.what = what
-        super().__init__(f"node {node}: {what}" if node else what)
-
-
-class DialError(OutboundError):
-    """The node (or, for direct, the target) could not be reached: refused, timed out, reset."""
-
-
-class ProxyProtocolError(OutboundError):
-    """The node answered something that is not the protocol: the node is broken."""
-
-
-class ProxyAuthError(OutboundError):
-    """The node rejected our credentials (or wants some we do not have)."""
-
-
-class ProxyRefusedError(OutboundError):
-    """The node works but refused this target (SOCKS5 REP != 0, HTTP CONNECT non-2xx).
-
-    Not the node's fault: the node stays up and the flow is not retried elsewhere."""
-
-
-class Blocked(OutboundError):
-    """The flow was routed to `block`."""
-
-
-class AllNodesDown(OutboundError):
-    """No node of a group is alive."""
-
-
 ReplyCallback = Callable[[bytes, tuple[str, int]], None]
 
 
@@ -177,6 +145,37 @@ class Dialed:
     node: Node | None
 
 
+class FastPath(Protocol):
+    """A protocol's pipelined dial, driven by the relay from callbacks without a task.
+
+    The relay connects to `address(node)`, sends `request(...)` at once, and feeds the bytes it
+    reads to `reply_size` until the whole reply is in; what follows the reply is the target's.
+    Anything out of the ordinary (a reply that is not a plain success, EOF, the handshake timer)
+    goes to `finish`, which names the error or dials again the way `dial` would."""
+
+    handshake: str  # what the handshake is called in errors ("SOCKS5 CONNECT handshake")
+
+    def address(self, node: Node) -> tuple[int, tuple] | None:
+        """(family, sockaddr) when the relay may dial `node` this way, else None."""
+        ...
+
+    def request(self, node: Node, host: str, port: int) -> bytes | None:
+        """The bytes to send right after connect for a flow to (host, port), or None when
+        this flow does not qualify."""
+        ...
+
+    def reply_size(self, buf: bytes) -> int:
+        """How many of the bytes read so far make up the reply (0: not known yet), or -1 when
+        they are not a plain success."""
+        ...
+
+    async def finish(self, stream: SocketStream, node: Node, dst: Destination, opts: DialOptions,
+                     got: bytes, timed_out: bool, loop: asyncio.AbstractEventLoop) -> Stream:
+        """The rest of a handshake the relay started: `got` the bytes it read (already unread
+        into `stream`), `timed_out` whether its handshake timer fired."""
+        ...
+
+
 class Outbound(Protocol):
     """What the relay asks of an outbound id: direct, block, or a group of nodes."""
 
@@ -189,3 +188,8 @@ class Outbound(Protocol):
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+__all__ = ["AllNodesDown", "Blocked", "DialError", "DialOptions", "Destination", "Dialed", "FastPath",
+           "Node", "Outbound", "OutboundError", "ProxyAuthError", "ProxyProtocolError", "ProxyRefusedError",
+           "ReplyCallback", "UdpAssociation", "format_hostport", "parse_hostport"]

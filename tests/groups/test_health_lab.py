@@ -4,11 +4,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from dae_py.runtime.groups import Check
 
-from .conftest import CHECK, gateway_env, manifest
-from .lab import Lab
+from tests.relay.conftest import CHECK, gateway_env, manifest
+from tests.relay.lab import Lab
 
 pytestmark = pytest.mark.root
 

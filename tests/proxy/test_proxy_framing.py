@@ -11,11 +11,9 @@ import subprocess
 import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-from dae_py.runtime.outbound import Node
-from dae_py.runtime.outbound import shadowsocks as ss
-from dae_py.runtime.outbound import trojan
-from dae_py.runtime.outbound.socks5 import encode_addr
+from dae_py.runtime.proxy import Node, trojan
+from dae_py.runtime.proxy import shadowsocks as ss
+from dae_py.runtime.proxy.socks5 import encode_addr
 
 
 def hkdf_sha1(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:

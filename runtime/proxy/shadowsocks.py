@@ -30,12 +30,11 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from dae_py.runtime.net.sockets import connect_tcp, resolve, set_mark
+from dae_py.runtime.net.stream import RECV_SIZE, LayeredStream, SocketStream
 
-from .base import (Destination, DialError, DialOptions, Node, ProxyProtocolError,
-                   ReplyCallback)
-from .sockets import connect_tcp, resolve, set_mark
+from .base import Destination, DialError, DialOptions, Node, ProxyProtocolError, ReplyCallback
 from .socks5 import decode_addr, encode_addr
-from .stream import RECV_SIZE, LayeredStream, SocketStream
 from .udp import SocketAssociation
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Socket plumbing shared by the outbounds and the relay.
+"""Socket plumbing shared by the proxy protocols, the groups' probes and the relay.
 
 Everything runs on non-blocking sockets driven by the loop's add_reader/add_writer, never through
 asyncio transports: the relay needs the raw file descriptors for splice(2).
@@ -10,8 +10,10 @@ import errno
 import ipaddress
 import os
 import socket
+from dataclasses import dataclass
+from typing import Any
 
-from .base import DialError, DialOptions, Node
+from .errors import DialError
 from .poller import connected, poller_for
 
 SO_MARK = getattr(socket, "SO_MARK", 36)
@@ -23,6 +25,15 @@ IPV6_RECVORIGDSTADDR = 74
 IPV6_ORIGDSTADDR = IPV6_RECVORIGDSTADDR
 SOL_IPV6 = getattr(socket, "SOL_IPV6", 41)
 SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
+
+
+@dataclass(frozen=True)
+class DialOptions:
+    """Socket options and timeouts every outgoing connection honours."""
+
+    so_mark: int = 0
+    connect_timeout: float = 10.0
+    handshake_timeout: float = 10.0
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
@@ -87,7 +98,7 @@ def _literal(host: str, port: int) -> list[tuple[int, tuple]] | None:
     return answer
 
 
-async def resolve(host: str, port: int, timeout: float, node: Node | None = None,
+async def resolve(host: str, port: int, timeout: float, node: Any = None,
                   family: int = 0) -> list[tuple[int, tuple]]:
     """[(family, sockaddr)] for an IP literal (no lookup) or a name (getaddrinfo, bounded)."""
     literal = _literal(host, port)
@@ -105,13 +116,13 @@ async def resolve(host: str, port: int, timeout: float, node: Node | None = None
 
 
 async def connect_tcp(host: str, port: int, opts: DialOptions,
-                      node: Node | None = None) -> socket.socket:
+                      node: Any = None) -> socket.socket:
     """A connected, non-blocking, marked TCP socket; DialError (naming the node) otherwise."""
     return await connect_in(asyncio.get_running_loop(), host, port, opts, node, keep=False)
 
 
 async def connect_in(loop: asyncio.AbstractEventLoop, host: str, port: int, opts: DialOptions,
-                     node: Node | None = None, *, keep: bool) -> socket.socket:
+                     node: Any = None, *, keep: bool) -> socket.socket:
     """connect_tcp on `loop`. `keep`: leave the socket in the loop's FdPoller set (disarmed),
     for a SocketStream that reads next (`SocketStream(sock, loop, in_poller=True)`)."""
     deadline = loop.time() + opts.connect_timeout

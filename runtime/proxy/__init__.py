@@ -1,0 +1,90 @@
+"""Proxy protocols: how a flow leaves the gateway through a node. One module per protocol,
+listed once in `registry`.
+
+Public API:
+- `Node.from_manifest(dict)`, `Destination(host, port)`, `DialOptions(so_mark, timeouts)`.
+- `dial_tcp(node, dst, opts) -> Stream` and `open_udp(node, opts, on_reply) -> UdpAssociation`:
+  one connection through one node (the protocols of `registry.PROTOCOLS`).
+- `fast_path(node) -> FastPath | None`: the protocol's callback dial for the relay, if any.
+- `DirectOutbound` (id 0), `BlockOutbound` (id 1); groups live in `runtime.groups`.
+- Errors (from `runtime.net.errors`): `OutboundError` and its kinds `DialError`,
+  `ProxyProtocolError`, `ProxyAuthError`, `ProxyRefusedError`, `Blocked`, `AllNodesDown`;
+  every message names the node and the cause.
+"""
+from __future__ import annotations
+
+from dae_py.runtime.net.stream import SocketStream, Stream, TlsStream
+
+from . import registry
+from .base import (
+    AllNodesDown,
+    Blocked,
+    Destination,
+    Dialed,
+    DialError,
+    DialOptions,
+    FastPath,
+    Node,
+    Outbound,
+    OutboundError,
+    ProxyAuthError,
+    ProxyProtocolError,
+    ProxyRefusedError,
+    ReplyCallback,
+    UdpAssociation,
+)
+from .block import BlockOutbound
+from .direct import DirectOutbound
+
+DIRECT_ID = 0
+BLOCK_ID = 1
+
+_DIALERS = registry.dialers()
+_ASSOCIATORS = registry.associators()
+_FAST_PATHS = registry.fast_paths()
+
+
+async def dial_tcp(node: Node, dst: Destination, opts: DialOptions) -> Stream:
+    """A stream to `dst` through `node`, handshake done; OutboundError (naming the node) else."""
+    return await _DIALERS[node.protocol](node, dst, opts)  # type: ignore[no-any-return]
+
+
+async def open_udp(node: Node, opts: DialOptions, on_reply: ReplyCallback) -> UdpAssociation:
+    if not node.supports_udp:
+        raise DialError(f"{node.protocol} nodes carry no UDP", node)
+    return await _ASSOCIATORS[node.protocol](node, opts, on_reply)  # type: ignore[no-any-return]
+
+
+def fast_path(node: Node) -> FastPath | None:
+    """The callback dial of the node's protocol, or None if it has none."""
+    return _FAST_PATHS.get(node.protocol)
+
+
+__all__ = [
+    "BLOCK_ID",
+    "DIRECT_ID",
+    "AllNodesDown",
+    "BlockOutbound",
+    "Blocked",
+    "Destination",
+    "DialError",
+    "DialOptions",
+    "Dialed",
+    "DirectOutbound",
+    "FastPath",
+    "Node",
+    "Outbound",
+    "OutboundError",
+    "ProxyAuthError",
+    "ProxyProtocolError",
+    "ProxyRefusedError",
+    "ReplyCallback",
+    "SocketStream",
+    "Stream",
+    "TlsStream",
+    "UdpAssociation",
+    "dial_tcp",
+    "fast_path",
+    "open_udp",
+    "registry",
+]

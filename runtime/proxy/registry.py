@@ -1,0 +1,74 @@
+"""The proxy protocols the runtime dials, each listed once.
+
+A protocol is one module of this package (`runtime/proxy/<module>.py`) exporting
+
+- `dial(node, dst, opts) -> Stream`: a TCP stream to `dst` through `node`, handshake done;
+- `associate(node, opts, on_reply) -> UdpAssociation`, when the protocol carries UDP;
+- `FAST_PATH` (a `base.FastPath`), when the relay may dial it from callbacks without a task
+  (a pipelined handshake whose reply length is known from its first bytes).
+
+The table below is data only: it imports no protocol module at load time, so `base.Node` can
+check a manifest's protocol name against it without an import cycle. A new protocol is one
+module plus one line here.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ProtocolEntry:
+    """One protocol: the scheme a manifest node names, its module, whether it carries UDP."""
+
+    scheme: str
+    module: str
+    udp: bool
+
+
+ENTRIES: tuple[ProtocolEntry, ...] = (
+    ProtocolEntry("socks5", "socks5", udp=True),
+    ProtocolEntry("http", "http", udp=False),
+    ProtocolEntry("https", "https", udp=False),
+    ProtocolEntry("ss", "shadowsocks", udp=True),
+    ProtocolEntry("trojan", "trojan", udp=True),
+)
+
+#: The schemes of the node protocols the runtime dials (the capability table is checked
+#: against this tuple).
+PROTOCOLS: tuple[str, ...] = tuple(e.scheme for e in ENTRIES)
+#: Those of them that also carry UDP.
+UDP_PROTOCOLS: tuple[str, ...] = tuple(e.scheme for e in ENTRIES if e.udp)
+
+_BY_SCHEME = {e.scheme: e for e in ENTRIES}
+
+
+@functools.cache
+def load(scheme: str) -> ModuleType:
+    """The module implementing `scheme`; KeyError for a scheme not in the table."""
+    return importlib.import_module(f"{__package__}.{_BY_SCHEME[scheme].module}")
+
+
+def dialers() -> dict[str, Callable[..., Awaitable[Any]]]:
+    """scheme -> dial, for every protocol."""
+    return {e.scheme: load(e.scheme).dial for e in ENTRIES}
+
+
+def associators() -> dict[str, Callable[..., Awaitable[Any]]]:
+    """scheme -> associate, for the protocols that carry UDP."""
+    return {e.scheme: load(e.scheme).associate for e in ENTRIES if e.udp}
+
+
+def fast_paths() -> dict[str, Any]:
+    """scheme -> FAST_PATH (a `base.FastPath`, not named here: base imports this module), for
+    the protocols that offer one."""
+    found: dict[str, Any] = {}
+    for e in ENTRIES:
+        fast = getattr(load(e.scheme), "FAST_PATH", None)
+        if fast is not None:
+            found[e.scheme] = fast
+    return found
