@@ -20,7 +20,9 @@ from .nodes import build_node_pool, resolve_groups
 from .passes import optimise
 from .schema import check_schema
 from .settings import dns_settings, global_settings
-from .version import COMPILER_VERSION, MANIFEST_FORMAT
+from dae_py.contract.manifest import (DnsSettings, FallbackEntry, GlobalSettings, GroupEntry, Manifest, NodeSpec,
+                                      OutboundEntry, RuleEntry)
+from dae_py.contract.maps import STATE_MAPS
 
 # Above this many live rules the bit-vector classifier beats straight-line compares (bench/RESULTS.md:
 # linear stays faster up to 100-200 rules, and cannot build around 1,000: the BPF stack).
@@ -86,29 +88,23 @@ def choose_strategy(ir: RoutingIR, requested: str = "auto") -> str:
     return "linear"
 
 
-def manifest_for(c: Checked, strategy: str) -> dict[str, Any]:
-    s = c.settings
-    public_settings = {k: v for k, v in s.items()}
+def manifest_for(c: Checked, strategy: str) -> Manifest:
+    """The build's manifest, typed: the runtime reads it back with Manifest.from_json."""
     ir = c.ir
-    return {
-        "format": MANIFEST_FORMAT,
-        "compiler_version": COMPILER_VERSION,
-        "config": {"file": Path(c.cfg.file).name, "sha256": c.cfg.sha256},
-        "strategy": strategy,
-        "programs": {"lan_ingress": "lan_ingress", "lan_ingress_l3": "lan_ingress_l3", "wan_egress": "wan_egress",
-                     "classify_only": "classify_only"},
-        "global": public_settings,
-        "outbounds": [{"id": o.id, "name": o.name, "kind": o.kind} for o in ir.outbounds],
-        "nodes": [c.nodes[n] for n in c.nodes],
-        "groups": c.groups,
-        "dns": c.dns,
-        "rules": [{"index": r.index, "line": r.source.line, "col": r.source.col, "text": r.source.shown,
-                   "outbound": r.action.outbound, "mark": r.action.mark, "must": r.action.must,
-                   "must_rules": r.action.must_rules, "emitted": not r.never_matches} for r in ir.rules],
-        "fallback": {"outbound": ir.fallback.outbound, "mark": ir.fallback.mark, "must": ir.fallback.must},
-        "domain_sets": "ir.json",
-        "pnames": list(ir.pnames),
-    }
+    return Manifest(
+        config_file=Path(c.cfg.file).name, config_sha256=c.cfg.sha256, strategy=strategy,
+        settings=GlobalSettings.from_json(c.settings),
+        outbounds=tuple(OutboundEntry(o.id, o.name, o.kind) for o in ir.outbounds),
+        nodes=tuple(NodeSpec.from_json(c.nodes[n]) for n in c.nodes),
+        groups=tuple(GroupEntry.from_json(g) for g in c.groups),
+        dns=DnsSettings.from_json(c.dns),
+        rules=tuple(RuleEntry(index=r.index, line=r.source.line, col=r.source.col, text=r.source.shown,
+                              outbound=r.action.outbound, mark=r.action.mark, must=r.action.must,
+                              must_rules=r.action.must_rules, emitted=not r.never_matches) for r in ir.rules),
+        fallback=FallbackEntry(ir.fallback.outbound, ir.fallback.mark, ir.fallback.must),
+        pnames=tuple(ir.pnames),
+        state_maps=STATE_MAPS,
+    )
 
 
 def compile_config(path: str | Path | None, out_dir: str | Path | None, *, text: str | None = None,
@@ -121,7 +117,7 @@ def compile_config(path: str | Path | None, out_dir: str | Path | None, *, text:
     if out_dir is not None:
         chosen = choose_strategy(checked.ir, strategy)
         emitted = render(checked.ir, cfg.file, cfg.sha256, chosen, checked.settings)
-        manifest = manifest_for(checked, chosen)
+        manifest = manifest_for(checked, chosen).to_json()
         ir_text = json.dumps(ir_to_json(checked.ir), indent=1, sort_keys=True) + "\n"
         write_build(Path(out_dir), emitted, manifest, {"ir.json": ir_text})
     return checked

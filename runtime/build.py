@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dae_py.compiler.version import MANIFEST_FORMAT
+from dae_py.contract.version import MANIFEST_FORMAT
 
 if TYPE_CHECKING:  # imported where used: the running gateway only needs them on a map miss
     from dae_py.contract.domains import DomainMatcher

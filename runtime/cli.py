@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from dae_py.compiler.values import parse_mac
+    from dae_py.contract.values import parse_mac
     from dae_py.runtime.bpf import BpfError
     from dae_py.runtime.build import Build, BuildError
     from dae_py.runtime.explain import explain, make_flow
