@@ -9,20 +9,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .check import GeoResolver, RoutingChecker
-from .diagnostics import CompileError, Diagnostics
-from .dns_rules import compile_dns
-from .emit_linear import is_large_cidr
+from dae_py.contract.capabilities import function
 from dae_py.contract.ir import CidrSet, RoutingIR
 from dae_py.contract.ir_json import ir_to_json
+from dae_py.contract.manifest import (
+    DnsSettings,
+    FallbackEntry,
+    GlobalSettings,
+    GroupEntry,
+    Manifest,
+    NodeSpec,
+    OutboundEntry,
+    RuleEntry,
+)
+from dae_py.contract.maps import STATE_MAPS
+
+from .check import GeoResolver, RoutingChecker
+from .diagnostics import CompileError, Diagnostics, SourcePos
+from .dns_rules import compile_dns
+from .emit_linear import is_large_cidr
 from .load import LoadedConfig, load_config, load_config_text
 from .nodes import build_node_pool, resolve_groups
 from .passes import optimise
 from .schema import check_schema
 from .settings import dns_settings, global_settings
-from dae_py.contract.manifest import (DnsSettings, FallbackEntry, GlobalSettings, GroupEntry, Manifest, NodeSpec,
-                                      OutboundEntry, RuleEntry)
-from dae_py.contract.maps import STATE_MAPS
 
 # Above this many live rules the bit-vector classifier beats straight-line compares (bench/RESULTS.md:
 # linear stays faster up to 100-200 rules, and cannot build around 1,000: the BPF stack).
@@ -64,13 +74,29 @@ def check_config(cfg: LoadedConfig) -> Checked:
         return p if p.is_absolute() else base / p
 
     geo = GeoResolver(asset("geoip_path"), asset("geosite_path"), asset_dir)
-    ir = RoutingChecker(cfg, diags, groups, geo).build()
+    checker = RoutingChecker(cfg, diags, groups, geo)
+    ir = checker.build()
     compile_dns(cfg, diags, dns, geo, ir)
+    warn_missing_capabilities(diags, checker.function_uses, dns)
     if ir is None or diags.errors:
         raise CompileError(diags)
     final = optimise(ir, diags)
     return Checked(cfg=cfg, diags=diags, ir_checked=ir, ir=final, settings=settings, nodes=pool.nodes,
                    groups=groups, dns=dns)
+
+
+def warn_missing_capabilities(diags: Diagnostics, uses: list[tuple[str, SourcePos]], dns: dict[str, Any]) -> None:
+    """A routing function the runtime does not act on (contract/capabilities.py) is a warning at
+    each use, naming what is missing: the config compiles, and says honestly what will not match."""
+    for name, pos in uses:
+        cap = function(name)
+        if cap is None:
+            continue
+        if not cap.acts:
+            diags.warning(pos, f"{name}() needs {cap.needs}")
+        elif name == "domain" and not dns.get("bind"):
+            diags.warning(pos, f"{name}() needs {cap.needs}; no dns.bind is set, so this rule never matches",
+                          "set dns.bind (e.g. the gateway's LAN address) and point the clients' resolver at it")
 
 
 def choose_strategy(ir: RoutingIR, requested: str = "auto") -> str:

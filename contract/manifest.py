@@ -15,8 +15,9 @@ holding them are `repr=False`, so a manifest object in a log line or a traceback
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .version import COMPILER_VERSION, MANIFEST_FORMAT
 
@@ -36,6 +37,16 @@ def _req(raw: Mapping[str, Any], key: str, what: str) -> Any:
         return raw[key]
     except KeyError:
         raise ManifestError(f"manifest {what}: missing key {key!r}") from None
+
+
+def _float(raw: Mapping[str, Any], key: str, what: str) -> float | None:
+    """An optional number; the value is echoed in the error (use only where it is no secret)."""
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ManifestError(f"manifest {what}: {key} {value!r} is not a number")
+    return float(value)
 
 
 def _extra(raw: Mapping[str, Any], known: frozenset[str]) -> dict[str, Any]:
@@ -189,15 +200,14 @@ class CheckSettings:
                 "check_tolerance_ms": self.check_tolerance_ms}
 
     @classmethod
-    def from_json(cls, raw: Mapping[str, Any] | None) -> CheckSettings:
+    def from_json(cls, raw: Mapping[str, Any] | None, what: str = "group check") -> CheckSettings:
         if not raw:
             return cls()
-        interval, tolerance = raw.get("check_interval_s"), raw.get("check_tolerance_ms")
         return cls(tcp_check_url=tuple(str(x) for x in raw.get("tcp_check_url") or ()),
                    tcp_check_http_method=raw.get("tcp_check_http_method") or None,
                    udp_check_dns=tuple(str(x) for x in raw.get("udp_check_dns") or ()),
-                   check_interval_s=None if interval is None else float(interval),
-                   check_tolerance_ms=None if tolerance is None else float(tolerance))
+                   check_interval_s=_float(raw, "check_interval_s", what),
+                   check_tolerance_ms=_float(raw, "check_tolerance_ms", what))
 
 
 _GROUP_KEYS = frozenset({"name", "id", "policy", "fixed_index", "nodes", "add_latency_ms", "check"})
@@ -228,7 +238,8 @@ class GroupEntry:
                    policy=str(raw.get("policy", "random")), fixed_index=int(raw.get("fixed_index") or 0),
                    nodes=tuple(str(n) for n in raw.get("nodes", ())),
                    add_latency_ms={str(k): float(v) for k, v in (raw.get("add_latency_ms") or {}).items()},
-                   check=CheckSettings.from_json(raw.get("check")), extra=_extra(raw, _GROUP_KEYS))
+                   check=CheckSettings.from_json(raw.get("check"), f"{what} check"),
+                   extra=_extra(raw, _GROUP_KEYS))
 
 
 # --- DNS -----------------------------------------------------------------------------------

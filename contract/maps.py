@@ -7,25 +7,26 @@ struct size and each member's offset and size. A field added to common.h without
 fails that test rather than shifting every key the runtime builds.
 
 A member's `fmt` is one `struct` item ("I", "H", "16s", ...) in the layout's byte order, or a
-nested Layout (`flow_value.decision`). Gaps between members (C padding) become pad bytes.
+nested Layout (`flow_value.decision`). Members named `_pad...` and gaps between members (C
+padding) become pad bytes: packed as zeros, left out of `fields` and of unpack's result.
 """
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Union
+from struct import Struct, calcsize
+from typing import Any
 
 
 @dataclass(frozen=True)
 class Member:
     name: str
-    fmt: Union[str, "Layout"]
+    fmt: str | Layout
     offset: int
 
     @property
     def size(self) -> int:
-        return self.fmt.size if isinstance(self.fmt, Layout) else struct.calcsize("=" + self.fmt)
+        return self.fmt.size if isinstance(self.fmt, Layout) else calcsize("=" + self.fmt)
 
 
 @dataclass(frozen=True)
@@ -48,32 +49,47 @@ class Layout:
         if end > self.size:
             raise ValueError(f"struct {self.c_name}: members end at {end}, past its size {self.size}")
 
-    def _fmt(self) -> str:
-        out, pos = [], 0
+    def _fmt(self, start: int = 0) -> str:
+        """struct items from byte `start` (a member's offset) to the end; `_pad` members and
+        gaps are pad bytes."""
+        out, pos = [], start
         for m in self.members:
+            if m.offset < start:
+                continue
             if m.offset > pos:
                 out.append(f"{m.offset - pos}x")
-            out.append(m.fmt._fmt() if isinstance(m.fmt, Layout) else m.fmt)
+            if isinstance(m.fmt, Layout):
+                out.append(m.fmt._fmt())
+            elif m.name.startswith("_"):
+                out.append(f"{m.size}x")
+            else:
+                out.append(m.fmt)
             pos = m.offset + m.size
         if self.size > pos:
             out.append(f"{self.size - pos}x")
         return "".join(out)
 
     @cached_property
-    def struct(self) -> struct.Struct:
+    def struct(self) -> Struct:
         """The whole struct, nested members flattened, padding as pad bytes."""
-        s = struct.Struct(self.byte_order + self._fmt())
-        assert s.size == self.size, (self.c_name, s.size, self.size)
+        s = Struct(self.byte_order + self._fmt())
+        if s.size != self.size:
+            raise ValueError(f"struct {self.c_name}: the members pack to {s.size} bytes, not {self.size}")
         return s
+
+    def tail(self, first: str) -> Struct:
+        """The members from `first` to the end (the relay packs a flow key's addresses itself,
+        without the ipaddress module, and the rest of it with this)."""
+        return Struct(self.byte_order + self._fmt(self.member(first).offset))
 
     @cached_property
     def fields(self) -> tuple[str, ...]:
-        """The flattened member names, in struct order: `decision.mark`, ..."""
+        """The flattened member names, in struct order (`decision.mark`, ...), padding left out."""
         names: list[str] = []
         for m in self.members:
             if isinstance(m.fmt, Layout):
                 names.extend(f"{m.name}.{sub}" for sub in m.fmt.fields)
-            else:
+            elif not m.name.startswith("_"):
                 names.append(m.name)
         return tuple(names)
 
@@ -135,8 +151,8 @@ LAYOUTS: dict[str, Layout] = {lay.c_name: lay for lay in (FLOW_KEY, DECISION, FL
                                                           OUTBOUND_STATS)}
 
 #: Scalar map keys and values (u32 array indices, u64 words), little-endian like the kernel's.
-U32 = struct.Struct("<I")
-U64 = struct.Struct("<Q")
+U32 = Struct("<I")
+U64 = Struct("<Q")
 
 #: The maps holding runtime state (not compiler-written tables): flow decisions, DNS bindings,
 #: process names, counters. A reload of the program must carry them over (pin and re-use) rather

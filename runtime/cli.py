@@ -34,7 +34,7 @@ def _explain(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.as_json(), sort_keys=True))
     else:
-        print(result.text(build.manifest["config"]["file"]))
+        print(result.text(build.manifest.config_file))
     return 0
 
 

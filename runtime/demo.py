@@ -38,7 +38,7 @@ def main() -> int:
         _say("\nconfig.yaml:\n" + "\n".join("  " + line for line in cfg.splitlines()))
         gw = GatewayProcess(lab, cfg, Path(tmp))
         build = Build.open(gw.build_dir)
-        _say(f"\ncompiled: {len(build.manifest['rules'])} rules, strategy {build.manifest['strategy']}, "
+        _say(f"\ncompiled: {len(build.manifest.rules)} rules, strategy {build.manifest.strategy}, "
              f"object {gw.build_dir / 'program.o'}")
         with gw:
             _say("dae-runtime is running in the gateway namespace\n")

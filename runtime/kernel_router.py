@@ -10,10 +10,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dae_py.contract.maps import DECISION, FLOW_KEY
 from dae_py.runtime.domain_map import DomainBindings
 from dae_py.runtime.packets import IPPROTO_TCP, IPPROTO_UDP, FlowSpec, flow_key, parse_flow_value
 
@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from dae_py.runtime.build import Build
 
 _V4_PAD = bytes(12)
-_TAIL = struct.Struct("!HHBB2x").pack  # sport, dport, proto, IP version, padding
-_VALUE = struct.Struct("<IHBB").unpack_from  # mark, rule, outbound, flags
+# flow_key's tail after the two addresses: sport, dport, proto, IP version, padding (contract/maps.py)
+_TAIL = FLOW_KEY.tail("sport").pack
+_VALUE = DECISION.struct.unpack_from  # flow_value starts with the decision: mark, rule, outbound, flags
 _inet_pton = socket.inet_pton
 _AF_INET = socket.AF_INET
 
@@ -43,15 +44,15 @@ class KernelRouter:
         self.build = build
         self.flows = flows_map
         self.domains = domains
-        self.n_rules = len(build.manifest["rules"])
+        self.n_rules = len(build.manifest.rules)
         self._last: tuple[Any, RouteInfo] | None = None  # decide() then describe() of one flow
         lookuper = getattr(flows_map, "lookuper", None)
         self._lookup = lookuper() if lookuper is not None else flows_map.lookup
-        config_file = build.manifest.get("config", {}).get("file", "?")
+        config_file = build.manifest.config_file
         # what the per-flow log line says, per rule: built once, not per flow
         self._why: dict[int | None, str] = {None: " (fallback)"}
-        for r in build.manifest["rules"]:
-            self._why[r["index"]] = f" (rule {r['index']} ({config_file}:{r.get('line', '?')}))"
+        for r in build.manifest.rules:
+            self._why[r.index] = f" (rule {r.index} ({config_file}:{r.line}))"
 
     def decide_tcp(self, src: tuple[str, int], dst: tuple[str, int]) -> tuple[int, str]:
         """(outbound id, " (rule 3 (config.yaml:33))" or " (fallback)") of a TCP flow, in one
@@ -81,7 +82,7 @@ class KernelRouter:
         if rule is None:
             return " (fallback)"
         r = self.build.rule(rule)
-        return f" (rule {rule} ({self.build.manifest['config']['file']}:{r['line'] if r else '?'}))"
+        return f" (rule {rule} ({self.build.manifest.config_file}:{r.line if r else '?'}))"
 
     @staticmethod
     def _spec(flow: Any) -> FlowSpec:
@@ -124,4 +125,4 @@ class KernelRouter:
         if info.rule is None:
             return "fallback"
         r = self.build.rule(info.rule)
-        return f"rule {info.rule} ({self.build.manifest['config']['file']}:{r['line'] if r else '?'})"
+        return f"rule {info.rule} ({self.build.manifest.config_file}:{r.line if r else '?'})"

@@ -8,6 +8,7 @@ import random
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from dae_py.contract.manifest import GroupEntry
 from dae_py.runtime import outbound
 from dae_py.runtime.outbound import (AllNodesDown, DialError, Destination, Dialed, DialOptions, Node,
                               OutboundError, ProxyRefusedError, ReplyCallback, UdpAssociation)
@@ -65,7 +66,7 @@ class Group:
             self._reselect(kind)
 
     @classmethod
-    def from_manifest(cls, raw: Mapping[str, Any], nodes: Mapping[str, Node],
+    def from_manifest(cls, raw: GroupEntry | Mapping[str, Any], nodes: Mapping[str, Node],
                       opts: DialOptions = DialOptions(), **kwargs: Any) -> Group:
         spec = GroupSpec.from_manifest(raw)
         missing = [n for n in spec.nodes if n not in nodes]

@@ -218,11 +218,11 @@ routing:
 """
     c = compile_text(tmp_path, config, strategy=strategy)
     m = c.build.manifest
-    trie_entries = sum(meta["entries"] for meta in m["maps"] if meta["kind"] == "lpm_trie")
+    trie_entries = sum(meta.entries for meta in m.maps if meta.kind == "lpm_trie")
     if strategy == "linear":
         assert trie_entries >= 10_000
     else:
-        assert m["strategy"] == "bitvector"
+        assert m.strategy == "bitvector"
         src = (c.out / "program.c").read_text()
         assert "dip4_vecs SEC" in src and "sip4_intervals[" in src and "dip6_intervals[" in src
         assert trie_entries == 9_000
