@@ -77,7 +77,8 @@ def check_config(cfg: LoadedConfig) -> Checked:
     checker = RoutingChecker(cfg, diags, groups, geo)
     ir = checker.build()
     compile_dns(cfg, diags, dns, geo, ir)
-    warn_missing_capabilities(diags, checker.function_uses, dns)
+    if not diags.errors:  # amid errors they would be noise: the config does not compile anyway
+        warn_missing_capabilities(diags, checker.function_uses, dns)
     if ir is None or diags.errors:
         raise CompileError(diags)
     final = optimise(ir, diags)

@@ -49,7 +49,7 @@ def main() -> int:
                 flow = make_flow("tcp", parse_endpoint(f"{t.client_ip4}:40000"), parse_endpoint(f"{t.upstream_ip4}:{port}"),
                                  None, 0)
                 ex = explain(build, flow)
-                why = (f"rule {ex.rule['index']} (config.yaml:{ex.rule['line']}): {ex.rule['text']}"
+                why = (f"rule {ex.rule.index} (config.yaml:{ex.rule.line}): {ex.rule.text}"
                        if ex.rule else "routing.fallback")
                 _say(f"client GET {url}")
                 _say(f"  decided by {why} -> {ex.outbound}")
