@@ -93,6 +93,7 @@ class RoutingChecker:
         self.cfg = cfg
         self.diags = diags
         self.geo = geo
+        self.function_uses: list[tuple[str, SourcePos]] = []  # (function, where): capability warnings
         self.outbounds: dict[str, int] = {"direct": OUTBOUND_DIRECT, "block": OUTBOUND_BLOCK}
         for g in groups:
             self.outbounds[g["name"]] = g["id"]
@@ -244,6 +245,7 @@ class RoutingChecker:
         values = handler(call, locate)
         if values is None:
             return None
+        self.function_uses.append((call.name, locate(call.offset)))
         return Match(field=fld, values=values, negated=call.negated)
 
     def _no_key(self, call: Call, p: Param, locate: Locate) -> bool:

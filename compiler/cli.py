@@ -14,7 +14,7 @@ from .outdir import OutputDirError
 from .pipeline import STRATEGIES, compile_config
 from .readfile import decode_utf8, read_capped, read_capped_text
 from .urls import mask_secrets
-from .version import COMPILER_VERSION
+from dae_py.contract.version import COMPILER_VERSION
 
 EXIT_OK, EXIT_REJECTED, EXIT_INTERNAL = 0, 1, 2
 STDIN_NAME = "<stdin>"

@@ -21,7 +21,7 @@ import jinja2
 from dae_py.contract.ir import Field, RoutingIR, max_domain_words
 from .outdir import check_output_dir
 from .tables import MapTable
-from .version import COMPILER_VERSION, MANIFEST_FORMAT
+from dae_py.contract.version import COMPILER_VERSION, MANIFEST_FORMAT
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "bpf"
 HAND_WRITTEN_HEADERS = ("common.h", "parse.h", "hijack.h", "datapath.h")

@@ -19,12 +19,14 @@ from .readfile import read_capped_text
 from .proxy_links import LinkError, finish_ss, finish_trojan, mask_link
 from .rules import RuleSyntaxError, parse_filter
 from .urls import split_url
+from dae_py.contract.capabilities import KNOWN_PROTOCOLS, RUNTIME_PROTOCOLS, protocol
 from dae_py.contract.userregex import compile_user_regex
 from .options import bounded_duration, check_tcp_check_url, check_udp_check_dns
 
-# The protocols the runtime can dial today; the others parse and validate but are reported.
-DIALABLE = {"socks5", "http", "https", "ss", "trojan"}
-KNOWN = DIALABLE | {"socks5h", "ss", "trojan", "vmess", "vless"}
+# The protocols the runtime can dial today (contract/capabilities.py); the others parse and
+# validate but are reported, with what the runtime is missing for them.
+DIALABLE = frozenset(RUNTIME_PROTOCOLS)
+KNOWN = KNOWN_PROTOCOLS
 DEFAULT_PORTS = {"socks5": 1080, "socks5h": 1080, "http": 80, "https": 443, "trojan": 443}
 
 
@@ -153,8 +155,10 @@ def build_node_pool(cfg: LoadedConfig, diags: Diagnostics, allow_insecure: bool)
                           unsupported[0][1])
             node["dialable"] = False
         elif node["protocol"] not in DIALABLE or len(parsed) > 1:
+            cap = protocol(node["protocol"])
+            why = f" ({cap.missing})" if cap is not None and cap.missing and len(parsed) == 1 else ""
             diags.warning(at, f"node '{name}': the runtime cannot dial {node['protocol']}"
-                              f"{' chains' if len(parsed) > 1 else ''} yet; groups will not select it")
+                              f"{' chains' if len(parsed) > 1 else ''} yet{why}; groups will not select it")
             node["dialable"] = False
         else:
             node["dialable"] = True

@@ -9,18 +9,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .check import GeoResolver, RoutingChecker
-from .diagnostics import CompileError, Diagnostics
-from .dns_rules import compile_dns
-from .emit_linear import is_large_cidr
+from dae_py.contract.capabilities import function
 from dae_py.contract.ir import CidrSet, RoutingIR
 from dae_py.contract.ir_json import ir_to_json
+from dae_py.contract.manifest import (
+    DnsSettings,
+    FallbackEntry,
+    GlobalSettings,
+    GroupEntry,
+    Manifest,
+    NodeSpec,
+    OutboundEntry,
+    RuleEntry,
+)
+from dae_py.contract.maps import STATE_MAPS
+
+from .check import GeoResolver, RoutingChecker
+from .diagnostics import CompileError, Diagnostics, SourcePos
+from .dns_rules import compile_dns
+from .emit_linear import is_large_cidr
 from .load import LoadedConfig, load_config, load_config_text
 from .nodes import build_node_pool, resolve_groups
 from .passes import optimise
 from .schema import check_schema
 from .settings import dns_settings, global_settings
-from .version import COMPILER_VERSION, MANIFEST_FORMAT
 
 # Above this many live rules the bit-vector classifier beats straight-line compares (bench/RESULTS.md:
 # linear stays faster up to 100-200 rules, and cannot build around 1,000: the BPF stack).
@@ -62,13 +74,30 @@ def check_config(cfg: LoadedConfig) -> Checked:
         return p if p.is_absolute() else base / p
 
     geo = GeoResolver(asset("geoip_path"), asset("geosite_path"), asset_dir)
-    ir = RoutingChecker(cfg, diags, groups, geo).build()
+    checker = RoutingChecker(cfg, diags, groups, geo)
+    ir = checker.build()
     compile_dns(cfg, diags, dns, geo, ir)
+    if not diags.errors:  # amid errors they would be noise: the config does not compile anyway
+        warn_missing_capabilities(diags, checker.function_uses, dns)
     if ir is None or diags.errors:
         raise CompileError(diags)
     final = optimise(ir, diags)
     return Checked(cfg=cfg, diags=diags, ir_checked=ir, ir=final, settings=settings, nodes=pool.nodes,
                    groups=groups, dns=dns)
+
+
+def warn_missing_capabilities(diags: Diagnostics, uses: list[tuple[str, SourcePos]], dns: dict[str, Any]) -> None:
+    """A routing function the runtime does not act on (contract/capabilities.py) is a warning at
+    each use, naming what is missing: the config compiles, and says honestly what will not match."""
+    for name, pos in uses:
+        cap = function(name)
+        if cap is None:
+            continue
+        if not cap.acts:
+            diags.warning(pos, f"{name}() needs {cap.needs}")
+        elif name == "domain" and not dns.get("bind"):
+            diags.warning(pos, f"{name}() needs {cap.needs}; no dns.bind is set, so this rule never matches",
+                          "set dns.bind (e.g. the gateway's LAN address) and point the clients' resolver at it")
 
 
 def choose_strategy(ir: RoutingIR, requested: str = "auto") -> str:
@@ -86,29 +115,23 @@ def choose_strategy(ir: RoutingIR, requested: str = "auto") -> str:
     return "linear"
 
 
-def manifest_for(c: Checked, strategy: str) -> dict[str, Any]:
-    s = c.settings
-    public_settings = {k: v for k, v in s.items()}
+def manifest_for(c: Checked, strategy: str) -> Manifest:
+    """The build's manifest, typed: the runtime reads it back with Manifest.from_json."""
     ir = c.ir
-    return {
-        "format": MANIFEST_FORMAT,
-        "compiler_version": COMPILER_VERSION,
-        "config": {"file": Path(c.cfg.file).name, "sha256": c.cfg.sha256},
-        "strategy": strategy,
-        "programs": {"lan_ingress": "lan_ingress", "lan_ingress_l3": "lan_ingress_l3", "wan_egress": "wan_egress",
-                     "classify_only": "classify_only"},
-        "global": public_settings,
-        "outbounds": [{"id": o.id, "name": o.name, "kind": o.kind} for o in ir.outbounds],
-        "nodes": [c.nodes[n] for n in c.nodes],
-        "groups": c.groups,
-        "dns": c.dns,
-        "rules": [{"index": r.index, "line": r.source.line, "col": r.source.col, "text": r.source.shown,
-                   "outbound": r.action.outbound, "mark": r.action.mark, "must": r.action.must,
-                   "must_rules": r.action.must_rules, "emitted": not r.never_matches} for r in ir.rules],
-        "fallback": {"outbound": ir.fallback.outbound, "mark": ir.fallback.mark, "must": ir.fallback.must},
-        "domain_sets": "ir.json",
-        "pnames": list(ir.pnames),
-    }
+    return Manifest(
+        config_file=Path(c.cfg.file).name, config_sha256=c.cfg.sha256, strategy=strategy,
+        settings=GlobalSettings.from_json(c.settings),
+        outbounds=tuple(OutboundEntry(o.id, o.name, o.kind) for o in ir.outbounds),
+        nodes=tuple(NodeSpec.from_json(c.nodes[n]) for n in c.nodes),
+        groups=tuple(GroupEntry.from_json(g) for g in c.groups),
+        dns=DnsSettings.from_json(c.dns),
+        rules=tuple(RuleEntry(index=r.index, line=r.source.line, col=r.source.col, text=r.source.shown,
+                              outbound=r.action.outbound, mark=r.action.mark, must=r.action.must,
+                              must_rules=r.action.must_rules, emitted=not r.never_matches) for r in ir.rules),
+        fallback=FallbackEntry(ir.fallback.outbound, ir.fallback.mark, ir.fallback.must),
+        pnames=tuple(ir.pnames),
+        state_maps=STATE_MAPS,
+    )
 
 
 def compile_config(path: str | Path | None, out_dir: str | Path | None, *, text: str | None = None,
@@ -121,7 +144,7 @@ def compile_config(path: str | Path | None, out_dir: str | Path | None, *, text:
     if out_dir is not None:
         chosen = choose_strategy(checked.ir, strategy)
         emitted = render(checked.ir, cfg.file, cfg.sha256, chosen, checked.settings)
-        manifest = manifest_for(checked, chosen)
+        manifest = manifest_for(checked, chosen).to_json()
         ir_text = json.dumps(ir_to_json(checked.ir), indent=1, sort_keys=True) + "\n"
         write_build(Path(out_dir), emitted, manifest, {"ir.json": ir_text})
     return checked

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from dae_py.contract.capabilities import ignored_option
+from dae_py.contract.manifest import DEFAULT_SO_MARK
+
 from .diagnostics import Diagnostics, did_you_mean
 from .load import LoadedConfig
 from .options import bounded_duration, check_tcp_check_url, check_udp_check_dns
@@ -32,7 +35,6 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
     "route_table": 2023,
 }
 
-DEFAULT_SO_MARK = 0x800000
 
 DNS_PORTS = {"udp": 53, "tcp": 53, "tcp+udp": 53, "tls": 853, "https": 443, "h3": 443, "http3": 443, "quic": 853}
 
@@ -53,6 +55,10 @@ def global_settings(cfg: LoadedConfig, diags: Diagnostics) -> dict[str, Any]:
             check(out[key])
         except ValueError as exc:
             diags.error(cfg.pos.value(("global", key)), str(exc))
+    for key, value in raw.items():
+        ignored = ignored_option(key, value)
+        if ignored is not None:
+            diags.warning(cfg.pos.value(("global", key)), f"global.{key} is ignored: {ignored.missing}")
     if not out["lan_interface"] and not out["wan_interface"]:
         diags.warning(cfg.pos.key(("global",)) if "global" in cfg.data else cfg.pos.value(()),
                       "neither lan_interface nor wan_interface is set: the gateway will not capture any traffic")

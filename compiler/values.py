@@ -7,6 +7,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from dae_py.contract.values import format_mac, parse_mac  # noqa: F401  (re-exported: check.py, emit_linear.py)
+
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -49,20 +51,6 @@ def parse_port_range(text: str) -> tuple[int, int]:
     if lo > hi:
         raise ValueError(f"port range {text!r} is empty ({lo} > {hi})")
     return lo, hi
-
-
-_MAC = re.compile(r"^([0-9A-Fa-f]{2})([:-][0-9A-Fa-f]{2}){5}$")
-
-
-def parse_mac(text: str) -> int:
-    """'02:42:ac:11:00:02' -> 48-bit int (first octet most significant)."""
-    if not _MAC.match(text.strip()):
-        raise ValueError(f"invalid MAC address {text!r} (expected six hex octets like '02:42:ac:11:00:02')")
-    return int(re.sub(r"[:-]", "", text.strip()), 16)
-
-
-def format_mac(value: int) -> str:
-    return ":".join(f"{(value >> (8 * (5 - i))) & 0xFF:02x}" for i in range(6))
 
 
 def parse_network(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, bool]:

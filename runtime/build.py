@@ -10,7 +10,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dae_py.compiler.version import MANIFEST_FORMAT
+from dae_py.contract.manifest import Manifest, MapTable, RuleEntry
+from dae_py.contract.version import MANIFEST_FORMAT
 
 if TYPE_CHECKING:  # imported where used: the running gateway only needs them on a map miss
     from dae_py.contract.domains import DomainMatcher
@@ -23,8 +24,15 @@ class BuildError(Exception):
 
 @dataclass
 class Build:
+    """`raw` is manifest.json as read; `manifest` its typed form, read on first use (a value the
+    runtime cannot use is a ManifestError there: at start, one line, like any start-up error)."""
+
     path: Path
-    manifest: dict[str, Any]
+    raw: dict[str, Any]
+
+    @cached_property
+    def manifest(self) -> Manifest:
+        return Manifest.from_json(self.raw)
 
     @classmethod
     def open(cls, path: str | Path) -> "Build":
@@ -37,8 +45,9 @@ class Build:
             raise BuildError(f"{p}/manifest.json is corrupt: {exc}") from None
         except OSError as exc:  # EACCES: the service user is not in the build's group
             raise BuildError(f"cannot read {p}/manifest.json: {exc.strerror}") from None
-        if manifest.get("format") != MANIFEST_FORMAT:
-            raise BuildError(f"{p}: manifest format {manifest.get('format')} is not {MANIFEST_FORMAT}; "
+        if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+            found = manifest.get("format") if isinstance(manifest, dict) else None
+            raise BuildError(f"{p}: manifest format {found} is not {MANIFEST_FORMAT}; "
                              "recompile with this version of dae-compile")
         return cls(p, manifest)
 
@@ -65,28 +74,22 @@ class Build:
         return max_domain_words(self.ir)
 
     def outbound_name(self, oid: int) -> str:
-        for o in self.manifest["outbounds"]:
-            if o["id"] == oid:
-                return str(o["name"])
-        return f"#{oid}"
+        return self.manifest.outbound_name(oid)
 
-    def rule(self, index: int) -> dict[str, Any] | None:
-        for r in self.manifest["rules"]:
-            if r["index"] == index:
-                return r
-        return None
+    def rule(self, index: int) -> RuleEntry | None:
+        return self.manifest.rule(index)
 
-    def map_tables(self) -> list[tuple[dict[str, Any], bytes]]:
-        return [(m, (self.path / m["data"]).read_bytes()) for m in self.manifest["maps"]]
+    def map_tables(self) -> list[tuple[MapTable, bytes]]:
+        return [(m, (self.path / m.data).read_bytes()) for m in self.manifest.maps]
 
 
 def load_tables(obj: Any, build: Build) -> None:
     """Bulk-load the compiler's map contents (LPM tries, port bitmaps) into a loaded object."""
     for meta, data in build.map_tables():
-        m = obj.map(meta["name"])
-        rec = meta["key_size"] + meta["value_size"]
-        n = meta["entries"]
-        keys = b"".join(data[i * rec: i * rec + meta["key_size"]] for i in range(n))
-        vals = b"".join(data[i * rec + meta["key_size"]: (i + 1) * rec] for i in range(n))
+        m = obj.map(meta.name)
+        rec = meta.key_size + meta.value_size
+        n = meta.entries
+        keys = b"".join(data[i * rec: i * rec + meta.key_size] for i in range(n))
+        vals = b"".join(data[i * rec + meta.key_size: (i + 1) * rec] for i in range(n))
         if n:
             m.update_batch(keys, vals, n)

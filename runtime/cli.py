@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from dae_py.compiler.values import parse_mac
+    from dae_py.contract.values import parse_mac
     from dae_py.runtime.bpf import BpfError
     from dae_py.runtime.build import Build, BuildError
     from dae_py.runtime.explain import explain, make_flow
@@ -34,7 +34,7 @@ def _explain(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.as_json(), sort_keys=True))
     else:
-        print(result.text(build.manifest["config"]["file"]))
+        print(result.text(build.manifest.config_file))
     return 0
 
 

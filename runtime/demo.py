@@ -39,7 +39,7 @@ def main() -> int:
         _say("\nconfig.yaml:\n" + "\n".join("  " + line for line in cfg.splitlines()))
         gw = GatewayProcess(lab, cfg, Path(tmp))
         build = Build.open(gw.build_dir)
-        _say(f"\ncompiled: {len(build.manifest['rules'])} rules, strategy {build.manifest['strategy']}, "
+        _say(f"\ncompiled: {len(build.manifest.rules)} rules, strategy {build.manifest.strategy}, "
              f"object {gw.build_dir / 'program.o'}")
         with gw:
             _say("dae-runtime is running in the gateway namespace\n")
@@ -50,7 +50,7 @@ def main() -> int:
                 flow = make_flow("tcp", parse_endpoint(f"{t.client_ip4}:40000"), parse_endpoint(f"{t.upstream_ip4}:{port}"),
                                  None, 0)
                 ex = explain(build, flow)
-                why = (f"{rule_label(ex.rule['index'], 'config.yaml', ex.rule['line'])}: {ex.rule['text']}"
+                why = (f"{rule_label(ex.rule.index, 'config.yaml', ex.rule.line)}: {ex.rule.text}"
                        if ex.rule else "routing.fallback")
                 _say(f"client GET {url}")
                 _say(f"  decided by {why} -> {ex.outbound}")

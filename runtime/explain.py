@@ -13,6 +13,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
+from dae_py.contract.manifest import Attach, RuleEntry
 from dae_py.runtime.bpf import BpfObject, prog_test_run
 from dae_py.runtime.build import Build, load_tables
 from dae_py.runtime.domain_map import DomainBindings
@@ -26,7 +27,7 @@ TC_ACTIONS = {0: "TC_ACT_OK", 2: "TC_ACT_SHOT", 7: "TC_ACT_REDIRECT", 0xFFFFFFFF
 class Explanation:
     flow: FlowSpec
     decision: KernelDecision
-    rule: dict[str, Any] | None  # None for the fallback
+    rule: RuleEntry | None  # None for the fallback
     outbound: str
     tc_action: int
     domain: str | None
@@ -38,9 +39,9 @@ class Explanation:
         return {
             "outbound": self.outbound,
             "outbound_id": self.decision.outbound,
-            "rule": self.rule["index"] if self.rule else "fallback",
-            "rule_text": self.rule["text"] if self.rule else None,
-            "line": self.rule["line"] if self.rule else None,
+            "rule": self.rule.index if self.rule else "fallback",
+            "rule_text": self.rule.text if self.rule else None,
+            "line": self.rule.line if self.rule else None,
             "mark": self.decision.mark,
             "must": self.decision.must,
             "tc_action": TC_ACTIONS.get(self.tc_action, self.tc_action),
@@ -60,7 +61,7 @@ class Explanation:
         if self.domain:
             head += f" ({self.domain})"
         if self.rule:
-            why = f"rule {self.rule['index']} at {config_name}:{self.rule['line']}: {self.rule['text']}"
+            why = f"rule {self.rule.index} at {config_name}:{self.rule.line}: {self.rule.text}"
         else:
             why = "no rule matched: routing.fallback"
         extras = []
@@ -73,7 +74,7 @@ class Explanation:
 
 
 def explain(build: Build, flow: FlowSpec, domain: str | None = None, pname: str | None = None) -> Explanation:
-    program = "wan_egress" if pname else "lan_ingress"
+    program = build.manifest.program(Attach.WAN_EGRESS if pname else Attach.LAN_INGRESS).name
     bits = build.domain_matcher.bits(domain) if domain else 0
     with BpfObject(build.object_path) as obj:
         obj.load()
@@ -88,7 +89,7 @@ def explain(build: Build, flow: FlowSpec, domain: str | None = None, pname: str 
     if raw is None:
         raise RuntimeError("the program did not record a decision for this flow (it did not parse the packet)")
     decision = parse_flow_value(raw)
-    rule = build.rule(decision.rule) if decision.rule < len(build.manifest["rules"]) else None
+    rule = build.rule(decision.rule) if decision.rule < len(build.manifest.rules) else None
     return Explanation(flow=flow, decision=decision, rule=rule, outbound=build.outbound_name(decision.outbound),
                        tc_action=result.retval, domain=domain, domain_bits=bits, pname=pname, program=program)
 

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dae_py.contract.manifest import Attach, ManifestError
+from dae_py.contract.maps import OUTBOUND_STATS, U32
 from dae_py.runtime.bpf import BpfError, BpfObject
 from dae_py.runtime.build import Build, BuildError, load_tables
 from dae_py.runtime.datapath import CleanupReport, Datapath, StateBusy, cleanup
@@ -35,9 +37,6 @@ from dae_py.runtime.privileges import hint as privileges_hint, warn_if_degraded
 
 log = logging.getLogger("dae.gateway")
 
-# compiler.settings' DEFAULT_SO_MARK, not imported from there: that module pulls in the rule
-# parser (lark) and the YAML loader, megabytes the running gateway never needs (test-checked).
-DEFAULT_SO_MARK = 0x800000  # older builds may carry 0
 
 #: Descriptors held from the start and released before the teardown: the teardown's netlink
 #: sockets, state file writes and /proc/sys files need a few, and a runtime that ran out (a
@@ -45,7 +44,6 @@ DEFAULT_SO_MARK = 0x800000  # older builds may carry 0
 #: first thing, they are the lowest numbers, which stay usable under any lowered limit.
 RESERVED_FDS = 16
 TEARDOWN_ATTEMPTS = 4
-GUARD_PROGRAM = "tproxy_guard"
 
 
 class StartError(RuntimeError):
@@ -78,25 +76,28 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _guard_fd(obj: BpfObject) -> int | None:
-    """The tproxy port protection program; a build from before it has none (warned)."""
-    if GUARD_PROGRAM not in obj.program_names():
+def _guard_fd(obj: BpfObject, build: Build) -> int | None:
+    """The tproxy port protection program (the manifest's socket program); a build from before
+    it has none (warned)."""
+    try:
+        guard = build.manifest.program(Attach.TPROXY_SOCKET).name
+    except ManifestError:
+        guard = None
+    if guard is None or guard not in obj.program_names():
         log.warning("this build has no %s program: the tproxy port takes packets from anyone "
-                    "(recompile the config with this version to protect it)", GUARD_PROGRAM)
+                    "(recompile the config with this version to protect it)", guard or "tproxy guard")
         return None
-    return obj.program_fd(GUARD_PROGRAM)
+    return obj.program_fd(guard)
 
 
 def _stats_line(obj: BpfObject, build: Build) -> str:
-    import struct
-
     m = obj.map("outbound_stats")
     parts = []
-    for o in build.manifest["outbounds"]:
-        vals = m.percpu_values(struct.pack("<I", o["id"])) or []
-        pk = sum(struct.unpack_from("<QQ", v)[0] for v in vals)
-        by = sum(struct.unpack_from("<QQ", v)[1] for v in vals)
-        parts.append(f"{o['name']}={pk}p/{by}B")
+    for o in build.manifest.outbounds:
+        vals = [OUTBOUND_STATS.unpack(v) for v in m.percpu_values(U32.pack(o.id)) or []]
+        pk = sum(v["packets"] for v in vals)
+        by = sum(v["bytes"] for v in vals)
+        parts.append(f"{o.name}={pk}p/{by}B")
     return "kernel: " + " ".join(parts)
 
 
@@ -107,7 +108,6 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
     was left behind)."""
     from dae_py.runtime.relay import Gateway, RelayConfig
 
-    g = build.manifest["global"]
     obj = BpfObject(build.object_path)
     relay = None
     datapath = None
@@ -115,30 +115,32 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
     clean = False
     try:
         try:
-            so_mark = int(g.get("so_mark_from_dae") or DEFAULT_SO_MARK)
+            g = build.manifest.settings  # a manifest the runtime cannot read fails here, in one line
+            so_mark = g.so_mark
             obj.load()
             load_tables(obj, build)
             router = KernelRouter(build, obj.map("flows"), DomainBindings.of(obj, build.domain_words))
             relay = Gateway.from_manifest(router, build.manifest, RelayConfig(so_mark=so_mark))
-            port = await relay.start(int(g["tproxy_port"]), guard_fd=_guard_fd(obj))
+            port = await relay.start(g.tproxy_port, guard_fd=_guard_fd(obj, build))
             from dae_py.runtime.dns import DnsModule  # answers dns.bind; binds domain bits before answering
 
             dns_module = await DnsModule.start(build, router.domains, so_mark)
-            lan = g.get("lan_interface") or []
-            wan = g.get("wan_interface") or []
-            datapath = Datapath(lan=lan or None, wan=wan or None, fwmark=int(g["fwmark"]),
-                                table=int(g["route_table"]), state_path=state_path,
-                                manage_sysctls=bool(g.get("auto_config_kernel_parameter", True)))
+            lan = list(g.lan_interface)
+            wan = list(g.wan_interface)
+            datapath = Datapath(lan=lan or None, wan=wan or None, fwmark=g.fwmark,
+                                table=g.route_table, state_path=state_path,
+                                manage_sysctls=g.auto_config_kernel_parameter)
             # pyroute2's sync API runs its own event loop: keep it off ours.
-            await asyncio.to_thread(datapath.setup, obj.program_fd("lan_ingress"),
-                                    ingress_l3_fd=obj.program_fd("lan_ingress_l3"))
+            programs = build.manifest
+            await asyncio.to_thread(datapath.setup, obj.program_fd(programs.program(Attach.LAN_INGRESS).name),
+                                    ingress_l3_fd=obj.program_fd(programs.program(Attach.LAN_INGRESS_L3).name))
         except (BpfError, StartError, asyncio.CancelledError):
             raise
         except Exception as exc:  # noqa: BLE001 - whatever it is, one line, not a traceback
             log.debug("start-up failed", exc_info=True)
             raise StartError(_one_line(exc)) from exc
-        log.info("gateway ready: %d rules (%s), tproxy port %d, lan %s", len(build.manifest["rules"]),
-                 build.manifest["strategy"], port,
+        log.info("gateway ready: %d rules (%s), tproxy port %d, lan %s", len(build.manifest.rules),
+                 build.manifest.strategy, port,
                  ",".join(i.name + (" (L3)" if i.l3 else "") for i in datapath.lan_interfaces) or "-")
         if ready is not None:
             ready()

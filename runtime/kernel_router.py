@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import socket
-import struct
 from typing import TYPE_CHECKING, Any
 
+from dae_py.contract.maps import DECISION, FLOW_KEY
 from dae_py.runtime.domain_map import DomainBindings
 from dae_py.runtime.packets import IPPROTO_TCP, IPPROTO_UDP, flow_key, parse_flow_value
 from dae_py.runtime.relay.flow import Flow, Route, rule_label
@@ -21,8 +21,9 @@ if TYPE_CHECKING:
     from dae_py.runtime.build import Build
 
 _V4_PAD = bytes(12)
-_TAIL = struct.Struct("!HHBB2x").pack  # sport, dport, proto, IP version, padding
-_VALUE = struct.Struct("<IHBB").unpack_from  # mark, rule, outbound, flags
+# flow_key's tail after the two addresses: sport, dport, proto, IP version, padding (contract/maps.py)
+_TAIL = FLOW_KEY.tail("sport").pack
+_VALUE = DECISION.struct.unpack_from  # flow_value starts with the decision: mark, rule, outbound, flags
 _inet_pton = socket.inet_pton
 _AF_INET = socket.AF_INET
 
@@ -37,15 +38,15 @@ class KernelRouter:
         self.build = build
         self.flows = flows_map
         self.domains = domains
-        self.n_rules = len(build.manifest["rules"])
+        self.n_rules = len(build.manifest.rules)
         lookuper = getattr(flows_map, "lookuper", None)
         self._lookup = lookuper() if lookuper is not None else flows_map.lookup
-        self._config_file = build.manifest.get("config", {}).get("file", "?")
+        self._config_file = build.manifest.config_file
         self._routes: dict[int, Route] = {}  # rule << 8 | outbound -> its Route, made once
         # what the per-flow log line says, per rule: built once, not per flow
         self._why: dict[int | None, str] = {None: f" ({rule_label(None, self._config_file, None)})"}
-        for r in build.manifest["rules"]:
-            self._why[r["index"]] = f" ({rule_label(r['index'], self._config_file, r.get('line', '?'))})"
+        for r in build.manifest.rules:
+            self._why[r.index] = f" ({rule_label(r.index, self._config_file, r.line)})"
 
     def route(self, flow: Flow) -> Route:
         """Which outbound carries `flow`, the rule that chose it and the log line's reason."""
@@ -70,7 +71,7 @@ class KernelRouter:
         why = self._why.get(rule)
         if why is None:  # an index the manifest does not list
             r = self.build.rule(rule)  # type: ignore[arg-type]
-            why = f" ({rule_label(rule, self._config_file, r['line'] if r else '?')})"
+            why = f" ({rule_label(rule, self._config_file, r.line if r else '?')})"
         return Route(outbound, rule, why)
 
     def _route_slow(self, flow: Flow) -> Route:

@@ -1,10 +1,13 @@
 """Build whole Ethernet frames for BPF_PROG_TEST_RUN (explain, tests, benchmarks), and the
-map keys the program uses for them. Layouts match templates/bpf/common.h."""
+map keys the program uses for them. Map layouts come from contract/maps.py (checked against the
+BTF of a built program by tests/test_map_layouts.py)."""
 from __future__ import annotations
 
 import ipaddress
 import struct
 from dataclasses import dataclass
+
+from dae_py.contract.maps import DECISION_MUST, FLOW_KEY, FLOW_VALUE, IP_KEY, PNAME_VALUE, U64
 
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
@@ -69,24 +72,24 @@ def _addr16(a: IPAddress) -> bytes:
 
 def flow_key(f: FlowSpec) -> bytes:
     """struct flow_key: saddr[4], daddr[4] (v4 in word 0), sport, dport (network order), proto, version."""
-    return (_addr16(f.src) + _addr16(f.dst) + struct.pack("!HH", f.sport, f.dport)
-            + bytes([f.l4proto, f.dst.version]) + bytes(2))
+    return FLOW_KEY.pack(_addr16(f.src), _addr16(f.dst), f.sport, f.dport, f.l4proto, f.dst.version)
 
 
 def domain_key(dst: IPAddress) -> bytes:
     """struct ip_key: IPv4 as ::ffff:a.b.c.d."""
     if dst.version == 4:
-        return bytes(10) + b"\xff\xff" + dst.packed
-    return dst.packed
+        return IP_KEY.pack(bytes(10) + b"\xff\xff" + dst.packed)
+    return IP_KEY.pack(dst.packed)
 
 
 def domain_value(bits: int, words: int) -> bytes:
-    return b"".join(struct.pack("<Q", (bits >> (64 * i)) & (2**64 - 1)) for i in range(words))
+    return b"".join(U64.pack((bits >> (64 * i)) & (2**64 - 1)) for i in range(words))
 
 
 def pname_value(name: str, pid: int = 0) -> bytes:
     """struct pname_value: comm[16] (as two little-endian u64), pid, pad."""
-    return name.encode()[:15].ljust(16, b"\0") + struct.pack("<II", pid, 0)
+    comm = name.encode()[:15].ljust(16, b"\0")
+    return PNAME_VALUE.pack(int.from_bytes(comm[:8], "little"), int.from_bytes(comm[8:], "little"), pid)
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,9 @@ class KernelDecision:
 
 def parse_flow_value(raw: bytes) -> KernelDecision:
     """struct flow_value { struct decision {u32 mark; u16 rule; u8 outbound; u8 flags}; u64 last_seen; }"""
-    mark, rule, outbound, flags = struct.unpack_from("<IHBB", raw, 0)
-    return KernelDecision(rule=rule, outbound=outbound, mark=mark, must=bool(flags & 1))
+    v = FLOW_VALUE.unpack(raw)
+    return KernelDecision(rule=v["decision.rule"], outbound=v["decision.outbound"], mark=v["decision.mark"],
+                          must=bool(v["decision.flags"] & DECISION_MUST))
 
 
 def parse_endpoint(text: str) -> tuple[IPAddress, int]:

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import struct
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import dns.exception
 import dns.flags
@@ -23,6 +23,8 @@ import dns.message
 import dns.opcode
 import dns.rcode
 import dns.rdatatype
+
+from dae_py.contract.manifest import DnsSettings
 
 from .binder import Binder, answer_addresses
 from .cache import Cache, key_of
@@ -58,20 +60,21 @@ def empty_answer(q: dns.message.Message, rcode: int = dns.rcode.NOERROR) -> dns.
 
 
 class DnsModule:
-    def __init__(self, manifest_dns: dict[str, Any], bindings: Any, bits_of: Any, so_mark: int,
+    def __init__(self, manifest_dns: DnsSettings | Mapping[str, Any], bindings: Any, bits_of: Any, so_mark: int,
                  upstream_timeout: float = UPSTREAM_TIMEOUT, deadline: float = ANSWER_DEADLINE) -> None:
+        """`manifest_dns`: the manifest's typed DNS settings (a JSON dict is read through them)."""
+        cfg = manifest_dns if isinstance(manifest_dns, DnsSettings) else DnsSettings.from_json(manifest_dns)
         self.upstreams = {name: Upstream.from_manifest(u, so_mark, upstream_timeout)
-                          for name, u in (manifest_dns.get("upstream") or {}).items()}
-        routing = manifest_dns.get("routing") or {}
-        self.request = RuleList.from_manifest(routing.get("request"), "asis")
-        self.response = RuleList.from_manifest(routing.get("response"), "accept")
-        self.qname_bits = qname_matcher(manifest_dns.get("domain_sets") or [])
-        self.cache = Cache(int(manifest_dns.get("max_cache_size", 65536)), manifest_dns.get("fixed_domain_ttl"))
-        self.prefer = int(manifest_dns.get("ipversion_prefer") or 0)
+                          for name, u in cfg.upstream.items()}
+        self.request = RuleList.from_manifest(cfg.request, "asis")
+        self.response = RuleList.from_manifest(cfg.response, "accept")
+        self.qname_bits = qname_matcher(cfg.domain_sets)
+        self.cache = Cache(cfg.max_cache_size, dict(cfg.fixed_domain_ttl))
+        self.prefer = cfg.ipversion_prefer
         self.binder = Binder(bindings, bits_of)
         self.deadline = deadline
         self.listener = DnsListener(self.answer, self.answer_now)
-        self.binds = [(b["host"], int(b["port"])) for b in manifest_dns.get("bind") or []]
+        self.binds = [(b.host, b.port) for b in cfg.bind]
         self._sweeper: asyncio.Task[None] | None = None
         self._plain: dict[bytes, tuple[str, int, int]] = {}  # answer_now's question bytes -> cache key
         self.answered = self.failed = self.rejected = 0
@@ -79,9 +82,9 @@ class DnsModule:
     @classmethod
     async def start(cls, build: Any, bindings: Any, so_mark: int) -> "DnsModule | None":
         """The module of a build, listening; None (and a warning) when there is no dns.bind."""
-        cfg = build.manifest.get("dns") or {}
-        if not cfg.get("bind"):
-            if build.manifest.get("rules") and getattr(build, "domain_words", 0) and bindings is not None:
+        cfg = build.manifest.dns
+        if not cfg.bind:
+            if build.manifest.rules and getattr(build, "domain_words", 0) and bindings is not None:
                 log.warning("no dns.bind: domain() rules will not match (nothing binds names to addresses)")
             return None
         bits_of = build.domain_matcher.bits if bindings is not None else (lambda name: 0)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
+
+from dae_py.contract.manifest import DnsCall, DnsRuleList, DomainSetSpec
 
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -35,11 +37,11 @@ class Call:
     nets: tuple[IPNet, ...] = ()
 
     @classmethod
-    def from_manifest(cls, raw: dict[str, Any]) -> "Call":
-        nets = tuple(ipaddress.ip_network(n) for n in (*raw.get("v4", ()), *raw.get("v6", ())))
-        return cls(func=raw["func"], negated=bool(raw.get("negated")), domain_bit=raw.get("domain_bit"),
-                   qtypes=frozenset(raw.get("qtypes", ())), upstreams=frozenset(raw.get("upstreams", ())),
-                   nets=nets)
+    def from_manifest(cls, raw: DnsCall | Mapping[str, Any]) -> "Call":
+        c = raw if isinstance(raw, DnsCall) else DnsCall.from_json(raw)
+        nets = tuple(ipaddress.ip_network(n) for n in (*(c.v4 or ()), *(c.v6 or ())))
+        return cls(func=c.func, negated=c.negated, domain_bit=c.domain_bit, qtypes=frozenset(c.qtypes or ()),
+                   upstreams=frozenset(c.upstreams or ()), nets=nets)
 
     def matches(self, q: Query) -> bool:
         return self._match(q) != self.negated
@@ -70,13 +72,13 @@ class RuleList:
     fallback: str = "asis"
 
     @classmethod
-    def from_manifest(cls, raw: dict[str, Any] | None, default: str) -> "RuleList":
-        if not raw:
+    def from_manifest(cls, raw: DnsRuleList | Mapping[str, Any] | None, default: str) -> "RuleList":
+        spec = raw if isinstance(raw, DnsRuleList) or raw is None else DnsRuleList.from_json(raw, default)
+        if spec is None:
             return cls(fallback=default)
-        rules = tuple(Rule(r["text"], int(r.get("line", 0)), r["target"],
-                           tuple(Call.from_manifest(c) for c in r.get("calls", ())))
-                      for r in raw.get("rules", ()))
-        return cls(rules=rules, fallback=raw.get("fallback", default))
+        rules = tuple(Rule(r.text, r.line, r.target, tuple(Call.from_manifest(c) for c in r.calls))
+                      for r in spec.rules)
+        return cls(rules=rules, fallback=spec.fallback)
 
     def decide(self, q: Query) -> tuple[str, Rule | None]:
         """(target, the rule that chose it, or None for the fallback)."""
@@ -86,11 +88,11 @@ class RuleList:
         return self.fallback, None
 
 
-def qname_matcher(domain_sets: list[dict[str, Any]]) -> Callable[[str], int]:
+def qname_matcher(domain_sets: Sequence[DomainSetSpec | Mapping[str, Any]]) -> Callable[[str], int]:
     """The bits of a name against `dns.domain_sets`, with the routing's DomainMatcher."""
     from dae_py.contract.domains import DomainMatcher  # what Build.domain_matcher uses too
     from dae_py.contract.ir import DomainSet
 
-    sets = tuple(DomainSet(bit=d["bit"], full=tuple(d["full"]), suffix=tuple(d["suffix"]),
-                           keyword=tuple(d["keyword"]), regex=tuple(d["regex"])) for d in domain_sets)
+    specs = [d if isinstance(d, DomainSetSpec) else DomainSetSpec.from_json(d) for d in domain_sets]
+    sets = tuple(DomainSet(bit=d.bit, full=d.full, suffix=d.suffix, keyword=d.keyword, regex=d.regex) for d in specs)
     return DomainMatcher.from_sets(sets).bits

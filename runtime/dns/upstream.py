@@ -15,7 +15,7 @@ import logging
 import socket
 import ssl
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import dns.asyncquery
 import dns.exception
@@ -24,6 +24,7 @@ import dns.message
 import dns.flags
 from dns import _asyncio_backend  # the backend classes dnspython's own asyncio queries use
 
+from dae_py.contract.manifest import DnsUpstream
 from dae_py.runtime.net.sockets import set_mark
 
 log = logging.getLogger("dae.dns.upstream")
@@ -83,9 +84,10 @@ class Upstream:
     _ssl: ssl.SSLContext | None = field(default=None, repr=False)
 
     @classmethod
-    def from_manifest(cls, raw: dict[str, Any], so_mark: int, timeout: float) -> "Upstream":
-        return cls(name=raw["name"], scheme=raw["scheme"], host=raw["host"], port=int(raw["port"]),
-                   path=raw.get("path") or "", so_mark=so_mark, timeout=timeout)
+    def from_manifest(cls, raw: DnsUpstream | Mapping[str, Any], so_mark: int, timeout: float) -> "Upstream":
+        spec = raw if isinstance(raw, DnsUpstream) else DnsUpstream.from_json(raw)
+        return cls(name=spec.name, scheme=spec.scheme, host=spec.host, port=spec.port, path=spec.path,
+                   so_mark=so_mark, timeout=timeout)
 
     @property
     def supported(self) -> bool:

@@ -8,6 +8,7 @@ import random
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from dae_py.contract.manifest import GroupEntry
 from dae_py.runtime import proxy
 from dae_py.runtime.proxy import (
     AllNodesDown,
@@ -75,7 +76,7 @@ class Group:
             self._reselect(kind)
 
     @classmethod
-    def from_manifest(cls, raw: Mapping[str, Any], nodes: Mapping[str, Node],
+    def from_manifest(cls, raw: GroupEntry | Mapping[str, Any], nodes: Mapping[str, Node],
                       opts: DialOptions = DialOptions(), **kwargs: Any) -> Group:
         spec = GroupSpec.from_manifest(raw)
         missing = [n for n in spec.nodes if n not in nodes]

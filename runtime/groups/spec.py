@@ -1,6 +1,7 @@
-"""A group as the manifest describes it: policy, member nodes, health-check settings.
+"""A group as the runtime runs it: policy, member nodes, health-check settings, validated.
 
-Accepted manifest dict::
+Read from the manifest's typed GroupEntry / CheckSettings (contract/manifest.py); a JSON dict
+(tests, tools) is read through those first. The manifest's JSON form::
 
     {"name": "proxy", "id": 2, "policy": "min_moving_avg", "fixed_index": 0,
      "nodes": ["n1", "n2"],
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from dae_py.contract.manifest import CheckSettings, GroupEntry
 from dae_py.runtime.proxy.base import parse_hostport
 
 
@@ -75,26 +77,27 @@ class CheckSpec:
                              f"{self.tolerance * 1000:g}ms: want a positive interval")
 
     @classmethod
-    def from_manifest(cls, raw: Mapping[str, Any] | None) -> CheckSpec:
-        if not raw:
-            return cls()
+    def from_manifest(cls, raw: CheckSettings | Mapping[str, Any] | None) -> CheckSpec:
+        settings = raw if isinstance(raw, CheckSettings) else CheckSettings.from_json(raw)
         kwargs: dict[str, Any] = {}
-        if raw.get("tcp_check_url"):
-            url, *ips = [str(x) for x in raw["tcp_check_url"]]
+        if settings.tcp_check_url:
+            url, *ips = settings.tcp_check_url
             host = urlsplit(url).hostname or ""
             kwargs["tcp_check_url"] = url
             kwargs["tcp_check_ips"] = tuple(ips) or ((host,) if _is_ip(host) else ())
-        if raw.get("tcp_check_http_method"):
-            kwargs["tcp_check_http_method"] = str(raw["tcp_check_http_method"]).upper()
-        if raw.get("udp_check_dns"):
-            target, *ips = [str(x) for x in raw["udp_check_dns"]]
+        if settings.tcp_check_http_method:
+            kwargs["tcp_check_http_method"] = settings.tcp_check_http_method.upper()
+        if settings.udp_check_dns:
+            target, *ips = settings.udp_check_dns
             host, port = parse_hostport(target, 53)
             kwargs["dns_host"], kwargs["dns_port"] = host, port
             kwargs["dns_ips"] = tuple(ips) or ((host,) if _is_ip(host) else ())
-        if raw.get("check_interval_s") is not None:
-            kwargs["interval"] = float(raw["check_interval_s"])
-        if raw.get("check_tolerance_ms") is not None:
-            kwargs["tolerance"] = float(raw["check_tolerance_ms"]) / 1000.0
+        if settings.check_interval_s is not None:
+            kwargs["interval"] = settings.check_interval_s
+        if settings.check_tolerance_ms is not None:
+            kwargs["tolerance"] = settings.check_tolerance_ms / 1000.0
+        if not kwargs:
+            return cls()
         kwargs["timeout"] = min(10.0, kwargs.get("interval", cls.interval))
         return cls(**kwargs)
 
@@ -112,22 +115,21 @@ class GroupSpec:
     check: CheckSpec = field(default_factory=CheckSpec)
 
     @classmethod
-    def from_manifest(cls, raw: Mapping[str, Any]) -> GroupSpec:
-        policy_text = str(raw.get("policy", "random"))
-        fixed_index = int(raw.get("fixed_index") or 0)
+    def from_manifest(cls, raw: GroupEntry | Mapping[str, Any]) -> GroupSpec:
+        entry = raw if isinstance(raw, GroupEntry) else GroupEntry.from_json(raw)
+        policy_text, fixed_index = entry.policy, entry.fixed_index
         match = _FIXED.fullmatch(policy_text)
         if match:
             policy_text, fixed_index = "fixed", int(match.group(1))
         try:
             policy = Policy(policy_text)
         except ValueError:
-            raise ValueError(f"group '{raw.get('name')}': unknown policy {policy_text!r} "
+            raise ValueError(f"group '{entry.name}': unknown policy {policy_text!r} "
                              f"(known: {', '.join(p.value for p in Policy)})") from None
-        nodes = tuple(str(n) for n in raw.get("nodes", ()))
-        if not nodes:
-            raise ValueError(f"group '{raw.get('name')}': no nodes")
-        if not 0 <= fixed_index < len(nodes):
-            raise ValueError(f"group '{raw.get('name')}': fixed({fixed_index}) but the group has "
-                             f"{len(nodes)} node(s)")
-        return cls(name=str(raw["name"]), id=int(raw["id"]), policy=policy, nodes=nodes,
-                   fixed_index=fixed_index, check=CheckSpec.from_manifest(raw.get("check")))
+        if not entry.nodes:
+            raise ValueError(f"group '{entry.name}': no nodes")
+        if not 0 <= fixed_index < len(entry.nodes):
+            raise ValueError(f"group '{entry.name}': fixed({fixed_index}) but the group has "
+                             f"{len(entry.nodes)} node(s)")
+        return cls(name=entry.name, id=entry.id, policy=policy, nodes=entry.nodes,
+                   fixed_index=fixed_index, check=CheckSpec.from_manifest(entry.check))

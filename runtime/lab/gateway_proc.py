@@ -15,11 +15,19 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from dae_py.compiler.pipeline import compile_config
-
 
 class GatewayStartError(RuntimeError):
     pass
+
+
+def compile_build(config_path: Path, build_dir: Path) -> None:
+    """Compile as an operator does, with `dae-compile` in its own process: the runtime package
+    never imports the compiler (pyproject.toml's import contracts), its lab included."""
+    proc = subprocess.run([sys.executable, "-m", "dae_py.compiler.cli", "-q", "-o", str(build_dir), str(config_path)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise GatewayStartError(f"dae-compile rejected {config_path.name} (exit {proc.returncode}):\n"
+                                f"{proc.stdout}{proc.stderr}")
 
 
 class GatewayProcess:
@@ -38,7 +46,7 @@ class GatewayProcess:
         self.wrap = list(wrap)
         self.log_path = workdir / "runtime.log"
         self.config_path.write_text(config_text)
-        self.checked = compile_config(self.config_path, self.build_dir)
+        compile_build(self.config_path, self.build_dir)
         if build_group is not None:
             share_with_group(self.build_dir, build_group)
         self.log_level = log_level

@@ -16,6 +16,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
+from dae_py.contract.manifest import NodeSpec
 from dae_py.runtime.net.errors import (
     AllNodesDown,
     Blocked,
@@ -50,24 +51,14 @@ class Node:
     alpn: tuple[str, ...] = ()
 
     @classmethod
-    def from_manifest(cls, raw: Mapping[str, Any]) -> Node:
-        try:
-            node = cls(
-                name=str(raw["name"]),
-                protocol=str(raw["protocol"]),
-                host=str(raw["host"]),
-                port=int(raw["port"]),
-                username=raw.get("username"),
-                password=raw.get("password"),
-                sni=raw.get("sni"),
-                allow_insecure=bool(raw.get("allow_insecure", False)),
-                link=str(raw.get("link") or ""),
-                cipher=raw.get("cipher"),
-                alpn=tuple(str(p) for p in raw.get("alpn") or ()),
-            )
-        except KeyError as exc:  # not the whole dict: it holds the password
-            raise ValueError(f"manifest node {raw.get('name')!r}: missing key "
-                             f"{exc.args[0]!r}") from None
+    def from_manifest(cls, raw: NodeSpec | Mapping[str, Any]) -> Node:
+        """From the manifest's typed node (a JSON dict is read through NodeSpec first; a missing
+        key is a ValueError naming it, never echoing the dict: it holds the password)."""
+        spec = raw if isinstance(raw, NodeSpec) else NodeSpec.from_json(raw)
+        node = cls(name=spec.name, protocol=spec.protocol, host=spec.host, port=spec.port,
+                   username=spec.username, password=spec.password, sni=spec.sni,
+                   allow_insecure=spec.allow_insecure, link=spec.link, cipher=spec.cipher,
+                   alpn=spec.alpn or ())
         if node.protocol not in PROTOCOLS:
             raise ValueError(f"node '{node.name}': unsupported protocol {node.protocol!r} "
                              f"(supported: {', '.join(PROTOCOLS)})")

@@ -8,8 +8,11 @@ A protocol is one module of this package (`runtime/proxy/<module>.py`) exporting
   (a pipelined handshake whose reply length is known from its first bytes).
 
 The table below is data only: it imports no protocol module at load time, so `base.Node` can
-check a manifest's protocol name against it without an import cycle. A new protocol is one
-module plus one line here.
+check a manifest's protocol name against it without an import cycle. It says where each protocol
+lives; what the runtime can do with it (dial, UDP) is the contract's capability table
+(`contract.capabilities`), which the compiler reads too. A new protocol is one module plus one
+line here, and its capability row flipped (which removes the compiler's warning for its nodes);
+tests/test_capabilities.py keeps the two in step.
 """
 from __future__ import annotations
 
@@ -20,26 +23,31 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from dae_py.contract import capabilities
+
 
 @dataclass(frozen=True)
 class ProtocolEntry:
-    """One protocol: the scheme a manifest node names, its module, whether it carries UDP."""
+    """One protocol: the scheme a manifest node names and the module that implements it."""
 
     scheme: str
     module: str
-    udp: bool
+
+    @property
+    def udp(self) -> bool:
+        """Whether it carries UDP, as the capability table says."""
+        return self.scheme in capabilities.UDP_PROTOCOLS
 
 
 ENTRIES: tuple[ProtocolEntry, ...] = (
-    ProtocolEntry("socks5", "socks5", udp=True),
-    ProtocolEntry("http", "http", udp=False),
-    ProtocolEntry("https", "https", udp=False),
-    ProtocolEntry("ss", "shadowsocks", udp=True),
-    ProtocolEntry("trojan", "trojan", udp=True),
+    ProtocolEntry("socks5", "socks5"),
+    ProtocolEntry("http", "http"),
+    ProtocolEntry("https", "https"),
+    ProtocolEntry("ss", "shadowsocks"),
+    ProtocolEntry("trojan", "trojan"),
 )
 
-#: The schemes of the node protocols the runtime dials (the capability table is checked
-#: against this tuple).
+#: The schemes of the node protocols the runtime dials.
 PROTOCOLS: tuple[str, ...] = tuple(e.scheme for e in ENTRIES)
 #: Those of them that also carry UDP.
 UDP_PROTOCOLS: tuple[str, ...] = tuple(e.scheme for e in ENTRIES if e.udp)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from dae_py.contract.manifest import Manifest
+
 from .flow import Flow, FunctionRouter, RelayConfig, Route, Router, StaticRouter
 from .outbounds import OutboundTable
 from .stats import Counters, RelayStats
@@ -38,7 +40,7 @@ class Gateway:
         self.udp = UdpRelay(router, table, config, self.stats)
 
     @classmethod
-    def from_manifest(cls, router: Router, manifest: Mapping[str, Any],
+    def from_manifest(cls, router: Router, manifest: Manifest | Mapping[str, Any],
                       config: RelayConfig = RelayConfig()) -> Gateway:
         return cls(router, OutboundTable.from_manifest(manifest, config.dial_options()), config)
 

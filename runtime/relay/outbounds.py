@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any, Mapping
+
+from dae_py.contract.manifest import Manifest, nodes_and_groups
 
 from dae_py.runtime.groups import Group
 from dae_py.runtime.proxy import BLOCK_ID, DIRECT_ID, BlockOutbound, DialOptions, DirectOutbound, Node, Outbound
@@ -14,28 +17,27 @@ class OutboundTable:
         self.table = dict(table)
 
     @classmethod
-    def from_manifest(cls, manifest: Mapping[str, Any], opts: DialOptions = DialOptions(),
+    def from_manifest(cls, manifest: Manifest | Mapping[str, Any], opts: DialOptions = DialOptions(),
                       **group_kwargs: Any) -> OutboundTable:
-        """From the manifest's "nodes" and "groups" lists."""
+        """From the manifest's nodes and groups (a typed Manifest, or a partial JSON one)."""
+        node_specs, group_specs = nodes_and_groups(manifest)
         nodes: dict[str, Node] = {}
-        for raw in manifest.get("nodes", ()):
-            if raw.get("dialable") is False:
-                log.warning("node '%s': %s is not supported by the runtime; skipped", raw.get("name"),
-                            raw.get("protocol"))
+        for spec in node_specs:
+            if spec.dialable is False:
+                log.warning("node '%s': %s is not supported by the runtime; skipped", spec.name, spec.protocol)
                 continue
-            node = Node.from_manifest(raw)
+            node = Node.from_manifest(spec)
             if node.name in nodes:
                 raise ValueError(f"duplicate node name {node.name!r}")
             nodes[node.name] = node
         table: dict[int, Outbound] = {DIRECT_ID: DirectOutbound(opts), BLOCK_ID: BlockOutbound()}
-        for raw in manifest.get("groups", ()):
-            members = [n for n in raw.get("nodes", ()) if n in nodes]
+        for gspec in group_specs:
+            members = tuple(n for n in gspec.nodes if n in nodes)
             if not members:
                 # The compiler only lets this through for groups no rule uses.
-                log.warning("group '%s' has no node the runtime can dial; flows to it are refused",
-                            raw.get("name"))
+                log.warning("group '%s' has no node the runtime can dial; flows to it are refused", gspec.name)
                 continue
-            group = Group.from_manifest({**raw, "nodes": members}, nodes, opts, **group_kwargs)
+            group = Group.from_manifest(replace(gspec, nodes=members), nodes, opts, **group_kwargs)
             if group.spec.id in table:
                 raise ValueError(f"group '{group.name}': outbound id {group.spec.id} is taken")
             table[group.spec.id] = group

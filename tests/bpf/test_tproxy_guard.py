@@ -39,8 +39,8 @@ def verdict(obj: BpfObject, mark: int) -> int:
 
 
 def test_only_packets_with_the_hijack_mark_pass(build: Build) -> None:
-    fwmark = int(build.manifest["global"]["fwmark"])
-    so_mark = int(build.manifest["global"].get("so_mark_from_dae") or 0x800000)
+    fwmark = build.manifest.settings.fwmark
+    so_mark = build.manifest.settings.so_mark_from_dae or 0x800000
     with BpfObject(build.object_path) as obj:
         obj.load()
         assert obj.program_section("tproxy_guard") == "socket"

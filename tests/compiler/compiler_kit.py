@@ -57,7 +57,7 @@ class Compiled:
 
     def rule_index(self, line_text: str) -> int:
         """Index of the rule whose text contains `line_text` (for readable expectations)."""
-        hits = [r["index"] for r in self.build.manifest["rules"] if line_text in r["text"]]
+        hits = [r.index for r in self.build.manifest.rules if line_text in r.text]
         assert len(hits) == 1, (line_text, hits)
         return hits[0]
 
@@ -147,7 +147,7 @@ class Kernel:
         self.flows = self.obj.map("flows")
         self.domains = DomainBindings.of(self.obj, build.domain_words)
         self.pnames = self.obj.map("sock_pname") if "sock_pname" in names else None
-        self.n_rules = len(build.manifest["rules"])
+        self.n_rules = len(build.manifest.rules)
         self.fds = {p: self.obj.program_fd(p) for p in ("lan_ingress", "wan_egress", "classify_only")}
 
     def close(self) -> None:

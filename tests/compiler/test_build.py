@@ -14,7 +14,7 @@ import pytest
 
 from dae_py.compiler.geodata import SiteDomain, write_geoip, write_geosite
 from dae_py.compiler.pipeline import compile_config
-from dae_py.compiler.version import COMPILER_VERSION, MANIFEST_FORMAT
+from dae_py.contract.version import COMPILER_VERSION, MANIFEST_FORMAT
 from compiler_kit import Kernel, compile_text, make_flow, strategy_params, write_config
 from dae_py.runtime.bpf import BpfObject
 
@@ -218,11 +218,11 @@ routing:
 """
     c = compile_text(tmp_path, config, strategy=strategy)
     m = c.build.manifest
-    trie_entries = sum(meta["entries"] for meta in m["maps"] if meta["kind"] == "lpm_trie")
+    trie_entries = sum(meta.entries for meta in m.maps if meta.kind == "lpm_trie")
     if strategy == "linear":
         assert trie_entries >= 10_000
     else:
-        assert m["strategy"] == "bitvector"
+        assert m.strategy == "bitvector"
         src = (c.out / "program.c").read_text()
         assert "dip4_vecs SEC" in src and "sip4_intervals[" in src and "dip6_intervals[" in src
         assert trie_entries == 9_000

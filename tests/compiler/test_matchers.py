@@ -84,7 +84,7 @@ def run_cases(compiled: Compiled, cases: list[Case], explain_every: int = 3, exp
     """Run every case through one loaded object, and every `explain_every`-th one also through
     `explain` (a fresh load each time, as users run it); return what went wrong."""
     build = compiled.build
-    names = {o["id"]: o["name"] for o in build.manifest["outbounds"]}
+    names = {o.id: o.name for o in build.manifest.outbounds}
     problems = []
     with Kernel(build) as k:
         for i, case in enumerate(cases):
@@ -677,14 +677,14 @@ def test_front_end_views(strategy: str, compiled: Callable[[str, str], Compiled]
                for d in pn.checked.diags.warnings)
     assert "averyveryverylo" in pn.checked.ir.pnames
     issue = compiled("issue_example", strategy)
-    groups = {g["name"]: g for g in issue.build.manifest["groups"]}
-    assert groups["proxy"]["nodes"] == ["n1"] and groups["hk"]["nodes"] == []
+    groups = {g.name: g for g in issue.build.manifest.groups}
+    assert groups["proxy"].nodes == ("n1",) and groups["hk"].nodes == ()
     assert any("group 'hk' selects no node" in d.message for d in issue.checked.diags.warnings)
     assert not issue.checked.diags.errors
     big = compiled("dip_large", strategy)
-    assert {m["name"] for m in big.build.manifest["maps"]} >= {"dip4_sets", "dip6_sets", "sip4_sets", "sip6_sets"}
+    assert {m.name for m in big.build.manifest.maps} >= {"dip4_sets", "dip6_sets", "sip4_sets", "sip6_sets"}
     ports = compiled("ports", strategy)
-    assert "port_sets" in {m["name"] for m in ports.build.manifest["maps"]}
+    assert "port_sets" in {m.name for m in ports.build.manifest.maps}
     words = compiled("domain_words", strategy)
     assert words.build.domain_words == 2
 

@@ -1,0 +1,109 @@
+"""What the runtime acts on: proxy protocols, routing functions and config options.
+
+The compiler accepts more than the runtime does (dae's whole config language); for each thing
+it accepts but the runtime does not act on, this table says what is missing, and the compiler
+warns at the thing's file:line:col with that text. A later issue that adds a capability flips
+its entry here, and its warning goes away: nothing else lists what the runtime can do.
+
+tests/test_capabilities.py checks the protocol rows against the runtime's own list.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ProtocolCapability:
+    """A node link scheme. `dialable`: the runtime has an outbound for it; `udp`: it also relays
+    UDP through it; `missing`: why not, when it is not dialable."""
+
+    scheme: str
+    dialable: bool
+    udp: bool = False
+    missing: str = ""
+
+
+@dataclass(frozen=True)
+class FunctionCapability:
+    """A routing function. `acts`: a packet on a real network is routed by it. `needs`: what it
+    depends on to act (checked against the config), or, when it does not act, what is missing."""
+
+    name: str
+    acts: bool
+    needs: str = ""
+
+
+@dataclass(frozen=True)
+class OptionCapability:
+    """A `global` option the compiler parses. `acts`: False when the runtime ignores it, with
+    `missing` saying what would make it count; `unless` lists the values that need nothing
+    (the runtime's own behaviour already is that value)."""
+
+    key: str
+    acts: bool
+    missing: str = ""
+    unless: tuple[object, ...] = ()
+
+
+PROTOCOLS: tuple[ProtocolCapability, ...] = (
+    ProtocolCapability("socks5", dialable=True, udp=True),
+    ProtocolCapability("http", dialable=True),
+    ProtocolCapability("https", dialable=True),
+    ProtocolCapability("ss", dialable=True, udp=True),
+    ProtocolCapability("trojan", dialable=True, udp=True),
+    ProtocolCapability("socks5h", dialable=False, missing="no socks5h outbound; socks5:// works: the relay sends addresses, "
+                                                          "not names"),
+    ProtocolCapability("vmess", dialable=False, missing="no VMess outbound"),
+    ProtocolCapability("vless", dialable=False, missing="no VLESS outbound"),
+)
+
+#: The schemes the runtime dials, in the order of its registry (runtime/proxy/registry.py).
+RUNTIME_PROTOCOLS: tuple[str, ...] = tuple(p.scheme for p in PROTOCOLS if p.dialable)
+UDP_PROTOCOLS: tuple[str, ...] = tuple(p.scheme for p in PROTOCOLS if p.udp)
+KNOWN_PROTOCOLS: frozenset[str] = frozenset(p.scheme for p in PROTOCOLS)
+
+#: Routing functions whose effect depends on more than the datapath. The others (sip, dip, sport,
+#: dport, l4proto, ipversion, mac, dscp) act wherever the tc program is attached.
+FUNCTIONS: tuple[FunctionCapability, ...] = (
+    FunctionCapability("pname", acts=False,
+                       needs="local-host routing (cgroup hooks naming the process, issue 13): the gateway "
+                             "attaches no program to its own traffic yet, so pname() never matches"),
+    FunctionCapability("domain", acts=True,
+                       needs="the DNS module (it binds the names it resolves for dns.bind clients to their "
+                             "addresses)"),
+)
+
+OPTIONS: tuple[OptionCapability, ...] = (
+    OptionCapability("dial_mode", acts=False, unless=("ip",),
+                     missing="the relay dials the destination address (dial_mode ip); domain dialing needs "
+                             "sniffing, which the runtime has not"),
+    OptionCapability("sniffing_timeout", acts=False, missing="the runtime does not sniff (no domain dialing)"),
+    OptionCapability("tproxy_port_protect", acts=False, unless=(True,),
+                     missing="the runtime always protects the tproxy port (its guard program cannot be "
+                             "turned off)"),
+    OptionCapability("disable_waiting_network", acts=False, missing="the runtime does not wait for the network"),
+    OptionCapability("tls_implementation", acts=False, missing="the runtime's TLS is Python's ssl module"),
+    OptionCapability("utls_imitate", acts=False, missing="the runtime has no uTLS fingerprints"),
+)
+
+
+def protocol(scheme: str) -> ProtocolCapability | None:
+    for p in PROTOCOLS:
+        if p.scheme == scheme:
+            return p
+    return None
+
+
+def function(name: str) -> FunctionCapability | None:
+    for f in FUNCTIONS:
+        if f.name == name:
+            return f
+    return None
+
+
+def ignored_option(key: str, value: object) -> OptionCapability | None:
+    """The option's row when the runtime would ignore `value` for it, else None."""
+    for o in OPTIONS:
+        if o.key == key and not o.acts and value not in o.unless:
+            return o
+    return None

@@ -1,0 +1,53 @@
+"""The import contracts of pyproject.toml ([tool.importlinter]) hold: the runtime never imports the
+compiler, the compiler never imports the runtime, the contract imports neither.
+
+lint-imports (grimp) finds a package's modules by walking its folder, and dae_py's subpackages
+live in other folders (setuptools package-dir), so the check runs on a copy of the sources laid
+out as installed: dae_py/{contract,compiler,runtime,...}.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("contract", "compiler", "runtime", "schemas", "templates")
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def _installed_layout(tmp: Path) -> Path:
+    root = tmp / "src"
+    shutil.copytree(REPO / "dae_py", root / "dae_py", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in PACKAGES:
+        shutil.copytree(REPO / name, root / "dae_py" / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def _lint(root: Path) -> subprocess.CompletedProcess[str]:
+    if not LINT_IMPORTS.exists():
+        pytest.fail(f"{LINT_IMPORTS} is missing: scripts/setup.sh installs import-linter (the test extra)")
+    env = {**os.environ, "PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "1"}
+    return subprocess.run([str(LINT_IMPORTS), "--no-cache", str(REPO / "pyproject.toml")],
+                          check=False, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_import_contracts_hold(tmp_path: Path) -> None:
+    proc = _lint(_installed_layout(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3 kept, 0 broken" in proc.stdout
+
+
+def test_a_runtime_module_importing_the_compiler_breaks_the_contract(tmp_path: Path) -> None:
+    """The check is not vacuous: one deliberate violation fails it, naming the import."""
+    root = _installed_layout(tmp_path)
+    (root / "dae_py" / "runtime" / "violation.py").write_text(
+        "from dae_py.compiler.values import parse_duration  # deliberate: the runtime may not do this\n")
+    proc = _lint(root)
+    assert proc.returncode != 0
+    assert "The runtime does not import the compiler BROKEN" in proc.stdout
+    assert "dae_py.runtime.violation -> dae_py.compiler.values" in proc.stdout
