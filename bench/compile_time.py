@@ -34,8 +34,9 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from . import configs
 from .common import REPO, machine_note, print_machine
@@ -94,7 +95,7 @@ def stage_timer() -> Iterator[dict[str, float]]:
 
     wrap(pl, "load_config", "load YAML (ruamel)")
     wrap(pl, "check_schema", "schema (jsonschema)")
-    wrap(pl.RoutingChecker, "build", "rules -> IR (parse, check, geodata)")
+    wrap(check.RoutingChecker, "build", "rules -> IR (parse, check, geodata)")
     wrap(check, "parse_rule", "  of which: parse of rule strings")
     wrap(geodata, "read_geosite", "  of which: read geosite.dat")
     wrap(geodata, "read_geoip", "  of which: read geoip.dat")
@@ -177,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         (tmp / "tiny.yaml").write_text(configs.tiny_config())
         cfgs["tiny"] = tmp / "tiny.yaml"
-        (tmp / "geodata.yaml").write_text(configs.big_compile_config(tmp / "geo", args.domains, args.cidrs, inline=False))
+        (tmp / "geodata.yaml").write_text(
+            configs.big_compile_config(tmp / "geo", args.domains, args.cidrs, inline=False))
         cfgs["geodata"] = tmp / "geodata.yaml"
         (tmp / "inline.yaml").write_text(configs.big_compile_config(tmp / "inl", args.domains, args.cidrs, inline=True))
         cfgs["inline"] = tmp / "inline.yaml"
@@ -235,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             ss = samples[(j, t)]
 
-            def col(k: str, nd: int = 2) -> str:
+            def col(k: str, nd: int = 2, ss: list[dict[str, float]] = ss) -> str:
                 v = [s[k] for s in ss]
                 return f"{statistics.median(v):.{nd}f} ({min(v):.{nd}f}-{max(v):.{nd}f})"
 

@@ -7,12 +7,11 @@ source line, and a caret under the offending token.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Iterable
 
 from .urls import mask_secrets, mask_with_column
-
 
 SHOW_LINE_CHARS = 160  # source lines longer than this are shown as a window around the caret
 
