@@ -94,7 +94,7 @@ class DnsListener:
     async def _udp(self, proto: _UdpProtocol, data: bytes, addr: tuple[Any, ...]) -> None:
         try:
             reply = await self.answer(data, 0)
-        except Exception:
+        except Exception:  # a bug answering one query must not stop the others (logged, so not BLE001)
             log.exception("dns: failed to answer a UDP query from %s", addr[0])
             return
         if reply is not None and proto.transport is not None and not proto.transport.is_closing():
