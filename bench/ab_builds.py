@@ -8,8 +8,8 @@ machine's drifts hit every build alike and the ratios stand:
     .venv/bin/python -m bench.ab_builds one=B1 old=B2 new=B3 --baseline one
 
 Each build's answer (its rule index) is printed next to its time: builds of the same config must
-agree, builds of different configs (1 rule against 1,000) need not. `+dns` packets add a domain-map entry without bits for the
-destination, as in bench.classify.
+agree, builds of different configs (1 rule against 1,000) need not. `+dns` packets add a domain-map
+entry without bits for the destination, as in bench.classify.
 """
 from __future__ import annotations
 

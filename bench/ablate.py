@@ -38,8 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             run_row(r, args, Path(td))
     print_machine(note)
-    print("# command (as root, from the checkout): .venv/bin/python -m bench.ablate " + " ".join(argv if argv is not None else sys.argv[1:]))
-    print(f"# repeat={args.repeat} runs={args.runs}; median ns/packet (in brackets: / the same strategy's 1-rule program,")
+    print("# command (as root, from the checkout): .venv/bin/python -m bench.ablate "
+          + " ".join(argv if argv is not None else sys.argv[1:]))
+    print(f"# repeat={args.repeat} runs={args.runs}; "
+          "median ns/packet (in brackets: / the same strategy's 1-rule program,")
     print("# timed in the same rounds)\n")
     head = ["rules"] + [f"{s} {pk}" for s in args.strategies for pk in args.packets] + \
            [f"interp {pk}" for pk in args.packets]

@@ -18,12 +18,13 @@ import ipaddress
 import random
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from dae_py.contract.evaluate import Flow, classify
 from dae_py.contract.ir import CidrSet, Field, PortSet, RoutingIR, ValueSet
-from dae_py.runtime.packets import IPPROTO_TCP, IPPROTO_UDP, DEFAULT_SRC_MAC, FlowSpec, frame
+from dae_py.runtime.packets import DEFAULT_SRC_MAC, IPPROTO_TCP, IPPROTO_UDP, FlowSpec, frame
 
 from . import configs
 from .common import Compiled, available_strategies, compile_one, retval
@@ -105,16 +106,17 @@ def values_of(ir: RoutingIR) -> Values:
     return v
 
 
-def _addr_in(rng: random.Random, net) -> ipaddress.IPv4Address | ipaddress.IPv6Address:  # type: ignore[no-untyped-def]
+def _addr_in(rng: random.Random,
+             net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     host_bits = net.max_prefixlen - net.prefixlen
     return net.network_address + (rng.getrandbits(host_bits) if host_bits else 0)
 
 
 def random_flow(rng: random.Random, v: Values) -> FlowSpec:
     fam = 6 if rng.random() < 0.35 else 4
-    nets = v.nets6 if fam == 6 else v.nets4
+    nets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = v.nets6 if fam == 6 else v.nets4
 
-    def addr():  # type: ignore[no-untyped-def]
+    def addr() -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         if nets and rng.random() < 0.7:
             return _addr_in(rng, rng.choice(nets))
         if fam == 4:
@@ -151,7 +153,7 @@ def check_config(text: str, name: str, tmp: Path, strategies: list[str], flows: 
     with Interpreter.open() as interp:
         interp.fill(encode(ir))
         ifd = interp.program_fd("interp_record")
-        cfds = {s: c.obj.program_fd("classify_only") for s, c in compiled.items()}  # type: ignore[union-attr]
+        cfds = {s: c.obj.program_fd("classify_only") for s, c in compiled.items()}  # type: ignore[union-attr]  # c.load() set obj
         for _ in range(flows):
             f = random_flow(rng, vals)
             bits = 0

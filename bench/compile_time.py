@@ -37,8 +37,9 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from . import configs
 from .common import REPO, machine_note, print_machine
@@ -48,6 +49,11 @@ DAE_COMPILE = REPO / ".venv" / "bin" / "dae-compile"
 
 PACKAGE_FOLDERS = ("compiler", "contract", "runtime", "templates", "schemas")
 SHIMS: dict[Path, Path] = {}
+
+
+def _remove_shims() -> None:
+    for shim in SHIMS.values():
+        shutil.rmtree(shim, ignore_errors=True)
 
 
 def tree_shim(tree: Path) -> Path:
@@ -67,7 +73,7 @@ def tree_shim(tree: Path) -> Path:
     (shim / "bench").symlink_to(REPO / "bench")
     SHIMS[tree] = shim
     if len(SHIMS) == 1:
-        atexit.register(lambda: [shutil.rmtree(d, ignore_errors=True) for d in SHIMS.values()])
+        atexit.register(_remove_shims)
     return shim
 
 
@@ -125,7 +131,7 @@ def stage_timer() -> Iterator[dict[str, float]]:
 
     wrap(pl, "load_config", "load YAML (ruamel)")
     wrap(pl, "check_schema", "schema (jsonschema)")
-    wrap(pl.RoutingChecker, "build", "rules -> IR (parse, check, geodata)")
+    wrap(check.RoutingChecker, "build", "rules -> IR (parse, check, geodata)")
     wrap(check, "parse_rule", "  of which: parse of rule strings")
     wrap(geodata, "read_geosite", "  of which: read geosite.dat")
     wrap(geodata, "read_geoip", "  of which: read geoip.dat")
@@ -203,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         (tmp / "tiny.yaml").write_text(configs.tiny_config())
         cfgs["tiny"] = tmp / "tiny.yaml"
-        (tmp / "geodata.yaml").write_text(configs.big_compile_config(tmp / "geo", args.domains, args.cidrs, inline=False))
+        (tmp / "geodata.yaml").write_text(
+            configs.big_compile_config(tmp / "geo", args.domains, args.cidrs, inline=False))
         cfgs["geodata"] = tmp / "geodata.yaml"
         (tmp / "inline.yaml").write_text(configs.big_compile_config(tmp / "inl", args.domains, args.cidrs, inline=True))
         cfgs["inline"] = tmp / "inline.yaml"
@@ -261,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             ss = samples[(j, t)]
 
-            def col(k: str, nd: int = 2) -> str:
+            def col(k: str, nd: int = 2, ss: list[dict[str, float]] = ss) -> str:
                 v = [s[k] for s in ss]
                 return f"{statistics.median(v):.{nd}f} ({min(v):.{nd}f}-{max(v):.{nd}f})"
 

@@ -74,13 +74,13 @@ def rand_v4(rng: random.Random, lo: int = 12, hi: int = 28) -> ipaddress.IPv4Net
             break
     addr = (first << 24) | rng.getrandbits(24)
     plen = rng.randint(max(lo, 8), hi)
-    return ipaddress.ip_network((addr, plen), strict=False)
+    return ipaddress.IPv4Network((addr, plen), strict=False)
 
 
 def rand_v6(rng: random.Random, lo: int = 20, hi: int = 64) -> ipaddress.IPv6Network:
     first = rng.randrange(0x2400, 0x2c10)  # never 2001:: (the packets) nor fd00::
     addr = (first << 112) | rng.getrandbits(112)
-    return ipaddress.ip_network((addr, rng.randint(lo, hi)), strict=False)
+    return ipaddress.IPv6Network((addr, rng.randint(lo, hi)), strict=False)
 
 
 def _q(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
@@ -88,7 +88,8 @@ def _q(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
 
 
 def _cidrs(rng: random.Random) -> str:
-    nets = [rand_v4(rng) for _ in range(rng.choice([1, 1, 2, 3, 4]))]
+    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = [
+        rand_v4(rng) for _ in range(rng.choice([1, 1, 2, 3, 4]))]
     if rng.random() < 0.3:
         nets.append(rand_v6(rng))
     return ", ".join(_q(n) for n in nets)
@@ -157,7 +158,8 @@ def mixed_rules(n: int, seed: int = 1, kinds: list[str] | None = None) -> list[s
     if n <= 0:
         return []
     rng = random.Random(seed)
-    rules, seen = [], set()
+    rules: list[str] = []
+    seen: set[str] = set()
     i = 0
     while len(rules) < n - 1:
         r = mixed_rule(rng, i, kinds)

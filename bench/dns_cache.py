@@ -18,18 +18,25 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dns.message
 import dns.query
 
+if TYPE_CHECKING:  # main() imports it when it runs
+    from dae_py.runtime.lab import Lab
 
-def dnsperf(lab, server: str, port: int, qfile: Path, seconds: int, clients: int) -> dict[str, float]:
+
+def dnsperf(lab: Lab, server: str, port: int, qfile: Path, seconds: int, clients: int) -> dict[str, float]:
     out = lab.run("client", ["dnsperf", "-s", server, "-p", str(port), "-d", str(qfile), "-l", str(seconds),
                              "-c", "4", "-q", str(clients), "-T", "1"], timeout=seconds + 60).stdout
-    qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))
+    qps = re.search(r"Queries per second:\s+([\d.]+)", out)
     lost = re.search(r"Queries lost:\s+(\d+)", out)
     avg = re.search(r"Average Latency \(s\):\s+([\d.]+)", out)
-    return {"qps": qps, "lost": float(lost.group(1)) if lost else 0.0, "avg_ms": float(avg.group(1)) * 1000}
+    if qps is None or avg is None:
+        raise RuntimeError(f"dnsperf printed no result:\n{out}")
+    return {"qps": float(qps.group(1)), "lost": float(lost.group(1)) if lost else 0.0,
+            "avg_ms": float(avg.group(1)) * 1000}
 
 
 def main() -> None:
@@ -53,7 +60,8 @@ def main() -> None:
         hosts |= {f"h{i}.bench.test": [f"10.231.2.{10 + i}"] for i in range(20)}
         lab.start_dnsmasq(5300, hosts, ttl=3600)
         # the baseline: dnsmasq as a caching forwarder in the gateway namespace
-        lab.start_dnsmasq(5353, {}, ns="gateway", listen=[t.gateway_lan_ip4], extra=[f"--server={t.upstream_ip4}#5300", "--cache-size=10000"])
+        lab.start_dnsmasq(5353, {}, ns="gateway", listen=[t.gateway_lan_ip4],
+                          extra=[f"--server={t.upstream_ip4}#5300", "--cache-size=10000"])
         qfile = Path(wd) / "queries"
         qfile.write_text("".join(f"h{i}.bench.test A\n" for i in range(20)))
         qfile.chmod(0o644)
@@ -90,8 +98,8 @@ dns:
                 for i in range(args.trials):
                     q = dns.message.make_query(f"n{i}.proxied.test", "A")
                     with lab.socket("client", type=2) as s:
-                        r = dns.query.udp(q, t.gateway_lan_ip4, timeout=5, sock=s)
-                    ip = r.answer[0][0].address
+                        reply = dns.query.udp(q, t.gateway_lan_ip4, timeout=5, sock=s)
+                    ip = reply.answer[0][0].address
                     if client_get(lab, ip, 8081)["peer"] != t.upstream_ip4:
                         wrong += 1
                 print(f"first connection after a fresh answer routed by domain: {args.trials - wrong} of {args.trials}")

@@ -29,7 +29,6 @@ from pathlib import Path
 
 from bench.fuzz_inputs import mutate, run_front_end, seeds
 
-
 SLOW_SECONDS = 2.0  # inputs slower than this are saved with the crashes, to look at
 
 
@@ -167,12 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: {' '.join([sys.executable, '-m', 'bench.fuzz_compiler', *(argv or sys.argv[1:])])}")
     print(f"load average at the end: {os.getloadavg()}")
     print()
-    print("| inputs | seeds | ok | rejected | crashes | over 2 s | max time | p99 time | median time | max RSS | wall |")
+    print("| inputs | seeds | ok | rejected | crashes | over 2 s | max time | p99 time | median time "
+          "| max RSS | wall |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     p99 = times[int(len(times) * 0.99) - 1] if times else 0.0
     med = times[len(times) // 2] if times else 0.0
     print(f"| {len(times)} | {len(seeds())} | {kinds.get('ok', 0)} | {kinds.get('rejected', 0)} | "
-          f"{kinds.get('crash', 0)} | {kinds.get('slow', 0)} | {times[-1]:.2f} s | {p99 * 1000:.0f} ms | {med * 1000:.0f} ms | "
+          f"{kinds.get('crash', 0)} | {kinds.get('slow', 0)} | {times[-1]:.2f} s | {p99 * 1000:.0f} ms | "
+          f"{med * 1000:.0f} ms | "
           f"{max_rss / 1024:.0f} MiB | {wall:.0f} s |")
     if args.save_crashes:
         args.save_crashes.write_text(json.dumps(crashes, indent=1))

@@ -144,8 +144,8 @@ def run_front_end(data: str | bytes, directory: Path) -> Outcome:
     exception other than a CompileError carrying diagnostics is a crash (with its traceback)."""
     from dae_py.compiler.diagnostics import CompileError
     from dae_py.compiler.emit import render
-    from dae_py.compiler.pipeline import check_config, choose_strategy
     from dae_py.compiler.load import load_config
+    from dae_py.compiler.pipeline import check_config, choose_strategy
 
     path = directory / "config.yaml"
     path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass"))

@@ -7,6 +7,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from dae_py.contract.version import COMPILER_VERSION
+
 from .diagnostics import CompileError, Diagnostics, SourcePos
 from .emit import EmitError
 from .load import CONFIG_MAX_BYTES
@@ -14,7 +16,6 @@ from .outdir import OutputDirError
 from .pipeline import STRATEGIES, compile_config
 from .readfile import decode_utf8, read_capped, read_capped_text
 from .urls import mask_secrets
-from dae_py.contract.version import COMPILER_VERSION
 
 EXIT_OK, EXIT_REJECTED, EXIT_INTERNAL = 0, 1, 2
 STDIN_NAME = "<stdin>"

@@ -7,13 +7,11 @@ source line, and a caret under the offending token.
 from __future__ import annotations
 
 import difflib
-import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Iterable
 
 from .urls import mask_secrets, mask_with_column
-
 
 SHOW_LINE_CHARS = 160  # source lines longer than this are shown as a window around the caret
 
@@ -61,18 +59,6 @@ class Diagnostic:
         if self.hint:
             out.append(f"  hint: {mask_secrets(self.hint)}")
         return "\n".join(out)
-
-
-_USERINFO = re.compile(r"(?<=://)[^\s/@'\"?#]+(?=@)")
-_BASE64_BODY = re.compile(r"\b(?:ss|vmess)://([A-Za-z0-9+/=_-]{16,})(?![A-Za-z0-9+/=_-]*[:@.])")
-
-
-def mask_secrets(line: str) -> str:
-    """A source line fit to echo: link userinfo (passwords) and base64 link bodies (legacy
-    ss, vmess) starred out, character for character so the caret still lines up."""
-    line = _USERINFO.sub(lambda m: "*" * len(m.group()), line)
-    return _BASE64_BODY.sub(lambda m: m.group()[:m.start(1) - m.start()] + "*" * len(m.group(1)),
-                            line)
 
 
 @dataclass

@@ -115,7 +115,7 @@ class Attrs(Mapping[str, "bool | int"]):
     __slots__ = ("_d", "_sig")
 
     def __init__(self, items: Mapping[str, bool | int] | Iterable[tuple[str, bool | int]] = ()) -> None:
-        d = dict(items.items() if isinstance(items, Mapping) else items)
+        d: dict[str, bool | int] = dict(items.items() if isinstance(items, Mapping) else items)
         for key, value in d.items():
             if not isinstance(key, str):
                 raise TypeError(f"attribute key must be str, not {type(key).__name__}: {key!r}")
@@ -606,7 +606,8 @@ def _enc_uint(field: int, n: int) -> bytes:
     return _enc_varint(field << 3 | _VARINT) + _enc_varint(n)
 
 
-def _tag_bytes(tag: str, seen: set[str]) -> bytes:
+def _tag_bytes(tag: object, seen: set[str]) -> bytes:
+    # `object`: the mapping's keys come from callers' data, so the type is checked here, at run time.
     if not isinstance(tag, str) or not tag.strip():
         raise GeoDataError(f"geodata tag must be a non-empty string, not {tag!r}")
     upper = tag.upper()

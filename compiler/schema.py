@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -54,12 +55,33 @@ def _unquoted_rule(err: ValidationError) -> bool:
             and tuple(err.absolute_path)[:2] == ("routing", "rules"))
 
 
+def _subschema(err: ValidationError) -> Mapping[str, Any]:
+    """The schema object whose keyword failed. A mapping for every keyword handled here: only a
+    boolean schema (`false`) is not, and its errors take the generic message."""
+    schema = err.schema
+    assert isinstance(schema, Mapping), schema
+    return schema
+
+
+def _keyword_value(err: ValidationError) -> Any:
+    """The failed keyword's value (`required`'s names, `enum`'s values, `pattern`'s regex): always
+    set on the errors `iter_errors` yields, though the stubs allow an `Unset` sentinel."""
+    value: Any = err.validator_value
+    return value
+
+
+def _instance(err: ValidationError) -> Any:
+    """The config value that failed: always set on the errors `iter_errors` yields (as above)."""
+    value: Any = err.instance
+    return value
+
+
 def _message(err: ValidationError) -> tuple[str, str | None]:
     path = "/".join(str(p) for p in err.absolute_path) or "config"
     if err.validator == "additionalProperties":
         extra = sorted(_extra_keys(err))
-        allowed = list(err.schema.get("properties", {}).keys())
-        for pattern in err.schema.get("patternProperties", {}):
+        allowed = list(_subschema(err).get("properties", {}).keys())
+        for pattern in _subschema(err).get("patternProperties", {}):
             # '^(dip|ip|...)$': the names a structured match item may use.
             m = re.fullmatch(r"\^\(([\w|]+)\)\$", pattern)
             if m:
@@ -68,16 +90,17 @@ def _message(err: ValidationError) -> tuple[str, str | None]:
         hint = did_you_mean(extra[0], allowed) if extra else None
         return f"unknown option {names} in {path}", hint
     if err.validator == "required":
-        missing = [k for k in err.validator_value if k not in err.instance]
+        missing = [k for k in _keyword_value(err) if k not in _instance(err)]
         what = ", ".join(repr(k) for k in missing) or err.message
         return f"{path}: missing required option {what}", None
     if err.validator == "enum":
-        allowed = ", ".join(json.dumps(v) for v in err.validator_value)
-        return f"{path}: {json.dumps(err.instance)} is not one of {allowed}", did_you_mean(
-            str(err.instance), [str(v) for v in err.validator_value]
+        values = ", ".join(json.dumps(v) for v in _keyword_value(err))
+        return f"{path}: {json.dumps(err.instance)} is not one of {values}", did_you_mean(
+            str(err.instance), [str(v) for v in _keyword_value(err)]
         )
     if err.validator == "pattern":
-        return f"{path}: {json.dumps(err.instance)} is not valid here ({err.schema.get('description') or 'expected ' + err.validator_value})", None
+        expected = _subschema(err).get("description") or f"expected {_keyword_value(err)}"
+        return f"{path}: {json.dumps(err.instance)} is not valid here ({expected})", None
     if err.validator in ("oneOf", "anyOf"):
         hint = None
         inst = err.instance
@@ -94,9 +117,9 @@ def _message(err: ValidationError) -> tuple[str, str | None]:
 
 def _extra_keys(err: ValidationError) -> set[str]:
     """The keys additionalProperties rejected (neither a property nor matching a pattern)."""
-    props = set(err.schema.get("properties", {}))
-    patterns = [re.compile(p) for p in err.schema.get("patternProperties", {})]
-    return {k for k in err.instance if k not in props and not any(p.search(k) for p in patterns)}
+    props = set(_subschema(err).get("properties", {}))
+    patterns = [re.compile(p) for p in _subschema(err).get("patternProperties", {})]
+    return {k for k in _instance(err) if k not in props and not any(p.search(k) for p in patterns)}
 
 
 def _position_path(err: ValidationError) -> tuple[Any, ...]:
@@ -114,7 +137,7 @@ def check_schema(cfg: LoadedConfig, diags: Diagnostics) -> bool:
         diags.error(cfg.pos.value(()), "the config must be a mapping with a 'routing' section")
         return False
     ok = True
-    seen: set[tuple] = set()
+    seen: set[tuple[Any, ...]] = set()
     for err in sorted(validator().iter_errors(cfg.data), key=lambda e: list(map(str, e.absolute_path))):
         for leaf in _leaf_errors(err):
             ok = False

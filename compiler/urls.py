@@ -48,8 +48,8 @@ def split_url(text: str) -> Url:
         if "Port" in reason or "port" in reason:
             raise ValueError("invalid port") from None
         raise ValueError(f"invalid URL ({reason.lower() or 'cannot be parsed'})") from None
-    return Url(scheme=u.scheme.lower(), netloc=u.netloc, hostname=hostname, port=port, username=u.username, password=u.password,
-               path=u.path, query=u.query, fragment=u.fragment)
+    return Url(scheme=u.scheme.lower(), netloc=u.netloc, hostname=hostname, port=port, username=u.username,
+               password=u.password, path=u.path, query=u.query, fragment=u.fragment)
 
 
 def mask_secrets(text: str) -> str:

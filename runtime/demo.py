@@ -29,7 +29,8 @@ def main() -> int:
     cleanup_stale()
     with Lab() as lab, tempfile.TemporaryDirectory(prefix="dae-demo-") as tmp:
         t = lab.topo
-        _say(f"lab: client {t.client_ip4} -> gateway {t.gateway_lan_ip4}/{t.gateway_wan_ip4} -> upstream {t.upstream_ip4}")
+        _say(f"lab: client {t.client_ip4} -> gateway {t.gateway_lan_ip4}/{t.gateway_wan_ip4} "
+             f"-> upstream {t.upstream_ip4}")
         lab.start_danted(1080)
         lab.start_http_peer(8080)
         lab.start_http_peer(8443)
@@ -43,19 +44,19 @@ def main() -> int:
              f"object {gw.build_dir / 'program.o'}")
         with gw:
             _say("dae-runtime is running in the gateway namespace\n")
-            for port, what in ((8080, "direct"), (8443, "proxied")):
+            for port, _what in ((8080, "direct"), (8443, "proxied")):
                 url = f"http://{t.upstream_ip4}:{port}/"
                 r = lab.run("client", ["curl", "-s", "-m", "5", url])
                 seen = json.loads(r.stdout)["peer"] if r.returncode == 0 and r.stdout else f"(failed: {r.stderr})"
-                flow = make_flow("tcp", parse_endpoint(f"{t.client_ip4}:40000"), parse_endpoint(f"{t.upstream_ip4}:{port}"),
-                                 None, 0)
+                flow = make_flow("tcp", parse_endpoint(f"{t.client_ip4}:40000"),
+                                 parse_endpoint(f"{t.upstream_ip4}:{port}"), None, 0)
                 ex = explain(build, flow)
                 why = (f"{rule_label(ex.rule.index, 'config.yaml', ex.rule.line)}: {ex.rule.text}"
                        if ex.rule else "routing.fallback")
                 _say(f"client GET {url}")
                 _say(f"  decided by {why} -> {ex.outbound}")
-                _say(f"  the server saw the request come from {seen} "
-                     f"({'the client itself: routed by the kernel' if seen == t.client_ip4 else 'the proxy node: relayed'})")
+                via = "the client itself: routed by the kernel" if seen == t.client_ip4 else "the proxy node: relayed"
+                _say(f"  the server saw the request come from {seen} ({via})")
         _say("\nruntime log:")
         for line in gw.log_text().splitlines():
             if "relay.tcp: tcp" in line or "gateway ready" in line or "kernel:" in line or "datapath removed" in line:

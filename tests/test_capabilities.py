@@ -7,6 +7,7 @@ import base64
 import json
 
 import pytest
+
 from dae_py.compiler import nodes
 from dae_py.compiler.pipeline import compile_config
 from dae_py.contract import capabilities

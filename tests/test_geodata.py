@@ -7,6 +7,7 @@ against its own decoder.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 
@@ -288,7 +289,8 @@ def test_filter_attr(sites: dict[str, list[SiteDomain]]) -> None:
     assert [d.value for d in filter_attr(sites["cn"], "ads@cn")] == [r"^ad[0-9]+\.example\.cn$"]
     assert filter_attr(google, "nope") == []
     # v2ray checks the key only: a false or zero value still has the attribute.
-    assert filter_attr([SiteDomain("domain", "x", {"ads": False})], "ads") == [SiteDomain("domain", "x", {"ads": False})]
+    assert filter_attr([SiteDomain("domain", "x", {"ads": False})], "ads") == [
+        SiteDomain("domain", "x", {"ads": False})]
     assert filter_attr([SiteDomain("domain", "x", {"Ads": True})], "ads")[0].has_attr("ADS")
     for bad in ("", "ads@", "@ads", "a@@b"):
         with pytest.raises(GeoDataError, match="empty attribute"):
@@ -303,9 +305,9 @@ def test_site_domain_is_hashable_and_validated() -> None:
     assert SiteDomain("domain", "x", {"w": 1}) != SiteDomain("domain", "x", {"w": True})  # int_value vs bool_value
     assert SiteDomain("full", "y").attrs == {}
     with pytest.raises(ValueError, match="kind"):
-        SiteDomain("keyword", "x")  # type: ignore[arg-type]
+        SiteDomain("keyword", "x")  # type: ignore[arg-type]  # the wrong kind is the point
     with pytest.raises(TypeError):
-        SiteDomain("domain", "x", {"w": "yes"})  # type: ignore[dict-item]
+        SiteDomain("domain", "x", {"w": "yes"})  # type: ignore[dict-item]  # the wrong type is the point
     with pytest.raises(GeoDataError, match="does not fit int64"):
         encode_geosite({"t": [SiteDomain("domain", "x", {"w": 2**63})]})
 
@@ -335,7 +337,8 @@ def test_unknown_tag_suggests_close_matches(tmp_path: Path, sites: dict[str, lis
     message = str(exc.value)
     assert "geosite.dat" in message and "'geolocation-cm'" in message
     assert "did you mean 'geolocation-cn'" in message
-    with pytest.raises(GeoDataError, match=r"tags not found: 'gogle' \(did you mean 'google'\?\); 'zzzzzz'; the file has 4 tags"):
+    with pytest.raises(GeoDataError,
+                       match=r"tags not found: 'gogle' \(did you mean 'google'\?\); 'zzzzzz'; the file has 4 tags"):
         read_geosite(path, ["cn", "gogle", "zzzzzz"])
     ip = tmp_path / "geoip.dat"
     write_geoip(ip, {"cn": ["1.0.0.0/8"], "us": ["3.0.0.0/8"]})
@@ -366,7 +369,8 @@ def test_every_truncation_is_an_error_or_a_shorter_list(tmp_path: Path, sites: d
 
 
 @pytest.mark.parametrize("reader", [read_geosite, read_geoip])
-def test_random_corruption_only_raises_geodata_error(tmp_path: Path, sites: dict[str, list[SiteDomain]], reader) -> None:  # type: ignore[no-untyped-def]
+def test_random_corruption_only_raises_geodata_error(tmp_path: Path, sites: dict[str, list[SiteDomain]],
+                                                     reader: Callable[[Path], object]) -> None:
     rng = random.Random(20240611)
     base = encode_geosite(sites) if reader is read_geosite else encode_geoip(
         {"cn": ["1.0.0.0/8", "2400::/12", "10.0.0.0/8"], "us": ["3.0.0.0/8"]}, reverse=["us"]

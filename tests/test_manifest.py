@@ -18,6 +18,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from dae_py.compiler.pipeline import compile_config
 from dae_py.contract.manifest import PROGRAMS, Attach, GroupEntry, Manifest, ManifestError, NodeSpec
 from dae_py.contract.version import MANIFEST_FORMAT

@@ -10,6 +10,7 @@ import subprocess
 from typing import Any
 
 import pytest
+
 from dae_py.compiler.pipeline import compile_config
 from dae_py.contract.maps import LAYOUTS, Layout
 
@@ -62,15 +63,17 @@ def test_declared_layout_matches_the_btf_of_a_built_program(btf: dict[int, dict[
     btf_members = [(m["name"], m["bits_offset"] // 8) for m in s["members"]]
     declared = [(m.name, m.offset) for m in layout.members]
     assert btf_members == declared, f"struct {layout.c_name}: BTF {btf_members}, declared {declared}"
-    for m, bm in zip(layout.members, s["members"]):
+    for m, bm in zip(layout.members, s["members"], strict=True):
         size, big_endian = _resolve(btf, bm["type_id"])
         assert size == m.size, f"{layout.c_name}.{m.name}: BTF size {size}, declared {m.size}"
         if isinstance(m.fmt, Layout):
             assert btf[bm["type_id"]]["name"] == m.fmt.c_name
         elif not m.name.startswith("_") and m.size in (2, 4, 8) and not m.fmt.endswith("s"):  # byte order matters
+            order = "__be" if big_endian else "host order"
             assert big_endian == (layout.byte_order == "!"), \
-                f"{layout.c_name}.{m.name}: BTF says {'__be' if big_endian else 'host order'}, layout {layout.byte_order!r}"
+                f"{layout.c_name}.{m.name}: BTF says {order}, layout {layout.byte_order!r}"
     assert layout.struct.size == layout.size
+
 
 def test_a_layout_packs_what_the_program_reads() -> None:
     """The struct built from a declaration pads where C pads and keeps the member order."""

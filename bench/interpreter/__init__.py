@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import ipaddress
 import os
 import struct
 import subprocess
@@ -79,7 +80,7 @@ class Interpreter:
         self.encoded: Encoded | None = None
 
     @classmethod
-    def open(cls) -> "Interpreter":
+    def open(cls) -> Interpreter:
         obj = BpfObject(build_object())
         try:
             obj.load()
@@ -91,7 +92,7 @@ class Interpreter:
     def close(self) -> None:
         self.obj.close()
 
-    def __enter__(self) -> "Interpreter":
+    def __enter__(self) -> Interpreter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -102,11 +103,11 @@ class Interpreter:
         if self.encoded is not None:
             raise RuntimeError("an Interpreter is filled once; open a new one for other rules")
         outer = self.obj.map("lpm_sets")
-        for slot, keys in enumerate(enc.lpm_sets):
-            trie = _new_lpm(f"interp_lpm{slot}", len(keys))
+        for slot, set_keys in enumerate(enc.lpm_sets):
+            trie = _new_lpm(f"interp_lpm{slot}", len(set_keys))
             try:
-                if keys:
-                    trie.update_batch(b"".join(keys), LPM_VALUE * len(keys), len(keys))
+                if set_keys:
+                    trie.update_batch(b"".join(set_keys), LPM_VALUE * len(set_keys), len(set_keys))
                 outer.update(struct.pack("<I", slot), struct.pack("<I", trie.fd))
             finally:
                 trie.close()  # the outer map keeps the trie alive
@@ -117,7 +118,7 @@ class Interpreter:
     def program_fd(self, name: str = "interp_classify") -> int:
         return self.obj.program_fd(name)
 
-    def set_domain_bits(self, dst, bits: int) -> None:  # type: ignore[no-untyped-def]
+    def set_domain_bits(self, dst: ipaddress.IPv4Address | ipaddress.IPv6Address, bits: int) -> None:
         value = b"".join(struct.pack("<Q", (bits >> (64 * i)) & (2**64 - 1)) for i in range(DOMAIN_WORDS))
         self.obj.map("interp_domain").update(domain_key(dst), value)
 

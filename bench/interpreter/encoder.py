@@ -10,6 +10,7 @@ Layout: bench/interpreter/interp.bpf.c, `struct match_entry` and `struct lpm_key
 """
 from __future__ import annotations
 
+import ipaddress
 import struct
 from dataclasses import dataclass, field
 
@@ -51,7 +52,7 @@ class Encoded:
         return keys, b"".join(self.entries), len(self.entries)
 
 
-def lpm_key(net) -> bytes:  # type: ignore[no-untyped-def]
+def lpm_key(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bytes:
     addr = net.network_address.packed.ljust(16, b"\0")
     return struct.pack("<IB", 8 + net.prefixlen, net.version) + addr
 
@@ -68,7 +69,7 @@ class _Sets:
     def slot(self, s: CidrSet) -> int:
         if s not in self.index:
             self.index[s] = len(self.enc.lpm_sets)
-            self.enc.lpm_sets.append([lpm_key(n) for n in (*s.v4, *s.v6)])
+            self.enc.lpm_sets.append([lpm_key(n) for n in s.v4] + [lpm_key(n) for n in s.v6])
         return self.index[s]
 
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from . import interfaces, policy_routing, state, sysctls, tc
 from ._netns import NetnsNotFound, open_iproute
@@ -209,7 +209,7 @@ class Datapath:
             log.error("datapath teardown left: %s", report.failed)
         return report
 
-    def __enter__(self) -> "Datapath":
+    def __enter__(self) -> Datapath:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -257,7 +257,7 @@ class Datapath:
         sysctls.apply(wanted, self.netns, before_write=journal)
 
     def _families(self) -> list[int]:
-        fams = list(policy_routing.FAMILIES)
+        fams: list[int] = list(policy_routing.FAMILIES)
         return fams if self.ipv6 else fams[:1]
 
     def _apply_policy_routing(self, ipr: object) -> None:

@@ -21,8 +21,12 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:  # only for the annotation: open_iproute imports it where it is used
+    from pyroute2 import IPRoute
 
 T = TypeVar("T")
 
@@ -69,7 +73,7 @@ def run_in_netns(netns: str | None, fn: Callable[..., T], *args: object) -> T:
                 err = ctypes.get_errno()
                 raise OSError(err, f"setns({path}): {os.strerror(err)}")
             result.append(fn(*args))
-        except BaseException as exc:  # handed to the caller's thread below
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread below
             error.append(exc)
 
     try:
@@ -83,7 +87,7 @@ def run_in_netns(netns: str | None, fn: Callable[..., T], *args: object) -> T:
     return result[0]
 
 
-def open_iproute(netns: str | None):  # -> pyroute2.IPRoute
+def open_iproute(netns: str | None) -> IPRoute:
     """An `IPRoute` bound to `netns` (or the caller's namespace for None).
 
     `flags=0` matters: pyroute2's default (`O_CREAT`) silently *creates* a missing namespace,

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import fnmatch
 import socket
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 AUTO = "auto"
 _GLOB_CHARS = frozenset("*?[")

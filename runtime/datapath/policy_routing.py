@@ -38,8 +38,11 @@ _RT_SCOPE_HOST = 254
 _GONE = (errno.ENOENT, errno.ESRCH, errno.ENODEV)
 
 
+_FAMILY_NAMES: dict[int, str] = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}
+
+
 def family_name(family: int) -> str:
-    return {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}[family]
+    return _FAMILY_NAMES[family]
 
 
 @dataclass(frozen=True)

@@ -57,8 +57,8 @@ from __future__ import annotations
 import glob
 import logging
 import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence
 
 from ._netns import run_in_netns
 
@@ -122,7 +122,7 @@ def write_here(key: str, value: str | int) -> None:
         with open(_path(key), "w") as fh:
             fh.write(f"{value}\n")
     except OSError as exc:
-        raise SysctlError(exc.errno, f"cannot write {normalise_key(key)}={value}: {exc.strerror}")
+        raise SysctlError(exc.errno, f"cannot write {normalise_key(key)}={value}: {exc.strerror}") from exc
 
 
 def _expand(patterns: Iterable[str]) -> list[str]:
@@ -184,12 +184,15 @@ class SysctlChange:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, object]) -> "SysctlChange":
+    def from_dict(cls, data: Mapping[str, object]) -> SysctlChange:
+        dependents = data.get("dependents") or {}
+        if not isinstance(dependents, Mapping):
+            raise TypeError(f"sysctl state: 'dependents' must be a mapping, not {dependents!r}")
         return cls(
             key=str(data["key"]),
             old=str(data["old"]),
             new=str(data["new"]),
-            dependents={str(k): str(v) for k, v in dict(data.get("dependents") or {}).items()},
+            dependents={str(k): str(v) for k, v in dependents.items()},
             why=str(data.get("why", "")),
         )
 

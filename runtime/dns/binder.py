@@ -14,7 +14,8 @@ import heapq
 import ipaddress
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import dns.message
 import dns.rdatatype

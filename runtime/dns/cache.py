@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 import dns.exception
 import dns.flags
@@ -108,7 +108,9 @@ class Cache:
             return None
         self.hits += 1
         self._entries.move_to_end(key)
-        qlen = 12 + len(q.question[0].name.to_wire()) + 4
+        name_wire = q.question[0].name.to_wire()
+        assert name_wire is not None  # to_wire returns the bytes when not given a file to write to
+        qlen = 12 + len(name_wire) + 4
         if query_wire[12:qlen].lower() != e.wire[12:qlen].lower():  # not written plainly: render it
             self.hits -= 1
             e.wire_key = None

@@ -13,7 +13,8 @@ import asyncio
 import logging
 import socket
 import struct
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from dae_py.runtime.relay.listen import transparent_socket
 
@@ -25,14 +26,14 @@ MAX_TCP_CONNECTIONS = 512
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, server: "DnsListener") -> None:
+    def __init__(self, server: DnsListener) -> None:
         self.server = server
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.DatagramTransport, transport)  # a datagram endpoint's transport
 
-    def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         now = self.server.answer_now
         if now is not None and self.transport is not None:
             try:
@@ -77,12 +78,12 @@ class DnsListener:
             else:
                 raise OSError(f"no port free for both UDP and TCP on {host}")
             transport, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self), sock=udp)
-            self._transports.append(transport)  # type: ignore[arg-type]
+            self._transports.append(transport)
             self._servers.append(await asyncio.start_server(self._tcp, sock=tcp, backlog=256))
             self.addresses.append((host, port))
             log.info("dns listening on %s udp+tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
 
-    def spawn_udp(self, proto: _UdpProtocol, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
+    def spawn_udp(self, proto: _UdpProtocol, data: bytes, addr: tuple[Any, ...]) -> None:
         if len(self._tasks) >= self.max_pending:
             self.dropped += 1
             return
@@ -90,10 +91,10 @@ class DnsListener:
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
 
-    async def _udp(self, proto: _UdpProtocol, data: bytes, addr: tuple) -> None:  # type: ignore[type-arg]
+    async def _udp(self, proto: _UdpProtocol, data: bytes, addr: tuple[Any, ...]) -> None:
         try:
             reply = await self.answer(data, 0)
-        except Exception:  # noqa: BLE001 - a bug answering one query must not stop the others
+        except Exception:  # a bug answering one query must not stop the others (logged, so not BLE001)
             log.exception("dns: failed to answer a UDP query from %s", addr[0])
             return
         if reply is not None and proto.transport is not None and not proto.transport.is_closing():
@@ -117,9 +118,9 @@ class DnsListener:
                     break
                 writer.write(struct.pack("!H", len(reply)) + reply)
                 await writer.drain()
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             pass
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("dns: failed to answer a TCP query from %s", peer)
         finally:
             self._tcp_conns -= 1
@@ -137,5 +138,5 @@ class DnsListener:
         for srv in self._servers:
             try:
                 await asyncio.wait_for(srv.wait_closed(), 1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -256,7 +257,7 @@ def _ensure_systemd_analyze() -> str:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory):
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     reason = _why_not_runnable()
     if reason:
         pytest.skip(reason)
@@ -287,7 +288,7 @@ def deployed(lab: Lab) -> tuple[Run, Run]:
 # tests
 
 
-def test_ansible_lint_is_clean():
+def test_ansible_lint_is_clean() -> None:
     reason = _why_not_runnable()
     if reason:
         pytest.skip(reason)
@@ -296,7 +297,7 @@ def test_ansible_lint_is_clean():
     assert result.rc == 0, result.output[-6000:]
 
 
-def test_broken_config_on_fresh_hosts_changes_nothing(lab: Lab):
+def test_broken_config_on_fresh_hosts_changes_nothing(lab: Lab) -> None:
     run = lab.playbook(lab.inventory("fresh", broken=True))
     assert run.rc != 0, run.explain()
     assert DIAGNOSTIC.search(run.output), f"no 'config.yaml:LINE:COL: error:' in the output:\n{run.explain()}"
@@ -307,7 +308,7 @@ def test_broken_config_on_fresh_hosts_changes_nothing(lab: Lab):
         assert digest == {}, f"{host} was changed by a run that failed validation: {sorted(digest)[:10]}"
 
 
-def test_check_mode_on_fresh_hosts_changes_nothing(lab: Lab):
+def test_check_mode_on_fresh_hosts_changes_nothing(lab: Lab) -> None:
     run = lab.playbook(lab.inventory("fresh"), "--check")
     assert run.rc == 0, run.explain()
     assert all(run.recap()[h]["changed"] > 0 for h in HOSTS), run.explain()
@@ -316,7 +317,7 @@ def test_check_mode_on_fresh_hosts_changes_nothing(lab: Lab):
         assert digest == {}, f"{host} was changed by a --check run: {sorted(digest)[:10]}"
 
 
-def test_first_run_changes_every_host(lab: Lab, deployed: tuple[Run, Run]):
+def test_first_run_changes_every_host(lab: Lab, deployed: tuple[Run, Run]) -> None:
     first, _ = deployed
     assert first.rc == 0, first.explain()
     recap = first.recap()
@@ -362,7 +363,7 @@ def test_first_run_changes_every_host(lab: Lab, deployed: tuple[Run, Run]):
         assert got == expected, f"{host}: the shipped build differs from a fresh compile"
 
 
-def test_second_run_changes_nothing(deployed: tuple[Run, Run]):
+def test_second_run_changes_nothing(deployed: tuple[Run, Run]) -> None:
     _, second = deployed
     assert second.rc == 0, second.explain()
     recap = second.recap()
@@ -374,7 +375,7 @@ def test_second_run_changes_nothing(deployed: tuple[Run, Run]):
     _assert_no_secrets(second)
 
 
-def test_systemd_analyze_verifies_the_unit(lab: Lab, deployed: tuple[Run, Run]):
+def test_systemd_analyze_verifies_the_unit(lab: Lab, deployed: tuple[Run, Run]) -> None:
     assert deployed[0].rc == 0, deployed[0].explain()
     for host in HOSTS:
         unit = lab.root("controller", host) / "etc/systemd/system/dae-py.service"
@@ -394,7 +395,7 @@ def test_systemd_analyze_verifies_the_unit(lab: Lab, deployed: tuple[Run, Run]):
         assert result.returncode == 0, f"{unit}:\n{result.stdout}{result.stderr}"
 
 
-def test_broken_config_leaves_deployed_hosts_untouched(lab: Lab, deployed: tuple[Run, Run]):
+def test_broken_config_leaves_deployed_hosts_untouched(lab: Lab, deployed: tuple[Run, Run]) -> None:
     assert deployed[0].rc == 0, deployed[0].explain()
     before = lab.digests("controller")
     assert all(before.values())
@@ -406,7 +407,7 @@ def test_broken_config_leaves_deployed_hosts_untouched(lab: Lab, deployed: tuple
     assert lab.digests("controller") == before, "a failed validation changed a deployed host"
 
 
-def test_config_change_switches_the_build_and_notifies(lab: Lab, deployed: tuple[Run, Run]):
+def test_config_change_switches_the_build_and_notifies(lab: Lab, deployed: tuple[Run, Run]) -> None:
     assert deployed[0].rc == 0, deployed[0].explain()
     state = {h: lab.root("controller", h) / "var/lib/dae-py" for h in HOSTS}
     old = {h: os.readlink(state[h] / "current") for h in HOSTS}
@@ -421,7 +422,7 @@ def test_config_change_switches_the_build_and_notifies(lab: Lab, deployed: tuple
         assert "dip(192.0.2.0/24) -> direct" in (lab.root("controller", host) / "etc/dae-py/config.yaml").read_text()
 
 
-def test_compile_on_each_host_is_idempotent(lab: Lab):
+def test_compile_on_each_host_is_idempotent(lab: Lab) -> None:
     """Also the opt-out: run as root (no ambient set, the same bounding set)."""
     inventory = lab.inventory("perhost", extra="dae_py_compile_on: host\ndae_py_service_run_as_root: true\n")
     first = lab.playbook(inventory)
@@ -447,7 +448,7 @@ def test_compile_on_each_host_is_idempotent(lab: Lab):
         assert result.returncode == 0, f"{unit}:\n{result.stdout}{result.stderr}"
 
 
-def test_role_defaults_to_the_dedicated_user_and_the_least_capabilities():
+def test_role_defaults_to_the_dedicated_user_and_the_least_capabilities() -> None:
     """The set the runtime's lab test proves (runtime.privileges.LEAST) is the role's default."""
     role = ANSIBLE_DIR / "roles/dae_py"
     defaults = yaml.safe_load((role / "defaults/main.yml").read_text())

@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bpftest_util import TC_ACT_SHOT, ipv4_frame, u32
 
 from dae_py.runtime.bpf import (
     BpfError,
@@ -19,6 +18,7 @@ from dae_py.runtime.bpf import (
     prog_test_run,
     unpin,
 )
+from tests.bpf.bpftest_util import TC_ACT_SHOT, ipv4_frame, u32
 
 pytestmark = pytest.mark.root
 

@@ -9,7 +9,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bpftest_util import (
+
+from dae_py.runtime.bpf import BpfError, BpfObject, TestRunResult, prog_test_run
+from dae_py.runtime.bpf.libbpf import BpfTestRunOpts
+from tests.bpf.bpftest_util import (
     TC_ACT_OK,
     TC_ACT_REDIRECT,
     TC_ACT_SHOT,
@@ -20,9 +23,6 @@ from bpftest_util import (
     lpm_key,
     u32,
 )
-
-from dae_py.runtime.bpf import BpfError, BpfObject, TestRunResult, prog_test_run
-from dae_py.runtime.bpf.libbpf import BpfTestRunOpts
 
 SKB_MARK_OFFSET = 8  # struct __sk_buff { __u32 len, pkt_type, mark; ... }
 SKB_CTX_MAX = 256  # >= sizeof(struct __sk_buff) (192 on 6.x)

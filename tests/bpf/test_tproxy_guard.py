@@ -10,8 +10,8 @@ import pytest
 
 from dae_py.compiler.pipeline import compile_config
 from dae_py.runtime.bpf import BpfObject
-from dae_py.runtime.build import Build
 from dae_py.runtime.bpf.testrun import prog_test_run
+from dae_py.runtime.build import Build
 from tests.conftest import have_root_bpf
 
 pytestmark = pytest.mark.root

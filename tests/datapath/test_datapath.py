@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,9 +30,9 @@ def gw(ns: str) -> str:
     return ns
 
 
-def make(gw: str, state_path: Path, **kw: object) -> Datapath:
+def make(gw: str, state_path: Path, **kw: Any) -> Datapath:
     return Datapath(lan=["lan*"], wan="auto", fwmark=FWMARK, table=TABLE, netns=gw,
-                    state_path=state_path, **kw)  # type: ignore[arg-type]
+                    state_path=state_path, **kw)
 
 
 def our_filters(ns: str) -> list[tuple]:

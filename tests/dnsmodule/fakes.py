@@ -56,7 +56,7 @@ class FakeUpstream:
         self._transport: Any = None
         self._server: Any = None
 
-    async def start(self, host: str = "127.0.0.1") -> "FakeUpstream":
+    async def start(self, host: str = "127.0.0.1") -> FakeUpstream:
         loop = asyncio.get_running_loop()
         up = self
 

@@ -6,7 +6,7 @@ import pytest
 
 from dae_py.compiler.diagnostics import CompileError
 from dae_py.compiler.dns_rules import parse_bind
-from dae_py.compiler.pipeline import compile_config
+from dae_py.compiler.pipeline import Checked, compile_config
 
 BASE = """\
 global:
@@ -19,7 +19,7 @@ dns:
 """
 
 
-def check(dns_text: str):  # type: ignore[no-untyped-def]
+def check(dns_text: str) -> Checked:
     return compile_config(None, None, text=BASE.format(dns=dns_text))
 
 

@@ -19,7 +19,7 @@ import dns.query
 import dns.rcode
 import pytest
 
-from tests.runtime.helpers import Lab, client_get, gateway, lab_config, runtime_lab
+from tests.runtime.helpers import Gw, Lab, client_get, gateway, lab_config, runtime_lab
 
 pytestmark = pytest.mark.root
 
@@ -93,7 +93,7 @@ def lab() -> Iterator[Lab]:
   local-zone: "doh.test." static
   local-data: "p.doh.test. 5 IN A 10.232.5.1"
 """, DOT_PORT)
-        lab.ca = ca  # type: ignore[attr-defined]
+        lab.ca = ca  # type: ignore[attr-defined]  # the test's CA travels with its lab
         yield lab
 
 
@@ -121,7 +121,7 @@ dns:
 
 
 @pytest.fixture(scope="module")
-def gw(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+def gw(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gw]:
     import os
 
     old = os.environ.get("SSL_CERT_FILE")
@@ -159,7 +159,7 @@ def seen_from(lab: Lab, ip: str) -> str:
     return client_get(lab, ip, HTTP_PORT)["peer"]
 
 
-def test_first_connection_after_each_answer_is_routed_by_its_domain(lab: Lab, gw: object) -> None:
+def test_first_connection_after_each_answer_is_routed_by_its_domain(lab: Lab, gw: Gw) -> None:
     t = lab.topo
     # control: an address of the proxied range that no answer bound goes direct
     assert seen_from(lab, "10.232.1.250") == t.client_ip4
@@ -173,7 +173,7 @@ def test_first_connection_after_each_answer_is_routed_by_its_domain(lab: Lab, gw
     assert wrong == [], f"{len(wrong)} of {2 * TRIALS} first connections misrouted: {wrong[:10]}"
 
 
-def test_cname_chain_aaaa_and_tcp_queries_route_by_domain(lab: Lab, gw: object) -> None:
+def test_cname_chain_aaaa_and_tcp_queries_route_by_domain(lab: Lab, gw: Gw) -> None:
     t = lab.topo
     r = resolve(lab, "www.proxied.test")
     assert addresses(r) == ["10.232.3.1"]
@@ -184,7 +184,7 @@ def test_cname_chain_aaaa_and_tcp_queries_route_by_domain(lab: Lab, gw: object) 
     assert seen_from(lab, ip6d) == t.client_ip6
 
 
-def test_dot_and_doh_upstreams_answer_and_bind(lab: Lab, gw: object) -> None:
+def test_dot_and_doh_upstreams_answer_and_bind(lab: Lab, gw: Gw) -> None:
     t = lab.topo
     assert addresses(resolve(lab, "p.dot.test")) == ["10.232.4.1"]
     assert seen_from(lab, "10.232.4.1") == t.upstream_ip4
@@ -192,7 +192,7 @@ def test_dot_and_doh_upstreams_answer_and_bind(lab: Lab, gw: object) -> None:
     assert seen_from(lab, "10.232.5.1") == t.upstream_ip4
 
 
-def test_dead_upstream_gets_servfail_before_the_client_gives_up_and_reject_is_empty(lab: Lab, gw: object) -> None:
+def test_dead_upstream_gets_servfail_before_the_client_gives_up_and_reject_is_empty(lab: Lab, gw: Gw) -> None:
     r = resolve(lab, "x.dead.test", timeout=6.0)  # the module's deadline is 4 s
     assert r.rcode() == dns.rcode.SERVFAIL
     r = resolve(lab, "x.ads.test")
@@ -200,7 +200,7 @@ def test_dead_upstream_gets_servfail_before_the_client_gives_up_and_reject_is_em
     assert addresses(resolve(lab, direct(0))) == ["10.232.2.1"]  # and everything else still works
 
 
-def test_garbage_to_the_listener_leaves_it_answering(lab: Lab, gw: object) -> None:
+def test_garbage_to_the_listener_leaves_it_answering(lab: Lab, gw: Gw) -> None:
     import os
 
     t = lab.topo
@@ -212,4 +212,4 @@ def test_garbage_to_the_listener_leaves_it_answering(lab: Lab, gw: object) -> No
         s.connect((t.gateway_lan_ip4, 53))
         s.sendall(b"\x00\x05hello")
     assert addresses(resolve(lab, proxied(1))) == ["10.232.1.2"]
-    assert gw.alive  # type: ignore[attr-defined]
+    assert gw.alive

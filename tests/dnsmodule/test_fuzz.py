@@ -6,9 +6,13 @@ import socket
 import struct
 
 import dns.message
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from .test_module import ZONE, FakeUpstream, addresses, config, with_module
+from dae_py.runtime.dns import DnsModule
+
+from .fakes import FakeUpstream, RecordingBindings
+from .test_module import ZONE, addresses, config, with_module
 
 query = dns.message.make_query("a.proxied.test", "A").to_wire()
 # Inputs near real queries find more parser paths than random bytes alone.
@@ -26,7 +30,7 @@ def test_garbage_never_stops_the_listener(batch: list[bytes]) -> None:
     async def main() -> None:
         up = await FakeUpstream(ZONE).start()
         try:
-            async def body(mod, _b) -> None:  # type: ignore[no-untyped-def]
+            async def body(mod: DnsModule, _b: RecordingBindings) -> None:
                 host, port = mod.listener.addresses[0]
                 loop = asyncio.get_running_loop()
                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import dns.flags
@@ -13,8 +13,8 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 
-from dae_py.contract.domains import DomainMatcher
 from dae_py.compiler.pipeline import compile_config
+from dae_py.contract.domains import DomainMatcher
 from dae_py.runtime.dns import DnsModule
 
 from .fakes import FakeUpstream, RecordingBindings, Zone
@@ -31,8 +31,8 @@ ZONE = Zone({
 })
 
 
-def config(ports: dict[str, int], *, request: list[str] = (), response: list[str] = (), req_fallback: str = "main",
-           extra: str = "") -> str:
+def config(ports: dict[str, tuple[str, int]], *, request: Sequence[str] = (), response: Sequence[str] = (),
+           req_fallback: str = "main", extra: str = "") -> str:
     ups = "\n".join(f"    {n}: '{scheme}://127.0.0.1:{p}'" for n, (scheme, p) in ports.items())
     req = "\n".join(f'        - "{r}"' for r in request)
     resp = "\n".join(f'        - "{r}"' for r in response)
@@ -85,7 +85,13 @@ def addresses(r: dns.message.Message) -> list[str]:
     return [rd.address for rrset in r.answer if rrset.rdtype in (1, 28) for rd in rrset]
 
 
-def run(coro_fn: Callable[[], Awaitable[Any]]) -> Any:
+def replied(wire: bytes | None) -> bytes:
+    """The module's answer, which must be there (None means it dropped the query)."""
+    assert wire is not None, "the module dropped the query"
+    return wire
+
+
+def run(coro_fn: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     return asyncio.run(coro_fn())
 
 
@@ -261,14 +267,14 @@ def test_malformed_messages_get_formerr_or_nothing() -> None:
         assert await mod.answer(b"\x00", 0) is None
         q = dns.message.make_query("a.proxied.test", "A")
         wire = q.to_wire()
-        r = dns.message.from_wire(await mod.answer(wire[:-3], 0))  # truncated question
+        r = dns.message.from_wire(replied(await mod.answer(wire[:-3], 0)))  # truncated question
         assert r.rcode() == dns.rcode.FORMERR and r.id == q.id
         two = bytearray(wire)
         two[5] = 2  # QDCOUNT 2, one question present
-        r = dns.message.from_wire(await mod.answer(bytes(two), 0))
+        r = dns.message.from_wire(replied(await mod.answer(bytes(two), 0)))
         assert r.rcode() == dns.rcode.FORMERR
         none = dns.message.Message()
-        r = dns.message.from_wire(await mod.answer(none.to_wire(), 0))
+        r = dns.message.from_wire(replied(await mod.answer(none.to_wire(), 0)))
         assert r.rcode() == dns.rcode.FORMERR
         resp = dns.message.make_response(q)
         assert await mod.answer(resp.to_wire(), 0) is None  # never answer a response
@@ -306,9 +312,13 @@ def test_udp_cache_hits_are_answered_in_the_datagram_callback() -> None:
                 s.setblocking(False)
                 s.connect(mod.listener.addresses[0])
                 try:
-                    spawned = []
+                    spawned: list[tuple[Any, ...]] = []
                     real_spawn = mod.listener.spawn_udp
-                    mod.listener.spawn_udp = lambda *a: (spawned.append(a), real_spawn(*a))  # type: ignore[method-assign]
+
+                    def spy(proto: Any, data: bytes, addr: tuple[Any, ...]) -> None:
+                        spawned.append((proto, data, addr))
+                        real_spawn(proto, data, addr)
+                    mod.listener.spawn_udp = spy  # type: ignore[method-assign]  # a spy on the listener's dispatch
                     for name in ("a.proxied.test", "a.proxied.test", "a.proxied.test", "A.PROXIED.test"):
                         q = dns.message.make_query(name, "A", use_edns=False)
                         s.send(q.to_wire())

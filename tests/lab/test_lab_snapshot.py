@@ -36,9 +36,9 @@ def compile_prog(tmp_path: Path, name: str, verdict: str) -> Path:
 
 
 @pytest.fixture
-def plain_lab() -> Lab:
+def plain_lab() -> Iterator[Lab]:
     with Lab() as lab:
-        yield lab  # type: ignore[misc]
+        yield lab
 
 
 def changed_sections(a: dict, b: dict) -> set[str]:

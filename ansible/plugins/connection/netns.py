@@ -67,19 +67,19 @@ class Connection(LocalConnection):
     def _netns(self) -> str:
         return self.get_option("remote_addr")
 
-    def _connect(self) -> "Connection":
+    def _connect(self) -> Connection:
         if not self._connected:
             name = self._netns()
             ip = self.get_option("netns_ip_command")
             probe = subprocess.run([ip, "netns", "exec", name, "true"], capture_output=True, check=False)
             if probe.returncode != 0:
                 raise AnsibleConnectionFailure(
-                    "cannot enter network namespace %r: %s" % (name, probe.stderr.decode(errors="replace").strip())
+                    f"cannot enter network namespace {name!r}: {probe.stderr.decode(errors='replace').strip()}"
                 )
-            display.vvv("ESTABLISH NETNS CONNECTION TO %s" % name, host=name)
+            display.vvv(f"ESTABLISH NETNS CONNECTION TO {name}", host=name)
         return super()._connect()
 
     def exec_command(self, cmd: str, in_data: bytes | None = None, sudoable: bool = True) -> tuple[int, bytes, bytes]:
         ip = self.get_option("netns_ip_command")
-        wrapped = "%s netns exec %s /bin/sh -c %s" % (shlex.quote(ip), shlex.quote(self._netns()), shlex.quote(cmd))
+        wrapped = f"{shlex.quote(ip)} netns exec {shlex.quote(self._netns())} /bin/sh -c {shlex.quote(cmd)}"
         return super().exec_command(wrapped, in_data=in_data, sudoable=sudoable)
