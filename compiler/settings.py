@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from dae_py.contract.fields import dnsrules
+
 from .diagnostics import Diagnostics, did_you_mean
 from .load import LoadedConfig
 from .options import bounded_duration, check_tcp_check_url, check_udp_check_dns
@@ -84,10 +86,8 @@ def dns_settings(cfg: LoadedConfig, diags: Diagnostics) -> dict[str, Any]:
                            "url": url}
     routing = raw.get("routing") or {}
     out_routing: dict[str, Any] = {}
-    for section, funcs, outs in (
-        ("request", ("qname", "qtype"), ("asis", "reject")),
-        ("response", ("qname", "qtype", "upstream", "ip"), ("accept", "reject")),
-    ):
+    for section, outs in (("request", ("asis", "reject")), ("response", ("accept", "reject"))):
+        funcs = dnsrules.functions(section)
         sec = routing.get(section)
         if sec is None:
             continue

@@ -10,6 +10,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from dae_py.contract.fields import dnsrules
+
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -27,33 +29,24 @@ class Query:
 
 @dataclass(frozen=True)
 class Call:
+    """One call of a rule: its function (a `contract.fields.dnsrules` spec, None for a name this
+    runtime does not know, which never matches) and the value that spec loaded from the manifest."""
+
     func: str
     negated: bool
-    domain_bit: int | None = None
-    qtypes: frozenset[int] = frozenset()
-    upstreams: frozenset[str] = frozenset()
-    nets: tuple[IPNet, ...] = ()
+    value: Any = None
 
     @classmethod
     def from_manifest(cls, raw: dict[str, Any]) -> "Call":
-        nets = tuple(ipaddress.ip_network(n) for n in (*raw.get("v4", ()), *raw.get("v6", ())))
-        return cls(func=raw["func"], negated=bool(raw.get("negated")), domain_bit=raw.get("domain_bit"),
-                   qtypes=frozenset(raw.get("qtypes", ())), upstreams=frozenset(raw.get("upstreams", ())),
-                   nets=nets)
+        s = dnsrules.spec(raw["func"])
+        return cls(func=raw["func"], negated=bool(raw.get("negated")), value=None if s is None else s.load(raw))
 
     def matches(self, q: Query) -> bool:
         return self._match(q) != self.negated
 
     def _match(self, q: Query) -> bool:
-        if self.func == "qname":
-            return self.domain_bit is not None and bool(q.qname_bits >> self.domain_bit & 1)
-        if self.func == "qtype":
-            return q.qtype in self.qtypes
-        if self.func == "upstream":
-            return q.upstream in self.upstreams
-        if self.func == "ip":  # any answer address in the set (a v4 net never matches a v6 address)
-            return any(ip.version == n.version and ip in n for ip in q.ips for n in self.nets)
-        return False
+        s = dnsrules.spec(self.func)
+        return s is not None and s.matches(self.value, q)
 
 
 @dataclass(frozen=True)
