@@ -5,11 +5,12 @@ which names a section allows, and the runtime loads and matches calls through th
 """
 from __future__ import annotations
 
-from . import ip, qname, upstream
+from . import ip, qname, qtype, upstream
 from .base import CheckContext, DnsFieldSpec, Query
 
 DNS_FIELDS: tuple[DnsFieldSpec, ...] = (
     qname.SPEC,
+    qtype.SPEC,
     upstream.SPEC,
     ip.SPEC,
 )
