@@ -13,6 +13,7 @@ from dae_py.compiler.diagnostics import CompileError
 from dae_py.compiler.pipeline import compile_config
 from dae_py.contract import fields
 from dae_py.contract.evaluate import Flow, match_one
+from dae_py.contract.fields import dnsrules
 from dae_py.contract.ir import Field
 
 CONFIG = """\
@@ -85,3 +86,13 @@ def test_an_unregistered_name_is_an_unknown_function_with_a_hint_from_the_regist
     (err,) = exc.value.diagnostics.errors
     assert err.message == "unknown function 'dprt'"
     assert err.hint == "did you mean 'dport'?"
+
+
+def test_dns_rule_functions_come_from_their_registry() -> None:
+    names = [s.name for s in dnsrules.DNS_FIELDS]
+    assert len(names) == len(set(names))
+    assert dnsrules.functions("request") == ("qname", "qtype")
+    assert dnsrules.functions("response") == ("qname", "qtype", "upstream", "ip")
+    qtype = dnsrules.spec("qtype")
+    assert qtype is not None
+    assert qtype.load({"qtypes": [28, 1]}) == frozenset({1, 28})
