@@ -19,7 +19,7 @@ from typing import Any
 import jinja2
 
 from dae_py.contract import fields
-from dae_py.contract.ir import RoutingIR, max_domain_words
+from dae_py.contract.ir import Rule, RoutingIR, max_domain_words
 
 from .outdir import check_output_dir
 from .tables import MapTable
@@ -104,7 +104,7 @@ def base_context(ir: RoutingIR, config_name: str, config_sha256: str, strategy: 
     }
 
 
-def rule_context(rule: Any, cond: str) -> dict[str, Any]:
+def rule_context(rule: Rule, cond: str) -> dict[str, Any]:
     a = rule.action
     return {
         "index": rule.index,
@@ -125,7 +125,7 @@ def render(ir: RoutingIR, config_name: str, config_sha256: str, strategy: str,
         from .emit_linear import linear_context
 
         extra, tables = linear_context(ir)
-        ctx.update(lpm_groups=extra["lpm_groups"], port_sets=extra["port_sets"],
+        ctx.update(lpm_groups=extra["lpm_groups"], lpm_families=extra["lpm_families"], port_sets=extra["port_sets"],
                    rules=[rule_context(rc["rule"], rc["cond"]) for rc in extra["rule_conds"]],
                    strategy_template="classify_linear.c.j2")
     else:

@@ -84,6 +84,9 @@ def vec_bytes(v: Vec, words: int) -> bytes:
 
 # ---- per-field vector tables -------------------------------------------------------------------
 
+PROTO_NAMES = ("IPv4 TCP", "IPv4 UDP", "IPv6 TCP", "IPv6 UDP")  # by the index below
+
+
 def proto_vectors(ps: dict[Field, FieldPlan]) -> list[Vec] | None:
     """Index = (ipversion == 6) << 1 | (l4proto == UDP)."""
     if Field.L4PROTO not in ps and Field.IPVERSION not in ps:
@@ -456,7 +459,10 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
         dv = dscp_vectors(ps[Field.DSCP])
         ct = ClassTable()
         idx = [ct.cls(proto[pi] & dv[d]) for pi in range(4) for d in range(64)]
-        ctx["proto_dscp"] = {"classes": idx, "size": ct.size, "rows": _vec_rows(ct, words),
+        # 16 classes a line, as a person would write the table: 4 lines per protocol index.
+        class_rows = [(" ".join(f"{c}," for c in idx[i:i + 16]),
+                       f"{PROTO_NAMES[i // 64]}, DSCP {i % 64}-{i % 64 + 15}") for i in range(0, 256, 16)]
+        ctx["proto_dscp"] = {"class_rows": class_rows, "size": ct.size, "rows": _vec_rows(ct, words),
                              "ctype": "__u8" if ct.size <= 256 else "__u16"}
         ctx["proto"] = ctx["dscp"] = None
         fields[-2:] = [{"var": "v_pd", "uses": uses_words(rule_bits((Field.L4PROTO, Field.IPVERSION, Field.DSCP))),
@@ -600,6 +606,7 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
         word_plan.append({"i": i, "expr": " & ".join(terms) if terms else "~0ULL",
                           "must": f"0x{must_w:016x}ULL" if must_w else None})
     ctx["word_plan"] = word_plan
+    ctx["lpm_families"] = sorted({f["family"] for c in cidrs for f in c["families"] if f["kind"] == "lpm"})
     ctx["uses_search"] = any(f["kind"] == "search" for c in cidrs for f in c["families"]) or bool(
         ctx["mac"] and ctx["mac"]["kind"] == "search")
     ctx["fields"] = fields

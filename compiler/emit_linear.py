@@ -90,4 +90,5 @@ def linear_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
     for r in ir.live_rules():
         rules.append({"rule": r, "cond": rule_condition(r, large)})
     groups, tables, nports = large_tables(large)
-    return {"rule_conds": rules, "lpm_groups": groups, "port_sets": nports}, tables
+    families = sorted({m["family"] for g in groups for m in g["maps"]})
+    return {"rule_conds": rules, "lpm_groups": groups, "lpm_families": families, "port_sets": nports}, tables
