@@ -472,7 +472,8 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
     # sip, dport before sport); single-field kinds (mac, dscp, pname, l4proto/ipversion's
     # combined table) have tables named after them.
     ports = []
-    for f in (s.field for s in contract_fields.of_kind("ports")):
+    for port_spec in contract_fields.of_kind("ports"):
+        f = port_spec.field
         if f not in ps:
             continue
         table, vecs = port_classes(ps[f])
@@ -485,8 +486,8 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
             if p == 65536 or table[p] != table[lo]:
                 runs.append((lo, p - 1, table[lo]))
                 lo = p
-        ports.append({"field": f.value, "nclasses": len(vecs), "size": ct.size, "rows": _vec_rows(ct, words),
-                      "runs": runs, "ctype": "__u8" if len(vecs) <= 256 else "__u16"})
+        ports.append({"field": f.value, "operand": port_spec.operand, "nclasses": len(vecs), "size": ct.size,
+                      "rows": _vec_rows(ct, words), "runs": runs, "ctype": "__u8" if len(vecs) <= 256 else "__u16"})
         fields.append({"var": f"v_{f.value}", "uses": uses_words(rule_bits((f,))),
                        "table": f"{f.value}_vecs", "idx": f"i_{f.value}", "vecs": ct.vecs, "size": ct.size})
     ctx["ports"] = ports

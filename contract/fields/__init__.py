@@ -3,6 +3,13 @@
 Everything that gives a field its meaning iterates this list or looks a field up in it: the
 checker (`by_name`), the passes, the reference evaluator and the C emitters (`spec`). The order
 is the order the emitters generate per-field code in, so it is part of the generated C.
+
+Adding a field of an existing kind (say a second port field) is its `Field` member in `ir.py`
+(the IR's JSON vocabulary), its module here and its line below: the checker, the passes, the
+evaluator and the linear emitter need nothing else, nor does the bit-vector emitter for the
+kinds with several members (cidr, ports), which reads `operand`: the member of `struct pkt` (parse.h)
+the value is parsed into, which a field the datapath does not parse yet must add there. A new
+kind adds its compiler implementation to `compiler/fields/` and a line to its `KINDS`.
 """
 from __future__ import annotations
 
