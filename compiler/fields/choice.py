@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from dae_py.contract.fields import FieldSpec
-from dae_py.contract.ir import Match, ValueSet
+from dae_py.contract.ir import Field, Match, ValueSet
 
 from .. import cexpr
 from ..diagnostics import did_you_mean
@@ -33,9 +33,13 @@ def check_choice(checker: "RoutingChecker", spec: FieldSpec, call: Call, locate:
     return ValueSet(tuple(vals)) if ok else None
 
 
+# Values C has names for, per field: protocol numbers by their IPPROTO_ macro.
+C_NAMES: dict[Field, dict[int, str]] = {Field.L4PROTO: cexpr.L4_NAMES}
+
+
 def c_value(spec: FieldSpec, x: int) -> str:
-    """A value as C writes it: protocol numbers by their IPPROTO_ name."""
-    return cexpr.L4_NAMES[x] if spec.operand == "l4proto" else str(x)
+    """A value as C writes it: its name where C has one, else the number."""
+    return C_NAMES.get(spec.field, {}).get(x, str(x))
 
 
 def linear_expr(spec: FieldSpec, m: Match, large: "LargeSets") -> str:
