@@ -10,12 +10,18 @@ picks) and then timed with BPF_PROG_TEST_RUN: `runs` rounds, each program once p
 shuffled order, `repeat` repetitions per run; the table shows the median ns/packet. The
 programs timed are the compiled `classify_only` (parse + classify, returns the rule index) and
 the interpreter's `interp_classify` (parse + bpf_loop walk, returns the rule index).
+
+With `--against OTHER_CHECKOUT` every config is also compiled by that checkout (its own
+`.venv/bin/python`, e.g. a worktree of the commit before a change), and its programs are timed in
+the same rounds as this checkout's, labelled `old:<strategy>`: the `<strategy> / old` columns are
+the A/B of the change, unaffected by the machine's drift between runs.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import subprocess
 import sys
 import tempfile
 import time
@@ -74,6 +80,26 @@ def set_domain(row: Row, interp: Interpreter, dst: Any, present: bool) -> None:
         interp.obj.map("interp_domain").delete(domain_key(dst))
 
 
+# Run by the other checkout's interpreter: the config text on stdin, the build directory and
+# strategy as arguments (only the pipeline entry point both sides share).
+OLD_COMPILE = ("import sys; from dae_py.compiler.pipeline import compile_config; "
+               "compile_config(None, sys.argv[1], text=sys.stdin.read(), name=sys.argv[2], strategy=sys.argv[3])")
+
+
+def compile_against(checkout: Path, text: str, name: str, out_dir: Path, strategy: str) -> Compiled:
+    """Compile `text` with another checkout (its .venv), for the side-by-side A/B."""
+    c = Compiled(strategy=f"old:{strategy}")
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(checkout / ".venv" / "bin" / "python"), "-c", OLD_COMPILE, str(out_dir), name, strategy],
+                          input=text, capture_output=True, text=True, cwd=checkout, check=False)
+    c.seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        c.error = (proc.stderr.strip().splitlines() or ["failed"])[-1][:120]
+    else:
+        c.build_dir = out_dir
+    return c
+
+
 def run_row(row: Row, args: argparse.Namespace, tmp: Path) -> None:
     name = row.name.replace(" ", "_").replace("+", "")
     t0 = time.perf_counter()
@@ -90,6 +116,17 @@ def run_row(row: Row, args: argparse.Namespace, tmp: Path) -> None:
         except Exception as exc:  # verifier rejection etc.
             row.notes.append(f"{s}: load failed ({str(exc).splitlines()[0][:120]})")
             c.error = "load failed"
+        if args.against is not None:
+            o = compile_against(args.against, row.text, f"{name}.yaml", tmp / name / f"old-{s}", s)
+            row.compiled[o.strategy] = o
+            if o.error:
+                row.notes.append(f"old:{s}: compile failed ({o.error})")
+                continue
+            try:
+                o.load()
+            except Exception as exc:
+                row.notes.append(f"old:{s}: load failed ({str(exc).splitlines()[0][:120]})")
+                o.error = "load failed"
     if checked is None:
         checked = check_only(row.text, f"{name}.yaml")
     row.checked = checked
@@ -113,7 +150,8 @@ def run_row(row: Row, args: argparse.Namespace, tmp: Path) -> None:
         # of the same rounds like interp / compiled (the machine's speed drifts between rows).
         ref: Row | None = getattr(args, "ref_row", None)
         refs = [] if ref is None or ref is row else [
-            (f"ref:{s}", c.obj.program_fd("classify_only")) for s, c in ref.compiled.items() if c.obj is not None]
+            (f"ref:{s}", c.obj.program_fd("classify_only")) for s, c in ref.compiled.items()
+            if c.obj is not None and not s.startswith("old:")]
         for pname in args.packets:
             base = pname.split("+")[0]
             pk = configs.PACKETS[base]
@@ -177,6 +215,8 @@ def report(rows: list[Row], args: argparse.Namespace) -> str:
         head = ["config", "auto"] + [f"{s} ns" for s in strategies] + ["interp ns", f"1-rule {ref_s} ns, same rounds"]
         head += [f"{s} / 1-rule" for s in strategies] + ["auto / 1-rule"]
         head += [f"interp / {s}" for s in strategies] + ["interp / auto"]
+        if args.against is not None:
+            head += [f"old {s} ns" for s in strategies] + [f"{s} / old" for s in strategies]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))
         for r in rows:
@@ -193,6 +233,9 @@ def report(rows: list[Row], args: argparse.Namespace) -> str:
             for s in strategies:
                 cells.append(fmt(med(r, pk, "interp") / med(r, pk, s), 1))
             cells.append(fmt(med(r, pk, "interp") / a_now, 1))
+            if args.against is not None:
+                cells += [fmt(med(r, pk, f"old:{s}")) for s in strategies]
+                cells += [fmt(med(r, pk, s) / med(r, pk, f"old:{s}"), 3) for s in strategies]
             out.append("| " + " | ".join(cells) + " |")
         floors = [(r.name, med(r, pk, "parse_only"), med(r, pk, "trivial")) for r in rows]
         pmin = min((f[1] for f in floors if not math.isnan(f[1])), default=float("nan"))
@@ -217,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", type=Path, help="also write raw samples here")
     ap.add_argument("--keep", type=Path, help="build into this directory and keep it (default: a temp dir)")
+    ap.add_argument("--against", type=Path, help="another checkout (with its .venv) whose builds are timed in "
+                                                 "the same rounds, as old:<strategy>")
     args = ap.parse_args(argv)
     args.strategies = args.strategies or available_strategies()
     if 1 not in args.rules:

@@ -6,31 +6,23 @@ sees every problem in one run.
 """
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from dae_py.contract import fields
+from dae_py.contract.ir import (OUTBOUND_BLOCK, OUTBOUND_DIRECT, Action, DomainSet, Match, Outbound, Rule, RoutingIR,
+                                SourceRef)
+
+from . import fields as compiler_fields
 from .diagnostics import Diagnostics, SourcePos, did_you_mean
-from dae_py.contract.ir import (L4_TCP, L4_UDP, OUTBOUND_BLOCK, OUTBOUND_DIRECT, Action, CidrSet, DomainRef, DomainSet,
-                 Field, Match, Outbound, PortSet, Rule, RoutingIR, SourceRef, ValueSet)
+from .fields.common import Locate
 from .load import LoadedConfig
-from .rules import (Call, Param, RuleAst, RuleSyntaxError, StructuredRuleError, abbreviate, parse_outbound, parse_rule,
+from .rules import (Call, RuleAst, RuleSyntaxError, StructuredRuleError, abbreviate, parse_outbound, parse_rule,
                     parse_structured_rule, structured_param_path)
-from dae_py.contract.userregex import compile_user_regex
-from .values import parse_int, parse_mac, parse_mark, parse_network, parse_port_range
+from .values import parse_mark
 
-FUNCTIONS: dict[str, Field] = {
-    "dip": Field.DIP, "ip": Field.DIP, "sip": Field.SIP, "dport": Field.DPORT, "port": Field.DPORT,
-    "sport": Field.SPORT, "l4proto": Field.L4PROTO, "ipversion": Field.IPVERSION, "mac": Field.MAC,
-    "dscp": Field.DSCP, "pname": Field.PNAME, "domain": Field.DOMAIN,
-}
-IP_KEYS = ("geoip", "ext")
-DOMAIN_KEYS = ("suffix", "full", "keyword", "regex", "geosite", "ext")
 BUILTIN_OUTBOUNDS = ("direct", "block")
-TASK_COMM_LEN = 16
-
-Locate = Callable[[int], SourcePos]
 
 
 @dataclass
@@ -228,205 +220,18 @@ class RoutingChecker:
 
     # ---- matches -------------------------------------------------------------------------------
     def _match(self, call: Call, ctx: RuleContext) -> Match | None:
-        fld = FUNCTIONS.get(call.name)
+        """A call through the field registry: its spec by name, its kind's check for the values."""
+        spec = fields.by_name(call.name)
         locate: Locate = lambda off: ctx.locate_call(call, off)  # noqa: E731
-        if fld is None:
+        if spec is None:
             self.diags.error(locate(call.offset), f"unknown function '{call.name}'",
-                             did_you_mean(call.name, FUNCTIONS))
+                             did_you_mean(call.name, fields.names()))
             return None
         if not call.params:
             self.diags.error(locate(call.offset), f"'{call.name}()' needs at least one parameter")
             return None
-        handler = {
-            Field.DIP: self._cidrs, Field.SIP: self._cidrs, Field.DPORT: self._ports, Field.SPORT: self._ports,
-            Field.L4PROTO: self._l4proto, Field.IPVERSION: self._ipversion, Field.MAC: self._macs,
-            Field.DSCP: self._dscp, Field.PNAME: self._pnames, Field.DOMAIN: self._domain,
-        }[fld]
-        values = handler(call, locate)
+        values = compiler_fields.impl(spec).check(self, spec, call, locate)
         if values is None:
             return None
         self.function_uses.append((call.name, locate(call.offset)))
-        return Match(field=fld, values=values, negated=call.negated)
-
-    def _no_key(self, call: Call, p: Param, locate: Locate) -> bool:
-        if p.key is not None:
-            self.diags.error(locate(p.offset), f"'{call.name}()' does not take key '{p.key}'")
-            return False
-        return True
-
-    def _cidrs(self, call: Call, locate: Locate) -> CidrSet | None:
-        v4: list[ipaddress.IPv4Network] = []
-        v6: list[ipaddress.IPv6Network] = []
-        ok = True
-        for p in call.params:
-            key, value = p.key, p.value
-            at = p.value_offset
-            if key is not None and key not in IP_KEYS:
-                # Bare IPv6 addresses contain ':' and lex as 'key: value'; put them back together
-                # (and point at the start of the address, not at what followed its first ':').
-                key, value, at = None, f"{p.raw_key}{p.value}", p.offset
-            try:
-                if key is None:
-                    net, host_bits = parse_network(value)
-                    if host_bits:
-                        self.diags.warning(locate(at), f"{value!r} has host bits set; it means {net}")
-                    nets: tuple[Any, ...] = (net,)
-                elif key == "geoip":
-                    nets = self.geo.geoip(value)
-                else:
-                    path, tag = self.geo.ext(value)
-                    nets = self.geo.geoip(tag, path)
-            except Exception as exc:  # GeoDataError, ValueError
-                self.diags.error(locate(at if key is None else p.offset), str(exc))
-                ok = False
-                continue
-            for n in nets:
-                (v4 if n.version == 4 else v6).append(n)
-        return CidrSet(tuple(v4), tuple(v6)) if ok else None
-
-    def _ports(self, call: Call, locate: Locate) -> PortSet | None:
-        ranges, ok = [], True
-        for p in call.params:
-            if not self._no_key(call, p, locate):
-                ok = False
-                continue
-            try:
-                ranges.append(parse_port_range(p.value))
-            except ValueError as exc:
-                self.diags.error(locate(p.value_offset), str(exc))
-                ok = False
-        return PortSet(tuple(ranges)) if ok else None
-
-    def _enum(self, call: Call, locate: Locate, allowed: dict[str, int], what: str) -> ValueSet | None:
-        vals, ok = [], True
-        for p in call.params:
-            if not self._no_key(call, p, locate):
-                ok = False
-                continue
-            v = allowed.get(p.value.lower())
-            if v is None:
-                self.diags.error(locate(p.value_offset), f"invalid {what} {p.value!r} (expected "
-                                 + " or ".join(allowed) + ")", did_you_mean(p.value.lower(), allowed))
-                ok = False
-            else:
-                vals.append(v)
-        return ValueSet(tuple(vals)) if ok else None
-
-    def _l4proto(self, call: Call, locate: Locate) -> ValueSet | None:
-        return self._enum(call, locate, {"tcp": L4_TCP, "udp": L4_UDP}, "l4proto")
-
-    def _ipversion(self, call: Call, locate: Locate) -> ValueSet | None:
-        return self._enum(call, locate, {"4": 4, "6": 6}, "ipversion")
-
-    def _macs(self, call: Call, locate: Locate) -> ValueSet | None:
-        vals, ok = [], True
-        for p in call.params:
-            text = p.value if p.key is None else f"{p.raw_key}{p.value}"
-            try:
-                vals.append(parse_mac(text))
-            except ValueError as exc:
-                # A bare MAC lexes as 'key: value' (its first octet is the key): point at its start.
-                self.diags.error(locate(p.value_offset if p.key is None else p.offset), str(exc))
-                ok = False
-        return ValueSet(tuple(vals)) if ok else None
-
-    def _dscp(self, call: Call, locate: Locate) -> ValueSet | None:
-        vals, ok = [], True
-        for p in call.params:
-            if not self._no_key(call, p, locate):
-                ok = False
-                continue
-            try:
-                v = parse_int(p.value)
-                if not 0 <= v <= 63:
-                    raise ValueError(f"dscp {p.value!r} is out of range 0-63 (DSCP is 6 bits)")
-                vals.append(v)
-            except ValueError as exc:
-                self.diags.error(locate(p.value_offset), str(exc))
-                ok = False
-        return ValueSet(tuple(vals)) if ok else None
-
-    def _pnames(self, call: Call, locate: Locate) -> ValueSet | None:
-        vals, ok = [], True
-        for p in call.params:
-            if not self._no_key(call, p, locate):
-                ok = False
-                continue
-            name = p.value
-            if len(name.encode()) >= TASK_COMM_LEN:
-                self.diags.warning(locate(p.value_offset), f"process name {name!r} is longer than 15 bytes; "
-                                   f"the kernel truncates names, so this matches {name.encode()[:15].decode(errors='ignore')!r}")
-                name = name.encode()[:15].decode(errors="ignore")
-            vals.append(name)
-            self.pnames[name] = None
-        return ValueSet(tuple(vals)) if ok else None
-
-    @staticmethod
-    def _bad_geosite_regex(entries: list[Any]) -> str | None:
-        """The first regex entry of a geosite tag that does not compile (RE2), with the reason."""
-        for e in entries:
-            if e.kind == "regex":
-                try:
-                    compile_user_regex(e.value)
-                except ValueError as exc:
-                    return f"{e.value!r}: {exc}"
-        return None
-
-    def _domain(self, call: Call, locate: Locate) -> DomainRef | None:
-        buckets: dict[str, list[str]] = {"full": [], "suffix": [], "keyword": [], "regex": []}
-        ok = True
-        for p in call.params:
-            key = p.key or "suffix"
-            if key not in DOMAIN_KEYS:
-                self.diags.error(locate(p.offset), f"unknown domain key '{key}'", did_you_mean(key, DOMAIN_KEYS))
-                ok = False
-                continue
-            if key in ("geosite", "ext"):
-                try:
-                    if key == "geosite":
-                        entries = self.geo.geosite(p.value)
-                    else:
-                        path, tag = self.geo.ext(p.value)
-                        entries = self.geo.geosite(tag, path)
-                    if not entries and "@" in p.value:
-                        name, _, attr = p.value.rpartition(":")[2].partition("@")
-                        raise ValueError(f"'{key}:{p.value}' selects no domain: no domain of tag '{name}' "
-                                         f"has the attribute '@{attr}'")
-                except Exception as exc:
-                    self.diags.error(locate(p.offset), str(exc))
-                    ok = False
-                    continue
-                kinds = {"plain": "keyword", "regex": "regex", "domain": "suffix", "full": "full"}
-                bad_regex = self._bad_geosite_regex(entries)
-                if bad_regex is not None:
-                    self.diags.error(locate(p.offset), f"'{key}:{p.value}' has a regex dae cannot use: {bad_regex}")
-                    ok = False
-                    continue
-                for e in entries:
-                    buckets[kinds[e.kind]].append(e.value if e.kind == "regex" else e.value.lower())
-                continue
-            value = p.value.strip()
-            if key == "regex":
-                try:
-                    compile_user_regex(value)
-                except ValueError as exc:
-                    self.diags.error(locate(p.value_offset), f"invalid regex {value!r}: {exc}")
-                    ok = False
-                    continue
-                buckets["regex"].append(value)
-                continue
-            value = value.lower().strip(".") if key != "keyword" else value.lower()
-            if not value:
-                self.diags.error(locate(p.value_offset), f"empty domain {key}")
-                ok = False
-                continue
-            buckets[key].append(value)
-        if not ok:
-            return None
-        canon = tuple(tuple(sorted(set(buckets[k]))) for k in ("full", "suffix", "keyword", "regex"))
-        ds = self.domain_sets.get(canon)
-        if ds is None:
-            ds = DomainSet(bit=len(self.domain_sets), full=canon[0], suffix=canon[1], keyword=canon[2],
-                           regex=canon[3])
-            self.domain_sets[canon] = ds
-        return DomainRef(ds.bit)
+        return Match(field=spec.field, values=values, negated=call.negated)

@@ -13,13 +13,17 @@ The runtime evaluates these; it never parses a rule string.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
-import dns.rdatatype
+from dae_py.contract import fields
+from dae_py.contract.fields import dnsrules
+from dae_py.contract.ir import Field, RoutingIR
 
 from .check import GeoResolver, RoutingChecker
+from .fields.cidr import check_cidrs
+from .fields.domain import check_domain
 from .diagnostics import Diagnostics
-from dae_py.contract.ir import RoutingIR
 from .load import LoadedConfig
 from .rules import RuleSyntaxError, parse_rule
 
@@ -94,8 +98,8 @@ def compile_dns(cfg: LoadedConfig, diags: Diagnostics, dns_out: dict[str, Any], 
         req = dns_out.get("routing", {}).get("request")
         fb = req["fallback"] if req else "asis"
         if fb == "asis":
-            at = cfg.pos.value(("dns", "routing", "request", "fallback")) if req else cfg.pos.value(("dns", "bind"))
-            diags.warning(at, "dns.bind clients asked the gateway itself: a query that request routing sends to "
+            at_fb = cfg.pos.value(("dns", "routing", "request", "fallback")) if req else cfg.pos.value(("dns", "bind"))
+            diags.warning(at_fb, "dns.bind clients asked the gateway itself: a query that request routing sends to "
                               "'asis' has no other server and is answered SERVFAIL",
                           "make an upstream dns.routing.request.fallback")
     if ir is not None:
@@ -145,24 +149,30 @@ def _upstreams_bypass_routing(cfg: LoadedConfig, diags: Diagnostics, dns_out: di
                           "module queries its upstreams directly from the gateway (not through a group yet)")
 
 
+@dataclass
+class _DnsCheck:
+    """The compiler's side of `dnsrules.CheckContext` for one rule: its diagnostics, positions and
+    the routing checker whose domain() and dip() give qname() and ip() their meaning."""
+
+    checker: RoutingChecker
+    locate: Callable[[int], Any]
+    diags: Diagnostics
+
+    def error(self, offset: int, message: str, hint: str | None = None) -> None:
+        self.diags.error(self.locate(offset), message, hint)
+
+    def domain_bit(self, call: Any) -> int | None:
+        ref = check_domain(self.checker, fields.spec(Field.DOMAIN), call, self.locate)
+        return ref.bit if ref is not None else None
+
+    def cidrs(self, call: Any) -> tuple[list[str], list[str]] | None:
+        cidrs = check_cidrs(self.checker, fields.spec(Field.DIP), call, self.locate)
+        return None if cidrs is None else ([str(n) for n in cidrs.v4], [str(n) for n in cidrs.v6])
+
+
 def _call(checker: RoutingChecker, call: Any, locate: Any, diags: Diagnostics) -> dict[str, Any]:
     out: dict[str, Any] = {"func": call.name, "negated": call.negated}
-    if call.name == "qname":
-        ref = checker._domain(call, locate)  # the routing checker's domain(): one meaning
-        out["domain_bit"] = ref.bit if ref is not None else None
-    elif call.name == "ip":
-        cidrs = checker._cidrs(call, locate)
-        out["v4"] = [str(n) for n in cidrs.v4] if cidrs else []
-        out["v6"] = [str(n) for n in cidrs.v6] if cidrs else []
-    elif call.name == "qtype":
-        types = []
-        for p in call.params:
-            try:
-                types.append(int(p.value) if p.value.isdigit() else int(dns.rdatatype.from_text(p.value.upper())))
-            except (ValueError, dns.rdatatype.UnknownRdatatype):
-                diags.error(locate(p.value_offset), f"unknown DNS query type '{p.value}'",
-                            "a type name such as a, aaaa, cname, https, or a number")
-        out["qtypes"] = types
-    elif call.name == "upstream":
-        out["upstreams"] = [p.value for p in call.params]
+    s = dnsrules.spec(call.name)
+    if s is not None:  # an unknown name was reported by dns_settings
+        out.update(s.check(_DnsCheck(checker, locate, diags), call))
     return out

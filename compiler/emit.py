@@ -18,10 +18,12 @@ from typing import Any
 
 import jinja2
 
-from dae_py.contract.ir import Field, RoutingIR, max_domain_words
+from dae_py.contract import fields
+from dae_py.contract.ir import Rule, RoutingIR, max_domain_words
+
 from .outdir import check_output_dir
 from .tables import MapTable
-from dae_py.contract.version import COMPILER_VERSION, MANIFEST_FORMAT
+from dae_py.contract.version import COMPILER_VERSION
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "bpf"
 HAND_WRITTEN_HEADERS = ("common.h", "parse.h", "hijack.h", "datapath.h")
@@ -85,10 +87,8 @@ def base_context(ir: RoutingIR, config_name: str, config_sha256: str, strategy: 
         "config_name": Path(config_name).name,
         "config_sha256": config_sha256,
         "strategy": strategy,
-        "need_mac": Field.MAC in used,
-        "need_dscp": Field.DSCP in used,
-        "need_domain": Field.DOMAIN in used,
-        "need_pname": Field.PNAME in used,
+        # need_dip, need_mac, ...: which fields the live rules look at (the templates test some).
+        **{f"need_{spec.name}": spec.field in used for spec in fields.FIELDS},
         "domain_words": max_domain_words(ir),
         "domain_map_size": DOMAIN_MAP_SIZE,
         "pname_map_size": PNAME_MAP_SIZE,
@@ -104,7 +104,7 @@ def base_context(ir: RoutingIR, config_name: str, config_sha256: str, strategy: 
     }
 
 
-def rule_context(rule: Any, cond: str) -> dict[str, Any]:
+def rule_context(rule: Rule, cond: str) -> dict[str, Any]:
     a = rule.action
     return {
         "index": rule.index,
@@ -125,7 +125,7 @@ def render(ir: RoutingIR, config_name: str, config_sha256: str, strategy: str,
         from .emit_linear import linear_context
 
         extra, tables = linear_context(ir)
-        ctx.update(lpm_groups=extra["lpm_groups"], port_sets=extra["port_sets"],
+        ctx.update(lpm_groups=extra["lpm_groups"], lpm_families=extra["lpm_families"], port_sets=extra["port_sets"],
                    rules=[rule_context(rc["rule"], rc["cond"]) for rc in extra["rule_conds"]],
                    strategy_template="classify_linear.c.j2")
     else:

@@ -19,7 +19,10 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from dae_py.contract import fields as contract_fields
 from dae_py.contract.ir import L4_TCP, L4_UDP, CidrSet, DomainRef, Field, Match, PortSet, Rule, RoutingIR, ValueSet
+
+from .fields.domain import domain_term
 from .tables import MapTable, cidr_membership, lpm_key, words_bytes
 
 MAX_WORDS = 32  # 2,048 live rules: the vectors live on the BPF stack
@@ -54,12 +57,17 @@ class FieldPlan:
         return v
 
 
-def plans(live: tuple[Rule, ...], words: int) -> dict[Field, FieldPlan]:
+def is_domain(m: Match) -> bool:
+    """Domain matches are not a per-field table: the program walks the destination's set bits."""
+    return contract_fields.spec(m.field).kind == "domain"
+
+
+def plans(live: tuple[Rule, ...]) -> dict[Field, FieldPlan]:
     all_ones = (1 << len(live)) - 1
     out: dict[Field, FieldPlan] = {}
     for pos, r in enumerate(live):
         for m in r.matches:
-            if m.field is Field.DOMAIN:
+            if is_domain(m):
                 continue
             plan = out.setdefault(m.field, FieldPlan(m.field, {}, all_ones))
             plan.rules.setdefault(pos, []).append(m)
@@ -75,6 +83,9 @@ def vec_bytes(v: Vec, words: int) -> bytes:
 
 
 # ---- per-field vector tables -------------------------------------------------------------------
+
+PROTO_NAMES = ("IPv4 TCP", "IPv4 UDP", "IPv6 TCP", "IPv6 UDP")  # by the index below
+
 
 def proto_vectors(ps: dict[Field, FieldPlan]) -> list[Vec] | None:
     """Index = (ipversion == 6) << 1 | (l4proto == UDP)."""
@@ -190,7 +201,7 @@ def domain_plan(live: tuple[Rule, ...], all_ones: Vec) -> dict[str, Any] | None:
     lits: dict[int, list[tuple[int, bool]]] = {}
     for pos, r in enumerate(live):
         for m in r.matches:
-            if m.field is Field.DOMAIN:
+            if is_domain(m):
                 assert isinstance(m.values, DomainRef)
                 lits.setdefault(pos, []).append((m.values.bit, m.negated))
     if not lits:
@@ -212,10 +223,6 @@ def domain_plan(live: tuple[Rule, ...], all_ones: Vec) -> dict[str, Any] | None:
             complex_rules.append((pos, ls))
     return {"base": base, "pos": pos_of, "neg": neg_of, "complex": complex_rules,
             "nsets": 1 + max(b for ls in lits.values() for b, _ in ls)}
-
-
-def _domain_term(bit: int) -> str:
-    return f"(dom && (dom->w[{bit // 64}] & (1ULL << {bit % 64})))"
 
 
 # ---- decision trees and interval tables ---------------------------------------------------------
@@ -407,7 +414,7 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
     if words > MAX_WORDS:
         raise TooManyRules(f"{n} live rules: the bit-vector classifier supports at most {MAX_WORDS * 64}")
     all_ones = (1 << n) - 1
-    ps = plans(live, words)
+    ps = plans(live)
     tables: list[MapTable] = []
     vsize = 8 * words
     ctx: dict[str, Any] = {"words": words, "n_live": n, "lpm_groups": [], "port_sets": 0}
@@ -452,14 +459,21 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
         dv = dscp_vectors(ps[Field.DSCP])
         ct = ClassTable()
         idx = [ct.cls(proto[pi] & dv[d]) for pi in range(4) for d in range(64)]
-        ctx["proto_dscp"] = {"classes": idx, "size": ct.size, "rows": _vec_rows(ct, words),
+        # 16 classes a line, as a person would write the table: 4 lines per protocol index.
+        class_rows = [(" ".join(f"{c}," for c in idx[i:i + 16]),
+                       f"{PROTO_NAMES[i // 64]}, DSCP {i % 64}-{i % 64 + 15}") for i in range(0, 256, 16)]
+        ctx["proto_dscp"] = {"class_rows": class_rows, "size": ct.size, "rows": _vec_rows(ct, words),
                              "ctype": "__u8" if ct.size <= 256 else "__u16"}
         ctx["proto"] = ctx["dscp"] = None
         fields[-2:] = [{"var": "v_pd", "uses": uses_words(rule_bits((Field.L4PROTO, Field.IPVERSION, Field.DSCP))),
                         "table": "proto_dscp_vecs", "idx": "i_pd", "vecs": ct.vecs, "size": ct.size}]
 
+    # Fields of the kinds with several members go through the registry, in its order (dip before
+    # sip, dport before sport); single-field kinds (mac, dscp, pname, l4proto/ipversion's
+    # combined table) have tables named after them.
     ports = []
-    for f in (Field.DPORT, Field.SPORT):
+    for port_spec in contract_fields.of_kind("ports"):
+        f = port_spec.field
         if f not in ps:
             continue
         table, vecs = port_classes(ps[f])
@@ -472,8 +486,8 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
             if p == 65536 or table[p] != table[lo]:
                 runs.append((lo, p - 1, table[lo]))
                 lo = p
-        ports.append({"field": f.value, "nclasses": len(vecs), "size": ct.size, "rows": _vec_rows(ct, words),
-                      "runs": runs, "ctype": "__u8" if len(vecs) <= 256 else "__u16"})
+        ports.append({"field": f.value, "operand": port_spec.operand, "nclasses": len(vecs), "size": ct.size,
+                      "rows": _vec_rows(ct, words), "runs": runs, "ctype": "__u8" if len(vecs) <= 256 else "__u16"})
         fields.append({"var": f"v_{f.value}", "uses": uses_words(rule_bits((f,))),
                        "table": f"{f.value}_vecs", "idx": f"i_{f.value}", "vecs": ct.vecs, "size": ct.size})
     ctx["ports"] = ports
@@ -481,11 +495,12 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
     budget = [MAX_TREE_TOTAL]  # intervals of trees and tables in all
     inline_left = [MAX_INLINE_TOTAL]  # intervals of inlined trees in all
     cidrs = []
-    for f in (Field.DIP, Field.SIP):
+    for spec in contract_fields.of_kind("cidr"):
+        f = spec.field
         if f not in ps:
             continue
         ct = ClassTable()
-        entry: dict[str, Any] = {"field": f.value, "addr": "daddr" if f is Field.DIP else "saddr", "families": []}
+        entry: dict[str, Any] = {"field": f.value, "addr": spec.operand, "families": []}
         default: Vec = 0
         for family in (4, 6):
             per_net, default = cidr_vectors(ps[f], family)
@@ -556,12 +571,12 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
         nodom = dplan["base"]
         dom_bits = 0
         for pos, ls in dplan["complex"]:
-            terms = [("!" if neg else "") + _domain_term(b) for b, neg in ls]
+            terms = [("!" if neg else "") + domain_term(b) for b, neg in ls]
             complex_lines.append({"pos": pos, "word": pos // 64, "shift": pos % 64, "cond": " && ".join(terms)})
             if all(neg for _, neg in ls):  # holds for a name without any set bit
                 nodom |= 1 << pos
         for pos, r in enumerate(live):
-            if any(m.field is Field.DOMAIN for m in r.matches):
+            if any(is_domain(m) for m in r.matches):
                 dom_bits |= 1 << pos
         ctx["domain"] = {"base": c_words(dplan["base"], words), "nodom": c_words(nodom, words),
                          "nsets": dplan["nsets"], "rows": rows, "complex": complex_lines, "host": None}
@@ -592,6 +607,7 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
         word_plan.append({"i": i, "expr": " & ".join(terms) if terms else "~0ULL",
                           "must": f"0x{must_w:016x}ULL" if must_w else None})
     ctx["word_plan"] = word_plan
+    ctx["lpm_families"] = sorted({f["family"] for c in cidrs for f in c["families"] if f["kind"] == "lpm"})
     ctx["uses_search"] = any(f["kind"] == "search" for c in cidrs for f in c["families"]) or bool(
         ctx["mac"] and ctx["mac"]["kind"] == "search")
     ctx["fields"] = fields

@@ -13,11 +13,10 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import replace
 
-from .diagnostics import Diagnostics, SourcePos
-from dae_py.contract.ir import L4_TCP, L4_UDP, CidrSet, Field, Match, PortSet, Rule, RoutingIR, ValueSet
+from dae_py.contract import fields
+from dae_py.contract.ir import CidrSet, Field, Match, PortSet, Rule, RoutingIR, ValueSet
 
-UNIVERSE: dict[Field, tuple] = {Field.L4PROTO: (L4_TCP, L4_UDP), Field.IPVERSION: (4, 6),
-                                Field.DSCP: tuple(range(64))}
+from .diagnostics import Diagnostics, SourcePos
 
 
 def coalesce_ports(ranges: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
@@ -78,11 +77,12 @@ def intersect(a: Match, b: Match) -> Match:
 
 
 def merge_rule(rule: Rule) -> Rule:
-    """One positive match per field (except domain, whose sets are separate bits)."""
+    """One positive match per field (except fields that do not merge: domain, whose sets are
+    separate bits)."""
     merged: dict[Field, Match] = {}
     rest: list[Match] = []
     for m in (normalise_match(m) for m in rule.matches):
-        if m.negated or m.field is Field.DOMAIN:
+        if m.negated or not fields.spec(m.field).merges:
             if m not in rest:
                 rest.append(m)
         elif m.field in merged:
@@ -112,8 +112,9 @@ def is_universal(m: Match) -> bool:
         return v.ranges == ((0, 65535),)
     if isinstance(v, CidrSet):
         return (ipaddress.IPv4Network("0.0.0.0/0") in v.v4) and (ipaddress.IPv6Network("::/0") in v.v6)
-    if isinstance(v, ValueSet) and m.field in UNIVERSE:
-        return set(UNIVERSE[m.field]) <= set(v.values)
+    universe = fields.spec(m.field).universe
+    if isinstance(v, ValueSet) and universe is not None:
+        return set(universe) <= set(v.values)
     return False
 
 
@@ -125,10 +126,10 @@ def never_reason(rule: Rule) -> str | None:
             return f"its {m.field.value}() conditions have nothing in common"
         if m.negated and is_universal(m):
             return f"!{m.field.value}() excludes every packet"
-        if m.negated and m.field is not Field.DOMAIN and Match(m.field, m.values, False) in rule.matches:
+        if m.negated and fields.spec(m.field).merges and Match(m.field, m.values, False) in rule.matches:
             return f"it requires both {m.field.value}() and !{m.field.value}() of the same values"
     versions = set(by_field[Field.IPVERSION].values.values) if Field.IPVERSION in by_field else {4, 6}  # type: ignore[union-attr]
-    for f in (Field.DIP, Field.SIP):
+    for f in (s.field for s in fields.of_kind("cidr")):
         if f in by_field:
             cs = by_field[f].values
             assert isinstance(cs, CidrSet)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from dae_py.contract.capabilities import ignored_option
+from dae_py.contract.fields import dnsrules
 from dae_py.contract.manifest import DEFAULT_SO_MARK
 
 from .diagnostics import Diagnostics, did_you_mean
@@ -90,10 +91,8 @@ def dns_settings(cfg: LoadedConfig, diags: Diagnostics) -> dict[str, Any]:
                            "url": url}
     routing = raw.get("routing") or {}
     out_routing: dict[str, Any] = {}
-    for section, funcs, outs in (
-        ("request", ("qname", "qtype"), ("asis", "reject")),
-        ("response", ("qname", "qtype", "upstream", "ip"), ("accept", "reject")),
-    ):
+    for section, outs in (("request", ("asis", "reject")), ("response", ("accept", "reject"))):
+        funcs = dnsrules.functions(section)
         sec = routing.get(section)
         if sec is None:
             continue

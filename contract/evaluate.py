@@ -8,7 +8,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from .ir import CidrSet, DomainRef, Field, Match, PortSet, RoutingIR, ValueSet
+from . import fields
+from .ir import Match, RoutingIR
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -40,41 +41,8 @@ class Decision:
 
 
 def match_one(m: Match, f: Flow) -> bool:
-    v = m.values
-    hit: bool
-    if m.field is Field.DIP:
-        assert isinstance(v, CidrSet)
-        hit = v.contains(f.dst)
-    elif m.field is Field.SIP:
-        assert isinstance(v, CidrSet)
-        hit = v.contains(f.src)
-    elif m.field is Field.DPORT:
-        assert isinstance(v, PortSet)
-        hit = v.contains(f.dport)
-    elif m.field is Field.SPORT:
-        assert isinstance(v, PortSet)
-        hit = v.contains(f.sport)
-    elif m.field is Field.L4PROTO:
-        assert isinstance(v, ValueSet)
-        hit = v.contains(f.l4proto)
-    elif m.field is Field.IPVERSION:
-        assert isinstance(v, ValueSet)
-        hit = v.contains(f.ipversion)
-    elif m.field is Field.MAC:
-        assert isinstance(v, ValueSet)
-        hit = f.mac is not None and v.contains(f.mac)
-    elif m.field is Field.DSCP:
-        assert isinstance(v, ValueSet)
-        hit = v.contains(f.dscp)
-    elif m.field is Field.PNAME:
-        assert isinstance(v, ValueSet)
-        hit = f.pname is not None and v.contains(f.pname[:15])
-    elif m.field is Field.DOMAIN:
-        assert isinstance(v, DomainRef)
-        hit = bool(f.domain_bits >> v.bit & 1)
-    else:  # pragma: no cover
-        raise AssertionError(m.field)
-    return hit != m.negated
+    """One match against a flow, with the field's own test (contract/fields/<name>.py)."""
+    return fields.spec(m.field).matches(m.values, f) != m.negated
 
 
 def classify(ir: RoutingIR, f: Flow) -> Decision:

@@ -268,36 +268,21 @@ class DnsUpstream:
 
 @dataclass(frozen=True)
 class DnsCall:
-    """One function call of a DNS rule, compiled: qname -> a bit of `DnsSettings.domain_sets`,
-    ip -> networks, qtype -> numbers, upstream -> names. Only the keys of its function are written."""
+    """One function call of a DNS rule, compiled: its function, whether it is negated, and the
+    arguments its `contract.fields.dnsrules` module wrote (qname: `domain_bit`, qtype: `qtypes`,
+    ...). The manifest does not name them: a new DNS function is its module and a registry line."""
 
     func: str
     negated: bool = False
-    domain_bit: int | None = None
-    qtypes: tuple[int, ...] | None = None
-    upstreams: tuple[str, ...] | None = None
-    v4: tuple[str, ...] | None = None
-    v6: tuple[str, ...] | None = None
+    args: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> JSON:
-        out: JSON = {"func": self.func, "negated": self.negated}
-        if self.func == "qname":
-            out["domain_bit"] = self.domain_bit
-        for key in ("qtypes", "upstreams", "v4", "v6"):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = list(value)
-        return out
+        return {"func": self.func, "negated": self.negated, **self.args}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> DnsCall:
-        def opt(key: str) -> tuple[Any, ...] | None:
-            return None if raw.get(key) is None else tuple(raw[key])
-
-        bit = raw.get("domain_bit")
-        return cls(func=str(_req(raw, "func", "dns rule call")), negated=bool(raw.get("negated")),
-                   domain_bit=None if bit is None else int(bit), qtypes=opt("qtypes"), upstreams=opt("upstreams"),
-                   v4=opt("v4"), v6=opt("v6"))
+        args = {k: v for k, v in raw.items() if k not in ("func", "negated")}
+        return cls(func=str(_req(raw, "func", "dns rule call")), negated=bool(raw.get("negated")), args=args)
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ def test_every_section_arrives_typed(everything: Path) -> None:
     assert [(b.host, b.port) for b in m.dns.bind] == [("127.0.0.1", 5353)]
     assert m.dns.request is not None and m.dns.request.rules[0].target == "plain"
     assert [c.func for c in m.dns.request.rules[0].calls] == ["qname", "qtype"]
-    assert m.dns.request.rules[0].calls[1].qtypes == (28,)
+    assert m.dns.request.rules[0].calls[1].args == {"qtypes": [28]}
     assert m.dns.response is not None and m.dns.response.rules[0].calls[1].negated
     assert m.dns.upstream["doh"].scheme == "https" and m.dns.upstream["doh"].path == "/dns-query"
     rule = m.rules[1]

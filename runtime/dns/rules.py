@@ -12,6 +12,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from dae_py.contract.manifest import DnsCall, DnsRuleList, DomainSetSpec
 
+from dae_py.contract.fields import dnsrules
+
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -29,33 +31,25 @@ class Query:
 
 @dataclass(frozen=True)
 class Call:
+    """One call of a rule: its function (a `contract.fields.dnsrules` spec, None for a name this
+    runtime does not know, which never matches) and the value that spec loaded from the manifest."""
+
     func: str
     negated: bool
-    domain_bit: int | None = None
-    qtypes: frozenset[int] = frozenset()
-    upstreams: frozenset[str] = frozenset()
-    nets: tuple[IPNet, ...] = ()
+    value: Any = None
 
     @classmethod
     def from_manifest(cls, raw: DnsCall | Mapping[str, Any]) -> "Call":
         c = raw if isinstance(raw, DnsCall) else DnsCall.from_json(raw)
-        nets = tuple(ipaddress.ip_network(n) for n in (*(c.v4 or ()), *(c.v6 or ())))
-        return cls(func=c.func, negated=c.negated, domain_bit=c.domain_bit, qtypes=frozenset(c.qtypes or ()),
-                   upstreams=frozenset(c.upstreams or ()), nets=nets)
+        s = dnsrules.spec(c.func)
+        return cls(func=c.func, negated=c.negated, value=None if s is None else s.load(c.to_json()))
 
     def matches(self, q: Query) -> bool:
         return self._match(q) != self.negated
 
     def _match(self, q: Query) -> bool:
-        if self.func == "qname":
-            return self.domain_bit is not None and bool(q.qname_bits >> self.domain_bit & 1)
-        if self.func == "qtype":
-            return q.qtype in self.qtypes
-        if self.func == "upstream":
-            return q.upstream in self.upstreams
-        if self.func == "ip":  # any answer address in the set (a v4 net never matches a v6 address)
-            return any(ip.version == n.version and ip in n for ip in q.ips for n in self.nets)
-        return False
+        s = dnsrules.spec(self.func)
+        return s is not None and s.matches(self.value, q)
 
 
 @dataclass(frozen=True)
