@@ -50,7 +50,7 @@ class DomainBindings:
         self.words = words
 
     @classmethod
-    def of(cls, obj: Any, words: int) -> "DomainBindings | None":
+    def of(cls, obj: Any, words: int) -> DomainBindings | None:
         """The bindings of a program, or None if it has no domain() rules (and so no maps)."""
         names = set(obj.map_names())
         return cls(obj, words) if names & {"domain_routing4", "domain_routing"} else None

@@ -15,10 +15,10 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -300,7 +300,7 @@ def median(values: Sequence[float]) -> float:
 
 def machine_note() -> str:
     load = os.getloadavg()
-    return (f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, {platform.node()}, "
+    return (f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}, {platform.node()}, "
             f"kernel {platform.release()}, {os.cpu_count()} CPUs, load avg {load[0]:.2f} at start")
 
 

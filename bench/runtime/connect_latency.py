@@ -24,18 +24,31 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.runtime.common import (HERE, PY, gateway_config, machine_note, pct, proc_cpu,
-                                  proc_cpu_split, proc_status, raise_nofile, start_echo, start_pyspy,
-                                  start_strace, strace_counts,
-                                  top_frames, tree_cpu_reaped,
-                                  tune_lab, versions)
+from bench.runtime.common import (
+    HERE,
+    PY,
+    gateway_config,
+    machine_note,
+    pct,
+    proc_cpu,
+    proc_cpu_split,
+    proc_status,
+    raise_nofile,
+    start_echo,
+    start_pyspy,
+    start_strace,
+    strace_counts,
+    top_frames,
+    tree_cpu_reaped,
+    tune_lab,
+    versions,
+)
 
 DIRECT_PORT = 7001
 PROXY_PORT = 7002

@@ -29,9 +29,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.runtime.common import (HERE, PY, fd_count, gateway_config, machine_note, meminfo_kb,
-                                  proc_pss_kb, proc_status, raise_nofile, slab_growth, slabinfo,
-                                  start_echo, tree_pids, tune_lab, versions)
+from bench.runtime.common import (
+    HERE,
+    PY,
+    fd_count,
+    gateway_config,
+    machine_note,
+    meminfo_kb,
+    proc_pss_kb,
+    proc_status,
+    raise_nofile,
+    slab_growth,
+    slabinfo,
+    start_echo,
+    tree_pids,
+    tune_lab,
+    versions,
+)
 
 PROXY_PORT = 7002
 MB = 1e6  # the target says MB; figures are printed in MB (10^6 bytes) and MiB where noted

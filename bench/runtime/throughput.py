@@ -26,15 +26,24 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.runtime.common import (REPO, median, machine_note, nft, nft_redsocks, nft_v2ray,
-                                  proc_cpu, start_redsocks, start_v2ray, tree_cpu, versions)
+from bench.runtime.common import (
+    machine_note,
+    median,
+    nft,
+    nft_redsocks,
+    nft_v2ray,
+    proc_cpu,
+    start_redsocks,
+    start_v2ray,
+    tree_cpu,
+    versions,
+)
 
 DIRECT_PORT = 5201
 PROXY_PORT = 5202
@@ -49,9 +58,8 @@ CASES = {
 
 class Bench:
     def __init__(self, lab: Any, workdir: Path, seconds: float) -> None:
-        from dae_py.runtime.lab.gateway_proc import GatewayProcess
-
         from bench.runtime.common import gateway_config
+        from dae_py.runtime.lab.gateway_proc import GatewayProcess
 
         self.lab = lab
         self.t = lab.topo

@@ -15,7 +15,8 @@ import asyncio
 import logging
 import struct
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import dns.exception
 import dns.flags
@@ -80,7 +81,7 @@ class DnsModule:
         self.answered = self.failed = self.rejected = 0
 
     @classmethod
-    async def start(cls, build: Any, bindings: Any, so_mark: int) -> "DnsModule | None":
+    async def start(cls, build: Any, bindings: Any, so_mark: int) -> DnsModule | None:
         """The module of a build, listening; None (and a warning) when there is no dns.bind."""
         cfg = build.manifest.dns
         if not cfg.bind:
@@ -141,7 +142,7 @@ class DnsModule:
                 return hit
             try:
                 r = await asyncio.wait_for(self.resolve(q), self.deadline)
-            except (asyncio.TimeoutError, UpstreamError) as exc:
+            except (TimeoutError, UpstreamError) as exc:
                 self.failed += 1
                 log.warning("dns: %s %s: SERVFAIL (%s)", q.question[0].name,
                             dns.rdatatype.to_text(q.question[0].rdtype), exc or "deadline passed")

@@ -12,8 +12,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 
 class GatewayStartError(RuntimeError):
@@ -57,7 +58,7 @@ class GatewayProcess:
     def argv(self, *extra: str) -> list[str]:
         return [sys.executable, "-m", "dae_py.runtime.cli", "--log-level", self.log_level, *extra]
 
-    def start(self, timeout: float = 20.0) -> "GatewayProcess":
+    def start(self, timeout: float = 20.0) -> GatewayProcess:
         self._log = open(self.log_path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = self.lab.popen("gateway", [*self.wrap, *self.argv("run", str(self.build_dir), "--state",
@@ -129,7 +130,7 @@ class GatewayProcess:
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         return self.lab.run("gateway", self.argv("cleanup", "--state", str(self.state_path)), env=env)
 
-    def __enter__(self) -> "GatewayProcess":
+    def __enter__(self) -> GatewayProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

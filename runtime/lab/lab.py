@@ -179,7 +179,7 @@ class Lab:
         for what, step in steps:
             try:
                 step()
-            except Exception:  # noqa: BLE001 - teardown must go on
+            except Exception:  # teardown must go on
                 log.exception("lab %s teardown: %s failed", self.run_id, what)
         if failed:
             self._dump_logs()

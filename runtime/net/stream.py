@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from typing import Any, Awaitable, Protocol, TypeVar
+from collections.abc import Awaitable
+from typing import Any, Protocol, TypeVar
 
 from .errors import ProxyProtocolError
 from .poller import IN, FdPoller, poller_for

@@ -15,7 +15,8 @@ import asyncio
 import hashlib
 import logging
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from dae_py.runtime.net.stream import TlsStream
 from dae_py.runtime.net.tls import client_context, open_tls

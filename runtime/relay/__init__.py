@@ -18,7 +18,8 @@ by the relay's one `pump.IdleSweeper`.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from dae_py.contract.manifest import Manifest
 

@@ -11,7 +11,7 @@ import asyncio
 import fcntl
 import os
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 from dae_py.runtime.net.poller import HUP_ERR, IN, OUT, poller_for
 from dae_py.runtime.net.sockets import abort

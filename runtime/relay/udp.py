@@ -26,8 +26,8 @@ import logging
 import resource
 import socket
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from dae_py.runtime.net.sockets import IP_ORIGDSTADDR, IPV6_ORIGDSTADDR, SOL_IPV6
 from dae_py.runtime.proxy import AllNodesDown, Blocked, Destination, OutboundError, UdpAssociation
@@ -338,7 +338,7 @@ class UdpRelay:
             state.failed_until = self.now() + (RETRY_AFTER if isinstance(exc, AllNodesDown)
                                                else self.config.udp_idle_timeout)
             return
-        except Exception as exc:  # noqa: BLE001 - e.g. EMFILE for a direct socket
+        except Exception as exc:  # e.g. EMFILE for a direct socket
             if isinstance(exc, OSError):
                 log.warning("udp %s: opening an association via %s failed: %s",
                             format_hostport(*src), outbound.name, exc.strerror or exc)

@@ -6,6 +6,7 @@ import errno
 import random
 
 import pytest
+
 from dae_py.runtime import proxy
 from dae_py.runtime.groups import Check, CheckSpec, Group, GroupSpec, HealthChecker, Policy
 from dae_py.runtime.proxy import AllNodesDown, Destination, DialError, Node, ProxyAuthError, ProxyRefusedError

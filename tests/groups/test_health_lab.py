@@ -4,8 +4,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from dae_py.runtime.groups import Check
 
+from dae_py.runtime.groups import Check
 from tests.relay.conftest import CHECK, gateway_env, manifest
 from tests.relay.lab import Lab
 

@@ -9,11 +9,12 @@ import ssl
 import struct
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
 
 import pytest
 import uvloop
+
 from dae_py.runtime.proxy import (
     Destination,
     DialError,

@@ -11,15 +11,16 @@ import hashlib
 import logging
 import os
 import socket
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import trustme
+
 from dae_py.runtime.groups import Check
 from dae_py.runtime.net.tls import client_context
 from dae_py.runtime.proxy import shadowsocks
 from dae_py.runtime.relay import RelayConfig
-
 from tests.conftest import have_root_bpf
 from tests.relay import servers
 from tests.relay.conftest import CHECK, gateway_env, node

@@ -19,7 +19,6 @@ from pathlib import Path
 import trustme
 
 from dae_py.runtime.net.tls import client_context
-from dae_py.runtime.proxy import trojan
 from dae_py.runtime.relay import Gateway, RelayConfig, StaticRouter
 
 from .bench_relay import iperf, thread_cpu

@@ -18,7 +18,7 @@ import subprocess
 
 from dae_py.runtime.relay import Gateway, RelayConfig, StaticRouter
 
-from .conftest import DANTE4, NODES, single_node_groups, group_id
+from .conftest import DANTE4, NODES, group_id, single_node_groups
 from .lab import RELAY_MARK, SERVER4, TPROXY_PORT, Lab, sh
 
 

@@ -9,10 +9,10 @@ import socket
 import time
 
 import pytest
+
 from dae_py.runtime.groups.stats import Check
 from dae_py.runtime.proxy import DialOptions, socks5
 from dae_py.runtime.relay import OutboundTable, RelayConfig, Route, TcpRelay
-
 from tests.proxy.test_proxy import run, serve, socks_ok
 from tests.relay.servers import GREETING, REPLY, REQUEST, echo_after, raw_server, recv_exact, stop
 

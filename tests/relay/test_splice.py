@@ -7,7 +7,6 @@ import socket
 
 from dae_py.runtime.relay import OutboundTable, RelayConfig, StaticRouter, TcpRelay
 from dae_py.runtime.relay.pump import IdleSweeper, SplicedFlow
-
 from tests.proxy.test_proxy import run, serve, socks_ok
 
 

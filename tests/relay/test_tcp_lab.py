@@ -12,8 +12,7 @@ from dae_py.runtime.groups import Check
 from dae_py.runtime.relay import RelayConfig
 
 from . import servers
-from .conftest import (DANTE4, DANTE6, DANTE_AUTH, TINY, TINY_AUTH, gateway_env, group_id,
-                       manifest)
+from .conftest import DANTE4, DANTE6, DANTE_AUTH, TINY, TINY_AUTH, gateway_env, group_id, manifest
 from .lab import GW_UP4, RELAY_MARK, SERVER4, SERVER6, Lab
 
 pytestmark = pytest.mark.root

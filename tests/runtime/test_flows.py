@@ -15,8 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .helpers import Gw, Lab, client_get, flow_lines, gateway, lab_config, runtime_lab, \
-    refused_promptly, udp_exchange
+from .helpers import Gw, Lab, client_get, flow_lines, gateway, lab_config, refused_promptly, runtime_lab, udp_exchange
 
 pytestmark = pytest.mark.root
 

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import Gw, Lab, client_get, gateway, gateway_snapshot, lab_config, proxy_lab, \
-    snapshot_diff, udp_exchange
+from .helpers import Gw, Lab, client_get, gateway, gateway_snapshot, lab_config, proxy_lab, snapshot_diff, udp_exchange
 
 pytestmark = pytest.mark.root
 

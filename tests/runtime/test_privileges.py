@@ -25,8 +25,18 @@ from dae_py.runtime.lab.unprivileged import cap_spec, unprivileged_argv
 from dae_py.runtime.privileges import LEAST as LEAST_SET
 from dae_py.runtime.privileges import NEEDED_TO_START
 
-from .helpers import Gw, Lab, client_get, flow_lines, gateway, gateway_snapshot, lab_config, proxy_lab, \
-    snapshot_diff, udp_exchange
+from .helpers import (
+    Gw,
+    Lab,
+    client_get,
+    flow_lines,
+    gateway,
+    gateway_snapshot,
+    lab_config,
+    proxy_lab,
+    snapshot_diff,
+    udp_exchange,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 LEAST = tuple(LEAST_SET)
