@@ -78,7 +78,8 @@ class Explanation:
         if self.decision.must:
             extras.append("must (DNS not hijacked)")
         tail = f" [{', '.join(extras)}]" if extras else ""
-        return f"{head}\n  {why}\n  -> outbound '{self.outbound}'{tail} ({TC_ACTIONS.get(self.tc_action, self.tc_action)})"
+        action = TC_ACTIONS.get(self.tc_action, self.tc_action)
+        return f"{head}\n  {why}\n  -> outbound '{self.outbound}'{tail} ({action})"
 
 
 def explain(build: Build, flow: FlowSpec, domain: str | None = None, pname: str | None = None) -> Explanation:

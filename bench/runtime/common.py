@@ -120,11 +120,12 @@ table ip bench_redsocks {{
 
 def nft_v2ray(topo: Any, dport: int, port: int = V2RAY_PORT, mark: int = V2RAY_MARK) -> str:
     """nft tproxy at prerouting/mangle + `ip rule fwmark 1 lookup 100` (added once per lab)."""
+    match = f'iifname "{topo.gateway_lan_if}" ip daddr {topo.upstream_ip4} tcp dport {dport}'
     return f"""\
 table ip bench_v2ray {{
     chain pre {{
         type filter hook prerouting priority mangle; policy accept;
-        iifname "{topo.gateway_lan_if}" ip daddr {topo.upstream_ip4} tcp dport {dport} meta mark set {mark} tproxy to :{port} accept
+        {match} meta mark set {mark} tproxy to :{port} accept
     }}
 }}
 """

@@ -178,11 +178,14 @@ def main(argv: list[str] | None = None) -> int:
               f"p99 {stats['socks']['p99'] - stats['direct']['p99']:.0f} us")
     if "socks" in modes and "relay" in modes:
         relay_share = {q: stats["relay"][q] - stats["socks"][q] for q in ("p50", "p90", "p99")}
-        print(f"  the relay's own share (relay - socks): p50 {relay_share['p50']:.0f} us, p99 {relay_share['p99']:.0f} us")
-    per = (f" = {cpu / n_relay_total * 1e6:.0f} us CPU per proxied connection ({user / n_relay_total * 1e6:.0f} user + "
-           f"{system / n_relay_total * 1e6:.0f} system, the latter including veth receive work run in its syscalls)"
+        print(f"  the relay's own share (relay - socks): p50 {relay_share['p50']:.0f} us, "
+              f"p99 {relay_share['p99']:.0f} us")
+    per = (f" = {cpu / n_relay_total * 1e6:.0f} us CPU per proxied connection "
+           f"({user / n_relay_total * 1e6:.0f} user + {system / n_relay_total * 1e6:.0f} system, "
+           f"the latter including veth receive work run in its syscalls)"
            if n_relay_total else "")
-    print(f"  dae-runtime: {cpu:.2f} CPU-s over {wall:.1f} s wall{per}; RSS {rss0 / 1024:.1f} -> {rss1 / 1024:.1f} MiB; "
+    print(f"  dae-runtime: {cpu:.2f} CPU-s over {wall:.1f} s wall{per}; "
+          f"RSS {rss0 / 1024:.1f} -> {rss1 / 1024:.1f} MiB; "
           f"per-flow log lines: {relayed} relayed to {PROXY_PORT} (expected {n_relay_total}), "
           f"{direct_in_relay} for the direct port (expected 0)")
     n_socks_total = sum(args.warmup + args.rounds * args.count for m in ("relay", "socks") if m in modes)
@@ -197,11 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  strace -c: {total_calls / n_relay_total:.1f} syscalls per proxied connection: " + ", ".join(
             f"{k} {v / n_relay_total:.1f}" for k, v in sorted(syscalls.items(), key=lambda kv: -kv[1])[:14]))
     if args.json:
-        args.json.write_text(json.dumps({"note": note, "versions": versions(), "args": vars(args) | {"json": str(args.json)},
-                                         "stats": stats, "added": added, "relay_share": relay_share, "danted_cpu_s": dcpu,
-                                         "errors": res["errors"], "block_s": res.get("block_s"), "cpu_s": cpu, "cpu_user_s": user, "cpu_system_s": system, "wall_s": wall,
-                                         "rss_kb": [rss0, rss1], "profile": profile, "syscalls": syscalls,
-                                         "ttfb_us": res["ttfb_us"]}, indent=1))
+        args.json.write_text(json.dumps({
+            "note": note, "versions": versions(), "args": vars(args) | {"json": str(args.json)},
+            "stats": stats, "added": added, "relay_share": relay_share, "danted_cpu_s": dcpu,
+            "errors": res["errors"], "block_s": res.get("block_s"), "cpu_s": cpu, "cpu_user_s": user,
+            "cpu_system_s": system, "wall_s": wall, "rss_kb": [rss0, rss1], "profile": profile, "syscalls": syscalls,
+            "ttfb_us": res["ttfb_us"]}, indent=1))
     return 0
 
 

@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                 slab0 = slabinfo()
                 rows.append({"flows": 0, **base})
                 print(f"baseline (after 50 flows opened and closed): dae-runtime RSS {base['rss_kb'] / 1024:.1f} MiB, "
-                      f"{base['fds']} fds; danted {base['danted_procs']} procs, PSS {base['danted_pss_kb'] / 1024:.1f} MiB",
+                      f"{base['fds']} fds; danted {base['danted_procs']} procs, "
+                      f"PSS {base['danted_pss_kb'] / 1024:.1f} MiB",
                       flush=True)
                 fds_per_flow = None
                 up = 0
@@ -181,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(0.5)
                 time.sleep(args.settle)
                 after = snapshot(pid, danted.pid)
-                print(f"closed {closed['closed']}: dae-runtime RSS {after['rss_kb'] / 1024:.1f} MiB, {after['fds']} fds",
+                print(f"closed {closed['closed']}: dae-runtime RSS {after['rss_kb'] / 1024:.1f} MiB, "
+                      f"{after['fds']} fds",
                       flush=True)
             finally:
                 holder.quit()
@@ -193,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{note}; RLIMIT_NOFILE {nofile} (hard {hard})")
     print(f"dae-runtime VmRSS: {base['rss_kb'] / 1024:.1f} MiB idle -> {peak['rss_kb'] / 1024:.1f} MiB with "
           f"{peak['flows']} idle proxied flows -> {after['rss_kb'] / 1024:.1f} MiB after closing them")
-    print(f"  slope {b * 1024 / 1024:.2f} kB per flow ({(peak['fds'] - base['fds']) / max(1, peak['flows']):.1f} fds per flow)")
+    fds_slope = (peak['fds'] - base['fds']) / max(1, peak['flows'])
+    print(f"  slope {b * 1024 / 1024:.2f} kB per flow ({fds_slope:.1f} fds per flow)")
     if stop_reason:
         print(f"  {stop_reason}")
     verdict = "met" if at_target * 1024 <= 80 * MB else "MISSED"
@@ -205,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     growth = slab_growth(slab0, slab1, 10)
     if growth and peak["flows"]:
         print("kernel slab growth with them, machine-wide (all four processes' sockets, the relay's pipes), "
-              "bytes per flow (proc_inode_cache and dentry: our own /proc/PID/fd listings): " + ", ".join(f"{k} {v / peak['flows']:.0f}" for k, v in growth))
+              "bytes per flow (proc_inode_cache and dentry: our own /proc/PID/fd listings): "
+              + ", ".join(f"{k} {v / peak['flows']:.0f}" for k, v in growth))
     if args.json:
         args.json.write_text(json.dumps({"note": note, "versions": versions(), "nofile": [nofile, hard],
                                          "slab_growth_bytes": growth,

@@ -231,7 +231,8 @@ class DnsModule:
         if not self.prefer:
             return False
         name, qt, cls = key
-        other = {(4, dns.rdatatype.AAAA): dns.rdatatype.A, (6, dns.rdatatype.A): dns.rdatatype.AAAA}.get((self.prefer, qt))
+        other = {(4, dns.rdatatype.AAAA): dns.rdatatype.A,
+                 (6, dns.rdatatype.A): dns.rdatatype.AAAA}.get((self.prefer, qt))
         if other is None:
             return False
         hit = self.cache.get((name, int(other), cls))

@@ -210,7 +210,7 @@ class TlsStream(LayeredStream):
                 await self._flush()
                 data = await raw.recv(RECV_SIZE)
                 if not data:
-                    raise ProxyProtocolError("TLS handshake: connection closed by the peer", node)
+                    raise ProxyProtocolError("TLS handshake: connection closed by the peer", node) from None
                 incoming.write(data)
             except ssl.SSLError as exc:
                 raise ProxyProtocolError(f"TLS handshake failed: {exc.reason or exc}",

@@ -228,7 +228,7 @@ def test_all_nodes_down_refuses_at_once(lab: Lab, caplog) -> None:
     async def scenario() -> None:
         async with gateway_env(lab, manifest([group])) as env:
             doomed = env.gateway.table.get(3)
-            for attempt in range(2):
+            for _attempt in range(2):
                 sock = env.client(outbound_id=3)
                 started = time.monotonic()
                 await servers.connect(sock, SERVER4, 7000)

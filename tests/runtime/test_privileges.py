@@ -4,8 +4,8 @@ but for its state directory, with a 64 KiB RLIMIT_MEMLOCK and no_new_privs
 (runtime/lab/unprivileged.py). It must carry direct and proxied flows and tear down cleanly;
 without any one of the capabilities it needs to start it must fail with an error line naming the missing
 one, exit 1, print no traceback and leave the namespace untouched; without
-CAP_NET_BIND_SERVICE it starts with a warning and only UDP replies from ports below 1024 fail. docs/privileges.md has the
-findings these tests keep true.
+CAP_NET_BIND_SERVICE it starts with a warning and only UDP replies from ports below 1024 fail.
+docs/privileges.md has the findings these tests keep true.
 """
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ def user(lab: Lab) -> pwd.struct_passwd:
 def config(lab: Lab) -> str:
     t = lab.topo
     return lab_config(t, fallback="direct",
-                      rules=[f"dip({t.upstream_ip4}, '{t.upstream_ip6}') && dport(8081, 9001, {PRIVILEGED_UDP}) -> proxy"])
+                      rules=[f"dip({t.upstream_ip4}, '{t.upstream_ip6}') "
+                             f"&& dport(8081, 9001, {PRIVILEGED_UDP}) -> proxy"])
 
 
 def workdir(lab: Lab, name: str, user: pwd.struct_passwd, *, state_owner: int | None = None) -> tuple[Path, Path]:
