@@ -145,7 +145,7 @@ class DnsModule:
             except (TimeoutError, UpstreamError) as exc:
                 self.failed += 1
                 log.warning("dns: %s %s: SERVFAIL (%s)", q.question[0].name,
-                            dns.rdatatype.to_text(q.question[0].rdtype), exc or "deadline passed")
+                            dns.rdatatype.to_text(q.question[0].rdtype), str(exc) or "deadline passed")
                 r = empty_answer(q, dns.rcode.SERVFAIL)
         if not max_size:
             max_size = max(UDP_DEFAULT_PAYLOAD, q.payload if q.edns >= 0 else 0)
