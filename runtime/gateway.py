@@ -207,7 +207,7 @@ def _teardown(datapath: Datapath, state_path: Path) -> bool:
         time.sleep(0.2 * attempt)
         try:
             report = cleanup(state_path)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - as the first attempt: the report says what failed
             report = CleanupReport(failed=[f"cleanup: {_one_line(exc)}"])
     if report.ok:
         log.info("datapath removed: %s", first if first.ok else report)

@@ -70,7 +70,7 @@ class KernelRouter:
     def _route(self, outbound: int, rule: int | None) -> Route:
         why = self._why.get(rule)
         if why is None:  # an index the manifest does not list
-            r = self.build.rule(rule)  # type: ignore[arg-type]
+            r = self.build.rule(rule)  # type: ignore[arg-type]  # None is in _why: an int gets here
             why = f" ({rule_label(rule, self._config_file, r.line if r else '?')})"
         return Route(outbound, rule, why)
 

@@ -27,6 +27,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,10 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         start_echo(lab, [DIRECT_PORT, PROXY_PORT])
         gw = GatewayProcess(lab, gateway_config(t, [PROXY_PORT]), Path(tmp), log_level=args.log_level)
         with gw:
-            pid = gw.proc.pid  # type: ignore[union-attr]
+            assert gw.proc is not None and danted.pid is not None  # both started by now
+            pid, danted_pid = gw.proc.pid, danted.pid
             rss0 = proc_status(pid)["VmRSS"]
             cpu0 = proc_cpu(pid)
-            dcpu0 = tree_cpu_reaped(danted.pid)
+            dcpu0 = tree_cpu_reaped(danted_pid)
             us0, sy0 = proc_cpu_split(pid)
             spy = (start_pyspy(args.py_spy, pid, Path(tmp) / "spy.txt", total / args.rate + 5)
                    if args.py_spy else None)
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                         timeout=budget)
             wall = time.monotonic() - t0
             cpu = proc_cpu(pid) - cpu0
-            dcpu = tree_cpu_reaped(danted.pid) - dcpu0
+            dcpu = tree_cpu_reaped(danted_pid) - dcpu0
             us1, sy1 = proc_cpu_split(pid)
             user, system = us1 - us0, sy1 - sy0
             rss1 = proc_status(pid)["VmRSS"]
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 tracer.send_signal(2)
                 tracer.wait(timeout=30)
                 syscalls = strace_counts(Path(tmp) / "strace.txt")
-            profile = []
+            profile: Sequence[list[tuple[float, str]]] = []  # or top_frames()'s pair
             if spy is not None:
                 spy.wait(timeout=60)
                 if (Path(tmp) / "spy.txt").exists():

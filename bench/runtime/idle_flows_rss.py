@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         gw = GatewayProcess(lab, gateway_config(t, [PROXY_PORT]), Path(tmp), log_level=args.log_level)
         holder = None
         with gw:
-            pid = gw.proc.pid  # type: ignore[union-attr]
+            assert gw.proc is not None and danted.pid is not None  # both started by now
+            pid, danted_pid = gw.proc.pid, danted.pid
             holder = Holder(lab, t.upstream_ip4, PROXY_PORT)
             try:
                 # warm-up: some flows opened and closed, so lazy imports and first-use allocations
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 holder.ask("open 50", 60)
                 holder.ask("close", 30)
                 time.sleep(args.settle)
-                base = snapshot(pid, danted.pid)
+                base = snapshot(pid, danted_pid)
                 slab0 = slabinfo()
                 rows.append({"flows": 0, **base})
                 print(f"baseline (after 50 flows opened and closed): dae-runtime RSS {base['rss_kb'] / 1024:.1f} MiB, "
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                     ans = holder.ask(f"open {n}", 300)
                     up = ans["up"]
                     time.sleep(args.settle)
-                    snap = snapshot(pid, danted.pid)
+                    snap = snapshot(pid, danted_pid)
                     row = {"flows": up, "failed": dict(ans["failed"]), "open_s": ans["seconds"], **snap}
                     rows.append(row)
                     if fds_per_flow is None and up:
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                 while time.monotonic() < deadline and fd_count(pid) > base["fds"] + 8:
                     time.sleep(0.5)
                 time.sleep(args.settle)
-                after = snapshot(pid, danted.pid)
+                after = snapshot(pid, danted_pid)
                 print(f"closed {closed['closed']}: dae-runtime RSS {after['rss_kb'] / 1024:.1f} MiB, "
                       f"{after['fds']} fds",
                       flush=True)

@@ -57,7 +57,7 @@ class MarkedBackend(_asyncio_backend.Backend):
                 if destination is not None:
                     sock.connect(destination)
                 transport, protocol = await loop.create_datagram_endpoint(
-                    _asyncio_backend._DatagramProtocol, sock=sock)  # type: ignore[arg-type]
+                    _asyncio_backend._DatagramProtocol, sock=sock)
                 return _asyncio_backend._DatagramSocket(af, transport, protocol)
             await asyncio.wait_for(loop.sock_connect(sock, destination), timeout)
             r, w = await asyncio.wait_for(asyncio.open_connection(

@@ -332,7 +332,7 @@ class SplicedFlow:
             self.upstream.close()
         on_end(self, outcome)
         # no flow <-> way cycle left behind: freed by reference counting, not by the cyclic GC
-        self.up.flow = self.down.flow = _ENDED  # type: ignore[assignment]
+        self.up.flow = self.down.flow = _ENDED  # type: ignore[assignment]  # stands in: late calls do nothing
 
 
 class _Ended:

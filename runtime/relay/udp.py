@@ -195,7 +195,7 @@ class UdpRelay:
             flow = Flow("udp", src, dst)
             try:
                 route = self.router.route(flow)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - a router bug must not kill the listener
                 log.error("%s dropped: router failed: %r", flow, exc)
                 return
             client.routes[dst] = route
@@ -447,11 +447,11 @@ class UdpRelay:
             if now - throttle.logged >= LOG_EVERY:
                 del self._client_throttles[key]  # what it left unlogged is in the stats
         closed = set()
-        for key, entry in list(self.reply_sockets.items()):
+        for addr, entry in list(self.reply_sockets.items()):
             if now - entry.last >= limit:
-                del self.reply_sockets[key]
+                del self.reply_sockets[addr]
                 self._close_socket(entry.sock)
-                closed.add(key)
+                closed.add(addr)
         if closed:
             for client in self.clients.values():
                 client.remotes -= closed

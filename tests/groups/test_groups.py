@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import random
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ def nodes(*names: str, protocol: str = "socks5") -> list[Node]:
     return [Node(n, protocol, f"192.0.2.{i + 1}", 1080) for i, n in enumerate(names)]
 
 
-def group(policy: str, names=("a", "b", "c"), tolerance_ms: float = 50.0, fixed: int = 0,
+def group(policy: str, names: tuple[str, ...]=("a", "b", "c"), tolerance_ms: float = 50.0, fixed: int = 0,
           **kwargs) -> Group:
     raw = {"name": "g", "id": 2, "policy": policy, "fixed_index": fixed, "nodes": list(names),
            "check": {"check_interval_s": 30, "check_tolerance_ms": tolerance_ms}}
@@ -57,7 +58,7 @@ class TestSpec:
         ({"policy": "fixed", "fixed_index": 3, "nodes": ["a"]}, "fixed(3) but the group has 1"),
         ({"policy": "min", "nodes": []}, "no nodes"),
     ])
-    def test_bad_group_is_a_clear_error(self, raw, message) -> None:
+    def test_bad_group_is_a_clear_error(self, raw: dict[str, Any], message: str) -> None:
         with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
             GroupSpec.from_manifest({"name": "g", "id": 2, **raw})
 
@@ -164,7 +165,7 @@ class FakeStream:
 
 class TestDialFailover:
     def test_a_failed_dial_marks_the_node_down_and_the_next_alive_node_carries_the_flow(
-            self, monkeypatch) -> None:
+            self, monkeypatch: pytest.MonkeyPatch) -> None:
         g = group("min")
         feed(g, a=10, b=20, c=30)
         calls = []
@@ -183,7 +184,7 @@ class TestDialFailover:
         assert not g.stats[Check.TCP]["a"].alive and not g.stats[Check.TCP]["b"].alive
         assert chosen(g) == "c"
 
-    def test_all_down_refuses_at_once_without_dialing(self, monkeypatch) -> None:
+    def test_all_down_refuses_at_once_without_dialing(self, monkeypatch: pytest.MonkeyPatch) -> None:
         g = group("min")
         feed(g, a=None, b=None, c=None)
 
@@ -195,7 +196,7 @@ class TestDialFailover:
             asyncio.run(g.dial_tcp(Destination("198.51.100.1", 80)))
         assert g.dial_attempts == 0
 
-    def test_a_target_refused_by_a_working_node_is_not_the_node_s_fault(self, monkeypatch) -> None:
+    def test_a_target_refused_by_a_working_node_is_not_the_node_s_fault(self, monkeypatch: pytest.MonkeyPatch) -> None:
         g = group("min")
 
         async def dial(node, dst, opts):
@@ -207,7 +208,7 @@ class TestDialFailover:
         assert g.dial_attempts == 1 and g.stats[Check.TCP]["a"].alive
 
 
-    def test_a_socket_error_during_the_dial_is_a_failed_dial(self, monkeypatch) -> None:
+    def test_a_socket_error_during_the_dial_is_a_failed_dial(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """ECONNRESET after CONNECT (an OSError the outbound let out): node down, next node."""
         g = group("min")
         feed(g, a=10, b=20, c=30)
@@ -223,7 +224,7 @@ class TestDialFailover:
         assert not g.stats[Check.TCP]["a"].alive
         assert "Connection reset by peer" in g.stats[Check.TCP]["a"].last_error
 
-    def test_running_out_of_fds_refuses_the_flow_and_blames_no_node(self, monkeypatch) -> None:
+    def test_running_out_of_fds_refuses_the_flow_and_blames_no_node(self, monkeypatch: pytest.MonkeyPatch) -> None:
         g = group("min")
         feed(g, a=10, b=20, c=30)
 

@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvloop
@@ -126,8 +127,8 @@ class TestSocks5:
         (scripted(), ProxyProtocolError, "SOCKS5 CONNECT handshake timed out after 0.3s"),
     ], ids=["garbage", "no-method", "unoffered-method", "rep-refused", "bad-version", "bad-atyp",
             "truncated", "closed", "silent"])
-    def test_malformed_reply_is_a_clear_error_naming_the_node(self, handler, error,
-                                                             message) -> None:
+    def test_malformed_reply_is_a_clear_error_naming_the_node(self, handler: Handler, error: type[Exception],
+                                                             message: str) -> None:
         async def scenario() -> None:
             server, port = await serve(handler)
             started = time.monotonic()
@@ -158,7 +159,7 @@ class TestSocks5:
         (Destination("example.test", 8080), b"\x03\x0cexample.test\x1f\x90"),
     ])
     def test_connect_request_encodes_the_destination_and_the_stream_is_spliceable(
-            self, dst, encoded) -> None:
+            self, dst: Destination, encoded: bytes) -> None:
         async def scenario() -> None:
             seen: list[bytes] = []
             server, port = await serve(lambda r, w: socks_ok(r, w, seen))
@@ -181,7 +182,7 @@ class TestSocks5:
                 decode_addr(bad, 0)
 
 
-def udp_socks_server(drop_first_garbage: bool = True):
+def udp_socks_server(drop_first_garbage: bool = True) -> tuple[Handler, dict[str, Any]]:
     """A SOCKS5 server that grants UDP ASSOCIATE on 0.0.0.0:<port> (the client must then use
     the control connection's address) and echoes datagrams back with their header."""
     state: dict = {}
@@ -301,8 +302,8 @@ class TestHttpConnect:
          "the HTTP CONNECT response head is longer than 16384 bytes"),
         (b"", ProxyProtocolError, "HTTP CONNECT handshake timed out after 0.3s"),
     ], ids=["garbage", "407", "502", "endless-head", "silent"])
-    def test_bad_response_is_a_clear_error_naming_the_node(self, response, error,
-                                                          message) -> None:
+    def test_bad_response_is_a_clear_error_naming_the_node(self, response: bytes, error: type[Exception],
+                                                          message: str) -> None:
         async def scenario() -> None:
             server, port = await serve(connect_then(response))
             with pytest.raises(error) as info:
@@ -327,7 +328,7 @@ class TestHttpConnect:
 
 
 @pytest.fixture(scope="module")
-def certificate(tmp_path_factory) -> tuple[Path, Path]:
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("tls")
     key, cert = folder / "key.pem", folder / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
@@ -337,13 +338,13 @@ def certificate(tmp_path_factory) -> tuple[Path, Path]:
 
 
 class TestHttps:
-    def server_context(self, certificate, sni_seen: list) -> ssl.SSLContext:
+    def server_context(self, certificate: tuple[Path, Path], sni_seen: list) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(*certificate)
         ctx.sni_callback = lambda sslobj, name, _ctx: sni_seen.append(name)
         return ctx
 
-    def test_tunnel_over_tls_with_sni_and_allow_insecure(self, certificate) -> None:
+    def test_tunnel_over_tls_with_sni_and_allow_insecure(self, certificate: tuple[Path, Path]) -> None:
         async def scenario() -> None:
             sni: list = []
             server, port = await serve(connect_then(b"HTTP/1.1 200 OK\r\n\r\n"),
@@ -361,7 +362,7 @@ class TestHttps:
 
         run(scenario)
 
-    def test_untrusted_certificate_is_refused_without_allow_insecure(self, certificate) -> None:
+    def test_untrusted_certificate_is_refused_without_allow_insecure(self, certificate: tuple[Path, Path]) -> None:
         async def scenario() -> None:
             server, port = await serve(connect_then(b"HTTP/1.1 200 OK\r\n\r\n"),
                                        self.server_context(certificate, []))

@@ -150,7 +150,7 @@ REQUEST = b"\x05\x01\x00\x01\xc0\x00\x02\x07\x00\x50"  # CONNECT 192.0.2.7:80
 REPLY = b"\x05\x00\x00\x01\x7f\x00\x00\x01\x04\x38"
 
 
-async def raw_server(handle) -> tuple[socket.socket, int, asyncio.Task]:
+async def raw_server(handle: Callable[[socket.socket], None]) -> tuple[socket.socket, int, asyncio.Task]:
     """A listener whose connections `handle(conn)` serves in a thread (blocking sockets, as
     simple servers are written)."""
     listener = socket.socket()

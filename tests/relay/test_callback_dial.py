@@ -7,6 +7,7 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -64,7 +65,7 @@ class FastRelay:
         self.listener.close()
 
 
-async def until(check, seconds: float = 3.0) -> None:  # type: ignore[no-untyped-def]
+async def until(check: Callable[[], object], seconds: float = 3.0) -> None:
     for _ in range(int(seconds / 0.01)):
         if check():
             return
@@ -96,7 +97,7 @@ class TestCallbackDial:
 
         run(scenario)
 
-    def test_fails_over_to_the_next_node_and_marks_the_first_down(self, caplog) -> None:  # type: ignore[no-untyped-def]
+    def test_fails_over_to_the_next_node_and_marks_the_first_down(self, caplog: pytest.LogCaptureFixture) -> None:
         caplog.set_level(logging.INFO)
 
         async def scenario() -> None:
@@ -117,7 +118,7 @@ class TestCallbackDial:
         assert "node 'n0' is down: connect to 127.0.0.1:" in caplog.text
         assert "via proxy node n1" in caplog.text
 
-    def test_every_node_down_refuses_at_once(self, caplog) -> None:  # type: ignore[no-untyped-def]
+    def test_every_node_down_refuses_at_once(self, caplog: pytest.LogCaptureFixture) -> None:
         async def scenario() -> None:
             loop = asyncio.get_running_loop()
             fast = FastRelay([closed_port(), closed_port()])
@@ -138,7 +139,7 @@ class TestCallbackDial:
         run(scenario)
         assert "every node failed" in caplog.text and "all nodes down" in caplog.text
 
-    def test_malformed_reply_is_named(self, caplog) -> None:  # type: ignore[no-untyped-def]
+    def test_malformed_reply_is_named(self, caplog: pytest.LogCaptureFixture) -> None:
         def handle(conn: socket.socket) -> None:
             recv_exact(conn, len(GREETING) + len(REQUEST))
             conn.sendall(b"\x05\x00\x05\x00\x00\x07\x00\x00")
