@@ -85,6 +85,13 @@ class GatewayProcess:
         self.cleanup()  # it may have got as far as attaching before it died or timed out
         raise GatewayStartError(f"dae-runtime did not become ready:\n{buf.decode(errors='replace')[-4000:]}")
 
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        """The process `start()` launched (for its pid, signals, exit code)."""
+        if self.proc is None:
+            raise RuntimeError("the gateway process was not started")
+        return self.proc
+
     def _drain_in_background(self) -> None:
         import threading
 

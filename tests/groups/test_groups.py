@@ -17,8 +17,8 @@ def nodes(*names: str, protocol: str = "socks5") -> list[Node]:
     return [Node(n, protocol, f"192.0.2.{i + 1}", 1080) for i, n in enumerate(names)]
 
 
-def group(policy: str, names: tuple[str, ...]=("a", "b", "c"), tolerance_ms: float = 50.0, fixed: int = 0,
-          **kwargs) -> Group:
+def group(policy: str, names: tuple[str, ...] = ("a", "b", "c"), tolerance_ms: float = 50.0, fixed: int = 0,
+          **kwargs: Any) -> Group:
     raw = {"name": "g", "id": 2, "policy": policy, "fixed_index": fixed, "nodes": list(names),
            "check": {"check_interval_s": 30, "check_tolerance_ms": tolerance_ms}}
     return Group.from_manifest(raw, {n.name: n for n in nodes(*names)}, **kwargs)
@@ -180,7 +180,7 @@ class TestDialFailover:
 
         monkeypatch.setattr(proxy, "dial_tcp", dial)
         dialed = asyncio.run(g.dial_tcp(Destination("198.51.100.1", 80)))
-        assert dialed.node.name == "c" and calls == ["a", "b", "c"]
+        assert dialed.node is not None and dialed.node.name == "c" and calls == ["a", "b", "c"]
         assert not g.stats[Check.TCP]["a"].alive and not g.stats[Check.TCP]["b"].alive
         assert chosen(g) == "c"
 
@@ -220,9 +220,9 @@ class TestDialFailover:
 
         monkeypatch.setattr(proxy, "dial_tcp", dial)
         dialed = asyncio.run(g.dial_tcp(Destination("198.51.100.1", 80)))
-        assert dialed.node.name == "b"
+        assert dialed.node is not None and dialed.node.name == "b"
         assert not g.stats[Check.TCP]["a"].alive
-        assert "Connection reset by peer" in g.stats[Check.TCP]["a"].last_error
+        assert "Connection reset by peer" in str(g.stats[Check.TCP]["a"].last_error)
 
     def test_running_out_of_fds_refuses_the_flow_and_blames_no_node(self, monkeypatch: pytest.MonkeyPatch) -> None:
         g = group("min")
@@ -270,14 +270,14 @@ class TestHealthChecker:
         asyncio.run(one_by_one())
         tcp, udp = g.stats[Check.TCP], g.stats[Check.UDP]
         assert tcp["a"].last == pytest.approx(0.25) and tcp["b"].last == pytest.approx(0.04)
-        assert not tcp["c"].alive and "Connection refused" in tcp["c"].last_error
+        assert not tcp["c"].alive and "Connection refused" in str(tcp["c"].last_error)
         assert udp["c"].last == pytest.approx(0.01)
-        assert g.selected(Check.TCP).name == "b" and g.selected(Check.UDP).name == "c"
+        assert [n.name if n else None for n in (g.selected(Check.TCP), g.selected(Check.UDP))] == ["b", "c"]
 
     def test_a_node_comes_back_after_a_passing_check(self) -> None:
         clock = FakeClock()
         g = group("min", clock=clock)
-        table = {"a": None, "b": None, "c": None}
+        table: dict[str, float | None] = {"a": None, "b": None, "c": None}
         checker = self.checker(g, clock, table, dict(table))
         asyncio.run(checker.check_all())
         assert chosen(g) is None

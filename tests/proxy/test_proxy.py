@@ -28,7 +28,7 @@ from dae_py.runtime.proxy import (
     dial_tcp,
     open_udp,
 )
-from dae_py.runtime.proxy.socks5 import decode_addr, encode_addr
+from dae_py.runtime.proxy.socks5 import Socks5UdpAssociation, decode_addr, encode_addr
 from dae_py.runtime.relay.pump import relay
 
 OPTS = DialOptions(connect_timeout=2, handshake_timeout=0.3)
@@ -223,6 +223,7 @@ class TestSocks5Udp:
             replies: asyncio.Queue = asyncio.Queue()
             assoc = await open_udp(socks_node(port), OPTS,
                                    lambda data, src: replies.put_nowait((data, src)))
+            assert isinstance(assoc, Socks5UdpAssociation)
             closed = asyncio.Event()
             assoc.on_close.append(lambda _a: closed.set())
             assoc.send(b"ping", Destination("198.51.100.9", 7001))
@@ -244,7 +245,7 @@ class TestSocks5Udp:
 
 
 def http_node(port: int, user: str | None = None, password: str | None = None,
-              protocol: str = "http", **kw) -> Node:
+              protocol: str = "http", **kw: Any) -> Node:
     return Node("web", protocol, "127.0.0.1", port, user, password, **kw)
 
 
@@ -453,11 +454,13 @@ def test_every_outgoing_socket_carries_the_mark() -> None:
         server, port = await serve(lambda r, w: socks_ok(r, w, seen))
         marked = DialOptions(so_mark=0x80, connect_timeout=2, handshake_timeout=1)
         stream = await dial_tcp(socks_node(port), Destination("192.0.2.7", 80), marked)
+        assert isinstance(stream, SocketStream)
         assert stream.sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0x80
         stream.close()
         handler, _state = udp_socks_server(drop_first_garbage=False)
         udp_server, udp_port = await serve(handler)
         assoc = await open_udp(socks_node(udp_port), marked, lambda d, s: None)
+        assert isinstance(assoc, Socks5UdpAssociation)
         assert assoc._sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0x80
         assert assoc._control.sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0x80
         assoc.close()

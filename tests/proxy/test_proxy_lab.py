@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -23,7 +23,7 @@ from dae_py.runtime.proxy import shadowsocks
 from dae_py.runtime.relay import RelayConfig
 from tests.conftest import have_root_bpf
 from tests.relay import servers
-from tests.relay.conftest import CHECK, Env, gateway_env, node
+from tests.relay.conftest import CHECK, Env, gateway_env, group_of, node
 from tests.relay.lab import GW_UP4, GW_UP6, RELAY_MARK, SERVER4, SERVER6, Lab
 
 pytestmark = pytest.mark.root
@@ -72,7 +72,7 @@ def gid(name: str) -> int:
     return 100 + NAMES.index(name)
 
 
-def manifest(extra_groups: list[dict[str, Any]] = ()) -> dict[str, Any]:
+def manifest(extra_groups: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     groups = [{"name": f"g_{n}", "id": gid(n), "policy": "fixed", "fixed_index": 0,
                "nodes": [n], "check": CHECK} for n in NAMES]
     return {"nodes": NODES, "groups": groups + list(extra_groups)}
@@ -142,7 +142,7 @@ def checked(nodes: list[str], policy: str = "min") -> dict[str, Any]:
 
 async def first_round(env: Env) -> Any:
     """Group 2 once its health checker finished the first round."""
-    group = env.gateway.table.get(2)
+    group = group_of(env.gateway.table, 2)
     while group.checker.rounds == 0:
         await asyncio.sleep(0.01)
     return group
@@ -161,11 +161,12 @@ async def udp_through(env: Env, family: int, server: str, outbound_id: int) -> t
         sock.close()
 
 
-CASES4 = [(socket.AF_INET, SERVER4, f"ss_{c}", ips[0]) for c, ips in SS_IPS.items()]
-CASES6 = [(socket.AF_INET6, SERVER6, f"ss6_{c}", None) for c in SS_IPS]
-V2RAY_CASES = [(socket.AF_INET, SERVER4, f"v2ray_{c}", V2RAY_SS) for c in SS_IPS]
-TROJAN_CASES = [(socket.AF_INET, SERVER4, "trojan", None), (socket.AF_INET6, SERVER6, "trojan6", None),
-                (socket.AF_INET, SERVER4, "trojan_insecure", None)]
+Case = tuple[int, str, str, str | None]  # family, server, node name, the address the target sees
+CASES4: list[Case] = [(socket.AF_INET, SERVER4, f"ss_{c}", ips[0]) for c, ips in SS_IPS.items()]
+CASES6: list[Case] = [(socket.AF_INET6, SERVER6, f"ss6_{c}", None) for c in SS_IPS]
+V2RAY_CASES: list[Case] = [(socket.AF_INET, SERVER4, f"v2ray_{c}", V2RAY_SS) for c in SS_IPS]
+TROJAN_CASES: list[Case] = [(socket.AF_INET, SERVER4, "trojan", None), (socket.AF_INET6, SERVER6, "trojan6", None),
+                            (socket.AF_INET, SERVER4, "trojan_insecure", None)]
 
 
 @pytest.mark.parametrize("family,server,name,seen", CASES4 + CASES6 + V2RAY_CASES + TROJAN_CASES)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import dns.message
 
@@ -76,7 +77,7 @@ class _Udp(asyncio.DatagramProtocol):
         self.seen: list[tuple] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.DatagramTransport, transport)  # a datagram endpoint's
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
         self.seen.append(addr)
@@ -106,7 +107,7 @@ async def connect(sock: socket.socket, host: str, port: int, timeout: float = 5.
 async def recv_all(sock: socket.socket, timeout: float = 5.0) -> bytes:
     """Everything until EOF; ConnectionResetError surfaces as is."""
     loop = asyncio.get_running_loop()
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         data = await asyncio.wait_for(loop.sock_recv(sock, 65536), timeout)
         if not data:

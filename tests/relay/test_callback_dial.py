@@ -15,6 +15,7 @@ from dae_py.runtime.groups.stats import Check
 from dae_py.runtime.proxy import DialOptions, socks5
 from dae_py.runtime.relay import OutboundTable, RelayConfig, Route, TcpRelay
 from tests.proxy.test_proxy import run, serve, socks_ok
+from tests.relay.conftest import group_of
 from tests.relay.servers import GREETING, REPLY, REQUEST, echo_after, raw_server, recv_exact, stop
 
 
@@ -108,7 +109,7 @@ class TestCallbackDial:
             client = fast.flow()
             await loop.sock_sendall(client, b"x")
             assert await asyncio.wait_for(loop.sock_recv(client, 1), 2) == b"x"
-            group = fast.relay.outbounds.get(2)
+            group = group_of(fast.relay.outbounds, 2)
             assert [n.name for n in group.alive(Check.TCP)] == ["n1"]
             client.close()
             await fast.close()
@@ -244,12 +245,13 @@ def test_callback_dial_marks_its_socket() -> None:
         loop = asyncio.get_running_loop()
         server, port = await serve(socks_ok)
         fast = FastRelay([port])
-        fast.relay.outbounds.get(2).opts = DialOptions(so_mark=0x80, connect_timeout=1,
+        group_of(fast.relay.outbounds, 2).opts = DialOptions(so_mark=0x80, connect_timeout=1,
                                                        handshake_timeout=1)
         await fast.start()
         client = fast.flow()
         await loop.sock_sendall(client, b"m")
         assert await asyncio.wait_for(loop.sock_recv(client, 1), 2) == b"m"
+        assert fast.relay._sweeper is not None
         (flow,) = fast.relay._sweeper.flows
         assert flow.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0x80
         client.close()

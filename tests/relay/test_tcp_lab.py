@@ -12,7 +12,7 @@ from dae_py.runtime.groups import Check
 from dae_py.runtime.relay import RelayConfig
 
 from . import servers
-from .conftest import DANTE4, DANTE6, DANTE_AUTH, TINY, TINY_AUTH, Env, gateway_env, group_id, manifest
+from .conftest import DANTE4, DANTE6, DANTE_AUTH, TINY, TINY_AUTH, Env, gateway_env, group_id, group_of, manifest
 from .lab import GW_UP4, RELAY_MARK, SERVER4, SERVER6, Lab
 
 pytestmark = pytest.mark.root
@@ -208,8 +208,9 @@ def test_failover_to_the_next_node_when_the_first_proxy_stops(lab: Lab, caplog: 
             assert await whoami_through(env, socket.AF_INET, SERVER4, 2) == first
             await asyncio.to_thread(peer1.stop)
             assert await whoami_through(env, socket.AF_INET, SERVER4, 2) == second
-            failover = env.gateway.table.get(2)
-            assert failover.select().name == "p2"
+            failover = group_of(env.gateway.table, 2)
+            chosen = failover.select()
+            assert chosen is not None and chosen.name == "p2"
             assert not failover.stats[Check.TCP]["p1"].alive
             # the next flow goes straight to p2: p1 is down until a check revives it
             before = failover.dial_attempts
@@ -228,7 +229,7 @@ def test_all_nodes_down_refuses_at_once(lab: Lab, caplog: pytest.LogCaptureFixtu
 
     async def scenario() -> None:
         async with gateway_env(lab, manifest([group])) as env:
-            doomed = env.gateway.table.get(3)
+            doomed = group_of(env.gateway.table, 3)
             for _attempt in range(2):
                 sock = env.client(outbound_id=3)
                 started = time.monotonic()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from typing import Any
 
 import pytest
 
+from dae_py.runtime.proxy import DIRECT_ID
 from dae_py.runtime.relay import OutboundTable, RelayConfig, StaticRouter, UdpRelay
-from dae_py.runtime.relay.outbounds import DIRECT_ID
 from dae_py.runtime.relay.udp import LOG_EVERY, _Client, client_limit, reply_socket_limit
 
 pytestmark = pytest.mark.root  # transparent reply sockets need CAP_NET_ADMIN
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.root  # transparent reply sockets need CAP_NET_ADMIN
 BLOCK = 1
 
 
-def relay(**config: int) -> UdpRelay:
+def relay(**config: Any) -> UdpRelay:
     return UdpRelay(StaticRouter(BLOCK), OutboundTable.from_manifest({}), RelayConfig(**config))
 
 

@@ -50,7 +50,7 @@ def lab() -> Iterator[Lab]:
 
 def fd_count(gw: Gw) -> int:
     assert gw.proc is not None
-    return len(os.listdir(f"/proc/{gw.proc.pid}/fd"))
+    return len(os.listdir(f"/proc/{gw.process.pid}/fd"))
 
 
 def _family(host: str) -> int:
@@ -128,7 +128,7 @@ def test_relay_refuses_datagrams_delivered_to_its_own_address(lab: Lab, tmp_path
         after = fd_count(gw)
         assert after <= before + 4, f"runtime fds {before} -> {after}"
         assert client_get(lab, t.upstream_ip4, 8081)["peer"] == t.client_ip4  # direct, alive
-    assert gw.proc is not None and gw.proc.returncode == 0
+    assert gw.proc is not None and gw.process.returncode == 0
     last = [ln for ln in gw.log_text().splitlines() if "; relay: " in ln][-1]
     assert "guards: self-addressed=200" in last, last
     assert len([ln for ln in gw.log_text().splitlines() if "addressed to the relay itself" in ln]) <= 4
@@ -446,7 +446,7 @@ def test_reset_after_connect_fails_over_to_the_next_node(lab: Lab, tmp_path: Pat
 def _exhaust(gw: Gw, limit: int) -> None:
     """Lower the runtime's RLIMIT_NOFILE to `limit` (soft and hard)."""
     assert gw.proc is not None
-    resource.prlimit(gw.proc.pid, resource.RLIMIT_NOFILE, (limit, limit))
+    resource.prlimit(gw.process.pid, resource.RLIMIT_NOFILE, (limit, limit))
 
 
 def _open_flows(lab: Lab, host: str, n: int) -> list[socket.socket]:
@@ -473,12 +473,12 @@ def test_sigterm_out_of_fds_tears_down_cleanly(lab: Lab, tmp_path: Path) -> None
                      rules=[f"dip({t.upstream_ip4}, '{t.upstream_ip6}') && dport(8081) -> proxy"])
     with gateway(lab, cfg, tmp_path) as gw:
         assert client_get(lab, t.upstream_ip4, 8081)["peer"] == t.upstream_ip4
-        _exhaust(gw, max(int(fd) for fd in os.listdir(f"/proc/{gw.proc.pid}/fd")) + 1)
+        _exhaust(gw, max(int(fd) for fd in os.listdir(f"/proc/{gw.process.pid}/fd")) + 1)
         held = _open_flows(lab, t.upstream_ip4, 20)
         try:
             gw.wait_log(r"Too many open files", timeout=10)
-            gw.proc.send_signal(15)
-            code = gw.proc.wait(30)
+            gw.process.send_signal(15)
+            code = gw.process.wait(30)
         finally:
             for s in held:
                 s.close()
@@ -501,8 +501,8 @@ def test_sigterm_that_cannot_tear_down_says_so_and_exits_1(lab: Lab, tmp_path: P
     cfg = lab_config(t, fallback="direct", rules=["dport(8081) -> proxy"])
     with gateway(lab, cfg, tmp_path) as gw:
         _exhaust(gw, 3)
-        gw.proc.send_signal(15)
-        code = gw.proc.wait(30)
+        gw.process.send_signal(15)
+        code = gw.process.wait(30)
         gw._join_pump()
         log = gw.log_text()
         assert code == 1, log[-3000:]

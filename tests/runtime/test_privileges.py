@@ -104,7 +104,7 @@ def failed_start(lab: Lab, user: pwd.struct_passwd, name: str, caps: tuple[str, 
         if gw.proc is not None:
             lab.procs.forget(gw.proc)
     assert gw.proc is not None
-    return gw.proc.returncode, gw.log_text()
+    return gw.process.returncode, gw.log_text()
 
 
 def proc_status(pid: int) -> dict[str, str]:
@@ -125,15 +125,15 @@ def test_runs_as_a_service_user_with_exactly_the_least_capabilities(lab: Lab, us
     t = lab.topo
     before = gateway_snapshot(lab)
     with unprivileged(lab, user, "least", LEAST) as gw:
-        status = proc_status(gw.proc.pid)
+        status = proc_status(gw.process.pid)
         assert status["Uid"].split() == [str(user.pw_uid)] * 4 and user.pw_uid != 0, status["Uid"]
         assert status["Gid"].split() == [str(user.pw_gid)] * 4, status["Gid"]
         assert status["Groups"] == "", status["Groups"]
         for key in ("CapEff", "CapPrm", "CapBnd", "CapAmb", "CapInh"):
             assert int(status[key], 16) == LEAST_MASK, f"{key}: {status[key]}, want {LEAST_MASK:016x}"
         assert status["NoNewPrivs"] == "1"
-        assert "ro" in root_mount_options(gw.proc.pid)  # it writes nothing but its state dir
-        limits = Path(f"/proc/{gw.proc.pid}/limits").read_text()
+        assert "ro" in root_mount_options(gw.process.pid)  # it writes nothing but its state dir
+        limits = Path(f"/proc/{gw.process.pid}/limits").read_text()
         assert re.search(r"Max locked memory\s+65536\s+65536", limits), limits
         assert gw.state_path.stat().st_uid == user.pw_uid and gw.state_entries()
 
