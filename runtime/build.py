@@ -35,7 +35,7 @@ class Build:
         return Manifest.from_json(self.raw)
 
     @classmethod
-    def open(cls, path: str | Path) -> "Build":
+    def open(cls, path: str | Path) -> Build:
         p = Path(path)
         try:
             manifest = json.loads((p / "manifest.json").read_text())

@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
 
     run = sub.add_parser("run", help="run the gateway (the default when given a build directory)")
     run.add_argument("build", type=Path)
-    run.add_argument("--state", type=Path, help="state file recording kernel changes (default: $DAE_STATE, else $RUNTIME_DIRECTORY/state.json, else /run/dae-py/state.json)")
+    run.add_argument("--state", type=Path, help="state file recording kernel changes (default: $DAE_STATE, "
+                     "else $RUNTIME_DIRECTORY/state.json, else /run/dae-py/state.json)")
     cl = sub.add_parser("cleanup", help="undo what a crashed runtime left in the kernel")
     cl.add_argument("--state", type=Path, help="state file of the crashed run (default: as for run)")
 

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dae_py.runtime.packets import domain_key, domain_value
+
+if TYPE_CHECKING:
+    from dae_py.runtime.bpf.maps import BpfMap
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -50,38 +53,39 @@ class DomainBindings:
         self.words = words
 
     @classmethod
-    def of(cls, obj: Any, words: int) -> "DomainBindings | None":
+    def of(cls, obj: Any, words: int) -> DomainBindings | None:
         """The bindings of a program, or None if it has no domain() rules (and so no maps)."""
         names = set(obj.map_names())
         return cls(obj, words) if names & {"domain_routing4", "domain_routing"} else None
 
     def bind(self, dst: IPAddress, bits: int) -> None:
         """Bind `bits` (an int, bit b = domain set b) to `dst`: filter bit, then the entry."""
-        if self.filter is not None:
-            self._set_filter_bit(dst)
+        filt = self.filter
+        if filt is not None:
+            self._set_filter_bit(filt, dst)
         self.routing[dst.version].update(self._key(dst), domain_value(bits, self.words))
 
     def write_entry_only(self, dst: IPAddress, bits: int) -> None:
         """The entry without its filter bit: for tests that show the program then ignores it."""
         self.routing[dst.version].update(self._key(dst), domain_value(bits, self.words))
 
-    def _filter_word(self, dst: IPAddress) -> tuple[bytes, int, int]:
+    @staticmethod
+    def _filter_word(filt: BpfMap, dst: IPAddress) -> tuple[bytes, int, int]:
         """(key of the filter word holding dst's bit, the word, the bit's mask)."""
-        assert self.filter is not None
         bit = filter_bit(dst)
         key = struct.pack("<I", bit >> 6)
-        raw = self.filter.lookup(key)
+        raw = filt.lookup(key)
         return key, struct.unpack("<Q", raw)[0] if raw else 0, 1 << (bit & 63)
 
-    def _set_filter_bit(self, dst: IPAddress) -> None:
-        key, word, mask = self._filter_word(dst)
+    def _set_filter_bit(self, filt: BpfMap, dst: IPAddress) -> None:
+        key, word, mask = self._filter_word(filt, dst)
         if not word & mask:
-            self.filter.update(key, struct.pack("<Q", word | mask))  # type: ignore[union-attr]
+            filt.update(key, struct.pack("<Q", word | mask))
 
     def filter_bit_set(self, dst: IPAddress) -> bool:
         if self.filter is None:
             return True
-        _key, word, mask = self._filter_word(dst)
+        _key, word, mask = self._filter_word(self.filter, dst)
         return bool(word & mask)
 
     def unbind(self, dst: IPAddress) -> bool:

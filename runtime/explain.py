@@ -17,8 +17,16 @@ from dae_py.contract.manifest import Attach, RuleEntry
 from dae_py.runtime.bpf import BpfObject, prog_test_run
 from dae_py.runtime.build import Build, load_tables
 from dae_py.runtime.domain_map import DomainBindings
-from dae_py.runtime.packets import (IPPROTO_TCP, IPPROTO_UDP, FlowSpec, KernelDecision, flow_key,
-                             frame, parse_flow_value, pname_value)
+from dae_py.runtime.packets import (
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    FlowSpec,
+    KernelDecision,
+    flow_key,
+    frame,
+    parse_flow_value,
+    pname_value,
+)
 
 TC_ACTIONS = {0: "TC_ACT_OK", 2: "TC_ACT_SHOT", 7: "TC_ACT_REDIRECT", 0xFFFFFFFF: "TC_ACT_UNSPEC"}
 
@@ -70,7 +78,8 @@ class Explanation:
         if self.decision.must:
             extras.append("must (DNS not hijacked)")
         tail = f" [{', '.join(extras)}]" if extras else ""
-        return f"{head}\n  {why}\n  -> outbound '{self.outbound}'{tail} ({TC_ACTIONS.get(self.tc_action, self.tc_action)})"
+        action = TC_ACTIONS.get(self.tc_action, self.tc_action)
+        return f"{head}\n  {why}\n  -> outbound '{self.outbound}'{tail} ({action})"
 
 
 def explain(build: Build, flow: FlowSpec, domain: str | None = None, pname: str | None = None) -> Explanation:

@@ -33,7 +33,8 @@ from dae_py.runtime.datapath import CleanupReport, Datapath, StateBusy, cleanup
 from dae_py.runtime.datapath.state import StateCorrupt, default_state_path
 from dae_py.runtime.domain_map import DomainBindings
 from dae_py.runtime.kernel_router import KernelRouter
-from dae_py.runtime.privileges import hint as privileges_hint, warn_if_degraded
+from dae_py.runtime.privileges import hint as privileges_hint
+from dae_py.runtime.privileges import warn_if_degraded
 
 log = logging.getLogger("dae.gateway")
 
@@ -136,7 +137,7 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
                                     ingress_l3_fd=obj.program_fd(programs.program(Attach.LAN_INGRESS_L3).name))
         except (BpfError, StartError, asyncio.CancelledError):
             raise
-        except Exception as exc:  # noqa: BLE001 - whatever it is, one line, not a traceback
+        except Exception as exc:  # whatever it is: one line, not a traceback
             log.debug("start-up failed", exc_info=True)
             raise StartError(_one_line(exc)) from exc
         log.info("gateway ready: %d rules (%s), tproxy port %d, lan %s", len(build.manifest.rules),
@@ -153,7 +154,7 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), timeout=60)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.info("%s; relay: %s", _stats_line(obj, build), relay.stats)
     finally:
         clean = await _stop(obj, build, relay, dns_module, datapath, state_path, reserve)
@@ -206,7 +207,7 @@ def _teardown(datapath: Datapath, state_path: Path) -> bool:
         time.sleep(0.2 * attempt)
         try:
             report = cleanup(state_path)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - as the first attempt: the report says what failed
             report = CleanupReport(failed=[f"cleanup: {_one_line(exc)}"])
     if report.ok:
         log.info("datapath removed: %s", first if first.ok else report)

@@ -70,7 +70,7 @@ class KernelRouter:
     def _route(self, outbound: int, rule: int | None) -> Route:
         why = self._why.get(rule)
         if why is None:  # an index the manifest does not list
-            r = self.build.rule(rule)  # type: ignore[arg-type]
+            r = self.build.rule(rule) if rule is not None else None  # (None is in _why)
             why = f" ({rule_label(rule, self._config_file, r.line if r else '?')})"
         return Route(outbound, rule, why)
 
@@ -79,7 +79,7 @@ class KernelRouter:
         eviction under pressure): the user-space matcher decides from the same IR, with the
         domain bits the kernel holds for the destination."""
         evaluated = flow.evaluated()
-        raw = self.flows.lookup(flow_key(evaluated))  # type: ignore[arg-type]  # the same fields
+        raw = self.flows.lookup(flow_key(evaluated))
         if raw is not None:
             d = parse_flow_value(raw)
             return self._route(d.outbound, d.rule if d.rule < self.n_rules else None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 from dataclasses import dataclass
+from typing import Protocol
 
 from dae_py.contract.maps import DECISION_MUST, FLOW_KEY, FLOW_VALUE, IP_KEY, PNAME_VALUE, U64
 
@@ -70,7 +71,22 @@ def _addr16(a: IPAddress) -> bytes:
     return a.packed if a.version == 6 else a.packed + bytes(12)
 
 
-def flow_key(f: FlowSpec) -> bytes:
+class KeyFields(Protocol):
+    """What `flow_key` reads: a FlowSpec has it, and so has `contract.evaluate.Flow`."""
+
+    @property
+    def l4proto(self) -> int: ...
+    @property
+    def src(self) -> IPAddress: ...
+    @property
+    def sport(self) -> int: ...
+    @property
+    def dst(self) -> IPAddress: ...
+    @property
+    def dport(self) -> int: ...
+
+
+def flow_key(f: KeyFields) -> bytes:
     """struct flow_key: saddr[4], daddr[4] (v4 in word 0), sport, dport (network order), proto, version."""
     return FLOW_KEY.pack(_addr16(f.src), _addr16(f.dst), f.sport, f.dport, f.l4proto, f.dst.version)
 

@@ -15,10 +15,10 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -120,11 +120,12 @@ table ip bench_redsocks {{
 
 def nft_v2ray(topo: Any, dport: int, port: int = V2RAY_PORT, mark: int = V2RAY_MARK) -> str:
     """nft tproxy at prerouting/mangle + `ip rule fwmark 1 lookup 100` (added once per lab)."""
+    match = f'iifname "{topo.gateway_lan_if}" ip daddr {topo.upstream_ip4} tcp dport {dport}'
     return f"""\
 table ip bench_v2ray {{
     chain pre {{
         type filter hook prerouting priority mangle; policy accept;
-        iifname "{topo.gateway_lan_if}" ip daddr {topo.upstream_ip4} tcp dport {dport} meta mark set {mark} tproxy to :{port} accept
+        {match} meta mark set {mark} tproxy to :{port} accept
     }}
 }}
 """
@@ -300,7 +301,7 @@ def median(values: Sequence[float]) -> float:
 
 def machine_note() -> str:
     load = os.getloadavg()
-    return (f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, {platform.node()}, "
+    return (f"{datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}, {platform.node()}, "
             f"kernel {platform.release()}, {os.cpu_count()} CPUs, load avg {load[0]:.2f} at start")
 
 

@@ -71,13 +71,13 @@ def main(argv: list[str] | None = None) -> int:
         for q in QUANTILES:
             a = [r["stats"][mode][q] for r in runs["a"]]
             b = [r["stats"][mode][q] for r in runs["b"]]
-            pair = statistics.median(y / x for x, y in zip(a, b))
+            pair = statistics.median(y / x for x, y in zip(a, b, strict=True))
             print(f"  {mode:8s} {q:4s} {statistics.median(a):9.0f} {statistics.median(b):9.0f} "
                   f"{pair:10.3f} {statistics.median(b) / statistics.median(a):8.3f}")
     for key, what in (("cpu_s", "user+system"), ("cpu_user_s", "user")):
         a_cpu = [cpu_per_relay_conn_us(r, key) for r in runs["a"]]
         b_cpu = [cpu_per_relay_conn_us(r, key) for r in runs["b"]]
-        pairs = statistics.median(y / x for x, y in zip(a_cpu, b_cpu))
+        pairs = statistics.median(y / x for x, y in zip(a_cpu, b_cpu, strict=True))
         print(f"  dae-runtime CPU ({what}) per proxied connection: A {statistics.median(a_cpu):.0f} us, "
               f"B {statistics.median(b_cpu):.0f} us, B/A pairs {pairs:.3f}")
     return 0

@@ -24,18 +24,32 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.runtime.common import (HERE, PY, gateway_config, machine_note, pct, proc_cpu,
-                                  proc_cpu_split, proc_status, raise_nofile, start_echo, start_pyspy,
-                                  start_strace, strace_counts,
-                                  top_frames, tree_cpu_reaped,
-                                  tune_lab, versions)
+from bench.runtime.common import (
+    HERE,
+    PY,
+    gateway_config,
+    machine_note,
+    pct,
+    proc_cpu,
+    proc_cpu_split,
+    proc_status,
+    raise_nofile,
+    start_echo,
+    start_pyspy,
+    start_strace,
+    strace_counts,
+    top_frames,
+    tree_cpu_reaped,
+    tune_lab,
+    versions,
+)
 
 DIRECT_PORT = 7001
 PROXY_PORT = 7002
@@ -105,10 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         start_echo(lab, [DIRECT_PORT, PROXY_PORT])
         gw = GatewayProcess(lab, gateway_config(t, [PROXY_PORT]), Path(tmp), log_level=args.log_level)
         with gw:
-            pid = gw.proc.pid  # type: ignore[union-attr]
+            assert gw.proc is not None and danted.pid is not None  # both started by now
+            pid, danted_pid = gw.proc.pid, danted.pid
             rss0 = proc_status(pid)["VmRSS"]
             cpu0 = proc_cpu(pid)
-            dcpu0 = tree_cpu_reaped(danted.pid)
+            dcpu0 = tree_cpu_reaped(danted_pid)
             us0, sy0 = proc_cpu_split(pid)
             spy = (start_pyspy(args.py_spy, pid, Path(tmp) / "spy.txt", total / args.rate + 5)
                    if args.py_spy else None)
@@ -121,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                         timeout=budget)
             wall = time.monotonic() - t0
             cpu = proc_cpu(pid) - cpu0
-            dcpu = tree_cpu_reaped(danted.pid) - dcpu0
+            dcpu = tree_cpu_reaped(danted_pid) - dcpu0
             us1, sy1 = proc_cpu_split(pid)
             user, system = us1 - us0, sy1 - sy0
             rss1 = proc_status(pid)["VmRSS"]
@@ -130,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 tracer.send_signal(2)
                 tracer.wait(timeout=30)
                 syscalls = strace_counts(Path(tmp) / "strace.txt")
-            profile = []
+            profile: Sequence[list[tuple[float, str]]] = []  # or top_frames()'s pair
             if spy is not None:
                 spy.wait(timeout=60)
                 if (Path(tmp) / "spy.txt").exists():
@@ -165,11 +180,14 @@ def main(argv: list[str] | None = None) -> int:
               f"p99 {stats['socks']['p99'] - stats['direct']['p99']:.0f} us")
     if "socks" in modes and "relay" in modes:
         relay_share = {q: stats["relay"][q] - stats["socks"][q] for q in ("p50", "p90", "p99")}
-        print(f"  the relay's own share (relay - socks): p50 {relay_share['p50']:.0f} us, p99 {relay_share['p99']:.0f} us")
-    per = (f" = {cpu / n_relay_total * 1e6:.0f} us CPU per proxied connection ({user / n_relay_total * 1e6:.0f} user + "
-           f"{system / n_relay_total * 1e6:.0f} system, the latter including veth receive work run in its syscalls)"
+        print(f"  the relay's own share (relay - socks): p50 {relay_share['p50']:.0f} us, "
+              f"p99 {relay_share['p99']:.0f} us")
+    per = (f" = {cpu / n_relay_total * 1e6:.0f} us CPU per proxied connection "
+           f"({user / n_relay_total * 1e6:.0f} user + {system / n_relay_total * 1e6:.0f} system, "
+           f"the latter including veth receive work run in its syscalls)"
            if n_relay_total else "")
-    print(f"  dae-runtime: {cpu:.2f} CPU-s over {wall:.1f} s wall{per}; RSS {rss0 / 1024:.1f} -> {rss1 / 1024:.1f} MiB; "
+    print(f"  dae-runtime: {cpu:.2f} CPU-s over {wall:.1f} s wall{per}; "
+          f"RSS {rss0 / 1024:.1f} -> {rss1 / 1024:.1f} MiB; "
           f"per-flow log lines: {relayed} relayed to {PROXY_PORT} (expected {n_relay_total}), "
           f"{direct_in_relay} for the direct port (expected 0)")
     n_socks_total = sum(args.warmup + args.rounds * args.count for m in ("relay", "socks") if m in modes)
@@ -184,11 +202,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  strace -c: {total_calls / n_relay_total:.1f} syscalls per proxied connection: " + ", ".join(
             f"{k} {v / n_relay_total:.1f}" for k, v in sorted(syscalls.items(), key=lambda kv: -kv[1])[:14]))
     if args.json:
-        args.json.write_text(json.dumps({"note": note, "versions": versions(), "args": vars(args) | {"json": str(args.json)},
-                                         "stats": stats, "added": added, "relay_share": relay_share, "danted_cpu_s": dcpu,
-                                         "errors": res["errors"], "block_s": res.get("block_s"), "cpu_s": cpu, "cpu_user_s": user, "cpu_system_s": system, "wall_s": wall,
-                                         "rss_kb": [rss0, rss1], "profile": profile, "syscalls": syscalls,
-                                         "ttfb_us": res["ttfb_us"]}, indent=1))
+        args.json.write_text(json.dumps({
+            "note": note, "versions": versions(), "args": vars(args) | {"json": str(args.json)},
+            "stats": stats, "added": added, "relay_share": relay_share, "danted_cpu_s": dcpu,
+            "errors": res["errors"], "block_s": res.get("block_s"), "cpu_s": cpu, "cpu_user_s": user,
+            "cpu_system_s": system, "wall_s": wall, "rss_kb": [rss0, rss1], "profile": profile, "syscalls": syscalls,
+            "ttfb_us": res["ttfb_us"]}, indent=1))
     return 0
 
 

@@ -10,22 +10,24 @@ import asyncio
 import signal
 import socket
 import sys
+from typing import cast
 
 try:
     import uvloop
+    have_uvloop = True
 except ImportError:  # pragma: no cover - plain asyncio works, only slower
-    uvloop = None
+    have_uvloop = False
 
 
 class Echo(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # a stream server's
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[attr-defined]
+        self.transport.write(data)
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -50,7 +52,7 @@ async def main(ports: list[int]) -> None:
 
 if __name__ == "__main__":
     ports = [int(p) for p in sys.argv[1:]]
-    if uvloop is not None:
+    if have_uvloop:
         uvloop.run(main(ports))
     else:
         asyncio.run(main(ports))

@@ -29,9 +29,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.runtime.common import (HERE, PY, fd_count, gateway_config, machine_note, meminfo_kb,
-                                  proc_pss_kb, proc_status, raise_nofile, slab_growth, slabinfo,
-                                  start_echo, tree_pids, tune_lab, versions)
+from bench.runtime.common import (
+    HERE,
+    PY,
+    fd_count,
+    gateway_config,
+    machine_note,
+    meminfo_kb,
+    proc_pss_kb,
+    proc_status,
+    raise_nofile,
+    slab_growth,
+    slabinfo,
+    start_echo,
+    tree_pids,
+    tune_lab,
+    versions,
+)
 
 PROXY_PORT = 7002
 MB = 1e6  # the target says MB; figures are printed in MB (10^6 bytes) and MiB where noted
@@ -117,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         gw = GatewayProcess(lab, gateway_config(t, [PROXY_PORT]), Path(tmp), log_level=args.log_level)
         holder = None
         with gw:
-            pid = gw.proc.pid  # type: ignore[union-attr]
+            assert gw.proc is not None and danted.pid is not None  # both started by now
+            pid, danted_pid = gw.proc.pid, danted.pid
             holder = Holder(lab, t.upstream_ip4, PROXY_PORT)
             try:
                 # warm-up: some flows opened and closed, so lazy imports and first-use allocations
@@ -125,11 +140,12 @@ def main(argv: list[str] | None = None) -> int:
                 holder.ask("open 50", 60)
                 holder.ask("close", 30)
                 time.sleep(args.settle)
-                base = snapshot(pid, danted.pid)
+                base = snapshot(pid, danted_pid)
                 slab0 = slabinfo()
                 rows.append({"flows": 0, **base})
                 print(f"baseline (after 50 flows opened and closed): dae-runtime RSS {base['rss_kb'] / 1024:.1f} MiB, "
-                      f"{base['fds']} fds; danted {base['danted_procs']} procs, PSS {base['danted_pss_kb'] / 1024:.1f} MiB",
+                      f"{base['fds']} fds; danted {base['danted_procs']} procs, "
+                      f"PSS {base['danted_pss_kb'] / 1024:.1f} MiB",
                       flush=True)
                 fds_per_flow = None
                 up = 0
@@ -146,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                     ans = holder.ask(f"open {n}", 300)
                     up = ans["up"]
                     time.sleep(args.settle)
-                    snap = snapshot(pid, danted.pid)
+                    snap = snapshot(pid, danted_pid)
                     row = {"flows": up, "failed": dict(ans["failed"]), "open_s": ans["seconds"], **snap}
                     rows.append(row)
                     if fds_per_flow is None and up:
@@ -166,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
                 while time.monotonic() < deadline and fd_count(pid) > base["fds"] + 8:
                     time.sleep(0.5)
                 time.sleep(args.settle)
-                after = snapshot(pid, danted.pid)
-                print(f"closed {closed['closed']}: dae-runtime RSS {after['rss_kb'] / 1024:.1f} MiB, {after['fds']} fds",
+                after = snapshot(pid, danted_pid)
+                print(f"closed {closed['closed']}: dae-runtime RSS {after['rss_kb'] / 1024:.1f} MiB, "
+                      f"{after['fds']} fds",
                       flush=True)
             finally:
                 holder.quit()
@@ -179,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{note}; RLIMIT_NOFILE {nofile} (hard {hard})")
     print(f"dae-runtime VmRSS: {base['rss_kb'] / 1024:.1f} MiB idle -> {peak['rss_kb'] / 1024:.1f} MiB with "
           f"{peak['flows']} idle proxied flows -> {after['rss_kb'] / 1024:.1f} MiB after closing them")
-    print(f"  slope {b * 1024 / 1024:.2f} kB per flow ({(peak['fds'] - base['fds']) / max(1, peak['flows']):.1f} fds per flow)")
+    fds_slope = (peak['fds'] - base['fds']) / max(1, peak['flows'])
+    print(f"  slope {b * 1024 / 1024:.2f} kB per flow ({fds_slope:.1f} fds per flow)")
     if stop_reason:
         print(f"  {stop_reason}")
     verdict = "met" if at_target * 1024 <= 80 * MB else "MISSED"
@@ -191,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     growth = slab_growth(slab0, slab1, 10)
     if growth and peak["flows"]:
         print("kernel slab growth with them, machine-wide (all four processes' sockets, the relay's pipes), "
-              "bytes per flow (proc_inode_cache and dentry: our own /proc/PID/fd listings): " + ", ".join(f"{k} {v / peak['flows']:.0f}" for k, v in growth))
+              "bytes per flow (proc_inode_cache and dentry: our own /proc/PID/fd listings): "
+              + ", ".join(f"{k} {v / peak['flows']:.0f}" for k, v in growth))
     if args.json:
         args.json.write_text(json.dumps({"note": note, "versions": versions(), "nofile": [nofile, hard],
                                          "slab_growth_bytes": growth,

@@ -56,11 +56,12 @@ def run(plan: dict) -> dict:
         errs = errors.setdefault(mode, {}) if record else {}
         live: dict[int, list] = {}  # fd -> [sock, state, t0, buf]
 
-        def fail(fd: int, what: str) -> None:
+        # Both run only within this block's pass of the loop; the defaults bind that pass's dicts (B023).
+        def fail(fd: int, what: str, errs: dict[str, int] = errs) -> None:
             errs[what] = errs.get(what, 0) + 1
             finish(fd)
 
-        def finish(fd: int) -> None:
+        def finish(fd: int, live: dict[int, list] = live) -> None:
             entry = live.pop(fd)
             try:
                 ep.unregister(fd)
@@ -93,7 +94,7 @@ def run(plan: dict) -> dict:
                 wait = max(0.0, (t_block + started * interval - now()) / 1e9)
             else:
                 wait = 0.05
-            for fd, ev in ep.poll(wait):
+            for fd, _ev in ep.poll(wait):
                 entry = live.get(fd)
                 if entry is None:
                     continue

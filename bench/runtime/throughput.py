@@ -9,8 +9,8 @@
     .venv/bin/python -m bench.runtime.throughput [--rounds 10] [--seconds 4] [--ab-pairs 24] [--json out.json]
 
 All cases use one lab, one danted, iperf3 servers on 5201 (direct cases) and 5202 (proxied
-cases). Rounds are interleaved (a b c d e, then e d c b a, and so on) so the machine's background load hits all cases alike;
-the report gives medians, the ratios b/a, c/d, c/e, and CPU seconds per GiB moved of the
+cases). Rounds are interleaved (a b c d e, then e d c b a, and so on) so the machine's background
+load hits all cases alike; the report gives medians, the ratios b/a, c/d, c/e, and CPU seconds per GiB moved of the
 proxy process and of danted (less noisy than Gbit/s on a shared 2-core VM).
 
 The ratios are given two ways: ratio of the medians, and the median over rounds of the
@@ -26,15 +26,24 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.runtime.common import (REPO, median, machine_note, nft, nft_redsocks, nft_v2ray,
-                                  proc_cpu, start_redsocks, start_v2ray, tree_cpu, versions)
+from bench.runtime.common import (
+    machine_note,
+    median,
+    nft,
+    nft_redsocks,
+    nft_v2ray,
+    proc_cpu,
+    start_redsocks,
+    start_v2ray,
+    tree_cpu,
+    versions,
+)
 
 DIRECT_PORT = 5201
 PROXY_PORT = 5202
@@ -49,9 +58,8 @@ CASES = {
 
 class Bench:
     def __init__(self, lab: Any, workdir: Path, seconds: float) -> None:
-        from dae_py.runtime.lab.gateway_proc import GatewayProcess
-
         from bench.runtime.common import gateway_config
+        from dae_py.runtime.lab.gateway_proc import GatewayProcess
 
         self.lab = lab
         self.t = lab.topo
@@ -73,7 +81,7 @@ class Bench:
         if self.state == "dae":
             self.gw.stop()
             time.sleep(0.2)
-            lines = [l for l in self.gw.log_text().splitlines() if " kernel: " in l]
+            lines = [line for line in self.gw.log_text().splitlines() if " kernel: " in line]
             if lines:
                 self.kernel_lines.append(lines[-1].split("kernel: ", 1)[1])
         elif self.state == "redsocks":
@@ -228,12 +236,14 @@ def main(argv: list[str] | None = None) -> int:
               f"  (target {target}: {'met' if ok else 'MISSED'})")
     if ab_pairs:
         q = sorted(ab_pairs)
-        print(f"  extra a/b pairs ({len(q)} x {args.ab_seconds:g} s, alternating ab/ba): b/a median {median(q):.3f}, "
-              f"quartiles {q[len(q) // 4]:.3f} .. {q[(3 * len(q)) // 4]:.3f}, {sum(x < 1 for x in q)} of {len(q)} below 1")
+        print(f"  extra a/b pairs ({len(q)} x {args.ab_seconds:g} s, alternating ab/ba): "
+              f"b/a median {median(q):.3f}, quartiles {q[len(q) // 4]:.3f} .. {q[(3 * len(q)) // 4]:.3f}, "
+              f"{sum(x < 1 for x in q)} of {len(q)} below 1")
     pkts = [int(m.group(1)) for line in bench.kernel_lines for m in [re.search(r"direct=(\d+)p", line)] if m]
     pps = median(pkts[:args.rounds]) / args.seconds if pkts else 0.0  # the main rounds: one dae start each
-    print(f"  the program on (b)'s packets: {prog['hit_ns']:.0f} ns per packet (BPF_PROG_TEST_RUN, flow-table hit) x "
-          f"{pps / 1e3:.0f}k packets/s (its own counter; GSO-sized skbs) = {prog['hit_ns'] * pps / 1e7:.3f}% of one core")
+    print(f"  the program on (b)'s packets: {prog['hit_ns']:.0f} ns per packet "
+          f"(BPF_PROG_TEST_RUN, flow-table hit) x {pps / 1e3:.0f}k packets/s (its own counter; GSO-sized skbs) "
+          f"= {prog['hit_ns'] * pps / 1e7:.3f}% of one core")
     print(f"  dae-runtime start (compile excluded): median {median(bench.gw_starts):.2f} s")
     print("  program's per-outbound counters at each dae-runtime stop:")
     for line in bench.kernel_lines[:args.rounds]:

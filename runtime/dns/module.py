@@ -15,7 +15,8 @@ import asyncio
 import logging
 import struct
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any, cast
 
 import dns.exception
 import dns.flags
@@ -52,7 +53,7 @@ def formerr_for(wire: bytes) -> bytes | None:
     return m.to_wire()
 
 
-def empty_answer(q: dns.message.Message, rcode: int = dns.rcode.NOERROR) -> dns.message.Message:
+def empty_answer(q: dns.message.Message, rcode: dns.rcode.Rcode = dns.rcode.NOERROR) -> dns.message.Message:
     """dae's `reject`: NOERROR, RA, nothing in the answer section (also used for SERVFAIL)."""
     r = dns.message.make_response(q, recursion_available=True)
     r.set_rcode(rcode)
@@ -80,7 +81,7 @@ class DnsModule:
         self.answered = self.failed = self.rejected = 0
 
     @classmethod
-    async def start(cls, build: Any, bindings: Any, so_mark: int) -> "DnsModule | None":
+    async def start(cls, build: Any, bindings: Any, so_mark: int) -> DnsModule | None:
         """The module of a build, listening; None (and a warning) when there is no dns.bind."""
         cfg = build.manifest.dns
         if not cfg.bind:
@@ -141,10 +142,10 @@ class DnsModule:
                 return hit
             try:
                 r = await asyncio.wait_for(self.resolve(q), self.deadline)
-            except (asyncio.TimeoutError, UpstreamError) as exc:
+            except (TimeoutError, UpstreamError) as exc:
                 self.failed += 1
                 log.warning("dns: %s %s: SERVFAIL (%s)", q.question[0].name,
-                            dns.rdatatype.to_text(q.question[0].rdtype), exc or "deadline passed")
+                            dns.rdatatype.to_text(q.question[0].rdtype), str(exc) or "deadline passed")
                 r = empty_answer(q, dns.rcode.SERVFAIL)
         if not max_size:
             max_size = max(UDP_DEFAULT_PAYLOAD, q.payload if q.edns >= 0 else 0)
@@ -169,8 +170,8 @@ class DnsModule:
         if key is not None and not self._preferred_away(key):
             e = self.cache.entry(key)
             out = self.cache.plain_hit(key, wire) if e is not None else None
-            if out is not None:
-                self.binder.refresh(e.addrs, e.bits, int(e.expires - self.cache.clock()))  # type: ignore[union-attr]
+            if out is not None and e is not None:  # (out is None without e: for mypy)
+                self.binder.refresh(e.addrs, e.bits, int(e.expires - self.cache.clock()))
                 self.answered += 1
                 return out
         try:
@@ -178,7 +179,8 @@ class DnsModule:
         except Exception:  # noqa: BLE001 - `answer` parses it again and says FORMERR
             return None
         out = self._wire_hit(q, wire, UDP_DEFAULT_PAYLOAD)
-        if out is not None and len(wire) == 12 + len(q.question[0].name.to_wire()) + 4:
+        # to_wire() without a file returns the bytes (None only when it writes to a file)
+        if out is not None and len(wire) == 12 + len(cast(bytes, q.question[0].name.to_wire())) + 4:
             if len(self._plain) >= 2 * max(self.cache.max_size, 1):
                 self._plain.clear()  # keys of evicted entries: start over
             self._plain[qb] = key_of(q)
@@ -230,7 +232,9 @@ class DnsModule:
         if not self.prefer:
             return False
         name, qt, cls = key
-        other = {(4, dns.rdatatype.AAAA): dns.rdatatype.A, (6, dns.rdatatype.A): dns.rdatatype.AAAA}.get((self.prefer, qt))
+        away: dict[tuple[int, int], int] = {(4, dns.rdatatype.AAAA): dns.rdatatype.A,
+                                            (6, dns.rdatatype.A): dns.rdatatype.AAAA}
+        other = away.get((self.prefer, qt))
         if other is None:
             return False
         hit = self.cache.get((name, int(other), cls))

@@ -14,14 +14,15 @@ import asyncio
 import logging
 import socket
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import dns.asyncquery
 import dns.exception
+import dns.flags
 import dns.inet
 import dns.message
-import dns.flags
 from dns import _asyncio_backend  # the backend classes dnspython's own asyncio queries use
 
 from dae_py.contract.manifest import DnsUpstream
@@ -56,7 +57,7 @@ class MarkedBackend(_asyncio_backend.Backend):
                 if destination is not None:
                     sock.connect(destination)
                 transport, protocol = await loop.create_datagram_endpoint(
-                    _asyncio_backend._DatagramProtocol, sock=sock)  # type: ignore[arg-type]
+                    _asyncio_backend._DatagramProtocol, sock=sock)
                 return _asyncio_backend._DatagramSocket(af, transport, protocol)
             await asyncio.wait_for(loop.sock_connect(sock, destination), timeout)
             r, w = await asyncio.wait_for(asyncio.open_connection(
@@ -84,7 +85,7 @@ class Upstream:
     _ssl: ssl.SSLContext | None = field(default=None, repr=False)
 
     @classmethod
-    def from_manifest(cls, raw: DnsUpstream | Mapping[str, Any], so_mark: int, timeout: float) -> "Upstream":
+    def from_manifest(cls, raw: DnsUpstream | Mapping[str, Any], so_mark: int, timeout: float) -> Upstream:
         spec = raw if isinstance(raw, DnsUpstream) else DnsUpstream.from_json(raw)
         return cls(name=spec.name, scheme=spec.scheme, host=spec.host, port=spec.port, path=spec.path,
                    so_mark=so_mark, timeout=timeout)
@@ -121,7 +122,7 @@ class Upstream:
             raise UpstreamError(f"upstream {self.name} has no address")
         try:
             return await asyncio.wait_for(self._exchange(q), self.timeout)
-        except (asyncio.TimeoutError, dns.exception.Timeout) as exc:
+        except (TimeoutError, dns.exception.Timeout) as exc:
             raise UpstreamError(f"{self.name}: no answer within {self.timeout:g}s") from exc
         except (OSError, ssl.SSLError, dns.exception.DNSException, ValueError, EOFError) as exc:
             raise UpstreamError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
@@ -133,7 +134,7 @@ class Upstream:
             try:
                 r = await dns.asyncquery.udp(q, addr, timeout=t, port=self.port, backend=b,
                                              ignore_unexpected=True)
-            except (asyncio.TimeoutError, dns.exception.Timeout, OSError, dns.exception.DNSException):
+            except (TimeoutError, dns.exception.Timeout, OSError, dns.exception.DNSException):
                 if self.scheme == "udp":
                     raise
                 r = None  # tcp+udp: any UDP failure is retried over TCP

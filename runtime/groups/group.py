@@ -6,7 +6,8 @@ import logging
 import math
 import random
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from dae_py.contract.manifest import GroupEntry
 from dae_py.runtime import proxy

@@ -8,11 +8,13 @@ import logging
 import re
 import struct
 import time
-from typing import Awaitable, Callable, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import dns.message
 import dns.rdatatype
+
 from dae_py.runtime.net.stream import Stream, TlsStream, read_exact, read_until
 from dae_py.runtime.net.tls import client_context
 from dae_py.runtime.proxy import Destination, DialOptions, Node, OutboundError, dial_tcp, open_udp
@@ -118,7 +120,7 @@ async def _dns_over_udp(node: Node, opts: DialOptions, query: dns.message.Messag
             try:
                 await asyncio.wait_for(asyncio.shield(answered), 1.0)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
     finally:
         assoc.close()
@@ -162,7 +164,7 @@ class HealthChecker:
         started = self.clock()
         try:
             await asyncio.wait_for(probe(node, spec, self.group.opts), spec.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.group.record(node, kind, None, f"{kind.value} check timed out after "
                                                 f"{spec.timeout:g}s")
         except asyncio.CancelledError:
@@ -201,7 +203,7 @@ class HealthChecker:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.next_wait())
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def poke(self, min_gap: float = 5.0) -> None:

@@ -12,8 +12,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import IO, Any
 
 
 class GatewayStartError(RuntimeError):
@@ -51,14 +52,14 @@ class GatewayProcess:
             share_with_group(self.build_dir, build_group)
         self.log_level = log_level
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log = None
+        self._log: IO[bytes] | None = None
         self._pump: Any = None
 
     def argv(self, *extra: str) -> list[str]:
         return [sys.executable, "-m", "dae_py.runtime.cli", "--log-level", self.log_level, *extra]
 
-    def start(self, timeout: float = 20.0) -> "GatewayProcess":
-        self._log = open(self.log_path, "ab")
+    def start(self, timeout: float = 20.0) -> GatewayProcess:
+        log_file = self._log = open(self.log_path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = self.lab.popen("gateway", [*self.wrap, *self.argv("run", str(self.build_dir), "--state",
                                                                        str(self.state_path))],
@@ -73,8 +74,8 @@ class GatewayProcess:
                 if not chunk:
                     break
                 buf += chunk
-                self._log.write(chunk)
-                self._log.flush()
+                log_file.write(chunk)
+                log_file.flush()
                 if b"gateway ready" in buf:
                     self._drain_in_background()
                     return self
@@ -84,14 +85,22 @@ class GatewayProcess:
         self.cleanup()  # it may have got as far as attaching before it died or timed out
         raise GatewayStartError(f"dae-runtime did not become ready:\n{buf.decode(errors='replace')[-4000:]}")
 
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        """The process `start()` launched (for its pid, signals, exit code)."""
+        if self.proc is None:
+            raise RuntimeError("the gateway process was not started")
+        return self.proc
+
     def _drain_in_background(self) -> None:
         import threading
 
         def pump() -> None:
             assert self.proc is not None and self.proc.stdout is not None and self._log is not None
-            for chunk in iter(lambda: os.read(self.proc.stdout.fileno(), 65536), b""):  # type: ignore[union-attr]
-                self._log.write(chunk)
-                self._log.flush()
+            stdout, log_file = self.proc.stdout, self._log
+            for chunk in iter(lambda: os.read(stdout.fileno(), 65536), b""):
+                log_file.write(chunk)
+                log_file.flush()
 
         self._pump = threading.Thread(target=pump, daemon=True)
         self._pump.start()
@@ -129,7 +138,7 @@ class GatewayProcess:
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         return self.lab.run("gateway", self.argv("cleanup", "--state", str(self.state_path)), env=env)
 
-    def __enter__(self) -> "GatewayProcess":
+    def __enter__(self) -> GatewayProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

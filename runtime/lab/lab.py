@@ -179,7 +179,7 @@ class Lab:
         for what, step in steps:
             try:
                 step()
-            except Exception:  # noqa: BLE001 - teardown must go on
+            except Exception:  # teardown must go on
                 log.exception("lab %s teardown: %s failed", self.run_id, what)
         if failed:
             self._dump_logs()
@@ -246,7 +246,7 @@ class Lab:
         return self.procs.run(self.ns(ns), argv, **kw)
 
     def socket(self, ns: str | None, family: int = socket.AF_INET,
-               type: int = socket.SOCK_STREAM, proto: int = 0) -> socket.socket:  # noqa: A002
+               type: int = socket.SOCK_STREAM, proto: int = 0) -> socket.socket:  # noqa: A002 - socket.socket's names
         """A socket created inside `ns`; connect/bind/send from any thread of this process."""
         return socket_in_netns(self.ns(ns), family, type, proto)
 

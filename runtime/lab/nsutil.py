@@ -50,23 +50,24 @@ def call_in_netns(name: str | None, fn: Callable[[], T], timeout: float = 30.0) 
     """
     if name is None:
         return fn()
-    result: dict[str, object] = {}
+    value: list[T] = []  # fn()'s result, or
+    error: list[BaseException] = []  # what it raised
 
     def runner() -> None:
         try:
             enter_netns(name)
-            result["value"] = fn()
+            value.append(fn())
         except BaseException as exc:  # noqa: BLE001 - handed to the caller
-            result["error"] = exc
+            error.append(exc)
 
     thread = threading.Thread(target=runner, name=f"netns-{name}", daemon=True)
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
         raise TimeoutError(f"call in netns {name} did not finish within {timeout}s")
-    if "error" in result:
-        raise result["error"]  # type: ignore[misc]
-    return result["value"]  # type: ignore[return-value]
+    if error:
+        raise error[0]
+    return value[0]
 
 
 def socket_in_netns(

@@ -23,7 +23,7 @@ import json
 import logging
 import signal
 import socket
-from typing import Any
+from typing import Any, cast
 
 log = logging.getLogger("peer")
 
@@ -95,7 +95,7 @@ class UdpEcho(asyncio.DatagramProtocol):
         self.verbose_first = verbose_first
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.DatagramTransport, transport)  # a datagram endpoint's
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.count += 1

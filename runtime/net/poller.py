@@ -17,7 +17,7 @@ import errno
 import logging
 import select
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
 IN = select.EPOLLIN
 OUT = select.EPOLLOUT
@@ -81,7 +81,7 @@ class FdPoller:
                 continue
             try:
                 handler(events)
-            except Exception:  # noqa: BLE001 - one broken handler must not starve the others
+            except Exception:  # one broken handler must not starve the others
                 log.exception("fd %d: event handler failed", fd)
 
     def close(self) -> None:

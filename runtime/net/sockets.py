@@ -92,7 +92,7 @@ def _literal(host: str, port: int) -> list[tuple[int, tuple]] | None:
     except ValueError:
         return None
     fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-    answer = [(fam, (host, port, 0, 0) if fam == socket.AF_INET6 else (host, port))]
+    answer: list[tuple[int, tuple]] = [(fam, (host, port, 0, 0) if fam == socket.AF_INET6 else (host, port))]
     if len(_LITERALS) < 4096:
         _LITERALS[key] = answer
     return answer

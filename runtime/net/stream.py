@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from typing import Any, Awaitable, Protocol, TypeVar
+from collections.abc import Awaitable
+from typing import Any, Protocol, TypeVar
 
 from .errors import ProxyProtocolError
 from .poller import IN, FdPoller, poller_for
@@ -40,7 +41,7 @@ class Stream(Protocol):
 class PendingBytes:
     """`unread`/`take_pending` over `_pending`: bytes a handshake read too far come out first."""
 
-    __slots__ = ()
+    __slots__ = ("_pending",)
     _pending: bytes
 
     def unread(self, data: bytes) -> None:
@@ -59,7 +60,7 @@ class SocketStream(PendingBytes):
     it would spin). `hand_over_reader()` gives the registration to a new owner (the relay's
     SplicedFlow); `release_reader()` drops it."""
 
-    __slots__ = ("sock", "_fd", "_pending", "_loop", "_poller", "_waiter", "_armed", "_in_set")
+    __slots__ = ("sock", "_fd", "_loop", "_poller", "_waiter", "_armed", "_in_set")
 
     def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop | None = None,
                  in_poller: bool = False) -> None:
@@ -112,7 +113,7 @@ class SocketStream(PendingBytes):
         if self._in_set:
             self._armed = self._in_set = False
             try:
-                self._poller.remove(self._fd)  # type: ignore[union-attr]
+                self._poller.remove(self._fd)  # type: ignore[union-attr]  # _in_set: it has one
             except (ValueError, OSError):  # poller closed, fd gone
                 pass
 
@@ -161,11 +162,12 @@ class SocketStream(PendingBytes):
 
 
 class LayeredStream(PendingBytes):
-    """The shared half of a stream that transforms bytes over a SocketStream `raw` (TLS, an
-    AEAD framing): decoded bytes read ahead wait in `_pending`, nothing is spliceable, and
-    half-close is not forwarded (it would end the session for most such peers)."""
+    """The shared half of a stream that transforms bytes over a stream `raw` (TLS, an AEAD
+    framing; `raw` is a SocketStream, or a proxy's stream for a check through it): decoded
+    bytes read ahead wait in `_pending`, nothing is spliceable, and half-close is not forwarded
+    (it would end the session for most such peers)."""
 
-    raw: SocketStream
+    raw: Stream
 
     def shutdown_write(self) -> None:
         pass
@@ -186,7 +188,7 @@ class TlsStream(LayeredStream):
     Half-close is not forwarded over TLS (a close_notify ends the session for most peers):
     shutdown_write is a no-op and the flow ends on the other side's EOF or the idle timeout."""
 
-    def __init__(self, raw: SocketStream, obj: ssl.SSLObject, incoming: ssl.MemoryBIO,
+    def __init__(self, raw: Stream, obj: ssl.SSLObject, incoming: ssl.MemoryBIO,
                  outgoing: ssl.MemoryBIO) -> None:
         self.raw = raw
         self._obj = obj
@@ -196,7 +198,7 @@ class TlsStream(LayeredStream):
         self._pending = b""
 
     @classmethod
-    async def wrap(cls, raw: SocketStream, ctx: ssl.SSLContext, server_hostname: str | None,
+    async def wrap(cls, raw: Stream, ctx: ssl.SSLContext, server_hostname: str | None,
                    node: Any = None) -> TlsStream:
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         obj = ctx.wrap_bio(incoming, outgoing, server_side=False, server_hostname=server_hostname)
@@ -209,7 +211,7 @@ class TlsStream(LayeredStream):
                 await self._flush()
                 data = await raw.recv(RECV_SIZE)
                 if not data:
-                    raise ProxyProtocolError("TLS handshake: connection closed by the peer", node)
+                    raise ProxyProtocolError("TLS handshake: connection closed by the peer", node) from None
                 incoming.write(data)
             except ssl.SSLError as exc:
                 raise ProxyProtocolError(f"TLS handshake failed: {exc.reason or exc}",

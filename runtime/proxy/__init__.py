@@ -46,13 +46,13 @@ _FAST_PATHS = registry.fast_paths()
 
 async def dial_tcp(node: Node, dst: Destination, opts: DialOptions) -> Stream:
     """A stream to `dst` through `node`, handshake done; OutboundError (naming the node) else."""
-    return await _DIALERS[node.protocol](node, dst, opts)  # type: ignore[no-any-return]
+    return await _DIALERS[node.protocol](node, dst, opts)
 
 
 async def open_udp(node: Node, opts: DialOptions, on_reply: ReplyCallback) -> UdpAssociation:
     if not node.supports_udp:
         raise DialError(f"{node.protocol} nodes carry no UDP", node)
-    return await _ASSOCIATORS[node.protocol](node, opts, on_reply)  # type: ignore[no-any-return]
+    return await _ASSOCIATORS[node.protocol](node, opts, on_reply)
 
 
 def fast_path(node: Node) -> FastPath | None:

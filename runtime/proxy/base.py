@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dae_py.contract.manifest import NodeSpec
 from dae_py.runtime.net.errors import (

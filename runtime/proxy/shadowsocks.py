@@ -23,13 +23,14 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from dae_py.runtime.net.sockets import connect_tcp, resolve, set_mark
 from dae_py.runtime.net.stream import RECV_SIZE, LayeredStream, SocketStream
 

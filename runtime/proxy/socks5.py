@@ -43,7 +43,7 @@ def encode_addr(host: str, port: int) -> bytes:
     return bytes((atyp,)) + ip.packed + struct.pack("!H", port)
 
 
-def decode_addr(data: bytes | memoryview, offset: int) -> tuple[str, int, int]:
+def decode_addr(data: bytes | bytearray | memoryview, offset: int) -> tuple[str, int, int]:
     """(host, port, end offset) of an ATYP-prefixed address in `data`; ValueError if malformed."""
     if len(data) <= offset:
         raise ValueError("truncated before the address type")

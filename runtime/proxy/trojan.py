@@ -15,7 +15,8 @@ import asyncio
 import hashlib
 import logging
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from dae_py.runtime.net.stream import TlsStream
 from dae_py.runtime.net.tls import client_context, open_tls
@@ -160,7 +161,7 @@ class TrojanUdpAssociation:
             reason = f"malformed UDP frame from the server: {exc}"
         except OSError as exc:
             reason = f"read failed: {exc}"
-        except Exception as exc:  # a TLS error surfaces as ProxyProtocolError
+        except Exception as exc:  # noqa: BLE001 - the reader ends quietly whatever it was (a TLS error: ProxyProtocolError)
             reason = str(exc)
         if not self.closed:
             log.debug("node %s: trojan UDP session ended: %s", self.node, reason)

@@ -11,14 +11,15 @@ Public API:
 
 Per-flow cost (issue 3): a proxied TCP flow to a SOCKS5 node without credentials goes from
 the accept callback to a `pump.SplicedFlow` without a task (`fastdial.CallbackDial` over the protocol's
-`proxy.FastPath`: connect, pipelined greeting+CONNECT for SOCKS5, failover); other flows take the `handle` coroutine and are handed
-to a SplicedFlow once dialed. An established spliced flow is a few small objects driven by the
+`proxy.FastPath`: connect, pipelined greeting+CONNECT for SOCKS5, failover); other flows take the `handle`
+coroutine and are handed to a SplicedFlow once dialed. An established spliced flow is a few small objects driven by the
 loop's `runtime.net.poller.FdPoller` (one epoll registration per socket), ended when idle
 by the relay's one `pump.IdleSweeper`.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from dae_py.contract.manifest import Manifest
 

@@ -39,10 +39,10 @@ class Flow(NamedTuple):
 
         src = ipaddress.ip_address(self.src[0].split("%")[0])
         dst = ipaddress.ip_address(self.dst[0].split("%")[0])
-        if src.version == 6 and src.ipv4_mapped:  # type: ignore[union-attr]
-            src = src.ipv4_mapped  # type: ignore[union-attr]
-        if dst.version == 6 and dst.ipv4_mapped:  # type: ignore[union-attr]
-            dst = dst.ipv4_mapped  # type: ignore[union-attr]
+        if src.version == 6 and src.ipv4_mapped:
+            src = src.ipv4_mapped
+        if dst.version == 6 and dst.ipv4_mapped:
+            dst = dst.ipv4_mapped
         return EvaluatedFlow(l4proto=6 if self.l4proto == "tcp" else 17, src=src, sport=int(self.src[1]),
                              dst=dst, dport=int(self.dst[1]), domain_bits=domain_bits)
 
@@ -53,7 +53,7 @@ _tuple_new = tuple.__new__
 def tcp_flow(src: Addr, dst: Addr) -> Flow:
     """`Flow("tcp", src, dst)` for the relay's accept path, without the NamedTuple's Python-level
     `__new__` (half the cost; one is built per connection)."""
-    return _tuple_new(Flow, ("tcp", src, dst, None))  # type: ignore[no-any-return]
+    return _tuple_new(Flow, ("tcp", src, dst, None))
 
 
 def rule_label(rule: int | None, config_file: str, line: object) -> str:

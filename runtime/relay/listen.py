@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+from typing import TypedDict, Unpack
 
 from dae_py.runtime.net.sockets import IP_RECVORIGDSTADDR, IPV6_RECVORIGDSTADDR, SOL_IPV6, set_mark, set_transparent
 
@@ -70,7 +71,15 @@ def transparent_socket(kind: int, host: str, port: int, *, so_mark: int = 0,
     return sock
 
 
-def bind_pair(kind: int, hosts: tuple[str, ...], port: int, **kwargs: bool | int | None
+class SocketOptions(TypedDict, total=False):
+    """`transparent_socket`'s keyword arguments, as `bind_pair` passes them on."""
+
+    so_mark: int
+    recv_orig_dst: bool
+    guard_fd: int | None
+
+
+def bind_pair(kind: int, hosts: tuple[str, ...], port: int, **kwargs: Unpack[SocketOptions]
               ) -> list[socket.socket]:
     """One socket per host, all on the same port (port 0: the first one's ephemeral port)."""
     for _attempt in range(8):
@@ -78,7 +87,7 @@ def bind_pair(kind: int, hosts: tuple[str, ...], port: int, **kwargs: bool | int
         try:
             chosen = port
             for host in hosts:
-                sock = transparent_socket(kind, host, chosen, **kwargs)  # type: ignore[arg-type]
+                sock = transparent_socket(kind, host, chosen, **kwargs)
                 socks.append(sock)
                 chosen = sock.getsockname()[1]
             return socks

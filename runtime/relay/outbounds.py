@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Mapping
+from typing import Any
 
 from dae_py.contract.manifest import Manifest, nodes_and_groups
-
 from dae_py.runtime.groups import Group
 from dae_py.runtime.proxy import BLOCK_ID, DIRECT_ID, BlockOutbound, DialOptions, DirectOutbound, Node, Outbound
 

@@ -11,7 +11,7 @@ import asyncio
 import fcntl
 import os
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 from dae_py.runtime.net.poller import HUP_ERR, IN, OUT, poller_for
 from dae_py.runtime.net.sockets import abort
@@ -332,7 +332,7 @@ class SplicedFlow:
             self.upstream.close()
         on_end(self, outcome)
         # no flow <-> way cycle left behind: freed by reference counting, not by the cyclic GC
-        self.up.flow = self.down.flow = _ENDED  # type: ignore[assignment]
+        self.up.flow = self.down.flow = _ENDED  # type: ignore[assignment]  # stands in: late calls do nothing
 
 
 class _Ended:

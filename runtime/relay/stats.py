@@ -60,9 +60,9 @@ class RelayStats:
         return f"{text}; guards: {guards}" if guards else text
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("", "K", "M", "G"):
         if n < 1024 or unit == "G":
             return f"{n:.1f}{unit}" if unit else f"{n}B"
-        n /= 1024  # type: ignore[assignment]
+        n /= 1024
     return f"{n}"

@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Coroutine
+from typing import Any
 
 from dae_py.runtime.net.poller import FdPoller, poller_for
 from dae_py.runtime.net.sockets import abort
-from dae_py.runtime.net.stream import SocketStream
+from dae_py.runtime.net.stream import SocketStream, Stream
 from dae_py.runtime.proxy import Blocked, Destination, Dialed, DialError, Outbound, OutboundError
 from dae_py.runtime.proxy.base import format_hostport
 
@@ -19,7 +20,7 @@ from .fastdial import CallbackDial, NodeChooser
 from .flow import Flow, RelayConfig, Route, Router, tcp_flow
 from .listen import addressed_to_self, bind_pair
 from .outbounds import OutboundTable
-from .pump import HAVE_SPLICE, IdleSweeper, SplicedFlow, relay
+from .pump import HAVE_SPLICE, Count, IdleSweeper, SplicedFlow, relay
 from .stats import Counters, RelayStats
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class TcpRelay:
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # from start()
         self._flows: set[asyncio.Task[None]] = set()  # flows still dialing (or copying)
         self._sweeper: IdleSweeper | None = None  # and the spliced ones, task-less
-        self._counting: dict[str, tuple[Counters, object, object]] = {}
+        self._counting: dict[str, tuple[Counters, Count, Count]] = {}
         self.poller: FdPoller = None  # type: ignore[assignment]  # the loop's, from start()
         self.dialing: set[CallbackDial] = set()  # callback dials in progress (no task)
         # the outbounds that choose among nodes: the callback dial's candidates
@@ -81,8 +82,8 @@ class TcpRelay:
             log.error("tcp accept failed: %s", exc)
             loop = self.loop
             fd = listener.fileno()
-            loop.remove_reader(fd)  # type: ignore[union-attr]
-            loop.call_later(0.1, self._resume, listener)  # type: ignore[union-attr]
+            loop.remove_reader(fd)
+            loop.call_later(0.1, self._resume, listener)
             return
         src = _addr(peer)
         if self._fast:
@@ -90,8 +91,8 @@ class TcpRelay:
         else:
             self._spawn(self.handle(conn, src))
 
-    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
-        task = self.loop.create_task(coro)  # type: ignore[union-attr]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coro)
         self._flows.add(task)
         task.add_done_callback(self._flows.discard)
 
@@ -120,9 +121,9 @@ class TcpRelay:
 
     def _resume(self, listener: socket.socket) -> None:
         if listener.fileno() >= 0 and listener in self._listeners:
-            self.loop.add_reader(listener.fileno(), self._accept, listener)  # type: ignore[union-attr]
+            self.loop.add_reader(listener.fileno(), self._accept, listener)
 
-    def _counters(self, name: str) -> tuple[Counters, object, object]:
+    def _counters(self, name: str) -> tuple[Counters, Count, Count]:
         entry = self._counting.get(name)
         if entry is None:
             counters = self.stats[name]
@@ -177,7 +178,7 @@ class TcpRelay:
         abort(conn)
 
     async def _continue(self, conn: socket.socket, src: tuple[str, int], dst: tuple[str, int],
-                        outbound: Outbound, why: str, dial: Awaitable[Dialed],
+                        outbound: Outbound | NodeChooser, why: str, dial: Awaitable[Dialed],
                         prefix: bytes = b"") -> None:
         """Await a dial, then relay or refuse. Any failure of the dial refuses the flow with a
         log line: an exception that is not an OutboundError (an outbound's bug, a socket error
@@ -190,7 +191,7 @@ class TcpRelay:
         except OSError as exc:
             self._refuse(conn, src, dst, outbound.name, DialError(f"dial failed: {exc.strerror or exc}"))
             return
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - an outbound's bug: logged, the flow refused
             log.error("%s via %s: the dial raised %r", Flow("tcp", src, dst), outbound.name, exc)
             self._refuse(conn, src, dst, outbound.name, DialError(f"dial failed: {exc!r}"))
             return
@@ -204,8 +205,7 @@ class TcpRelay:
         self._refuse(dial.conn, dial.src, dial.dst, dial.group.name, exc)
 
     def dial_continues(self, dial: CallbackDial, rest: Awaitable[Dialed]) -> None:
-        self._spawn(self._continue(dial.conn, dial.src, dial.dst, dial.group, dial.why,  # type: ignore[arg-type]
-                                   rest))
+        self._spawn(self._continue(dial.conn, dial.src, dial.dst, dial.group, dial.why, rest))
 
     def dial_established(self, dial: CallbackDial, upstream: socket.socket, early: bytes) -> None:
         """The upstream is in the poller, armed for reading."""
@@ -226,9 +226,9 @@ class TcpRelay:
         self._splice(conn, src, dst, group.name, name, counters, add_up, add_down, upstream, True)
 
     def _splice(self, conn: socket.socket, src: tuple[str, int], dst: tuple[str, int],
-                outbound: str, node: str, counters: Counters, add_up: object, add_down: object,
+                outbound: str, node: str, counters: Counters, add_up: Count, add_down: Count,
                 upstream: socket.socket, armed: bool) -> None:
-        loop = self.loop or asyncio.get_running_loop()
+        loop = self.loop or asyncio.get_running_loop()  # type: ignore[truthy-bool]  # None before start()
         sweeper = self._sweeper
         if sweeper is None:
             sweeper = self._sweeper = IdleSweeper(loop, self.config.tcp_idle_timeout)
@@ -236,8 +236,8 @@ class TcpRelay:
         if log.isEnabledFor(logging.DEBUG):
             tag = (counters, f"tcp {format_hostport(*src)} -> {format_hostport(*dst)} via "
                              f"{outbound} node {node}")
-        SplicedFlow(loop, conn, upstream, add_up, add_down,  # type: ignore[arg-type]
-                    self._spliced_ended, self.config.pipe_size, sweeper, tag).start(armed)
+        SplicedFlow(loop, conn, upstream, add_up, add_down, self._spliced_ended, self.config.pipe_size, sweeper,
+                    tag).start(armed)
 
     async def _established(self, conn: socket.socket, src: tuple[str, int],
                            dst: tuple[str, int], why: str, outbound: str, dialed: Dialed,
@@ -293,32 +293,32 @@ class TcpRelay:
             counters = tag
         counters.active -= 1
 
-    async def _carry(self, conn: socket.socket, upstream: object, prefix: bytes, flow: Flow,
+    async def _carry(self, conn: socket.socket, upstream: Stream, prefix: bytes, flow: Flow,
                      outbound: str, node: str, counters: Counters) -> None:
         """The flows a SplicedFlow does not take (copy mode, TLS upstreams): two tasks."""
         client = SocketStream(conn)
         dialed_stream = upstream
         try:
             if prefix:
-                await dialed_stream.sendall(prefix)  # type: ignore[attr-defined]
+                await dialed_stream.sendall(prefix)
                 counters.bytes_up += len(prefix)
-            outcome = await relay(client, dialed_stream,  # type: ignore[arg-type]
+            outcome = await relay(client, dialed_stream,
                                   idle_timeout=self.config.tcp_idle_timeout,
                                   count_up=counters.add_up, count_down=counters.add_down)
             log.debug("%s via %s node %s ended: %s", flow, outbound, node, outcome)
         except OSError as exc:
             log.debug("%s via %s node %s ended: %s", flow, outbound, node, exc)
             client.abort()
-            dialed_stream.abort()  # type: ignore[attr-defined]
+            dialed_stream.abort()
         finally:
             counters.active -= 1
             client.close()
-            dialed_stream.close()  # type: ignore[attr-defined]
+            dialed_stream.close()
 
     async def close(self) -> None:
         for sock in self._listeners:
             try:
-                self.loop.remove_reader(sock.fileno())  # type: ignore[union-attr]
+                self.loop.remove_reader(sock.fileno())
             except (AttributeError, RuntimeError, ValueError, OSError):
                 pass
             sock.close()

@@ -26,8 +26,8 @@ import logging
 import resource
 import socket
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from dae_py.runtime.net.sockets import IP_ORIGDSTADDR, IPV6_ORIGDSTADDR, SOL_IPV6
 from dae_py.runtime.proxy import AllNodesDown, Blocked, Destination, OutboundError, UdpAssociation
@@ -195,7 +195,7 @@ class UdpRelay:
             flow = Flow("udp", src, dst)
             try:
                 route = self.router.route(flow)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - a router bug must not kill the listener
                 log.error("%s dropped: router failed: %r", flow, exc)
                 return
             client.routes[dst] = route
@@ -338,7 +338,7 @@ class UdpRelay:
             state.failed_until = self.now() + (RETRY_AFTER if isinstance(exc, AllNodesDown)
                                                else self.config.udp_idle_timeout)
             return
-        except Exception as exc:  # noqa: BLE001 - e.g. EMFILE for a direct socket
+        except Exception as exc:  # e.g. EMFILE for a direct socket
             if isinstance(exc, OSError):
                 log.warning("udp %s: opening an association via %s failed: %s",
                             format_hostport(*src), outbound.name, exc.strerror or exc)
@@ -447,11 +447,11 @@ class UdpRelay:
             if now - throttle.logged >= LOG_EVERY:
                 del self._client_throttles[key]  # what it left unlogged is in the stats
         closed = set()
-        for key, entry in list(self.reply_sockets.items()):
+        for addr, entry in list(self.reply_sockets.items()):
             if now - entry.last >= limit:
-                del self.reply_sockets[key]
+                del self.reply_sockets[addr]
                 self._close_socket(entry.sock)
-                closed.add(key)
+                closed.add(addr)
         if closed:
             for client in self.clients.values():
                 client.remotes -= closed

@@ -48,8 +48,8 @@ def settle(ns: str, timeout: float = 10.0) -> None:
     last = None
     while time.monotonic() < deadline:
         with open_iproute(ns) as ipr:
-            veths = {l["index"] for l in ipr.get_links()
-                     if l.get_attr("IFLA_IFNAME") != "lo" and l.get_attr("IFLA_OPERSTATE") == "UP"}
+            veths = {link["index"] for link in ipr.get_links()
+                     if link.get_attr("IFLA_IFNAME") != "lo" and link.get_attr("IFLA_OPERSTATE") == "UP"}
             ll = {a["index"] for a in ipr.get_addr(family=socket.AF_INET6)
                   if str(a.get_attr("IFA_ADDRESS")).startswith("fe80:")
                   and not (a.get_attr("IFA_FLAGS") or a["flags"]) & 0x40}
@@ -164,7 +164,7 @@ def snapshot(ns: str) -> dict[str, Any]:
     ipv4/ipv6 sysctls of namespace `ns`, in comparable form."""
     snap: dict[str, Any] = {}
     with open_iproute(ns) as ipr:
-        links = {l["index"]: l.get_attr("IFLA_IFNAME") for l in ipr.get_links()}
+        links = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
         snap["links"] = sorted(links.values())
         snap["qdiscs"] = sorted(
             (links.get(q["index"]), q.get_attr("TCA_KIND"), q["handle"], q["parent"])

@@ -4,8 +4,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import random
+from typing import Any
 
 import pytest
+
 from dae_py.runtime import proxy
 from dae_py.runtime.groups import Check, CheckSpec, Group, GroupSpec, HealthChecker, Policy
 from dae_py.runtime.proxy import AllNodesDown, Destination, DialError, Node, ProxyAuthError, ProxyRefusedError
@@ -15,8 +17,8 @@ def nodes(*names: str, protocol: str = "socks5") -> list[Node]:
     return [Node(n, protocol, f"192.0.2.{i + 1}", 1080) for i, n in enumerate(names)]
 
 
-def group(policy: str, names=("a", "b", "c"), tolerance_ms: float = 50.0, fixed: int = 0,
-          **kwargs) -> Group:
+def group(policy: str, names: tuple[str, ...] = ("a", "b", "c"), tolerance_ms: float = 50.0, fixed: int = 0,
+          **kwargs: Any) -> Group:
     raw = {"name": "g", "id": 2, "policy": policy, "fixed_index": fixed, "nodes": list(names),
            "check": {"check_interval_s": 30, "check_tolerance_ms": tolerance_ms}}
     return Group.from_manifest(raw, {n.name: n for n in nodes(*names)}, **kwargs)
@@ -56,7 +58,7 @@ class TestSpec:
         ({"policy": "fixed", "fixed_index": 3, "nodes": ["a"]}, "fixed(3) but the group has 1"),
         ({"policy": "min", "nodes": []}, "no nodes"),
     ])
-    def test_bad_group_is_a_clear_error(self, raw, message) -> None:
+    def test_bad_group_is_a_clear_error(self, raw: dict[str, Any], message: str) -> None:
         with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
             GroupSpec.from_manifest({"name": "g", "id": 2, **raw})
 
@@ -163,7 +165,7 @@ class FakeStream:
 
 class TestDialFailover:
     def test_a_failed_dial_marks_the_node_down_and_the_next_alive_node_carries_the_flow(
-            self, monkeypatch) -> None:
+            self, monkeypatch: pytest.MonkeyPatch) -> None:
         g = group("min")
         feed(g, a=10, b=20, c=30)
         calls = []
@@ -178,11 +180,11 @@ class TestDialFailover:
 
         monkeypatch.setattr(proxy, "dial_tcp", dial)
         dialed = asyncio.run(g.dial_tcp(Destination("198.51.100.1", 80)))
-        assert dialed.node.name == "c" and calls == ["a", "b", "c"]
+        assert dialed.node is not None and dialed.node.name == "c" and calls == ["a", "b", "c"]
         assert not g.stats[Check.TCP]["a"].alive and not g.stats[Check.TCP]["b"].alive
         assert chosen(g) == "c"
 
-    def test_all_down_refuses_at_once_without_dialing(self, monkeypatch) -> None:
+    def test_all_down_refuses_at_once_without_dialing(self, monkeypatch: pytest.MonkeyPatch) -> None:
         g = group("min")
         feed(g, a=None, b=None, c=None)
 
@@ -194,7 +196,7 @@ class TestDialFailover:
             asyncio.run(g.dial_tcp(Destination("198.51.100.1", 80)))
         assert g.dial_attempts == 0
 
-    def test_a_target_refused_by_a_working_node_is_not_the_node_s_fault(self, monkeypatch) -> None:
+    def test_a_target_refused_by_a_working_node_is_not_the_node_s_fault(self, monkeypatch: pytest.MonkeyPatch) -> None:
         g = group("min")
 
         async def dial(node, dst, opts):
@@ -206,7 +208,7 @@ class TestDialFailover:
         assert g.dial_attempts == 1 and g.stats[Check.TCP]["a"].alive
 
 
-    def test_a_socket_error_during_the_dial_is_a_failed_dial(self, monkeypatch) -> None:
+    def test_a_socket_error_during_the_dial_is_a_failed_dial(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """ECONNRESET after CONNECT (an OSError the outbound let out): node down, next node."""
         g = group("min")
         feed(g, a=10, b=20, c=30)
@@ -218,11 +220,11 @@ class TestDialFailover:
 
         monkeypatch.setattr(proxy, "dial_tcp", dial)
         dialed = asyncio.run(g.dial_tcp(Destination("198.51.100.1", 80)))
-        assert dialed.node.name == "b"
+        assert dialed.node is not None and dialed.node.name == "b"
         assert not g.stats[Check.TCP]["a"].alive
-        assert "Connection reset by peer" in g.stats[Check.TCP]["a"].last_error
+        assert "Connection reset by peer" in str(g.stats[Check.TCP]["a"].last_error)
 
-    def test_running_out_of_fds_refuses_the_flow_and_blames_no_node(self, monkeypatch) -> None:
+    def test_running_out_of_fds_refuses_the_flow_and_blames_no_node(self, monkeypatch: pytest.MonkeyPatch) -> None:
         g = group("min")
         feed(g, a=10, b=20, c=30)
 
@@ -268,14 +270,14 @@ class TestHealthChecker:
         asyncio.run(one_by_one())
         tcp, udp = g.stats[Check.TCP], g.stats[Check.UDP]
         assert tcp["a"].last == pytest.approx(0.25) and tcp["b"].last == pytest.approx(0.04)
-        assert not tcp["c"].alive and "Connection refused" in tcp["c"].last_error
+        assert not tcp["c"].alive and "Connection refused" in str(tcp["c"].last_error)
         assert udp["c"].last == pytest.approx(0.01)
-        assert g.selected(Check.TCP).name == "b" and g.selected(Check.UDP).name == "c"
+        assert [n.name if n else None for n in (g.selected(Check.TCP), g.selected(Check.UDP))] == ["b", "c"]
 
     def test_a_node_comes_back_after_a_passing_check(self) -> None:
         clock = FakeClock()
         g = group("min", clock=clock)
-        table = {"a": None, "b": None, "c": None}
+        table: dict[str, float | None] = {"a": None, "b": None, "c": None}
         checker = self.checker(g, clock, table, dict(table))
         asyncio.run(checker.check_all())
         assert chosen(g) is None

@@ -5,7 +5,6 @@ import asyncio
 import socket
 
 from dae_py.runtime.net.poller import IN, OUT, poller_for
-
 from tests.proxy.test_proxy import run
 
 

@@ -9,11 +9,13 @@ import ssl
 import struct
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Any
 
 import pytest
 import uvloop
+
 from dae_py.runtime.proxy import (
     Destination,
     DialError,
@@ -26,7 +28,7 @@ from dae_py.runtime.proxy import (
     dial_tcp,
     open_udp,
 )
-from dae_py.runtime.proxy.socks5 import decode_addr, encode_addr
+from dae_py.runtime.proxy.socks5 import Socks5UdpAssociation, decode_addr, encode_addr
 from dae_py.runtime.relay.pump import relay
 
 OPTS = DialOptions(connect_timeout=2, handshake_timeout=0.3)
@@ -125,8 +127,8 @@ class TestSocks5:
         (scripted(), ProxyProtocolError, "SOCKS5 CONNECT handshake timed out after 0.3s"),
     ], ids=["garbage", "no-method", "unoffered-method", "rep-refused", "bad-version", "bad-atyp",
             "truncated", "closed", "silent"])
-    def test_malformed_reply_is_a_clear_error_naming_the_node(self, handler, error,
-                                                             message) -> None:
+    def test_malformed_reply_is_a_clear_error_naming_the_node(self, handler: Handler, error: type[Exception],
+                                                             message: str) -> None:
         async def scenario() -> None:
             server, port = await serve(handler)
             started = time.monotonic()
@@ -157,7 +159,7 @@ class TestSocks5:
         (Destination("example.test", 8080), b"\x03\x0cexample.test\x1f\x90"),
     ])
     def test_connect_request_encodes_the_destination_and_the_stream_is_spliceable(
-            self, dst, encoded) -> None:
+            self, dst: Destination, encoded: bytes) -> None:
         async def scenario() -> None:
             seen: list[bytes] = []
             server, port = await serve(lambda r, w: socks_ok(r, w, seen))
@@ -180,7 +182,7 @@ class TestSocks5:
                 decode_addr(bad, 0)
 
 
-def udp_socks_server(drop_first_garbage: bool = True):
+def udp_socks_server(drop_first_garbage: bool = True) -> tuple[Handler, dict[str, Any]]:
     """A SOCKS5 server that grants UDP ASSOCIATE on 0.0.0.0:<port> (the client must then use
     the control connection's address) and echoes datagrams back with their header."""
     state: dict = {}
@@ -221,6 +223,7 @@ class TestSocks5Udp:
             replies: asyncio.Queue = asyncio.Queue()
             assoc = await open_udp(socks_node(port), OPTS,
                                    lambda data, src: replies.put_nowait((data, src)))
+            assert isinstance(assoc, Socks5UdpAssociation)
             closed = asyncio.Event()
             assoc.on_close.append(lambda _a: closed.set())
             assoc.send(b"ping", Destination("198.51.100.9", 7001))
@@ -242,7 +245,7 @@ class TestSocks5Udp:
 
 
 def http_node(port: int, user: str | None = None, password: str | None = None,
-              protocol: str = "http", **kw) -> Node:
+              protocol: str = "http", **kw: Any) -> Node:
     return Node("web", protocol, "127.0.0.1", port, user, password, **kw)
 
 
@@ -300,8 +303,8 @@ class TestHttpConnect:
          "the HTTP CONNECT response head is longer than 16384 bytes"),
         (b"", ProxyProtocolError, "HTTP CONNECT handshake timed out after 0.3s"),
     ], ids=["garbage", "407", "502", "endless-head", "silent"])
-    def test_bad_response_is_a_clear_error_naming_the_node(self, response, error,
-                                                          message) -> None:
+    def test_bad_response_is_a_clear_error_naming_the_node(self, response: bytes, error: type[Exception],
+                                                          message: str) -> None:
         async def scenario() -> None:
             server, port = await serve(connect_then(response))
             with pytest.raises(error) as info:
@@ -326,7 +329,7 @@ class TestHttpConnect:
 
 
 @pytest.fixture(scope="module")
-def certificate(tmp_path_factory) -> tuple[Path, Path]:
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("tls")
     key, cert = folder / "key.pem", folder / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
@@ -336,13 +339,13 @@ def certificate(tmp_path_factory) -> tuple[Path, Path]:
 
 
 class TestHttps:
-    def server_context(self, certificate, sni_seen: list) -> ssl.SSLContext:
+    def server_context(self, certificate: tuple[Path, Path], sni_seen: list) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(*certificate)
         ctx.sni_callback = lambda sslobj, name, _ctx: sni_seen.append(name)
         return ctx
 
-    def test_tunnel_over_tls_with_sni_and_allow_insecure(self, certificate) -> None:
+    def test_tunnel_over_tls_with_sni_and_allow_insecure(self, certificate: tuple[Path, Path]) -> None:
         async def scenario() -> None:
             sni: list = []
             server, port = await serve(connect_then(b"HTTP/1.1 200 OK\r\n\r\n"),
@@ -360,7 +363,7 @@ class TestHttps:
 
         run(scenario)
 
-    def test_untrusted_certificate_is_refused_without_allow_insecure(self, certificate) -> None:
+    def test_untrusted_certificate_is_refused_without_allow_insecure(self, certificate: tuple[Path, Path]) -> None:
         async def scenario() -> None:
             server, port = await serve(connect_then(b"HTTP/1.1 200 OK\r\n\r\n"),
                                        self.server_context(certificate, []))
@@ -451,11 +454,13 @@ def test_every_outgoing_socket_carries_the_mark() -> None:
         server, port = await serve(lambda r, w: socks_ok(r, w, seen))
         marked = DialOptions(so_mark=0x80, connect_timeout=2, handshake_timeout=1)
         stream = await dial_tcp(socks_node(port), Destination("192.0.2.7", 80), marked)
+        assert isinstance(stream, SocketStream)
         assert stream.sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0x80
         stream.close()
         handler, _state = udp_socks_server(drop_first_garbage=False)
         udp_server, udp_port = await serve(handler)
         assoc = await open_udp(socks_node(udp_port), marked, lambda d, s: None)
+        assert isinstance(assoc, Socks5UdpAssociation)
         assert assoc._sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0x80
         assert assoc._control.sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0x80
         assoc.close()

@@ -11,6 +11,7 @@ import subprocess
 import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from dae_py.runtime.proxy import Node, trojan
 from dae_py.runtime.proxy import shadowsocks as ss
 from dae_py.runtime.proxy.socks5 import encode_addr

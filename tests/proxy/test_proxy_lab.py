@@ -11,18 +11,19 @@ import hashlib
 import logging
 import os
 import socket
-from typing import Any, Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 import trustme
+
 from dae_py.runtime.groups import Check
 from dae_py.runtime.net.tls import client_context
 from dae_py.runtime.proxy import shadowsocks
 from dae_py.runtime.relay import RelayConfig
-
 from tests.conftest import have_root_bpf
 from tests.relay import servers
-from tests.relay.conftest import CHECK, gateway_env, node
+from tests.relay.conftest import CHECK, Env, gateway_env, group_of, node
 from tests.relay.lab import GW_UP4, GW_UP6, RELAY_MARK, SERVER4, SERVER6, Lab
 
 pytestmark = pytest.mark.root
@@ -71,14 +72,14 @@ def gid(name: str) -> int:
     return 100 + NAMES.index(name)
 
 
-def manifest(extra_groups: list[dict[str, Any]] = ()) -> dict[str, Any]:
+def manifest(extra_groups: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     groups = [{"name": f"g_{n}", "id": gid(n), "policy": "fixed", "fixed_index": 0,
                "nodes": [n], "check": CHECK} for n in NAMES]
     return {"nodes": NODES, "groups": groups + list(extra_groups)}
 
 
 @pytest.fixture(scope="module")
-def plab(tmp_path_factory) -> Iterator[Lab]:
+def plab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     reason = have_root_bpf()
     if reason:
         pytest.skip(reason)
@@ -112,7 +113,7 @@ def plab(tmp_path_factory) -> Iterator[Lab]:
         lab.down()
 
 
-async def echo_through(env, family: int, server: str, outbound_id: int,
+async def echo_through(env: Env, family: int, server: str, outbound_id: int,
                        size: int = 1 << 20) -> tuple[str, bytes, bytes]:
     """(who the server saw, sha256 sent, sha256 echoed back) for `size` random bytes."""
     loop = asyncio.get_running_loop()
@@ -139,15 +140,15 @@ def checked(nodes: list[str], policy: str = "min") -> dict[str, Any]:
             "check": {**CHECK, "check_interval_s": 60.0}}
 
 
-async def first_round(env) -> Any:
+async def first_round(env: Env) -> Any:
     """Group 2 once its health checker finished the first round."""
-    group = env.gateway.table.get(2)
+    group = group_of(env.gateway.table, 2)
     while group.checker.rounds == 0:
         await asyncio.sleep(0.01)
     return group
 
 
-async def udp_through(env, family: int, server: str, outbound_id: int) -> tuple[str, bytes]:
+async def udp_through(env: Env, family: int, server: str, outbound_id: int) -> tuple[str, bytes]:
     sock = env.client(family, socket.SOCK_DGRAM, outbound_id=outbound_id)
     try:
         payload = os.urandom(1200)
@@ -160,16 +161,17 @@ async def udp_through(env, family: int, server: str, outbound_id: int) -> tuple[
         sock.close()
 
 
-CASES4 = [(socket.AF_INET, SERVER4, f"ss_{c}", ips[0]) for c, ips in SS_IPS.items()]
-CASES6 = [(socket.AF_INET6, SERVER6, f"ss6_{c}", None) for c in SS_IPS]
-V2RAY_CASES = [(socket.AF_INET, SERVER4, f"v2ray_{c}", V2RAY_SS) for c in SS_IPS]
-TROJAN_CASES = [(socket.AF_INET, SERVER4, "trojan", None), (socket.AF_INET6, SERVER6, "trojan6", None),
-                (socket.AF_INET, SERVER4, "trojan_insecure", None)]
+Case = tuple[int, str, str, str | None]  # family, server, node name, the address the target sees
+CASES4: list[Case] = [(socket.AF_INET, SERVER4, f"ss_{c}", ips[0]) for c, ips in SS_IPS.items()]
+CASES6: list[Case] = [(socket.AF_INET6, SERVER6, f"ss6_{c}", None) for c in SS_IPS]
+V2RAY_CASES: list[Case] = [(socket.AF_INET, SERVER4, f"v2ray_{c}", V2RAY_SS) for c in SS_IPS]
+TROJAN_CASES: list[Case] = [(socket.AF_INET, SERVER4, "trojan", None), (socket.AF_INET6, SERVER6, "trojan6", None),
+                            (socket.AF_INET, SERVER4, "trojan_insecure", None)]
 
 
 @pytest.mark.parametrize("family,server,name,seen", CASES4 + CASES6 + V2RAY_CASES + TROJAN_CASES)
-def test_tcp_flow_through_the_node_is_intact_both_ways(plab: Lab, family, server, name,
-                                                       seen) -> None:
+def test_tcp_flow_through_the_node_is_intact_both_ways(plab: Lab, family: int, server: str, name: str,
+                                                       seen: str | None) -> None:
     async def scenario() -> None:
         async with gateway_env(plab, manifest()) as env:
             who, sent, echoed = await echo_through(env, family, server, gid(name))
@@ -184,8 +186,8 @@ def test_tcp_flow_through_the_node_is_intact_both_ways(plab: Lab, family, server
 
 @pytest.mark.parametrize("family,server,name,seen",
                          CASES4 + CASES6 + V2RAY_CASES + TROJAN_CASES[:2])
-def test_udp_flow_through_the_node_reaches_the_target(plab: Lab, family, server, name,
-                                                      seen) -> None:
+def test_udp_flow_through_the_node_reaches_the_target(plab: Lab, family: int, server: str, name: str,
+                                                      seen: str | None) -> None:
     async def scenario() -> None:
         async with gateway_env(plab, manifest()) as env:
             who, _ = await udp_through(env, family, server, gid(name))
@@ -195,7 +197,7 @@ def test_udp_flow_through_the_node_reaches_the_target(plab: Lab, family, server,
     plab.run(scenario)
 
 
-def test_ss_wrong_password_is_logged_and_health_checks_fail_over(plab: Lab, caplog) -> None:
+def test_ss_wrong_password_is_logged_and_health_checks_fail_over(plab: Lab, caplog: pytest.LogCaptureFixture) -> None:
     group = checked(["ss_badpw", "ss_badcipher", "ss_aes-128-gcm"])
 
     async def scenario() -> None:
@@ -220,7 +222,7 @@ def test_ss_wrong_password_is_logged_and_health_checks_fail_over(plab: Lab, capl
 
 
 def test_ss_flow_with_a_wrong_key_ends_without_data_and_names_the_node(plab: Lab,
-                                                                       caplog) -> None:
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
     """ss-server answers nothing to a client without the key and holds the connection open
     (its defence against active probing): the flow gets no byte and ends at the idle timeout,
     and one log line names the node and the likely cause."""
@@ -264,7 +266,8 @@ def test_trojan_wrong_password_fails_the_checks(plab: Lab) -> None:
     plab.run(scenario)
 
 
-def test_trojan_bad_certificate_is_refused_and_the_group_fails_over(plab: Lab, caplog) -> None:
+def test_trojan_bad_certificate_is_refused_and_the_group_fails_over(plab: Lab,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
     group = {"name": "fo", "id": 2, "policy": "fixed", "fixed_index": 0,
              "nodes": ["trojan_badsni", "ss_aes-256-gcm"], "check": CHECK}
 

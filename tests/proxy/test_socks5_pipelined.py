@@ -6,8 +6,8 @@ import socket
 import time
 
 import pytest
-from dae_py.runtime.proxy import Destination, DialOptions, ProxyRefusedError, dial_tcp, socks5
 
+from dae_py.runtime.proxy import Destination, DialOptions, ProxyRefusedError, dial_tcp, socks5
 from tests.proxy.test_proxy import run, serve, socks_node, socks_ok
 from tests.relay.servers import GREETING, REPLY, REQUEST, echo_after, raw_server, recv_exact, stop
 

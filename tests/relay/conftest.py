@@ -4,12 +4,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
-from dae_py.runtime.relay import FunctionRouter, Gateway, RelayConfig
+from dae_py.runtime.groups import Group
+from dae_py.runtime.relay import FunctionRouter, Gateway, OutboundTable, RelayConfig
 from tests.conftest import have_root_bpf
 
 from . import servers
@@ -58,11 +60,18 @@ def single_node_groups() -> list[dict[str, Any]]:
              "nodes": [n["name"]], "check": CHECK} for i, n in enumerate(NODES)]
 
 
+def group_of(table: OutboundTable, outbound_id: int) -> Group:
+    """The group behind `outbound_id`, for tests that look at its state."""
+    group = table.get(outbound_id)
+    assert isinstance(group, Group), f"outbound {outbound_id} is {group!r}, not a group"
+    return group
+
+
 def group_id(node_name: str) -> int:
     return 10 + [n["name"] for n in NODES].index(node_name)
 
 
-def manifest(extra_groups: list[dict[str, Any]] = (), extra_nodes: list[dict[str, Any]] = ()
+def manifest(extra_groups: Sequence[dict[str, Any]] = (), extra_nodes: Sequence[dict[str, Any]] = ()
              ) -> dict[str, Any]:
     return {"nodes": NODES + list(extra_nodes), "groups": single_node_groups() + list(extra_groups)}
 
@@ -129,9 +138,11 @@ async def gateway_env(lab: Lab, manifest_: dict[str, Any], config: RelayConfig |
             for port in (7001, 7002):
                 echo = await servers.udp_server(lab.socket(up, fam, socket.SOCK_DGRAM), host,
                                                 port, servers.udp_echo)
+                assert echo.transport is not None  # connection_made ran
                 closers.append(echo.transport.close)
             dns_udp = await servers.udp_server(lab.socket(up, fam, socket.SOCK_DGRAM), host, 53,
                                                lambda data, addr: servers.dns_answer(data))
+            assert dns_udp.transport is not None
             closers.append(dns_udp.transport.close)
         await gateway.start(TPROXY_PORT, health_checks=health_checks)
         yield env

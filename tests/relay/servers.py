@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import cast
 
 import dns.message
+
 from dae_py.runtime.net.sockets import wait_readable
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -75,7 +77,7 @@ class _Udp(asyncio.DatagramProtocol):
         self.seen: list[tuple] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.DatagramTransport, transport)  # a datagram endpoint's
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
         self.seen.append(addr)
@@ -105,7 +107,7 @@ async def connect(sock: socket.socket, host: str, port: int, timeout: float = 5.
 async def recv_all(sock: socket.socket, timeout: float = 5.0) -> bytes:
     """Everything until EOF; ConnectionResetError surfaces as is."""
     loop = asyncio.get_running_loop()
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         data = await asyncio.wait_for(loop.sock_recv(sock, 65536), timeout)
         if not data:
@@ -149,7 +151,7 @@ REQUEST = b"\x05\x01\x00\x01\xc0\x00\x02\x07\x00\x50"  # CONNECT 192.0.2.7:80
 REPLY = b"\x05\x00\x00\x01\x7f\x00\x00\x01\x04\x38"
 
 
-async def raw_server(handle) -> tuple[socket.socket, int, asyncio.Task]:
+async def raw_server(handle: Callable[[socket.socket], None]) -> tuple[socket.socket, int, asyncio.Task]:
     """A listener whose connections `handle(conn)` serves in a thread (blocking sockets, as
     simple servers are written)."""
     listener = socket.socket()

@@ -7,13 +7,15 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Callable
 
 import pytest
+
 from dae_py.runtime.groups.stats import Check
 from dae_py.runtime.proxy import DialOptions, socks5
 from dae_py.runtime.relay import OutboundTable, RelayConfig, Route, TcpRelay
-
 from tests.proxy.test_proxy import run, serve, socks_ok
+from tests.relay.conftest import group_of
 from tests.relay.servers import GREETING, REPLY, REQUEST, echo_after, raw_server, recv_exact, stop
 
 
@@ -64,7 +66,7 @@ class FastRelay:
         self.listener.close()
 
 
-async def until(check, seconds: float = 3.0) -> None:  # type: ignore[no-untyped-def]
+async def until(check: Callable[[], object], seconds: float = 3.0) -> None:
     for _ in range(int(seconds / 0.01)):
         if check():
             return
@@ -96,7 +98,7 @@ class TestCallbackDial:
 
         run(scenario)
 
-    def test_fails_over_to_the_next_node_and_marks_the_first_down(self, caplog) -> None:  # type: ignore[no-untyped-def]
+    def test_fails_over_to_the_next_node_and_marks_the_first_down(self, caplog: pytest.LogCaptureFixture) -> None:
         caplog.set_level(logging.INFO)
 
         async def scenario() -> None:
@@ -107,7 +109,7 @@ class TestCallbackDial:
             client = fast.flow()
             await loop.sock_sendall(client, b"x")
             assert await asyncio.wait_for(loop.sock_recv(client, 1), 2) == b"x"
-            group = fast.relay.outbounds.get(2)
+            group = group_of(fast.relay.outbounds, 2)
             assert [n.name for n in group.alive(Check.TCP)] == ["n1"]
             client.close()
             await fast.close()
@@ -117,7 +119,7 @@ class TestCallbackDial:
         assert "node 'n0' is down: connect to 127.0.0.1:" in caplog.text
         assert "via proxy node n1" in caplog.text
 
-    def test_every_node_down_refuses_at_once(self, caplog) -> None:  # type: ignore[no-untyped-def]
+    def test_every_node_down_refuses_at_once(self, caplog: pytest.LogCaptureFixture) -> None:
         async def scenario() -> None:
             loop = asyncio.get_running_loop()
             fast = FastRelay([closed_port(), closed_port()])
@@ -138,7 +140,7 @@ class TestCallbackDial:
         run(scenario)
         assert "every node failed" in caplog.text and "all nodes down" in caplog.text
 
-    def test_malformed_reply_is_named(self, caplog) -> None:  # type: ignore[no-untyped-def]
+    def test_malformed_reply_is_named(self, caplog: pytest.LogCaptureFixture) -> None:
         def handle(conn: socket.socket) -> None:
             recv_exact(conn, len(GREETING) + len(REQUEST))
             conn.sendall(b"\x05\x00\x05\x00\x00\x07\x00\x00")
@@ -243,12 +245,13 @@ def test_callback_dial_marks_its_socket() -> None:
         loop = asyncio.get_running_loop()
         server, port = await serve(socks_ok)
         fast = FastRelay([port])
-        fast.relay.outbounds.get(2).opts = DialOptions(so_mark=0x80, connect_timeout=1,
+        group_of(fast.relay.outbounds, 2).opts = DialOptions(so_mark=0x80, connect_timeout=1,
                                                        handshake_timeout=1)
         await fast.start()
         client = fast.flow()
         await loop.sock_sendall(client, b"m")
         assert await asyncio.wait_for(loop.sock_recv(client, 1), 2) == b"m"
+        assert fast.relay._sweeper is not None
         (flow,) = fast.relay._sweeper.flows
         assert flow.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0x80
         client.close()

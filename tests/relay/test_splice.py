@@ -7,7 +7,6 @@ import socket
 
 from dae_py.runtime.relay import OutboundTable, RelayConfig, StaticRouter, TcpRelay
 from dae_py.runtime.relay.pump import IdleSweeper, SplicedFlow
-
 from tests.proxy.test_proxy import run, serve, socks_ok
 
 
@@ -35,8 +34,11 @@ class TestSplicedFlow:
                 client, relay_client = await tcp_pair()
                 relay_upstream, server = await tcp_pair()
                 pairs.append((client, server))
-                SplicedFlow(loop, relay_client, relay_upstream, lambda n: None, lambda n: None,
-                            lambda f, o, name=name: ended.__setitem__(name, (loop.time() - t0, o)),
+
+                def on_end(_flow: SplicedFlow, outcome: object, name: str = name) -> None:
+                    ended[name] = (loop.time() - t0, outcome)
+
+                SplicedFlow(loop, relay_client, relay_upstream, lambda n: None, lambda n: None, on_end,
                             sweeper=sweeper).start()
             busy_client = pairs[1][0]
             for _ in range(20):  # 0.4 s of traffic every 0.02 s

@@ -12,20 +12,19 @@ from dae_py.runtime.groups import Check
 from dae_py.runtime.relay import RelayConfig
 
 from . import servers
-from .conftest import (DANTE4, DANTE6, DANTE_AUTH, TINY, TINY_AUTH, gateway_env, group_id,
-                       manifest)
+from .conftest import DANTE4, DANTE6, DANTE_AUTH, TINY, TINY_AUTH, Env, gateway_env, group_id, group_of, manifest
 from .lab import GW_UP4, RELAY_MARK, SERVER4, SERVER6, Lab
 
 pytestmark = pytest.mark.root
 
 
-def refusals(caplog) -> list[str]:
+def refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
     """The relay's one line per refused flow."""
     return [r.getMessage() for r in caplog.records
             if r.name == "dae_py.runtime.relay.tcp" and " refused: " in r.getMessage()]
 
 
-async def whoami_through(env, family: int, server: str, outbound_id: int) -> str:
+async def whoami_through(env: Env, family: int, server: str, outbound_id: int) -> str:
     sock = env.client(family, outbound_id=outbound_id)
     try:
         await servers.connect(sock, server, 7000)
@@ -42,7 +41,8 @@ async def whoami_through(env, family: int, server: str, outbound_id: int) -> str
     (socket.AF_INET, SERVER4, "tiny", TINY),
     (socket.AF_INET, SERVER4, "tiny_auth", TINY_AUTH),
 ])
-def test_tcp_flow_reaches_server_through_the_proxy(lab: Lab, family, server, node, seen) -> None:
+def test_tcp_flow_reaches_server_through_the_proxy(lab: Lab, family: int, server: str, node: str,
+                                                   seen: str | None) -> None:
     async def scenario() -> None:
         async with gateway_env(lab, manifest()) as env:
             assert await whoami_through(env, family, server, group_id(node)) == seen
@@ -121,7 +121,7 @@ def test_prefix_bytes_are_sent_first(lab: Lab) -> None:
     ("dante_badpw", "SOCKS5 username/password rejected for user 'alice'"),
     ("tiny_badpw", "HTTP proxy authentication failed for user 'bob' (40"),
 ])
-def test_auth_failure_is_a_clear_error(lab: Lab, caplog, node: str, expected: str) -> None:
+def test_auth_failure_is_a_clear_error(lab: Lab, caplog: pytest.LogCaptureFixture, node: str, expected: str) -> None:
     async def scenario() -> None:
         async with gateway_env(lab, manifest()) as env:
             sock = env.client(outbound_id=group_id(node))
@@ -153,8 +153,8 @@ async def silent_proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     ("garbage_http", "HTTP CONNECT " + SERVER4 + ":7000 answered 418"),
     ("silent", "SOCKS5 CONNECT handshake timed out after 1s"),
 ])
-def test_malformed_peer_is_a_clear_error_and_other_flows_continue(lab: Lab, caplog, node,
-                                                                  expected) -> None:
+def test_malformed_peer_is_a_clear_error_and_other_flows_continue(lab: Lab, caplog: pytest.LogCaptureFixture, node: str,
+                                                                  expected: str) -> None:
     config = RelayConfig(so_mark=RELAY_MARK, connect_timeout=1, handshake_timeout=1)
 
     async def scenario() -> None:
@@ -194,7 +194,7 @@ def test_malformed_peer_is_a_clear_error_and_other_flows_continue(lab: Lab, capl
     assert expected in refused[0] and f"'{node}'" in refused[0], refused[0]
 
 
-def test_failover_to_the_next_node_when_the_first_proxy_stops(lab: Lab, caplog) -> None:
+def test_failover_to_the_next_node_when_the_first_proxy_stops(lab: Lab, caplog: pytest.LogCaptureFixture) -> None:
     first, second = lab.next_proxy_ip(), lab.next_proxy_ip()
     peer1 = lab.danted(first)
     lab.danted(second)
@@ -208,8 +208,9 @@ def test_failover_to_the_next_node_when_the_first_proxy_stops(lab: Lab, caplog) 
             assert await whoami_through(env, socket.AF_INET, SERVER4, 2) == first
             await asyncio.to_thread(peer1.stop)
             assert await whoami_through(env, socket.AF_INET, SERVER4, 2) == second
-            failover = env.gateway.table.get(2)
-            assert failover.select().name == "p2"
+            failover = group_of(env.gateway.table, 2)
+            chosen = failover.select()
+            assert chosen is not None and chosen.name == "p2"
             assert not failover.stats[Check.TCP]["p1"].alive
             # the next flow goes straight to p2: p1 is down until a check revives it
             before = failover.dial_attempts
@@ -222,14 +223,14 @@ def test_failover_to_the_next_node_when_the_first_proxy_stops(lab: Lab, caplog) 
     assert len(down) == 1 and "'p1'" in down[0] and "Connection refused" in down[0], down
 
 
-def test_all_nodes_down_refuses_at_once(lab: Lab, caplog) -> None:
+def test_all_nodes_down_refuses_at_once(lab: Lab, caplog: pytest.LogCaptureFixture) -> None:
     group = {"name": "doomed", "id": 3, "policy": "min_avg10", "nodes": ["dead", "dead2"],
              "check": {"check_interval_s": 30, "check_tolerance_ms": 50}}
 
     async def scenario() -> None:
         async with gateway_env(lab, manifest([group])) as env:
-            doomed = env.gateway.table.get(3)
-            for attempt in range(2):
+            doomed = group_of(env.gateway.table, 3)
+            for _attempt in range(2):
                 sock = env.client(outbound_id=3)
                 started = time.monotonic()
                 await servers.connect(sock, SERVER4, 7000)
@@ -263,7 +264,7 @@ def test_block_refuses_at_once(lab: Lab) -> None:
     lab.run(scenario)
 
 
-def test_a_flow_to_the_relay_itself_is_refused_not_looped(lab: Lab, caplog) -> None:
+def test_a_flow_to_the_relay_itself_is_refused_not_looped(lab: Lab, caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> None:
         async with gateway_env(lab, manifest()) as env:
             sock = env.client(outbound_id=0)

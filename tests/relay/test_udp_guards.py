@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from typing import Any
 
 import pytest
 
+from dae_py.runtime.proxy import DIRECT_ID
 from dae_py.runtime.relay import OutboundTable, RelayConfig, StaticRouter, UdpRelay
-from dae_py.runtime.relay.outbounds import DIRECT_ID
 from dae_py.runtime.relay.udp import LOG_EVERY, _Client, client_limit, reply_socket_limit
 
 pytestmark = pytest.mark.root  # transparent reply sockets need CAP_NET_ADMIN
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.root  # transparent reply sockets need CAP_NET_ADMIN
 BLOCK = 1
 
 
-def relay(**config: int) -> UdpRelay:
+def relay(**config: Any) -> UdpRelay:
     return UdpRelay(StaticRouter(BLOCK), OutboundTable.from_manifest({}), RelayConfig(**config))
 
 
@@ -38,7 +39,7 @@ def test_a_datagram_to_the_relay_s_own_port_is_refused_before_any_state() -> Non
     asyncio.run(scenario())
 
 
-def test_reply_sockets_are_bounded_per_client_and_in_total(caplog) -> None:
+def test_reply_sockets_are_bounded_per_client_and_in_total(caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> None:
         r = relay(udp_reply_sockets_per_client=3, udp_reply_sockets=5)
         await r.start(0, hosts=("127.0.0.1",))
@@ -98,7 +99,7 @@ class Clock:
         return self.t
 
 
-def test_client_entries_are_bounded_per_source_ip_and_in_total(caplog) -> None:
+def test_client_entries_are_bounded_per_source_ip_and_in_total(caplog: pytest.LogCaptureFixture) -> None:
     """Direct associations (a real socket each) to a loopback sink: 127.0.0.1 gets 3 entries,
     127.0.0.2 the 2 left of the total 5; newcomers past either bound are dropped (counted,
     one log line per source IP and interval) while admitted clients keep flowing; once one
@@ -168,7 +169,7 @@ def test_client_entries_are_bounded_per_source_ip_and_in_total(caplog) -> None:
         asyncio.run(scenario())
 
 
-def test_a_refused_client_is_logged_again_after_the_interval_with_the_count(caplog) -> None:
+def test_a_refused_client_is_logged_again_after_the_interval_with_the_count(caplog: pytest.LogCaptureFixture) -> None:
     """Past the bound a source IP spraying ports is one log line per LOG_EVERY, the next one
     saying how many were left unlogged."""
     async def scenario() -> None:

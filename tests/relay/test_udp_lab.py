@@ -27,8 +27,8 @@ def who(reply: bytes) -> tuple[str, int, bytes]:
     (socket.AF_INET6, SERVER6, "dante6", DANTE6),
     (socket.AF_INET, SERVER4, "direct", GW_UP4),
 ])
-def test_udp_reply_comes_from_the_original_destination(lab: Lab, family, server, node,
-                                                       seen) -> None:
+def test_udp_reply_comes_from_the_original_destination(lab: Lab, family: int, server: str, node: str,
+                                                       seen: str | None) -> None:
     outbound_id = 0 if node == "direct" else group_id(node)
 
     async def scenario() -> None:
@@ -85,7 +85,7 @@ def test_udp_mapping_expires_when_idle(lab: Lab) -> None:
     lab.run(scenario)
 
 
-def test_udp_fails_over_to_the_next_socks5_node(lab: Lab, caplog) -> None:
+def test_udp_fails_over_to_the_next_socks5_node(lab: Lab, caplog: pytest.LogCaptureFixture) -> None:
     group = {"name": "udpfail", "id": 2, "policy": "fixed", "fixed_index": 0,
              "nodes": ["dead", "tiny", "dante"], "check": {}}
 
@@ -107,7 +107,8 @@ def test_udp_fails_over_to_the_next_socks5_node(lab: Lab, caplog) -> None:
     ("g_tiny", "group 'g_tiny': no node carries udp"),
     ("block", "UDP flow is blocked"),
 ])
-def test_udp_refused_with_one_clear_line(lab: Lab, caplog, outbound: str, expected: str) -> None:
+def test_udp_refused_with_one_clear_line(lab: Lab, caplog: pytest.LogCaptureFixture, outbound: str,
+                                         expected: str) -> None:
     outbound_id = 1 if outbound == "block" else group_id("tiny")
 
     async def scenario() -> None:

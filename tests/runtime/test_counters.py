@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import Lab, client_get, flow_lines, gateway, lab_config, parse_exit_stats, \
-    runtime_lab, udp_exchange
+from .helpers import Lab, client_get, flow_lines, gateway, lab_config, parse_exit_stats, runtime_lab, udp_exchange
 
 pytestmark = pytest.mark.root
 

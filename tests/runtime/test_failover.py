@@ -1,7 +1,6 @@
 """Failover in a group of two real danted nodes, and a group with every node down."""
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,8 +9,18 @@ import pytest
 
 from dae_py.runtime.lab import Peer
 
-from .helpers import Gw, Lab, client_get, flow_lines, gateway, lab_config, runtime_lab, \
-    refused_promptly, udp_exchange, wait_for
+from .helpers import (
+    Gw,
+    Lab,
+    client_get,
+    flow_lines,
+    gateway,
+    lab_config,
+    refused_promptly,
+    runtime_lab,
+    udp_exchange,
+    wait_for,
+)
 
 pytestmark = pytest.mark.root
 

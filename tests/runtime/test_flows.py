@@ -15,8 +15,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from .helpers import Gw, Lab, client_get, flow_lines, gateway, lab_config, runtime_lab, \
-    refused_promptly, udp_exchange
+from .helpers import (
+    FlowLine,
+    Gw,
+    Lab,
+    client_get,
+    flow_lines,
+    gateway,
+    lab_config,
+    refused_promptly,
+    runtime_lab,
+    udp_exchange,
+)
 
 pytestmark = pytest.mark.root
 
@@ -175,7 +185,7 @@ def manifest_rule(gw: Gw, index: int) -> dict:
     return next(r for r in rules if r["index"] == index)
 
 
-def relay_line_for(gw: Gw, client_port: int, timeout: float = 3.0):  # type: ignore[no-untyped-def]
+def relay_line_for(gw: Gw, client_port: int, timeout: float = 3.0) -> list[FlowLine]:
     """The relay's flow line for the client's source port (it is written after the dial)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -314,7 +324,7 @@ def test_direct_with_mark_sets_the_mark(lab: Lab, gw: Gw, v: int) -> None:
     (8086, "bad", "garbage", "SOCKS5 reply version 0x07 (expected 0x05)"),
     (8087, "badhttp", "garbage_http", "malformed HTTP CONNECT status line"),
 ])
-def test_garbage_proxy_fails_the_flow_not_the_gateway(lab: Lab, gw: Gw, garbage, port: int,
+def test_garbage_proxy_fails_the_flow_not_the_gateway(lab: Lab, gw: Gw, garbage: list[GarbageServer], port: int,
                                                       group: str, node: str,
                                                       expect: str) -> None:
     """A "proxy" of ours that answers garbage: the flow is refused promptly with a log line

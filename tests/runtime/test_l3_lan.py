@@ -17,6 +17,7 @@ import select
 import struct
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -76,7 +77,7 @@ class TunClient:
 
     def http_get(self, dst: str, dport: int, sport: int, timeout: float = 10.0) -> dict:
         """Handshake, one GET, the JSON body of the answer; then a RST."""
-        write = lambda flags, seq, ack, data=b"": os.write(  # noqa: E731
+        write = lambda flags, seq, ack, data=b"": os.write(  # noqa: E731 - a one-line helper kept beside its uses
             self.fd, tcp_packet(TUN_CLIENT, dst, sport, dport, seq, ack, flags, data))
         isn = 1000
         write(SYN, isn, 0)
@@ -165,7 +166,7 @@ def test_direct_and_proxied_flows_from_an_l3_lan(lab: Lab, gw: Gw, tun: TunClien
 
 
 def test_an_l3_lan_without_the_l3_program_is_refused_before_any_change(
-        lab: Lab, tun: TunClient, tmp_path) -> None:
+        lab: Lab, tun: TunClient, tmp_path: Path) -> None:
     from dae_py.runtime.datapath import Datapath, InterfaceResolutionError
 
     dp = Datapath(lan=[TUN_NAME], wan=None, fwmark=0x8000000, table=2023, netns=lab.ns("gateway"),

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import Gw, Lab, client_get, gateway, gateway_snapshot, lab_config, proxy_lab, \
-    snapshot_diff, udp_exchange
+from .helpers import Gw, Lab, client_get, gateway, gateway_snapshot, lab_config, proxy_lab, snapshot_diff, udp_exchange
 
 pytestmark = pytest.mark.root
 
@@ -100,8 +99,8 @@ def test_clean_teardown_restores_the_namespace(lab: Lab, tmp_path: Path, how: st
                 assert result.returncode == 0, result.stderr
                 assert "dae-runtime cleanup" in result.stdout
             else:
-                gw.proc.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGINT)
-                assert gw.proc.wait(15) == 0, gw.log_text()[-3000:]
+                gw.process.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGINT)
+                assert gw.process.wait(15) == 0, gw.log_text()[-3000:]
             after = gateway_snapshot(lab)
             assert after == before, snapshot_diff(before, after)
             assert not gw.state_entries()
@@ -119,7 +118,7 @@ def test_fail_open_after_sigkill_then_cleanup(lab: Lab, tmp_path: Path) -> None:
         for dst in (t.upstream_ip4, t.upstream_ip6):
             assert client_get(lab, dst, 8081)["peer"] == dst  # proxied while alive
         gw.kill()
-        assert gw.proc.returncode == -signal.SIGKILL
+        assert gw.process.returncode == -signal.SIGKILL
         left = gateway_snapshot(lab)
         assert has_our_filter(left), "the filter should still be attached after SIGKILL"
         for dst, client in ((t.upstream_ip4, t.client_ip4), (t.upstream_ip6, t.client_ip6)):
@@ -148,7 +147,7 @@ def test_start_failure_leaves_nothing(lab: Lab, tmp_path: Path) -> None:
     gw = Gw(lab, cfg, tmp_path)
     with pytest.raises(Exception, match="did not become ready"):
         gw.start(timeout=20)
-    assert gw.proc is not None and gw.proc.returncode == 1
+    assert gw.proc is not None and gw.process.returncode == 1
     if gw._log is not None:
         gw._log.close()
     log = gw.log_text()

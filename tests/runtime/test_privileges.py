@@ -4,8 +4,8 @@ but for its state directory, with a 64 KiB RLIMIT_MEMLOCK and no_new_privs
 (runtime/lab/unprivileged.py). It must carry direct and proxied flows and tear down cleanly;
 without any one of the capabilities it needs to start it must fail with an error line naming the missing
 one, exit 1, print no traceback and leave the namespace untouched; without
-CAP_NET_BIND_SERVICE it starts with a warning and only UDP replies from ports below 1024 fail. docs/privileges.md has the
-findings these tests keep true.
+CAP_NET_BIND_SERVICE it starts with a warning and only UDP replies from ports below 1024 fail.
+docs/privileges.md has the findings these tests keep true.
 """
 from __future__ import annotations
 
@@ -25,8 +25,18 @@ from dae_py.runtime.lab.unprivileged import cap_spec, unprivileged_argv
 from dae_py.runtime.privileges import LEAST as LEAST_SET
 from dae_py.runtime.privileges import NEEDED_TO_START
 
-from .helpers import Gw, Lab, client_get, flow_lines, gateway, gateway_snapshot, lab_config, proxy_lab, \
-    snapshot_diff, udp_exchange
+from .helpers import (
+    Gw,
+    Lab,
+    client_get,
+    flow_lines,
+    gateway,
+    gateway_snapshot,
+    lab_config,
+    proxy_lab,
+    snapshot_diff,
+    udp_exchange,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 LEAST = tuple(LEAST_SET)
@@ -47,7 +57,8 @@ def user(lab: Lab) -> pwd.struct_passwd:
 def config(lab: Lab) -> str:
     t = lab.topo
     return lab_config(t, fallback="direct",
-                      rules=[f"dip({t.upstream_ip4}, '{t.upstream_ip6}') && dport(8081, 9001, {PRIVILEGED_UDP}) -> proxy"])
+                      rules=[f"dip({t.upstream_ip4}, '{t.upstream_ip6}') "
+                             f"&& dport(8081, 9001, {PRIVILEGED_UDP}) -> proxy"])
 
 
 def workdir(lab: Lab, name: str, user: pwd.struct_passwd, *, state_owner: int | None = None) -> tuple[Path, Path]:
@@ -93,7 +104,7 @@ def failed_start(lab: Lab, user: pwd.struct_passwd, name: str, caps: tuple[str, 
         if gw.proc is not None:
             lab.procs.forget(gw.proc)
     assert gw.proc is not None
-    return gw.proc.returncode, gw.log_text()
+    return gw.process.returncode, gw.log_text()
 
 
 def proc_status(pid: int) -> dict[str, str]:
@@ -114,15 +125,15 @@ def test_runs_as_a_service_user_with_exactly_the_least_capabilities(lab: Lab, us
     t = lab.topo
     before = gateway_snapshot(lab)
     with unprivileged(lab, user, "least", LEAST) as gw:
-        status = proc_status(gw.proc.pid)
+        status = proc_status(gw.process.pid)
         assert status["Uid"].split() == [str(user.pw_uid)] * 4 and user.pw_uid != 0, status["Uid"]
         assert status["Gid"].split() == [str(user.pw_gid)] * 4, status["Gid"]
         assert status["Groups"] == "", status["Groups"]
         for key in ("CapEff", "CapPrm", "CapBnd", "CapAmb", "CapInh"):
             assert int(status[key], 16) == LEAST_MASK, f"{key}: {status[key]}, want {LEAST_MASK:016x}"
         assert status["NoNewPrivs"] == "1"
-        assert "ro" in root_mount_options(gw.proc.pid)  # it writes nothing but its state dir
-        limits = Path(f"/proc/{gw.proc.pid}/limits").read_text()
+        assert "ro" in root_mount_options(gw.process.pid)  # it writes nothing but its state dir
+        limits = Path(f"/proc/{gw.process.pid}/limits").read_text()
         assert re.search(r"Max locked memory\s+65536\s+65536", limits), limits
         assert gw.state_path.stat().st_uid == user.pw_uid and gw.state_entries()
 
