@@ -29,13 +29,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dae_py.contract.evaluate import Flow, classify
 from dae_py.compiler.pipeline import choose_strategy
+from dae_py.contract.evaluate import Flow, classify
 from dae_py.runtime.packets import domain_key, frame
 
 from . import configs
-from .common import (Compiled, Timed, available_strategies, check_only, compile_one, machine_note, print_machine,
-                     retval, time_interleaved)
+from .common import (
+    Compiled,
+    Timed,
+    available_strategies,
+    check_only,
+    compile_one,
+    machine_note,
+    print_machine,
+    retval,
+    time_interleaved,
+)
 from .interpreter import Interpreter, encode
 
 # "last+dns": the 'last' frame, with a domain-map entry (no bits set) for its destination, as if

@@ -6,20 +6,39 @@ sees every problem in one run.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from dae_py.contract import fields
-from dae_py.contract.ir import (OUTBOUND_BLOCK, OUTBOUND_DIRECT, Action, DomainSet, Match, Outbound, Rule, RoutingIR,
-                                SourceRef)
+from dae_py.contract.ir import (
+    OUTBOUND_BLOCK,
+    OUTBOUND_DIRECT,
+    Action,
+    DomainSet,
+    Match,
+    Outbound,
+    RoutingIR,
+    Rule,
+    SourceRef,
+)
 
 from . import fields as compiler_fields
 from .diagnostics import Diagnostics, SourcePos, did_you_mean
 from .fields.common import Locate
 from .load import LoadedConfig
-from .rules import (Call, RuleAst, RuleSyntaxError, StructuredRuleError, abbreviate, parse_outbound, parse_rule,
-                    parse_structured_rule, structured_param_path)
+from .rules import (
+    Call,
+    RuleAst,
+    RuleSyntaxError,
+    StructuredRuleError,
+    abbreviate,
+    parse_outbound,
+    parse_rule,
+    parse_structured_rule,
+    structured_param_path,
+)
 from .values import parse_mark
 
 BUILTIN_OUTBOUNDS = ("direct", "block")

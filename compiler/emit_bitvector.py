@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from dae_py.contract import fields as contract_fields
-from dae_py.contract.ir import L4_TCP, L4_UDP, CidrSet, DomainRef, Field, Match, PortSet, Rule, RoutingIR, ValueSet
+from dae_py.contract.ir import L4_TCP, L4_UDP, CidrSet, DomainRef, Field, Match, PortSet, RoutingIR, Rule, ValueSet
 
 from .fields.domain import domain_term
 from .tables import MapTable, cidr_membership, lpm_key, words_bytes

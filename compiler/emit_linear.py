@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dae_py.contract import fields
-from dae_py.contract.ir import CidrSet, Field, Match, PortSet, Rule, RoutingIR
+from dae_py.contract.ir import CidrSet, Field, Match, PortSet, RoutingIR, Rule
 
 from . import cexpr
 from . import fields as compiler_fields

@@ -7,21 +7,22 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-import re
 from urllib.parse import parse_qs, unquote
+
+from dae_py.contract.capabilities import KNOWN_PROTOCOLS, RUNTIME_PROTOCOLS, protocol
+from dae_py.contract.userregex import compile_user_regex
 
 from .diagnostics import Diagnostics, SourcePos, did_you_mean
 from .load import LoadedConfig
-from .readfile import read_capped_text
+from .options import bounded_duration, check_tcp_check_url, check_udp_check_dns
 from .proxy_links import LinkError, finish_ss, finish_trojan, mask_link
+from .readfile import read_capped_text
 from .rules import RuleSyntaxError, parse_filter
 from .urls import split_url
-from dae_py.contract.capabilities import KNOWN_PROTOCOLS, RUNTIME_PROTOCOLS, protocol
-from dae_py.contract.userregex import compile_user_regex
-from .options import bounded_duration, check_tcp_check_url, check_udp_check_dns
 
 # The protocols the runtime can dial today (contract/capabilities.py); the others parse and
 # validate but are reported, with what the runtime is missing for them.

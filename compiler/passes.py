@@ -14,7 +14,7 @@ import ipaddress
 from dataclasses import replace
 
 from dae_py.contract import fields
-from dae_py.contract.ir import CidrSet, Field, Match, PortSet, Rule, RoutingIR, ValueSet
+from dae_py.contract.ir import CidrSet, Field, Match, PortSet, RoutingIR, Rule, ValueSet
 
 from .diagnostics import Diagnostics, SourcePos
 

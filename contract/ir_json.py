@@ -5,8 +5,20 @@ import ipaddress
 from pathlib import Path
 from typing import Any
 
-from .ir import (Action, CidrSet, DomainRef, DomainSet, Field, Match, Outbound, PortSet, Rule, RoutingIR,
-                 SourceRef, ValueSet)
+from .ir import (
+    Action,
+    CidrSet,
+    DomainRef,
+    DomainSet,
+    Field,
+    Match,
+    Outbound,
+    PortSet,
+    RoutingIR,
+    Rule,
+    SourceRef,
+    ValueSet,
+)
 
 
 def _values_to_json(v: Any) -> dict[str, Any]:

@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_differential as td
+from compiler_kit import Kernel, compile_text
 
 from dae_py.compiler import emit_bitvector as eb
 from dae_py.contract import evaluate
 from dae_py.contract.domains import DomainMatcher
-from compiler_kit import Kernel, compile_text, flowspec
-
-import test_differential as td
 
 # ---- the interval sweep (no root needed) ---------------------------------------------------------
 

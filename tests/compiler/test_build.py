@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from compiler_kit import Kernel, compile_text, make_flow, strategy_params, write_config
 
 from dae_py.compiler.geodata import SiteDomain, write_geoip, write_geosite
 from dae_py.compiler.pipeline import compile_config
 from dae_py.contract.version import COMPILER_VERSION, MANIFEST_FORMAT
-from compiler_kit import Kernel, compile_text, make_flow, strategy_params, write_config
 from dae_py.runtime.bpf import BpfObject
 
 FULL = """

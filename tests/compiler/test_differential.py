@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from compiler_kit import Kernel, compile_text, flowspec, strategy_params
 
 from dae_py.contract import evaluate
 from dae_py.contract.domains import DomainMatcher
 from dae_py.contract.ir import DomainSet
-from compiler_kit import Kernel, compile_text, flowspec, strategy_params
 
 pytestmark = pytest.mark.root
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_diagnostics import HEAD  # the small valid config the diagnostics tests count lines from
 
 from dae_py.compiler import cli
 from dae_py.compiler.diagnostics import CompileError
@@ -22,7 +23,6 @@ from dae_py.compiler.emit import outbound_macro
 from dae_py.compiler.pipeline import compile_config
 from dae_py.compiler.urls import mask_secrets, mask_with_column
 from dae_py.contract.userregex import compile_user_regex
-from test_diagnostics import HEAD  # the small valid config the diagnostics tests count lines from
 
 REPO = Path(__file__).resolve().parents[2]
 

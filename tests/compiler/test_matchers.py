@@ -12,18 +12,17 @@ import dataclasses
 import ipaddress
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
+from compiler_kit import TC_ACT_OK, TC_ACT_SHOT, Compiled, Kernel, compile_text, endpoint, strategy_params
 
-from dae_py.contract import evaluate
 from dae_py.compiler.geodata import SiteDomain, write_geoip, write_geosite
+from dae_py.contract import evaluate
 from dae_py.contract.ir import Field
-from compiler_kit import (TC_ACT_OK, TC_ACT_SHOT, Compiled, Kernel, compile_text, endpoint, make_flow,
-                          strategy_params)
-from dae_py.runtime.bpf import BpfError
 from dae_py.runtime.explain import explain
 from dae_py.runtime.packets import DEFAULT_SRC_MAC, FlowSpec, frame
 
@@ -69,7 +68,7 @@ class Case:
         return f"{self.flow} {' '.join(extra)}".strip()
 
 
-def C(flow: str, rule: int | str, **kw: Any) -> Case:  # noqa: N802 - reads like a table
+def C(flow: str, rule: int | str, **kw: Any) -> Case:
     return Case(flow, rule, **kw)
 
 

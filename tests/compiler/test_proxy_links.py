@@ -8,11 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
+from test_diagnostics import run_check  # tests/compiler is on sys.path (rootdir-relative, no package)
 
 from dae_py.compiler.proxy_links import mask_link
 from dae_py.compiler.urls import mask_with_column
-
-from test_diagnostics import run_check  # tests/compiler is on sys.path (rootdir-relative, no package)
 
 SECRET = "s3cr3t-Pw"
 B64 = base64.urlsafe_b64encode(f"aes-256-gcm:{SECRET}".encode()).decode().rstrip("=")
