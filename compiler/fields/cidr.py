@@ -42,7 +42,7 @@ def check_cidrs(checker: RoutingChecker, spec: FieldSpec, call: Call, locate: Lo
             else:
                 path, tag = checker.geo.ext(value)
                 nets = checker.geo.geoip(tag, path)
-        except Exception as exc:  # GeoDataError, ValueError
+        except ValueError as exc:  # a bad CIDR or ext spec, or GeoDataError (a ValueError): missing file, tag
             checker.diags.error(locate(at if key is None else p.offset), str(exc))
             ok = False
             continue

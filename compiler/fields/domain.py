@@ -53,7 +53,7 @@ def check_domain(checker: RoutingChecker, spec: FieldSpec, call: Call, locate: L
                     name, _, attr = p.value.rpartition(":")[2].partition("@")
                     raise ValueError(f"'{key}:{p.value}' selects no domain: no domain of tag '{name}' "
                                      f"has the attribute '@{attr}'")
-            except Exception as exc:
+            except ValueError as exc:  # GeoDataError (a ValueError): missing/damaged file, unknown tag; bad ext
                 diags.error(locate(p.offset), str(exc))
                 ok = False
                 continue
