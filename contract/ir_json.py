@@ -53,7 +53,8 @@ def ir_to_json(ir: RoutingIR) -> dict[str, Any]:
     return {
         "rules": [{
             "index": r.index, "never_matches": r.never_matches, "action": _action(r.action),
-            "source": {"file": Path(r.source.file).name, "line": r.source.line, "col": r.source.col, "text": r.source.text},
+            "source": {"file": Path(r.source.file).name, "line": r.source.line, "col": r.source.col,
+                       "text": r.source.text},
             "matches": [{"field": m.field.value, "negated": m.negated, **_values_to_json(m.values)} for m in r.matches],
         } for r in ir.rules],
         "fallback": _action(ir.fallback),

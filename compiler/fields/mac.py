@@ -5,10 +5,10 @@ from typing import TYPE_CHECKING
 
 from dae_py.contract.fields import FieldSpec
 from dae_py.contract.ir import Match, ValueSet
+from dae_py.contract.values import format_mac, parse_mac
 
 from .. import cexpr
 from ..rules import Call
-from ..values import format_mac, parse_mac
 from .common import Locate
 
 if TYPE_CHECKING:

@@ -11,5 +11,7 @@ from .parse import (
                     structured_param_path,
 )
 
-__all__ = ["Call", "Param", "RuleAst", "RuleSyntaxError", "StructuredRuleError", "abbreviate", "parse_filter", "parse_outbound", "parse_rule",
-           "parse_structured_rule", "structured_param_path"]
+__all__ = [
+    "Call", "Param", "RuleAst", "RuleSyntaxError", "StructuredRuleError", "abbreviate", "parse_filter",
+    "parse_outbound", "parse_rule", "parse_structured_rule", "structured_param_path",
+]
