@@ -196,8 +196,8 @@ def run_row(row: Row, args: argparse.Namespace, tmp: Path) -> None:
     print(f"   ({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
 
 
-def fmt(x: float, nd: int = 0) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+def fmt(x: float | None, nd: int = 0) -> str:
+    return "-" if x is None or math.isnan(x) else f"{x:.{nd}f}"
 
 
 def med(row: Row, pk: str, label: str) -> float:
