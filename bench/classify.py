@@ -29,13 +29,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dae_py.contract.evaluate import Flow, classify
 from dae_py.compiler.pipeline import choose_strategy
+from dae_py.contract.evaluate import Flow, classify
+from dae_py.runtime.bpf import BpfError
+from dae_py.runtime.build import BuildError
 from dae_py.runtime.packets import domain_key, frame
 
 from . import configs
-from .common import (Compiled, Timed, available_strategies, check_only, compile_one, machine_note, print_machine,
-                     retval, time_interleaved)
+from .common import (
+    Compiled,
+    Timed,
+    available_strategies,
+    check_only,
+    compile_one,
+    machine_note,
+    print_machine,
+    retval,
+    time_interleaved,
+)
 from .interpreter import Interpreter, encode
 
 # "last+dns": the 'last' frame, with a domain-map entry (no bits set) for its destination, as if
@@ -113,7 +124,7 @@ def run_row(row: Row, args: argparse.Namespace, tmp: Path) -> None:
         checked = c.checked
         try:
             c.load()
-        except Exception as exc:  # verifier rejection etc.
+        except (BpfError, BuildError, OSError, ValueError) as exc:  # verifier rejection etc.
             row.notes.append(f"{s}: load failed ({str(exc).splitlines()[0][:120]})")
             c.error = "load failed"
         if args.against is not None:
@@ -124,16 +135,13 @@ def run_row(row: Row, args: argparse.Namespace, tmp: Path) -> None:
                 continue
             try:
                 o.load()
-            except Exception as exc:
+            except (BpfError, BuildError, OSError, ValueError) as exc:
                 row.notes.append(f"old:{s}: load failed ({str(exc).splitlines()[0][:120]})")
                 o.error = "load failed"
     if checked is None:
         checked = check_only(row.text, f"{name}.yaml")
     row.checked = checked
-    try:
-        row.auto = choose_strategy(checked.ir, "auto")
-    except Exception as exc:
-        row.auto = f"? ({exc})"
+    row.auto = choose_strategy(checked.ir, "auto")  # raises nothing: it only counts rules and CIDRs
     enc = encode(checked.ir)
     row.entries = len(enc.entries)
     print(f"## {row.name}: {len(checked.ir.live_rules())} live rules, {len(enc.entries)} interpreter entries, "
@@ -188,8 +196,8 @@ def run_row(row: Row, args: argparse.Namespace, tmp: Path) -> None:
     print(f"   ({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
 
 
-def fmt(x: float, nd: int = 0) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+def fmt(x: float | None, nd: int = 0) -> str:
+    return "-" if x is None or math.isnan(x) else f"{x:.{nd}f}"
 
 
 def med(row: Row, pk: str, label: str) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from dae_py.contract.ir import L4_TCP, L4_UDP, IPNetwork
+from dae_py.contract.ir import L4_TCP, L4_UDP
 
 L4_NAMES = {L4_TCP: "IPPROTO_TCP", L4_UDP: "IPPROTO_UDP"}
 
@@ -57,12 +57,12 @@ def net6(addr_field: str, net: ipaddress.IPv6Network) -> str:
     return "(" + " && ".join(terms) + f") /* {net} */" if len(terms) > 1 else terms[0] + f" /* {net} */"
 
 
-def cidrs(addr_field: str, v4: tuple[IPNetwork, ...], v6: tuple[IPNetwork, ...]) -> str:
+def cidrs(addr_field: str, v4: tuple[ipaddress.IPv4Network, ...], v6: tuple[ipaddress.IPv6Network, ...]) -> str:
     parts = []
     if v4:
-        parts.append(f"(p->ipversion == 4 && {any_of([net4(addr_field, n) for n in v4])})")  # type: ignore[arg-type]
+        parts.append(f"(p->ipversion == 4 && {any_of([net4(addr_field, n) for n in v4])})")
     if v6:
-        parts.append(f"(p->ipversion == 6 && {any_of([net6(addr_field, n) for n in v6])})")  # type: ignore[arg-type]
+        parts.append(f"(p->ipversion == 6 && {any_of([net6(addr_field, n) for n in v6])})")
     return any_of(parts)
 
 

@@ -6,21 +6,43 @@ sees every problem in one run.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from dae_py.contract import fields
-from dae_py.contract.ir import (OUTBOUND_BLOCK, OUTBOUND_DIRECT, Action, DomainSet, Match, Outbound, Rule, RoutingIR,
-                                SourceRef)
+from dae_py.contract.ir import (
+    OUTBOUND_BLOCK,
+    OUTBOUND_DIRECT,
+    Action,
+    DomainSet,
+    Match,
+    Outbound,
+    RoutingIR,
+    Rule,
+    SourceRef,
+)
 
 from . import fields as compiler_fields
 from .diagnostics import Diagnostics, SourcePos, did_you_mean
 from .fields.common import Locate
 from .load import LoadedConfig
-from .rules import (Call, RuleAst, RuleSyntaxError, StructuredRuleError, abbreviate, parse_outbound, parse_rule,
-                    parse_structured_rule, structured_param_path)
+from .rules import (
+    Call,
+    RuleAst,
+    RuleSyntaxError,
+    StructuredRuleError,
+    abbreviate,
+    parse_outbound,
+    parse_rule,
+    parse_structured_rule,
+    structured_param_path,
+)
 from .values import parse_mark
+
+if TYPE_CHECKING:  # geodata itself is imported on first use: most configs name no geo tag
+    from .geodata import IPNetwork, SiteDomain
 
 BUILTIN_OUTBOUNDS = ("direct", "block")
 
@@ -32,36 +54,37 @@ class GeoResolver:
     geoip_path: Path | None
     geosite_path: Path | None
     asset_dir: Path
-    _cache: dict[tuple[str, str, str], Any] = field(default_factory=dict)
+    _ip_cache: dict[tuple[str, str], tuple[IPNetwork, ...]] = field(default_factory=dict)
+    _site_cache: dict[tuple[str, str], list[SiteDomain]] = field(default_factory=dict)
 
     def _file(self, explicit: Path | None, default_name: str) -> Path:
         return explicit if explicit is not None else self.asset_dir / default_name
 
-    def geoip(self, tag: str, path: Path | None = None) -> tuple[Any, ...]:
+    def geoip(self, tag: str, path: Path | None = None) -> tuple[IPNetwork, ...]:
         from . import geodata
 
         p = path or self._file(self.geoip_path, "geoip.dat")
-        key = ("ip", str(p), tag.lower())
-        if key not in self._cache:
+        key = (str(p), tag.lower())
+        if key not in self._ip_cache:
             entries = geodata.read_geoip(p, [tag])
             entry = entries[tag.lower()]
             if entry.reverse_match:
                 raise ValueError(f"geoip tag '{tag}' in {p} uses reverse_match, which is not supported")
-            self._cache[key] = tuple(entry.networks)
-        return self._cache[key]
+            self._ip_cache[key] = tuple(entry.networks)
+        return self._ip_cache[key]
 
-    def geosite(self, tag: str, path: Path | None = None) -> list[Any]:
+    def geosite(self, tag: str, path: Path | None = None) -> list[SiteDomain]:
         from . import geodata
 
         name, _, attr = tag.partition("@")
         p = path or self._file(self.geosite_path, "geosite.dat")
-        key = ("site", str(p), tag.lower())
-        if key not in self._cache:
+        key = (str(p), tag.lower())
+        if key not in self._site_cache:
             domains = geodata.read_geosite(p, [name])[name.lower()]
             if attr:
                 domains = geodata.filter_attr(domains, attr)
-            self._cache[key] = list(domains)
-        return self._cache[key]
+            self._site_cache[key] = list(domains)
+        return self._site_cache[key]
 
     def ext(self, spec: str) -> tuple[Path, str]:
         fname, sep, tag = spec.rpartition(":")
@@ -91,7 +114,8 @@ class RoutingChecker:
             self.outbounds[g["name"]] = g["id"]
         self.groups = groups
         self.used: dict[str, SourcePos] = {}  # outbound name -> where routing first sends flows to it
-        self.domain_sets: dict[tuple, DomainSet] = {}
+        # (full, suffix, keyword, regex), each sorted: equal domain() matches share one DomainSet
+        self.domain_sets: dict[tuple[tuple[str, ...], ...], DomainSet] = {}
         self.pnames: dict[str, None] = {}
 
     # ---- entry point -------------------------------------------------------------------------
@@ -152,7 +176,9 @@ class RoutingChecker:
                 self.diags.error(self.cfg.pos.value(path + exc.path), exc.message, exc.hint)
                 return None
 
-            def locate_structured(call: Call, off: int, cp: list = call_paths, a: RuleAst = ast) -> SourcePos:
+            def locate_structured(
+                call: Call, off: int, cp: list[tuple[Any, ...]] = call_paths, a: RuleAst = ast
+            ) -> SourcePos:
                 k = next(i for i, c in enumerate(a.calls) if c is call)
                 return self.cfg.pos.value(path + structured_param_path(raw, cp[k], off))
 
@@ -222,7 +248,10 @@ class RoutingChecker:
     def _match(self, call: Call, ctx: RuleContext) -> Match | None:
         """A call through the field registry: its spec by name, its kind's check for the values."""
         spec = fields.by_name(call.name)
-        locate: Locate = lambda off: ctx.locate_call(call, off)  # noqa: E731
+
+        def locate(off: int) -> SourcePos:
+            return ctx.locate_call(call, off)
+
         if spec is None:
             self.diags.error(locate(call.offset), f"unknown function '{call.name}'",
                              did_you_mean(call.name, fields.names()))

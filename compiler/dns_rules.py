@@ -13,17 +13,18 @@ The runtime evaluates these; it never parses a rule string.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from dae_py.contract import fields
 from dae_py.contract.fields import dnsrules
 from dae_py.contract.ir import Field, RoutingIR
 
 from .check import GeoResolver, RoutingChecker
+from .diagnostics import Diagnostics
 from .fields.cidr import check_cidrs
 from .fields.domain import check_domain
-from .diagnostics import Diagnostics
 from .load import LoadedConfig
 from .rules import RuleSyntaxError, parse_rule
 

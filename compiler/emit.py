@@ -19,11 +19,11 @@ from typing import Any
 import jinja2
 
 from dae_py.contract import fields
-from dae_py.contract.ir import Rule, RoutingIR, max_domain_words
+from dae_py.contract.ir import RoutingIR, Rule, max_domain_words
+from dae_py.contract.version import COMPILER_VERSION
 
 from .outdir import check_output_dir
 from .tables import MapTable
-from dae_py.contract.version import COMPILER_VERSION
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "bpf"
 HAND_WRITTEN_HEADERS = ("common.h", "parse.h", "hijack.h", "datapath.h")

@@ -15,12 +15,26 @@ knows every rule, so all vectors are computed here; the program holds no rules, 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from dae_py.contract import fields as contract_fields
-from dae_py.contract.ir import L4_TCP, L4_UDP, CidrSet, DomainRef, Field, Match, PortSet, Rule, RoutingIR, ValueSet
+from dae_py.contract.ir import (
+    L4_TCP,
+    L4_UDP,
+    CidrSet,
+    DomainRef,
+    Field,
+    IPNetwork,
+    Match,
+    PortSet,
+    RoutingIR,
+    Rule,
+    ValueSet,
+)
 
 from .fields.domain import domain_term
 from .tables import MapTable, cidr_membership, lpm_key, words_bytes
@@ -55,6 +69,17 @@ class FieldPlan:
             if all(holds(m) != m.negated for m in ms):
                 v |= 1 << pos
         return v
+
+
+def holds_value(value: Any) -> Callable[[Match], bool]:
+    """For FieldPlan.vector: does a match's value set (ports, CIDRs or discrete values) hold `value`."""
+
+    def holds(m: Match) -> bool:
+        vs = m.values
+        assert isinstance(vs, PortSet | CidrSet | ValueSet)
+        return vs.contains(value)
+
+    return holds
 
 
 def is_domain(m: Match) -> bool:
@@ -97,13 +122,13 @@ def proto_vectors(ps: dict[Field, FieldPlan]) -> list[Vec] | None:
             v: Vec = -1
             for f, val in ((Field.L4PROTO, proto), (Field.IPVERSION, ver)):
                 if f in ps:
-                    v &= ps[f].vector(lambda m, val=val: m.values.contains(val))  # type: ignore[union-attr]
+                    v &= ps[f].vector(holds_value(val))
             out.append(v & next(iter(ps.values())).all_ones)
     return out
 
 
 def dscp_vectors(plan: FieldPlan) -> list[Vec]:
-    return [plan.vector(lambda m, d=d: m.values.contains(d)) for d in range(64)]  # type: ignore[union-attr]
+    return [plan.vector(holds_value(d)) for d in range(64)]
 
 
 def port_classes(plan: FieldPlan) -> tuple[list[int], list[Vec]]:
@@ -121,7 +146,9 @@ def port_classes(plan: FieldPlan) -> tuple[list[int], list[Vec]]:
             for lo, hi in m.values.ranges:
                 cuts.update((lo, hi + 1))
         if len(ms) == 1 and not ms[0].negated:
-            for lo, hi in ms[0].values.ranges:  # type: ignore[union-attr]
+            only = ms[0].values
+            assert isinstance(only, PortSet)
+            for lo, hi in only.ranges:
                 events[lo] = events.get(lo, 0) ^ (1 << pos)
                 events[hi + 1] = events.get(hi + 1, 0) ^ (1 << pos)
         else:
@@ -132,11 +159,11 @@ def port_classes(plan: FieldPlan) -> tuple[list[int], list[Vec]]:
     table = [0] * 65536
     active: Vec = 0
     base = plan.dont_care
-    for lo, nxt in zip(bounds, bounds[1:]):
+    for lo, nxt in itertools.pairwise(bounds):
         active ^= events.get(lo, 0)
         v = base | active
         for pos, ms in complex_rules.items():
-            if all(m.values.contains(lo) != m.negated for m in ms):  # type: ignore[union-attr]
+            if all(holds_value(lo)(m) != m.negated for m in ms):
                 v |= 1 << pos
         if v not in class_of_vec:
             class_of_vec[v] = len(vecs)
@@ -147,7 +174,7 @@ def port_classes(plan: FieldPlan) -> tuple[list[int], list[Vec]]:
 
 def cidr_vectors(plan: FieldPlan, family: int) -> tuple[dict[Any, Vec], Vec]:
     """Vector per prefix in the trie, and the vector for an address that hits no prefix."""
-    sets: list[tuple] = []
+    sets: list[tuple[IPNetwork, ...]] = []
     set_index: dict[CidrSet, int] = {}
     simple: dict[int, Vec] = {}   # set -> rules whose only match on the field is this set, positive
     complex_rules: dict[int, list[tuple[int, bool]]] = {}
@@ -187,7 +214,7 @@ def value_vectors(plan: FieldPlan) -> tuple[dict[Any, Vec], Vec]:
             assert isinstance(m.values, ValueSet)
             values.update(m.values.values)
     default = plan.vector(lambda m: False)
-    return {v: plan.vector(lambda m, v=v: m.values.contains(v)) for v in sorted(values, key=str)}, default  # type: ignore[union-attr]
+    return {v: plan.vector(holds_value(v)) for v in sorted(values, key=str)}, default
 
 
 def domain_plan(live: tuple[Rule, ...], all_ones: Vec) -> dict[str, Any] | None:
@@ -435,9 +462,9 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
 
     proto = proto_vectors(ps)
     if proto:
-        t = ClassTable()
+        pt = ClassTable()
         for v in proto:
-            t.cls(v)
+            pt.cls(v)
         rows = [c_words(v, words) for v in proto]
         ctx["proto"] = {"rows": rows}
         fields.append({"var": "v_proto", "uses": uses_words(rule_bits((Field.L4PROTO, Field.IPVERSION))),
@@ -454,7 +481,7 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
         ctx["dscp"] = None
 
     ctx["proto_dscp"] = None
-    if ctx["proto"] and ctx["dscp"]:
+    if proto and ctx["dscp"]:  # ctx["proto"] is set exactly when proto is
         # Both small: one table indexed by (protocol index, DSCP) saves a vector per word below.
         dv = dscp_vectors(ps[Field.DSCP])
         ct = ClassTable()
@@ -586,7 +613,7 @@ def bitvector_context(ir: RoutingIR) -> tuple[dict[str, Any], list[MapTable]]:
         # vector fewer in the word loop.
         host = next((f for f in fields if "table" in f), None)
         if host is not None:
-            host["uses"] = [a or b for a, b in zip(host["uses"], uses_words(dom_bits))]
+            host["uses"] = [a or b for a, b in zip(host["uses"], uses_words(dom_bits), strict=True)]  # a flag a word
             ctx["domain"]["host"] = {"var": host["var"], "table": host["table"], "idx": host["idx"],
                                      "nd_table": host["table"].replace("_vecs", "_nd_vecs"), "size": host["size"],
                                      "rows": [c_words(v & nodom, words) for v in host["vecs"]]}

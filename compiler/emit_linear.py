@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dae_py.contract import fields
-from dae_py.contract.ir import CidrSet, Field, Match, PortSet, Rule, RoutingIR
+from dae_py.contract.ir import CidrSet, Field, IPNetwork, Match, PortSet, RoutingIR, Rule
 
 from . import cexpr
 from . import fields as compiler_fields
@@ -66,8 +66,8 @@ def large_tables(large: LargeSets) -> tuple[list[dict[str, Any]], list[MapTable]
         g: dict[str, Any] = {"field": fld, "addr": fields.spec(Field(fld)).operand, "words": words,
                              "nsets": len(sets), "value_type": f"{fld}_set_bits", "maps": []}
         for family in (4, 6):
-            nets_per_set = [s.v4 if family == 4 else s.v6 for s in sets]
-            membership = cidr_membership(nets_per_set, family)  # type: ignore[arg-type]
+            nets_per_set: list[tuple[IPNetwork, ...]] = [s.v4 if family == 4 else s.v6 for s in sets]
+            membership = cidr_membership(nets_per_set, family)
             if not membership:
                 continue
             name = f"{fld}{family}_sets"

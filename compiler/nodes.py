@@ -7,21 +7,22 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-import re
 from urllib.parse import parse_qs, unquote
 
-from .diagnostics import Diagnostics, SourcePos, did_you_mean
-from .load import LoadedConfig
-from .readfile import read_capped_text
-from .proxy_links import LinkError, finish_ss, finish_trojan, mask_link
-from .rules import RuleSyntaxError, parse_filter
-from .urls import split_url
 from dae_py.contract.capabilities import KNOWN_PROTOCOLS, RUNTIME_PROTOCOLS, protocol
 from dae_py.contract.userregex import compile_user_regex
+
+from .diagnostics import Diagnostics, SourcePos, did_you_mean
+from .load import JsonPath, LoadedConfig
 from .options import bounded_duration, check_tcp_check_url, check_udp_check_dns
+from .proxy_links import LinkError, finish_ss, finish_trojan, mask_link
+from .readfile import read_capped_text
+from .rules import Call, RuleSyntaxError, parse_filter
+from .urls import split_url
 
 # The protocols the runtime can dial today (contract/capabilities.py); the others parse and
 # validate but are reported, with what the runtime is missing for them.
@@ -60,15 +61,18 @@ def parse_link(name: str, link: str, allow_insecure: bool = False) -> dict[str, 
             info = json.loads(_b64(rest))
             node.update(host=str(info["add"]), port=int(info["port"]), username=str(info["id"]),
                         params={k: v for k, v in info.items() if k not in ("add", "port", "id")})
-        except Exception as exc:
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
+            # bad base64, UTF-8 or JSON (all ValueError), a missing key, JSON that is not an object or
+            # whose port is not a number (Infinity: OverflowError), JSON nested past the recursion limit
             raise LinkError(f"node '{name}': vmess link is not v2rayN base64 JSON with add/port/id ({exc})") from None
         return node
     if scheme == "ss" and "@" not in rest.split("#")[0]:
         try:  # legacy form: ss://base64(method:password@host:port)#tag
             head, _, frag = rest.partition("#")
             rest = _b64(head) + ("#" + frag if frag else "")
-        except Exception:
-            raise LinkError(f"node '{name}': ss link is neither SIP002 nor base64 'method:password@host:port'") from None
+        except ValueError:  # binascii.Error, UnicodeDecodeError: not base64 of UTF-8
+            raise LinkError(f"node '{name}': ss link is neither SIP002 nor base64 "
+                            "'method:password@host:port'") from None
     try:
         u = split_url(f"{scheme}://{rest}")
     except ValueError as exc:
@@ -92,7 +96,7 @@ def parse_link(name: str, link: str, allow_insecure: bool = False) -> dict[str, 
         try:
             method, _, password = _b64(node["username"]).partition(":")
             node["username"], node["password"] = method, password
-        except Exception:
+        except ValueError:  # binascii.Error, UnicodeDecodeError: not base64 of UTF-8
             raise LinkError(f"node '{name}': ss userinfo is neither base64 'method:password' nor "
                             f"'method:password'", len(scheme) + 3) from None
     if scheme in ("ss", "trojan"):
@@ -124,7 +128,7 @@ def _read_subscription(url: str, base: Path) -> list[str]:
     raw = read_capped_text(path, SUBSCRIPTION_MAX_BYTES, "subscription", regular_only=True).strip()
     try:
         text = _b64(raw) if "://" not in raw else raw
-    except Exception:
+    except ValueError:  # not base64 of UTF-8: the links are plain text
         text = raw
     return [line.strip() for line in text.splitlines() if line.strip()]
 
@@ -200,7 +204,7 @@ def build_node_pool(cfg: LoadedConfig, diags: Diagnostics, allow_insecure: bool)
     return NodePool(nodes=nodes, tags=tags)
 
 
-def _filter_matches(calls: tuple, node_name: str, tag: str | None) -> bool:
+def _filter_matches(calls: tuple[Call, ...], node_name: str, tag: str | None) -> bool:
     for call in calls:
         hit = False
         for p in call.params:
@@ -223,7 +227,9 @@ def _filter_matches(calls: tuple, node_name: str, tag: str | None) -> bool:
     return True
 
 
-def resolve_groups(cfg: LoadedConfig, diags: Diagnostics, pool: NodePool, defaults: dict[str, Any]) -> list[dict[str, Any]]:
+def resolve_groups(
+    cfg: LoadedConfig, diags: Diagnostics, pool: NodePool, defaults: dict[str, Any]
+) -> list[dict[str, Any]]:
     """Evaluate each group's filter against the pool; ids follow direct (0) and block (1)."""
     groups = []
     for gid, (name, spec) in enumerate((cfg.data.get("groups") or {}).items(), start=2):
@@ -301,7 +307,7 @@ def resolve_groups(cfg: LoadedConfig, diags: Diagnostics, pool: NodePool, defaul
     return groups
 
 
-def _check_settings(raw: dict[str, Any], cfg: LoadedConfig, path: tuple, diags: Diagnostics) -> dict[str, Any]:
+def _check_settings(raw: dict[str, Any], cfg: LoadedConfig, path: JsonPath, diags: Diagnostics) -> dict[str, Any]:
     def as_list(v: Any) -> list[str]:
         return [v] if isinstance(v, str) else list(v)
 
@@ -324,5 +330,5 @@ def _check_settings(raw: dict[str, Any], cfg: LoadedConfig, path: tuple, diags: 
     return out
 
 
-def position_of(cfg: LoadedConfig, path: tuple) -> SourcePos:
+def position_of(cfg: LoadedConfig, path: JsonPath) -> SourcePos:
     return cfg.pos.value(path)

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import replace
+from typing import TypeVar
 
 from dae_py.contract import fields
-from dae_py.contract.ir import CidrSet, Field, Match, PortSet, Rule, RoutingIR, ValueSet
+from dae_py.contract.ir import CidrSet, Field, Match, PortSet, RoutingIR, Rule, ValueSet
 
 from .diagnostics import Diagnostics, SourcePos
+
+# One address family at a time: a CidrSet keeps its v4 and v6 networks apart.
+_Net = TypeVar("_Net", ipaddress.IPv4Network, ipaddress.IPv6Network)
 
 
 def coalesce_ports(ranges: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
@@ -29,7 +33,7 @@ def coalesce_ports(ranges: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int]
     return tuple((lo, hi) for lo, hi in out)
 
 
-def collapse(nets: tuple) -> tuple:
+def collapse(nets: tuple[_Net, ...]) -> tuple[_Net, ...]:
     return tuple(ipaddress.collapse_addresses(nets)) if nets else ()
 
 
@@ -54,8 +58,8 @@ def intersect_ports(a: PortSet, b: PortSet) -> PortSet:
     return PortSet(coalesce_ports(tuple(out)))
 
 
-def intersect_nets(a: tuple, b: tuple) -> tuple:
-    out = []
+def intersect_nets(a: tuple[_Net, ...], b: tuple[_Net, ...]) -> tuple[_Net, ...]:
+    out: list[_Net] = []
     for x in a:
         for y in b:
             if x.subnet_of(y):
@@ -128,7 +132,11 @@ def never_reason(rule: Rule) -> str | None:
             return f"!{m.field.value}() excludes every packet"
         if m.negated and fields.spec(m.field).merges and Match(m.field, m.values, False) in rule.matches:
             return f"it requires both {m.field.value}() and !{m.field.value}() of the same values"
-    versions = set(by_field[Field.IPVERSION].values.values) if Field.IPVERSION in by_field else {4, 6}  # type: ignore[union-attr]
+    versions: set[int] = {4, 6}
+    if Field.IPVERSION in by_field:
+        ipv = by_field[Field.IPVERSION].values
+        assert isinstance(ipv, ValueSet)
+        versions = set(ipv.values)
     for f in (s.field for s in fields.of_kind("cidr")):
         if f in by_field:
             cs = by_field[f].values
@@ -147,7 +155,7 @@ def matches_everything(rule: Rule) -> bool:
 def optimise(ir: RoutingIR, diags: Diagnostics) -> RoutingIR:
     rules: list[Rule] = []
     catch_all: Rule | None = None
-    seen: dict[tuple, Rule] = {}
+    seen: dict[tuple[Match, ...], Rule] = {}
     for r in ir.rules:
         r = merge_rule(r)
         at = SourcePos(r.source.file, r.source.line, r.source.col)

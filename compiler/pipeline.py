@@ -139,7 +139,12 @@ def compile_config(path: str | Path | None, out_dir: str | Path | None, *, text:
     """Check, and when `out_dir` is given, emit a build. Raises CompileError on config errors."""
     from .emit import render, write_build
 
-    cfg = load_config(path) if text is None else load_config_text(text, name)  # type: ignore[arg-type]
+    if text is not None:
+        cfg = load_config_text(text, name)
+    elif path is not None:
+        cfg = load_config(path)
+    else:
+        raise TypeError("compile_config needs a path or text")
     checked = check_config(cfg)
     if out_dir is not None:
         chosen = choose_strategy(checked.ir, strategy)

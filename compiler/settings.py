@@ -86,8 +86,8 @@ def dns_settings(cfg: LoadedConfig, diags: Diagnostics) -> dict[str, Any]:
         if not u.hostname:
             diags.error(cfg.pos.value(("dns", "upstream", name)), f"dns upstream '{name}': no host in {url!r}")
             continue
-        path = u.path or ("/dns-query" if u.scheme in ("https", "h3", "http3") else "")
-        upstreams[name] = {"name": name, "scheme": u.scheme, "host": u.hostname, "port": port, "path": path,
+        url_path = u.path or ("/dns-query" if u.scheme in ("https", "h3", "http3") else "")
+        upstreams[name] = {"name": name, "scheme": u.scheme, "host": u.hostname, "port": port, "path": url_path,
                            "url": url}
     routing = raw.get("routing") or {}
     out_routing: dict[str, Any] = {}

@@ -7,8 +7,6 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from dae_py.contract.values import format_mac, parse_mac  # noqa: F401  (re-exported: check.py, emit_linear.py)
-
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 

@@ -51,8 +51,8 @@ PROTOCOLS: tuple[ProtocolCapability, ...] = (
     ProtocolCapability("https", dialable=True),
     ProtocolCapability("ss", dialable=True, udp=True),
     ProtocolCapability("trojan", dialable=True, udp=True),
-    ProtocolCapability("socks5h", dialable=False, missing="no socks5h outbound; socks5:// works: the relay sends addresses, "
-                                                          "not names"),
+    ProtocolCapability("socks5h", dialable=False,
+                       missing="no socks5h outbound; socks5:// works: the relay sends addresses, not names"),
     ProtocolCapability("vmess", dialable=False, missing="no VMess outbound"),
     ProtocolCapability("vless", dialable=False, missing="no VLESS outbound"),
 )

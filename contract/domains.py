@@ -22,7 +22,7 @@ class DomainMatcher:
     regexes: list[tuple[UserRegex, int]] = field(default_factory=list)
 
     @classmethod
-    def from_sets(cls, sets: tuple[DomainSet, ...]) -> "DomainMatcher":
+    def from_sets(cls, sets: tuple[DomainSet, ...]) -> DomainMatcher:
         m = cls()
         for s in sets:
             bit = 1 << s.bit

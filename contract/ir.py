@@ -9,9 +9,9 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Union
+from typing import Any
 
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Fixed outbound ids: groups follow from 2 in the order the config declares them.
 OUTBOUND_DIRECT = 0
@@ -95,7 +95,7 @@ class DomainRef:
     bit: int
 
 
-MatchValues = Union[PortSet, CidrSet, ValueSet, DomainRef]
+MatchValues = PortSet | CidrSet | ValueSet | DomainRef
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,20 @@ import ipaddress
 from pathlib import Path
 from typing import Any
 
-from .ir import (Action, CidrSet, DomainRef, DomainSet, Field, Match, Outbound, PortSet, Rule, RoutingIR,
-                 SourceRef, ValueSet)
+from .ir import (
+    Action,
+    CidrSet,
+    DomainRef,
+    DomainSet,
+    Field,
+    Match,
+    Outbound,
+    PortSet,
+    RoutingIR,
+    Rule,
+    SourceRef,
+    ValueSet,
+)
 
 
 def _values_to_json(v: Any) -> dict[str, Any]:
@@ -41,7 +53,8 @@ def ir_to_json(ir: RoutingIR) -> dict[str, Any]:
     return {
         "rules": [{
             "index": r.index, "never_matches": r.never_matches, "action": _action(r.action),
-            "source": {"file": Path(r.source.file).name, "line": r.source.line, "col": r.source.col, "text": r.source.text},
+            "source": {"file": Path(r.source.file).name, "line": r.source.line, "col": r.source.col,
+                       "text": r.source.text},
             "matches": [{"field": m.field.value, "negated": m.negated, **_values_to_json(m.values)} for m in r.matches],
         } for r in ir.rules],
         "fallback": _action(ir.fallback),

@@ -97,7 +97,8 @@ class Layout:
         return self.struct.pack(*values)
 
     def unpack(self, raw: bytes, offset: int = 0) -> dict[str, Any]:
-        return dict(zip(self.fields, self.struct.unpack_from(raw, offset)))
+        # One name per unpacked value, by construction (fields and _fmt skip the same padding).
+        return dict(zip(self.fields, self.struct.unpack_from(raw, offset), strict=True))
 
     def member(self, name: str) -> Member:
         for m in self.members:

@@ -2,23 +2,17 @@
 
     python scripts/lint.py [ruff|mypy|noqa ...] [--summary]
 
-With no check named, all three run. Exit status 1 when a file outside the pending list (see below)
-has a finding. ``--summary`` also prints the findings per file for every file, pending or not, so
-what is left to fix is one command away.
+With no check named, all three run. Exit status 1 when any file has a finding. ``--summary`` also
+prints the findings per file and the number of ``type: ignore`` comments left.
 
 Why a script and not plain ``mypy .``: the distribution maps ``dae_py.compiler`` to ``compiler/``,
 ``dae_py.runtime`` to ``runtime/`` and so on (setuptools package-dir), and the editable install
 reaches them through an import hook that mypy cannot follow. So mypy runs on a tree of symlinks,
 ``.mypy_cache/dae_py-src/``, laid out as the installed package is; its paths are mapped back to the
 source files before they are reported.
-
-The pending list, ``[tool.dae-py.lint] pending`` in pyproject.toml, names files (globs) whose
-findings are reported but do not fail the run: files being rewritten while lint was introduced.
-It is meant to shrink to nothing.
 """
 from __future__ import annotations
 
-import fnmatch
 import io
 import json
 import os
@@ -28,7 +22,7 @@ import sys
 import tokenize
 import tomllib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,24 +60,6 @@ def package_dirs() -> dict[str, str]:
     dirs = tool["setuptools"]["package-dir"]
     assert isinstance(dirs, dict)
     return {str(k): str(v) for k, v in dirs.items()}
-
-
-def pending_globs() -> list[str]:
-    tool = pyproject()["tool"]
-    assert isinstance(tool, dict)
-    lint = tool.get("dae-py", {}).get("lint", {})
-    return [str(g) for g in lint.get("pending", [])]
-
-
-def is_pending(path: str, globs: Iterable[str]) -> bool:
-    """The last glob that matches decides; one starting with "!" takes the path out again."""
-    pending = False
-    for g in globs:
-        if g.startswith("!"):
-            pending = pending and not fnmatch.fnmatchcase(path, g[1:])
-        elif fnmatch.fnmatchcase(path, g):
-            pending = True
-    return pending
 
 
 def python_files() -> list[str]:
@@ -247,20 +223,17 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"usage: {Path(__file__).name} [ruff|mypy|noqa ...] [--summary]", file=sys.stderr)
         return 2
-    globs = pending_globs()
     findings = [f for name in names for f in CHECKS[name]()]
-    failing = [f for f in findings if not is_pending(f.path, globs)]
-    for f in failing:
+    for f in findings:
         print(f.render())
     if summary:
         per_file = Counter((f.path, f.tool) for f in findings)
-        print("\nfindings per file (P = in the pending list, not failing the run):")
+        if per_file:
+            print("\nfindings per file:")
         for (path, tool), n in sorted(per_file.items()):
-            print(f"  {'P' if is_pending(path, globs) else ' '} {n:5d}  {tool:5s} {path}")
-        pending = len(findings) - len(failing)
-        print(f"total: {len(findings)} findings, {pending} in pending files, {len(failing)} failing; "
-              f"type: ignore comments: {count_type_ignores()}")
-    return 1 if failing else 0
+            print(f"  {n:5d}  {tool:5s} {path}")
+        print(f"total: {len(findings)} findings; type: ignore comments: {count_type_ignores()}")
+    return 1 if findings else 0
 
 
 if __name__ == "__main__":

@@ -1,9 +1,8 @@
 """Lint is part of the suite: ruff, mypy (strict on the contract and the compiler) and the rule that
 every suppression names its code and says why, all through scripts/lint.py.
 
-Files in pyproject.toml's temporary `[tool.dae-py.lint] pending` list are reported by
-`python scripts/lint.py --summary` but do not fail here. The last tests prove the checks bite: a
-deliberate violation in a scratch file is caught.
+`python scripts/lint.py --summary` lists what is left per file. The last tests prove the checks
+bite: a deliberate violation in a scratch file is caught.
 """
 from __future__ import annotations
 
@@ -18,21 +17,20 @@ from scripts import lint
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _failing(findings: list[lint.Finding]) -> list[str]:
-    globs = lint.pending_globs()
-    return [f.render() for f in findings if not lint.is_pending(f.path, globs)]
+def _rendered(findings: list[lint.Finding]) -> list[str]:
+    return [f.render() for f in findings]
 
 
-def test_ruff_finds_nothing_outside_the_pending_list() -> None:
-    assert _failing(lint.run_ruff()) == []
+def test_ruff_finds_nothing() -> None:
+    assert _rendered(lint.run_ruff()) == []
 
 
-def test_mypy_finds_nothing_outside_the_pending_list() -> None:
-    assert _failing(lint.run_mypy()) == []
+def test_mypy_finds_nothing() -> None:
+    assert _rendered(lint.run_mypy()) == []
 
 
 def test_every_suppression_names_its_code_and_a_reason() -> None:
-    assert _failing(lint.run_noqa()) == []
+    assert _rendered(lint.run_noqa()) == []
 
 
 def test_ruff_catches_a_deliberate_violation(tmp_path: Path) -> None:
@@ -73,10 +71,3 @@ def test_a_suppression_without_code_or_reason_is_caught(line: str, code: str) ->
 ])
 def test_a_suppression_with_code_and_reason_passes(line: str) -> None:
     assert lint.suppression_findings("scratch.py", line) == []
-
-
-def test_pending_globs_and_exceptions() -> None:
-    globs = ["contract/*", "!contract/__init__.py"]
-    assert lint.is_pending("contract/ir.py", globs)
-    assert not lint.is_pending("contract/__init__.py", globs)
-    assert not lint.is_pending("compiler/load.py", globs)

@@ -7,8 +7,9 @@ its own module and a line in `OVERRIDES`; none does today.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from dae_py.contract.fields import FieldSpec
 from dae_py.contract.ir import Field, Match, MatchValues
@@ -27,8 +28,8 @@ class FieldImpl:
     """How the compiler checks a call of a field into IR values, and writes a match as a C
     expression for the straight-line classifier."""
 
-    check: Callable[["RoutingChecker", FieldSpec, Call, Locate], MatchValues | None]
-    linear_expr: Callable[[FieldSpec, Match, "LargeSets"], str]
+    check: Callable[[RoutingChecker, FieldSpec, Call, Locate], MatchValues | None]
+    linear_expr: Callable[[FieldSpec, Match, LargeSets], str]
 
 
 KINDS: dict[str, FieldImpl] = {

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ..emit_linear import LargeSets
 
 
-def check_choice(checker: "RoutingChecker", spec: FieldSpec, call: Call, locate: Locate) -> ValueSet | None:
+def check_choice(checker: RoutingChecker, spec: FieldSpec, call: Call, locate: Locate) -> ValueSet | None:
     allowed = spec.choices
     vals, ok = [], True
     for p in call.params:
@@ -42,7 +42,7 @@ def c_value(spec: FieldSpec, x: int) -> str:
     return C_NAMES.get(spec.field, {}).get(x, str(x))
 
 
-def linear_expr(spec: FieldSpec, m: Match, large: "LargeSets") -> str:
+def linear_expr(spec: FieldSpec, m: Match, large: LargeSets) -> str:
     v = m.values
     assert isinstance(v, ValueSet)
     return cexpr.any_of([f"p->{spec.operand} == {c_value(spec, x)}" for x in v.values])

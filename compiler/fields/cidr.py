@@ -20,7 +20,7 @@ IP_KEYS = ("geoip", "ext")
 SMALL_CIDRS = 8  # per family; more than this and the set goes into an LPM trie
 
 
-def check_cidrs(checker: "RoutingChecker", spec: FieldSpec, call: Call, locate: Locate) -> CidrSet | None:
+def check_cidrs(checker: RoutingChecker, spec: FieldSpec, call: Call, locate: Locate) -> CidrSet | None:
     v4: list[ipaddress.IPv4Network] = []
     v6: list[ipaddress.IPv6Network] = []
     ok = True
@@ -42,7 +42,7 @@ def check_cidrs(checker: "RoutingChecker", spec: FieldSpec, call: Call, locate: 
             else:
                 path, tag = checker.geo.ext(value)
                 nets = checker.geo.geoip(tag, path)
-        except Exception as exc:  # GeoDataError, ValueError
+        except ValueError as exc:  # a bad CIDR or ext spec, or GeoDataError (a ValueError): missing file, tag
             checker.diags.error(locate(at if key is None else p.offset), str(exc))
             ok = False
             continue
@@ -55,7 +55,7 @@ def is_large_cidr(s: CidrSet) -> bool:
     return len(s.v4) > SMALL_CIDRS or len(s.v6) > SMALL_CIDRS
 
 
-def linear_expr(spec: FieldSpec, m: Match, large: "LargeSets") -> str:
+def linear_expr(spec: FieldSpec, m: Match, large: LargeSets) -> str:
     v = m.values
     assert isinstance(v, CidrSet)
     if is_large_cidr(v):

@@ -31,7 +31,7 @@ def bad_geosite_regex(entries: list[Any]) -> str | None:
     return None
 
 
-def check_domain(checker: "RoutingChecker", spec: FieldSpec, call: Call, locate: Locate) -> DomainRef | None:
+def check_domain(checker: RoutingChecker, spec: FieldSpec, call: Call, locate: Locate) -> DomainRef | None:
     """The call's patterns as one canonical domain set, shared by every call with the same ones."""
     buckets: dict[str, list[str]] = {"full": [], "suffix": [], "keyword": [], "regex": []}
     ok = True
@@ -53,7 +53,7 @@ def check_domain(checker: "RoutingChecker", spec: FieldSpec, call: Call, locate:
                     name, _, attr = p.value.rpartition(":")[2].partition("@")
                     raise ValueError(f"'{key}:{p.value}' selects no domain: no domain of tag '{name}' "
                                      f"has the attribute '@{attr}'")
-            except Exception as exc:
+            except ValueError as exc:  # GeoDataError (a ValueError): missing/damaged file, unknown tag; bad ext
                 diags.error(locate(p.offset), str(exc))
                 ok = False
                 continue
@@ -97,7 +97,7 @@ def domain_term(bit: int) -> str:
     return f"(dom && (dom->w[{bit // 64}] & (1ULL << {bit % 64})))"
 
 
-def linear_expr(spec: FieldSpec, m: Match, large: "LargeSets") -> str:
+def linear_expr(spec: FieldSpec, m: Match, large: LargeSets) -> str:
     v = m.values
     assert isinstance(v, DomainRef)
     return domain_term(v.bit)

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ..emit_linear import LargeSets
 
 
-def check_dscp(checker: "RoutingChecker", spec: FieldSpec, call: Call, locate: Locate) -> ValueSet | None:
+def check_dscp(checker: RoutingChecker, spec: FieldSpec, call: Call, locate: Locate) -> ValueSet | None:
     vals, ok = [], True
     for p in call.params:
         if not no_key(checker, call, p, locate):
@@ -32,7 +32,7 @@ def check_dscp(checker: "RoutingChecker", spec: FieldSpec, call: Call, locate: L
     return ValueSet(tuple(vals)) if ok else None
 
 
-def linear_expr(spec: FieldSpec, m: Match, large: "LargeSets") -> str:
+def linear_expr(spec: FieldSpec, m: Match, large: LargeSets) -> str:
     v = m.values
     assert isinstance(v, ValueSet)
     mask = 0

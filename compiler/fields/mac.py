@@ -5,10 +5,10 @@ from typing import TYPE_CHECKING
 
 from dae_py.contract.fields import FieldSpec
 from dae_py.contract.ir import Match, ValueSet
+from dae_py.contract.values import format_mac, parse_mac
 
 from .. import cexpr
 from ..rules import Call
-from ..values import format_mac, parse_mac
 from .common import Locate
 
 if TYPE_CHECKING:
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ..emit_linear import LargeSets
 
 
-def check_macs(checker: "RoutingChecker", spec: FieldSpec, call: Call, locate: Locate) -> ValueSet | None:
+def check_macs(checker: RoutingChecker, spec: FieldSpec, call: Call, locate: Locate) -> ValueSet | None:
     vals, ok = [], True
     for p in call.params:
         text = p.value if p.key is None else f"{p.raw_key}{p.value}"
@@ -29,7 +29,7 @@ def check_macs(checker: "RoutingChecker", spec: FieldSpec, call: Call, locate: L
     return ValueSet(tuple(vals)) if ok else None
 
 
-def linear_expr(spec: FieldSpec, m: Match, large: "LargeSets") -> str:
+def linear_expr(spec: FieldSpec, m: Match, large: LargeSets) -> str:
     v = m.values
     assert isinstance(v, ValueSet)
     return "(p->has_mac && " + cexpr.any_of(

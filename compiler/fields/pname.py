@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 TASK_COMM_LEN = 16
 
 
-def check_pnames(checker: "RoutingChecker", spec: FieldSpec, call: Call, locate: Locate) -> ValueSet | None:
+def check_pnames(checker: RoutingChecker, spec: FieldSpec, call: Call, locate: Locate) -> ValueSet | None:
     vals, ok = [], True
     for p in call.params:
         if not no_key(checker, call, p, locate):
@@ -35,7 +35,7 @@ def check_pnames(checker: "RoutingChecker", spec: FieldSpec, call: Call, locate:
     return ValueSet(tuple(vals)) if ok else None
 
 
-def linear_expr(spec: FieldSpec, m: Match, large: "LargeSets") -> str:
+def linear_expr(spec: FieldSpec, m: Match, large: LargeSets) -> str:
     v = m.values
     assert isinstance(v, ValueSet)
     terms = []

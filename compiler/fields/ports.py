@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 SMALL_PORT_RANGES = 8
 
 
-def check_ports(checker: "RoutingChecker", spec: FieldSpec, call: Call, locate: Locate) -> PortSet | None:
+def check_ports(checker: RoutingChecker, spec: FieldSpec, call: Call, locate: Locate) -> PortSet | None:
     ranges, ok = [], True
     for p in call.params:
         if not no_key(checker, call, p, locate):
@@ -32,7 +32,7 @@ def check_ports(checker: "RoutingChecker", spec: FieldSpec, call: Call, locate: 
     return PortSet(tuple(ranges)) if ok else None
 
 
-def linear_expr(spec: FieldSpec, m: Match, large: "LargeSets") -> str:
+def linear_expr(spec: FieldSpec, m: Match, large: LargeSets) -> str:
     v = m.values
     assert isinstance(v, PortSet)
     pf = f"p->{spec.operand}"

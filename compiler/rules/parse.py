@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
@@ -70,13 +70,25 @@ def _describe(expected: set[str], start: str = "filter") -> str:
     return " or ".join(names[:4])
 
 
-def _param(node: Tree) -> Param:
+def _token(child: Tree[Token] | Token) -> Token:
+    """A child the grammar makes a terminal (a name, a value, a key)."""
+    assert isinstance(child, Token), child
+    return child
+
+
+def _tree(child: Tree[Token] | Token) -> Tree[Token]:
+    """A child the grammar makes a rule (a term, a call, a param)."""
+    assert isinstance(child, Tree), child
+    return child
+
+
+def _param(node: Tree[Token]) -> Param:
     key_tok: Token | None = None
-    value_tok: Token
     if len(node.children) == 2:
-        key_tok, value_tok = node.children  # type: ignore[assignment]
+        key_tok, value_tok = _token(node.children[0]), _token(node.children[1])
     else:
-        (value_tok,) = node.children  # type: ignore[assignment]
+        (only,) = node.children
+        value_tok = _token(only)
     raw = str(value_tok)
     quoted = value_tok.type == "STRING"
     value = _unquote(raw, value_tok.start_pos or 0) if quoted else raw
@@ -113,21 +125,21 @@ def _unquote(s: str, offset: int = 0) -> str:
     return s[1:-1]
 
 
-def _call(node: Tree, negated: bool) -> Call:
-    name_tok: Token = node.children[0]  # type: ignore[assignment]
+def _call(node: Tree[Token], negated: bool) -> Call:
+    name_tok = _token(node.children[0])
     params = tuple(_param(c) for c in node.children[1:] if isinstance(c, Tree))
     has_parens = bool(params)
     return Call(name=str(name_tok), params=params, offset=name_tok.start_pos or 0, negated=negated,
                 has_parens=has_parens)
 
 
-def _parse(text: str, start: str, lark_text: str | None = None) -> Tree:
+def _parse(text: str, start: str, lark_text: str | None = None) -> Tree[Token]:
     """Parse with lark; `lark_text` (same length as `text`, same meaning up to the first error)
     is what lark reads when given, `text` is what messages quote."""
     try:
         return _parser().parse(text if lark_text is None else lark_text, start=start)
     except UnexpectedCharacters as exc:
-        pos = exc.pos_in_stream
+        pos = cast(int, exc.pos_in_stream)  # lark types it None on the base class; this subclass sets an int
         ch = text[pos]
         if ch in "'\"" and ch not in text[pos + 1:]:
             raise RuleSyntaxError(f"unterminated quoted value (no closing {ch})", pos) from None
@@ -145,11 +157,12 @@ def _parse(text: str, start: str, lark_text: str | None = None) -> Tree:
         raise RuleSyntaxError(str(exc).splitlines()[0], getattr(exc, "pos_in_stream", 0) or 0) from None
 
 
-def _terms(expr: Tree) -> tuple[Call, ...]:
+def _terms(expr: Tree[Token]) -> tuple[Call, ...]:
     calls = []
-    for term in expr.children:
-        negated = len(term.children) == 2  # type: ignore[union-attr]
-        calls.append(_call(term.children[-1], negated))  # type: ignore[union-attr,arg-type]
+    for child in expr.children:
+        term = _tree(child)
+        negated = len(term.children) == 2
+        calls.append(_call(_tree(term.children[-1]), negated))
     return tuple(calls)
 
 
@@ -282,23 +295,23 @@ def parse_rule_lark(text: str) -> RuleAst:
     return _lark_rule(text, _parse(text, "start"))
 
 
-def _lark_rule(text: str, tree: Tree) -> RuleAst:
+def _lark_rule(text: str, tree: Tree[Token]) -> RuleAst:
     expr, outbound = tree.children
-    return RuleAst(calls=_terms(expr), outbound=_call(outbound, False), text=text)  # type: ignore[arg-type]
+    return RuleAst(calls=_terms(_tree(expr)), outbound=_call(_tree(outbound), False), text=text)
 
 
 def parse_outbound(text: str) -> Call:
     """Parse a lone outbound such as `proxy`, `must_direct` or `direct(mark: 0x800)`."""
     tree = _parse(text, "lone_outbound")
-    return _call(tree.children[0], False)  # type: ignore[arg-type]
+    return _call(_tree(tree.children[0]), False)
 
 
 def parse_filter(text: str) -> tuple[tuple[Call, ...], Param | None]:
     """Parse a group filter: `name(keyword: hk) && !subtag(x) [add_latency: -500ms]`."""
     tree = _parse(text, "filter")
-    expr = tree.children[0]
+    expr = _tree(tree.children[0])
     extra = tree.children[1] if len(tree.children) > 1 and isinstance(tree.children[1], Tree) else None
-    return _terms(expr), (_param(extra) if extra is not None else None)  # type: ignore[arg-type]
+    return _terms(expr), (_param(extra) if extra is not None else None)
 
 
 def parse_structured_rule(rule: dict[str, Any]) -> tuple[RuleAst, list[tuple[Any, ...]]]:
@@ -345,7 +358,7 @@ def _structured_text(calls: list[Call] | tuple[Call, ...], outbound: str, per_ca
     that start within `per_call` characters of its first and says how many it leaves out."""
     parts = []
     for c in calls:
-        shown = []
+        shown: list[str] = []
         width = 0
         for p in c.params:
             s = (f"{p.key}: " if p.key else "") + f"'{p.value}'"

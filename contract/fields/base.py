@@ -7,9 +7,10 @@ naming fields one by one, so a new field of an existing kind is one module and o
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field as dc_field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from ..ir import CidrSet, DomainRef, Field, MatchValues, PortSet, ValueSet
 
@@ -41,7 +42,7 @@ class FieldSpec:
     field: Field
     names: tuple[str, ...]
     kind: str
-    flow_value: Callable[["Flow"], Any]
+    flow_value: Callable[[Flow], Any]
     operand: str | None = None
     choices: dict[str, int] = dc_field(default_factory=dict)
     universe: tuple[Any, ...] | None = None
@@ -61,7 +62,7 @@ class FieldSpec:
     def value_type(self) -> type:
         return KIND_TYPES[self.kind]
 
-    def matches(self, values: MatchValues, flow: "Flow") -> bool:
+    def matches(self, values: MatchValues, flow: Flow) -> bool:
         """Whether `flow` lies in `values` (negation is the caller's business)."""
         if not isinstance(values, self.value_type):
             raise TypeError(f"{self.name}(): {type(values).__name__} is not a {self.value_type.__name__}")

@@ -7,12 +7,12 @@ qtype: numbers; upstream: names); `negated` flips one call. First match wins, th
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
-
-from dae_py.contract.manifest import DnsCall, DnsRuleList, DomainSetSpec
+from typing import Any
 
 from dae_py.contract.fields import dnsrules
+from dae_py.contract.manifest import DnsCall, DnsRuleList, DomainSetSpec
 
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -39,7 +39,7 @@ class Call:
     value: Any = None
 
     @classmethod
-    def from_manifest(cls, raw: DnsCall | Mapping[str, Any]) -> "Call":
+    def from_manifest(cls, raw: DnsCall | Mapping[str, Any]) -> Call:
         c = raw if isinstance(raw, DnsCall) else DnsCall.from_json(raw)
         s = dnsrules.spec(c.func)
         return cls(func=c.func, negated=c.negated, value=None if s is None else s.load(c.to_json()))
@@ -66,7 +66,7 @@ class RuleList:
     fallback: str = "asis"
 
     @classmethod
-    def from_manifest(cls, raw: DnsRuleList | Mapping[str, Any] | None, default: str) -> "RuleList":
+    def from_manifest(cls, raw: DnsRuleList | Mapping[str, Any] | None, default: str) -> RuleList:
         spec = raw if isinstance(raw, DnsRuleList) or raw is None else DnsRuleList.from_json(raw, default)
         if spec is None:
             return cls(fallback=default)

@@ -14,15 +14,21 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from dae_py.contract import evaluate
 from dae_py.compiler.pipeline import Checked, compile_config
+from dae_py.contract import evaluate
 from dae_py.runtime.bpf import BpfObject, prog_test_run
 from dae_py.runtime.build import Build, load_tables
 from dae_py.runtime.domain_map import DomainBindings
-from dae_py.runtime.packets import (DEFAULT_SRC_MAC, IPPROTO_TCP, IPPROTO_UDP, FlowSpec,
-                             flow_key, frame, parse_flow_value, pname_value)
+from dae_py.runtime.packets import (
+    DEFAULT_SRC_MAC,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    FlowSpec,
+    flow_key,
+    frame,
+    parse_flow_value,
+    pname_value,
+)
 
 TC_ACT_OK = 0
 TC_ACT_SHOT = 2
@@ -153,7 +159,7 @@ class Kernel:
     def close(self) -> None:
         self.obj.close()
 
-    def __enter__(self) -> "Kernel":
+    def __enter__(self) -> Kernel:
         return self
 
     def __exit__(self, *exc: object) -> None:

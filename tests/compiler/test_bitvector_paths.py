@@ -4,13 +4,14 @@ and hash maps.
 Addresses (dip/sip, v4 and v6) are cut into intervals of equal rule vector. Up to
 `MAX_INLINE_TREE` intervals they become an unrolled binary search over constants; up to
 `MAX_TREE_INTERVALS` per family a sorted table in .data with a fixed-depth search; past that an
-LPM trie. MACs likewise up to `MAX_TREE_MACS` values, else a hash map. The thresholds are lowered or raised here to force each
-path on the same configs, and the real program (BPF_PROG_TEST_RUN) is held against the Python
+LPM trie. MACs likewise up to `MAX_TREE_MACS` values, else a hash map. The thresholds are lowered or
+raised here to force each path on the same configs, and the real program (BPF_PROG_TEST_RUN) is held against the Python
 evaluator. The interval sweep itself is checked against a brute-force longest-prefix match.
 """
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import random
 import re
 from pathlib import Path
@@ -21,9 +22,8 @@ import pytest
 from dae_py.compiler import emit_bitvector as eb
 from dae_py.contract import evaluate
 from dae_py.contract.domains import DomainMatcher
-from compiler_kit import Kernel, compile_text, flowspec
-
-import test_differential as td
+from tests.compiler import test_differential as td
+from tests.compiler.compiler_kit import Kernel, compile_text
 
 # ---- the interval sweep (no root needed) ---------------------------------------------------------
 
@@ -76,7 +76,7 @@ def test_prefix_intervals_match_longest_prefix(seed: int) -> None:
     default = rng.randrange(8)
     ivs = eb.prefix_intervals(per_net, default, version)
     assert ivs[0].start == 0
-    assert all(a.start < b.start and a.vec != b.vec for a, b in zip(ivs, ivs[1:]))
+    assert all(a.start < b.start and a.vec != b.vec for a, b in itertools.pairwise(ivs))
     for addr in _probe_addrs(list(nets), width, rng):
         want = _lpm_vec(per_net, default, addr, version)
         assert _interval_vec(ivs, addr) == want, (hex(addr), sorted(map(str, nets)))
@@ -169,8 +169,8 @@ def _check(k: Kernel, ir: Any, flows: list[evaluate.Flow], label: str) -> int:
 @pytest.mark.root
 @pytest.mark.parametrize("forcing", sorted(FORCINGS))
 def test_edge_config_each_path(forcing: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for k, v in FORCINGS[forcing].items():
-        monkeypatch.setattr(eb, k, v)
+    for name, value in FORCINGS[forcing].items():
+        monkeypatch.setattr(eb, name, value)
     c = compile_text(tmp_path, EDGE_CONFIG, strategy="bitvector")
     src = (c.out / "program.c").read_text()
     lpm = "BPF_MAP_TYPE_LPM_TRIE" in src
@@ -204,8 +204,8 @@ def test_edge_config_each_path(forcing: str, tmp_path: Path, monkeypatch: pytest
 def test_random_configs_each_path(forcing: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The differential generator's configs (big ones included), each address and MAC field
     forced through trees, through maps, or split between them."""
-    for k, v in FORCINGS[forcing].items():
-        monkeypatch.setattr(eb, k, v)
+    for name, value in FORCINGS[forcing].items():
+        monkeypatch.setattr(eb, name, value)
     base = 777_000 + 100 * sorted(FORCINGS).index(forcing)
     compared = 0
     for seed in [base + i for i in range(6)] + [base + 7, base + 15]:  # seeds % 8 == 7 are big

@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
+from dae_py.compiler.diagnostics import CompileError
 from dae_py.compiler.geodata import SiteDomain, write_geoip, write_geosite
 from dae_py.compiler.pipeline import compile_config
 from dae_py.contract.version import COMPILER_VERSION, MANIFEST_FORMAT
-from compiler_kit import Kernel, compile_text, make_flow, strategy_params, write_config
 from dae_py.runtime.bpf import BpfObject
+from tests.compiler.compiler_kit import Kernel, compile_text, make_flow, strategy_params, write_config
 
 FULL = """
 global:
@@ -29,8 +30,8 @@ nodes:
   hk1: 'http://user:secret@192.0.2.11:3128'
   hk2: 'https://192.0.2.12:443'
 groups:
-  proxy: {policy: min_moving_avg}
-  hk: {policy: 'fixed(1)', filter: ['name(keyword: hk)']}
+  proxy: {{policy: min_moving_avg}}
+  hk: {{policy: 'fixed(1)', filter: ['name(keyword: hk)']}}
 dns:
   upstream:
     alidns: 'udp://223.5.5.5:53'
@@ -42,15 +43,15 @@ routing:
   rules:
     - "dip(224.0.0.0/3, 'ff00::/8') -> direct"
     - "dip(geoip:cn) -> direct"
-    - "dip(%s) -> hk"
-    - "dport(%s) && l4proto(udp) -> block"
+    - "dip({}) -> hk"
+    - "dport({}) && l4proto(udp) -> block"
     - "domain(geosite:cn, suffix: example.com) -> hk"
     - "mac('02:42:ac:11:00:02') -> must_direct"
     - "dscp(46) -> direct(mark: 0x800)"
     - "pname(curl) -> proxy"
     - "dport(53) -> must_rules"
   fallback: proxy
-""" % (", ".join(f"10.{2 * i}.0.0/16" for i in range(20)), ", ".join(str(p) for p in range(1000, 1040, 2)))
+""".format(", ".join(f"10.{2 * i}.0.0/16" for i in range(20)), ", ".join(str(p) for p in range(1000, 1040, 2)))
 
 
 def write_geo(d: Path) -> None:
@@ -105,7 +106,8 @@ def test_manifest(tmp_path: Path) -> None:
     assert m["compiler_version"] == COMPILER_VERSION
     assert m["config"] == {"file": "config.yaml", "sha256": hashlib.sha256(text.encode()).hexdigest()}
     assert m["strategy"] in ("linear", "bitvector")
-    assert m["outbounds"] == [{"id": 0, "name": "direct", "kind": "direct"}, {"id": 1, "name": "block", "kind": "block"},
+    assert m["outbounds"] == [{"id": 0, "name": "direct", "kind": "direct"},
+                              {"id": 1, "name": "block", "kind": "block"},
                               {"id": 2, "name": "proxy", "kind": "group"}, {"id": 3, "name": "hk", "kind": "group"}]
     groups = {g["name"]: g for g in m["groups"]}
     assert groups["proxy"]["nodes"] == ["n1", "hk1", "hk2"]
@@ -203,7 +205,7 @@ def test_large_config(strategy: str, tmp_path: Path) -> None:
     domains += [SiteDomain("full", f"host{i}.full.test") for i in range(19990)]
     domains += [SiteDomain("plain", f"kw{i}zz") for i in range(10)]
     assert len(v4) + len(v6) + len(inline) == 10_000 and len(domains) == 100_000
-    write_geoip(tmp_path / "geoip.dat", {"big": v4 + v6})
+    write_geoip(tmp_path / "geoip.dat", {"big": [*v4, *v6]})
     write_geosite(tmp_path / "geosite.dat", {"big": domains})
     config = f"""
 global: {{lan_interface: [eth0], geoip_path: geoip.dat, geosite_path: geosite.dat}}
@@ -245,8 +247,9 @@ routing:
             (make_flow("udp", f"{v4[99].network_address + 3}:1", "9.9.9.9:443"), 4),
             (make_flow("tcp", f"{v4[99].network_address + 3}:1", "9.9.9.9:443"), None),
         ]
-        for name, want in [(f"a.site79999.example{79999 % 97}.com", 3), ("site5.example5.com", 3), ("site5.example6.com", None),
-                           ("host19989.full.test", 3), ("x.host1.full.test", None), ("akw7zzb.org", 3)]:
+        for name, want in [(f"a.site79999.example{79999 % 97}.com", 3), ("site5.example5.com", 3),
+                           ("site5.example6.com", None), ("host19989.full.test", 3), ("x.host1.full.test", None),
+                           ("akw7zzb.org", 3)]:
             cases.append((make_flow("tcp", "192.168.1.2:1", "9.9.9.9:443", domain_bits=matcher.bits(name)), want))
         for f, want in cases:
             got = k.run(f)
@@ -258,7 +261,7 @@ def test_build_replaces_atomically(tmp_path: Path) -> None:
     c = compile_text(tmp_path, MINIMAL % "dport(443)")
     before = tree(c.out)
     write_config(tmp_path, MINIMAL % "dport(99999)")
-    with pytest.raises(Exception):
+    with pytest.raises(CompileError, match="out of range"):
         compile_config(tmp_path / "config.yaml", c.out)
     assert tree(c.out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["build", "config.yaml"]

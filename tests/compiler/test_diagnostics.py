@@ -8,6 +8,7 @@ fail a build, --check writes nothing.
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def rule(r: str, fallback: str = "proxy") -> str:
 class Broken:
     id: str
     config: str
-    first: str  # the exact first line printed
+    first: str | None  # the exact first line printed (None: the test checks it itself)
     hint: str | None = None  # an exact "  hint: ..." line that must follow
     errors: int = 1
 
@@ -52,16 +53,16 @@ _CIDRS = [f"10.{i // 256}.{i % 256}.0/24" for i in range(600)]
 _DOMAINS = [f"d{i}.example.com" for i in range(600)]
 
 
-def _list(xs: list[str]) -> str:
+def _list(xs: Iterable[str]) -> str:
     return ", ".join(xs)
 
 
-def long_case(id: str, r: str, token: str, message: str, hint: str | None = None, nth: int = 0) -> Broken:
+def long_case(case_id: str, r: str, token: str, message: str, hint: str | None = None, nth: int = 0) -> Broken:
     """`token` is the text the caret must point at (its `nth` occurrence in the rule)."""
     at = -1
     for _ in range(nth + 1):
         at = r.index(token, at + 1)
-    return Broken(id, rule(r), f"config.yaml:8:{8 + at}: {message}", hint)
+    return Broken(case_id, rule(r), f"config.yaml:8:{8 + at}: {message}", hint)
 
 
 LONG_CASES = [
@@ -81,7 +82,8 @@ LONG_CASES = [
               f"dip({_list(_CIDRS[:300])}, ({_list(_CIDRS[300:])}) -> direct", "(10.1.44",
               "error: syntax error: unexpected '('; expected a 'key:' or a quoted value or a value"),
     long_case("long-error-in-second-list",
-              f"domain({_list(_DOMAINS)}) && dip({_list(_CIDRS[:300])},, {_list(_CIDRS[300:])}) -> direct", ", 10.1.44.0/24",
+              f"domain({_list(_DOMAINS)}) && dip({_list(_CIDRS[:300])},, {_list(_CIDRS[300:])}) -> direct",
+              ", 10.1.44.0/24",
               "error: syntax error: unexpected ','; expected a 'key:' or a quoted value or a value"),
     long_case("long-bad-key-among-plain",
               f"domain({_list(_DOMAINS[:300])}, suffix: a.com, sufix: b.com, {_list(_DOMAINS[300:])}) -> direct",
@@ -274,7 +276,8 @@ groups:
 routing:
   fallback: g
 """, None),  # checked below: the message names the accepted policies
-    Broken("not-a-mapping", "- a\n- b\n", "config.yaml:1:1: error: the config must be a mapping with a 'routing' section"),
+    Broken("not-a-mapping", "- a\n- b\n",
+           "config.yaml:1:1: error: the config must be a mapping with a 'routing' section"),
     # ---- YAML ----
     Broken("yaml-unclosed-flow", """\
 global:
@@ -532,7 +535,8 @@ WARNINGS = [
     "config.yaml:9:7: warning: this rule can never match: its dip() conditions have nothing in common",
     "config.yaml:10:7: warning: this rule can never match: its address families contradict "
     "(an IPv4 CIDR never matches an IPv6 flow)",
-    "config.yaml:11:7: warning: this rule can never match: it requires both l4proto() and !l4proto() of the same values",
+    "config.yaml:11:7: warning: this rule can never match: it requires both l4proto() and !l4proto() "
+    "of the same values",
     "config.yaml:12:7: warning: this rule can never match: !l4proto() excludes every packet",
     "config.yaml:14:7: warning: this rule can never match: rule 4 (line 13) has the same conditions and comes first",
     "config.yaml:15:12: warning: '1.2.3.4/24' has host bits set; it means 1.2.3.0/24",

@@ -29,7 +29,7 @@ import pytest
 from dae_py.contract import evaluate
 from dae_py.contract.domains import DomainMatcher
 from dae_py.contract.ir import DomainSet
-from compiler_kit import Kernel, compile_text, flowspec, strategy_params
+from tests.compiler.compiler_kit import Kernel, compile_text, flowspec, strategy_params
 
 pytestmark = pytest.mark.root
 
@@ -94,7 +94,10 @@ def gen_cidrs(rng: random.Random, c: Consts, large: bool) -> str:
     parts = []
     for _ in range(n):
         net = rand_v4(rng) if (fam == "4" or (fam == "46" and rng.random() < 0.5)) else rand_v6(rng)
-        (c.v4 if net.version == 4 else c.v6).append(net)  # type: ignore[arg-type]
+        if isinstance(net, ipaddress.IPv4Network):
+            c.v4.append(net)
+        else:
+            c.v6.append(net)
         parts.append(fmt_net(rng, net))
     return ", ".join(parts)
 
@@ -263,7 +266,9 @@ def gen_name(rng: random.Random, c: Consts) -> str:
     return rng.choice(NAME_POOL)
 
 
-def gen_flow(rng: random.Random, c: Consts, matcher: DomainMatcher, uses_pname: bool) -> tuple[evaluate.Flow, str | None]:
+def gen_flow(
+    rng: random.Random, c: Consts, matcher: DomainMatcher, uses_pname: bool
+) -> tuple[evaluate.Flow, str | None]:
     version = 4 if rng.random() < 0.55 else 6
     name = gen_name(rng, c) if rng.random() < 0.5 else None
     pname = rng.choice(PNAMES + ["nginx"]) if rng.random() < (0.4 if uses_pname else 0.1) else None

@@ -9,6 +9,7 @@ and those rules mutated (characters inserted, deleted or replaced) to make broke
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 
@@ -92,7 +93,7 @@ EDGE = [
 ]
 
 
-def outcome(fn, text: str):
+def outcome(fn: Callable[[str], object], text: str) -> tuple[object, ...]:
     try:
         return ("ok", fn(text))
     except RuleSyntaxError as exc:

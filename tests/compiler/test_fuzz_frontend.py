@@ -6,6 +6,7 @@ own), and puts arbitrary text where rules, links, filters, durations and names g
 """
 from __future__ import annotations
 
+import random
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.fuzz_inputs import BASE, mutate, run_front_end, seeds  # noqa: E402
+from bench.fuzz_inputs import BASE, mutate, run_front_end, seeds  # noqa: E402 - bench/ imports once REPO is on sys.path, above
 
 SEEDS = seeds()
 CI_SETTINGS = settings(max_examples=80, deadline=None, database=None, derandomize=True,
@@ -30,7 +31,8 @@ SLOTS = {
     "filter": lambda t: BASE.replace("RULE", "dport(1) -> hk").replace("name(keyword: hk)", t.replace("'", "''")),
     "duration": lambda t: BASE.replace("RULE", "dport(1) -> proxy").replace(
         "{lan_interface: [eth0]}", "{lan_interface: [eth0], check_interval: '" + t.replace("'", "''") + "'}"),
-    "group name": lambda t: BASE.replace("RULE", "dport(1) -> proxy").replace("  hk:", "  '" + t.replace("'", "''") + "':"),
+    "group name": lambda t: BASE.replace("RULE", "dport(1) -> proxy").replace(
+        "  hk:", "  '" + t.replace("'", "''") + "':"),
 }
 
 
@@ -46,8 +48,8 @@ def assert_no_crash(data: str | bytes, workdir: Path) -> None:
 
 @CI_SETTINGS
 @given(index=st.integers(0, len(SEEDS) - 1), rng=st.randoms(use_true_random=False))
-def test_mutated_real_configs_get_diagnostics_not_tracebacks(index: int, rng: object, workdir: Path) -> None:
-    assert_no_crash(mutate(SEEDS[index], rng), workdir)  # type: ignore[arg-type]
+def test_mutated_real_configs_get_diagnostics_not_tracebacks(index: int, rng: random.Random, workdir: Path) -> None:
+    assert_no_crash(mutate(SEEDS[index], rng), workdir)
 
 
 @CI_SETTINGS

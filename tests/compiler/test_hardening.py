@@ -22,7 +22,7 @@ from dae_py.compiler.emit import outbound_macro
 from dae_py.compiler.pipeline import compile_config
 from dae_py.compiler.urls import mask_secrets, mask_with_column
 from dae_py.contract.userregex import compile_user_regex
-from test_diagnostics import HEAD  # the small valid config the diagnostics tests count lines from
+from tests.compiler.test_diagnostics import HEAD
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,7 +67,8 @@ def test_non_ascii_in_a_quoted_rule_value_is_kept_as_written() -> None:
     ("{dip: 1.1.1.1, dport: 80}", "a match item needs exactly one function, not 2 (dip, dport)"),
 ])
 def test_a_structured_match_item_needs_exactly_one_function(item: str, message: str) -> None:
-    assert first_error(config(f"    - {{match: [{item}], outbound: direct}}\n")) == f"config.yaml:8:16: error: {message}"
+    got = first_error(config(f"    - {{match: [{item}], outbound: direct}}\n"))
+    assert got == f"config.yaml:8:16: error: {message}"
 
 
 def test_a_node_link_with_a_bad_ipv6_bracket_is_an_error_at_the_node() -> None:

@@ -8,6 +8,7 @@ cases, and random documents built from them.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 from ruamel.yaml import YAML
@@ -74,14 +75,14 @@ def tokens(text: str, fast: bool) -> list[tuple]:
     return out
 
 
-def outcome_tokens(text: str, fast: bool):
+def outcome_tokens(text: str, fast: bool) -> tuple[object, ...]:
     try:
         return ("ok", tokens(text, fast))
     except Exception as exc:  # noqa: BLE001 - the same error either way
         return ("error", type(exc).__name__, str(exc))
 
 
-def outcome_load(text: str, fast: bool):
+def outcome_load(text: str, fast: bool) -> tuple[object, ...]:
     try:
         cfg = load_config_text(text, fast_scanner=fast)
     except CompileError as exc:
@@ -123,16 +124,17 @@ def test_random_documents() -> None:
 
 def test_fast_scanner_is_used() -> None:
     """The big single-line rule string is the case this exists for: it must not fall back."""
-    calls = []
-    orig = _FastScanner.__mro__[1].scan_flow_scalar
+    calls: list[object] = []
+    base: Any = _FastScanner.__mro__[1]  # ruamel's scanner: untyped
+    orig = base.scan_flow_scalar
 
-    def spy(self, style):  # type: ignore[no-untyped-def]
+    def spy(self: object, style: object) -> object:
         calls.append(style)
         return orig(self, style)
 
-    _FastScanner.__mro__[1].scan_flow_scalar = spy  # type: ignore[method-assign]
+    base.scan_flow_scalar = spy
     try:
         load_config_text('a: "' + ", ".join(f"d{i}.com" for i in range(1000)) + '"\nb: \'x\'\n')
     finally:
-        _FastScanner.__mro__[1].scan_flow_scalar = orig  # type: ignore[method-assign]
+        base.scan_flow_scalar = orig
     assert calls == []

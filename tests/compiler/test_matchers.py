@@ -12,20 +12,27 @@ import dataclasses
 import ipaddress
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from dae_py.contract import evaluate
 from dae_py.compiler.geodata import SiteDomain, write_geoip, write_geosite
+from dae_py.contract import evaluate
 from dae_py.contract.ir import Field
-from compiler_kit import (TC_ACT_OK, TC_ACT_SHOT, Compiled, Kernel, compile_text, endpoint, make_flow,
-                          strategy_params)
-from dae_py.runtime.bpf import BpfError
 from dae_py.runtime.explain import explain
 from dae_py.runtime.packets import DEFAULT_SRC_MAC, FlowSpec, frame
+from tests.compiler.compiler_kit import (
+    TC_ACT_OK,
+    TC_ACT_SHOT,
+    Compiled,
+    Kernel,
+    compile_text,
+    endpoint,
+    strategy_params,
+)
 
 pytestmark = pytest.mark.root
 
@@ -69,7 +76,7 @@ class Case:
         return f"{self.flow} {' '.join(extra)}".strip()
 
 
-def C(flow: str, rule: int | str, **kw: Any) -> Case:  # noqa: N802 - reads like a table
+def C(flow: str, rule: int | str, **kw: Any) -> Case:
     return Case(flow, rule, **kw)
 
 
@@ -100,7 +107,7 @@ def run_cases(compiled: Compiled, cases: list[Case], explain_every: int = 3, exp
                 want["mark"] = case.mark
             if case.must is not None:
                 want["must"] = case.must
-            bad = {key: (got[key], val) for key, val in want.items() if got[key] != val}
+            bad: dict[str, tuple[Any, Any]] = {key: (got[key], val) for key, val in want.items() if got[key] != val}
             # The datapath's own reaction: a blocked flow is dropped, others go on with the rule's mark.
             want_tc = TC_ACT_SHOT if got["outbound"] == "block" else TC_ACT_OK
             if kr.tc_action != want_tc:
@@ -471,7 +478,8 @@ LOGIC = Scenario(rules(
     '"!mac(02:00:00:00:00:01) && dip(10.2.0.0/16) -> direct(mark: 5)"',
     '"!ipversion(4) && dport(5000) -> direct(mark: 6)"',
     "\"!sip(192.168.0.0/16, 'fd00::/8') && dport(6000) -> direct(mark: 7)\"",
-    '"dip(10.3.0.0/16) && sip(192.168.7.0/24) && l4proto(tcp) && dport(80, 443) && sport(1024-65535) -> direct(mark: 8)"',
+    '"dip(10.3.0.0/16) && sip(192.168.7.0/24) && l4proto(tcp) && dport(80, 443) && sport(1024-65535) '
+    '-> direct(mark: 8)"',
 ), [
     C(f"tcp {V4} -> 1.1.1.1:1000", 0, mark=1),
     C(f"tcp {V6} -> [2001:db8::1]:1000", 0),
@@ -736,10 +744,10 @@ def test_explain_cli_json(compiled: Callable[[str, str], Compiled], capsys: pyte
 def _ipv6_with_ext_headers(spec: FlowSpec) -> bytes:
     """The frame of `spec` with a hop-by-hop and a destination-options header before TCP."""
     f = frame(spec)
-    eth, ip6, l4 = f[:14], f[14:54], f[54:]
+    eth, l4 = f[:14], f[54:]
+    ip6 = bytearray(f[14:54])
     hbh = bytes([60, 0]) + bytes([1, 4, 0, 0, 0, 0])  # next: dest opts; PadN
     dst = bytes([6, 1]) + bytes([1, 12]) + bytes(12)  # next: TCP; 16 bytes
-    ip6 = bytearray(ip6)
     ip6[4:6] = (len(hbh) + len(dst) + len(l4)).to_bytes(2, "big")
     ip6[6] = 0  # next header: hop-by-hop
     return eth + bytes(ip6) + hbh + dst + l4

@@ -11,8 +11,7 @@ import pytest
 
 from dae_py.compiler.proxy_links import mask_link
 from dae_py.compiler.urls import mask_with_column
-
-from test_diagnostics import run_check  # tests/compiler is on sys.path (rootdir-relative, no package)
+from tests.compiler.test_diagnostics import run_check
 
 SECRET = "s3cr3t-Pw"
 B64 = base64.urlsafe_b64encode(f"aes-256-gcm:{SECRET}".encode()).decode().rstrip("=")
@@ -41,8 +40,9 @@ def config(*links: str) -> str:
      "it before '@host:port')"),
 ], ids=["bad-cipher", "stream-cipher", "no-password", "bad-port-ss", "bad-port-trojan",
         "trojan-no-password"])
-def test_bad_link_is_an_error_at_the_offending_part(link: str, needle: str, first: str,
-                                                    tmp_path: Path, capsys, monkeypatch) -> None:
+def test_bad_link_is_an_error_at_the_offending_part(link: str, needle: str, first: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     rc, _, err = run_check(tmp_path, config(link), capsys, monkeypatch, "--check")
     lines = err.splitlines()
     col = config(link).splitlines()[2].index(needle) + 1
@@ -65,7 +65,8 @@ def test_bad_link_is_an_error_at_the_offending_part(link: str, needle: str, firs
      "node 'n1': trojan over 'ws' transport is not supported yet; groups will not select it"),
 ], ids=["sip003-plugin", "ss2022", "trojan-ws"])
 def test_what_the_runtime_cannot_dial_yet_is_a_warning_with_a_position(
-        link: str, needle: str, message: str, tmp_path: Path, capsys, monkeypatch) -> None:
+        link: str, needle: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     text = config(link, "socks5://10.0.0.2:1080")
     rc, _, err = run_check(tmp_path, text, capsys, monkeypatch, "-o", "build")
     assert rc == 0, err
@@ -76,8 +77,8 @@ def test_what_the_runtime_cannot_dial_yet_is_a_warning_with_a_position(
     assert nodes["n1"]["dialable"] is False and nodes["n2"]["dialable"] is True
 
 
-def test_good_links_fill_the_manifest_fields_the_runtime_reads(tmp_path: Path, capsys,
-                                                              monkeypatch) -> None:
+def test_good_links_fill_the_manifest_fields_the_runtime_reads(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     text = config(f"ss://{B64}@10.0.0.1:8388#hk",
                   "ss://chacha20-ietf-poly1305:p%40ss%3Aw@[fd00::1]:8389",
                   f"trojan://{SECRET}@10.0.0.3:443?sni=t.test&allowInsecure=1&alpn=h2,http/1.1#t")

@@ -8,8 +8,9 @@ these). Neither side names a function.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 IPNet = Any  # ipaddress.IPv4Network | ipaddress.IPv6Network, kept loose for the protocols below
 
