@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from ..diagnostics import SourcePos
 from ..rules import Call, Param
@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from ..check import RoutingChecker
 
 Locate = Callable[[int], SourcePos]
+T = TypeVar("T")
 
 
 def no_key(checker: RoutingChecker, call: Call, p: Param, locate: Locate) -> bool:
@@ -19,3 +20,22 @@ def no_key(checker: RoutingChecker, call: Call, p: Param, locate: Locate) -> boo
         checker.diags.error(locate(p.offset), f"'{call.name}()' does not take key '{p.key}'")
         return False
     return True
+
+
+def keyless_values(checker: RoutingChecker, call: Call, locate: Locate,
+                   parse: Callable[[Param], T]) -> list[T] | None:
+    """`parse(p)` of every parameter of a function without keys. A key, or a ValueError from
+    `parse`, is an error at the parameter; every parameter is still checked (one run reports
+    them all), and then the call has no values (None)."""
+    vals: list[T] = []
+    ok = True
+    for p in call.params:
+        if not no_key(checker, call, p, locate):
+            ok = False
+            continue
+        try:
+            vals.append(parse(p))
+        except ValueError as exc:
+            checker.diags.error(locate(p.value_offset), str(exc))
+            ok = False
+    return vals if ok else None

@@ -6,30 +6,25 @@ from typing import TYPE_CHECKING
 from dae_py.contract.fields import FieldSpec
 from dae_py.contract.ir import Match, ValueSet
 
-from ..rules import Call
+from ..rules import Call, Param
 from ..values import parse_int
-from .common import Locate, no_key
+from .common import Locate, keyless_values
 
 if TYPE_CHECKING:
     from ..check import RoutingChecker
     from ..emit_linear import LargeSets
 
 
+def _code_point(p: Param) -> int:
+    v = parse_int(p.value)
+    if not 0 <= v <= 63:
+        raise ValueError(f"dscp {p.value!r} is out of range 0-63 (DSCP is 6 bits)")
+    return v
+
+
 def check_dscp(checker: RoutingChecker, spec: FieldSpec, call: Call, locate: Locate) -> ValueSet | None:
-    vals, ok = [], True
-    for p in call.params:
-        if not no_key(checker, call, p, locate):
-            ok = False
-            continue
-        try:
-            v = parse_int(p.value)
-            if not 0 <= v <= 63:
-                raise ValueError(f"dscp {p.value!r} is out of range 0-63 (DSCP is 6 bits)")
-            vals.append(v)
-        except ValueError as exc:
-            checker.diags.error(locate(p.value_offset), str(exc))
-            ok = False
-    return ValueSet(tuple(vals)) if ok else None
+    vals = keyless_values(checker, call, locate, _code_point)
+    return None if vals is None else ValueSet(tuple(vals))
 
 
 def linear_expr(spec: FieldSpec, m: Match, large: LargeSets) -> str:

@@ -8,8 +8,8 @@ from dae_py.contract.fields import FieldSpec
 from dae_py.contract.ir import Match, ValueSet
 
 from .. import cexpr
-from ..rules import Call
-from .common import Locate, no_key
+from ..rules import Call, Param
+from .common import Locate, keyless_values
 
 if TYPE_CHECKING:
     from ..check import RoutingChecker
@@ -19,20 +19,17 @@ TASK_COMM_LEN = 16
 
 
 def check_pnames(checker: RoutingChecker, spec: FieldSpec, call: Call, locate: Locate) -> ValueSet | None:
-    vals, ok = [], True
-    for p in call.params:
-        if not no_key(checker, call, p, locate):
-            ok = False
-            continue
+    def kernel_name(p: Param) -> str:
         name = p.value
         if len(name.encode()) >= TASK_COMM_LEN:
-            checker.diags.warning(locate(p.value_offset), f"process name {name!r} is longer than 15 bytes; "
-                                  f"the kernel truncates names, so this matches "
-                                  f"{name.encode()[:15].decode(errors='ignore')!r}")
             name = name.encode()[:15].decode(errors="ignore")
-        vals.append(name)
+            checker.diags.warning(locate(p.value_offset), f"process name {p.value!r} is longer than 15 bytes; "
+                                  f"the kernel truncates names, so this matches {name!r}")
         checker.pnames[name] = None
-    return ValueSet(tuple(vals)) if ok else None
+        return name
+
+    vals = keyless_values(checker, call, locate, kernel_name)
+    return None if vals is None else ValueSet(tuple(vals))
 
 
 def linear_expr(spec: FieldSpec, m: Match, large: LargeSets) -> str:

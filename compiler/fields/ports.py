@@ -9,7 +9,7 @@ from dae_py.contract.ir import Match, PortSet
 from .. import cexpr
 from ..rules import Call
 from ..values import parse_port_range
-from .common import Locate, no_key
+from .common import Locate, keyless_values
 
 if TYPE_CHECKING:
     from ..check import RoutingChecker
@@ -19,17 +19,8 @@ SMALL_PORT_RANGES = 8
 
 
 def check_ports(checker: RoutingChecker, spec: FieldSpec, call: Call, locate: Locate) -> PortSet | None:
-    ranges, ok = [], True
-    for p in call.params:
-        if not no_key(checker, call, p, locate):
-            ok = False
-            continue
-        try:
-            ranges.append(parse_port_range(p.value))
-        except ValueError as exc:
-            checker.diags.error(locate(p.value_offset), str(exc))
-            ok = False
-    return PortSet(tuple(ranges)) if ok else None
+    ranges = keyless_values(checker, call, locate, lambda p: parse_port_range(p.value))
+    return None if ranges is None else PortSet(tuple(ranges))
 
 
 def linear_expr(spec: FieldSpec, m: Match, large: LargeSets) -> str:
