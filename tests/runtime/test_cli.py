@@ -63,6 +63,12 @@ def test_both_commands_print_their_version(module: str, name: str) -> None:
     assert out.stdout.startswith(f"{name} {COMPILER_VERSION}")
 
 
+def test_the_version_is_the_packages() -> None:
+    from importlib.metadata import version
+
+    assert version("dae-py") == COMPILER_VERSION
+
+
 @pytest.mark.parametrize("argv, expected", [
     (["build"], ["run", "build"]),
     (["--log-level", "debug", "build"], ["--log-level", "debug", "run", "build"]),
