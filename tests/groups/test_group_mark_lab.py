@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dae_py.contract.manifest import DEFAULT_SO_MARK
-from tests.runtime.helpers import Lab, client_get, gateway, lab_config, proxy_lab
+from tests.runtime.helpers import Lab, client_get, gateway, lab_config, proxy_lab, udp_exchange
 
 pytestmark = pytest.mark.root
 
@@ -64,3 +64,14 @@ def test_the_upstream_socket_of_a_marked_group_route_carries_the_mark(lab: Lab, 
         with held_connection(lab, t.upstream_ip4, 8082):
             wait_for(lambda: DEFAULT_SO_MARK in node_marks(lab, t.upstream_ip4))
             assert MARK not in node_marks(lab, t.upstream_ip4)
+
+
+def test_a_marked_udp_route_associates_through_the_node_with_the_mark(lab: Lab, tmp_path: Path) -> None:
+    """UDP to the group goes over a SOCKS5 UDP ASSOCIATE; its control connection (open as long
+    as the association) carries the mark too."""
+    t = lab.topo
+    cfg = lab_config(t, fallback="direct", rules=[f"dip({t.upstream_ip4}) && dport(9001) -> proxy(mark: 0x800)"])
+    with gateway(lab, cfg, tmp_path):
+        peer, _, payload, _, _ = udp_exchange(lab, t.upstream_ip4, 9001, b"marked")
+        assert (peer, payload) == (t.upstream_ip4, b"marked")  # relayed by the node
+        wait_for(lambda: MARK in node_marks(lab, t.upstream_ip4))
