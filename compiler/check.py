@@ -141,9 +141,18 @@ class RoutingChecker:
     def empty_groups(self) -> None:
         """A group whose filter selects no node: an error if routing uses it, else a warning."""
         for g in self.groups:
+            undialable = g.pop("undialable", None)  # (position, message) from nodes.resolve_groups
             if g["nodes"] or g.get("filter_failed"):
                 continue
             name = g["name"]
+            if undialable is not None:
+                at, what = undialable
+                used = self.used.get(name)
+                if used is not None:
+                    self.diags.error(at, f"{what}; routing sends flows to the group (line {used.line})")
+                else:
+                    self.diags.warning(at, f"{what} (no rule uses the group)")
+                continue
             at = self.cfg.pos.key(("groups", name))
             hint = ("check its filter against the names in 'nodes'" if self.cfg.data.get("nodes")
                     or self.cfg.data.get("subscriptions") else "define some nodes")

@@ -11,7 +11,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from dae_py.contract import fields
 from dae_py.contract.ir import RoutingIR, Rule, max_domain_words
 from dae_py.contract.version import COMPILER_VERSION
 
-from .outdir import check_output_dir
+from .outdir import check_output_dir, staging_dir, swap_in
 from .tables import MapTable
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "bpf"
@@ -153,10 +152,8 @@ def compile_c(build: Path) -> None:
 def write_build(out_dir: Path, emitted: Emitted, manifest: dict[str, Any], extra_files: dict[str, str]) -> None:
     """Write the build to a temporary directory, then swap it into place (never half a build).
     Raises OutputDirError, changing nothing, when `out_dir` is not a directory a build may replace."""
-    check_output_dir(out_dir)
-    out_dir = out_dir.resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".dae-build-", dir=out_dir.parent))
+    target = check_output_dir(out_dir)
+    tmp = staging_dir(target)
     try:
         (tmp / "include").mkdir()
         for h in HAND_WRITTEN_HEADERS:
@@ -178,13 +175,7 @@ def write_build(out_dir: Path, emitted: Emitted, manifest: dict[str, Any], extra
                     "object_sha256": hashlib.sha256((tmp / "program.o").read_bytes()).hexdigest()}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         (tmp / "manifest.json").chmod(0o600)  # it carries node credentials
-        if out_dir.exists():
-            old = out_dir.with_name(out_dir.name + ".old-" + tmp.name[-8:])
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
+        swap_in(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -236,7 +236,8 @@ def resolve_groups(
         gpath = ("groups", name)
         filters = spec.get("filter")
         filter_list = [filters] if isinstance(filters, str) else (filters or [])
-        selected: dict[str, float] = {}
+        selected: dict[str, float] = {}  # node -> add_latency, in the pool's order
+        filter_hits: list[tuple[JsonPath, str, list[str]]] = []  # each filter and the nodes it selects
         filter_failed = False
         if not filter_list:
             selected = {n: 0.0 for n in pool.nodes}
@@ -279,17 +280,22 @@ def resolve_groups(
             if bad:
                 filter_failed = True
                 continue
-            for node_name in pool.nodes:
-                if node_name not in selected and _filter_matches(calls, node_name, pool.tags.get(node_name)):
-                    selected[node_name] = latency
+            matched = [n for n in pool.nodes if _filter_matches(calls, n, pool.tags.get(n))]
+            for node_name in matched:
+                selected.setdefault(node_name, latency)
+            filter_hits.append((fpath, text, matched))
+        dialable = [n for n in selected if pool.nodes[n].get("dialable")]
+        undialable = None
+        if not filter_failed:
+            undialable = _filters_without_dialable_nodes(cfg, diags, name, filter_hits, pool, bool(dialable))
+        if not filter_list and selected and not dialable:  # no filter: every node, none dialable
+            undialable = (cfg.pos.key(gpath), f"group '{name}' (no filter: every node) has only nodes the runtime "
+                                              f"cannot dial: {_undialable_list(list(selected), pool)}")
         policy = spec["policy"].replace(" ", "")
         fixed_index = 0
         if policy.startswith("fixed("):
-            fixed_index = int(policy[6:-1])
             policy = "fixed"
-            if selected and fixed_index >= len(selected):
-                diags.error(cfg.pos.value(gpath + ("policy",)),
-                            f"group '{name}': fixed({fixed_index}) but the group has {len(selected)} node(s)")
+            fixed_index = _fixed_index(cfg, diags, name, gpath, list(selected), dialable, pool)
         # A group that selects no node is an error only when routing sends flows to it; the routing
         # checker decides (it knows which groups the rules use), see RoutingChecker.empty_groups.
         check = {}
@@ -297,14 +303,83 @@ def resolve_groups(
             check[key] = spec.get(key, defaults[key])
         groups.append({
             "name": name, "id": gid, "policy": policy, "fixed_index": fixed_index,
-            "nodes": list(selected), "add_latency_ms": {n: round(v * 1000, 3) for n, v in selected.items() if v},
+            # only the nodes the runtime dials (the others were warned about at their definition),
+            # so the runtime's node list and fixed_index are the compiler's
+            "nodes": dialable, "add_latency_ms": {n: round(selected[n] * 1000, 3) for n in dialable if selected[n]},
             "check": _check_settings(check, cfg, gpath, diags),
         })
+        if undialable is not None:
+            # (position, message) of the filter whose nodes the runtime cannot dial; the routing
+            # checker pops it (so it never reaches a manifest) and reports it, see empty_groups.
+            groups[-1]["undialable"] = undialable
         if filter_failed:
             # Only ever set alongside an error, so it never reaches a manifest: it tells the
             # routing checker not to add "selects no node" to the filter's own error.
             groups[-1]["filter_failed"] = True
     return groups
+
+
+def _why_not_dialable(node: dict[str, Any]) -> str:
+    cap = protocol(node["protocol"])
+    if node.get("chain"):
+        return f"{node['name']} ({node['protocol']} chain)"
+    return f"{node['name']} ({node['protocol']}{': ' + cap.missing if cap is not None and cap.missing else ''})"
+
+
+def _undialable_list(names: list[str], pool: NodePool, limit: int = 3) -> str:
+    shown = [_why_not_dialable(pool.nodes[n]) for n in names[:limit]]
+    return ", ".join(shown) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _filters_without_dialable_nodes(cfg: LoadedConfig, diags: Diagnostics, group: str,
+                                    hits: list[tuple[JsonPath, str, list[str]]], pool: NodePool,
+                                    group_has_one: bool) -> tuple[SourcePos, str] | None:
+    """Each filter that selects nodes but none the runtime can dial: a warning at it when the other
+    filters still give the group a node to dial; when none does, the first such filter and its
+    message are returned, for the routing checker to report (an error when routing sends flows to
+    the group: the runtime would refuse every one). A filter that selects nothing at all, beside
+    others, is a warning at it; a group that selects nothing at all is the routing checker's."""
+    undialable: tuple[SourcePos, str] | None = None
+    for fpath, text, matched in hits:
+        if any(pool.nodes[n].get("dialable") for n in matched):
+            continue
+        at = cfg.pos.value(fpath)
+        if matched:
+            what = (f"group '{group}': filter '{text}' selects only nodes the runtime cannot dial: "
+                    f"{_undialable_list(matched, pool)}")
+            if group_has_one:
+                diags.warning(at, what)
+            elif undialable is None:
+                undialable = (at, what)
+        elif group_has_one or len(hits) > 1:
+            diags.warning(at, f"group '{group}': filter '{text}' selects no node")
+    return undialable
+
+
+def _fixed_index(cfg: LoadedConfig, diags: Diagnostics, group: str, path: JsonPath, selected: list[str],
+                 dialable: list[str], pool: NodePool) -> int:
+    """`fixed(N)`: node N of what the filters select, as in dae; checked here, at the policy, so a
+    gateway never starts with an index past its group. Returns the index into `dialable` (the
+    manifest's node list)."""
+    policy = cfg.data["groups"][group]["policy"]
+    n = int(policy.replace(" ", "")[6:-1])
+    at = cfg.pos.value(path + ("policy",))
+    if not selected:
+        return 0  # the routing checker reports a group that selects no node
+    if n >= len(selected):
+        diags.error(at, f"group '{group}': fixed({n}) but the group has {len(selected)} node(s)",
+                    f"its filter selects {', '.join(selected[:5])}{', ...' if len(selected) > 5 else ''}; "
+                    f"fixed() counts from 0")
+        return 0
+    node = selected[n]
+    if node not in dialable:
+        if dialable:  # else the filter's own error says the group has no node to dial
+            diags.error(at, f"group '{group}': fixed({n}) selects node {_why_not_dialable(pool.nodes[node])}, "
+                            "which the runtime cannot dial",
+                        f"the dialable nodes are fixed({', '.join(str(selected.index(d)) for d in dialable[:5])})"
+                        f" ({', '.join(dialable[:5])})")
+        return 0
+    return dialable.index(node)
 
 
 def _check_settings(raw: dict[str, Any], cfg: LoadedConfig, path: JsonPath, diags: Diagnostics) -> dict[str, Any]:

@@ -8,6 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+from dae_py.runtime import logsetup
+from dae_py.runtime.logsetup import LEVELS
+
 
 def _explain(args: argparse.Namespace) -> int:
     from dae_py.contract.values import parse_mac
@@ -18,6 +21,7 @@ def _explain(args: argparse.Namespace) -> int:
 
     try:
         build = Build.open(args.build)
+        logsetup.apply_manifest_level(build.raw)
         src = parse_endpoint(args.src)
         dst = parse_endpoint(args.dst)
         mac = parse_mac(args.mac) if args.mac else None
@@ -64,9 +68,43 @@ class _Formatter(logging.Formatter):
             record.name = name
 
 
+COMMANDS = ("explain", "run", "cleanup")
+
+
+def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """Options valid before and after the command: on the top parser and on every command's,
+    with no default below the top one, so a value given after the command is not overwritten by
+    the top parser's default (and vice versa)."""
+    parser.add_argument("--log-level", type=str.lower, choices=list(LEVELS),
+                        default=None if top else argparse.SUPPRESS,
+                        help="error, warn, info, debug or trace (dae's names); default: the config's "
+                             "global.log_level, else info")
+
+
+def _with_command(argv: list[str]) -> list[str]:
+    """`dae-runtime [global options] BUILD ...` means `run BUILD ...`: insert `run` before the
+    first word that is not a global option or its value, unless it is a command already."""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--log-level":
+            i += 2
+        elif word.startswith("-"):
+            i += 1
+        else:
+            if word not in COMMANDS:
+                return [*argv[:i], "run", *argv[i:]]
+            return argv
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
+    from dae_py.contract.version import COMPILER_VERSION, MANIFEST_FORMAT
+
     ap = argparse.ArgumentParser(prog="dae-runtime", description=__doc__)
-    ap.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _global_options(ap, top=True)
+    ap.add_argument("--version", action="version",
+                    version=f"dae-runtime {COMPILER_VERSION} (reads builds of manifest format {MANIFEST_FORMAT})")
     sub = ap.add_subparsers(dest="command")
 
     ex = sub.add_parser("explain", help="run one flow through the compiled program and show the deciding rule")
@@ -86,14 +124,13 @@ def main(argv: list[str] | None = None) -> int:
                      "else $RUNTIME_DIRECTORY/state.json, else /run/dae-py/state.json)")
     cl = sub.add_parser("cleanup", help="undo what a crashed runtime left in the kernel")
     cl.add_argument("--state", type=Path, help="state file of the crashed run (default: as for run)")
+    for parser in (ex, run, cl):
+        _global_options(parser, top=False)
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] not in ("explain", "run", "cleanup", "-h", "--help") and not argv[0].startswith("--"):
-        argv.insert(0, "run")
-    args = ap.parse_args(argv)
+    args = ap.parse_args(_with_command(list(sys.argv[1:] if argv is None else argv)))
     handler = logging.StreamHandler()
     handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    logsetup.configure(handler, args.log_level)
     if args.command == "explain":
         return _explain(args)
     if args.command in ("run", "cleanup"):

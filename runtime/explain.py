@@ -13,6 +13,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
+from dae_py.contract import capabilities
 from dae_py.contract.manifest import Attach, RuleEntry
 from dae_py.runtime.bpf import BpfObject, prog_test_run
 from dae_py.runtime.build import Build, load_tables
@@ -31,6 +32,25 @@ from dae_py.runtime.packets import (
 TC_ACTIONS = {0: "TC_ACT_OK", 2: "TC_ACT_SHOT", 7: "TC_ACT_REDIRECT", 0xFFFFFFFF: "TC_ACT_UNSPEC"}
 
 
+def caveats(build: Build, domain: str | None, pname: str | None) -> tuple[str, ...]:
+    """What this explanation assumes that the live gateway cannot provide yet, from the capability
+    table: explain fills the maps itself (the domain bits for --domain, the process entry for
+    --pname), so its answer can differ from what a real flow of that kind gets."""
+    out = []
+    given = {"domain": domain, "pname": pname}
+    for name, value in given.items():
+        cap = capabilities.function(name)
+        if value is None or cap is None:
+            continue
+        if not cap.acts:
+            out.append(f"--{name} {value}: the live gateway cannot provide this yet ({name}() does not act): "
+                       f"{cap.needs}")
+        elif name == "domain" and not build.manifest.dns.bind:
+            out.append(f"--{name} {value}: the live gateway cannot provide this: {name}() needs {cap.needs}, "
+                       "and this build sets no dns.bind, so no name is ever bound to --dst there")
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class Explanation:
     flow: FlowSpec
@@ -42,6 +62,7 @@ class Explanation:
     domain_bits: int
     pname: str | None
     program: str
+    caveats: tuple[str, ...] = ()  # what the live gateway cannot provide (see `caveats`)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -56,6 +77,7 @@ class Explanation:
             "program": self.program,
             "domain": self.domain,
             "domain_bits": self.domain_bits,
+            "caveats": list(self.caveats),
         }
 
     def text(self, config_name: str) -> str:
@@ -79,7 +101,8 @@ class Explanation:
             extras.append("must (DNS not hijacked)")
         tail = f" [{', '.join(extras)}]" if extras else ""
         action = TC_ACTIONS.get(self.tc_action, self.tc_action)
-        return f"{head}\n  {why}\n  -> outbound '{self.outbound}'{tail} ({action})"
+        notes = "".join(f"\n  note: {c}" for c in self.caveats)
+        return f"{head}\n  {why}\n  -> outbound '{self.outbound}'{tail} ({action}){notes}"
 
 
 def explain(build: Build, flow: FlowSpec, domain: str | None = None, pname: str | None = None) -> Explanation:
@@ -100,7 +123,8 @@ def explain(build: Build, flow: FlowSpec, domain: str | None = None, pname: str 
     decision = parse_flow_value(raw)
     rule = build.rule(decision.rule) if decision.rule < len(build.manifest.rules) else None
     return Explanation(flow=flow, decision=decision, rule=rule, outbound=build.outbound_name(decision.outbound),
-                       tc_action=result.retval, domain=domain, domain_bits=bits, pname=pname, program=program)
+                       tc_action=result.retval, domain=domain, domain_bits=bits, pname=pname, program=program,
+                       caveats=caveats(build, domain, pname))
 
 
 def make_flow(proto: str, src: tuple[Any, int], dst: tuple[Any, int], mac: int | None, dscp: int) -> FlowSpec:

@@ -27,6 +27,7 @@ from typing import Any
 
 from dae_py.contract.manifest import Attach, ManifestError
 from dae_py.contract.maps import OUTBOUND_STATS, U32
+from dae_py.runtime import logsetup, reload_signals
 from dae_py.runtime.bpf import BpfError, BpfObject
 from dae_py.runtime.build import Build, BuildError, load_tables
 from dae_py.runtime.datapath import CleanupReport, Datapath, StateBusy, cleanup
@@ -242,11 +243,13 @@ def main(args: argparse.Namespace) -> int:
     logging.logThreads = False
     logging._srcfile = None  # no stack walk for the caller's file and line (not in the format)
     reserve = FdReserve()  # first: the lowest descriptor numbers
+    reload_signals.install_early()
     try:
         build = Build.open(args.build)
     except BuildError as exc:
         log.error("%s", exc)
         return 2
+    logsetup.apply_manifest_level(build.raw)
     warn_if_degraded()
     try:
         import uvloop
@@ -262,6 +265,7 @@ def main(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        reload_signals.install(loop)
         return await serve(build, state_path, stop, reserve=reserve)
 
     sys.unraisablehook = _unraisable

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from dae_py.contract.maps import DECISION, FLOW_KEY
 from dae_py.runtime.domain_map import DomainBindings
+from dae_py.runtime.groups.marks import marked_routes
 from dae_py.runtime.packets import IPPROTO_TCP, IPPROTO_UDP, flow_key, parse_flow_value
 from dae_py.runtime.relay.flow import Flow, Route, rule_label
 
@@ -42,6 +43,7 @@ class KernelRouter:
         lookuper = getattr(flows_map, "lookuper", None)
         self._lookup = lookuper() if lookuper is not None else flows_map.lookup
         self._config_file = build.manifest.config_file
+        self._marked = marked_routes(build.manifest)  # (group, mark) -> its marked view's id
         self._routes: dict[int, Route] = {}  # rule << 8 | outbound -> its Route, made once
         # what the per-flow log line says, per rule: built once, not per flow
         self._why: dict[int | None, str] = {None: f" ({rule_label(None, self._config_file, None)})"}
@@ -57,17 +59,19 @@ class KernelRouter:
                    + _TAIL(src[1], dst[1], IPPROTO_TCP if flow.l4proto == "tcp" else IPPROTO_UDP, 4))
             raw = self._lookup(key)
             if raw is not None:
-                _mark, rule, outbound, _flags = _VALUE(raw, 0)
+                mark, rule, outbound, _flags = _VALUE(raw, 0)
                 known = self._routes.get(rule << 8 | outbound)  # one Route per (rule, outbound)
                 if known is not None:
                     return known
-                route = self._route(outbound, rule if rule < self.n_rules else None)
+                route = self._route(outbound, rule if rule < self.n_rules else None, mark)
                 if len(self._routes) < 4096:
                     self._routes[rule << 8 | outbound] = route
                 return route
         return self._route_slow(flow)
 
-    def _route(self, outbound: int, rule: int | None) -> Route:
+    def _route(self, outbound: int, rule: int | None, mark: int = 0) -> Route:
+        if mark:  # a rule's `group(mark: N)`: the group's view that dials with the mark
+            outbound = self._marked.get((outbound, mark), outbound)
         why = self._why.get(rule)
         if why is None:  # an index the manifest does not list
             r = self.build.rule(rule) if rule is not None else None  # (None is in _why)
@@ -82,7 +86,7 @@ class KernelRouter:
         raw = self.flows.lookup(flow_key(evaluated))
         if raw is not None:
             d = parse_flow_value(raw)
-            return self._route(d.outbound, d.rule if d.rule < self.n_rules else None)
+            return self._route(d.outbound, d.rule if d.rule < self.n_rules else None, d.mark)
         from dae_py.contract.evaluate import classify
 
         if self.domains is not None:
@@ -91,4 +95,4 @@ class KernelRouter:
                 evaluated = dataclasses.replace(evaluated, domain_bits=bits)
         dec = classify(self.build.ir, evaluated)
         log.debug("no kernel decision for %s; user-space matcher chose %s", flow, dec.outbound)
-        return self._route(dec.outbound_id, dec.rule)
+        return self._route(dec.outbound_id, dec.rule, dec.mark)

@@ -1,6 +1,8 @@
 """A group of nodes: pick one per flow by policy, fail over on dial errors."""
 from __future__ import annotations
 
+import copy
+import dataclasses
 import errno
 import logging
 import math
@@ -73,6 +75,7 @@ class Group:
         self._selected: dict[Check, Node | None] = {kind: None for kind in Check}
         self.checker = HealthChecker(self, clock=clock)
         self.dial_attempts = 0
+        self.view_of: Group | None = None  # the group this is a marked view of (with_mark)
         for kind in Check:
             self._reselect(kind)
 
@@ -85,6 +88,16 @@ class Group:
             raise ValueError(f"group '{spec.name}': unknown node(s) {', '.join(missing)}")
         return cls(spec, [nodes[n] for n in spec.nodes], opts, **kwargs)
 
+    def with_mark(self, mark: int) -> Group:
+        """This group, dialing with `mark` as its upstream sockets' SO_MARK (a rule's
+        `group(mark: N)`, see marks.py). A view: nodes, statistics, the node selection and the
+        health checker are the group's own objects, so a failure seen through either counts
+        for both; only the dial options differ."""
+        view = copy.copy(self)
+        view.opts = dataclasses.replace(self.opts, so_mark=mark)
+        view.view_of = self
+        return view
+
     # --- state -----------------------------------------------------------------------------
     def candidates(self, kind: Check) -> list[Node]:
         return [n for n in self.nodes if kind is not Check.UDP or n.supports_udp]
@@ -93,7 +106,9 @@ class Group:
         return [n for n in self.candidates(kind) if self.stats[kind][n.name].alive]
 
     def metric(self, node: Node, kind: Check) -> float:
-        return self.stats[kind][node.name].metric(self.spec.policy)
+        """What the latency policies rank by: the node's measured figure plus its add_latency
+        (unknown stays unknown)."""
+        return self.stats[kind][node.name].metric(self.spec.policy) + self.spec.add_latency.get(node.name, 0.0)
 
     def record(self, node: Node, kind: Check, latency: float | None,
                error: str | None = None) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -114,6 +115,9 @@ class GroupSpec:
     nodes: tuple[str, ...]
     fixed_index: int = 0
     check: CheckSpec = field(default_factory=CheckSpec)
+    #: node -> seconds added to its measured latency when the latency policies rank nodes: the
+    #: `[add_latency: -500ms]` of the filter that selected it (dae's way to prefer or avoid nodes).
+    add_latency: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_manifest(cls, raw: GroupEntry | Mapping[str, Any]) -> GroupSpec:
@@ -132,5 +136,9 @@ class GroupSpec:
         if not 0 <= fixed_index < len(entry.nodes):
             raise ValueError(f"group '{entry.name}': fixed({fixed_index}) but the group has "
                              f"{len(entry.nodes)} node(s)")
+        bad = [n for n, ms in entry.add_latency_ms.items() if not math.isfinite(ms)]
+        if bad:
+            raise ValueError(f"group '{entry.name}': add_latency of {', '.join(bad)} is not a number")
+        add_latency = {n: ms / 1000.0 for n, ms in entry.add_latency_ms.items() if n in entry.nodes and ms}
         return cls(name=entry.name, id=entry.id, policy=policy, nodes=entry.nodes,
-                   fixed_index=fixed_index, check=CheckSpec.from_manifest(entry.check))
+                   fixed_index=fixed_index, check=CheckSpec.from_manifest(entry.check), add_latency=add_latency)

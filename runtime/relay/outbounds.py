@@ -8,6 +8,7 @@ from typing import Any
 
 from dae_py.contract.manifest import Manifest, nodes_and_groups
 from dae_py.runtime.groups import Group
+from dae_py.runtime.groups.marks import marked_routes
 from dae_py.runtime.proxy import BLOCK_ID, DIRECT_ID, BlockOutbound, DialOptions, DirectOutbound, Node, Outbound
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,10 @@ class OutboundTable:
             if group.spec.id in table:
                 raise ValueError(f"group '{group.name}': outbound id {group.spec.id} is taken")
             table[group.spec.id] = group
+        for (gid, mark), view_id in marked_routes(manifest).items():  # `group(mark: N)` rules
+            base = table.get(gid)
+            if isinstance(base, Group):
+                table[view_id] = base.with_mark(mark)
         return cls(table)
 
     def get(self, outbound_id: int) -> Outbound | None:
@@ -51,7 +56,7 @@ class OutboundTable:
         return {i: o for i, o in self.table.items() if isinstance(o, Group)}
 
     def groups(self) -> list[Group]:
-        return [o for o in self.table.values() if isinstance(o, Group)]
+        return [o for o in self.table.values() if isinstance(o, Group) and o.view_of is None]
 
     async def start(self) -> None:
         for outbound in self.table.values():
