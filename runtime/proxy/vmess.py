@@ -25,12 +25,15 @@ v2ray-core 4.34's proxy/vmess/aead and encoding packages):
 
 We send the chunk-stream option only (no length masking or padding: those hide lengths, they
 add no security, and v2ray honours whatever options the client asks for). The server answers
-nothing until the target sends something, so a dial succeeds once the header is written; a
-wrong UUID shows as a server that closes without a response header (after draining some bytes,
-v2ray's defence against probing): the first read raises ProxyAuthError naming the node.
+nothing until the target sends something, so a dial succeeds once the header is written. A
+wrong UUID shows as a server that never answers (v2ray 4.34 reads and drops a random 1.7-3.3 KB
+and holds the connection open, its defence against probing; past that it resets): a close
+before the response header raises ProxyAuthError naming the node, and a flow that ends with
+nothing received logs one warning per node saying what that looks like.
 """
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import os
@@ -290,6 +293,16 @@ def warn_refused(node: Node, protocol: str, why: str) -> ProxyAuthError:
     return exc
 
 
+def warn_mute(node: Node, protocol: str) -> None:
+    """A server that never answered a flow that sent data: v2ray holds a connection with an
+    unknown user open (it reads and drops up to a few kilobytes, then closes), so for small
+    requests this is how a wrong UUID shows. Once per node, until it answers again."""
+    if node.name not in _WARNED:
+        _WARNED.add(node.name)
+        log.warning("node %s: the server sent no %s response before the flow ended: a wrong UUID "
+                    "looks like this (so does a target that never answers)", node, protocol)
+
+
 class Session:
     """Keys and state of one VMess request: what the stream and the UDP session share."""
 
@@ -321,16 +334,19 @@ class VmessStream(LayeredStream):
         self._head = bytearray()  # server bytes until the response header is complete
         self._answered = False
         self._chunks: list[bytes] = []
+        self._sent_payload = False
 
     async def sendall(self, data: bytes | memoryview) -> None:
         if not data:
             return
+        self._sent_payload = True
         sealer = self._s.sealer
         await self.raw.sendall(sealer.seal(data) if sealer is not None else data)
 
     async def send_packet(self, data: bytes) -> None:
         """One datagram as one chunk (UDP sessions)."""
         assert self._s.sealer is not None
+        self._sent_payload = True
         await self.raw.sendall(self._s.sealer.seal(data, limit=0xFFFF - TAG))
 
     async def recv_packet(self) -> bytes | None:
@@ -362,6 +378,10 @@ class VmessStream(LayeredStream):
             if self._answered:
                 raise
             data = b""  # v2ray resets when it closes with our bytes unread: a refusal too
+        except asyncio.CancelledError:  # the flow or the check ended, the server still mute
+            if not self._answered and self._sent_payload:
+                warn_mute(self.node, "VMess")
+            raise
         if not data:
             if not self._answered:
                 raise warn_refused(self.node, "VMess", "a wrong UUID looks like this (so do a server "
