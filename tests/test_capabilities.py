@@ -3,7 +3,6 @@ the runtime's protocols are its rows, the compiler's dialable set is derived fro
 config item the runtime does not act on gets a warning at its file:line:col saying what is missing."""
 from __future__ import annotations
 
-
 import pytest
 
 from dae_py.compiler import nodes
