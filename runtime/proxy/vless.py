@@ -7,7 +7,9 @@ and the response, ahead of the target's first bytes: version 0 || addons length 
 VLESS encrypts nothing itself: its links pair it with TLS. A UDP session carries datagrams to
 the one destination of its request, each as a 2-byte big-endian length and the payload, both
 ways. The server answers nothing before the target does; a wrong UUID shows as a close with no
-response (v2ray 4.34 without fallbacks), which the first read reports as ProxyAuthError.
+response (v2ray 4.34 without fallbacks), which is also how a target that closes without a byte
+ends: the stream ends and one log line names the node and both causes (a reset before the
+response, our bytes unread, is a refusal: ProxyAuthError).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from dae_py.runtime.net.stream import RECV_SIZE, LayeredStream, Stream
 from .base import Destination, DialOptions, Node, ProxyProtocolError, ReplyCallback
 from .streamudp import StreamUdpAssociation
 from .transport import describe, open_stream
-from .vmess import _WARNED, encode_address, user_id, warn_refused
+from .vmess import _WARNED, closed_unanswered, encode_address, refused, user_id
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +59,13 @@ class VlessStream(LayeredStream):
             except ConnectionResetError:
                 if self._answered:
                     raise
-                data = b""  # a close with our bytes unread: the same refusal
+                raise refused(self.node, "VLESS", "a wrong UUID looks like this") from None
             if self._answered:
                 return data
             if not data:
-                raise warn_refused(self.node, "VLESS", "a wrong UUID looks like this")
+                closed_unanswered(self.node, "VLESS", "a wrong UUID looks like this")
+                self._answered = True  # the end of the stream, reported once
+                return b""
             self._head += data
             if len(self._head) < 2:
                 continue

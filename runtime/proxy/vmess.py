@@ -27,9 +27,11 @@ We send the chunk-stream option only (no length masking or padding: those hide l
 add no security, and v2ray honours whatever options the client asks for). The server answers
 nothing until the target sends something, so a dial succeeds once the header is written. A
 wrong UUID shows as a server that never answers (v2ray 4.34 reads and drops a random 1.7-3.3 KB
-and holds the connection open, its defence against probing; past that it resets): a close
+and holds the connection open, its defence against probing; past that it resets): a reset
 before the response header raises ProxyAuthError naming the node, and a flow that ends with
-nothing received logs one warning per node saying what that looks like.
+nothing received logs one warning per node saying what that looks like. A close (not a reset)
+before the response is a plain end of stream: v2ray closes that way when the target closed
+without a byte, too.
 """
 from __future__ import annotations
 
@@ -281,16 +283,27 @@ class ResponseHeader:
 
 
 _WARNED: set[str] = set()
+WHY = "a wrong UUID looks like this (so do a server alterId other than 0 and a clock more than 120 s off)"
 
 
-def warn_refused(node: Node, protocol: str, why: str) -> ProxyAuthError:
-    """The error for a server that closed before answering; a warning once per node (until it
-    answers again), since the relay's flow log shows only the error."""
-    exc = ProxyAuthError(f"the server closed the connection without a {protocol} response: {why}", node)
+def refused(node: Node, protocol: str, why: str) -> ProxyAuthError:
+    """A reset before any response: the server closed with our bytes unread, i.e. it never took
+    the request (v2ray drops an unknown user's connection this way once its drain overflows).
+    A warning once per node (until it answers again): the relay's flow log shows only the error."""
+    exc = ProxyAuthError(f"the server reset the connection without a {protocol} response: {why}", node)
     if node.name not in _WARNED:
         _WARNED.add(node.name)
         log.warning("%s", exc)
     return exc
+
+
+def closed_unanswered(node: Node, protocol: str, why: str) -> None:
+    """A plain close before any response. v2ray sends its response header with the target's
+    first bytes, so a target that closes without a byte (an upload-only flow) ends the same way
+    as a refused user (VLESS closes at once): not an error, the flow just ends; one line says
+    what it may mean."""
+    log.info("node %s: the server closed the connection without a %s response: %s (so does a "
+             "target that closes without sending a byte)", node, protocol, why)
 
 
 def warn_mute(node: Node, protocol: str) -> None:
@@ -335,6 +348,7 @@ class VmessStream(LayeredStream):
         self._answered = False
         self._chunks: list[bytes] = []
         self._sent_payload = False
+        self._eof = False
 
     async def sendall(self, data: bytes | memoryview) -> None:
         if not data:
@@ -370,22 +384,23 @@ class VmessStream(LayeredStream):
     async def _read(self) -> list[bytes] | None:
         """The payloads of what one read of `raw` brought (maybe none), None at the end."""
         opener = self._s.opener
-        if opener is not None and opener.ended:
+        if self._eof or (opener is not None and opener.ended):
             return None
         try:
             data = await self.raw.recv(RECV_SIZE)
         except ConnectionResetError:
             if self._answered:
                 raise
-            data = b""  # v2ray resets when it closes with our bytes unread: a refusal too
+            raise refused(self.node, "VMess", WHY) from None
         except asyncio.CancelledError:  # the flow or the check ended, the server still mute
             if not self._answered and self._sent_payload:
                 warn_mute(self.node, "VMess")
             raise
         if not data:
+            self._eof = True
             if not self._answered:
-                raise warn_refused(self.node, "VMess", "a wrong UUID looks like this (so do a server "
-                                   "alterId other than 0 and a clock more than 120 s off)")
+                closed_unanswered(self.node, "VMess", WHY)
+                return None
             if opener is not None and opener.mid_chunk:
                 raise ProxyProtocolError("the server closed the connection in the middle of a chunk",
                                          self.node)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import os
+import socket
 import struct
 import uuid
 import zlib
@@ -17,7 +19,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from dae_py.runtime.proxy import Destination, DialError, DialOptions, Node, vless, vmess
+from dae_py.runtime.proxy import Destination, DialError, DialOptions, Node, ProxyAuthError, vless, vmess
 
 UID = "b831381d-6324-4d53-ad4f-8cda48b30811"
 
@@ -225,3 +227,44 @@ def test_a_vmess_session_over_loopback_answers_and_closes() -> None:
 
     assert asyncio.run(scenario()) == b"pong" * 5000
     assert received["up"] == b"ping"
+
+
+@pytest.mark.parametrize("protocol", ["vmess", "vless"])
+@pytest.mark.parametrize("reset", [False, True])
+def test_a_server_that_ends_before_answering(protocol: str, reset: bool,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A close before the response is a plain end of stream (v2ray ends so when the target
+    closed without a byte, and when it refuses a VLESS user) with a line naming the node; a
+    reset (our bytes unread: the request was never taken) is a ProxyAuthError."""
+
+    async def scenario() -> bytes:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if not reset:
+                await reader.read(4096)
+            else:
+                await asyncio.sleep(0.2)  # our request unread in the socket
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        node = Node(f"n_{protocol}", protocol, "127.0.0.1", port, username=UID, cipher="aes-128-gcm")
+        module = vmess if protocol == "vmess" else vless
+        stream = await module.dial(node, Destination("10.0.0.1", 80), DialOptions())
+        try:
+            await stream.sendall(b"x" * 100)
+            return await stream.recv()
+        finally:
+            stream.close()
+            server.close()
+
+    vmess._WARNED.clear()
+    with caplog.at_level(logging.INFO):
+        if reset:
+            with pytest.raises(ProxyAuthError, match="reset the connection without a"):
+                asyncio.run(scenario())
+        else:
+            assert asyncio.run(scenario()) == b""
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"node 'n_{protocol}'" in text and "wrong UUID" in text and UID not in text
