@@ -182,3 +182,13 @@ def test_a_close_mid_frame_is_a_protocol_error() -> None:
 
     with pytest.raises(ProxyProtocolError, match="middle of a WebSocket frame"):
         asyncio.run(scenario())
+
+
+def test_masking_xors_the_key_cyclically_in_c_and_in_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = os.urandom(1001)
+    key = b"\x01\x02\x03\x04"
+    expected = bytes(b ^ key[i % 4] for i, b in enumerate(data))
+    assert ws._c_mask is not None  # the dependency's compiled speedups are installed
+    assert ws.mask(data, key) == expected
+    monkeypatch.setattr(ws, "_c_mask", None)
+    assert ws.mask(data, key) == expected and ws.mask(b"", key) == b""
