@@ -185,7 +185,7 @@ def finish_vmess(node: dict[str, Any], link: str, info: dict[str, Any]) -> Unsup
     host = str(info.get("host") or "")
     network = str(info.get("net") or "tcp").lower()
     transport, unsupported = _transport(name, network, tls == "tls", str(info.get("path") or "/"),
-                                        host if network == "ws" else "", at)
+                                        host if network in ("ws", "h2", "http") else "", at)
     node["transport"] = transport
     node["sni"] = str(info.get("sni") or "") or None
     alpn = info.get("alpn") or ""
@@ -224,8 +224,8 @@ def finish_vless(node: dict[str, Any], link: str, query: dict[str, str]) -> Unsu
         raise LinkError(f"node '{name}': unknown vless security '{security}' (expected 'tls' or 'none')",
                         _offset_of(link, "security=") or at)
     network = query.get("type", "tcp").lower()
-    transport, unsupported = _transport(name, network, security == "tls", query.get("path", "/"),
-                                        query.get("host", "") if network == "ws" else "",
+    host = query.get("host", "") if network in ("ws", "h2", "http") else ""
+    transport, unsupported = _transport(name, network, security == "tls", query.get("path", "/"), host,
                                         _offset_of(link, "type=") or at, query.get("eh", ""))
     node["transport"] = transport
     node["alpn"] = [p.strip() for p in query.get("alpn", "").split(",") if p.strip()]

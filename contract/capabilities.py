@@ -71,8 +71,8 @@ class TransportCapability:
 TRANSPORTS: tuple[TransportCapability, ...] = (
     TransportCapability("tcp", dialable=True),
     TransportCapability("ws", dialable=True),
-    TransportCapability("h2", dialable=False, missing="no HTTP/2 transport in the runtime yet"),
-    TransportCapability("http", dialable=False, missing="no HTTP/2 transport in the runtime yet"),
+    TransportCapability("h2", dialable=True),
+    TransportCapability("http", dialable=True),  # v2rayN's name for h2
     TransportCapability("grpc", dialable=False, missing="no gRPC transport in the runtime"),
     TransportCapability("quic", dialable=False, missing="no QUIC transport in the runtime"),
     TransportCapability("kcp", dialable=False, missing="no mKCP transport in the runtime"),

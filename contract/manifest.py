@@ -126,8 +126,9 @@ _NODE_KEYS = frozenset({"name", "protocol", "host", "port", "username", "passwor
 @dataclass(frozen=True)
 class TransportSpec:
     """The stream a VMess/VLESS node's protocol rides on, as its link said (v2ray's
-    streamSettings): `network` "tcp" or "ws" (the runtime dials these two), `tls` on top of TCP,
-    and for "ws" the request path, the Host header (None: the node's host) and early data
+    streamSettings): `network` "tcp", "ws" or "h2" (the runtime dials these), `tls` on top of
+    TCP, and for "ws" and "h2" the request path and host (None: the node's; h2 may list several,
+    comma-separated, of which the first is used), for "ws" early data
     (`max_early_data` bytes of the first write carried base64url in the `early_data_header` of
     the upgrade request, as `?ed=N` in a link asks; 0: none)."""
 

@@ -1,5 +1,5 @@
 """VMess and VLESS through the gateway against v2ray 4.34 (Debian's) as the server, over TCP,
-TLS, WebSocket and WebSocket+TLS, v4 and v6.
+TLS, WebSocket, WebSocket+TLS and HTTP/2 (TLS), v4 and v6.
 
 One v2ray in the upstream namespace serves every protocol x transport on its own port (config
 written here), its freedom outbound leaving from the node's address (v4 or v6, by the target's
@@ -21,7 +21,7 @@ import trustme
 
 from dae_py.runtime.groups import Check
 from dae_py.runtime.net.tls import client_context
-from dae_py.runtime.proxy import vmess
+from dae_py.runtime.proxy import Destination, DialOptions, Node, ProxyProtocolError, vless, vmess
 from dae_py.runtime.relay import RelayConfig
 from tests.conftest import have_root_bpf
 from tests.proxy.test_proxy_lab import checked, echo_through, first_round, udp_through
@@ -38,12 +38,13 @@ WRONG_UUID = "6f1d2c4b-8a3e-4f5a-9b7c-2d1e0f9a8b7d"
 WS_PATH = "/v2"
 # (protocol, transport) -> the v2ray inbound's port
 PORTS = {(p, t): port for port, (p, t) in enumerate(
-    ((p, t) for p in ("vmess", "vless") for t in ("tcp", "tls", "ws", "ws+tls")), start=10086)}
+    ((p, t) for p in ("vmess", "vless") for t in ("tcp", "tls", "ws", "ws+tls", "h2+tls")), start=10086)}
 
 
 def transport(kind: str) -> dict[str, Any]:
-    return {"network": "ws" if kind.startswith("ws") else "tcp", "tls": kind.endswith("tls"),
-            "path": WS_PATH, "host": SNI if kind.startswith("ws") else None}
+    network = kind.split("+")[0] if kind != "tls" else "tcp"
+    return {"network": network, "tls": kind.endswith("tls"), "path": WS_PATH,
+            "host": SNI if network in ("ws", "h2") else None}
 
 
 def v2_node(name: str, protocol: str, kind: str, host: str = V2RAY4, security: str | None = None,
@@ -57,7 +58,8 @@ SECURITIES = ("aes-128-gcm", "chacha20-poly1305", "none", "zero")
 NODES = [v2_node(f"vmess_{s}", "vmess", "tcp", security=s) for s in SECURITIES]
 NODES += [v2_node(f"vmess_{k}", "vmess", k, security="aes-128-gcm") for k in ("tls", "ws", "ws+tls")]
 NODES += [v2_node("vmess_chacha_ws+tls", "vmess", "ws+tls", security="chacha20-poly1305")]
-NODES += [v2_node(f"vless_{k}", "vless", k) for k in ("tcp", "tls", "ws", "ws+tls")]
+NODES += [v2_node("vmess_h2+tls", "vmess", "h2+tls", security="aes-128-gcm")]
+NODES += [v2_node(f"vless_{k}", "vless", k) for k in ("tcp", "tls", "ws", "ws+tls", "h2+tls")]
 NODES += [v2_node("vmess6_tcp", "vmess", "tcp", V2RAY6, "aes-128-gcm"),
           v2_node("vless6_ws+tls", "vless", "ws+tls", V2RAY6),
           v2_node("vmess_baduuid", "vmess", "tcp", security="aes-128-gcm", uid=WRONG_UUID),
@@ -79,9 +81,11 @@ def v2ray_config(cert: str, key: str) -> dict[str, Any]:
     """Every protocol x transport on its port; out through the node's own address."""
     inbounds = []
     for (protocol, kind), port in PORTS.items():
-        stream: dict[str, Any] = {"network": "ws" if kind.startswith("ws") else "tcp"}
+        stream: dict[str, Any] = {"network": {"ws": "ws", "h2": "http"}.get(kind.split("+")[0], "tcp")}
         if kind.startswith("ws"):
             stream["wsSettings"] = {"path": WS_PATH}
+        if kind.startswith("h2"):
+            stream["httpSettings"] = {"path": WS_PATH, "host": [SNI]}
         if kind.endswith("tls"):
             stream["security"] = "tls"
             stream["tlsSettings"] = {"certificates": [{"certificateFile": cert, "keyFile": key}]}
@@ -222,3 +226,20 @@ def test_health_checks_fail_a_wrong_uuid_and_the_group_fails_over(vlab: Lab) -> 
             assert who == V2RAY4
 
     vlab.run(scenario, timeout=90)
+
+
+@pytest.mark.parametrize("kind,status", [("ws+tls", "answered 404"), ("h2+tls", "answered 404")])
+def test_a_wrong_path_is_a_protocol_error_naming_the_status(vlab: Lab, kind: str, status: str) -> None:
+    raw = v2_node(f"vless_badpath_{kind}", "vless", kind)
+    raw["transport"] = {**raw["transport"], "path": "/not-it"}
+    bad = Node.from_manifest(raw)
+
+    async def scenario() -> None:
+        stream = await vless.dial(bad, Destination(SERVER4, 7000), DialOptions(so_mark=RELAY_MARK))
+        try:
+            await asyncio.wait_for(stream.recv(), 10)
+        finally:
+            stream.close()
+
+    with pytest.raises(ProxyProtocolError, match=status):
+        vlab.run(scenario)

@@ -58,6 +58,9 @@ def test_a_vless_link_as_clients_write_it() -> None:
     assert node.username == UID and node.password is None and node.sni == "v.example"
     assert node.transport == TransportSpec(network="ws", tls=True, path="/ws?x=1", host="h.example",
                                            max_early_data=1024)
+    _, h2 = compiled(f"vless://{UID}@192.0.2.2:443?type=http&security=tls&host=a.example,b.example&path=/h")
+    assert NodeSpec.from_json(h2).transport == TransportSpec(network="http", tls=True, path="/h",
+                                                             host="a.example,b.example")
     _, plain = compiled(f"vless://{UID}@192.0.2.2:443")
     assert NodeSpec.from_json(plain).transport == TransportSpec()
 
@@ -90,7 +93,7 @@ def test_a_bad_option_is_an_error_at_its_place_without_the_uuid(link: str, col: 
 
 @pytest.mark.parametrize("link,text", [
     (vmess_link(net="grpc"), "the 'grpc' transport is not supported (no gRPC transport"),
-    (vmess_link(net="h2", tls="tls"), "the 'h2' transport is not supported (no HTTP/2 transport"),
+    (vmess_link(net="quic", tls="tls"), "the 'quic' transport is not supported (no QUIC transport"),
     (vmess_link(aid="64"), "alterId 64 asks for the legacy (MD5) VMess header"),
     (vmess_link(type="http"), "the tcp 'http' header obfuscation is not supported"),
     (f"vless://{UID}@192.0.2.2:443?security=reality", "vless with 'reality' is not supported"),
