@@ -1,7 +1,8 @@
 """The stream a v2ray-family protocol (VMess, VLESS) rides on: TCP, TLS over TCP, WebSocket or
 HTTP/2 (v2ray's `h2`, ALPN h2 over TLS, or h2c) over either, composed from the node's
-`TransportSpec` (its link's `net`/`type`, `tls`/`security`, `path`, `host`, `?ed=`). The protocol modules write their own bytes on what this returns and
-never know which transport carries them.
+`TransportSpec` (its link's `net`/`type`, `tls`/`security`, `path`, `host`, `?ed=`). The
+protocol modules write their own bytes on what this returns and never know which transport
+carries them.
 """
 from __future__ import annotations
 
