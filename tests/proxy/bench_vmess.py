@@ -5,7 +5,7 @@
 iperf3 in the client namespace sends N MiB to iperf3 -s in the upstream namespace through the
 same v2ray 4.34 server (test_vmess_lab's config), in one run: our relay -> VMess aes-128-gcm
 over TCP, our relay -> VLESS over TLS, then v2ray 4.34's own client in the gateway namespace
-(dokodemo-door tproxy inbound on the relay's port, the lab's nftables rule) with the same two
+(dokodemo-door tproxy inbound on the relay's port, the lab's nftables rule) with the same three
 outbounds. Prints Gbit/s and CPU seconds per GiB: the relay's loop thread, or the v2ray client
 process (user + system).
 """
@@ -25,7 +25,7 @@ from tests.relay.bench_proxy import proc_cpu
 from tests.relay.bench_relay import iperf, thread_cpu
 from tests.relay.lab import RELAY_MARK, SERVER4, TPROXY_PORT, Lab
 
-from .test_vmess_lab import PORTS, SNI, UUID, V2RAY4, v2_node, v2ray_server
+from .test_vmess_lab import PORTS, SNI, UUID, V2RAY4, WS_PATH, v2_node, v2ray_server
 
 
 def v2ray_client(outbound: dict[str, Any]) -> dict[str, Any]:
@@ -43,6 +43,12 @@ VLESS_TLS_OUT = {"protocol": "vless", "settings": {"vnext": [{
     "address": V2RAY4, "port": PORTS[("vless", "tls")], "users": [{"id": UUID, "encryption": "none"}]}]},
     "streamSettings": {"network": "tcp", "security": "tls",
                        "tlsSettings": {"serverName": SNI, "allowInsecure": True}}}
+
+VMESS_WS_TLS_OUT = {"protocol": "vmess", "settings": {"vnext": [{
+    "address": V2RAY4, "port": PORTS[("vmess", "ws+tls")],
+    "users": [{"id": UUID, "alterId": 0, "security": "aes-128-gcm"}]}]},
+    "streamSettings": {"network": "ws", "wsSettings": {"path": WS_PATH, "headers": {"Host": SNI}},
+                       "security": "tls", "tlsSettings": {"serverName": SNI, "allowInsecure": True}}}
 
 
 def main() -> None:
@@ -66,11 +72,13 @@ def main() -> None:
         v2ray_server(lab, str(cert_file), str(key_file))
         iperf_server = lab.start_peer("iperf3", lab.up, ["iperf3", "-s", "-B", SERVER4])
         lab.wait_listening(lab.up, SERVER4, 5201, iperf_server)
-        nodes = [v2_node("vmess", "vmess", "tcp", security="aes-128-gcm"), v2_node("vless_tls", "vless", "tls")]
+        nodes = [v2_node("vmess", "vmess", "tcp", security="aes-128-gcm"), v2_node("vless_tls", "vless", "tls"),
+                 v2_node("vmess_ws_tls", "vmess", "ws+tls", security="aes-128-gcm")]
         groups = [{"name": f"g_{n['name']}", "id": 10 + i, "policy": "fixed", "fixed_index": 0,
                    "nodes": [n["name"]], "check": {}} for i, n in enumerate(nodes)]
         manifest = {"nodes": nodes, "groups": groups}
-        for name, outbound_id in (("relay -> vmess aes-128-gcm", 10), ("relay -> vless tls", 11)):
+        for name, outbound_id in (("relay -> vmess aes-128-gcm", 10), ("relay -> vless tls", 11),
+                                  ("relay -> vmess aes-128-gcm ws+tls", 12)):
             config = RelayConfig(so_mark=RELAY_MARK, splice=False)
 
             # Bound as defaults: scenario runs within this pass of the loop, but B023 cannot know that.
@@ -86,11 +94,12 @@ def main() -> None:
                     await gateway.close()
 
             results[name], cpu[name] = lab.run(scenario, timeout=900)
-        for name, outbound in (("v2ray client -> vmess aes-128-gcm", VMESS_OUT),
-                               ("v2ray client -> vless tls", VLESS_TLS_OUT)):
-            conf = lab.dir / f"client-{outbound['protocol']}.json"
+        for tag, name, outbound in (("vmess", "v2ray client -> vmess aes-128-gcm", VMESS_OUT),
+                                    ("vless", "v2ray client -> vless tls", VLESS_TLS_OUT),
+                                    ("vmess-ws", "v2ray client -> vmess aes-128-gcm ws+tls", VMESS_WS_TLS_OUT)):
+            conf = lab.dir / f"client-{tag}.json"
             conf.write_text(json.dumps(v2ray_client(outbound)))
-            client = lab.start_peer(f"v2ray-client-{outbound['protocol']}", lab.gw,
+            client = lab.start_peer(f"v2ray-client-{tag}", lab.gw,
                                     ["v2ray", "-config", str(conf)])
             lab.wait_listening(lab.gw, "127.0.0.1", TPROXY_PORT, client)
 
