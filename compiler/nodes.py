@@ -19,7 +19,7 @@ from dae_py.contract.userregex import compile_user_regex
 from .diagnostics import Diagnostics, SourcePos, did_you_mean
 from .load import JsonPath, LoadedConfig
 from .options import bounded_duration, check_tcp_check_url, check_udp_check_dns
-from .proxy_links import LinkError, finish_ss, finish_trojan, mask_link
+from .proxy_links import LinkError, finish_ss, finish_trojan, finish_vless, finish_vmess, mask_link
 from .readfile import read_capped_text
 from .rules import Call, RuleSyntaxError, parse_filter
 from .urls import split_url
@@ -65,6 +65,9 @@ def parse_link(name: str, link: str, allow_insecure: bool = False) -> dict[str, 
             # bad base64, UTF-8 or JSON (all ValueError), a missing key, JSON that is not an object or
             # whose port is not a number (Infinity: OverflowError), JSON nested past the recursion limit
             raise LinkError(f"node '{name}': vmess link is not v2rayN base64 JSON with add/port/id ({exc})") from None
+        if not 0 < node["port"] < 65536:
+            raise LinkError(f"node '{name}': vmess port {node['port']} out of range", len("vmess://"))
+        node["unsupported"] = finish_vmess(node, link, info)
         return node
     if scheme == "ss" and "@" not in rest.split("#")[0]:
         try:  # legacy form: ss://base64(method:password@host:port)#tag
@@ -101,6 +104,8 @@ def parse_link(name: str, link: str, allow_insecure: bool = False) -> dict[str, 
                             f"'method:password'", len(scheme) + 3) from None
     if scheme in ("ss", "trojan"):
         node["unsupported"] = (finish_ss if scheme == "ss" else finish_trojan)(node, link, query)
+    if scheme == "vless":
+        node["unsupported"] = finish_vless(node, link, query)
     if scheme in ("https", "trojan", "vless"):
         node["sni"] = query.get("sni") or query.get("peer") or None
         if query.get("allowInsecure") in ("1", "true"):

@@ -1,4 +1,5 @@
-"""What `ss://` (SIP002) and `trojan://` links must hold, checked at compile time; secrets masked.
+"""What `ss://` (SIP002), `trojan://`, `vmess://` and `vless://` links must hold, checked at
+compile time; secrets masked.
 
 `parse_link` (nodes.py) splits a link into host, port, userinfo and query; the functions here
 finish the node dict for one scheme each: they raise LinkError (with the offset in the link of
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import re
 from typing import Any
+
+from dae_py.contract import capabilities
 
 from .diagnostics import did_you_mean
 from .urls import mask_secrets
@@ -109,5 +112,135 @@ def finish_trojan(node: dict[str, Any], link: str, query: dict[str, str]) -> Uns
     if security not in ("tls", ""):
         return (_offset_of(link, "security=") or 0,
                 f"node '{name}': trojan with security '{security}' is not supported yet; "
+                "groups will not select it")
+    return None
+
+
+# --- vmess:// and vless:// (v2ray-family links) ------------------------------------------------
+
+VMESS_SECURITIES = ("auto", "aes-128-gcm", "chacha20-poly1305", "none", "zero")
+V2_NETWORKS = ("tcp", "ws", "h2", "http", "grpc", "quic", "kcp", "httpupgrade")
+V2_TLS = ("", "none", "tls")
+V2_TLS_UNSUPPORTED = ("reality", "xtls")
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")
+_ED = re.compile(r"^\d{1,6}$")
+
+
+def _transport(name: str, network: str, tls: bool, path: str, host: str, at: int,
+               early_header: str = "") -> tuple[dict[str, Any], Unsupported | None]:
+    """The manifest's transport dict; `?ed=N` leaves the path for `max_early_data`; a network
+    the runtime has no transport for is reported through the capability table."""
+    network = network or "tcp"
+    if network not in V2_NETWORKS:
+        hint = did_you_mean(network, V2_NETWORKS)
+        raise LinkError(f"node '{name}': unknown transport '{network}'"
+                        + (f" ({hint})" if hint else f" (known: {', '.join(V2_NETWORKS)})"), at)
+    base, _, query = (path or "/").partition("?")
+    early = 0
+    rest = []
+    for part in filter(None, query.split("&")):
+        key, _, value = part.partition("=")
+        if key == "ed":
+            if not _ED.match(value):
+                raise LinkError(f"node '{name}': WebSocket early data 'ed={value}' is not a byte count", at)
+            early = int(value)
+        else:
+            rest.append(part)
+    transport = {"network": network, "tls": tls, "path": base + ("?" + "&".join(rest) if rest else ""),
+                 "host": host or None, "max_early_data": early,
+                 "early_data_header": early_header or "Sec-WebSocket-Protocol"}
+    cap = capabilities.transport(network)
+    if cap is not None and not cap.dialable:
+        return transport, (at, f"node '{name}': the '{network}' transport is not supported ({cap.missing}); "
+                               "groups will not select it")
+    return transport, None
+
+
+def _check_uuid(name: str, scheme: str, value: Any, at: int) -> str:
+    """The UUID, checked; the message never shows it (it is the node's credential)."""
+    text = str(value or "").strip()
+    if not text:
+        raise LinkError(f"node '{name}': {scheme} link has no UUID", at)
+    if not _UUID.match(text):
+        raise LinkError(f"node '{name}': the {scheme} link's user id is not a UUID "
+                        "(expected 8-4-4-4-12 hex digits; not shown: it is the credential)", at)
+    return text
+
+
+def finish_vmess(node: dict[str, Any], link: str, info: dict[str, Any]) -> Unsupported | None:
+    """v2rayN's JSON (v, ps, add, port, id, aid, scy, net, type, host, path, tls, sni, alpn):
+    UUID, security, transport and TLS checked; what the runtime cannot dial is reported."""
+    name = node["name"]
+    at = len("vmess://")
+    node["username"] = _check_uuid(name, "vmess", info.get("id"), at)
+    security = str(info.get("scy") or "auto").lower()
+    if security not in VMESS_SECURITIES:
+        hint = did_you_mean(security, VMESS_SECURITIES)
+        raise LinkError(f"node '{name}': unknown vmess security '{security}'"
+                        + (f" ({hint})" if hint else f" (supported: {', '.join(VMESS_SECURITIES)})"), at)
+    node["cipher"] = security
+    tls = str(info.get("tls") or "").lower()
+    if tls not in V2_TLS + V2_TLS_UNSUPPORTED:
+        raise LinkError(f"node '{name}': unknown vmess tls '{tls}' (expected 'tls' or '')", at)
+    host = str(info.get("host") or "")
+    network = str(info.get("net") or "tcp").lower()
+    transport, unsupported = _transport(name, network, tls == "tls", str(info.get("path") or "/"),
+                                        host if network in ("ws", "h2", "http") else "", at)
+    node["transport"] = transport
+    node["sni"] = str(info.get("sni") or "") or None
+    alpn = info.get("alpn") or ""
+    node["alpn"] = [p.strip() for p in str(alpn).split(",") if p.strip()]
+    try:
+        aid = int(info.get("aid") or 0)
+    except (TypeError, ValueError):
+        raise LinkError(f"node '{name}': vmess alterId {info.get('aid')!r} is not a number", at) from None
+    if unsupported:
+        return unsupported
+    if tls in V2_TLS_UNSUPPORTED:
+        return at, f"node '{name}': vmess with '{tls}' is not supported; groups will not select it"
+    header = str(info.get("type") or "none").lower()
+    if network == "tcp" and header not in ("none", ""):
+        return at, (f"node '{name}': the tcp '{header}' header obfuscation is not supported; "
+                    "groups will not select it")
+    if aid != 0:
+        return at, (f"node '{name}': alterId {aid} asks for the legacy (MD5) VMess header, which the "
+                    "runtime does not speak (it speaks the AEAD header, alterId 0); groups will not select it")
+    return None
+
+
+def finish_vless(node: dict[str, Any], link: str, query: dict[str, str]) -> Unsupported | None:
+    """`vless://uuid@host:port?type=&security=&sni=&path=&host=&encryption=none#name`."""
+    name = node["name"]
+    at = link.find("://") + 3
+    user, password = node.get("username"), node.get("password")
+    node["username"] = _check_uuid(name, "vless", user if password is None else f"{user}:{password}", at)
+    node["password"] = None
+    encryption = query.get("encryption", "none").lower()
+    if encryption not in ("none", ""):
+        raise LinkError(f"node '{name}': vless encryption '{encryption}' is not 'none'",
+                        _offset_of(link, "encryption=") or at)
+    security = query.get("security", "none").lower()
+    if security not in V2_TLS + V2_TLS_UNSUPPORTED:
+        raise LinkError(f"node '{name}': unknown vless security '{security}' (expected 'tls' or 'none')",
+                        _offset_of(link, "security=") or at)
+    network = query.get("type", "tcp").lower()
+    host = query.get("host", "") if network in ("ws", "h2", "http") else ""
+    transport, unsupported = _transport(name, network, security == "tls", query.get("path", "/"), host,
+                                        _offset_of(link, "type=") or at, query.get("eh", ""))
+    node["transport"] = transport
+    node["alpn"] = [p.strip() for p in query.get("alpn", "").split(",") if p.strip()]
+    if unsupported:
+        return unsupported
+    if security in V2_TLS_UNSUPPORTED:
+        return (_offset_of(link, "security=") or at,
+                f"node '{name}': vless with '{security}' is not supported; groups will not select it")
+    flow = query.get("flow", "")
+    if flow:
+        return (_offset_of(link, "flow=") or at,
+                f"node '{name}': vless flow '{flow}' (XTLS) is not supported; groups will not select it")
+    header = query.get("headerType", "none").lower()
+    if network == "tcp" and header not in ("none", ""):
+        return (_offset_of(link, "headerType=") or at,
+                f"node '{name}': the tcp '{header}' header obfuscation is not supported; "
                 "groups will not select it")
     return None

@@ -53,9 +53,38 @@ PROTOCOLS: tuple[ProtocolCapability, ...] = (
     ProtocolCapability("trojan", dialable=True, udp=True),
     ProtocolCapability("socks5h", dialable=False,
                        missing="no socks5h outbound; socks5:// works: the relay sends addresses, not names"),
-    ProtocolCapability("vmess", dialable=False, missing="no VMess outbound"),
-    ProtocolCapability("vless", dialable=False, missing="no VLESS outbound"),
+    ProtocolCapability("vmess", dialable=True, udp=True),
+    ProtocolCapability("vless", dialable=True, udp=True),
 )
+
+
+@dataclass(frozen=True)
+class TransportCapability:
+    """A v2ray stream transport a vmess/vless link may name (`net` / `type`). `dialable`: the
+    runtime opens it (TLS composes with each of them); `missing`: why not."""
+
+    network: str
+    dialable: bool
+    missing: str = ""
+
+
+TRANSPORTS: tuple[TransportCapability, ...] = (
+    TransportCapability("tcp", dialable=True),
+    TransportCapability("ws", dialable=True),
+    TransportCapability("h2", dialable=True),
+    TransportCapability("http", dialable=True),  # v2rayN's name for h2
+    TransportCapability("grpc", dialable=False, missing="no gRPC transport in the runtime"),
+    TransportCapability("quic", dialable=False, missing="no QUIC transport in the runtime"),
+    TransportCapability("kcp", dialable=False, missing="no mKCP transport in the runtime"),
+    TransportCapability("httpupgrade", dialable=False, missing="no HTTPUpgrade transport in the runtime"),
+)
+
+
+def transport(network: str) -> TransportCapability | None:
+    for t in TRANSPORTS:
+        if t.network == network:
+            return t
+    return None
 
 #: The schemes the runtime dials, in the order of its registry (runtime/proxy/registry.py).
 RUNTIME_PROTOCOLS: tuple[str, ...] = tuple(p.scheme for p in PROTOCOLS if p.dialable)

@@ -120,7 +120,35 @@ class OutboundEntry:
 
 
 _NODE_KEYS = frozenset({"name", "protocol", "host", "port", "username", "password", "sni", "allow_insecure",
-                        "link", "params", "cipher", "alpn", "chain", "dialable", "tag"})
+                        "link", "params", "cipher", "alpn", "chain", "dialable", "tag", "transport"})
+
+
+@dataclass(frozen=True)
+class TransportSpec:
+    """The stream a VMess/VLESS node's protocol rides on, as its link said (v2ray's
+    streamSettings): `network` "tcp", "ws" or "h2" (the runtime dials these), `tls` on top of
+    TCP, and for "ws" and "h2" the request path and host (None: the node's; h2 may list several,
+    comma-separated, of which the first is used), for "ws" early data
+    (`max_early_data` bytes of the first write carried base64url in the `early_data_header` of
+    the upgrade request, as `?ed=N` in a link asks; 0: none)."""
+
+    network: str = "tcp"
+    tls: bool = False
+    path: str = "/"
+    host: str | None = None
+    max_early_data: int = 0
+    early_data_header: str = "Sec-WebSocket-Protocol"
+
+    def to_json(self) -> JSON:
+        return {"network": self.network, "tls": self.tls, "path": self.path, "host": self.host,
+                "max_early_data": self.max_early_data, "early_data_header": self.early_data_header}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> TransportSpec:
+        return cls(network=str(raw.get("network") or "tcp"), tls=bool(raw.get("tls", False)),
+                   path=str(raw.get("path") or "/"), host=raw.get("host") or None,
+                   max_early_data=int(raw.get("max_early_data") or 0),
+                   early_data_header=str(raw.get("early_data_header") or "Sec-WebSocket-Protocol"))
 
 
 @dataclass(frozen=True)
@@ -140,12 +168,13 @@ class NodeSpec:
     allow_insecure: bool = False
     link: str = field(default="", repr=False)
     params: Mapping[str, Any] = field(default_factory=dict, repr=False)  # query options (may hold keys)
-    cipher: str | None = None  # ss: the AEAD method
+    cipher: str | None = None  # ss: the AEAD method; vmess: the security (aes-128-gcm, ...)
     alpn: tuple[str, ...] | None = None  # trojan
     chain: tuple[NodeSpec, ...] | None = None  # the hops before this node (`a -> b`)
     dialable: bool | None = None
     tag: str | None = None  # the subscription it came from
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    transport: TransportSpec | None = None  # vmess, vless: the stream below the protocol
 
     def to_json(self) -> JSON:
         out: JSON = {"name": self.name, "protocol": self.protocol, "host": self.host, "port": self.port,
@@ -160,6 +189,8 @@ class NodeSpec:
         if self.dialable is not None:
             out["dialable"] = self.dialable
             out["tag"] = self.tag
+        if self.transport is not None:
+            out["transport"] = self.transport.to_json()
         return {**out, **self.extra}
 
     @classmethod
@@ -169,6 +200,7 @@ class NodeSpec:
         alpn = raw.get("alpn")
         chain = raw.get("chain")
         dialable = raw.get("dialable")
+        transport = raw.get("transport")
         return cls(
             name=str(_req(raw, "name", what)), protocol=str(_req(raw, "protocol", what)),
             host=str(_req(raw, "host", what)), port=int(_req(raw, "port", what)),
@@ -178,7 +210,8 @@ class NodeSpec:
             alpn=None if alpn is None else tuple(str(p) for p in alpn),
             chain=None if chain is None else tuple(cls.from_json(h) for h in chain),
             dialable=None if dialable is None else bool(dialable), tag=raw.get("tag"),
-            extra=_extra(raw, _NODE_KEYS))
+            extra=_extra(raw, _NODE_KEYS),
+            transport=None if transport is None else TransportSpec.from_json(transport))
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,6 @@ the runtime's protocols are its rows, the compiler's dialable set is derived fro
 config item the runtime does not act on gets a warning at its file:line:col saying what is missing."""
 from __future__ import annotations
 
-import base64
-import json
-
 import pytest
 
 from dae_py.compiler import nodes
@@ -93,8 +90,8 @@ def test_an_option_value_the_runtime_already_has_is_not_warned(option: str, valu
 
 
 def test_a_protocol_without_an_outbound_names_what_is_missing_at_the_node() -> None:
-    link = "vmess://" + base64.b64encode(json.dumps({"add": "192.0.2.1", "port": 443, "id": "x"}).encode()).decode()
+    link = "socks5h://192.0.2.1:1080"  # vmess was the example until the runtime dialed it
     ws = _warnings(f"global: {{lan_interface: [eth0]}}\nnodes:\n  v: '{link}'\nrouting:\n  fallback: direct\n")
-    hits = [w for w in ws if "cannot dial vmess" in w[2]]
+    hits = [w for w in ws if "cannot dial socks5h" in w[2]]
     assert [(line, col) for line, col, _ in hits] == [(3, 6)]
-    assert "(no VMess outbound)" in hits[0][2]
+    assert "(no socks5h outbound;" in hits[0][2]

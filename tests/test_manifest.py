@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from dae_py.compiler.pipeline import compile_config
-from dae_py.contract.manifest import PROGRAMS, Attach, GroupEntry, Manifest, ManifestError, NodeSpec
+from dae_py.contract.manifest import PROGRAMS, Attach, GroupEntry, Manifest, ManifestError, NodeSpec, TransportSpec
 from dae_py.contract.version import MANIFEST_FORMAT
 from dae_py.runtime.build import Build, BuildError
 
@@ -97,7 +97,8 @@ def test_every_section_arrives_typed(everything: Path) -> None:
     nodes = {n.name: n for n in m.nodes}
     assert nodes["ss1"].cipher == "aes-256-gcm" and nodes["ss1"].password == SECRET
     assert nodes["tj"].alpn == ("h2", "http/1.1") and nodes["tj"].sni == "t.example"
-    assert nodes["vm"].dialable is False and nodes["vm"].username == UUID
+    assert nodes["vm"].dialable is True and nodes["vm"].username == UUID  # dialable since issue 11
+    assert nodes["vm"].cipher == "auto" and nodes["vm"].transport == TransportSpec()
     assert nodes["chained"].chain is not None and nodes["chained"].chain[0].port == 1080
     assert nodes["from-sub"].tag == "sub"
     groups = {g.name: g for g in m.groups}

@@ -7,7 +7,8 @@ The manifest dict of a node is accepted exactly as the compiler writes it::
      "username": None, "password": None, "sni": None, "allow_insecure": False,
      "link": "socks5://192.0.2.10:1080"}
 
-plus, for some protocols, "cipher" (ss: the AEAD method) and "alpn" (trojan: a list).
+plus, for some protocols, "cipher" (ss: the AEAD method; vmess: the security), "alpn" (trojan:
+a list) and "transport" (vmess, vless: `TransportSpec`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from dae_py.contract.manifest import NodeSpec
+from dae_py.contract.manifest import NodeSpec, TransportSpec
 from dae_py.runtime.net.errors import (
     AllNodesDown,
     Blocked,
@@ -43,13 +44,14 @@ class Node:
     protocol: str
     host: str
     port: int
-    username: str | None = None
+    username: str | None = field(default=None, repr=False)  # vmess/vless: the UUID
     password: str | None = field(default=None, repr=False)  # secrets stay out of reprs
     sni: str | None = None
     allow_insecure: bool = False
     link: str = field(default="", repr=False)
     cipher: str | None = None
     alpn: tuple[str, ...] = ()
+    transport: TransportSpec | None = None  # vmess/vless: TCP, TLS, WebSocket below them
 
     @classmethod
     def from_manifest(cls, raw: NodeSpec | Mapping[str, Any]) -> Node:
@@ -59,7 +61,7 @@ class Node:
         node = cls(name=spec.name, protocol=spec.protocol, host=spec.host, port=spec.port,
                    username=spec.username, password=spec.password, sni=spec.sni,
                    allow_insecure=spec.allow_insecure, link=spec.link, cipher=spec.cipher,
-                   alpn=spec.alpn or ())
+                   alpn=spec.alpn or (), transport=spec.transport)
         if node.protocol not in PROTOCOLS:
             raise ValueError(f"node '{node.name}': unsupported protocol {node.protocol!r} "
                              f"(supported: {', '.join(PROTOCOLS)})")

@@ -45,6 +45,8 @@ ENTRIES: tuple[ProtocolEntry, ...] = (
     ProtocolEntry("https", "https"),
     ProtocolEntry("ss", "shadowsocks"),
     ProtocolEntry("trojan", "trojan"),
+    ProtocolEntry("vmess", "vmess"),
+    ProtocolEntry("vless", "vless"),
 )
 
 #: The schemes of the node protocols the runtime dials.
