@@ -154,8 +154,10 @@ class Sniffing:
         answered = self.dns.addresses(name, ip.version)
         return answered is not None and str(ip) in {str(ipaddress.ip_address(a)) for a in answered}
 
-    def decide(self, route: Any, flow: Any, name: str | None, router: Any) -> tuple[Any, Destination]:
-        """(route, dial target) for a sniffed flow, by dial_mode (see the module's docstring)."""
+    def decide(self, route: Any, flow: Any, name: str | None, router: Any,
+               by_name: bool = True) -> tuple[Any, Destination]:
+        """(route, dial target) for a sniffed flow, by dial_mode (see the module's docstring);
+        `by_name` False: re-route only, always dial the address (UDP)."""
         dst = flow.dst
         by_ip = Destination(dst[0], dst[1])
         if name is None:
@@ -165,7 +167,7 @@ class Sniffing:
             if rerouted.outbound != route.outbound:
                 self.stats.rerouted += 1
             route = rerouted
-            if route.outbound in RESERVED:
+            if route.outbound in RESERVED or not by_name:
                 return route, by_ip
         elif self.mode == "domain" and not self.agrees(name, dst[0]):
             self.stats.disagreed += 1
@@ -199,3 +201,91 @@ def relay_settings(settings: Any) -> dict[str, Any]:
     timeout, in seconds, is among the settings the compiler resolved: `sniffing_timeout_s`)."""
     timeout = settings.extra.get("sniffing_timeout_s", DEFAULT_TIMEOUT)
     return {"dial_mode": settings.dial_mode, "sniffing_timeout": float(timeout)}
+
+
+@dataclass
+class _Held:
+    flow: Any
+    route: Any
+    family: int
+    datagrams: list[bytes]
+    timer: asyncio.TimerHandle | None = None
+
+
+class QuicHold:
+    """domain++ for QUIC (UDP 443): a new client flow's Initial datagrams are held (at most
+    quic.MAX_DATAGRAMS, at most MAX_HELD flows at a time) until its ClientHello names a server
+    or sniffing_timeout passes; then the flow is routed again by that name and the held
+    datagrams are replayed through `replay(src, dst, family, route, datagrams)`, in order.
+
+    UDP flows are re-routed but always dialled by address: a proxy that resolved the name itself
+    could answer from an address the client never sent to, and the relay sends replies from
+    the address they came from. So only domain++ sniffs UDP; domain and domain+ do not."""
+
+    MAX_HELD = 1024
+
+    def __init__(self, sniffing: Sniffing, router: Any, replay: Any) -> None:
+        self.sniffing = sniffing
+        self.router = router
+        self.replay = replay
+        self.held: dict[tuple[Any, Any], _Held] = {}
+
+    @classmethod
+    def for_sniffing(cls, sniffing: Sniffing | None, router: Any, replay: Any) -> QuicHold | None:
+        if sniffing is None or sniffing.mode != "domain++":
+            return None
+        return cls(sniffing, router, replay)
+
+    def holding(self, flow: Any, data: bytes) -> bool:
+        """A later datagram of a flow being held: held too (True)."""
+        held = self.held.get((flow.src, flow.dst))
+        if held is None:
+            return False
+        self._add(held, data)
+        return True
+
+    def hold(self, flow: Any, route: Any, data: bytes, family: int) -> bool:
+        """Hold the first datagram of a flow routed to a group when it is a QUIC Initial to 443."""
+        from . import quic
+
+        if (flow.dst[1] != 443 or route.outbound in RESERVED or len(self.held) >= self.MAX_HELD
+                or not quic.looks_like_initial(data)):
+            return False
+        held = self.held[(flow.src, flow.dst)] = _Held(flow, route, family, [])
+        held.timer = asyncio.get_running_loop().call_later(self.sniffing.timeout, self._release, held, None)
+        self._add(held, data)
+        return True
+
+    def _add(self, held: _Held, data: bytes) -> None:
+        from . import quic
+
+        held.datagrams.append(data)
+        answer = quic.sniff(held.datagrams)
+        if answer is NEED_MORE and len(held.datagrams) < quic.MAX_DATAGRAMS:
+            return
+        self._release(held, answer if isinstance(answer, str) else None)
+
+    def _release(self, held: _Held, name: str | None) -> None:
+        if self.held.pop((held.flow.src, held.flow.dst), None) is None:
+            return
+        if held.timer is not None:
+            held.timer.cancel()
+        stats = self.sniffing.stats
+        route = held.route
+        if name is None:
+            stats.timed_out += 1
+        else:
+            stats.sniffed += 1
+            try:
+                route, _target = self.sniffing.decide(route, held.flow, name, self.router, by_name=False)
+            except Exception as exc:  # noqa: BLE001 - a router bug: the datapath's route
+                log.error("%s: re-routing by sniffed name %s failed: %r", held.flow, name, exc)
+            log.info("%s: sniffed %s (QUIC, %d datagrams), routed to outbound %d%s", held.flow, name,
+                     len(held.datagrams), route.outbound, route.why)
+        self.replay(held.flow.src, held.flow.dst, held.family, route, held.datagrams)
+
+    def close(self) -> None:
+        for held in list(self.held.values()):
+            if held.timer is not None:
+                held.timer.cancel()
+        self.held.clear()

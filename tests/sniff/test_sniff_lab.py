@@ -30,7 +30,7 @@ from tests.runtime.helpers import Lab, gateway, lab_config, runtime_lab
 pytestmark = pytest.mark.root
 
 PEERS = str(Path(__file__).with_name("lab_peers.py"))
-SOCKS_PORT, TLS_PORT, HTTP_PORT, BANNER_PORT, ZONE_PORT = 1080, 8443, 8081, 2525, 5300
+SOCKS_PORT, TLS_PORT, HTTP_PORT, BANNER_PORT, ZONE_PORT, QUIC_PORT = 1080, 8443, 8081, 2525, 5300, 443
 NAMES = {"z.proxied.test": "10.233.3.3", "a.named.test": "10.233.1.1"}  # the SOCKS peer's resolver
 
 
@@ -57,6 +57,7 @@ def lab() -> Iterator[Lab]:
         start_peer(lab, "tls", TLS_PORT, str(lab.dir / "tls.pem"), str(lab.dir / "tls.key"))
         start_peer(lab, "banner", BANNER_PORT)
         lab.start_http_peer(HTTP_PORT)
+        lab.start_udp_echo(QUIC_PORT)
         lab.start_dnsmasq(ZONE_PORT, {"a.named.test": ["10.233.1.1"]}, ttl=30)
         yield lab
 
@@ -121,6 +122,43 @@ def test_domain_plus_plus_reroutes_by_sniffed_name_and_server_first_flows_procee
         assert 0.25 <= waited < 3.0, waited
         assert gw.alive
         gw.wait_log(r"sniffed x\.direct\.test \(\d+ bytes read\), dialled as 10\.233\.3\.1:8443, re-routed")
+
+
+def quic_exchange(lab: Lab, ip: str, datagrams: list[bytes], timeout: float = 3.0) -> list[str]:
+    """Send `datagrams` to ip:443 from one client socket; the peers the UDP echo saw, per reply."""
+    from dae_py.runtime.lab import parse_udp_echo
+
+    seen = []
+    with lab.socket("client", socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        for d in datagrams:
+            s.sendto(d, (ip, QUIC_PORT))
+        try:
+            for _ in datagrams:
+                seen.append(parse_udp_echo(s.recv(65535))[0])
+        except TimeoutError:
+            pass
+    return seen
+
+
+def test_domain_plus_plus_reroutes_quic_by_its_initial(lab: Lab, tmp_path: Path) -> None:
+    from tests.sniff.hellos import crypto_frame, handshake_message, python_hello, seal_initial
+
+    t = lab.topo
+    dcid = bytes(range(8))
+    one = seal_initial(crypto_frame(0, handshake_message(python_hello("q.direct.test", ("h3",)))), dcid)
+    msg = handshake_message(python_hello("q2.direct.test", ("h3",)))
+    later = seal_initial(crypto_frame(200, msg[200:]), dcid, pn=1)
+    first = seal_initial(crypto_frame(0, msg[:200]), dcid)
+    with gateway(lab, config(lab, "domain++"), tmp_path / "gw") as gw:
+        assert quic_exchange(lab, "10.233.3.7", [one]) == [t.gateway_wan_ip4]
+        # the hello in two Initials, the end first: both held, then both replayed direct
+        assert quic_exchange(lab, "10.233.3.8", [later, first]) == [t.gateway_wan_ip4] * 2
+        # control: an Initial naming no direct.test server stays on the proxy (whose SOCKS peer
+        # carries no UDP: no answer)
+        other = seal_initial(crypto_frame(0, handshake_message(python_hello("q.other.test"))), dcid)
+        assert quic_exchange(lab, "10.233.3.9", [other], timeout=1.5) == []
+        gw.wait_log(r"sniffed q2\.direct\.test \(QUIC, 2 datagrams\), routed to outbound 0")
 
 
 def resolve(lab: Lab, name: str) -> list[str]:
