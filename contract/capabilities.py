@@ -103,10 +103,9 @@ FUNCTIONS: tuple[FunctionCapability, ...] = (
 )
 
 OPTIONS: tuple[OptionCapability, ...] = (
-    OptionCapability("dial_mode", acts=False, unless=("ip",),
-                     missing="the relay dials the destination address (dial_mode ip); domain dialing needs "
-                             "sniffing, which the runtime has not"),
-    OptionCapability("sniffing_timeout", acts=False, missing="the runtime does not sniff (no domain dialing)"),
+    # TCP flows to groups are sniffed (TLS SNI, HTTP Host: runtime/sniff); UDP flows are dialled by address
+    OptionCapability("dial_mode", acts=True),
+    OptionCapability("sniffing_timeout", acts=True),
     OptionCapability("tproxy_port_protect", acts=False, unless=(True,),
                      missing="the runtime always protects the tproxy port (its guard program cannot be "
                              "turned off)"),

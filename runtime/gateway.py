@@ -36,6 +36,7 @@ from dae_py.runtime.domain_map import DomainBindings
 from dae_py.runtime.kernel_router import KernelRouter
 from dae_py.runtime.privileges import hint as privileges_hint
 from dae_py.runtime.privileges import warn_if_degraded
+from dae_py.runtime.sniff.dialmode import relay_settings
 
 log = logging.getLogger("dae.gateway")
 
@@ -122,11 +123,13 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
             obj.load()
             load_tables(obj, build)
             router = KernelRouter(build, obj.map("flows"), DomainBindings.of(obj, build.domain_words))
-            relay = Gateway.from_manifest(router, build.manifest, RelayConfig(so_mark=so_mark))
+            relay = Gateway.from_manifest(router, build.manifest, RelayConfig(so_mark=so_mark, **relay_settings(g)))
             port = await relay.start(g.tproxy_port, guard_fd=_guard_fd(obj, build))
             from dae_py.runtime.dns import DnsModule  # answers dns.bind; binds domain bits before answering
 
             dns_module = await DnsModule.start(build, router.domains, so_mark)
+            if relay.tcp.sniffing is not None:  # dial_mode domain checks sniffed names against its answers
+                relay.tcp.sniffing.use_dns(dns_module)
             lan = list(g.lan_interface)
             wan = list(g.wan_interface)
             datapath = Datapath(lan=lan or None, wan=wan or None, fwmark=g.fwmark,

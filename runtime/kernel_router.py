@@ -51,7 +51,10 @@ class KernelRouter:
             self._why[r.index] = f" ({rule_label(r.index, self._config_file, r.line)})"
 
     def route(self, flow: Flow) -> Route:
-        """Which outbound carries `flow`, the rule that chose it and the log line's reason."""
+        """Which outbound carries `flow`, the rule that chose it and the log line's reason.
+        A flow carrying a sniffed `domain` (dial_mode domain++) is routed again by that name."""
+        if flow.domain is not None:
+            return self.route_by_name(flow, flow.domain)
         src, dst = flow.src, flow.dst
         s, d = src[0], dst[0]
         if ":" not in s and ":" not in d:
@@ -77,6 +80,16 @@ class KernelRouter:
             r = self.build.rule(rule) if rule is not None else None  # (None is in _why)
             why = f" ({rule_label(rule, self._config_file, r.line if r else '?')})"
         return Route(outbound, rule, why)
+
+    def route_by_name(self, flow: Flow, name: str) -> Route:
+        """The user-space matcher over the same IR, with the domain bits of `name` (a sniffed
+        name) in place of what DNS bound to the address: dial_mode domain++. Fields the relay
+        does not see (mac, dscp, pname) read as absent, as in `_route_slow`."""
+        from dae_py.contract.evaluate import classify
+
+        evaluated = flow.evaluated(domain_bits=self.build.domain_matcher.bits(name))
+        dec = classify(self.build.ir, evaluated)
+        return self._route(dec.outbound_id, dec.rule)
 
     def _route_slow(self, flow: Flow) -> Route:
         """IPv6, IPv4-mapped or scoped addresses, and flows the kernel has no entry for (LRU

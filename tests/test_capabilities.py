@@ -70,8 +70,6 @@ dns:
 
 
 @pytest.mark.parametrize("option, value, says", [
-    ("dial_mode", "domain", "the relay dials the destination address"),
-    ("sniffing_timeout", "100ms", "the runtime does not sniff"),
     ("tproxy_port_protect", "false", "always protects the tproxy port"),
     ("tls_implementation", "utls", "Python's ssl module"),
 ])
@@ -83,7 +81,9 @@ def test_an_option_the_runtime_ignores_warns_at_its_value(option: str, value: st
     assert says in hits[0][2]
 
 
-@pytest.mark.parametrize("option, value", [("dial_mode", "ip"), ("tproxy_port_protect", "true")])
+@pytest.mark.parametrize("option, value", [("dial_mode", "ip"), ("tproxy_port_protect", "true"),
+                                           ("dial_mode", "domain"), ("dial_mode", "domain+"),
+                                           ("dial_mode", "domain++"), ("sniffing_timeout", "100ms")])
 def test_an_option_value_the_runtime_already_has_is_not_warned(option: str, value: str) -> None:
     ws = _warnings(f"global: {{lan_interface: [eth0], {option}: {value}}}\nrouting:\n  fallback: direct\n")
     assert not [w for w in ws if w[2].startswith(f"global.{option}")]

@@ -126,6 +126,9 @@ class RelayConfig:
     udp_clients_per_ip: int = 512
     udp_clients: int = 8192
     udp_client_evict_idle: float = 5.0
+    # dial_mode and sniffing_timeout (runtime/sniff/dialmode.py); "ip" reads nothing first
+    dial_mode: str = "ip"
+    sniffing_timeout: float = 0.1
 
     def dial_options(self) -> DialOptions:
         return DialOptions(so_mark=self.so_mark, connect_timeout=self.connect_timeout,

@@ -15,6 +15,7 @@ from dae_py.runtime.net.sockets import abort
 from dae_py.runtime.net.stream import SocketStream, Stream
 from dae_py.runtime.proxy import Blocked, Destination, Dialed, DialError, Outbound, OutboundError
 from dae_py.runtime.proxy.base import format_hostport
+from dae_py.runtime.sniff.dialmode import Sniffing
 
 from .fastdial import CallbackDial, NodeChooser
 from .flow import Flow, RelayConfig, Route, Router, tcp_flow
@@ -52,6 +53,8 @@ class TcpRelay:
         self._choosers: dict[int, NodeChooser] = dict(outbounds.choosers())
         # the callback path (accept -> SplicedFlow without a task) needs splice
         self._fast = config.splice and HAVE_SPLICE
+        # dial_mode domain*: read the client's first bytes before dialing a group
+        self.sniffing = Sniffing.for_settings(config.dial_mode, config.sniffing_timeout)
 
     async def start(self, port: int = 0, hosts: tuple[str, ...] = ("0.0.0.0", "::"),
                     guard_fd: int | None = None) -> int:
@@ -114,6 +117,9 @@ class TcpRelay:
         except Exception:  # noqa: BLE001 - handle() asks again and logs the failure
             self._spawn(self.handle(conn, src, dst=dst, prepared=True))
             return
+        if self.sniffing is not None and self.sniffing.wants(route.outbound):
+            self._spawn(self.handle(conn, src, dst=dst, prepared=True, decided=route))
+            return
         group = self._choosers.get(route.outbound)
         if group is not None and CallbackDial(self, conn, src, dst, group, route.why).start():
             return
@@ -161,14 +167,21 @@ class TcpRelay:
                 log.error("%s refused: router failed: %r", Flow("tcp", src, dst), exc)
                 abort(conn)
                 return
+        target = Destination(dst[0], dst[1])
+        if self.sniffing is not None and not prefix and self.sniffing.wants(outbound_id):
+            sniffed = await self.sniffing.tcp(conn, Flow("tcp", src, dst), Route(outbound_id, _rule, why),
+                                              self.router)
+            if sniffed is None:
+                abort(conn)
+                return
+            (outbound_id, _rule, why), prefix, target = sniffed.route, sniffed.prefix, sniffed.target
         outbound = self.outbounds.get(outbound_id)
         if outbound is None:
             log.error("%s refused: router chose unknown outbound id %d", Flow("tcp", src, dst),
                       outbound_id)
             abort(conn)
             return
-        await self._continue(conn, src, dst, outbound, why,
-                             outbound.dial_tcp(Destination(dst[0], dst[1])), prefix)
+        await self._continue(conn, src, dst, outbound, why, outbound.dial_tcp(target), prefix)
 
     def _refuse(self, conn: socket.socket, src: tuple[str, int], dst: tuple[str, int],
                 outbound: str, exc: OutboundError) -> None:

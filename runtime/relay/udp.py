@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from dae_py.runtime.net.sockets import IP_ORIGDSTADDR, IPV6_ORIGDSTADDR, SOL_IPV6
 from dae_py.runtime.proxy import AllNodesDown, Blocked, Destination, OutboundError, UdpAssociation
 from dae_py.runtime.proxy.base import format_hostport
+from dae_py.runtime.sniff.dialmode import QuicHold, Sniffing
 
 from .flow import Addr, Flow, RelayConfig, Route, Router
 from .listen import addressed_to_self, bind_pair, transparent_socket
@@ -144,6 +145,9 @@ class UdpRelay:
         self._guard_fd: int | None = None
         self.reply_socket_limit = reply_socket_limit(config.udp_reply_sockets)
         self._self_throttle = _Throttle()
+        # dial_mode domain++: QUIC Initials held until their SNI re-routes the flow
+        self.quic = QuicHold.for_sniffing(Sniffing.for_settings(config.dial_mode, config.sniffing_timeout),
+                                          router, self._sniffed)
 
     def now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
@@ -193,10 +197,15 @@ class UdpRelay:
         self._touch(client, now)
         if route is None:
             flow = Flow("udp", src, dst)
+            quic = self.quic
+            if quic is not None and quic.holding(flow, data):
+                return
             try:
                 route = self.router.route(flow)
             except Exception as exc:  # noqa: BLE001 - a router bug must not kill the listener
                 log.error("%s dropped: router failed: %r", flow, exc)
+                return
+            if quic is not None and quic.hold(flow, route, data, family):
                 return
             client.routes[dst] = route
             fresh = True
@@ -231,6 +240,18 @@ class UdpRelay:
             state.queue.append((data, dst))
         else:
             counters.dropped += 1
+
+    def _sniffed(self, src: Addr, dst: Addr, family: int, route: Route, datagrams: list[bytes]) -> None:
+        """QuicHold's answer: the flow's route (maybe re-routed by its SNI); its datagrams go on."""
+        client = self.clients.get(src)
+        if client is None:  # evicted while held
+            return
+        client.routes[dst] = route
+        outbound = self.outbounds.get(route.outbound)
+        if outbound is not None:
+            self.stats[outbound.name].flows += 1  # (handle_packet counts only flows it routes)
+        for data in datagrams:
+            self.handle_packet(data, src, dst, family)
 
     def _refuse_self(self, src: Addr, dst: Addr, now: float) -> None:
         """A datagram whose original destination is our own port on a local address (a rule
@@ -479,6 +500,8 @@ class UdpRelay:
             self.sweep()
 
     async def close(self) -> None:
+        if self.quic is not None:
+            self.quic.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
