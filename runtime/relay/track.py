@@ -1,0 +1,103 @@
+"""Live relayed connections, for the controller's /connections (list, close one or all).
+
+Off unless someone asks: `TcpRelay.tracker` is None by default and the relay's per-flow path
+then pays one attribute test. With a tracker set (the controller does, when it runs), every
+established flow gets a `Tracked` record: its addresses, outbound, node and rule, its own byte
+counts (it wraps the outbound's counting callbacks), its start time, and how to close it. The
+record leaves the table when the flow ends, whoever ended it.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from .flow import Addr
+
+Count = Callable[[int], None]
+
+
+@dataclass(eq=False)
+class Tracked:
+    """One live connection as the controller shows it."""
+
+    id: str
+    network: str  # "tcp" | "udp"
+    src: Addr
+    dst: Addr
+    outbound: str
+    node: str
+    rule: str  # the flow's rule label ("rule 3 (config.yaml:33)", "fallback")
+    start: float  # time.time() of establishment
+    upload: int = 0
+    download: int = 0
+    closer: Callable[[], None] | None = field(default=None, repr=False)
+
+    def counting(self, up: Count, down: Count) -> tuple[Count, Count]:
+        """Callbacks that count into this record and then into the outbound's."""
+        def add_up(n: int) -> None:
+            self.upload += n
+            up(n)
+
+        def add_down(n: int) -> None:
+            self.download += n
+            down(n)
+        return add_up, add_down
+
+    def close(self) -> None:
+        """Really end the flow: both sockets closed (its end callback removes the record)."""
+        if self.closer is not None:
+            self.closer()
+
+
+class ConnTracker:
+    """The table of live connections, by id (a UUID string, as mihomo's)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.conns: dict[str, Tracked] = {}
+        self.total = 0  # connections ever tracked
+        self._by_key: dict[int, Tracked] = {}  # id(the relay's flow object) -> record
+
+    def open(self, network: str, src: Addr, dst: Addr, outbound: str, node: str, why: str) -> Tracked:
+        rule = why.strip().removeprefix("(").removesuffix(")") or "-"
+        rec = Tracked(str(uuid.uuid4()), network, src, dst, outbound, node, rule, self.clock())
+        self.conns[rec.id] = rec
+        self.total += 1
+        return rec
+
+    def bind(self, rec: Tracked, key: object, closer: Callable[[], None]) -> None:
+        """`key`: the relay's object for the flow (its end callback hands it to `ended_key`)."""
+        rec.closer = closer
+        self._by_key[id(key)] = rec
+
+    def ended_key(self, key: object) -> None:
+        rec = self._by_key.pop(id(key), None)
+        if rec is not None:
+            self.ended(rec)
+
+    def ended(self, rec: Tracked) -> None:
+        self.conns.pop(rec.id, None)
+        rec.closer = None
+
+    def __iter__(self) -> Iterator[Tracked]:
+        return iter(list(self.conns.values()))
+
+    def __len__(self) -> int:
+        return len(self.conns)
+
+    def close(self, conn_id: str) -> bool:
+        rec = self.conns.get(conn_id)
+        if rec is None:
+            return False
+        rec.close()
+        self.ended(rec)
+        return True
+
+    def close_all(self) -> int:
+        recs = list(self.conns.values())
+        for rec in recs:
+            rec.close()
+            self.ended(rec)
+        return len(recs)
