@@ -113,6 +113,7 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
     relay = None
     datapath = None
     dns_module = None
+    controller = None
     clean = False
     try:
         try:
@@ -126,6 +127,9 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
             from dae_py.runtime.dns import DnsModule  # answers dns.bind; binds domain bits before answering
 
             dns_module = await DnsModule.start(build, router.domains, so_mark)
+            from dae_py.runtime.controller import start_for  # global.external_controller; None when unset
+
+            controller = await start_for(build, relay, obj, dns_module)
             lan = list(g.lan_interface)
             wan = list(g.wan_interface)
             datapath = Datapath(lan=lan or None, wan=wan or None, fwmark=g.fwmark,
@@ -157,6 +161,11 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
             except TimeoutError:
                 log.info("%s; relay: %s", _stats_line(obj, build), relay.stats)
     finally:
+        if controller is not None:
+            try:
+                await controller.close()
+            except Exception as exc:  # noqa: BLE001 - the datapath must still be undone
+                log.error("closing the controller failed: %s", _one_line(exc))
         clean = await _stop(obj, build, relay, dns_module, datapath, state_path, reserve)
     return clean
 
