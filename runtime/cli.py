@@ -86,9 +86,15 @@ def main(argv: list[str] | None = None) -> int:
                      "else $RUNTIME_DIRECTORY/state.json, else /run/dae-py/state.json)")
     cl = sub.add_parser("cleanup", help="undo what a crashed runtime left in the kernel")
     cl.add_argument("--state", type=Path, help="state file of the crashed run (default: as for run)")
+    st = sub.add_parser("status", help="what the running gateway does: outbounds, nodes, busiest rules, connections")
+    st.add_argument("--state", type=Path, help="the running gateway's state file (default: as for run); its "
+                    "directory holds the controller socket")
+    st.add_argument("--controller", metavar="ADDR:PORT", help="ask this external_controller instead (the secret "
+                    "from $DAE_CONTROLLER_SECRET)")
+    st.add_argument("--json", action="store_true", help="the summary as one JSON object")
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] not in ("explain", "run", "cleanup", "-h", "--help") and not argv[0].startswith("--"):
+    if argv and argv[0] not in ("explain", "run", "cleanup", "status", "-h", "--help") and not argv[0].startswith("--"):
         argv.insert(0, "run")
     args = ap.parse_args(argv)
     handler = logging.StreamHandler()
@@ -96,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     if args.command == "explain":
         return _explain(args)
+    if args.command == "status":
+        from dae_py.runtime.controller import status
+
+        return status.main(args)
     if args.command in ("run", "cleanup"):
         from dae_py.runtime import gateway
 

@@ -127,9 +127,9 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
             from dae_py.runtime.dns import DnsModule  # answers dns.bind; binds domain bits before answering
 
             dns_module = await DnsModule.start(build, router.domains, so_mark)
-            from dae_py.runtime.controller import start_for  # global.external_controller; None when unset
+            from dae_py.runtime.controller import start_for  # the API, /metrics, /ui; `dae-runtime status`
 
-            controller = await start_for(build, relay, obj, dns_module)
+            controller = await start_for(build, relay, obj, dns_module, state_path.parent)
             lan = list(g.lan_interface)
             wan = list(g.wan_interface)
             datapath = Datapath(lan=lan or None, wan=wan or None, fwmark=g.fwmark,

@@ -7,6 +7,7 @@ built with the old one's (`GatewayView(..., tracker=old.tracker)`)."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from aiohttp import web
@@ -55,12 +56,13 @@ class Controller:
         self.logbus: LogBus | None = None
         self.runner: web.AppRunner | None = None
         self.address: tuple[str, int] | None = None
+        self.unix: Path | None = None
 
     def __repr__(self) -> str:  # the secret stays out
         return f"Controller(address={self.address}, secret={'set' if self._secret else 'none'})"
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[cors, middleware(self._secret)])
+        app = web.Application(middlewares=[cors, middleware(self._secret)], client_max_size=64 * 1024)
         app[VIEW_KEY] = lambda: self.view
         app[CTRL_KEY] = self
         for mod in (general, proxies, connections, streams, metrics):
@@ -70,7 +72,9 @@ class Controller:
         app.router.add_static("/ui/", STATIC)
         return app
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
+    async def start(self, tcp: tuple[str, int] | None, unix: Path | None = None) -> tuple[str, int] | None:
+        """Listen on `tcp` (host, port; port 0 picks one) and/or the unix socket `unix` (mode
+        0600). Returns the TCP address bound, if any."""
         import asyncio
 
         self.logbus = LogBus(asyncio.get_running_loop())
@@ -78,14 +82,26 @@ class Controller:
         # access_log=None: a websocket URL carries ?token=SECRET, and the log must never hold it
         self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port, reuse_address=True)
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        bound = sockets[0].getsockname()[:2] if sockets else (host, port)
-        self.address = (str(bound[0]), int(bound[1]))
-        log.info("controller listening on %s:%d (secret %s)", self.address[0], self.address[1],
-                 "required" if self._secret else "NOT set: anyone who reaches the port controls the gateway")
+        if unix is not None:
+            unix.parent.mkdir(parents=True, exist_ok=True)  # the state directory (the datapath's too)
+            unix.unlink(missing_ok=True)  # a crashed runtime's
+            old = os.umask(0o177)
+            try:
+                await web.UnixSite(self.runner, str(unix)).start()
+            finally:
+                os.umask(old)
+            unix.chmod(0o600)
+            self.unix = unix
+            log.info("controller socket %s", unix)
+        if tcp is not None:
+            site = web.TCPSite(self.runner, tcp[0], tcp[1], reuse_address=True)
+            await site.start()
+            server = site._server
+            sockets = getattr(server, "sockets", None) or []
+            bound = sockets[0].getsockname()[:2] if sockets else tcp
+            self.address = (str(bound[0]), int(bound[1]))
+            log.info("controller listening on %s:%d (secret %s)", self.address[0], self.address[1],
+                     "required" if self._secret else "NOT set: anyone who reaches the port controls the gateway")
         return self.address
 
     async def close(self) -> None:
@@ -95,6 +111,9 @@ class Controller:
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+        if self.unix is not None:
+            self.unix.unlink(missing_ok=True)
+            self.unix = None
 
 
 async def _ui_index(request: web.Request) -> web.FileResponse:

@@ -64,7 +64,9 @@ Client = Callable[..., Awaitable[tuple[int, Any]]]
 @asynccontextmanager
 async def serving(v: GatewayView, secret: str | None = SECRET) -> AsyncIterator[tuple[Controller, str]]:
     ctl = Controller(v, secret)
-    host, port = await ctl.start("127.0.0.1", 0)
+    bound = await ctl.start(("127.0.0.1", 0))
+    assert bound is not None
+    host, port = bound
     try:
         yield ctl, f"http://{host}:{port}"
     finally:
@@ -298,3 +300,37 @@ def test_the_status_page_is_served_without_the_secret_and_its_data_with_it(view:
             assert status == 200 and [g["name"] for g in body["groups"]] == ["proxy"]
             assert [o["name"] for o in body["outbounds"]] == ["direct", "block", "proxy"]
     run(go())
+
+
+def test_the_state_directory_socket_needs_no_secret_and_is_private(view: GatewayView, tmp_path: Path) -> None:
+    sock = tmp_path / "state" / "controller.sock"
+
+    async def go() -> None:
+        ctl = Controller(view, SECRET)
+        bound = await ctl.start(("127.0.0.1", 0), unix=sock)
+        assert bound is not None
+        try:
+            assert sock.stat().st_mode & 0o777 == 0o600
+            async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as s, \
+                    s.get("http://gateway/dae/summary") as r:
+                assert r.status == 200 and (await r.json())["groups"][0]["name"] == "proxy"
+            async with aiohttp.ClientSession() as s:  # the TCP listener still wants the secret
+                assert (await call(s, f"http://{bound[0]}:{bound[1]}", "GET", "/dae/summary", None))[0] == 401
+        finally:
+            await ctl.close()
+        assert not sock.exists()
+    run(go())
+
+
+def test_status_renders_the_summary_as_text(view: GatewayView) -> None:
+    from dae_py.runtime.controller.general import summary
+    from dae_py.runtime.controller.status import render
+
+    view.relay.stats["proxy"].flows = 2
+    text = render(summary(view))
+    lines = text.splitlines()
+    assert lines[0].startswith("dae-py ") and "config.yaml" in lines[0]
+    assert any(line.split()[:5] == ["proxy", "group", "0", "0", "B"] for line in lines)  # kernel zero, 2 flows
+    assert any("proxy (min_moving_avg): new flows via a" in line for line in lines)
+    assert any(line.split()[:2] == ["0", "dip(192.0.2.0/24)"] for line in lines)
+    assert "connections: 0 active, 0 since start" in text

@@ -387,3 +387,31 @@ def test_status_page_renders_in_headless_chromium(lab: Lab, gw: Gw, artefacts: P
     assert int(proxied[0]) >= 1 and proxied[2] == "proxy"
     assert 'data-outbound="proxy"' in dom and "<canvas" in dom
     assert 'data-updates="' in dom and 'data-updates="1"' not in dom  # polled more than once
+
+
+def test_dae_runtime_status_over_the_state_socket_and_the_controller(lab: Lab, gw: Gw) -> None:
+    t = lab.topo
+    with lab.socket("client", socket.AF_INET) as s:  # one live connection to show
+        s.settimeout(5)
+        s.connect((t.upstream_ip4, 8081))
+        s.sendall(b"GET /")
+        sport = s.getsockname()[1]
+        wait_for(lambda: any(c["metadata"]["sourcePort"] == str(sport)
+                             for c in api(lab, "GET", "/connections")[1]["connections"]))
+        cli = [sys.executable, "-m", "dae_py.runtime.cli", "status"]
+        local = subprocess.run([*cli, "--state", str(gw.state_path)], capture_output=True, text=True, timeout=30)
+        assert local.returncode == 0, local.stderr
+        text = local.stdout
+        assert text.startswith("dae-py ")
+        assert "proxy (min_moving_avg): new flows via dante" in text
+        assert any(line.split()[:3] == ["dante1", "socks5", "alive"] for line in text.splitlines())
+        assert f"{t.client_ip4}:{sport}" in text and "connections: 1 active" in text
+        remote = lab.run("client", [*cli, "--controller", f"{t.gateway_lan_ip4}:{PORT}", "--json"],
+                         env={**os.environ, "DAE_CONTROLLER_SECRET": SECRET}, timeout=30)
+        assert remote.returncode == 0, remote.stderr
+        summary = json.loads(remote.stdout)
+        assert [g["name"] for g in summary["groups"]] == ["proxy"]
+        assert any(c["src"] == f"{t.client_ip4}:{sport}" for c in summary["connections"])
+        denied = lab.run("client", [*cli, "--controller", f"{t.gateway_lan_ip4}:{PORT}"], timeout=30,
+                         env={k: v for k, v in os.environ.items() if k != "DAE_CONTROLLER_SECRET"})
+        assert denied.returncode == 1 and "wants its secret" in denied.stderr
