@@ -11,10 +11,11 @@ import os
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from . import connections, general, metrics, proxies, streams
 from .auth import middleware
-from .common import CTRL_KEY, VIEW_KEY
+from .common import CTRL_KEY
 from .logbus import LogBus
 from .view import GatewayView
 
@@ -33,7 +34,7 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 @web.middleware
-async def cors(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Browser dashboards served from elsewhere (yacd, metacubexd) call the API across origins,
     as mihomo allows: preflights answered before the secret check, headers on every answer."""
     headers = {"Access-Control-Allow-Origin": "*",
@@ -63,7 +64,6 @@ class Controller:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[cors, middleware(self._secret)], client_max_size=64 * 1024)
-        app[VIEW_KEY] = lambda: self.view
         app[CTRL_KEY] = self
         for mod in (general, proxies, connections, streams, metrics):
             app.add_routes(mod.routes)

@@ -5,13 +5,11 @@ secret is never logged (the access log is off: a websocket URL would carry the t
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from .common import UNAUTHORIZED, error, wants_websocket
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Paths served without the secret: the status page's static files (no data in them; the page
 #: asks for the secret and sends it with every API call).
@@ -39,7 +37,7 @@ def authorized(request: web.Request, secret: str) -> bool:
     return bearer == "Bearer" and bool(given) and _equal(given, secret)
 
 
-def middleware(secret: str) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def middleware(secret: str) -> Middleware:
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path

@@ -4,15 +4,15 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from .view import GatewayView
 
-VIEW_KEY: web.AppKey[Callable[[], GatewayView]] = web.AppKey("dae_view", Callable[[], GatewayView])
-CTRL_KEY: web.AppKey[Any] = web.AppKey("dae_controller", object)
+#: The app's Controller (its `.view` is read per request: a reload swaps it between requests).
+CTRL_KEY: web.AppKey[Any] = web.AppKey("dae_controller")
 
 
 def error(status: int, message: str) -> web.Response:
@@ -28,7 +28,8 @@ TIMEOUT = "Timeout"
 
 def view(request: web.Request) -> GatewayView:
     """The view current at this request (a reload swaps it between requests)."""
-    return request.app[VIEW_KEY]()
+    current: GatewayView = request.app[CTRL_KEY].view
+    return current
 
 
 def iso(ts: float) -> str:

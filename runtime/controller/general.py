@@ -104,8 +104,8 @@ def summary(v: GatewayView) -> dict[str, Any]:
                           "error": st.last_error})
         groups.append({"name": g.name, "policy": g.spec.policy.value, "now": now_of(g),
                        "pinned": g.pinned.name if g.pinned else None, "nodes": nodes})
-    rules = sorted(({"index": r.index, "text": r.text, "outbound": r.outbound, "where": r.where, "hits": r.hits}
-                    for r in v.rules()), key=lambda r: -int(r["hits"]))
+    rules = [{"index": r.index, "text": r.text, "outbound": r.outbound, "where": r.where, "hits": r.hits}
+             for r in sorted(v.rules(), key=lambda r: -r.hits)]
     conns = [{"id": c.id, "network": c.network, "src": f"{c.src[0]}:{c.src[1]}", "dst": f"{c.dst[0]}:{c.dst[1]}",
               "outbound": c.outbound, "node": c.node, "rule": c.rule, "upload": c.upload, "download": c.download,
               "age_s": round(time.time() - c.start, 1)} for c in v.tracker]

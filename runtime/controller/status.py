@@ -49,7 +49,7 @@ async def fetch(state_dir: Path, controller: str | None, secret: str | None) -> 
             body: dict[str, Any] = await r.json()
             return body
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        raise StatusError(f"{where}: {exc or type(exc).__name__}") from exc
+        raise StatusError(f"{where}: {str(exc) or type(exc).__name__}") from exc
 
 
 def _size(n: float) -> str:

@@ -310,7 +310,8 @@ class TcpRelay:
         """The flows a SplicedFlow does not take (copy mode, TLS upstreams): two tasks."""
         client = SocketStream(conn)
         dialed_stream = upstream
-        count_up, count_down = counters.add_up, counters.add_down
+        count_up: Count = counters.add_up
+        count_down: Count = counters.add_down
         rec = None
         if self.tracker is not None:
             rec = self.tracker.open("tcp", flow.src, flow.dst, outbound, node, why)

@@ -32,7 +32,7 @@ class Tracked:
     start: float  # time.time() of establishment
     upload: int = 0
     download: int = 0
-    closer: Callable[[], None] | None = field(default=None, repr=False)
+    closer: Callable[[], object] | None = field(default=None, repr=False)
 
     def counting(self, up: Count, down: Count) -> tuple[Count, Count]:
         """Callbacks that count into this record and then into the outbound's."""
@@ -67,7 +67,7 @@ class ConnTracker:
         self.total += 1
         return rec
 
-    def bind(self, rec: Tracked, key: object, closer: Callable[[], None]) -> None:
+    def bind(self, rec: Tracked, key: object, closer: Callable[[], object]) -> None:
         """`key`: the relay's object for the flow (its end callback hands it to `ended_key`)."""
         rec.closer = closer
         self._by_key[id(key)] = rec

@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -67,9 +67,9 @@ def base(lab: Lab) -> str:
     return f"http://{lab.topo.gateway_lan_ip4}:{PORT}"
 
 
-def in_client(lab: Lab, make: Callable[[], Awaitable[T]]) -> T:
+def in_client(lab: Lab, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run a coroutine in a thread inside the client namespace (its sockets are made there)."""
-    return lab.call_in("client", lambda: asyncio.run(make()))  # type: ignore[arg-type]  # a coroutine
+    return lab.call_in("client", lambda: asyncio.run(make()))
 
 
 AUTH = {"Authorization": f"Bearer {SECRET}"}
@@ -135,10 +135,10 @@ def test_metrics_match_the_traffic_the_test_sent(lab: Lab, gw: Gw) -> None:
         s, r, _port = proxied_get(lab)
         sent += s
         received += r
-    with lab.socket("client", socket.AF_INET) as s:  # one blocked attempt (rule 1)
-        s.settimeout(1.0)
+    with lab.socket("client", socket.AF_INET) as blocked:  # one blocked attempt (rule 1)
+        blocked.settimeout(1.0)
         with pytest.raises(TimeoutError):
-            s.connect((lab.topo.upstream_ip4, 8084))
+            blocked.connect((lab.topo.upstream_ip4, 8084))
     after = settled(lab)
 
     def delta(name: str, **labels: str) -> float:
@@ -242,7 +242,7 @@ def test_traffic_and_logs_stream_chunked_and_over_websockets(lab: Lab, gw: Gw) -
                     if transfer.done() and down >= size:
                         break
                 await transfer
-            lines = []
+            lines: list[str] = []
             while not any("via proxy" in x for x in lines):
                 msg = await logs.receive(timeout=5)
                 lines.append(json.loads(msg.data)["payload"])

@@ -1,6 +1,6 @@
 // The status page: polls /dae/summary once a second with the controller's secret (from
 // #token=... in the address, or typed in and kept in this browser's localStorage), fills the
-// tables and draws each outbound's kernel byte rate on the canvas. No build step, no library.
+// tables and draws each outbound's byte rate on the canvas. No build step, no library.
 "use strict";
 const COLORS = ["#1e88e5", "#e53935", "#43a047", "#fb8c00", "#8e24aa", "#00acc1", "#6d4c41", "#546e7a"];
 const HISTORY = 120;  // seconds on the chart
@@ -13,7 +13,7 @@ function fmtBytes(n) {
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
   let i = 0;
   while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-  return (i ? n.toFixed(1) : String(n)) + " " + units[i];
+  return (i ? n.toFixed(1) : String(Math.round(n))) + " " + units[i];
 }
 
 function fill(id, rows) {
@@ -76,7 +76,10 @@ function render(s) {
   fill("connections", s.connections.map(c => [c.src, c.dst, c.outbound, c.node, c.rule, fmtBytes(c.upload),
     fmtBytes(c.download), c.age_s + " s"]));
   const now = performance.now() / 1000;
-  const bytes = Object.fromEntries(s.outbounds.map(o => [o.name, o.kernel_bytes]));
+  // groups: what the relay carried both ways; direct and block never reach the relay, so the
+  // bytes the kernel program classified for them (client -> out, the direction it sees)
+  const bytes = Object.fromEntries(s.outbounds.map(o => [o.name,
+    o.kind === "group" ? o.bytes_up + o.bytes_down : o.kernel_bytes]));
   if (last) {
     const dt = Math.max(0.001, now - last.t);
     for (const [name, n] of Object.entries(bytes)) {
