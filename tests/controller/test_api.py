@@ -348,3 +348,28 @@ def test_status_renders_the_summary_as_text(view: GatewayView) -> None:
     assert any("proxy (min_moving_avg): new flows via a" in line for line in lines)
     assert any(line.split()[:2] == ["0", "dip(192.0.2.0/24)"] for line in lines)
     assert "connections: 0 active, 0 since start" in text
+
+
+def test_metrics_export_the_dns_modules_cache_counters(view: GatewayView) -> None:
+    """The real DNS module against a loopback upstream (tests/dnsmodule's): a query asked twice is
+    one miss, then one hit, both answered."""
+    from dae_py.runtime.controller.metrics import GatewayCollector
+    from tests.dnsmodule.fakes import FakeUpstream
+    from tests.dnsmodule.test_module import ZONE, ask, config, with_module
+
+    async def go() -> dict[str, float]:
+        up = await FakeUpstream(ZONE).start()
+        try:
+            async def body(mod: Any, _bindings: Any) -> dict[str, float]:
+                view.dns = mod
+                await ask(mod, "a.proxied.test")
+                await ask(mod, "a.proxied.test")
+                return {f"{s.name}{s.labels.get('outcome', '')}": s.value
+                        for fam in GatewayCollector(lambda: view).collect() for s in fam.samples}
+            result: dict[str, float] = await with_module(config({"main": ("udp", up.port)}), body)
+            return result
+        finally:
+            await up.close()
+    samples = asyncio.run(go())
+    assert samples["dae_dns_cache_misses_total"] == 1 and samples["dae_dns_cache_hits_total"] == 1, samples
+    assert samples["dae_dns_answers_totalanswered"] == 2 and samples["dae_dns_answers_totalservfail"] == 0
