@@ -18,11 +18,12 @@ from .flow import Addr
 Count = Callable[[int], None]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Tracked:
     """One live connection as the controller shows it."""
 
-    id: str
+    seq: int  # the tracker's counter; `id` is its UUID-shaped form
+    prefix: str
     network: str  # "tcp" | "udp"
     src: Addr
     dst: Addr
@@ -33,6 +34,12 @@ class Tracked:
     upload: int = 0
     download: int = 0
     closer: Callable[[], object] | None = field(default=None, repr=False)
+
+    @property
+    def id(self) -> str:
+        """UUID-shaped, as mihomo's ids: the tracker's random prefix and this flow's number
+        (formatted only when listed: a uuid4 per flow would cost more than the rest of this)."""
+        return f"{self.prefix}-{self.seq:012x}"
 
     def counting(self, up: Count, down: Count) -> tuple[Count, Count]:
         """Callbacks that count into this record and then into the outbound's."""
@@ -52,19 +59,20 @@ class Tracked:
 
 
 class ConnTracker:
-    """The table of live connections, by id (a UUID string, as mihomo's)."""
+    """The table of live connections; ids are UUID-shaped strings, as mihomo's."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
-        self.conns: dict[str, Tracked] = {}
-        self.total = 0  # connections ever tracked
+        self.prefix = str(uuid.uuid4())[:23]
+        self.conns: dict[int, Tracked] = {}  # by seq
+        self.total = 0  # connections ever tracked (and the next seq)
         self._by_key: dict[int, Tracked] = {}  # id(the relay's flow object) -> record
 
     def open(self, network: str, src: Addr, dst: Addr, outbound: str, node: str, why: str) -> Tracked:
         rule = why.strip().removeprefix("(").removesuffix(")") or "-"
-        rec = Tracked(str(uuid.uuid4()), network, src, dst, outbound, node, rule, self.clock())
-        self.conns[rec.id] = rec
-        self.total += 1
+        self.total = seq = self.total + 1
+        rec = Tracked(seq, self.prefix, network, src, dst, outbound, node, rule, self.clock())
+        self.conns[seq] = rec
         return rec
 
     def bind(self, rec: Tracked, key: object, closer: Callable[[], object]) -> None:
@@ -78,8 +86,17 @@ class ConnTracker:
             self.ended(rec)
 
     def ended(self, rec: Tracked) -> None:
-        self.conns.pop(rec.id, None)
+        self.conns.pop(rec.seq, None)
         rec.closer = None
+
+    def find(self, conn_id: str) -> Tracked | None:
+        prefix, _, seq = conn_id.rpartition("-")
+        if prefix != self.prefix:
+            return None
+        try:
+            return self.conns.get(int(seq, 16))
+        except ValueError:
+            return None
 
     def __iter__(self) -> Iterator[Tracked]:
         return iter(list(self.conns.values()))
@@ -88,7 +105,7 @@ class ConnTracker:
         return len(self.conns)
 
     def close(self, conn_id: str) -> bool:
-        rec = self.conns.get(conn_id)
+        rec = self.find(conn_id)
         if rec is None:
             return False
         rec.close()
