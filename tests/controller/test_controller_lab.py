@@ -332,11 +332,17 @@ def test_status_page_renders_in_headless_chromium(lab: Lab, gw: Gw, artefacts: P
     common = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
               f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=4000"]
     env = {**os.environ, "HOME": str(tmp_path)}
-    dom = lab.run("client", [*common, "--dump-dom", url], env=env, timeout=90, check=True).stdout
-    (artefacts / "status-page.html").write_text(dom)
-    shot = artefacts / "status-page.png"
-    lab.run("client", [*common, "--window-size=1280,1500", f"--screenshot={shot}", url], env=env, timeout=90,
-            check=True)
+    with lab.socket("client", socket.AF_INET) as live:  # an active connection for the page to show
+        live.settimeout(5)
+        live.connect((lab.topo.upstream_ip4, 8081))
+        live.sendall(b"GET /")
+        live_src = f"{lab.topo.client_ip4}:{live.getsockname()[1]}"
+        wait_for(lambda: any(c["src"] == live_src for c in api(lab, "GET", "/dae/summary")[1]["connections"]))
+        dom = lab.run("client", [*common, "--dump-dom", url], env=env, timeout=90, check=True).stdout
+        (artefacts / "status-page.html").write_text(dom)
+        shot = artefacts / "status-page.png"
+        lab.run("client", [*common, "--window-size=1280,1500", f"--screenshot={shot}", url], env=env, timeout=90,
+                check=True)
     assert shot.exists() and shot.stat().st_size > 10_000
     from html.parser import HTMLParser
 
@@ -385,6 +391,10 @@ def test_status_page_renders_in_headless_chromium(lab: Lab, gw: Gw, artefacts: P
     assert hits == sorted(hits, reverse=True)  # busiest first (the fallback: the API calls themselves)
     proxied = next(row for row in rules if row[1].startswith(f"dip({lab.topo.upstream_ip4})"))
     assert int(proxied[0]) >= 1 and proxied[2] == "proxy"
+    conns = p.tables["connections"]
+    assert [row[:3] for row in conns] == [[live_src, f"{lab.topo.upstream_ip4}:8081", "proxy"]]
+    assert conns[0][3] in ("dante1", "dante2")  # the policy's choice by latency
+    assert conns[0][5] == "5 B"  # "GET /", counted by the relay
     assert 'data-outbound="proxy"' in dom and "<canvas" in dom
     assert 'data-updates="' in dom and 'data-updates="1"' not in dom  # polled more than once
 
