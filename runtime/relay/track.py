@@ -18,6 +18,10 @@ from .flow import Addr
 Count = Callable[[int], None]
 
 
+def _nothing(n: int) -> None:
+    """Where a record counts before `counting` gives it the outbound's callbacks."""
+
+
 @dataclass(eq=False, slots=True)
 class Tracked:
     """One live connection as the controller shows it."""
@@ -29,11 +33,18 @@ class Tracked:
     dst: Addr
     outbound: str
     node: str
-    rule: str  # the flow's rule label ("rule 3 (config.yaml:33)", "fallback")
+    why: str  # the relay's suffix for the flow (" (rule 3 (config.yaml:33))", " (fallback)")
     start: float  # time.time() of establishment
     upload: int = 0
     download: int = 0
     closer: Callable[[], object] | None = field(default=None, repr=False)
+    _up: Count = field(default=_nothing, repr=False)
+    _down: Count = field(default=_nothing, repr=False)
+
+    @property
+    def rule(self) -> str:
+        """The flow's rule label ("rule 3 (config.yaml:33)", "fallback"; "-" when unknown)."""
+        return self.why.strip().removeprefix("(").removesuffix(")") or "-"
 
     @property
     def id(self) -> str:
@@ -42,15 +53,19 @@ class Tracked:
         return f"{self.prefix}-{self.seq:012x}"
 
     def counting(self, up: Count, down: Count) -> tuple[Count, Count]:
-        """Callbacks that count into this record and then into the outbound's."""
-        def add_up(n: int) -> None:
-            self.upload += n
-            up(n)
+        """Callbacks that count into this record and then into the outbound's (bound methods,
+        not closures: cheaper to make, once per flow)."""
+        self._up = up
+        self._down = down
+        return self.add_up, self.add_down
 
-        def add_down(n: int) -> None:
-            self.download += n
-            down(n)
-        return add_up, add_down
+    def add_up(self, n: int) -> None:
+        self.upload += n
+        self._up(n)
+
+    def add_down(self, n: int) -> None:
+        self.download += n
+        self._down(n)
 
     def close(self) -> None:
         """Really end the flow: both sockets closed (its end callback removes the record)."""
@@ -69,9 +84,8 @@ class ConnTracker:
         self._by_key: dict[int, Tracked] = {}  # id(the relay's flow object) -> record
 
     def open(self, network: str, src: Addr, dst: Addr, outbound: str, node: str, why: str) -> Tracked:
-        rule = why.strip().removeprefix("(").removesuffix(")") or "-"
         self.total = seq = self.total + 1
-        rec = Tracked(seq, self.prefix, network, src, dst, outbound, node, rule, self.clock())
+        rec = Tracked(seq, self.prefix, network, src, dst, outbound, node, why, self.clock())
         self.conns[seq] = rec
         return rec
 
