@@ -54,7 +54,7 @@ async def _start(handle: Handle, build: Any, relay: Any, obj: Any, dns: Any, sta
     app = importlib.import_module("dae_py.runtime.controller.app")
     view_mod = importlib.import_module("dae_py.runtime.controller.view")
     view = view_mod.GatewayView(build, relay, obj, dns)
-    relay.tcp.tracker = view.tracker
+    relay.tcp.tracker = relay.udp.tracker = view.tracker
     handle.controller = app.Controller(view, build.manifest.settings.secret)
     await handle.controller.start(tcp, unix=socket_path(state_dir))
 

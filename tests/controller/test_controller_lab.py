@@ -26,7 +26,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.runtime.helpers import Gw, Lab, flow_lines, gateway, lab_config, runtime_lab, wait_for
+from tests.runtime.helpers import Gw, Lab, flow_lines, gateway, lab_config, runtime_lab, udp_exchange, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -41,13 +41,15 @@ def lab() -> Iterator[Lab]:
         lab.start_danted(1080)
         lab.start_danted(1081)
         lab.start_http_peer(8081)
+        lab.start_udp_echo(9001)
         yield lab
 
 
 @pytest.fixture(scope="module")
 def gw(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gw]:
     t = lab.topo
-    cfg = lab_config(t, rules=[f"dip({t.upstream_ip4}) && dport(8081) -> proxy", "dport(8084) -> block"],
+    cfg = lab_config(t, rules=[f"dip({t.upstream_ip4}) && dport(8081) -> proxy", "dport(8084) -> block",
+                               "l4proto(udp) && dport(9001) -> proxy"],
                      nodes={"dante1": f"socks5://{t.upstream_ip4}:1080", "dante2": f"socks5://{t.upstream_ip4}:1081"},
                      extra_global=f"  external_controller: '{t.gateway_lan_ip4}:{PORT}'\n  secret: '{SECRET}'")
     with gateway(lab, cfg, tmp_path_factory.mktemp("gw")) as gw:
@@ -425,3 +427,23 @@ def test_dae_runtime_status_over_the_state_socket_and_the_controller(lab: Lab, g
         denied = lab.run("client", [*cli, "--controller", f"{t.gateway_lan_ip4}:{PORT}"], timeout=30,
                          env={k: v for k, v in os.environ.items() if k != "DAE_CONTROLLER_SECRET"})
         assert denied.returncode == 1 and "wants its secret" in denied.stderr
+
+
+def test_connections_list_a_udp_association_and_delete_ends_it(lab: Lab, gw: Gw) -> None:
+    t = lab.topo
+    _peer, _pport, payload, _reply_src, sport = udp_exchange(lab, t.upstream_ip4, 9001, b"udp-through-the-proxy")
+    assert payload == b"udp-through-the-proxy"
+
+    def listed() -> list[dict[str, Any]]:
+        _, body = api(lab, "GET", "/connections")
+        return [c for c in body["connections"] if c["metadata"]["network"] == "udp"
+                and c["metadata"]["sourcePort"] == str(sport)]
+    conns = wait_for(lambda: c if len(c := listed()) == 1 else None, timeout=5)
+    one = conns[0]
+    assert one["metadata"]["destinationPort"] == "9001" and one["chains"][-1] == "proxy"
+    sent = len(b"udp-through-the-proxy")
+    assert one["upload"] >= sent and one["upload"] % sent == 0  # (the helper resends until answered)
+    assert one["download"] > 0  # the echo's reply
+    assert one["rule"] == "AND" and one["rulePayload"] == "l4proto(udp) && dport(9001)"
+    assert api(lab, "DELETE", f"/connections/{one['id']}") == (204, "")
+    assert not listed()
