@@ -437,7 +437,7 @@ class DnsSettings:
 
 _GLOBAL_KEYS = frozenset({"tproxy_port", "tproxy_port_protect", "so_mark_from_dae", "fwmark", "route_table",
                           "lan_interface", "wan_interface", "auto_config_kernel_parameter", "log_level",
-                          "dial_mode", "allow_insecure"})
+                          "dial_mode", "allow_insecure", "external_controller", "secret"})
 
 
 @dataclass(frozen=True)
@@ -458,6 +458,8 @@ class GlobalSettings:
     dial_mode: str = "domain"
     allow_insecure: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+    external_controller: str | None = None  # ADDR:PORT of the controller API (runtime/controller)
+    secret: str | None = field(default=None, repr=False)  # the controller's Bearer token
 
     @property
     def so_mark(self) -> int:
@@ -469,7 +471,9 @@ class GlobalSettings:
                 "so_mark_from_dae": self.so_mark_from_dae, "fwmark": self.fwmark, "route_table": self.route_table,
                 "lan_interface": list(self.lan_interface), "wan_interface": list(self.wan_interface),
                 "auto_config_kernel_parameter": self.auto_config_kernel_parameter, "log_level": self.log_level,
-                "dial_mode": self.dial_mode, "allow_insecure": self.allow_insecure, **self.extra}
+                "dial_mode": self.dial_mode, "allow_insecure": self.allow_insecure, **self.extra,
+                **({"external_controller": self.external_controller} if self.external_controller else {}),
+                **({"secret": self.secret} if self.secret is not None else {})}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any] | None) -> GlobalSettings:
@@ -483,7 +487,9 @@ class GlobalSettings:
                    wan_interface=tuple(raw.get("wan_interface") or ()),
                    auto_config_kernel_parameter=bool(raw.get("auto_config_kernel_parameter", True)),
                    log_level=str(raw.get("log_level", d.log_level)), dial_mode=str(raw.get("dial_mode", d.dial_mode)),
-                   allow_insecure=bool(raw.get("allow_insecure", False)), extra=_extra(raw, _GLOBAL_KEYS))
+                   allow_insecure=bool(raw.get("allow_insecure", False)), extra=_extra(raw, _GLOBAL_KEYS),
+                   external_controller=str(raw["external_controller"]) if raw.get("external_controller") else None,
+                   secret=str(raw["secret"]) if raw.get("secret") is not None else None)
 
 
 @dataclass(frozen=True)

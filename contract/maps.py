@@ -147,9 +147,13 @@ OUTBOUND_STATS = Layout("outbound_stats", "<", (
     Member("bytes", "Q", 8),
 ), 16, "outbound_stats' per-CPU value, one per outbound id")
 
+RULE_HITS = Layout("rule_hits", "<", (
+    Member("flows", "Q", 0),
+), 8, "rule_hits' per-CPU value, one per rule index (the fallback at index len(rules)): flows decided")
+
 #: Every layout above, by C struct name (the BTF test walks this).
 LAYOUTS: dict[str, Layout] = {lay.c_name: lay for lay in (FLOW_KEY, DECISION, FLOW_VALUE, IP_KEY, PNAME_VALUE,
-                                                          OUTBOUND_STATS)}
+                                                          OUTBOUND_STATS, RULE_HITS)}
 
 #: Scalar map keys and values (u32 array indices, u64 words), little-endian like the kernel's.
 U32 = Struct("<I")

@@ -68,7 +68,7 @@ class _Formatter(logging.Formatter):
             record.name = name
 
 
-COMMANDS = ("explain", "run", "cleanup")
+COMMANDS = ("explain", "run", "cleanup", "status")
 
 
 def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
@@ -124,7 +124,14 @@ def main(argv: list[str] | None = None) -> int:
                      "else $RUNTIME_DIRECTORY/state.json, else /run/dae-py/state.json)")
     cl = sub.add_parser("cleanup", help="undo what a crashed runtime left in the kernel")
     cl.add_argument("--state", type=Path, help="state file of the crashed run (default: as for run)")
-    for parser in (ex, run, cl):
+    st = sub.add_parser("status", help="what the running gateway does: outbounds, nodes, busiest rules, connections")
+    st.add_argument("--state", type=Path, help="the running gateway's state file (default: as for run); its "
+                    "directory holds the controller socket")
+    st.add_argument("--controller", metavar="ADDR:PORT", help="ask this external_controller instead (the secret "
+                    "from $DAE_CONTROLLER_SECRET)")
+    st.add_argument("--json", action="store_true", help="the summary as one JSON object")
+
+    for parser in (ex, run, cl, st):
         _global_options(parser, top=False)
 
     args = ap.parse_args(_with_command(list(sys.argv[1:] if argv is None else argv)))
@@ -133,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     logsetup.configure(handler, args.log_level)
     if args.command == "explain":
         return _explain(args)
+    if args.command == "status":
+        from dae_py.runtime.controller import status
+
+        return status.main(args)
     if args.command in ("run", "cleanup"):
         from dae_py.runtime import gateway
 

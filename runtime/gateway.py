@@ -115,6 +115,7 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
     relay = None
     datapath = None
     dns_module = None
+    controller = None
     clean = False
     try:
         try:
@@ -130,6 +131,9 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
             dns_module = await DnsModule.start(build, router.domains, so_mark)
             if relay.tcp.sniffing is not None:  # dial_mode domain checks sniffed names against its answers
                 relay.tcp.sniffing.use_dns(dns_module)
+            from dae_py.runtime.controller import start_for  # the API, /metrics, /ui; `dae-runtime status`
+
+            controller = await start_for(build, relay, obj, dns_module, state_path.parent)
             lan = list(g.lan_interface)
             wan = list(g.wan_interface)
             datapath = Datapath(lan=lan or None, wan=wan or None, fwmark=g.fwmark,
@@ -161,6 +165,11 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
             except TimeoutError:
                 log.info("%s; relay: %s", _stats_line(obj, build), relay.stats)
     finally:
+        if controller is not None:
+            try:
+                await controller.close()
+            except Exception as exc:  # noqa: BLE001 - the datapath must still be undone
+                log.error("closing the controller failed: %s", _one_line(exc))
         clean = await _stop(obj, build, relay, dns_module, datapath, state_path, reserve)
     return clean
 

@@ -48,6 +48,17 @@ def dial_failure(exc: OSError, during: str = "dial") -> str:
     return f"{during} failed: {what}"
 
 
+def failure_cause(error: str) -> str:
+    """A dial error as a metric label with few values: what kind of failure, not its text."""
+    text = error.lower()
+    for cause, words in (("timeout", ("timed out", "timeout")), ("refused", ("refused",)),
+                         ("reset", ("reset", "broken pipe")), ("unreachable", ("unreachable", "no route")),
+                         ("handshake", ("handshake", "reply", "auth", "tls", "ssl"))):
+        if any(w in text for w in words):
+            return cause
+    return "other"
+
+
 def _ms(seconds: float) -> str:
     return "unknown" if math.isinf(seconds) else f"{seconds * 1000:.0f}ms"
 
@@ -76,6 +87,8 @@ class Group:
         self.checker = HealthChecker(self, clock=clock)
         self.dial_attempts = 0
         self.view_of: Group | None = None  # the group this is a marked view of (with_mark)
+        self.pinned: Node | None = None  # the controller's PUT /proxies/{group}: a select policy
+        self.dial_failures: dict[tuple[str, str], int] = {}  # (node, cause) -> count, for metrics
         for kind in Check:
             self._reselect(kind)
 
@@ -126,7 +139,22 @@ class Group:
         self._reselect(kind)
 
     def report_failure(self, node: Node, kind: Check, error: str) -> None:
+        key = (node.name, failure_cause(error))
+        self.dial_failures[key] = self.dial_failures.get(key, 0) + 1
         self.record(node, kind, None, error)
+
+    def pin(self, name: str | None) -> None:
+        """Carry new flows through node `name` while it is alive (a Clash `select` group's
+        choice), or back to the policy with None. Raises ValueError for a node not in the group."""
+        if name is None:
+            self.pinned = None
+            return
+        for node in self.nodes:
+            if node.name == name:
+                self.pinned = node
+                log.info("group '%s': pinned to node '%s'", self.name, name)
+                return
+        raise ValueError(f"group '{self.name}' has no node {name!r}")
 
     def _reselect(self, kind: Check) -> None:
         if not self.spec.policy.by_latency:
@@ -163,6 +191,9 @@ class Group:
         alive = [n for n in self.alive(kind) if n not in skip]
         if not alive:
             return None
+        pinned = (self.view_of or self).pinned  # a marked view follows its group's pin
+        if pinned is not None and pinned in alive:  # a pinned node that is down falls back
+            return pinned
         policy = self.spec.policy
         if policy is Policy.RANDOM:
             return self.rng.choice(alive)

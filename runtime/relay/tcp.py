@@ -23,6 +23,7 @@ from .listen import addressed_to_self, bind_pair
 from .outbounds import OutboundTable
 from .pump import HAVE_SPLICE, Count, IdleSweeper, SplicedFlow, relay
 from .stats import Counters, RelayStats
+from .track import ConnTracker
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class TcpRelay:
         self._fast = config.splice and HAVE_SPLICE
         # dial_mode domain*: read the client's first bytes before dialing a group
         self.sniffing = Sniffing.for_settings(config.dial_mode, config.sniffing_timeout)
+        self.tracker: ConnTracker | None = None  # set by the controller: live flows, closable
 
     async def start(self, port: int = 0, hosts: tuple[str, ...] = ("0.0.0.0", "::"),
                     guard_fd: int | None = None) -> int:
@@ -236,12 +238,17 @@ class TcpRelay:
         counters, add_up, add_down = self._counters(group.name)
         counters.flows += 1
         counters.active += 1
-        self._splice(conn, src, dst, group.name, name, counters, add_up, add_down, upstream, True)
+        self._splice(conn, src, dst, group.name, name, counters, add_up, add_down, upstream, True, why)
 
     def _splice(self, conn: socket.socket, src: tuple[str, int], dst: tuple[str, int],
                 outbound: str, node: str, counters: Counters, add_up: Count, add_down: Count,
-                upstream: socket.socket, armed: bool) -> None:
+                upstream: socket.socket, armed: bool, why: str = "") -> None:
         loop = self.loop or asyncio.get_running_loop()  # type: ignore[truthy-bool]  # None before start()
+        tracker = self.tracker
+        rec = None
+        if tracker is not None:
+            rec = tracker.open("tcp", src, dst, outbound, node, why)
+            add_up, add_down = rec.counting(add_up, add_down)
         sweeper = self._sweeper
         if sweeper is None:
             sweeper = self._sweeper = IdleSweeper(loop, self.config.tcp_idle_timeout)
@@ -249,8 +256,11 @@ class TcpRelay:
         if log.isEnabledFor(logging.DEBUG):
             tag = (counters, f"tcp {format_hostport(*src)} -> {format_hostport(*dst)} via "
                              f"{outbound} node {node}")
-        SplicedFlow(loop, conn, upstream, add_up, add_down, self._spliced_ended, self.config.pipe_size, sweeper,
-                    tag).start(armed)
+        flow = SplicedFlow(loop, conn, upstream, add_up, add_down, self._spliced_ended, self.config.pipe_size,
+                           sweeper, tag)
+        if tracker is not None and rec is not None:
+            tracker.bind(rec, flow, flow.close)
+        flow.start(armed)
 
     async def _established(self, conn: socket.socket, src: tuple[str, int],
                            dst: tuple[str, int], why: str, outbound: str, dialed: Dialed,
@@ -286,12 +296,14 @@ class TcpRelay:
                 raise
             armed = upstream.hand_over_reader()  # the flow takes the registration over
             self._splice(conn, src, dst, outbound, node, counters, add_up, add_down,
-                         upstream.sock, armed)
+                         upstream.sock, armed, why)
             return
         await self._carry(conn, upstream, prefix, Flow("tcp", src, dst), outbound, node,
-                          counters)
+                          counters, why)
 
     def _spliced_ended(self, flow: SplicedFlow, outcome: object) -> None:
+        if self.tracker is not None:
+            self.tracker.ended_key(flow)
         tag = flow.tag
         if type(tag) is tuple:
             counters, what = tag
@@ -307,17 +319,26 @@ class TcpRelay:
         counters.active -= 1
 
     async def _carry(self, conn: socket.socket, upstream: Stream, prefix: bytes, flow: Flow,
-                     outbound: str, node: str, counters: Counters) -> None:
+                     outbound: str, node: str, counters: Counters, why: str = "") -> None:
         """The flows a SplicedFlow does not take (copy mode, TLS upstreams): two tasks."""
         client = SocketStream(conn)
         dialed_stream = upstream
+        count_up: Count = counters.add_up
+        count_down: Count = counters.add_down
+        rec = None
+        if self.tracker is not None:
+            rec = self.tracker.open("tcp", flow.src, flow.dst, outbound, node, why)
+            count_up, count_down = rec.counting(count_up, count_down)
+            task = asyncio.current_task()
+            if task is not None:
+                self.tracker.bind(rec, rec, task.cancel)
         try:
             if prefix:
                 await dialed_stream.sendall(prefix)
                 counters.bytes_up += len(prefix)
             outcome = await relay(client, dialed_stream,
                                   idle_timeout=self.config.tcp_idle_timeout,
-                                  count_up=counters.add_up, count_down=counters.add_down)
+                                  count_up=count_up, count_down=count_down)
             log.debug("%s via %s node %s ended: %s", flow, outbound, node, outcome)
         except OSError as exc:
             log.debug("%s via %s node %s ended: %s", flow, outbound, node, exc)
@@ -325,6 +346,8 @@ class TcpRelay:
             dialed_stream.abort()
         finally:
             counters.active -= 1
+            if rec is not None and self.tracker is not None:
+                self.tracker.ended_key(rec)
             client.close()
             dialed_stream.close()
 

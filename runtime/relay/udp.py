@@ -38,6 +38,7 @@ from .flow import Addr, Flow, RelayConfig, Route, Router
 from .listen import addressed_to_self, bind_pair, transparent_socket
 from .outbounds import OutboundTable
 from .stats import RelayStats
+from .track import ConnTracker, Tracked
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class _Assoc:
     failed_until: float = 0.0
     task: asyncio.Task[None] | None = None
     unlogged: list[Addr] = field(default_factory=list)
+    rec: Tracked | None = None  # with a tracker: the association as /connections lists it
 
 
 @dataclass
@@ -139,6 +141,7 @@ class UdpRelay:
         # the same clients per source IP, least recently used first (touching moves to the end)
         self._by_ip: dict[str, OrderedDict[Addr, _Client]] = {}
         self.client_limit = client_limit(config.udp_clients)
+        self.tracker: ConnTracker | None = None  # set by the controller: live associations, closable
         self._client_throttles: dict[str, _Throttle] = {}  # per source IP, "" for the total
         self.reply_sockets: dict[Addr, _ReplySocket] = {}
         self._sweeper: asyncio.Task[None] | None = None
@@ -236,6 +239,8 @@ class UdpRelay:
         if state.assoc is not None:
             state.assoc.send(data, Destination(*dst))
             counters.bytes_up += len(data)
+            if state.rec is not None:
+                state.rec.upload += len(data)
         elif state.task is not None and len(state.queue) < QUEUE_LIMIT:
             state.queue.append((data, dst))
         else:
@@ -340,7 +345,8 @@ class UdpRelay:
         src = client.src
 
         def on_reply(data: bytes, remote: tuple[str, int]) -> None:
-            self._reply(client, remote, data, outbound.name)
+            if self._reply(client, remote, data, outbound.name) and state.rec is not None:
+                state.rec.download += len(data)
 
         try:
             assoc = await outbound.open_udp(client.family, on_reply)
@@ -378,9 +384,18 @@ class UdpRelay:
         state.assoc = assoc
         state.task = None
         counters.active += 1
+        tracker = self.tracker
+        if tracker is not None:
+            first = state.unlogged[0] if state.unlogged else next(iter(client.routes), ("-", 0))
+            route = client.routes.get(first)
+            state.rec = tracker.open("udp", src, first, outbound.name, assoc.node.name if assoc.node else "-",
+                                     route.why if route else "")
+            tracker.bind(state.rec, state, assoc.close)
 
         def closed(_assoc: object) -> None:
             counters.active -= 1
+            if tracker is not None:
+                tracker.ended_key(state)
             if client.assocs.get(outbound_id) is state:
                 del client.assocs[outbound_id]
 
@@ -391,10 +406,13 @@ class UdpRelay:
         for data, dst in state.queue:
             assoc.send(data, Destination(*dst))
             counters.bytes_up += len(data)
+            if state.rec is not None:
+                state.rec.upload += len(data)
         state.queue.clear()
 
     # --- upstream -> client ----------------------------------------------------------------
-    def _reply(self, client: _Client, remote: tuple[str, int], data: bytes, outbound: str) -> None:
+    def _reply(self, client: _Client, remote: tuple[str, int], data: bytes, outbound: str) -> bool:
+        """Send one reply to the client; False when it was dropped."""
         counters = self.stats[outbound]
         try:
             ip = ipaddress.ip_address(remote[0])
@@ -402,19 +420,19 @@ class UdpRelay:
             counters.dropped += 1
             log.debug("udp reply from a name (%s) to %s dropped", remote[0],
                       format_hostport(*client.src))
-            return
+            return False
         if client.family == socket.AF_INET and ip.version == 6 and ip.ipv4_mapped:
             ip = ip.ipv4_mapped
         if (ip.version == 6) != (client.family == socket.AF_INET6):
             counters.dropped += 1
-            return
+            return False
         now = self.now()
         self._touch(client, now)
         key = (str(ip), remote[1])
         entry = self.reply_sockets.get(key)
         if key not in client.remotes and self._over_bound(client, key, entry is None, outbound):
             counters.dropped += 1
-            return
+            return False
         if entry is None:
             try:
                 sock = transparent_socket(socket.SOCK_DGRAM, key[0], key[1],
@@ -425,7 +443,7 @@ class UdpRelay:
                 log.warning("udp reply from %s to %s dropped: cannot bind a transparent "
                             "socket there: %s", format_hostport(*key),
                             format_hostport(*client.src), exc)
-                return
+                return False
             asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, sock)
             entry = self.reply_sockets[key] = _ReplySocket(sock, now)
         client.remotes.add(key)
@@ -435,8 +453,9 @@ class UdpRelay:
         except OSError as exc:
             counters.dropped += 1
             log.debug("udp reply to %s failed: %s", format_hostport(*client.src), exc)
-            return
+            return False
         counters.bytes_down += len(data)
+        return True
 
     def _over_bound(self, client: _Client, key: Addr, new_socket: bool, outbound: str) -> bool:
         """Would a reply from `key` take `client` past its bound, or the relay past its own

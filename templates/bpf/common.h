@@ -89,6 +89,11 @@ struct outbound_stats {
 	__u64 bytes;
 };
 
+/* rule_hits' per-CPU value, one per rule index (RULE_FALLBACK last): flows each rule decided. */
+struct rule_hits {
+	__u64 flows;
+};
+
 /* Constant tables go to .rodata explicitly: clang 14 otherwise puts small ones in mergeable
  * .rodata.cstN sections whose BTF libbpf 1.1 cannot load. */
 #define DAE_RODATA __attribute__((section(".rodata")))
