@@ -4,7 +4,6 @@ group (issue 12). Compile-time parts through the real compiler; runtime parts on
 the compiler wrote."""
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from dae_py.runtime.groups.marks import MARKED_BASE, marked_routes
 from dae_py.runtime.proxy import DialOptions, Node
 from dae_py.runtime.relay.outbounds import OutboundTable
 
+WHY = "(socks5h: no socks5h outbound; socks5:// works: the relay sends addresses, not names)"
 UNDIALABLE = "socks5h://192.0.2.99:1080"  # a scheme the runtime has no outbound for (contract/capabilities.py)
 
 HEAD = f"""\
@@ -59,7 +59,7 @@ def manifest(tmp_path: Path, text: str) -> Manifest:
 def test_fixed_past_the_dialable_nodes_is_an_error_at_the_policy() -> None:
     # two nodes selected, but only n1 can be dialed: fixed(1) names v1
     errs = messages(config("  g: {policy: 'fixed(1)', filter: ['name(n1, v1)']}\n", fallback="g"))
-    assert errs == ["config.yaml:9:15: error: group 'g': fixed(1) selects node v1 (socks5h: no socks5h outbound; socks5:// works: the relay sends addresses, not names), "
+    assert errs == ["config.yaml:9:15: error: group 'g': fixed(1) selects node v1 " + WHY + ", "
                     "which the runtime cannot dial"]
 
 
@@ -71,14 +71,14 @@ def test_fixed_past_the_selected_nodes_is_an_error_at_the_policy() -> None:
 def test_a_filter_selecting_only_undialable_nodes_is_an_error_at_the_filter_when_routing_uses_it() -> None:
     errs = messages(config("  vm: {policy: random, filter: ['name(v1)']}\n", '    - "dport(443) -> vm"\n'))
     assert errs == ["config.yaml:9:33: error: group 'vm': filter 'name(v1)' selects only nodes the runtime cannot "
-                    "dial: v1 (socks5h: no socks5h outbound; socks5:// works: the relay sends addresses, not names); routing sends flows to the group (line 12)"]
+                    "dial: v1 " + WHY + "; routing sends flows to the group (line 12)"]
 
 
 def test_the_same_filter_in_an_unused_group_is_a_warning() -> None:
     text = config("  vm: {policy: random, filter: ['name(v1)']}\n")
     assert messages(text) == []
     assert "config.yaml:9:33: warning: group 'vm': filter 'name(v1)' selects only nodes the runtime cannot dial: " \
-           "v1 (socks5h: no socks5h outbound; socks5:// works: the relay sends addresses, not names) (no rule uses the group)" in messages(text, "warning")
+           "v1 " + WHY + " (no rule uses the group)" in messages(text, "warning")
 
 
 def test_filters_that_select_nothing_dialable_beside_ones_that_do_are_warnings_at_them() -> None:
@@ -86,7 +86,7 @@ def test_filters_that_select_nothing_dialable_beside_ones_that_do_are_warnings_a
     assert messages(text) == []
     warnings = messages(text, "warning")
     assert "config.yaml:9:32: warning: group 'g': filter 'name(v1)' selects only nodes the runtime cannot dial: " \
-           "v1 (socks5h: no socks5h outbound; socks5:// works: the relay sends addresses, not names)" in warnings
+           "v1 " + WHY in warnings
     assert "config.yaml:9:56: warning: group 'g': filter 'name(nothing)' selects no node" in warnings
 
 
