@@ -20,10 +20,9 @@ from typing import Any
 import trustme
 
 from dae_py.runtime.net.tls import client_context
-from dae_py.runtime.relay import Gateway, RelayConfig, StaticRouter
-from tests.relay.bench_proxy import proc_cpu
-from tests.relay.bench_relay import iperf, thread_cpu
-from tests.relay.lab import RELAY_MARK, SERVER4, TPROXY_PORT, Lab
+from tests.relay.bench_proxy import fixed_groups, measure_relay, proc_cpu
+from tests.relay.bench_relay import iperf
+from tests.relay.lab import SERVER4, TPROXY_PORT, Lab
 
 from .test_vmess_lab import PORTS, SNI, UUID, V2RAY4, WS_PATH, v2_node, v2ray_server
 
@@ -74,26 +73,9 @@ def main() -> None:
         lab.wait_listening(lab.up, SERVER4, 5201, iperf_server)
         nodes = [v2_node("vmess", "vmess", "tcp", security="aes-128-gcm"), v2_node("vless_tls", "vless", "tls"),
                  v2_node("vmess_ws_tls", "vmess", "ws+tls", security="aes-128-gcm")]
-        groups = [{"name": f"g_{n['name']}", "id": 10 + i, "policy": "fixed", "fixed_index": 0,
-                   "nodes": [n["name"]], "check": {}} for i, n in enumerate(nodes)]
-        manifest = {"nodes": nodes, "groups": groups}
-        for name, outbound_id in (("relay -> vmess aes-128-gcm", 10), ("relay -> vless tls", 11),
-                                  ("relay -> vmess aes-128-gcm ws+tls", 12)):
-            config = RelayConfig(so_mark=RELAY_MARK, splice=False)
-
-            # Bound as defaults: scenario runs within this pass of the loop, but B023 cannot know that.
-            async def scenario(outbound_id: int = outbound_id,
-                               config: RelayConfig = config) -> tuple[list[float], float]:
-                gateway = Gateway.from_manifest(StaticRouter(outbound_id), manifest, config)
-                await gateway.start(TPROXY_PORT, health_checks=False)
-                try:
-                    before = thread_cpu()
-                    rates = [await iperf(lab, args.mib) for _ in range(args.repeat)]
-                    return rates, (thread_cpu() - before) / gib
-                finally:
-                    await gateway.close()
-
-            results[name], cpu[name] = lab.run(scenario, timeout=900)
+        manifest = {"nodes": nodes, "groups": fixed_groups([n["name"] for n in nodes])}
+        measure_relay(lab, manifest, ("relay -> vmess aes-128-gcm", "relay -> vless tls",
+                                      "relay -> vmess aes-128-gcm ws+tls"), args.mib, args.repeat, results, cpu)
         for tag, name, outbound in (("vmess", "v2ray client -> vmess aes-128-gcm", VMESS_OUT),
                                     ("vless", "v2ray client -> vless tls", VLESS_TLS_OUT),
                                     ("vmess-ws", "v2ray client -> vmess aes-128-gcm ws+tls", VMESS_WS_TLS_OUT)):

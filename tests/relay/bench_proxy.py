@@ -15,6 +15,7 @@ import argparse
 import os
 import statistics
 from pathlib import Path
+from typing import Any
 
 import trustme
 
@@ -34,6 +35,35 @@ def proc_cpu(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+
+
+def fixed_groups(nodes: list[str], first_id: int = 10) -> list[dict[str, Any]]:
+    """One `fixed` group per node, ids from `first_id`, so each bench row pins one node."""
+    return [{"name": f"g_{n}", "id": first_id + i, "policy": "fixed", "fixed_index": 0,
+             "nodes": [n], "check": {}} for i, n in enumerate(nodes)]
+
+
+def measure_relay(lab: Lab, manifest: dict[str, Any], rows: tuple[str, ...], mib: int, repeat: int,
+                  results: dict[str, list[float]], cpu: dict[str, float], first_id: int = 10) -> None:
+    """iperf3 through the relay (copy path) once per row, row i routed to outbound first_id + i
+    (the groups of `fixed_groups`); fills `results` (Gbit/s per run) and `cpu` (relay thread s/GiB)."""
+    gib = mib * repeat / 1024
+    for i, name in enumerate(rows):
+        config = RelayConfig(so_mark=RELAY_MARK, splice=False)
+
+        # Bound as defaults: scenario runs within this pass of the loop, but B023 cannot know that.
+        async def scenario(outbound_id: int = first_id + i,
+                           config: RelayConfig = config) -> tuple[list[float], float]:
+            gateway = Gateway.from_manifest(StaticRouter(outbound_id), manifest, config)
+            await gateway.start(TPROXY_PORT, health_checks=False)
+            try:
+                before = thread_cpu()
+                rates = [await iperf(lab, mib) for _ in range(repeat)]
+                return rates, (thread_cpu() - before) / gib
+            finally:
+                await gateway.close()
+
+        results[name], cpu[name] = lab.run(scenario, timeout=900)
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -61,26 +91,9 @@ def main() -> None:
         nodes = NODES + [
             {**node("ss", "ss", SS4, 8388, None, PASSWORD), "cipher": "aes-128-gcm"},
             {**node("trojan", "trojan", TROJAN4, TROJAN_PORT, None, PASSWORD), "sni": SNI}]
-        groups = [{"name": f"g_{n}", "id": 10 + i, "policy": "fixed", "fixed_index": 0,
-                   "nodes": [n], "check": {}} for i, n in enumerate(("dante", "ss", "trojan"))]
-        manifest = {"nodes": nodes, "groups": groups}
-        for name, outbound_id in (("relay -> danted (copy)", 10), ("relay -> ss aes-128-gcm", 11),
-                                  ("relay -> trojan", 12)):
-            config = RelayConfig(so_mark=RELAY_MARK, splice=False)
-
-            # Bound as defaults: scenario runs within this pass of the loop, but B023 cannot know that.
-            async def scenario(outbound_id: int = outbound_id,
-                               config: RelayConfig = config) -> tuple[list[float], float]:
-                gateway = Gateway.from_manifest(StaticRouter(outbound_id), manifest, config)
-                await gateway.start(TPROXY_PORT, health_checks=False)
-                try:
-                    before = thread_cpu()
-                    rates = [await iperf(lab, args.mib) for _ in range(args.repeat)]
-                    return rates, (thread_cpu() - before) / gib
-                finally:
-                    await gateway.close()
-
-            results[name], cpu[name] = lab.run(scenario, timeout=900)
+        manifest = {"nodes": nodes, "groups": fixed_groups(["dante", "ss", "trojan"])}
+        measure_relay(lab, manifest, ("relay -> danted (copy)", "relay -> ss aes-128-gcm", "relay -> trojan"),
+                      args.mib, args.repeat, results, cpu)
         # ss-redir in the gateway namespace instead of the relay: nftables redirect, no tproxy.
         gw = f"--net=/run/netns/{lab.gw}"
         sh("nsenter", gw, "nft", "delete", "table", "inet", "relaylab")
