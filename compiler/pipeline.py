@@ -32,7 +32,7 @@ from .load import LoadedConfig, load_config, load_config_text
 from .nodes import build_node_pool, resolve_groups
 from .passes import optimise
 from .schema import check_schema
-from .settings import dns_settings, global_settings
+from .settings import apply_aliases, dns_settings, global_settings
 
 # Above this many live rules the bit-vector classifier beats straight-line compares (bench/RESULTS.md:
 # linear stays faster up to 100-200 rules, and cannot build around 1,000: the BPF stack).
@@ -55,7 +55,8 @@ class Checked:
 def check_config(cfg: LoadedConfig) -> Checked:
     """Validate everything; raise CompileError carrying every diagnostic when there are errors."""
     diags = Diagnostics()
-    if not check_schema(cfg, diags):
+    apply_aliases(cfg, diags)  # dae's `default:` is `fallback:`
+    if not check_schema(cfg, diags) or diags.errors:
         raise CompileError(diags)
     settings = global_settings(cfg, diags)
     pool = build_node_pool(cfg, diags, bool(settings["allow_insecure"]))
