@@ -74,10 +74,13 @@ def check_config(cfg: LoadedConfig) -> Checked:
         p = Path(v)
         return p if p.is_absolute() else base / p
 
-    geo = GeoResolver(asset("geoip_path"), asset("geosite_path"), asset_dir)
+    from .geodata import asset_search_dirs
+
+    geo = GeoResolver(asset("geoip_path"), asset("geosite_path"), asset_dir,
+                      search=asset_search_dirs(base, settings["asset_dir"]))
     checker = RoutingChecker(cfg, diags, groups, geo)
     ir = checker.build()
-    compile_dns(cfg, diags, dns, geo, ir)
+    compile_dns(cfg, diags, dns, geo, ir, pool.nodes)
     if not diags.errors:  # amid errors they would be noise: the config does not compile anyway
         warn_missing_capabilities(diags, checker.function_uses, dns)
     if ir is None or diags.errors:

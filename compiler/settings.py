@@ -8,6 +8,7 @@ from dae_py.contract.fields import dnsrules
 from dae_py.contract.manifest import DEFAULT_SO_MARK
 
 from .diagnostics import Diagnostics, did_you_mean
+from .dns_rules import INTERNAL_SELECTORS, check_selector_rule
 from .load import LoadedConfig
 from .options import (
     bounded_duration,
@@ -158,7 +159,15 @@ def dns_settings(cfg: LoadedConfig, diags: Diagnostics) -> dict[str, Any]:
             except RuleSyntaxError as exc:
                 diags.error(cfg.pos.in_string(path, exc.offset), f"syntax error: {exc.message}")
                 continue
+            def report(off: int, msg: str, hint: str | None, p: tuple[Any, ...] = path) -> None:
+                diags.error(cfg.pos.in_string(p, off), msg, hint)
+
+            if section == "request" and check_selector_rule(ast, upstreams, report):
+                rules.append({"text": text, "line": cfg.pos.value(path).line})
+                continue
             for call in ast.calls:
+                if section == "request" and call.name in INTERNAL_SELECTORS:
+                    continue  # mixed with qname/qtype, or a bad selector: check_selector_rule said so
                 if call.name not in funcs:
                     diags.error(cfg.pos.in_string(path, call.offset),
                                 f"unknown dns {section} function '{call.name}'", did_you_mean(call.name, funcs))

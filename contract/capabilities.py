@@ -155,6 +155,24 @@ DNS_OPTIONS: tuple[OptionCapability, ...] = (
 )
 
 
+#: dae's internal DNS selectors in dns.routing.request (sub, node, subnode): the compiler evaluates
+#: them into `dns.internal` (which upstream resolves each subscription's and node's host).
+_SELECTOR_NEEDS = ("the runtime resolves subscription and node hosts with the system resolver "
+                   "(getaddrinfo), not through dns.upstream")
+DNS_SELECTORS: tuple[FunctionCapability, ...] = (
+    FunctionCapability("sub", acts=False, needs=_SELECTOR_NEEDS),
+    FunctionCapability("node", acts=False, needs=_SELECTOR_NEEDS),
+    FunctionCapability("subnode", acts=False, needs=_SELECTOR_NEEDS),
+)
+
+
+def dns_selector(name: str) -> FunctionCapability | None:
+    for f in DNS_SELECTORS:
+        if f.name == name:
+            return f
+    return None
+
+
 def protocol(scheme: str) -> ProtocolCapability | None:
     for p in PROTOCOLS:
         if p.scheme == scheme:

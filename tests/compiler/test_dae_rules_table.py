@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from ipaddress import ip_network
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -366,3 +367,113 @@ def test_non_ascii_group_names_get_distinct_c_macros(assets: Path, tmp_path: Pat
     c = (tmp_path / "build" / "program.c").read_text()
     assert outbound_macro("香港组") != outbound_macro("台湾组")
     assert outbound_macro("香港组") in c and outbound_macro("台湾组") in c
+
+
+# ---- dns.routing: dns.md's and example.dae's request and response rules --------------------------
+DNS_CONFIG = """\
+global: {{lan_interface: [eth0]}}
+nodes:
+  hk_home: 'socks5://192.0.2.1:1080'
+  香港-01: 'socks5://192.0.2.2:1080'
+  us_node: 'socks5://192.0.2.3:1080'
+subscriptions:
+  my_sub: 'file://my.sub'
+dns:
+  upstream: {{alidns: 'udp://223.5.5.5:53', googledns: 'tcp+udp://8.8.8.8:53'}}
+  routing:
+    {section}:
+      rules:
+        - {rule}
+      fallback: {fallback}
+routing: {{fallback: direct}}
+"""
+
+
+def _dns_call(dns: dict[str, Any], call: dict[str, Any]) -> str:
+    neg = "!" if call["negated"] else ""
+    if "domain_bit" in call:
+        (d,) = [s for s in dns["domain_sets"] if s["bit"] == call["domain_bit"]]
+        vals = ",".join(f"{k}:{x}" for k in ("full", "suffix", "keyword", "regex") for x in d[k])
+    elif "qtypes" in call:
+        vals = ",".join(str(q) for q in call["qtypes"])
+    elif "upstreams" in call:
+        vals = ",".join(call["upstreams"])
+    else:
+        vals = ",".join([*call["v4"], *call["v6"]])
+    return f"{neg}{call['func']}{{{vals}}}"
+
+
+def compile_dns_rule(assets: Path, section: str, rule: str) -> str:
+    """A request/response rule in the compact form; a sub()/node()/subnode() rule as the upstream
+    each subscription and node gets (`dns.internal`); or 'error: MESSAGE'."""
+    (assets / "my.sub").write_text("socks5://192.0.2.7:1080#hk-01\nsocks5://192.0.2.8:1080#us-01\n")
+    fallback = "asis" if section == "request" else "accept"
+    quoted = "'" + rule.replace("'", "''") + "'"
+    text = DNS_CONFIG.format(section=section, rule=quoted, fallback=fallback)
+    try:
+        checked = compile_config(None, None, text=text, name=str(assets / "config.yaml"))
+    except CompileError as exc:
+        return "error: " + exc.diagnostics.errors[0].message
+    dns = checked.dns
+    if "internal" in dns:
+        inner = dns["internal"]
+        return " ".join([*(f"sub:{k}={v}" for k, v in inner["subscriptions"].items()),
+                         *(f"node:{k}={v}" for k, v in inner["nodes"].items())])
+    (r,) = dns["routing"][section]["rules"]
+    return " && ".join(_dns_call(dns, c) for c in r["calls"]) + f" -> {r['target']}"
+
+
+DNS_TABLE: list[tuple[str, str, str]] = [
+    # dns.md's request rules
+    ("request", "qname(geosite:category-ads-all) -> reject", "qname{suffix:ads.example,keyword:adserver} -> reject"),
+    ("request", "qname(geosite:google@cn) -> alidns", "qname{suffix:google.cn} -> alidns"),
+    ("request", "qname(suffix: abc.com, keyword: google) -> googledns",
+     "qname{suffix:abc.com,keyword:google} -> googledns"),
+    ("request", "qname(full: ok.com, regex: '^yes') -> googledns", "qname{full:ok.com,regex:^yes} -> googledns"),
+    ("request", "qtype(a, aaaa) -> alidns", "qtype{1,28} -> alidns"),
+    ("request", "qtype(cname) -> googledns", "qtype{5} -> googledns"),
+    ("request", "qtype(https) -> reject", "qtype{65} -> reject"),
+    ("request", "qname(geosite:cn) -> alidns", "qname{full:baidu.com,suffix:cn} -> alidns"),
+    # dns.md's response rules
+    ("response", "upstream(googledns) -> accept", "upstream{googledns} -> accept"),
+    ("response", "ip(geoip:private) && !qname(geosite:cn) -> googledns",
+     "ip{10.0.0.0/8,192.168.0.0/16,fc00::/7} && !qname{full:baidu.com,suffix:cn} -> googledns"),
+    # dae's internal selectors (dns.md and example.dae): which upstream resolves each host
+    ("request", "sub(my_sub) -> googledns", "sub:my_sub=googledns"),
+    ("request", "sub() -> googledns", "sub:my_sub=googledns"),
+    ("request", "sub(tag_regex: '^my_') -> alidns", "sub:my_sub=alidns"),
+    ("request", "sub(link_keyword: my.sub) -> alidns", "sub:my_sub=alidns"),
+    ("request", "node(name_keyword: hk) -> googledns", "node:hk_home=googledns node:hk-01=googledns"),
+    ("request", "node() -> googledns",
+     "node:hk_home=googledns node:香港-01=googledns node:us_node=googledns node:hk-01=googledns "
+     "node:us-01=googledns"),
+    ("request", "node(香港-01, us_node) -> alidns", "node:香港-01=alidns node:us_node=alidns"),
+    ("request", "!node(name_regex: '^(hk|us)') -> alidns", "node:香港-01=alidns"),
+    ("request", "subnode() -> alidns", "node:hk-01=alidns node:us-01=alidns"),
+    ("request", "subnode(subtag: my_sub) -> alidns", "node:hk-01=alidns node:us-01=alidns"),
+    # dae ORs a call's keys (router.go wrapNotPredicate): subtag my_sub OR a name with 'hk'
+    ("request", "subnode(subtag: my_sub, name_keyword: hk) -> alidns", "node:hk-01=alidns node:us-01=alidns"),
+    ("request", "subnode(name_keyword: hk) && subnode(subtag: my_sub) -> alidns", "node:hk-01=alidns"),
+    # errors
+    ("request", "node(n2) && qname(x.example) -> googledns",
+     "error: cannot mix 'qname' with dae's internal DNS selectors (node) in one rule"),
+    ("request", "sub(my_sub) && node(x) -> googledns",
+     "error: cannot mix internal DNS selectors (node, sub) in one rule"),
+    ("request", "sub(my_sub) -> asis", "error: sub() rules choose a dns upstream: 'asis' is not one"),
+    ("request", "node(bad: 1) -> googledns", "error: unknown node() key 'bad'"),
+    ("request", "node(name_regex: '(') -> googledns",
+     "error: invalid regex '(': missing ), unterminated subpattern at position 0"),
+    ("response", "sub(my_sub) -> googledns", "error: unknown dns response function 'sub'"),
+    ("request", "qtype(nosuchtype) -> alidns", "error: unknown DNS query type 'nosuchtype'"),
+    ("request", "qname(geosite:cn) -> nowhere", "error: unknown dns request target 'nowhere'"),
+]
+
+
+@pytest.mark.parametrize("section, rule, expected", DNS_TABLE)
+def test_a_dae_dns_rule_compiles_to_its_meaning_or_its_error(assets: Path, section: str, rule: str,
+                                                            expected: str) -> None:
+    assert compile_dns_rule(assets, section, rule) == expected
+
+
+def test_the_table_holds_at_least_80_rules_from_daes_syntax() -> None:
+    assert len(ROUTING_TABLE) + len(DNS_TABLE) >= 80 and len(ROUTING_TABLE) >= 80
