@@ -31,6 +31,7 @@ from .rules import RuleSyntaxError, parse_rule
 
 UNSUPPORTED_SCHEMES = ("h3", "http3", "quic")
 DEFAULT_BIND_PORT = 53
+BIND_SCHEMES = ("udp", "tcp", "tcp+udp")
 
 
 def parse_bind(text: str) -> tuple[str, int]:
@@ -67,6 +68,13 @@ def compile_dns(cfg: LoadedConfig, diags: Diagnostics, dns_out: dict[str, Any], 
         items = [(("dns", "bind"), bind)] if isinstance(bind, str) else \
             [(("dns", "bind", i), b) for i, b in enumerate(bind)]
         for at, item in items:
+            # dae (example.dae) also writes 'udp://ADDR:PORT', 'tcp://...', 'tcp+udp://...'
+            scheme, sep, rest = str(item).partition("://")
+            if sep and scheme in BIND_SCHEMES:
+                item = rest
+                if scheme != "tcp+udp":
+                    diags.warning(cfg.pos.value(at), f"dns.bind {scheme}://: the DNS module listens on both UDP "
+                                                     f"and TCP at this address, not on {scheme} only")
             try:
                 host, port = parse_bind(str(item))
             except ValueError as exc:

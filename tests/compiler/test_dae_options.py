@@ -184,3 +184,16 @@ def test_fallback_and_default_both_set_is_an_error_at_default() -> None:
     text = "global: {lan_interface: [eth0]}\nrouting:\n  fallback: direct\n  default: block\n"
     errors = _errors(text)
     assert errors == ["routing: both 'fallback' and 'default' are set (dae's two names for one option)"]
+
+
+@pytest.mark.parametrize("bind, warned", [("'tcp://127.0.0.1:5353'", True), ("'udp://127.0.0.1:5353'", True),
+                                          ("'tcp+udp://127.0.0.1:5353'", False), ("'127.0.0.1:5353'", False)])
+def test_dns_bind_takes_daes_scheme_forms(bind: str, warned: bool) -> None:
+    extra = f"dns:\n  bind: {bind}\n  upstream: {{up: 'udp://192.0.2.53:53'}}\n" \
+            "  routing: {request: {fallback: up}}\n"
+    checked = compile_config(None, None, text=_config({"lan_interface": "eth0"}, extra), name="config.yaml")
+    assert checked.dns["bind"] == [{"host": "127.0.0.1", "port": 5353}]
+    hits = [d for d in checked.diags.warnings if d.message.startswith("dns.bind ")]
+    assert bool(hits) is warned
+    if warned:
+        assert "listens on both UDP and TCP" in hits[0].message
