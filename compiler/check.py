@@ -56,9 +56,17 @@ class GeoResolver:
     asset_dir: Path
     _ip_cache: dict[tuple[str, str], tuple[IPNetwork, ...]] = field(default_factory=dict)
     _site_cache: dict[tuple[str, str], list[SiteDomain]] = field(default_factory=dict)
+    # where geoip.dat, geosite.dat and relative ext: files are looked for (geodata.asset_search_dirs);
+    # empty: only asset_dir
+    search: tuple[Path, ...] = ()
+
+    def _find(self, name: str | Path, what: str) -> Path:
+        from . import geodata
+
+        return geodata.find_asset(name, self.search or (self.asset_dir,), what)
 
     def _file(self, explicit: Path | None, default_name: str) -> Path:
-        return explicit if explicit is not None else self.asset_dir / default_name
+        return explicit if explicit is not None else self._find(default_name, default_name.partition(".")[0])
 
     def geoip(self, tag: str, path: Path | None = None) -> tuple[IPNetwork, ...]:
         from . import geodata
@@ -90,8 +98,7 @@ class GeoResolver:
         fname, sep, tag = spec.rpartition(":")
         if not sep or not fname or not tag:
             raise ValueError(f"ext value {spec!r} must be \"file.dat:tag\"")
-        p = Path(fname)
-        return (p if p.is_absolute() else self.asset_dir / p), tag
+        return self._find(fname, "ext"), tag
 
 
 @dataclass

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from dae_py.contract import fields
+from dae_py.contract.capabilities import dns_selector
 from dae_py.contract.fields import dnsrules
 from dae_py.contract.ir import Field, RoutingIR
 
 from .check import GeoResolver, RoutingChecker
-from .diagnostics import Diagnostics
+from .diagnostics import Diagnostics, did_you_mean
 from .fields.cidr import check_cidrs
 from .fields.domain import check_domain
 from .load import LoadedConfig
@@ -30,6 +31,7 @@ from .rules import RuleSyntaxError, parse_rule
 
 UNSUPPORTED_SCHEMES = ("h3", "http3", "quic")
 DEFAULT_BIND_PORT = 53
+BIND_SCHEMES = ("udp", "tcp", "tcp+udp")
 
 
 def parse_bind(text: str) -> tuple[str, int]:
@@ -56,7 +58,7 @@ def parse_bind(text: str) -> tuple[str, int]:
 
 
 def compile_dns(cfg: LoadedConfig, diags: Diagnostics, dns_out: dict[str, Any], geo: GeoResolver,
-                ir: RoutingIR | None) -> None:
+                ir: RoutingIR | None, nodes: dict[str, dict[str, Any]] | None = None) -> None:
     """Fill `dns_out` (dns_settings' result) with bind, domain_sets and structured rules."""
     has_domain_rules = bool(ir and ir.domain_sets)
     raw = cfg.data.get("dns") or {}
@@ -66,6 +68,13 @@ def compile_dns(cfg: LoadedConfig, diags: Diagnostics, dns_out: dict[str, Any], 
         items = [(("dns", "bind"), bind)] if isinstance(bind, str) else \
             [(("dns", "bind", i), b) for i, b in enumerate(bind)]
         for at, item in items:
+            # dae (example.dae) also writes 'udp://ADDR:PORT', 'tcp://...', 'tcp+udp://...'
+            scheme, sep, rest = str(item).partition("://")
+            if sep and scheme in BIND_SCHEMES:
+                item = rest
+                if scheme != "tcp+udp":
+                    diags.warning(cfg.pos.value(at), f"dns.bind {scheme}://: the DNS module listens on both UDP "
+                                                     f"and TCP at this address, not on {scheme} only")
             try:
                 host, port = parse_bind(str(item))
             except ValueError as exc:
@@ -107,6 +116,7 @@ def compile_dns(cfg: LoadedConfig, diags: Diagnostics, dns_out: dict[str, Any], 
         _upstreams_bypass_routing(cfg, diags, dns_out, ir)
     checker = RoutingChecker(cfg, diags, [], geo)
     routing = raw.get("routing") or {}
+    selector_rules: list[tuple[Any, Any, str]] = []
     for section, sec in dns_out.get("routing", {}).items():
         texts = (routing.get(section) or {}).get("rules") or []
         compiled = []
@@ -116,6 +126,11 @@ def compile_dns(cfg: LoadedConfig, diags: Diagnostics, dns_out: dict[str, Any], 
                 ast = parse_rule(text)
             except RuleSyntaxError:
                 continue  # reported by dns_settings
+            if section == "request" and any(c.name in INTERNAL_SELECTORS for c in ast.calls):
+                kind = check_selector_rule(ast, dns_out.get("upstream", {}), lambda *_: None)
+                if kind is not None:  # a bad one: dns_settings reported it
+                    selector_rules.append((ast, cfg.pos.value(path), kind))
+                continue
 
             def locate(off: int, p: tuple[Any, ...] = path) -> Any:
                 return cfg.pos.in_string(p, off)
@@ -124,6 +139,8 @@ def compile_dns(cfg: LoadedConfig, diags: Diagnostics, dns_out: dict[str, Any], 
             compiled.append({"text": text, "line": cfg.pos.value(path).line, "target": ast.outbound.name,
                              "calls": calls})
         sec["rules"] = compiled
+    if selector_rules:
+        dns_out["internal"] = compile_selectors(cfg, diags, selector_rules, nodes or {})
     dns_out["domain_sets"] = [
         {"bit": d.bit, "full": list(d.full), "suffix": list(d.suffix), "keyword": list(d.keyword),
          "regex": list(d.regex)} for d in sorted(checker.domain_sets.values(), key=lambda d: d.bit)]
@@ -177,3 +194,130 @@ def _call(checker: RoutingChecker, call: Any, locate: Any, diags: Diagnostics) -
     if s is not None:  # an unknown name was reported by dns_settings
         out.update(s.check(_DnsCheck(checker, locate, diags), call))
     return out
+
+
+# ---- dae's internal DNS selectors: sub(), node(), subnode() ----------------------------------------
+# In dae's dns.routing.request these choose the upstream dae itself uses for its own lookups:
+# sub() the host of a subscription it fetches, node() the server host of a node, subnode() that of
+# a node from a subscription (tried before node()). They cannot be mixed with qname/qtype in a
+# rule, their targets must be dns.upstream names, and they have no fallback (no rule matched: the
+# usual resolver). Keys (dae component/daedns/router.go): sub(TAG, tag:, tag_regex:/regex:,
+# link_keyword:, link_regex:), node(NAME, name:, name_keyword:, name_regex:, link_keyword:,
+# link_regex:), subnode(SUBTAG, subtag:, subtag_regex:/regex: and node()'s keys). A call's
+# parameters are ORed; `!` negates the call (subnode() still needs a subscription node); a rule's
+# calls are ANDed; the first rule that matches decides. The compiler knows every subscription and
+# node, so it evaluates them here: `dns.internal` maps each one to its upstream.
+
+INTERNAL_SELECTORS = ("sub", "node", "subnode")
+_NODE_KEYS = ("", "name", "name_keyword", "name_regex", "link_keyword", "link_regex")
+SELECTOR_KEYS: dict[str, tuple[str, ...]] = {
+    "sub": ("", "tag", "tag_regex", "regex", "link_keyword", "link_regex"),
+    "node": _NODE_KEYS,
+    "subnode": ("", "subtag", "subtag_regex", "regex") + _NODE_KEYS[1:],
+}
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What a selector looks at: a subscription (tag, link) or a node (name, link, subscription tag)."""
+
+    name: str
+    link: str
+    subtag: str | None = None
+
+
+def _condition(key: str, values: list[str], t: _Target, func: str) -> bool:
+    import re
+
+    if func == "sub":
+        field = t.link if key.startswith("link") else t.name
+    elif key in ("", "subtag", "subtag_regex", "regex") and func == "subnode":
+        field = t.subtag or ""
+    else:
+        field = t.link if key.startswith("link") else t.name
+    if key.endswith("regex"):
+        return any(re.search(v, field) for v in values)
+    if key.endswith("keyword"):
+        return any(v in field for v in values)
+    return field in values
+
+
+def selector_matches(call: Any, t: _Target) -> bool:
+    """One sub()/node()/subnode() call against a subscription or node, as dae evaluates it."""
+    if call.name == "subnode" and not t.subtag:
+        return False
+    if not call.params:
+        hit = True
+    else:
+        groups: dict[str, list[str]] = {}
+        for p in call.params:
+            groups.setdefault(p.key or "", []).append(p.value)
+        hit = any(_condition(k, vs, t, call.name) for k, vs in groups.items())
+    return bool(hit != call.negated)
+
+
+def check_selector_rule(ast: Any, upstreams: Any, error: Callable[[int, str, str | None], None]) -> str | None:
+    """The selector of a request rule that uses one (None for an ordinary qname/qtype rule),
+    reporting dae's errors: mixed selectors, an unknown key, a bad regex, a non-upstream target."""
+    import re
+
+    kinds = {c.name for c in ast.calls if c.name in INTERNAL_SELECTORS}
+    if not kinds:
+        return None
+    others = [c for c in ast.calls if c.name not in INTERNAL_SELECTORS]
+    if others:
+        error(others[0].offset, f"cannot mix '{others[0].name}' with dae's internal DNS selectors "
+                                f"({', '.join(sorted(kinds))}) in one rule", "write them as separate rules")
+        return None
+    if len(kinds) > 1:
+        error(ast.calls[0].offset, f"cannot mix internal DNS selectors ({', '.join(sorted(kinds))}) in one rule",
+              "one rule selects subscriptions, nodes or subscription nodes")
+        return None
+    (kind,) = kinds
+    ok = True
+    for c in ast.calls:
+        for p in c.params:
+            key = p.key or ""
+            if key not in SELECTOR_KEYS[kind]:
+                known = [k for k in SELECTOR_KEYS[kind] if k]
+                error(p.offset, f"unknown {kind}() key '{key}'", did_you_mean(key, known))
+                ok = False
+            elif key.endswith("regex"):
+                try:
+                    re.compile(p.value)
+                except re.error as exc:
+                    error(p.value_offset, f"invalid regex {p.value!r}: {exc}", None)
+                    ok = False
+    out = ast.outbound
+    if out.name not in upstreams or out.params:
+        error(out.offset, f"{kind}() rules choose a dns upstream: '{out.name}' is not one"
+              + (" (no parameters either)" if out.params else ""), did_you_mean(out.name, upstreams))
+        ok = False
+    return kind if ok else None
+
+
+def compile_selectors(cfg: LoadedConfig, diags: Diagnostics, rules: list[tuple[Any, Any, str]],
+                      nodes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`dns.internal`: the selector rules, and the upstream each subscription and node gets."""
+    subs = [_Target(str(tag), str(url)) for tag, url in (cfg.data.get("subscriptions") or {}).items()]
+    targets = [_Target(name, str(n.get("link") or ""), n.get("tag")) for name, n in nodes.items()]
+
+    def pick(kind: str, t: _Target) -> str | None:
+        for ast, _pos, k in rules:
+            if k == kind and all(selector_matches(c, t) for c in ast.calls):
+                return str(ast.outbound.name)
+        return None
+
+    node_upstreams: dict[str, str] = {}
+    for t in targets:
+        up = (pick("subnode", t) if t.subtag else None) or pick("node", t)
+        if up is not None:
+            node_upstreams[t.name] = up
+    sub_upstreams = {t.name: up for t in subs if (up := pick("sub", t)) is not None}
+    for _ast, pos, kind in rules:
+        cap = dns_selector(kind)
+        if cap is not None and not cap.acts:
+            diags.warning(pos, f"{kind}() is compiled (dns.internal in the manifest) but not acted on: {cap.needs}")
+    return {"rules": [{"text": ast.text, "selector": kind} for ast, _pos, kind in rules],
+            "subscriptions": sub_upstreams, "nodes": node_upstreams}
+

@@ -55,6 +55,17 @@ def _env() -> jinja2.Environment:
 _LOST = {"-": "d", ".": "p"}
 
 
+def _lost(c: str) -> str:
+    """What the macro records for a character it cannot keep: 'd'/'p' for '-'/'.', 'u' for an ASCII
+    upper-case letter, and for any other character (`香`) 'c' + its code point in hex + 'z', so that
+    names differing only in non-ASCII letters (`香港`, `台湾`) get different macros."""
+    if c in _LOST:
+        return _LOST[c]
+    if c.isascii():
+        return "u"
+    return f"c{ord(c):x}z"
+
+
 def outbound_macro(name: str) -> str:
     """A C identifier for an outbound, one-to-one with its name.
 
@@ -65,7 +76,7 @@ def outbound_macro(name: str) -> str:
     (or `Proxy` and `proxy`) no longer become one identifier.
     """
     safe = "".join(c.upper() if c.isascii() and c.isalnum() else "_" for c in name)
-    lost = "".join(f"{i}{_LOST.get(c, 'u')}" for i, c in enumerate(name)
+    lost = "".join(f"{i}{_lost(c)}" for i, c in enumerate(name)
                    if c in _LOST or c.isupper() or not (c.isascii() and (c.isalnum() or c == "_")))
     return f"OUTBOUND_{safe}" + (f"_x{lost}" if lost else "")
 
@@ -91,7 +102,7 @@ def base_context(ir: RoutingIR, config_name: str, config_sha256: str, strategy: 
         "domain_words": max_domain_words(ir),
         "domain_map_size": DOMAIN_MAP_SIZE,
         "pname_map_size": PNAME_MAP_SIZE,
-        "flow_table_size": FLOW_TABLE_SIZE,
+        "flow_table_size": int(settings.get("bpf_conn_state_map_size") or FLOW_TABLE_SIZE),
         "tproxy_port": int(settings.get("tproxy_port", 12345)),
         "fwmark": int(settings.get("fwmark", 0x8000000)),
         "so_mark": int(settings.get("so_mark_from_dae", 0)),

@@ -711,3 +711,49 @@ def write_geoip(
 def write_geosite(path: PathLike, entries: Mapping[str, Iterable[SiteDomain]]) -> None:
     """Write a ``geosite.dat`` that v2ray, dae and :func:`read_geosite` read."""
     _atomic_write(path, encode_geosite(entries))
+
+
+# ---- where the files are looked for --------------------------------------------------------------
+# dae (common/assets: $DAE_LOCATION_ASSET, the config's folder, $XDG_DATA_HOME/dae, each of
+# $XDG_DATA_DIRS/dae) and v2ray ($V2RAY_LOCATION_ASSET, /usr/local/share/v2ray, /usr/share/v2ray),
+# after global.asset_dir when it is set. The first folder holding the file wins.
+
+
+def asset_search_dirs(config_dir: PathLike, asset_dir: PathLike | None = None,
+                      env: Mapping[str, str] | None = None) -> tuple[Path, ...]:
+    """The folders searched, in order, without duplicates (relative ones against `config_dir`)."""
+    env = os.environ if env is None else env
+    base = Path(config_dir)
+    dirs: list[Path] = []
+    if asset_dir:
+        dirs.append(Path(asset_dir))
+    if env.get("DAE_LOCATION_ASSET"):
+        dirs.append(Path(env["DAE_LOCATION_ASSET"]))
+    dirs.append(base)
+    home = env.get("XDG_DATA_HOME") or (str(Path(env["HOME"]) / ".local" / "share") if env.get("HOME") else "")
+    if home:
+        dirs.append(Path(home) / "dae")
+    data_dirs = env.get("XDG_DATA_DIRS") or "/usr/local/share:/usr/share"
+    dirs += [Path(d) / "dae" for d in data_dirs.split(":") if d]
+    if env.get("V2RAY_LOCATION_ASSET"):
+        dirs.append(Path(env["V2RAY_LOCATION_ASSET"]))
+    dirs += [Path("/usr/local/share/v2ray"), Path("/usr/share/v2ray")]
+    out: list[Path] = []
+    for d in dirs:
+        d = d if d.is_absolute() else base / d
+        if d not in out:
+            out.append(d)
+    return tuple(out)
+
+
+def find_asset(name: PathLike, dirs: Iterable[Path], what: str) -> Path:
+    """The first `dir/name` that exists; GeoDataError listing every folder looked in otherwise.
+    An absolute `name` is taken as it is."""
+    p = Path(name)
+    if p.is_absolute():
+        return p
+    looked = list(dirs)
+    for d in looked:
+        if (d / p).is_file():
+            return d / p
+    raise GeoDataError(f"{what} file '{p}' not found; looked in: {', '.join(str(d) for d in looked)}")

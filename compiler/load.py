@@ -54,6 +54,13 @@ class PosMap:
     def set_key(self, path: JsonPath, pos: ScalarPos) -> None:
         self._keys[path] = pos
 
+    def alias(self, old: JsonPath, new: JsonPath) -> None:
+        """`new` is where `old` was written (an option read under another name: dae's `default:`)."""
+        n = len(old)
+        for table in (self._values, self._keys):
+            for p in [p for p in table if p[:n] == old]:
+                table[new + p[n:]] = table[p]
+
     def value(self, path: JsonPath) -> SourcePos:
         """Position of the value at `path`, or of its nearest ancestor we know."""
         p = path

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 from typing import Any
 
 from .urls import split_url
@@ -20,6 +21,7 @@ DURATION_BOUNDS: dict[str, tuple[float, float]] = {
     "check_tolerance": (0.0, 3600.0),
     "sniffing_timeout": (0.0, 60.0),
     "add_latency": (-3600.0, 3600.0),
+    "udphop_interval": (1.0, 86400.0),  # dae's default 30s; Hysteria hops no faster than every 5s
 }
 
 
@@ -83,3 +85,73 @@ def check_udp_check_dns(items: list[str]) -> None:
     if port and not (port.isdigit() and 1 <= int(port) <= 65535):
         raise ValueError(f"udp_check_dns {target!r}: invalid port")
     _require_ips("udp_check_dns", "server", ips)
+
+
+# ---- dae's other global options ------------------------------------------------------------------
+# Each is checked here even when the runtime does not act on it (contract/capabilities.py OPTIONS
+# says what it does instead): a value dae would reject is an error here too, so a config that
+# compiles here also loads in dae.
+
+#: bpf_conn_state_map_size: entries of the `flows` LRU map. dae's default is 262144; below 1024 a
+#: busy LAN evicts live flows' decisions, above 2^24 the map alone pins over a gigabyte.
+FLOW_TABLE_BOUNDS = (1024, 1 << 24)
+
+
+def check_flow_table_size(raw: Any) -> int:
+    """bpf_conn_state_map_size -> the `flows` map's max_entries."""
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise ValueError(f"bpf_conn_state_map_size: {raw!r} is not a number of entries")
+    lo, hi = FLOW_TABLE_BOUNDS
+    if not lo <= raw <= hi:
+        raise ValueError(f"bpf_conn_state_map_size: {raw} is out of range ({lo} to {hi} entries)")
+    return raw
+
+
+def check_resolver(key: str, raw: Any) -> tuple[str, int]:
+    """bootstrap_resolver / fallback_resolver: 'IPv4:PORT' or '[IPv6]:PORT', as dae reads them."""
+    text = str(raw).strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+        ok = bool(sep) and rest.startswith(":")
+    else:
+        host, sep, port = text.rpartition(":")
+        ok = bool(sep) and ":" not in host
+    try:
+        ip = ipaddress.ip_address(host) if ok else None
+    except ValueError:
+        ip = None
+    if ip is None or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{key}: {text!r} is not 'IPv4:PORT' or '[IPv6]:PORT' (e.g. '8.8.8.8:53')")
+    return str(ip), int(port)
+
+
+def check_range_text(key: str, raw: Any) -> tuple[int, int]:
+    """tls_fragment_length / tls_fragment_interval: 'LO-HI' (bytes, milliseconds), LO <= HI."""
+    lo, sep, hi = str(raw).strip().partition("-")
+    if not (lo.strip().isdigit() and (not sep or hi.strip().isdigit())):
+        raise ValueError(f"{key}: {raw!r} is not 'LO-HI' (e.g. '50-100')")
+    a, b = int(lo), int(hi) if sep else int(lo)
+    if a > b:
+        raise ValueError(f"{key}: {raw!r}: {a} is more than {b}")
+    return a, b
+
+
+# Hysteria's bandwidth units (dae's bandwidth_max_*): bits per second, or a bare number of bytes per second.
+_BANDWIDTH = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(b|bps)?\s*$", re.I)
+_BANDWIDTH_SCALE = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def check_bandwidth(key: str, raw: Any) -> int:
+    """bandwidth_max_tx / _rx -> bytes per second: '200 mbps', '200 m', '1 gb', or 25000000 (bytes/s)."""
+    if isinstance(raw, bool):
+        raise ValueError(f"{key}: {raw!r} is not a bandwidth")
+    if isinstance(raw, int):
+        return raw
+    m = _BANDWIDTH.match(str(raw))
+    if m is None:
+        raise ValueError(f"{key}: {raw!r} is not a bandwidth (e.g. '200 mbps', '1 g', or bytes per second)")
+    number, prefix, unit = float(m.group(1)), m.group(2).lower(), m.group(3)
+    if not prefix and unit is None:
+        return int(number)  # a bare number: bytes per second
+    return int(number * _BANDWIDTH_SCALE[prefix] / 8)

@@ -32,7 +32,7 @@ from .load import LoadedConfig, load_config, load_config_text
 from .nodes import build_node_pool, resolve_groups
 from .passes import optimise
 from .schema import check_schema
-from .settings import dns_settings, global_settings
+from .settings import apply_aliases, dns_settings, global_settings
 
 # Above this many live rules the bit-vector classifier beats straight-line compares (bench/RESULTS.md:
 # linear stays faster up to 100-200 rules, and cannot build around 1,000: the BPF stack).
@@ -55,7 +55,8 @@ class Checked:
 def check_config(cfg: LoadedConfig) -> Checked:
     """Validate everything; raise CompileError carrying every diagnostic when there are errors."""
     diags = Diagnostics()
-    if not check_schema(cfg, diags):
+    apply_aliases(cfg, diags)  # dae's `default:` is `fallback:`
+    if not check_schema(cfg, diags) or diags.errors:
         raise CompileError(diags)
     settings = global_settings(cfg, diags)
     pool = build_node_pool(cfg, diags, bool(settings["allow_insecure"]))
@@ -73,10 +74,13 @@ def check_config(cfg: LoadedConfig) -> Checked:
         p = Path(v)
         return p if p.is_absolute() else base / p
 
-    geo = GeoResolver(asset("geoip_path"), asset("geosite_path"), asset_dir)
+    from .geodata import asset_search_dirs
+
+    geo = GeoResolver(asset("geoip_path"), asset("geosite_path"), asset_dir,
+                      search=asset_search_dirs(base, settings["asset_dir"]))
     checker = RoutingChecker(cfg, diags, groups, geo)
     ir = checker.build()
-    compile_dns(cfg, diags, dns, geo, ir)
+    compile_dns(cfg, diags, dns, geo, ir, pool.nodes)
     if not diags.errors:  # amid errors they would be noise: the config does not compile anyway
         warn_missing_capabilities(diags, checker.function_uses, dns)
     if ir is None or diags.errors:

@@ -94,13 +94,13 @@ def _message(err: ValidationError) -> tuple[str, str | None]:
         what = ", ".join(repr(k) for k in missing) or err.message
         return f"{path}: missing required option {what}", None
     if err.validator == "enum":
-        values = ", ".join(json.dumps(v) for v in _keyword_value(err))
-        return f"{path}: {json.dumps(err.instance)} is not one of {values}", did_you_mean(
+        values = ", ".join(json.dumps(v, ensure_ascii=False) for v in _keyword_value(err))
+        return f"{path}: {json.dumps(err.instance, ensure_ascii=False)} is not one of {values}", did_you_mean(
             str(err.instance), [str(v) for v in _keyword_value(err)]
         )
     if err.validator == "pattern":
         expected = _subschema(err).get("description") or f"expected {_keyword_value(err)}"
-        return f"{path}: {json.dumps(err.instance)} is not valid here ({expected})", None
+        return f"{path}: {json.dumps(err.instance, ensure_ascii=False)} is not valid here ({expected})", None
     if err.validator in ("oneOf", "anyOf"):
         hint = None
         inst = err.instance
@@ -109,9 +109,10 @@ def _message(err: ValidationError) -> tuple[str, str | None]:
             hint = "quote the rule: unquoted, YAML reads the ': ' inside it as a mapping"
         ap = tuple(err.absolute_path)
         if len(ap) == 3 and ap[:2] == ("routing", "rules") and not hint:
-            return (f"{path}: {json.dumps(inst, default=str)[:80]} is neither a rule string nor a rule mapping "
+            shown = json.dumps(inst, default=str, ensure_ascii=False)[:80]
+            return (f"{path}: {shown} is neither a rule string nor a rule mapping "
                     "(match: [...], outbound: ...)"), None
-        return f"{path}: {json.dumps(inst, default=str)[:80]} has the wrong type or form", hint
+        return f"{path}: {json.dumps(inst, default=str, ensure_ascii=False)[:80]} has the wrong type or form", hint
     return f"{path}: {err.message}", None
 
 

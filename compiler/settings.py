@@ -3,13 +3,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from dae_py.contract.capabilities import ignored_option
+from dae_py.contract.capabilities import DNS_OPTIONS, ignored_option
 from dae_py.contract.fields import dnsrules
 from dae_py.contract.manifest import DEFAULT_SO_MARK
 
 from .diagnostics import Diagnostics, did_you_mean
+from .dns_rules import INTERNAL_SELECTORS, check_selector_rule
 from .load import LoadedConfig
-from .options import bounded_duration, check_tcp_check_url, check_udp_check_dns
+from .options import (
+    bounded_duration,
+    check_bandwidth,
+    check_flow_table_size,
+    check_range_text,
+    check_resolver,
+    check_tcp_check_url,
+    check_udp_check_dns,
+)
 from .rules import RuleSyntaxError, parse_rule
 from .urls import split_url
 
@@ -56,6 +65,7 @@ def global_settings(cfg: LoadedConfig, diags: Diagnostics) -> dict[str, Any]:
             check(out[key])
         except ValueError as exc:
             diags.error(cfg.pos.value(("global", key)), str(exc))
+    _check_dae_options(cfg, diags, raw, out)
     for key, value in raw.items():
         ignored = ignored_option(key, value)
         if ignored is not None:
@@ -68,6 +78,50 @@ def global_settings(cfg: LoadedConfig, diags: Diagnostics) -> dict[str, Any]:
     if out["fwmark"] == out["so_mark_from_dae"] and out["fwmark"]:
         diags.error(cfg.pos.value(("global", "fwmark")), "fwmark must differ from so_mark_from_dae")
     return out
+
+
+def _check_dae_options(cfg: LoadedConfig, diags: Diagnostics, raw: dict[str, Any], out: dict[str, Any]) -> None:
+    """dae's other global options: a value dae would reject is an error at it; the ones the
+    runtime reads get their parsed form (`bpf_conn_state_map_size` sizes the flow table)."""
+    checks: list[tuple[str, Any]] = [
+        ("bpf_conn_state_map_size", check_flow_table_size),
+        ("bootstrap_resolver", lambda v: check_resolver("bootstrap_resolver", v)),
+        ("fallback_resolver", lambda v: check_resolver("fallback_resolver", v)),
+        ("tls_fragment_length", lambda v: check_range_text("tls_fragment_length", v)),
+        ("tls_fragment_interval", lambda v: check_range_text("tls_fragment_interval", v)),
+        ("bandwidth_max_tx", lambda v: check_bandwidth("bandwidth_max_tx", v)),
+        ("bandwidth_max_rx", lambda v: check_bandwidth("bandwidth_max_rx", v)),
+        ("udphop_interval", lambda v: bounded_duration("udphop_interval", v)),
+    ]
+    for key, check in checks:
+        if key not in raw:
+            continue
+        try:
+            check(raw[key])
+        except ValueError as exc:
+            diags.error(cfg.pos.value(("global", key)), str(exc))
+
+
+def apply_aliases(cfg: LoadedConfig, diags: Diagnostics) -> None:
+    """dae's other names, read as ours before anything else looks: `default:` is `fallback:` in
+    `routing` and in `dns.routing.request/response` (dae: "fallback is also called default")."""
+    data: Any = cfg.data  # not yet checked: the schema runs after this
+    if not isinstance(data, dict):
+        return
+    dns = data.get("dns")
+    dns_routing = dns.get("routing") if isinstance(dns, dict) else None
+    sections: list[tuple[tuple[str, ...], Any]] = [(("routing",), data.get("routing"))]
+    if isinstance(dns_routing, dict):
+        sections += [(("dns", "routing", s), dns_routing.get(s)) for s in ("request", "response")]
+    for path, sec in sections:
+        if not isinstance(sec, dict) or "default" not in sec:
+            continue
+        if "fallback" in sec:
+            diags.error(cfg.pos.key(path + ("default",)), f"{'.'.join(path)}: both 'fallback' and 'default' are "
+                        "set (dae's two names for one option)", "keep one of them")
+            continue
+        sec["fallback"] = sec.pop("default")
+        cfg.pos.alias(path + ("default",), path + ("fallback",))
 
 
 def dns_settings(cfg: LoadedConfig, diags: Diagnostics) -> dict[str, Any]:
@@ -105,7 +159,15 @@ def dns_settings(cfg: LoadedConfig, diags: Diagnostics) -> dict[str, Any]:
             except RuleSyntaxError as exc:
                 diags.error(cfg.pos.in_string(path, exc.offset), f"syntax error: {exc.message}")
                 continue
+            def report(off: int, msg: str, hint: str | None, p: tuple[Any, ...] = path) -> None:
+                diags.error(cfg.pos.in_string(p, off), msg, hint)
+
+            if section == "request" and check_selector_rule(ast, upstreams, report):
+                rules.append({"text": text, "line": cfg.pos.value(path).line})
+                continue
             for call in ast.calls:
+                if section == "request" and call.name in INTERNAL_SELECTORS:
+                    continue  # mixed with qname/qtype, or a bad selector: check_selector_rule said so
                 if call.name not in funcs:
                     diags.error(cfg.pos.in_string(path, call.offset),
                                 f"unknown dns {section} function '{call.name}'", did_you_mean(call.name, funcs))
@@ -124,6 +186,10 @@ def dns_settings(cfg: LoadedConfig, diags: Diagnostics) -> dict[str, Any]:
             diags.error(cfg.pos.value(("dns", "routing", section, "fallback")),
                         f"unknown dns {section} fallback '{fb}'", did_you_mean(fb, allowed_out))
         out_routing[section] = {"rules": rules, "fallback": fb}
+    for key, value in raw.items():
+        ignored = ignored_option(key, value, DNS_OPTIONS)
+        if ignored is not None:
+            diags.warning(cfg.pos.value(("dns", key)), f"dns.{key} is ignored: {ignored.missing}")
     return {
         "upstream": upstreams,
         "routing": out_routing,

@@ -109,10 +109,68 @@ OPTIONS: tuple[OptionCapability, ...] = (
     OptionCapability("tproxy_port_protect", acts=False, unless=(True,),
                      missing="the runtime always protects the tproxy port (its guard program cannot be "
                              "turned off)"),
-    OptionCapability("disable_waiting_network", acts=False, missing="the runtime does not wait for the network"),
-    OptionCapability("tls_implementation", acts=False, missing="the runtime's TLS is Python's ssl module"),
+    OptionCapability("disable_waiting_network", acts=False, unless=(True,),
+                     missing="the runtime does not wait for the network"),
+    OptionCapability("tls_implementation", acts=False, unless=("tls",),
+                     missing="the runtime's TLS is Python's ssl module"),
     OptionCapability("utls_imitate", acts=False, missing="the runtime has no uTLS fingerprints"),
+    # dae's other global options (config/config.go `Global`), issue 12: each is one row
+    OptionCapability("bpf_conn_state_map_size", acts=True),  # the `flows` map's max_entries
+    OptionCapability("mptcp", acts=True),  # the relay's TCP sockets to nodes are IPPROTO_MPTCP (TCP if refused)
+    OptionCapability("pprof_port", acts=False, unless=(0,),
+                     missing="the runtime is Python and has no pprof endpoint (profile it with py-spy; "
+                             "counters are at the controller's /metrics)"),
+    OptionCapability("disable_thp", acts=False, unless=(False,),
+                     missing="the runtime leaves transparent huge pages as the system sets them"),
+    OptionCapability("enable_local_tcp_fast_redirect", acts=False, unless=(False,),
+                     missing="deprecated in dae (unused since its PR 912); there is no such redirect here"),
+    OptionCapability("auto_config_firewall_rule", acts=False, unless=(False,),
+                     missing="deprecated in dae (unused since its PR 458); the runtime writes no firewall rules"),
+    OptionCapability("tls_fragment", acts=False, unless=(False,),
+                     missing="the runtime sends each TLS ClientHello in one piece (no fragmentation)"),
+    OptionCapability("tls_fragment_length", acts=False,
+                     missing="only tls_fragment uses it, and the runtime does not fragment ClientHellos"),
+    OptionCapability("tls_fragment_interval", acts=False,
+                     missing="only tls_fragment uses it, and the runtime does not fragment ClientHellos"),
+    OptionCapability("bootstrap_resolver", acts=False,
+                     missing="the runtime resolves node and DNS upstream host names once, with the system "
+                             "resolver (getaddrinfo)"),
+    OptionCapability("fallback_resolver", acts=False,
+                     missing="the runtime resolves host names with the system resolver only (no fallback server)"),
+    OptionCapability("bandwidth_max_tx", acts=False, unless=(0, "0"),
+                     missing="no outbound here uses bandwidth hints (they are for Hysteria2, which the runtime "
+                             "does not dial)"),
+    OptionCapability("bandwidth_max_rx", acts=False, unless=(0, "0"),
+                     missing="no outbound here uses bandwidth hints (they are for Hysteria2, which the runtime "
+                             "does not dial)"),
+    OptionCapability("udphop_interval", acts=False,
+                     missing="no outbound here hops UDP ports (Hysteria2 port hopping is not supported)"),
 )
+
+#: `dns` options the compiler accepts but the runtime's DNS module does not act on (same form).
+DNS_OPTIONS: tuple[OptionCapability, ...] = (
+    OptionCapability("optimistic_cache_ttl", acts=False,
+                     missing="the DNS module has no optimistic cache (an expired answer is queried again before "
+                             "it is served), so there is no stale window"),
+)
+
+
+#: dae's internal DNS selectors in dns.routing.request (sub, node, subnode): the compiler evaluates
+#: them into `dns.internal` (which upstream resolves each subscription's and node's host).
+_SELECTOR_NEEDS = ("the runtime resolves subscription and node hosts with the system resolver "
+                   "(getaddrinfo), not through dns.upstream")
+DNS_SELECTORS: tuple[FunctionCapability, ...] = (
+    FunctionCapability("sub", acts=False, needs=_SELECTOR_NEEDS),
+    FunctionCapability("node", acts=False, needs=_SELECTOR_NEEDS),
+    FunctionCapability("subnode", acts=False, needs=_SELECTOR_NEEDS),
+)
+
+
+def dns_selector(name: str) -> FunctionCapability | None:
+    for f in DNS_SELECTORS:
+        if f.name == name:
+            return f
+    return None
 
 
 def protocol(scheme: str) -> ProtocolCapability | None:
@@ -129,9 +187,10 @@ def function(name: str) -> FunctionCapability | None:
     return None
 
 
-def ignored_option(key: str, value: object) -> OptionCapability | None:
-    """The option's row when the runtime would ignore `value` for it, else None."""
-    for o in OPTIONS:
+def ignored_option(key: str, value: object, table: tuple[OptionCapability, ...] = OPTIONS) -> OptionCapability | None:
+    """The option's row (in `table`: OPTIONS for `global`, DNS_OPTIONS for `dns`) when the runtime
+    would ignore `value` for it, else None."""
+    for o in table:
         if o.key == key and not o.acts and value not in o.unless:
             return o
     return None

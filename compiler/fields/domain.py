@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     from ..check import RoutingChecker
     from ..emit_linear import LargeSets
 
-DOMAIN_KEYS = ("suffix", "full", "keyword", "regex", "geosite", "ext")
+DOMAIN_KEYS = ("suffix", "full", "keyword", "regex", "geosite", "ext", "domain", "contains")
+# dae's other names for two keys (its AliasOptimizer): `domain:` is `suffix:`, `contains:` is `keyword:`.
+KEY_ALIASES = {"domain": "suffix", "contains": "keyword"}
 GEOSITE_KINDS = {"plain": "keyword", "regex": "regex", "domain": "suffix", "full": "full"}
 
 
@@ -37,7 +39,7 @@ def check_domain(checker: RoutingChecker, spec: FieldSpec, call: Call, locate: L
     ok = True
     diags = checker.diags
     for p in call.params:
-        key = p.key or "suffix"
+        key = KEY_ALIASES.get(p.key or "suffix", p.key or "suffix")
         if key not in DOMAIN_KEYS:
             diags.error(locate(p.offset), f"unknown domain key '{key}'", did_you_mean(key, DOMAIN_KEYS))
             ok = False

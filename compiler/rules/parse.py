@@ -168,12 +168,14 @@ def _terms(expr: Tree[Token]) -> tuple[Call, ...]:
 
 # ---- the fast path ---------------------------------------------------------------------------
 # The grammar's terminals, as lark compiles them (see grammar.lark). WS is %ignore'd between tokens.
-_WS = r"[ \t\f\r\n]*"
+# Comments (`# ...` to the end of the line, `/* ... */`) are %ignore'd like WS; atomic, so the
+# regexes never give back part of a comment to read it as a value.
+_WS = r"(?>(?:[ \t\f\r\n]+|#[^\n]*|/\*[\s\S]*?\*/)*)"
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
-_OUTNAME = r"[A-Za-z_][A-Za-z0-9_.-]*"
+_OUTNAME = r"[A-Za-z_\u00aa-\uffff][A-Za-z0-9_.\u00aa-\uffff-]*"
 _KEY = r"[A-Za-z_][A-Za-z0-9_-]*[ \t]*:"
 _STRING = r"""(?:"(?:\\.|[^"\\])*"|'[^']*')"""
-_BARE = r"""[^\s,()'"!&>\[\]]+"""
+_BARE = r"""[^\s,()'"!&>\[\]#][^\s,()'"&>\[\]]*"""
 
 # One parameter and the ',' or ')' after it. Where a parameter starts, lark's lexer tries KEY first
 # (priority 2) and keeps it when it matches, so KEY sits in an atomic group: no backtracking to read

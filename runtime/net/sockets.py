@@ -25,6 +25,10 @@ IPV6_RECVORIGDSTADDR = 74
 IPV6_ORIGDSTADDR = IPV6_RECVORIGDSTADDR
 SOL_IPV6 = getattr(socket, "SOL_IPV6", 41)
 SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
+IPPROTO_MPTCP = getattr(socket, "IPPROTO_MPTCP", 262)
+# socket(IPPROTO_MPTCP) fails with these where the kernel has no MPTCP (EPROTONOSUPPORT) or it is
+# off in this namespace (net.mptcp.enabled=0: ENOPROTOOPT); the connection is then plain TCP.
+_NO_MPTCP = (errno.EPROTONOSUPPORT, errno.ENOPROTOOPT, errno.EINVAL, errno.ESOCKTNOSUPPORT)
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,20 @@ class DialOptions:
     so_mark: int = 0
     connect_timeout: float = 10.0
     handshake_timeout: float = 10.0
+    mptcp: bool = False  # global.mptcp: TCP to nodes is Multipath TCP where the kernel allows it
+
+
+def tcp_socket(family: int, mptcp: bool = False) -> socket.socket:
+    """A non-blocking stream socket: IPPROTO_MPTCP when `mptcp` (dae's global.mptcp) and the kernel
+    takes it, else plain TCP. An MPTCP socket falls back to TCP by itself when the peer does not
+    speak MPTCP, so only the kernel's refusal is handled here."""
+    if mptcp:
+        try:
+            return socket.socket(family, socket.SOCK_STREAM | SOCK_NONBLOCK, IPPROTO_MPTCP)
+        except OSError as exc:
+            if exc.errno not in _NO_MPTCP:
+                raise
+    return socket.socket(family, socket.SOCK_STREAM | SOCK_NONBLOCK)
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
@@ -129,7 +147,7 @@ async def connect_in(loop: asyncio.AbstractEventLoop, host: str, port: int, opts
     last: Exception | None = None
     addrs = _literal(host, port) or await resolve(host, port, opts.connect_timeout, node)
     for fam, addr in addrs:
-        sock = socket.socket(fam, socket.SOCK_STREAM | SOCK_NONBLOCK)  # no ioctl(FIONBIO)
+        sock = tcp_socket(fam, opts.mptcp)  # non-blocking from the start: no ioctl(FIONBIO)
         waited = False
         try:
             set_mark(sock, opts.so_mark)

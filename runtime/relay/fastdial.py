@@ -28,7 +28,7 @@ from typing import Protocol
 from dae_py.runtime.groups.group import dial_failure
 from dae_py.runtime.groups.stats import Check
 from dae_py.runtime.net.poller import IN, OUT, FdPoller
-from dae_py.runtime.net.sockets import abort, set_mark
+from dae_py.runtime.net.sockets import abort, set_mark, tcp_socket
 from dae_py.runtime.net.stream import SocketStream
 from dae_py.runtime.proxy import (
     AllNodesDown,
@@ -142,7 +142,7 @@ class CallbackDial:
         self.buf = b""
         opts = self.group.opts
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM | SOCK_NONBLOCK)
+            sock = tcp_socket(family, opts.mptcp)
         except OSError as exc:  # EMFILE and the like: not the node's fault
             self._finish()
             self.owner.dial_refused(self, DialError(f"cannot open a socket: {exc.strerror or exc}"))

@@ -129,7 +129,8 @@ class RelayConfig:
     # dial_mode and sniffing_timeout (runtime/sniff/dialmode.py); "ip" reads nothing first
     dial_mode: str = "ip"
     sniffing_timeout: float = 0.1
+    mptcp: bool = False  # global.mptcp: the TCP sockets to nodes are MPTCP (runtime/net/sockets.tcp_socket)
 
     def dial_options(self) -> DialOptions:
         return DialOptions(so_mark=self.so_mark, connect_timeout=self.connect_timeout,
-                           handshake_timeout=self.handshake_timeout)
+                           handshake_timeout=self.handshake_timeout, mptcp=self.mptcp)

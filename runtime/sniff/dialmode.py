@@ -200,7 +200,8 @@ def relay_settings(settings: Any) -> dict[str, Any]:
     """RelayConfig's dial_mode and sniffing_timeout from the manifest's GlobalSettings (the
     timeout, in seconds, is among the settings the compiler resolved: `sniffing_timeout_s`)."""
     timeout = settings.extra.get("sniffing_timeout_s", DEFAULT_TIMEOUT)
-    return {"dial_mode": settings.dial_mode, "sniffing_timeout": float(timeout)}
+    return {"dial_mode": settings.dial_mode, "sniffing_timeout": float(timeout),
+            "mptcp": bool(settings.extra.get("mptcp", False))}  # global.mptcp (RelayConfig.mptcp)
 
 
 @dataclass

@@ -126,13 +126,14 @@ def test_edge_cases(text: str) -> None:
 
 
 VALUES = ["a.com", "1.1.1.1", "10.0.0.0/8", "ff00::/8", "2001:db8::1", "::1", "02:42:ac:11:00:02", "443",
-          "8000-9000", "tcp", "-", "x_y-z", "é", "geosite:cn", "a:b", "0x800", "must", "a.b.c.d.e"]
+          "8000-9000", "tcp", "-", "x_y-z", "é", "geosite:cn", "a:b", "0x800", "must", "a.b.c.d.e",
+          "geolocation-!cn", "category-ai-!cn", "a#b", "香港"]  # dae's '!' and '#' inside bare values
 QUOTED = ["'a,b'", "'c(d)'", "'e)f'", '"g,h)"', "'it''s'", '"q\\"q"', '"b\\\\"', "''", '""', "'&& ->'",
           "'ff00::/8'", '"x y"', "'[z]'", "'!'"]
 KEYS = ["suffix", "full", "keyword", "regex", "geosite", "ext", "mark", "k", "a-b", "_k", "ff00", "geoip"]
 NAMES = ["dip", "sip", "domain", "dport", "l4proto", "mac", "pname", "x", "_", "a1"]
-OUTS = ["direct", "block", "proxy", "must_direct", "must_rules", "a.b-c", "_x"]
-WS = ["", "", "", " ", "  ", "\t", "\n", " \r\n "]
+OUTS = ["direct", "block", "proxy", "must_direct", "must_rules", "a.b-c", "_x", "香港-01"]
+WS = ["", "", "", " ", "  ", "\t", "\n", " \r\n ", " # a comment\n", "/* c */", " /* (,) */ "]
 
 
 def ws(rng: random.Random) -> str:
@@ -162,7 +163,7 @@ def random_rule(rng: random.Random) -> str:
     return f"{ws(rng)}&&{ws(rng)}".join(terms) + ws(rng) + "->" + ws(rng) + out + ws(rng)
 
 
-NOISE = list("()[],:'\"\\!&->  \t\n\v\xa0aZ_9.é") + ["&&", "->", "''", "suffix:", "( )", ", ,"]
+NOISE = list("()[],:'\"\\!&->  \t\n\v\xa0aZ_9.é#") + ["&&", "->", "''", "suffix:", "( )", ", ,", "/*", "*/"]
 
 
 def mutate(rng: random.Random, text: str) -> str:
@@ -189,8 +190,10 @@ def test_random_rules() -> None:
         text = mutate(rng, random_rule(rng))
         check(text)
         rejected += not lark_accepts(text)
-    # Both kinds are well represented (the generator is not accidentally trivial).
-    assert accepted > 2500 and rejected > 2500, (accepted, rejected)
+    # Both kinds are well represented (the generator is not accidentally trivial). Some generated
+    # rules are rejected: '/* c */' right after a bare value is part of it ('/' and '*' are value
+    # characters, as in dae), so the comment's '*/' is then stray.
+    assert accepted > 2000 and rejected > 2500, (accepted, rejected)
 
 
 def test_random_soup() -> None:
