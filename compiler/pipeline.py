@@ -55,6 +55,7 @@ class Checked:
 def check_config(cfg: LoadedConfig) -> Checked:
     """Validate everything; raise CompileError carrying every diagnostic when there are errors."""
     diags = Diagnostics()
+    diags.extend(cfg.load_warnings)
     if not check_schema(cfg, diags):
         raise CompileError(diags)
     settings = global_settings(cfg, diags)
