@@ -226,14 +226,23 @@ class Mapper:
                           "remove it to silence this warning")
                 self.out.notes.append((path, f"{key}: {item.value.value}  # ignored: {reason}"))
                 continue
-            if key in here and key != "filter":
-                if "array" in _types(schema) and isinstance(here[key], str):
-                    # dae appends to a list option given twice
-                    joined = _concat([self.out.pos.text(path + (key,)) or item.value, (",", item.key_pos),
-                                      item.value])
-                    self._set(path + (key,), joined.value, joined, item.key_pos)
-                    continue
+            is_list = "array" in _types(schema) and not item.is_function
+            if key in here and key != "filter" and not (is_list and isinstance(here[key], list)):
                 self.warn(item.key_pos, f"{where} is set twice; the last value is used (as dae does)")
+            if is_list:
+                # dae splits a list option at every comma (quoted or not); given twice, it adds up
+                items = here[key] if isinstance(here.get(key), list) else []
+                if not items:
+                    self._set(path + (key,), items, item.value, item.key_pos)
+                start = 0
+                for part in item.value.value.split(","):
+                    stripped = part.strip()
+                    if stripped:
+                        at = start + len(part) - len(part.lstrip())
+                        self.out.pos.put(path + (key, len(items)), _slice(item.value, at, at + len(stripped)))
+                        items.append(stripped)
+                    start += len(part) + 1
+                continue
             value: Any = item.value.value
             if not item.is_function and len(item.literals) == 1:
                 value = coerce(item.value.value, schema)
@@ -424,6 +433,15 @@ def _tail(text: Text, start: int) -> Text:
         cut = max(start - s.offset, 0)
         segs.append(Segment(s.offset + cut - start, text.at(s.offset + cut), s.raw[cut:]))
     return Text(text.value[start:], tuple(segs), text.quoted)
+
+
+def _slice(text: Text, start: int, end: int) -> Text:
+    """Characters `start..end` of `text`, with their positions."""
+    tail = _tail(text, start)
+    n = end - start
+    segs = tuple(Segment(sg.offset, sg.pos, sg.raw[:max(n - sg.offset, 0)]) for sg in tail.segments if sg.offset < n)
+    return Text(tail.value[:n], segs or tail.segments[:1], text.quoted,
+                start=text.pos if start == 0 else None)
 
 
 def _schema_accepts(path: JsonPath, value: str) -> bool:

@@ -47,7 +47,7 @@ def _errors(text: str, name: str = "c.dae") -> list[str]:
 def test_a_dae_config_maps_to_the_yaml_structure() -> None:
     cfg = load_dae_text(BASIC, "c.dae")
     assert cfg.data == {
-        "global": {"tproxy_port": 12345, "lan_interface": "eth0,br-*", "allow_insecure": False},
+        "global": {"tproxy_port": 12345, "lan_interface": ["eth0", "br-*"], "allow_insecure": False},
         "nodes": {"n1": "socks5://192.0.2.10:1080"},
         "groups": {"proxy": {"filter": ["name(n1)"], "policy": "min_moving_avg"}},
         "routing": {"rules": ["dip(224.0.0.0/3, 'ff00::/8') -> direct",
@@ -99,6 +99,14 @@ def test_values_point_at_their_own_position() -> None:
 def test_errors_have_exact_positions(text: str, where: str, message: str) -> None:
     errs = _errors(text)
     assert any(e.startswith(f"{where}: {message}") for e in errs), errs
+
+
+def test_each_item_of_a_list_option_keeps_its_position() -> None:
+    cfg = load_dae_text("global {\n  lan_interface: eth0\n  tcp_check_url: 'http://x, 1.1.1.1, nope:9'\n}\n"
+                        "routing { }\n", "c.dae")
+    assert cfg.data["global"]["tcp_check_url"] == ["http://x", "1.1.1.1", "nope:9"]
+    assert str(cfg.pos.in_string(("global", "tcp_check_url", 2), 0)) == "c.dae:3:38"
+    assert str(cfg.pos.value(("global", "tcp_check_url"))) == "c.dae:3:18"
 
 
 def test_dae_defaults_fill_in_missing_fallbacks() -> None:
@@ -165,7 +173,7 @@ def test_includes_merge_sections_in_daes_order(tmp_path: Path) -> None:
     cfg = load_config_text((tmp_path / "config.dae").read_text(), str(tmp_path / "config.dae"))
     assert cfg.data["routing"]["rules"] == ["dport(1) -> direct", "dport(2) -> direct", "dport(4) -> direct",
                                             "dport(3) -> direct"]
-    assert cfg.data["global"] == {"lan_interface": "eth0"}
+    assert cfg.data["global"] == {"lan_interface": ["eth0"]}
     checked = check_config(cfg)
     # a problem in an included file is reported in that file
     (tmp_path / "conf.d/sub/c.dae").write_text("routing {\n  dprt(4) -> direct\n}\n")
