@@ -68,14 +68,16 @@ class _Writer:
     def mapping(self, m: dict[str, Any], path: JsonPath, indent: int) -> None:
         pad = "  " * indent
         for note in self.notes.get(path, ()):
-            self.lines.append(f"{pad}# {note}")
+            # a quoted dae value may span lines: a comment must stay one line
+            self.lines.append(f"{pad}# " + _NEEDS_ESCAPE.sub(lambda m: f"\\x{ord(m.group(0)):02x}", note))
         for k, v in m.items():
             self.value(f"{pad}{_key(k)}:", v, path + (k,), indent)
 
     def value(self, head: str, v: Any, path: JsonPath, indent: int) -> None:
         if isinstance(v, dict):
-            if not v and not self.notes.get(path):
+            if not v:
                 self.lines.append(f"{head} {{}}")
+                self.mapping(v, path, indent + 1)  # its notes only
                 return
             self.lines.append(head)
             self.mapping(v, path, indent + 1)

@@ -227,6 +227,14 @@ def test_to_yaml_loads_back_to_the_same_config() -> None:
     assert load_config_text(yaml_text, "c.yaml").data == load_dae_text(text, "c.dae").data
 
 
+def test_a_kept_option_that_spans_lines_stays_a_comment() -> None:
+    text = "global {\n  pprof_port: '1\nrouting: {}'\n}\nrouting { fallback: block }\n"
+    yaml_text = to_yaml(text, "c.dae")
+    if "pprof_port" not in load_dae_text(text, "c.dae").data.get("global", {}):
+        assert "# pprof_port: 1\\x0arouting: {}" in yaml_text
+    assert load_config_text(yaml_text, "c.yaml").data == load_dae_text(text, "c.dae").data
+
+
 def test_cli_to_yaml_and_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "c.dae").write_text(BASIC)
     assert cli.main(["--to-yaml", str(tmp_path / "c.dae")]) == cli.EXIT_OK
