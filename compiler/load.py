@@ -21,7 +21,7 @@ from ruamel.yaml.scalarstring import ScalarString
 from ruamel.yaml.scanner import RoundTripScanner
 from ruamel.yaml.tokens import ScalarToken
 
-from .diagnostics import CompileError, Diagnostics, SourcePos
+from .diagnostics import CompileError, Diagnostic, Diagnostics, SourcePos
 from .readfile import read_capped_text
 
 CONFIG_MAX_BYTES = 64 << 20  # a config with 100,000 inline rule values is ~2 MB
@@ -127,6 +127,8 @@ class LoadedConfig:
     data: dict[str, Any]
     pos: PosMap
     sha256: str
+    # Warnings found while loading (a `.dae` option this project ignores); check_config reports them.
+    load_warnings: tuple[Diagnostic, ...] = ()
 
 
 # Flow scalars that ruamel's scanner reads character by character, but whose value is simply the
@@ -340,7 +342,13 @@ def _too_deep(text: str) -> tuple[int, int] | None:
 
 
 def load_config_text(text: str, name: str = "config.yaml", fast_scanner: bool = True) -> LoadedConfig:
-    """`fast_scanner=False` is ruamel's own scanner (the reference the tests compare with)."""
+    """`fast_scanner=False` is ruamel's own scanner (the reference the tests compare with).
+
+    dae's own format (a `.dae` file, or text that starts like `global {`) goes to dae_format."""
+    from .dae_format import load_dae_text, looks_like_dae  # it imports this module
+
+    if looks_like_dae(text, name):
+        return load_dae_text(text, name)
     diags = Diagnostics()
     deep = _too_deep(text)
     if deep is not None:

@@ -55,6 +55,7 @@ class Checked:
 def check_config(cfg: LoadedConfig) -> Checked:
     """Validate everything; raise CompileError carrying every diagnostic when there are errors."""
     diags = Diagnostics()
+    diags.extend(cfg.load_warnings)
     apply_aliases(cfg, diags)  # dae's `default:` is `fallback:`
     if not check_schema(cfg, diags) or diags.errors:
         raise CompileError(diags)
