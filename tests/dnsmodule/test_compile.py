@@ -71,7 +71,7 @@ def test_warnings_say_what_the_runtime_does_not_do() -> None:
     c = check("  upstream: {q: 'quic://10.0.0.2', n: 'udp://dns.example'}\n  optimistic_cache: true\n"
               "  routing: {request: {fallback: n}}\n")
     msgs = [(d.pos.line, d.message) for d in c.diags.warnings]
-    assert any(line == 3 and "not intercepted" in m for line, m in msgs)
+    assert not any("not intercepted" in m for _line, m in msgs)  # LAN DNS is hijacked (hijack_port)
     assert any(line == 4 and "quic:// is not supported" in m for line, m in msgs)
     assert any(line == 4 and "resolved once at start" in m for line, m in msgs)
     assert any(line == 5 and "optimistic_cache" in m for line, m in msgs)
@@ -84,3 +84,10 @@ def test_warnings_for_asis_behind_dns_bind_and_upstreams_routing_would_proxy() -
     msgs = [(d.pos.line, d.message) for d in c.diags.warnings]
     assert any(line == 4 and "'asis'" in m for line, m in msgs)
     assert any(line == 5 and "routing would send 10.9.9.9 to 'block'" in m for line, m in msgs)
+
+
+def test_a_dns_section_gives_the_hijack_listener_a_port_and_none_gives_none() -> None:
+    c = check("  upstream: {u: 'udp://10.0.0.2'}\n")
+    assert c.dns["hijack_port"] == 12346  # tproxy_port + 1
+    plain = compile_config(None, None, text="global: {lan_interface: [eth0]}\nrouting: {fallback: direct}\n")
+    assert plain.dns["hijack_port"] == 0
