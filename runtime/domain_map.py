@@ -8,8 +8,11 @@ A program with `domain()` rules reads these maps (docs/maps.md):
   classification cost) when the bit is clear, so an entry whose bit is not set is never seen.
 
 Hence the order here: the filter bit first, then the entry. Bits are never cleared by the
-program; unbinding leaves them set, which only costs a lookup. Whoever binds addresses at a high
-rate for a long time (the DNS module) should rebuild the filter from the map now and then.
+program; unbinding leaves them set, which only costs a lookup, so the filter only fills. The DNS
+module's binder calls `rebuild_filter` when `filter_fill()` passes its threshold: every word is
+recomputed from the entries the routing maps hold now and rewritten where it differs. A new word
+always holds the bits of every live entry in it, so no entry is hidden even for a moment (and
+binds run on the same event loop, never between the read and the write).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 FILTER_WORDS = 16384  # u64 words: 2^20 bits (128 KiB); the template's DOMAIN_FILTER_WORDS
 FILTER_MULTIPLIER = 0x9E3779B1  # Fibonacci hashing; the template's domain_filter_bit()
+FILTER_BITS = FILTER_WORDS * 64
 
 
 def filter_bit(dst: IPAddress) -> int:
@@ -51,6 +55,8 @@ class DomainBindings:
         # (and before the filter: none; bench.ab_builds times such builds against new ones)
         self.filter = obj.map("domain_filter") if "domain_filter" in names else None
         self.words = words
+        self._filter_set: int | None = None  # bits set in the filter; counted on first use
+        self.rebuilds = 0
 
     @classmethod
     def of(cls, obj: Any, words: int) -> DomainBindings | None:
@@ -81,6 +87,56 @@ class DomainBindings:
         key, word, mask = self._filter_word(filt, dst)
         if not word & mask:
             filt.update(key, struct.pack("<Q", word | mask))
+            if self._filter_set is not None:
+                self._filter_set += 1
+
+    def _filter_words(self) -> list[int]:
+        filt = self.filter
+        assert filt is not None
+        out = []
+        for i in range(FILTER_WORDS):
+            raw = filt.lookup(struct.pack("<I", i))
+            out.append(struct.unpack("<Q", raw)[0] if raw else 0)
+        return out
+
+    def filter_fill(self) -> float:
+        """The share of filter bits set (0.0 without a filter): the chance that a first packet
+        to an address nobody resolved still pays the hash lookup."""
+        if self.filter is None:
+            return 0.0
+        if self._filter_set is None:  # the map may outlive builds (a state map): count it once
+            self._filter_set = sum(w.bit_count() for w in self._filter_words())
+        return self._filter_set / FILTER_BITS
+
+    def bound_addresses(self) -> list[IPAddress]:
+        """Every address the routing maps hold an entry for."""
+        out: list[IPAddress] = []
+        maps = [self.routing[4]] if self.routing[4] is self.routing[6] else [self.routing[4], self.routing[6]]
+        for m in maps:
+            for key in m.keys():
+                ip = ipaddress.ip_address(bytes(key))
+                if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None and self._key is domain_key:
+                    ip = ip.ipv4_mapped
+                out.append(ip)
+        return out
+
+    def rebuild_filter(self) -> tuple[int, int]:
+        """Recompute the filter from the live entries, rewriting only the words that change;
+        returns (bits set before, bits set after)."""
+        if self.filter is None:
+            return 0, 0
+        want = [0] * FILTER_WORDS
+        for ip in self.bound_addresses():
+            bit = filter_bit(ip)
+            want[bit >> 6] |= 1 << (bit & 63)
+        have = self._filter_words()
+        before = sum(w.bit_count() for w in have)
+        for i, (old, new) in enumerate(zip(have, want, strict=True)):
+            if old != new:
+                self.filter.update(struct.pack("<I", i), struct.pack("<Q", new))
+        self._filter_set = sum(w.bit_count() for w in want)
+        self.rebuilds += 1
+        return before, self._filter_set
 
     def filter_bit_set(self, dst: IPAddress) -> bool:
         if self.filter is None:
