@@ -90,7 +90,7 @@ class DnsModule:
         cfg = build.manifest.dns
         if not cfg.bind and not cfg.hijack_port:
             if build.manifest.rules and getattr(build, "domain_words", 0) and bindings is not None:
-                log.warning("no dns.bind: domain() rules will not match (nothing binds names to addresses)")
+                log.warning("no dns section: domain() rules will not match (nothing binds names to addresses)")
             return None
         bits_of = build.domain_matcher.bits if bindings is not None else (lambda name: 0)
         mod = cls(cfg, bindings, bits_of, so_mark)

@@ -2,6 +2,8 @@
 position, rules compiled to structured calls, warnings for what the runtime does not do."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dae_py.compiler.diagnostics import CompileError
@@ -91,3 +93,12 @@ def test_a_dns_section_gives_the_hijack_listener_a_port_and_none_gives_none() ->
     assert c.dns["hijack_port"] == 12346  # tproxy_port + 1
     plain = compile_config(None, None, text="global: {lan_interface: [eth0]}\nrouting: {fallback: direct}\n")
     assert plain.dns["hijack_port"] == 0
+
+
+def test_the_program_hijacks_dns_only_for_a_config_with_a_dns_section(tmp_path: Path) -> None:
+    with_dns = BASE.format(dns="  upstream: {u: 'udp://10.0.0.2'}\n")
+    compile_config(None, tmp_path / "a", text=with_dns)
+    c_text = (tmp_path / "a" / "program.c").read_text()
+    assert "#define DAE_DNS_HIJACK_PORT 12346" in c_text and '#include "dns_hijack.h"' in c_text
+    compile_config(None, tmp_path / "b", text="global: {lan_interface: [eth0]}\nrouting: {fallback: direct}\n")
+    assert "dns_hijack" not in (tmp_path / "b" / "program.c").read_text()
