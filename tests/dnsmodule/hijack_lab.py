@@ -30,6 +30,9 @@ from tests.runtime.helpers import client_get, lab_config
 RESOLVER4 = "10.233.0.53"  # any address: the client's configured resolver
 RESOLVER6 = "fd00:233::53"
 MUST_RESOLVER = "10.233.0.54"  # a dnsmasq the client asks itself (must_direct: not hijacked)
+GW_RESOLVER4 = "10.231.1.53"  # gateway-local dnsmasq addresses on its LAN side (added to lan0)
+GW_RESOLVER6 = "fd00:231:1::53"
+GW_MUST4 = "10.231.1.54"  # one more, behind a must_direct rule
 V6_DIRECT = "fd00:231:2::3"  # a second IPv6 address of the upstream (danted cannot reach fd00:233::)
 ZONE_PORT = 5300
 HTTP_PORT = 8081
@@ -95,7 +98,7 @@ def setup(lab: Lab, trials: int) -> Path:
 
 def config(lab: Lab) -> str:
     t = lab.topo
-    base = lab_config(t, rules=[f"dip({MUST_RESOLVER}) -> must_direct",
+    base = lab_config(t, rules=[f"dip({MUST_RESOLVER}, {GW_MUST4}) -> must_direct",
                                 "domain(suffix: proxied.test) -> proxy"], fallback="direct",
                       extra_global="  dial_mode: ip")  # danted cannot resolve the test zone's names
     return base + f"""\
@@ -109,6 +112,17 @@ dns:
         - "qname(suffix: asis.test) -> asis"
       fallback: zone
 """
+
+
+def start_gateway_resolver(lab: Lab) -> None:
+    """A dnsmasq of the gateway's own on its LAN side (GW_RESOLVER4/6, GW_MUST4), answering
+    `gw.local.test` from its own hosts: an answer only it can give."""
+    t = lab.topo
+    for addr in (GW_RESOLVER4 + "/24", GW_MUST4 + "/24"):
+        lab.run("gateway", ["ip", "addr", "add", addr, "dev", t.gateway_lan_if], check=True)
+    lab.run("gateway", ["ip", "-6", "addr", "add", GW_RESOLVER6 + "/64", "dev", t.gateway_lan_if, "nodad"], check=True)
+    lab.start_dnsmasq(53, {"gw.local.test": ["10.233.5.1"]}, ttl=TTL, ns="gateway",
+                      listen=[GW_RESOLVER4, GW_MUST4, GW_RESOLVER6])
 
 
 def resolve(lab: Lab, name: str, rdtype: str = "A", server: str = RESOLVER4, tcp: bool = False,

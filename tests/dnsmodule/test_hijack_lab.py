@@ -123,6 +123,18 @@ def test_must_direct_resolver_is_not_hijacked_and_nothing_loops(lab: Lab, gw: Gw
     assert gw.alive
 
 
+def test_a_resolver_on_the_gateway_answers_for_itself_with_or_without_must_direct(lab: Lab, gw: Gw) -> None:
+    hl.start_gateway_resolver(lab)
+    for server in (hl.GW_RESOLVER4, hl.GW_MUST4, hl.GW_RESOLVER6):
+        for tcp in (False, True):
+            r = hl.resolve(lab, "gw.local.test", server=server, tcp=tcp)
+            assert hl.addresses(r) == ["10.233.5.1"], (server, tcp)  # dnsmasq's, not the module's
+    # the module, hijacking a query to any other address, does not know that name
+    assert hl.resolve(lab, "gw.local.test").rcode() == dns.rcode.REFUSED  # the zone's dnsmasq
+    assert hl.addresses(hl.resolve(lab, "edge.cdn.test")) == ["10.233.3.1"]
+    assert gw.alive
+
+
 def test_malformed_dns_over_the_hijack_path_breaks_nothing(lab: Lab, gw: Gw) -> None:
     udp = lab.socket("client", socket.AF_INET, socket.SOCK_DGRAM)
     try:
