@@ -33,6 +33,7 @@ MUST_RESOLVER = "10.233.0.54"  # a dnsmasq the client asks itself (must_direct: 
 GW_RESOLVER4 = "10.231.1.53"  # gateway-local dnsmasq addresses on its LAN side (added to lan0)
 GW_RESOLVER6 = "fd00:231:1::53"
 GW_MUST4 = "10.231.1.54"  # one more, behind a must_direct rule
+BLOCKED_RESOLVER = "10.233.0.99"  # blocked by routing: its DNS is still hijacked (as dae users rely on)
 V6_DIRECT = "fd00:231:2::3"  # a second IPv6 address of the upstream (danted cannot reach fd00:233::)
 ZONE_PORT = 5300
 HTTP_PORT = 8081
@@ -98,7 +99,7 @@ def setup(lab: Lab, trials: int) -> Path:
 
 def config(lab: Lab) -> str:
     t = lab.topo
-    base = lab_config(t, rules=[f"dip({MUST_RESOLVER}, {GW_MUST4}) -> must_direct",
+    base = lab_config(t, rules=[f"dip({MUST_RESOLVER}, {GW_MUST4}) -> must_direct", f"dip({BLOCKED_RESOLVER}) -> block",
                                 "domain(suffix: proxied.test) -> proxy"], fallback="direct",
                       extra_global="  dial_mode: ip")  # danted cannot resolve the test zone's names
     return base + f"""\

@@ -51,6 +51,9 @@ def test_queries_to_any_resolver_are_answered_from_that_address_udp_tcp_v4_v6(la
             assert hl.addresses(r) == ["10.233.3.1"], (server, tcp)
     assert hl.addresses(hl.resolve(lab, "v6.proxied.test", "AAAA", server=hl.RESOLVER6)) == [t.upstream_ip6]
     assert hl.resolve(lab, "x.ads.test").answer == []  # request routing applies to hijacked queries
+    # a resolver address routing blocks: its DNS is hijacked all the same (only must_* is not)
+    assert hl.addresses(hl.resolve(lab, "edge.cdn.test", server=hl.BLOCKED_RESOLVER, tcp=True)) == ["10.233.3.1"]
+    assert hl.addresses(hl.resolve(lab, "edge.cdn.test", server=hl.BLOCKED_RESOLVER)) == ["10.233.3.1"]
     # and nothing answers at the resolver address itself: without the hijack these would fail
     with lab.socket("upstream", socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(1.0)
@@ -133,6 +136,41 @@ def test_a_resolver_on_the_gateway_answers_for_itself_with_or_without_must_direc
     assert hl.resolve(lab, "gw.local.test").rcode() == dns.rcode.REFUSED  # the zone's dnsmasq
     assert hl.addresses(hl.resolve(lab, "edge.cdn.test")) == ["10.233.3.1"]
     assert gw.alive
+
+
+def test_reply_sockets_only_send_and_share_no_local_port(lab: Lab, gw: Gw) -> None:
+    """hijack.reply_socket in the gateway namespace: on a foreign address it binds beside another
+    transparent socket (SO_REUSEADDR, as the relay's reply sockets); on one of the host's own it
+    refuses to share the port; and it never queues what is sent to it."""
+    from dae_py.runtime.dns.hijack import reply_socket
+    from dae_py.runtime.relay.listen import transparent_socket
+
+    t = lab.topo
+
+    def probe() -> tuple[bool, bool, bytes | None]:
+        other = transparent_socket(socket.SOCK_DGRAM, "10.233.7.7", 53)
+        shared = reply_socket(("10.233.7.7", 53), 0x800000)
+        holder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        holder.bind((t.gateway_lan_ip4, 5399))
+        try:
+            reply_socket((t.gateway_lan_ip4, 5399), 0x800000)
+            took_local = True
+        except OSError:
+            took_local = False
+        mine = reply_socket((t.gateway_lan_ip4, 5398), 0x800000)
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender.sendto(b"x" * 20, (t.gateway_lan_ip4, 5398))
+        mine.setblocking(False)
+        try:
+            got: bytes | None = mine.recv(64)
+        except BlockingIOError:
+            got = None
+        for s in (other, shared, holder, mine, sender):
+            s.close()
+        return True, took_local, got
+
+    shared_ok, took_local, got = lab.call_in("gateway", probe)
+    assert shared_ok and not took_local and got is None
 
 
 def test_malformed_dns_over_the_hijack_path_breaks_nothing(lab: Lab, gw: Gw) -> None:
