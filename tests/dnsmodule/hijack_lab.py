@@ -89,7 +89,8 @@ def setup(lab: Lab, trials: int) -> Path:
     hosts |= {direct(i): [trial_address(i, False)] for i in range(trials)}
     hosts |= {"edge.cdn.test": ["10.233.3.1"], "v6.proxied.test": [t.upstream_ip6],
               "v6.direct.test": [V6_DIRECT], "curl.proxied.test": ["10.233.4.1"],
-              "curl.direct.test": ["10.233.4.2"], "must.proxied.test": ["10.233.4.3"]}
+              "curl.direct.test": ["10.233.4.2"], "must.proxied.test": ["10.233.4.3"],
+              "big.proxied.test": [f"10.233.6.{i}" for i in range(1, 41)]}  # > 512 bytes: TC over UDP
     lab.start_dnsmasq(ZONE_PORT, hosts, cnames={"www.proxied.test": "mid.cdn.test", "mid.cdn.test": "edge.cdn.test"},
                       ttl=TTL)
     # the resolver a must_direct rule lets clients ask themselves: the same zone on port 53

@@ -14,6 +14,7 @@ import socket
 import struct
 from collections.abc import Iterator
 
+import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
@@ -78,6 +79,17 @@ def test_cname_chain_and_aaaa_bind_through_the_hijack(lab: Lab, gw: Gw) -> None:
     assert hl.seen_from(lab, ip6) == t.upstream_ip6
     (ip6d,) = hl.addresses(hl.resolve(lab, "v6.direct.test", "AAAA", server=hl.RESOLVER6, tcp=True))
     assert hl.seen_from(lab, ip6d) == t.client_ip6
+
+
+def test_a_truncated_hijacked_answer_is_retried_over_tcp_and_binds_every_address(lab: Lab, gw: Gw) -> None:
+    t = lab.topo
+    r = hl.resolve(lab, "big.proxied.test")  # plain UDP, no EDNS: 512 bytes at most
+    assert r.flags & dns.flags.TC and r.answer == []
+    r = hl.resolve(lab, "big.proxied.test", tcp=True)  # what a stub resolver does next
+    got = hl.addresses(r)
+    assert sorted(got) == sorted(f"10.233.6.{i}" for i in range(1, 41))
+    for ip in (got[0], got[-1]):
+        assert hl.seen_from(lab, ip) == t.upstream_ip4
 
 
 def curl(lab: Lab, url: str, resolver: str = hl.RESOLVER4) -> dict[str, object]:
