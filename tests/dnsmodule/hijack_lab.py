@@ -151,15 +151,17 @@ def seen_from(lab: Lab, ip: str) -> str:
 
 
 def first_connection_trials(lab: Lab, trials: int, start: int = 0) -> tuple[int, list[tuple[str, str, str]], float]:
-    """`trials` times: resolve a fresh name through the hijack (alternately proxied and direct),
-    then at once connect to its address; (trials, misrouted (name, ip, peer), seconds)."""
+    """`trials` times: resolve a fresh name through the hijack (alternately proxied and direct;
+    asking RESOLVER4 or RESOLVER6, over UDP or every third time TCP), then at once connect to
+    its address; (trials, misrouted (name, ip, peer), seconds)."""
     t = lab.topo
     wrong: list[tuple[str, str, str]] = []
     t0 = time.monotonic()
     for k in range(start, start + trials):
         i, is_proxied = k // 2, k % 2 == 0
         name = proxied(i) if is_proxied else direct(i)
-        (ip,) = addresses(resolve(lab, name))
+        server = RESOLVER6 if k % 4 >= 2 else RESOLVER4
+        (ip,) = addresses(resolve(lab, name, server=server, tcp=k % 3 == 0))
         peer = seen_from(lab, ip)  # the first connection to this address, right after its answer
         if peer != (t.upstream_ip4 if is_proxied else t.client_ip4):
             wrong.append((name, ip, peer))
