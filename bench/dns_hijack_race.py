@@ -4,10 +4,11 @@
 
 The lab of tests/dnsmodule/hijack_lab.py: the client asks an arbitrary resolver address on
 port 53 (v4 or v6, UDP or every third time TCP; hijacked into the DNS module by the program)
-for a fresh name's one address (alternately a proxied and a direct name, each on an address no
-other name has), and connects to it at once; the HTTP peer says whether danted (proxied) or
-the client itself (direct) reached it. dae sends the answer before its bits are in the kernel map, so some of its first connections
-go the wrong way; the module binds first. Prints Markdown (and JSON with --json).
+for a fresh name's one address (alternately a proxied and a direct name, each on an address
+no other name has), and connects to it at once; the HTTP peer says whether danted (proxied)
+or the client itself (direct) reached it. dae sends the answer before its bits are in the
+kernel map, so some of its first connections go the wrong way; the module binds first.
+Prints Markdown (and JSON with --json).
 """
 from __future__ import annotations
 
