@@ -57,10 +57,18 @@ def parse_bind(text: str) -> tuple[str, int]:
     return str(ip), port
 
 
+def hijack_port(cfg: LoadedConfig, tproxy_port: int) -> int:
+    """The port of the DNS module's hijack listener (the program assigns LAN port-53 flows to
+    it, docs/dns.md): the one after tproxy_port (before it at the top of the range). 0, nothing
+    hijacked, for a config without a dns section (it has no DNS module)."""
+    if "dns" not in cfg.data:
+        return 0
+    return tproxy_port + 1 if tproxy_port < 65535 else tproxy_port - 1
+
+
 def compile_dns(cfg: LoadedConfig, diags: Diagnostics, dns_out: dict[str, Any], geo: GeoResolver,
                 ir: RoutingIR | None, nodes: dict[str, dict[str, Any]] | None = None) -> None:
     """Fill `dns_out` (dns_settings' result) with bind, domain_sets and structured rules."""
-    has_domain_rules = bool(ir and ir.domain_sets)
     raw = cfg.data.get("dns") or {}
     dns_out["bind"] = []
     bind = raw.get("bind")
@@ -82,13 +90,6 @@ def compile_dns(cfg: LoadedConfig, diags: Diagnostics, dns_out: dict[str, Any], 
                             "write 'ADDRESS:PORT', e.g. '192.168.1.1:53' or '[fd00::1]:53'")
                 continue
             dns_out["bind"].append({"host": host, "port": port})
-    at_dns = cfg.pos.key(("dns",)) if "dns" in cfg.data else None
-    if at_dns is not None or has_domain_rules:
-        where = at_dns if at_dns is not None else cfg.pos.key(("routing",))
-        diags.warning(where, "DNS from the LAN (port 53) is not intercepted by this version: domain() rules "
-                             "only see names resolved through dns.bind",
-                      None if dns_out["bind"] else "set dns.bind (e.g. the gateway's LAN address) and point "
-                                                   "the clients' resolver at it")
     if raw.get("optimistic_cache"):
         diags.warning(cfg.pos.value(("dns", "optimistic_cache")),
                       "optimistic_cache (serving stale answers while refreshing) is not implemented yet: "

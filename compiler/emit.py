@@ -25,7 +25,7 @@ from .outdir import check_output_dir, staging_dir, swap_in
 from .tables import MapTable
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "bpf"
-HAND_WRITTEN_HEADERS = ("common.h", "parse.h", "hijack.h", "datapath.h")
+HAND_WRITTEN_HEADERS = ("common.h", "parse.h", "hijack.h", "dns_hijack.h", "datapath.h")
 CLANG_FLAGS = ["-O2", "-g", "-target", "bpf", "-Wall", "-Wno-unused-function", "-Werror",
                "-fdebug-compilation-dir=.", "-I/usr/include/x86_64-linux-gnu", "-Iinclude"]
 FLOW_TABLE_SIZE = 65536
@@ -104,6 +104,7 @@ def base_context(ir: RoutingIR, config_name: str, config_sha256: str, strategy: 
         "pname_map_size": PNAME_MAP_SIZE,
         "flow_table_size": int(settings.get("bpf_conn_state_map_size") or FLOW_TABLE_SIZE),
         "tproxy_port": int(settings.get("tproxy_port", 12345)),
+        "dns_hijack_port": int(settings.get("dns_hijack_port", 0)),  # dns_rules.hijack_port
         "fwmark": int(settings.get("fwmark", 0x8000000)),
         "so_mark": int(settings.get("so_mark_from_dae", 0)),
         "outbounds": outs,

@@ -26,7 +26,7 @@ from dae_py.contract.maps import STATE_MAPS
 
 from .check import GeoResolver, RoutingChecker
 from .diagnostics import CompileError, Diagnostics, SourcePos
-from .dns_rules import compile_dns
+from .dns_rules import compile_dns, hijack_port
 from .emit_linear import is_large_cidr
 from .load import LoadedConfig, load_config, load_config_text
 from .nodes import build_node_pool, resolve_groups
@@ -82,6 +82,7 @@ def check_config(cfg: LoadedConfig) -> Checked:
     checker = RoutingChecker(cfg, diags, groups, geo)
     ir = checker.build()
     compile_dns(cfg, diags, dns, geo, ir, pool.nodes)
+    dns["hijack_port"] = hijack_port(cfg, int(settings["tproxy_port"]))
     if not diags.errors:  # amid errors they would be noise: the config does not compile anyway
         warn_missing_capabilities(diags, checker.function_uses, dns)
     if ir is None or diags.errors:
@@ -100,9 +101,9 @@ def warn_missing_capabilities(diags: Diagnostics, uses: list[tuple[str, SourcePo
             continue
         if not cap.acts:
             diags.warning(pos, f"{name}() needs {cap.needs}")
-        elif name == "domain" and not dns.get("bind"):
-            diags.warning(pos, f"{name}() needs {cap.needs}; no dns.bind is set, so this rule never matches",
-                          "set dns.bind (e.g. the gateway's LAN address) and point the clients' resolver at it")
+        elif name == "domain" and not dns.get("bind") and not dns.get("hijack_port"):
+            diags.warning(pos, f"{name}() needs {cap.needs}; there is no dns section, so this rule never matches",
+                          "add a dns section with an upstream: LAN DNS is then hijacked and answers bind names")
 
 
 def choose_strategy(ir: RoutingIR, requested: str = "auto") -> str:
@@ -153,7 +154,8 @@ def compile_config(path: str | Path | None, out_dir: str | Path | None, *, text:
     checked = check_config(cfg)
     if out_dir is not None:
         chosen = choose_strategy(checked.ir, strategy)
-        emitted = render(checked.ir, cfg.file, cfg.sha256, chosen, checked.settings)
+        emitted = render(checked.ir, cfg.file, cfg.sha256, chosen,
+                         {**checked.settings, "dns_hijack_port": checked.dns.get("hijack_port", 0)})
         manifest = manifest_for(checked, chosen).to_json()
         ir_text = json.dumps(ir_to_json(checked.ir), indent=1, sort_keys=True) + "\n"
         write_build(Path(out_dir), emitted, manifest, {"ir.json": ir_text})

@@ -98,8 +98,8 @@ FUNCTIONS: tuple[FunctionCapability, ...] = (
                        needs="local-host routing (cgroup hooks naming the process, issue 13): the gateway "
                              "attaches no program to its own traffic yet, so pname() never matches"),
     FunctionCapability("domain", acts=True,
-                       needs="the DNS module (it binds the names it resolves for dns.bind clients to their "
-                             "addresses)"),
+                       needs="the DNS module (it binds the names it answers, for hijacked LAN DNS and "
+                             "dns.bind clients, to their addresses)"),
 )
 
 OPTIONS: tuple[OptionCapability, ...] = (

@@ -384,7 +384,7 @@ class DnsBind:
 
 
 _DNS_KEYS = frozenset({"upstream", "routing", "ipversion_prefer", "fixed_domain_ttl", "optimistic_cache",
-                       "max_cache_size", "bind", "domain_sets"})
+                       "max_cache_size", "bind", "domain_sets", "hijack_port"})
 
 
 @dataclass(frozen=True)
@@ -401,6 +401,9 @@ class DnsSettings:
     bind: tuple[DnsBind, ...] = ()
     domain_sets: tuple[DomainSetSpec, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    # The DNS module's hijack listener (UDP and TCP, v4 and v6): the program assigns LAN DNS
+    # (port 53, rule not must_*) to it (templates/bpf/dns_hijack.h). 0: nothing is hijacked.
+    hijack_port: int = 0
 
     def to_json(self) -> JSON:
         routing: JSON = {}
@@ -412,7 +415,7 @@ class DnsSettings:
                 "ipversion_prefer": self.ipversion_prefer, "fixed_domain_ttl": dict(self.fixed_domain_ttl),
                 "optimistic_cache": self.optimistic_cache, "max_cache_size": self.max_cache_size,
                 "bind": [b.to_json() for b in self.bind], "domain_sets": [d.to_json() for d in self.domain_sets],
-                **self.extra}
+                **({"hijack_port": self.hijack_port} if self.hijack_port else {}), **self.extra}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any] | None) -> DnsSettings:
@@ -429,7 +432,7 @@ class DnsSettings:
             max_cache_size=int(raw.get("max_cache_size", 65536)),
             bind=tuple(DnsBind(str(b["host"]), int(b["port"])) for b in raw.get("bind") or ()),
             domain_sets=tuple(DomainSetSpec.from_json(d) for d in raw.get("domain_sets") or ()),
-            extra=_extra(raw, _DNS_KEYS))
+            extra=_extra(raw, _DNS_KEYS), hijack_port=int(raw.get("hijack_port") or 0))
 
 
 # --- global settings, rules ----------------------------------------------------------------

@@ -45,9 +45,9 @@ def caveats(build: Build, domain: str | None, pname: str | None) -> tuple[str, .
         if not cap.acts:
             out.append(f"--{name} {value}: the live gateway cannot provide this yet ({name}() does not act): "
                        f"{cap.needs}")
-        elif name == "domain" and not build.manifest.dns.bind:
+        elif name == "domain" and not build.manifest.dns.bind and not build.manifest.dns.hijack_port:
             out.append(f"--{name} {value}: the live gateway cannot provide this: {name}() needs {cap.needs}, "
-                       "and this build sets no dns.bind, so no name is ever bound to --dst there")
+                       "and this build has no DNS module (no dns section), so no name is ever bound to --dst there")
     return tuple(out)
 
 

@@ -55,7 +55,7 @@ def test_domain_without_dns_bind_warns_at_the_rule_that_it_never_matches() -> No
     ws = _warnings(DOMAIN_RULES.format(dns=""))
     hits = [w for w in ws if w[2].startswith("domain() needs the DNS module")]
     assert [(line, col) for line, col, _ in hits] == [(4, 8)]
-    assert "no dns.bind is set, so this rule never matches" in hits[0][2]
+    assert "there is no dns section, so this rule never matches" in hits[0][2]
 
 
 def test_domain_with_dns_bind_needs_no_warning_at_the_rule() -> None:

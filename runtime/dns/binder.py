@@ -7,33 +7,58 @@ kernel's bit numbers were assigned from; `explain` uses it too), and go through
 the answer's TTL plus `grace` (clients and their resolvers keep answers a little longer than
 they should); `sweep()` removes expired ones, and at most `max_entries` live at a time (the
 soonest to expire goes first). The last answer for an address decides its bits.
+
+`domain_filter` (the bit array in front of the maps) only fills; after a sweep, when its fill
+passes `filter_rebuild_fill` and it holds at least twice as many bits as there are live
+bindings (a rebuild would then clear at least half), it is rebuilt from the live entries
+(`DomainBindings.rebuild_filter`).
 """
 from __future__ import annotations
 
 import heapq
 import ipaddress
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 import dns.message
+import dns.name
 import dns.rdatatype
+
+from dae_py.runtime.domain_map import FILTER_BITS
 
 log = logging.getLogger("dae.dns.bind")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 DEFAULT_GRACE = 300.0
-DEFAULT_MAX_ENTRIES = 65536
+DEFAULT_MAX_ENTRIES = 65536  # the compiler's DOMAIN_MAP_SIZE: the kernel's LRU never evicts a live one
+DEFAULT_FILTER_REBUILD_FILL = 0.125  # an unresolved address then pays the hash lookup 1 time in 8
+
+
+_PLAIN_NAME = re.compile(rb"[A-Za-z0-9_*.-]+\.")
+
+
+def name_text(name: dns.name.Name) -> str:
+    """`name.to_text()` at a fraction of its cost for the usual absolute name (labels of letters,
+    digits, `-`, `_` or `*`, which to_text would not escape; the dot count proves no label holds
+    a dot); any other name goes through to_text."""
+    labels = name.labels
+    joined = b".".join(labels)
+    if len(labels) > 1 and not labels[-1] and _PLAIN_NAME.fullmatch(joined) and \
+            joined.count(b".") == len(labels) - 1:
+        return joined.decode("ascii")
+    return name.to_text()
 
 
 def chain_names(r: dns.message.Message) -> list[str]:
     """The query name and every name its answer's CNAME chain passes through."""
-    names = [r.question[0].name.to_text()] if r.question else []
+    names = [name_text(r.question[0].name)] if r.question else []
     for rrset in r.answer:
-        names.append(rrset.name.to_text())
+        names.append(name_text(rrset.name))
         if rrset.rdtype == dns.rdatatype.CNAME:
-            names.extend(rd.target.to_text() for rd in rrset)
+            names.extend(name_text(rd.target) for rd in rrset)
     return names
 
 
@@ -47,7 +72,8 @@ def answer_addresses(r: dns.message.Message) -> list[IPAddress]:
 
 class Binder:
     def __init__(self, bindings: Any, bits_of: Callable[[str], int], *, grace: float = DEFAULT_GRACE,
-                 max_entries: int = DEFAULT_MAX_ENTRIES, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_entries: int = DEFAULT_MAX_ENTRIES, clock: Callable[[], float] = time.monotonic,
+                 filter_rebuild_fill: float = DEFAULT_FILTER_REBUILD_FILL) -> None:
         self.bindings = bindings  # a DomainBindings (None: the program has no domain() rules)
         self.bits_of = bits_of
         self.grace = grace
@@ -57,6 +83,7 @@ class Binder:
         self._bits: dict[IPAddress, int] = {}
         self._heap: list[tuple[float, IPAddress]] = []
         self.bound = self.expired = self.evicted = 0
+        self.filter_rebuild_fill = filter_rebuild_fill
 
     def __len__(self) -> int:
         return len(self._expiry)
@@ -126,4 +153,18 @@ class Binder:
                 self.bindings.unbind(a)
                 n += 1
         self.expired += n
+        self.maybe_rebuild_filter()
         return n
+
+    def maybe_rebuild_filter(self) -> bool:
+        """Rebuild domain_filter when it is fuller than the threshold and mostly stale."""
+        fill = getattr(self.bindings, "filter_fill", None)
+        if fill is None or fill() < self.filter_rebuild_fill:
+            return False
+        if fill() * FILTER_BITS < 2 * len(self._expiry):
+            return False  # the live bindings fill it: a rebuild would clear too little
+        t0 = time.perf_counter()
+        before, after = self.bindings.rebuild_filter()
+        log.info("dns: domain_filter rebuilt from %d live bindings: %d -> %d bits set in %.0f ms",
+                 len(self._expiry), before, after, (time.perf_counter() - t0) * 1e3)
+        return True

@@ -25,6 +25,30 @@ TCP_IDLE = 10.0
 MAX_TCP_CONNECTIONS = 512
 
 
+async def tcp_session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answer: Answer) -> None:
+    """Length-prefixed queries on one connection (RFC 7766), answered in order, until the client
+    closes, idles for TCP_IDLE, sends a bad length, or a query gets no answer; then closed."""
+    peer = writer.get_extra_info("peername")
+    try:
+        while True:
+            head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE)
+            (n,) = struct.unpack("!H", head)
+            if n < 12:
+                break
+            data = await asyncio.wait_for(reader.readexactly(n), TCP_IDLE)
+            reply = await answer(data, 65535)
+            if reply is None:
+                break
+            writer.write(struct.pack("!H", len(reply)) + reply)
+            await writer.drain()
+    except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+        pass
+    except Exception:
+        log.exception("dns: failed to answer a TCP query from %s", peer)
+    finally:
+        writer.close()
+
+
 class _UdpProtocol(asyncio.DatagramProtocol):
     def __init__(self, server: DnsListener) -> None:
         self.server = server
@@ -105,26 +129,10 @@ class DnsListener:
             writer.close()
             return
         self._tcp_conns += 1
-        peer = writer.get_extra_info("peername")
         try:
-            while True:
-                head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE)
-                (n,) = struct.unpack("!H", head)
-                if n < 12:
-                    break
-                data = await asyncio.wait_for(reader.readexactly(n), TCP_IDLE)
-                reply = await self.answer(data, 65535)
-                if reply is None:
-                    break
-                writer.write(struct.pack("!H", len(reply)) + reply)
-                await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            pass
-        except Exception:
-            log.exception("dns: failed to answer a TCP query from %s", peer)
+            await tcp_session(reader, writer, self.answer)
         finally:
             self._tcp_conns -= 1
-            writer.close()
 
     async def close(self) -> None:
         for tr in self._transports:

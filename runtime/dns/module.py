@@ -27,6 +27,7 @@ import dns.rdatatype
 
 from dae_py.contract.manifest import DnsSettings
 
+from .asis import ORIGIN, AsisUpstreams
 from .binder import Binder, answer_addresses
 from .cache import Cache, key_of
 from .listener import DnsListener
@@ -76,21 +77,33 @@ class DnsModule:
         self.deadline = deadline
         self.listener = DnsListener(self.answer, self.answer_now)
         self.binds = [(b.host, b.port) for b in cfg.bind]
+        self.asis = AsisUpstreams(so_mark, upstream_timeout)  # hijacked queries' own resolvers
+        self.hijack: Any = None  # the HijackListener, when the build hijacks LAN DNS (hijack.py)
         self._sweeper: asyncio.Task[None] | None = None
         self._plain: dict[bytes, tuple[str, int, int]] = {}  # answer_now's question bytes -> cache key
         self.answered = self.failed = self.rejected = 0
 
     @classmethod
-    async def start(cls, build: Any, bindings: Any, so_mark: int) -> DnsModule | None:
-        """The module of a build, listening; None (and a warning) when there is no dns.bind."""
+    async def start(cls, build: Any, bindings: Any, so_mark: int, guard_fd: int | None = None) -> DnsModule | None:
+        """The module of a build, listening on dns.bind and on the hijack port; None (and a
+        warning) when the build has neither (no dns section)."""
         cfg = build.manifest.dns
-        if not cfg.bind:
+        if not cfg.bind and not cfg.hijack_port:
             if build.manifest.rules and getattr(build, "domain_words", 0) and bindings is not None:
-                log.warning("no dns.bind: domain() rules will not match (nothing binds names to addresses)")
+                log.warning("no dns section: domain() rules will not match (nothing binds names to addresses)")
             return None
         bits_of = build.domain_matcher.bits if bindings is not None else (lambda name: 0)
         mod = cls(cfg, bindings, bits_of, so_mark)
         await mod.open()
+        if cfg.hijack_port:
+            from .hijack import HijackListener
+
+            mod.hijack = HijackListener(mod.answer, mod.answer_now, so_mark=so_mark, guard_fd=guard_fd)
+            try:
+                await mod.hijack.start(cfg.hijack_port)
+            except BaseException:
+                await mod.close()
+                raise
         return mod
 
     async def open(self, binds: list[tuple[str, int]] | None = None) -> None:
@@ -114,9 +127,12 @@ class DnsModule:
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self.hijack is not None:
+            await self.hijack.close()
         await self.listener.close()
         for up in self.upstreams.values():
             await up.close()
+        await self.asis.close()
         log.info("dns: %d answered, %d SERVFAIL, %d rejected; cache %d entries (%d hits, %d misses, "
                  "%d joined in flight); %d addresses bound", self.answered, self.failed, self.rejected,
                  len(self.cache), self.cache.hits, self.cache.misses, self.cache.deduplicated, len(self.binder))
@@ -210,7 +226,7 @@ class DnsModule:
         if target == "reject":
             self.rejected += 1
             return empty_answer(q)
-        if target == "asis":
+        if target == "asis" and ORIGIN.get() is None:
             raise UpstreamError("request routing chose 'asis', but a dns.bind client has no other server")
         if self._preferred_away(key_of(q)):
             return empty_answer(q)
@@ -248,7 +264,7 @@ class DnsModule:
                                     payload=UPSTREAM_PAYLOAD)
         seen: list[str] = []
         while True:
-            up = self.upstreams.get(target)
+            up = self.upstreams.get(target) if target != "asis" else await self.asis.current()
             if up is None:
                 raise UpstreamError(f"no upstream '{target}'")
             seen.append(target)

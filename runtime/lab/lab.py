@@ -353,9 +353,13 @@ class Lab:
         argv = ["iperf3", "-s", "-p", str(port), "--forceflush"]
         return self._peer("iperf3", ns, port, argv, [Listen("tcp", port)])
 
-    def start_http_peer(self, port: int = 8080, *, ns: str = "upstream") -> Peer:
-        """Our HTTP server: GET answers {"peer": IP the server saw, ...}; /bytes/N streams N."""
+    def start_http_peer(self, port: int = 8080, *, ns: str = "upstream",
+                        tls: tuple[Path, Path] | None = None) -> Peer:
+        """Our HTTP server: GET answers {"peer": IP the server saw, ...}; /bytes/N streams N.
+        `tls`: (certificate, key) files: HTTPS instead."""
         argv = [sys.executable, str(PEER_SCRIPT), "http", "--port", str(port)]
+        if tls is not None:
+            argv += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
         return self._peer("http", ns, port, argv,
                           [Listen("tcp", port, 4), Listen("tcp", port, 6)])
 

@@ -5,6 +5,7 @@ import the project):
 
     python peer_servers.py http --port 8080
     python peer_servers.py udp-echo --port 9000
+    python peer_servers.py http --port 8443 --tls-cert server.pem --tls-key server.key  (HTTPS)
 
 Why our own: the gateway tests need to see which source address reached the upstream (the
 client's, when routed directly; the proxy's, when relayed). Python's http.server resolves the
@@ -127,8 +128,14 @@ async def main_async(args: argparse.Namespace) -> None:
     hosts = args.host or ["0.0.0.0", "::"]
     closers = []
     if args.mode == "http":
+        tls = None
+        if args.tls_cert:
+            import ssl
+
+            tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            tls.load_cert_chain(args.tls_cert, args.tls_key)
         for s in _sockets(socket.SOCK_STREAM, hosts, args.port):
-            server = await asyncio.start_server(handle_http, sock=s, backlog=1024)
+            server = await asyncio.start_server(handle_http, sock=s, backlog=1024, ssl=tls)
             closers.append(server.close)
     else:
         for s in _sockets(socket.SOCK_DGRAM, hosts, args.port):
@@ -146,6 +153,8 @@ def main() -> None:
     parser.add_argument("mode", choices=["http", "udp-echo"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", action="append", help="address to bind (repeatable)")
+    parser.add_argument("--tls-cert", help="http: serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--tls-key", help="http: the certificate's key (PEM)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

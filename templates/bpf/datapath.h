@@ -53,6 +53,10 @@ static __always_inline int apply(struct __sk_buff *skb, const struct pkt *p, con
 				 int from_wan)
 {
 	count(d->outbound, skb->len);
+#ifdef DAE_DNS_HIJACK
+	if (!from_wan && DAE_DNS_HIJACK(skb, p, d) == 0)
+		return TC_ACT_OK;  /* LAN DNS: the DNS module answers (dns_hijack.h) */
+#endif
 	if (d->outbound == OUTBOUND_BLOCK)
 		return TC_ACT_SHOT;
 	if (d->mark)

@@ -33,48 +33,56 @@ static __always_inline __u32 sock_tuple(const struct pkt *p, struct bpf_sock_tup
 	return sizeof(t->ipv6);
 }
 
-static __always_inline void tuple_to_listener(const struct pkt *p, struct bpf_sock_tuple *t)
+static __always_inline void tuple_to_listener(const struct pkt *p, struct bpf_sock_tuple *t, __u16 port)
 {
 	if (p->ipversion == 4)
-		t->ipv4.dport = bpf_htons(DAE_TPROXY_PORT);
+		t->ipv4.dport = bpf_htons(port);
 	else
-		t->ipv6.dport = bpf_htons(DAE_TPROXY_PORT);
+		t->ipv6.dport = bpf_htons(port);
 }
 
-static __always_inline int hijack(struct __sk_buff *skb, const struct pkt *p, const struct decision *d)
+/* Deliver the packet to a socket of its flow, else to the transparent listener on `port`.
+ * Returns 0 when assigned (the packet then carries DAE_FWMARK), -1 when no socket took it. */
+static __always_inline int assign_to_port(struct __sk_buff *skb, const struct pkt *p, __u16 port)
 {
 	struct bpf_sock_tuple t = {};
 	struct bpf_sock *sk;
 	__u32 size = sock_tuple(p, &t);
 	long err;
 
-	(void)d;
 	if (p->l4proto == IPPROTO_TCP) {
 		sk = bpf_skc_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
 		if (sk && sk->state != BPF_TCP_LISTEN)
 			goto assign;  /* an accepted (or half-open) socket of this flow */
 		if (sk)
 			bpf_sk_release(sk);
-		tuple_to_listener(p, &t);
+		tuple_to_listener(p, &t, port);
 		sk = bpf_skc_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
 		if (!sk)
-			return TC_ACT_OK;  /* no listener: fail open, route directly */
+			return -1;  /* no listener */
 		if (sk->state != BPF_TCP_LISTEN) {
 			bpf_sk_release(sk);
-			return TC_ACT_OK;
+			return -1;
 		}
 	} else {
-		tuple_to_listener(p, &t);
+		tuple_to_listener(p, &t, port);
 		sk = bpf_sk_lookup_udp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
 		if (!sk)
-			return TC_ACT_OK;
+			return -1;
 	}
 assign:
 	err = bpf_sk_assign(skb, sk, 0);
 	bpf_sk_release(sk);
 	if (err)
-		return TC_ACT_OK;
+		return -1;
 	skb->mark = DAE_FWMARK;
+	return 0;
+}
+
+static __always_inline int hijack(struct __sk_buff *skb, const struct pkt *p, const struct decision *d)
+{
+	(void)d;
+	assign_to_port(skb, p, DAE_TPROXY_PORT);  /* no listener: fail open, route directly */
 	return TC_ACT_OK;
 }
 

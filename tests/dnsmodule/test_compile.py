@@ -2,6 +2,8 @@
 position, rules compiled to structured calls, warnings for what the runtime does not do."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dae_py.compiler.diagnostics import CompileError
@@ -71,7 +73,7 @@ def test_warnings_say_what_the_runtime_does_not_do() -> None:
     c = check("  upstream: {q: 'quic://10.0.0.2', n: 'udp://dns.example'}\n  optimistic_cache: true\n"
               "  routing: {request: {fallback: n}}\n")
     msgs = [(d.pos.line, d.message) for d in c.diags.warnings]
-    assert any(line == 3 and "not intercepted" in m for line, m in msgs)
+    assert not any("not intercepted" in m for _line, m in msgs)  # LAN DNS is hijacked (hijack_port)
     assert any(line == 4 and "quic:// is not supported" in m for line, m in msgs)
     assert any(line == 4 and "resolved once at start" in m for line, m in msgs)
     assert any(line == 5 and "optimistic_cache" in m for line, m in msgs)
@@ -84,3 +86,19 @@ def test_warnings_for_asis_behind_dns_bind_and_upstreams_routing_would_proxy() -
     msgs = [(d.pos.line, d.message) for d in c.diags.warnings]
     assert any(line == 4 and "'asis'" in m for line, m in msgs)
     assert any(line == 5 and "routing would send 10.9.9.9 to 'block'" in m for line, m in msgs)
+
+
+def test_a_dns_section_gives_the_hijack_listener_a_port_and_none_gives_none() -> None:
+    c = check("  upstream: {u: 'udp://10.0.0.2'}\n")
+    assert c.dns["hijack_port"] == 12346  # tproxy_port + 1
+    plain = compile_config(None, None, text="global: {lan_interface: [eth0]}\nrouting: {fallback: direct}\n")
+    assert plain.dns["hijack_port"] == 0
+
+
+def test_the_program_hijacks_dns_only_for_a_config_with_a_dns_section(tmp_path: Path) -> None:
+    with_dns = BASE.format(dns="  upstream: {u: 'udp://10.0.0.2'}\n")
+    compile_config(None, tmp_path / "a", text=with_dns)
+    c_text = (tmp_path / "a" / "program.c").read_text()
+    assert "#define DAE_DNS_HIJACK_PORT 12346" in c_text and '#include "dns_hijack.h"' in c_text
+    compile_config(None, tmp_path / "b", text="global: {lan_interface: [eth0]}\nrouting: {fallback: direct}\n")
+    assert "dns_hijack" not in (tmp_path / "b" / "program.c").read_text()

@@ -60,7 +60,8 @@ def test_a_domain_without_the_dns_module_is_a_note(builds: dict[str, Path], caps
     domain = capabilities.function("domain")
     assert domain is not None
     assert (f"  note: --domain www.example.com: the live gateway cannot provide this: domain() needs {domain.needs}, "
-            "and this build sets no dns.bind, so no name is ever bound to --dst there") in out.splitlines()
+            "and this build has no DNS module (no dns section), so no name is ever bound to --dst there") \
+        in out.splitlines()
 
 
 def test_a_domain_with_the_dns_module_needs_no_note(builds: dict[str, Path], capsys: Capsys) -> None:
