@@ -31,7 +31,8 @@ from .binder import Binder, answer_addresses
 from .cache import Cache, key_of
 from .listener import DnsListener
 from .rules import Query, RuleList, qname_matcher
-from .upstream import Upstream, UpstreamError
+from .upstreams import Route, UpstreamError
+from .upstreams import make as make_upstream
 
 log = logging.getLogger("dae.dns")
 
@@ -62,10 +63,12 @@ def empty_answer(q: dns.message.Message, rcode: dns.rcode.Rcode = dns.rcode.NOER
 
 class DnsModule:
     def __init__(self, manifest_dns: DnsSettings | Mapping[str, Any], bindings: Any, bits_of: Any, so_mark: int,
-                 upstream_timeout: float = UPSTREAM_TIMEOUT, deadline: float = ANSWER_DEADLINE) -> None:
-        """`manifest_dns`: the manifest's typed DNS settings (a JSON dict is read through them)."""
+                 upstream_timeout: float = UPSTREAM_TIMEOUT, deadline: float = ANSWER_DEADLINE,
+                 route: Route | None = None) -> None:
+        """`manifest_dns`: the manifest's typed DNS settings (a JSON dict is read through them).
+        `route`: the outbound for an upstream's address (None: every upstream direct)."""
         cfg = manifest_dns if isinstance(manifest_dns, DnsSettings) else DnsSettings.from_json(manifest_dns)
-        self.upstreams = {name: Upstream.from_manifest(u, so_mark, upstream_timeout)
+        self.upstreams = {name: make_upstream(u, so_mark, upstream_timeout, route)
                           for name, u in cfg.upstream.items()}
         self.request = RuleList.from_manifest(cfg.request, "asis")
         self.response = RuleList.from_manifest(cfg.response, "accept")
