@@ -8,7 +8,7 @@ import asyncio
 import dns.message
 from aioquic.h3.connection import H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
-from aioquic.quic.events import QuicEvent, StreamReset
+from aioquic.quic.events import ProtocolNegotiated, QuicEvent, StreamReset
 
 from .base import UpstreamError, checked_answer
 from .quic import QuicUpstream
@@ -27,7 +27,8 @@ class H3Upstream(QuicUpstream):
         self.replies: dict[int, asyncio.Future[tuple[int, bytes]]] = {}
 
     def connected(self, c: QuicConn) -> None:
-        self.h3 = H3Connection(c.quic)
+        if self.h3 is None or self.h3._quic is not c.quic:  # a new QUIC connection needs its own H3 state
+            self.h3 = H3Connection(c.quic)
 
     def _fail_all(self, why: str) -> None:
         for fut in self.replies.values():
@@ -40,6 +41,9 @@ class H3Upstream(QuicUpstream):
             if fut is not None and not fut.done():
                 fut.set_exception(UpstreamError(f"{self.name}: stream reset ({ev.error_code})"))
             return
+        if isinstance(ev, ProtocolNegotiated) and self._dialing is not None:
+            # before any stream data: the server's control and QPACK streams start in the handshake
+            self.connected(self._dialing)
         if self.h3 is None:
             return
         for h in self.h3.handle_event(ev):

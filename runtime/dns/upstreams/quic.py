@@ -24,6 +24,7 @@ class QuicUpstream(Upstream):
         super().__init__(*args, **kw)  # type: ignore[arg-type]  # Upstream's own signature
         self._conn: QuicConn | None = None
         self._connecting: asyncio.Future[QuicConn] | None = None
+        self._dialing: QuicConn | None = None  # the connection being set up (its events arrive first)
         self.waiting: dict[int, asyncio.Future[bytes]] = {}
         self.buffers: dict[int, bytearray] = {}
         self.dialed = 0
@@ -39,6 +40,7 @@ class QuicUpstream(Upstream):
         c = None
         try:
             c = QuicConn(self, self.alpn, self.on_event)
+            self._dialing = c
             c.failers.append(self._fail_all)
             await c.connect()
             self.connected(c)
