@@ -84,15 +84,21 @@ class DnsModule:
         self.answered = self.failed = self.rejected = 0
 
     @classmethod
-    async def start(cls, build: Any, bindings: Any, so_mark: int) -> DnsModule | None:
-        """The module of a build, listening; None (and a warning) when there is no dns.bind."""
+    async def start(cls, build: Any, bindings: Any, so_mark: int, relay: Any = None) -> DnsModule | None:
+        """The module of a build, listening; None (and a warning) when there is no dns.bind.
+        `relay`: the gateway's relay, whose router and outbounds carry each upstream's traffic."""
         cfg = build.manifest.dns
         if not cfg.bind:
             if build.manifest.rules and getattr(build, "domain_words", 0) and bindings is not None:
                 log.warning("no dns.bind: domain() rules will not match (nothing binds names to addresses)")
             return None
         bits_of = build.domain_matcher.bits if bindings is not None else (lambda name: 0)
-        mod = cls(cfg, bindings, bits_of, so_mark)
+        route = None
+        if relay is not None:
+            from .upstreams.route import routed
+
+            route = routed(relay.tcp.router, relay.tcp.outbounds)
+        mod = cls(cfg, bindings, bits_of, so_mark, route=route)
         await mod.open()
         return mod
 

@@ -1,7 +1,8 @@
 """A DoQ (RFC 9250) and DoH3 test server on aioquic: Debian packages no DoQ server (unbound 1.17,
 dnsdist 1.7 and knot-resolver 5.6 in bookworm serve DoT and DoH only), so the tests bring
 their own. It answers from a name -> IPv4 map, and `whoami.test` with the address the query
-came from (so a test can tell a proxied upstream query from a direct one).
+came from, as does any name starting with `whoami.` (so a test can tell a proxied upstream query
+from a direct one). With a plain port it also serves UDP and TCP (RFC 7766 framing).
 
 In-process: `await QuicDnsServer(zone, cert, key).start(host, doq_port, h3_port)`.
 As a lab peer: `python -m tests.dnsmodule.quicserver --host H --doq P --h3 P --cert C --key K
@@ -30,7 +31,7 @@ def answer(zone: dict[str, str], wire: bytes, peer: str) -> bytes:
     q = dns.message.from_wire(wire)
     r = dns.message.make_response(q)
     name = q.question[0].name.to_text().lower().rstrip(".")
-    ip = peer if name == "whoami.test" else zone.get(name)
+    ip = peer if name.startswith("whoami.") else zone.get(name)
     if ip is None:
         r.set_rcode(dns.rcode.NXDOMAIN)
     elif q.question[0].rdtype == 1:
@@ -86,6 +87,37 @@ class QuicDnsServer:
         self.servers: list[Any] = []
         self.counts: dict[str, int] = {}
 
+    async def start_plain(self, host: str, port: int) -> QuicDnsServer:
+        zone, counts = self.zone, self.counts
+
+        class Udp(asyncio.DatagramProtocol):
+            def connection_made(self, transport: Any) -> None:
+                self.transport = transport
+
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                counts["udp"] = counts.get("udp", 0) + 1
+                self.transport.sendto(answer(zone, data, addr[0]), addr)
+
+        async def tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            peer = writer.get_extra_info("peername")[0]
+            try:
+                while True:
+                    (n,) = struct.unpack("!H", await reader.readexactly(2))
+                    counts["tcp"] = counts.get("tcp", 0) + 1
+                    out = answer(zone, await reader.readexactly(n), peer)
+                    writer.write(struct.pack("!H", len(out)) + out)
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(Udp, local_addr=(host, port))
+        self.servers.append(transport)
+        self.servers.append(await asyncio.start_server(tcp, host, port))
+        return self
+
     async def start(self, host: str, doq_port: int, h3_port: int) -> QuicDnsServer:
         zone, counts = self.zone, self.counts
 
@@ -107,14 +139,19 @@ class QuicDnsServer:
 async def _main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--host", required=True)
-    ap.add_argument("--doq", type=int, default=853)
-    ap.add_argument("--h3", type=int, default=443)
-    ap.add_argument("--cert", required=True)
-    ap.add_argument("--key", required=True)
+    ap.add_argument("--doq", type=int, default=0)
+    ap.add_argument("--h3", type=int, default=0)
+    ap.add_argument("--cert", default="")
+    ap.add_argument("--key", default="")
+    ap.add_argument("--plain", type=int, default=0, help="also serve UDP and TCP on this port")
     ap.add_argument("--zone", nargs="*", default=[])
     a = ap.parse_args(argv)
     zone = dict(z.split("=", 1) for z in a.zone)
-    await QuicDnsServer(zone, a.cert, a.key).start(a.host, a.doq, a.h3)
+    srv = QuicDnsServer(zone, a.cert, a.key)
+    if a.doq or a.h3:
+        await srv.start(a.host, a.doq, a.h3)
+    if a.plain:
+        await srv.start_plain(a.host, a.plain)
     print("ready", flush=True)
     await asyncio.Event().wait()
 

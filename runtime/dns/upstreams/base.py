@@ -106,7 +106,12 @@ class Upstream:
         direct = DirectOutbound(DialOptions(so_mark=self.so_mark, connect_timeout=self.timeout,
                                             handshake_timeout=self.timeout))
         for l4 in self.transports:
-            self.outbounds[l4] = self.route(l4, self.address, self.port) if self.route is not None else direct
+            try:
+                self.outbounds[l4] = self.route(l4, self.address, self.port) if self.route is not None else direct
+            except ValueError as exc:
+                log.error("dns upstream %s: %s; its queries are answered SERVFAIL", self.name, exc)
+                self.address = None
+                return
         via = ", ".join(f"{l4} via {o.name}" for l4, o in self.outbounds.items())
         log.info("dns upstream %s: %s://%s:%d%s (%s)", self.name, self.scheme, self.address, self.port,
                  f" ({self.host})" if self.address != self.host else "", via)

@@ -10,4 +10,5 @@ SCHEMES: dict[str, str] = {
     "https": "https:DohUpstream",
     "quic": "quic:QuicUpstream",
     "h3": "h3:H3Upstream",
+    "http3": "h3:H3Upstream",  # dae's other spelling of h3://
 }
