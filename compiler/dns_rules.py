@@ -80,10 +80,6 @@ def compile_dns(cfg: LoadedConfig, diags: Diagnostics, dns_out: dict[str, Any], 
                              "only see names resolved through dns.bind",
                       None if dns_out["bind"] else "set dns.bind (e.g. the gateway's LAN address) and point "
                                                    "the clients' resolver at it")
-    if raw.get("optimistic_cache"):
-        diags.warning(cfg.pos.value(("dns", "optimistic_cache")),
-                      "optimistic_cache (serving stale answers while refreshing) is not implemented yet: "
-                      "an expired answer is queried again before it is served")
     for name, up in dns_out.get("upstream", {}).items():
         if up["scheme"] in UNSUPPORTED_SCHEMES:
             diags.warning(cfg.pos.value(("dns", "upstream", name)),

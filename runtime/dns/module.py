@@ -28,7 +28,7 @@ import dns.rdatatype
 from dae_py.contract.manifest import DnsSettings
 
 from .binder import Binder, answer_addresses
-from .cache import Cache, key_of
+from .cache import STALE_ANSWER_TTL, Cache, key_of
 from .listener import DnsListener
 from .rules import Query, RuleList, qname_matcher
 from .upstreams import Route, UpstreamError
@@ -75,6 +75,8 @@ class DnsModule:
         self.qname_bits = qname_matcher(cfg.domain_sets)
         self.cache = Cache(cfg.max_cache_size, dict(cfg.fixed_domain_ttl))
         self.prefer = cfg.ipversion_prefer
+        self.optimistic = cfg.optimistic_cache  # serve an expired answer at once, refresh it behind
+        self._refreshing: set[asyncio.Task[dns.message.Message]] = set()
         self.binder = Binder(bindings, bits_of)
         self.deadline = deadline
         self.listener = DnsListener(self.answer, self.answer_now)
@@ -123,6 +125,8 @@ class DnsModule:
     async def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        for t in list(self._refreshing):
+            t.cancel()
         await self.listener.close()
         for up in self.upstreams.values():
             await up.close()
@@ -152,10 +156,16 @@ class DnsModule:
             try:
                 r = await asyncio.wait_for(self.resolve(q), self.deadline)
             except (TimeoutError, UpstreamError) as exc:
-                self.failed += 1
-                log.warning("dns: %s %s: SERVFAIL (%s)", q.question[0].name,
-                            dns.rdatatype.to_text(q.question[0].rdtype), str(exc) or "deadline passed")
-                r = empty_answer(q, dns.rcode.SERVFAIL)
+                stale = self.cache.stale_answer_for(q)  # RFC 8767: a stale answer beats SERVFAIL
+                if stale is not None:
+                    log.info("dns: %s: upstream failed (%s), answered from the expired cache",
+                             q.question[0].name, str(exc) or "deadline passed")
+                    r = stale
+                else:
+                    self.failed += 1
+                    log.warning("dns: %s %s: SERVFAIL (%s)", q.question[0].name,
+                                dns.rdatatype.to_text(q.question[0].rdtype), str(exc) or "deadline passed")
+                    r = empty_answer(q, dns.rcode.SERVFAIL)
         if not max_size:
             max_size = max(UDP_DEFAULT_PAYLOAD, q.payload if q.edns >= 0 else 0)
         try:
@@ -231,9 +241,31 @@ class DnsModule:
                 self.binder.refresh(e.addrs, e.bits, int(e.expires - self.cache.clock()))
             self.answered += 1
             return cached
+        stale = self.cache.stale_answer_for(q) if self.optimistic else None
+        if stale is not None:  # optimistic_cache: the expired answer now, a fresh one behind it
+            e = self.cache.stale(key)
+            if e is not None:
+                self.binder.refresh(e.addrs, e.bits, STALE_ANSWER_TTL)
+            self._refresh(q, target, bits)
+            self.answered += 1
+            return stale
         r = await self.cache.inflight(key, lambda: self._fetch(q, target, bits))
         self.answered += 1
         return self._shaped(q, r)
+
+    def _refresh(self, q: dns.message.Message, target: str, bits: int) -> None:
+        """Ask upstream for q in the background (once per key: joined like any query in flight)."""
+        key = key_of(q)
+        if self.cache.is_in_flight(key):
+            return
+        task = asyncio.get_running_loop().create_task(self.cache.inflight(key, lambda: self._fetch(q, target, bits)))
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshed)
+
+    def _refreshed(self, task: asyncio.Task[dns.message.Message]) -> None:
+        self._refreshing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.info("dns: background refresh failed: %s", task.exception())
 
     def _preferred_away(self, key: tuple[str, int, int]) -> bool:
         """ipversion_prefer: an AAAA (A) question of a name known to have A (AAAA) records gets
