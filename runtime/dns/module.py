@@ -298,9 +298,9 @@ class DnsModule:
                                                         upstream=target, ips=tuple(answer_addresses(r))))
             if decision == "accept":
                 break
-            if decision == "reject":
+            if decision == "reject":  # as dae: the upstream's answer with its answer section emptied
                 self.rejected += 1
-                r = empty_answer(uq)
+                r.answer = []
                 break
             if len(seen) > MAX_REQUERIES or decision in seen:
                 log.warning("dns: %s: response routing loops (%s -> %s); accepting the last answer",
