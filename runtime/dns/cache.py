@@ -65,6 +65,7 @@ class Entry:
     # rendering costs ~10x the rest of a hit.
     wire_key: tuple[int, int] | None = None
     wire: bytes = b""
+    checked: int = -1  # the clock second its bindings were last checked by a plain hit
 
 
 class Cache:
@@ -126,9 +127,10 @@ class Cache:
             return self.wire_hit(q, query_wire, max_size)
         return query_wire[:2] + e.wire[2:12] + query_wire[12:qlen] + e.wire[qlen:]
 
-    def plain_hit(self, key: Key, query_wire: bytes) -> bytes | None:
+    def plain_hit(self, key: Key, query_wire: bytes) -> tuple[bytes, Entry, float] | None:
         """wire_hit for a query that is a header and its question only (no EDNS) and whose
-        rendering of this second exists: no parsing at all, the bytes put in as wire_hit does."""
+        rendering of this second exists: no parsing at all, the bytes put in as wire_hit does.
+        Returns (the answer, its entry, the clock's reading)."""
         e = self._entries.get(key)
         if e is None:
             return None
@@ -137,7 +139,8 @@ class Cache:
             return None
         self.hits += 1
         self._entries.move_to_end(key)
-        return query_wire[:2] + e.wire[2:12] + query_wire[12:] + e.wire[len(query_wire):]
+        w = e.wire
+        return query_wire[:2] + w[2:12] + query_wire[12:] + w[len(query_wire):], e, now
 
     def put(self, key: Key, r: dns.message.Message) -> int:
         """Store a NOERROR/NXDOMAIN answer; returns its lifetime (0: not stored)."""

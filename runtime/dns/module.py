@@ -184,26 +184,33 @@ class DnsModule:
             return None  # not QUERY with QR clear, or not exactly one question and nothing else
         # The question's bytes, name case-folded (label lengths are < 0x40, never letters; type
         # and class are not folded), name a cache key once a parsed query of them was answered.
-        qb = wire[12:-4].lower() + wire[-4:]
+        # A client that writes names in lower case (most do) finds its key without folding.
+        qb = wire[12:]
         key = self._plain.get(qb)
-        if key is not None and not self._preferred_away(key):
-            e = self.cache.entry(key)
-            out = self.cache.plain_hit(key, wire) if e is not None else None
-            if out is not None and e is not None:  # (out is None without e: for mypy)
-                self.binder.refresh(e.addrs, e.bits, int(e.expires - self.cache.clock()))
+        if key is None:
+            qb = wire[12:-4].lower() + wire[-4:]
+            key = self._plain.get(qb)
+        if key is not None and not (self.prefer and self._preferred_away(key)):
+            hit = self.cache.plain_hit(key, wire)
+            if hit is not None:
+                out, e, now = hit
+                sec = int(now)
+                if e.checked != sec:  # its bindings checked (and restored) at most once a second
+                    e.checked = sec
+                    self.binder.refresh(e.addrs, e.bits, int(e.expires - now))
                 self.answered += 1
                 return out
         try:
             q = dns.message.from_wire(wire, question_only=True)
         except Exception:  # noqa: BLE001 - `answer` parses it again and says FORMERR
             return None
-        out = self._wire_hit(q, wire, UDP_DEFAULT_PAYLOAD)
+        parsed = self._wire_hit(q, wire, UDP_DEFAULT_PAYLOAD)
         # to_wire() without a file returns the bytes (None only when it writes to a file)
-        if out is not None and len(wire) == 12 + len(cast(bytes, q.question[0].name.to_wire())) + 4:
+        if parsed is not None and len(wire) == 12 + len(cast(bytes, q.question[0].name.to_wire())) + 4:
             if len(self._plain) >= 2 * max(self.cache.max_size, 1):
                 self._plain.clear()  # keys of evicted entries: start over
             self._plain[qb] = key_of(q)
-        return out
+        return parsed
 
     def _wire_hit(self, q: dns.message.Message, wire: bytes, max_size: int) -> bytes | None:
         """The hot path: a cached answer as bytes (its bindings checked first), or None."""

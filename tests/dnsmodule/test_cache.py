@@ -62,3 +62,31 @@ def test_cache_holds_at_most_max_cache_size_entries_dropping_the_least_recently_
         await ask(mod, names[0])  # evicted first: asked again
         assert up.udp_queries == asked + 1
     one_upstream(body, extra="  max_cache_size: 3\n")
+
+
+def test_plain_hits_answer_from_the_stored_wire_and_restore_lost_bindings_within_a_second() -> None:
+    import ipaddress
+
+    import dns.message
+
+    async def body(mod: DnsModule, b: RecordingBindings, up: FakeUpstream) -> None:
+        clock = [5000.5]
+        mod.cache.clock = lambda: clock[0]
+        q = dns.message.make_query("a.proxied.test", "A", use_edns=False)
+        await mod.answer(q.to_wire(), 0)  # a miss: asked, cached, bound
+        assert mod.answer_now(q.to_wire()) is not None  # parsed once, rendered, key remembered
+        q2 = dns.message.make_query("a.proxied.test", "A", use_edns=False)
+        out = mod.answer_now(q2.to_wire())
+        assert out is not None
+        r = dns.message.from_wire(out)
+        assert r.id == q2.id and addresses(r) == ["10.232.1.1"]
+        b.entries.clear()
+        mod.binder._expiry.clear()  # as after an eviction
+        clock[0] += 0.6  # the next clock second: an entry's bindings are checked once per second
+        for _ in range(2):
+            assert mod.answer_now(q2.to_wire()) is not None
+        assert b.entries == {ipaddress.ip_address("10.232.1.1"): 0b01}
+        writes = len(b.events)
+        assert mod.answer_now(q2.to_wire()) is not None
+        assert len(b.events) == writes and up.udp_queries == 1
+    one_upstream(body)
