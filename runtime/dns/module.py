@@ -42,6 +42,10 @@ MAX_REQUERIES = 3
 UDP_DEFAULT_PAYLOAD = 512
 UPSTREAM_PAYLOAD = 1232
 SWEEP_INTERVAL = 5.0
+# An upstream query's header (id patched per send, RD set, one question, an OPT record or none)
+# and its OPT record: payload 1232, no extended rcode, version 0, no flags, no options.
+QUERY_HEADER = {False: b"\0\0\x01\x00\0\x01\0\0\0\0\0\0", True: b"\0\0\x01\x00\0\x01\0\0\0\0\0\x01"}
+OPT_1232 = b"\0\0\x29" + UPSTREAM_PAYLOAD.to_bytes(2, "big") + bytes(6)
 
 
 def formerr_for(wire: bytes) -> bytes | None:
@@ -154,7 +158,11 @@ class DnsModule:
             if hit is not None:
                 return hit
             try:
-                r = await asyncio.wait_for(self.resolve(q), self.deadline)
+                async with asyncio.timeout(self.deadline):  # no extra task, unlike wait_for
+                    got = await self.resolve(q, wire, max_size)
+                if isinstance(got, bytes):
+                    return got
+                r = got
             except (TimeoutError, UpstreamError) as exc:
                 stale = self.cache.stale_answer_for(q)  # RFC 8767: a stale answer beats SERVFAIL
                 if stale is not None:
@@ -228,7 +236,10 @@ class DnsModule:
             self.answered += 1
         return out
 
-    async def resolve(self, q: dns.message.Message) -> dns.message.Message:
+    async def resolve(self, q: dns.message.Message, wire: bytes | None = None,
+                      max_size: int = 0) -> dns.message.Message | bytes:
+        """The answer to q; as bytes when it is the upstream's own answer to q's question bytes
+        (`wire`), unchanged but for the id (no rendering on a cache miss)."""
         question = q.question[0]
         name = question.name.to_text()
         bits = self.qname_bits(name)
@@ -256,8 +267,14 @@ class DnsModule:
             self._refresh(q, target, bits)
             self.answered += 1
             return stale
-        r = await self.cache.inflight(key, lambda: self._fetch(q, target, bits))
+        r = await self.cache.inflight(key, lambda: self._fetch(q, target, bits, wire))
         self.answered += 1
+        raw: bytes | None = getattr(r, "raw", None)
+        if raw is not None and wire is not None and (q.edns >= 0 or not getattr(r, "raw_edns", True)):
+            limit = max_size or max(UDP_DEFAULT_PAYLOAD, q.payload if q.edns >= 0 else 0)
+            qlen = getattr(r, "raw_qlen", 0)
+            if len(raw) <= limit and qlen and wire[12:qlen].lower() == raw[12:qlen].lower():
+                return wire[:2] + raw[2:12] + wire[12:qlen] + raw[qlen:]
         return self._shaped(q, r)
 
     def _refresh(self, q: dns.message.Message, target: str, bits: int) -> None:
@@ -288,12 +305,20 @@ class DnsModule:
         hit = self.cache.get((name, int(other), cls))
         return hit is not None and bool(answer_addresses(hit[0]))
 
-    async def _fetch(self, q: dns.message.Message, target: str, bits: int) -> dns.message.Message:
+    async def _fetch(self, q: dns.message.Message, target: str, bits: int,
+                     wire: bytes | None = None) -> dns.message.Message:
         """Ask upstreams (following response routing), cache, and bind: all before any waiter
-        gets the answer."""
+        gets the answer. With the client's `wire`, the upstream query is its question bytes under
+        a new header (EDNS only if the client used it), so an accepted answer can be passed on
+        as it came (`resolve`)."""
         question = q.question[0]
-        uq = dns.message.make_query(question.name, question.rdtype, question.rdclass, use_edns=0,
+        edns = q.edns >= 0
+        uq = dns.message.make_query(question.name, question.rdtype, question.rdclass, use_edns=0 if edns else False,
                                     payload=UPSTREAM_PAYLOAD)
+        qlen = 0
+        if wire is not None and wire[4:6] == b"\0\1":
+            qlen = 12 + len(cast(bytes, question.name.to_wire())) + 4
+            uq.wire = QUERY_HEADER[edns] + wire[12:qlen] + (OPT_1232 if edns else b"")  # read by upstreams.udp
         seen: list[str] = []
         while True:
             up = self.upstreams.get(target)
@@ -304,6 +329,8 @@ class DnsModule:
             decision, rule = self.response.decide(Query(question.name.to_text(), int(question.rdtype), bits,
                                                         upstream=target, ips=tuple(answer_addresses(r))))
             if decision == "accept":
+                if qlen and getattr(r, "raw", None) is not None:
+                    r.raw_qlen, r.raw_edns = qlen, edns  # type: ignore[attr-defined]  # resolve() passes r.raw on
                 break
             if decision == "reject":  # as dae: the upstream's answer with its answer section emptied
                 self.rejected += 1
@@ -317,6 +344,8 @@ class DnsModule:
                       rule.text if rule else "fallback")
             target = decision
         key = key_of(q)
+        if key[0].rstrip(".") in self.cache.fixed_ttl:
+            r.raw_qlen = 0  # type: ignore[attr-defined]  # its TTLs are rewritten: render it
         ttl = self.cache.put(key, r)
         t0 = time.perf_counter()
         addrs, bits = self.binder.bind_answer(r, ttl if ttl else self.cache.lifetime(key, r))

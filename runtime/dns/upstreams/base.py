@@ -51,6 +51,8 @@ def checked_answer(q: dns.message.Message, wire: bytes, who: str, *, any_id: boo
         r.id = q.id
     if not q.is_response(r):
         raise UpstreamError(f"{who}: the answer does not match the query")
+    if not any_id:
+        r.raw = wire  # type: ignore[attr-defined]  # the answer as it came: the module may pass it on
     return r
 
 

@@ -93,7 +93,8 @@ class UdpPool:
         fut: asyncio.Future[dns.message.Message] = asyncio.get_running_loop().create_future()
         self.pending[qid] = (q, fut)
         try:
-            assoc.send(q.to_wire(), self.up.dest)
+            pre: bytes | None = getattr(q, "wire", None)  # the module's pre-built query, id 0
+            assoc.send(struct.pack("!H", qid) + pre[2:] if pre is not None else q.to_wire(), self.up.dest)
             return await fut
         finally:
             self.pending.pop(qid, None)
