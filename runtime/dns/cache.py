@@ -33,8 +33,14 @@ STALE_WINDOW = 86400.0  # RFC 8767 suggests 1 to 3 days of keeping expired answe
 
 
 def key_of(q: dns.message.Message) -> Key:
-    question = q.question[0]
-    return (question.name.to_text().lower(), int(question.rdtype), int(question.rdclass))
+    """(name in lower case with its dot, type, class); remembered on the message, since one
+    query asks for it several times and rendering a name as text costs microseconds."""
+    key: Key | None = getattr(q, "dae_key", None)
+    if key is None:
+        question = q.question[0]
+        key = (question.name.to_text().lower(), int(question.rdtype), int(question.rdclass))
+        q.dae_key = key  # type: ignore[attr-defined]  # a memo on the message object
+    return key
 
 
 def answer_ttl(r: dns.message.Message) -> int:

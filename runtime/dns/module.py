@@ -87,6 +87,7 @@ class DnsModule:
         self.binds = [(b.host, b.port) for b in cfg.bind]
         self._sweeper: asyncio.Task[None] | None = None
         self._plain: dict[bytes, tuple[str, int, int]] = {}  # answer_now's question bytes -> cache key
+        self._parsed: dict[bytes, dns.message.Message] = {}  # misses answer_now parsed, for `answer`
         self.answered = self.failed = self.rejected = 0
 
     @classmethod
@@ -143,10 +144,12 @@ class DnsModule:
     async def answer(self, wire: bytes, max_size: int) -> bytes | None:
         """The wire answer to one query (max_size 0: UDP, the client's EDNS payload), or None
         to send nothing."""
-        try:
-            q = dns.message.from_wire(wire)
-        except Exception:  # noqa: BLE001 - any malformed input: dnspython raises many kinds
-            return formerr_for(wire)
+        q = self._parsed.pop(wire, None)  # answer_now's parse of a plain query that missed
+        if q is None:
+            try:
+                q = dns.message.from_wire(wire)
+            except Exception:  # noqa: BLE001 - any malformed input: dnspython raises many kinds
+                return formerr_for(wire)
         if q.flags & dns.flags.QR:
             return None
         if q.opcode() != dns.opcode.QUERY:
@@ -213,6 +216,10 @@ class DnsModule:
         except Exception:  # noqa: BLE001 - `answer` parses it again and says FORMERR
             return None
         parsed = self._wire_hit(q, wire, UDP_DEFAULT_PAYLOAD)
+        if parsed is None:  # a miss: the task that answers it need not parse it again
+            if len(self._parsed) >= 4096:
+                self._parsed.clear()
+            self._parsed[wire] = q
         # to_wire() without a file returns the bytes (None only when it writes to a file)
         if parsed is not None and len(wire) == 12 + len(cast(bytes, q.question[0].name.to_wire())) + 4:
             if len(self._plain) >= 2 * max(self.cache.max_size, 1):
@@ -241,7 +248,8 @@ class DnsModule:
         """The answer to q; as bytes when it is the upstream's own answer to q's question bytes
         (`wire`), unchanged but for the id (no rendering on a cache miss)."""
         question = q.question[0]
-        name = question.name.to_text()
+        key = key_of(q)
+        name = key[0]  # the name as text, lower case (domain matching ignores case anyway)
         bits = self.qname_bits(name)
         target, _rule = self.request.decide(Query(name, int(question.rdtype), bits))
         if target == "reject":
@@ -313,8 +321,11 @@ class DnsModule:
         as it came (`resolve`)."""
         question = q.question[0]
         edns = q.edns >= 0
-        uq = dns.message.make_query(question.name, question.rdtype, question.rdclass, use_edns=0 if edns else False,
-                                    payload=UPSTREAM_PAYLOAD)
+        uq = dns.message.QueryMessage()  # what make_query builds, without parsing the question again
+        uq.flags = dns.flags.RD
+        uq.question = [question]
+        if edns:
+            uq.use_edns(0, payload=UPSTREAM_PAYLOAD)
         qlen = 0
         if wire is not None and wire[4:6] == b"\0\1":
             qlen = 12 + len(cast(bytes, question.name.to_wire())) + 4
@@ -326,7 +337,7 @@ class DnsModule:
                 raise UpstreamError(f"no upstream '{target}'")
             seen.append(target)
             r = await up.query(uq)
-            decision, rule = self.response.decide(Query(question.name.to_text(), int(question.rdtype), bits,
+            decision, rule = self.response.decide(Query(key_of(q)[0], int(question.rdtype), bits,
                                                         upstream=target, ips=tuple(answer_addresses(r))))
             if decision == "accept":
                 if qlen and getattr(r, "raw", None) is not None:
