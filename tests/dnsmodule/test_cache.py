@@ -90,3 +90,20 @@ def test_plain_hits_answer_from_the_stored_wire_and_restore_lost_bindings_within
         assert mod.answer_now(q2.to_wire()) is not None
         assert len(b.events) == writes and up.udp_queries == 1
     one_upstream(body)
+
+
+def test_a_miss_passes_the_upstream_answer_on_with_the_clients_id_case_and_edns() -> None:
+    import dns.message
+
+    async def body(mod: DnsModule, b: RecordingBindings, up: FakeUpstream) -> None:
+        for name, edns in (("A.Proxied.Test", False), ("X.proxied.TEST", True)):
+            q = dns.message.make_query(name, "A", use_edns=0 if edns else False)
+            wire = await mod.answer(q.to_wire(), 0)
+            assert wire is not None
+            r = dns.message.from_wire(wire)
+            assert r.id == q.id and r.question[0].name.to_text() == name + "."
+            assert (r.edns >= 0) == edns and addresses(r)
+        q = dns.message.make_query("fixed.test", "A")  # fixed_domain_ttl rewrites TTLs: rendered
+        wire = await mod.answer(q.to_wire(), 0)
+        assert wire is not None and dns.message.from_wire(wire).answer[0].ttl == 7
+    one_upstream(body, extra="  fixed_domain_ttl:\n    fixed.test: 7\n")
