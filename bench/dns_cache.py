@@ -2,13 +2,17 @@
 forwarder, side by side in one lab run, both loaded by dnsperf from the client namespace.
 
     .venv/bin/python -m bench.dns_cache [--seconds 10] [--clients 100] [--trials 10000]
+        [--fixed-qps 20000] [--miss-qps 2000]
 
 The zone is served by a dnsmasq in the upstream namespace; the gateway runs `dae-runtime` with
 dns.bind on its LAN address (port 53) and a second dnsmasq, a caching forwarder to the same
 zone, on the same address at port 5353. dnsperf keeps 100 queries in flight over 20 names
 (warmed first, so every timed query is a cache hit). With --trials it also repeats the
 first-connection test of tests/dnsmodule (fresh name, then connect at once) that many times.
-Prints Markdown.
+Latency: dnsperf -v reports each answer's latency; at a fixed --fixed-qps (cache hits) the p50
+of ours and dnsmasq's, and the cache-miss p50 (a fresh name each query, --miss-qps) through our
+module against asking the zone's dnsmasq directly (the same path through the gateway, minus
+the module). Prints Markdown.
 """
 from __future__ import annotations
 
@@ -39,11 +43,29 @@ def dnsperf(lab: Lab, server: str, port: int, qfile: Path, seconds: int, clients
             "avg_ms": float(avg.group(1)) * 1000}
 
 
+def dnsperf_latency(lab: Lab, server: str, port: int, qfile: Path, seconds: int, qps: int) -> dict[str, float]:
+    """p50/p90/p99 in microseconds, answered and sent counts, from dnsperf -v at a fixed rate."""
+    out = lab.run("client", ["dnsperf", "-s", server, "-p", str(port), "-d", str(qfile), "-l", str(seconds),
+                             "-c", "4", "-q", "500", "-Q", str(qps), "-T", "1", "-v"], timeout=seconds + 60).stdout
+    lat = sorted(float(m.group(1)) for m in re.finditer(r"^> \S+ \S+ \S+ ([\d.]+)$", out, re.M))
+    sent = re.search(r"Queries sent:\s+(\d+)", out)
+    if not lat:
+        raise RuntimeError(f"dnsperf -v printed no latencies:\n{out[-2000:]}")
+
+    def pct(p: float) -> float:
+        return lat[min(len(lat) - 1, int(p * len(lat)))] * 1e6
+    return {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "answered": float(len(lat)),
+            "sent": float(sent.group(1)) if sent else 0.0}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--trials", type=int, default=0)
+    ap.add_argument("--fixed-qps", type=int, default=20000)
+    ap.add_argument("--miss-qps", type=int, default=2000)
+    ap.add_argument("--latency-seconds", type=int, default=5)
     args = ap.parse_args()
     from dae_py.runtime.lab import Lab
     from tests.runtime.helpers import DnsServer, client_get, gateway, lab_config
@@ -58,13 +80,20 @@ def main() -> None:
         lab.run("gateway", ["ip", "route", "add", "10.232.0.0/16", "via", t.upstream_ip4], check=True)
         hosts = {f"n{i}.proxied.test": [f"10.232.{1 + i // 250}.{1 + i % 250}"] for i in range(n_names)}
         hosts |= {f"h{i}.bench.test": [f"10.231.2.{10 + i}"] for i in range(20)}
-        lab.start_dnsmasq(5300, hosts, ttl=3600)
+        lab.start_dnsmasq(5300, hosts, ttl=3600, extra=["--address=/miss.test/10.233.0.1"])
         # the baseline: dnsmasq as a caching forwarder in the gateway namespace
         lab.start_dnsmasq(5353, {}, ns="gateway", listen=[t.gateway_lan_ip4],
                           extra=[f"--server={t.upstream_ip4}#5300", "--cache-size=10000"])
         qfile = Path(wd) / "queries"
         qfile.write_text("".join(f"h{i}.bench.test A\n" for i in range(20)))
         qfile.chmod(0o644)
+        n_miss = args.miss_qps * args.latency_seconds + 1000
+        mfiles = []
+        for side in range(4):  # fresh names for each run: every query through the module is a miss
+            f = Path(wd) / f"miss{side}"
+            f.write_text("".join(f"m{side}x{i}.miss.test A\n" for i in range(n_miss)))
+            f.chmod(0o644)
+            mfiles.append(f)
         cfg = lab_config(t, rules=["domain(suffix: proxied.test) -> proxy"]) + f"""\
 dns:
   bind: '{t.gateway_lan_ip4}:53'
@@ -93,6 +122,34 @@ dns:
             ours = sum(r["qps"] for _, n, r in rows if n.startswith("dae")) / 2
             base = sum(r["qps"] for _, n, r in rows if n.startswith("dnsmasq")) / 2
             print(f"\nratio dae-py / dnsmasq (mean qps): {ours / base:.2f}\n")
+            ls = args.latency_seconds
+            lat_rows = []
+            for rnd in range(2):
+                for name, port in (("dae-py DNS module", 53), ("dnsmasq (caching forwarder)", 5353)):
+                    lat_rows.append((rnd, name, dnsperf_latency(lab, t.gateway_lan_ip4, port, qfile, ls,
+                                                                args.fixed_qps)))
+            print(f"cache hits at a fixed {args.fixed_qps} qps (dnsperf -Q {args.fixed_qps} -q 500 -v, {ls} s), "
+                  "latency in us\n")
+            print("| round | server | p50 | p90 | p99 | answered / sent |\n|---|---|---|---|---|---|")
+            for rnd, name, r in lat_rows:
+                print(f"| {rnd + 1} | {name} | {r['p50']:.0f} | {r['p90']:.0f} | {r['p99']:.0f} | "
+                      f"{r['answered']:.0f} / {r['sent']:.0f} |")
+            o50 = sorted(r["p50"] for _, n, r in lat_rows if n.startswith("dae"))
+            b50 = sorted(r["p50"] for _, n, r in lat_rows if n.startswith("dnsmasq"))
+            print(f"\nratio p50 dae-py / dnsmasq (mean of rounds): {sum(o50) / sum(b50):.2f}\n")
+            miss_rows = []
+            for rnd in range(2):
+                for name, server, port in (("via the DNS module (miss)", t.gateway_lan_ip4, 53),
+                                           ("the zone's dnsmasq directly", t.upstream_ip4, 5300)):
+                    miss_rows.append((rnd, name, dnsperf_latency(lab, server, port, mfiles[2 * rnd + (port != 53)],
+                                                                 ls, args.miss_qps)))
+            print(f"cache misses at {args.miss_qps} qps, a fresh name per query, latency in us\n")
+            print("| round | path | p50 | p90 | p99 | answered / sent |\n|---|---|---|---|---|---|")
+            for rnd, name, r in miss_rows:
+                print(f"| {rnd + 1} | {name} | {r['p50']:.0f} | {r['p90']:.0f} | {r['p99']:.0f} | "
+                      f"{r['answered']:.0f} / {r['sent']:.0f} |")
+            added = [a[2]["p50"] - b[2]["p50"] for a, b in zip(miss_rows[::2], miss_rows[1::2], strict=True)]
+            print(f"\nadded p50 of a miss (per round): {', '.join(f'{x:.0f} us' for x in added)}\n")
             if args.trials:
                 wrong = 0
                 for i in range(args.trials):

@@ -29,7 +29,7 @@ from .fields.domain import check_domain
 from .load import LoadedConfig
 from .rules import RuleSyntaxError, parse_rule
 
-UNSUPPORTED_SCHEMES = ("h3", "http3", "quic")
+UNSUPPORTED_SCHEMES: tuple[str, ...] = ()  # every scheme of settings.DNS_PORTS has a runtime module
 DEFAULT_BIND_PORT = 53
 BIND_SCHEMES = ("udp", "tcp", "tcp+udp")
 
@@ -90,10 +90,6 @@ def compile_dns(cfg: LoadedConfig, diags: Diagnostics, dns_out: dict[str, Any], 
                             "write 'ADDRESS:PORT', e.g. '192.168.1.1:53' or '[fd00::1]:53'")
                 continue
             dns_out["bind"].append({"host": host, "port": port})
-    if raw.get("optimistic_cache"):
-        diags.warning(cfg.pos.value(("dns", "optimistic_cache")),
-                      "optimistic_cache (serving stale answers while refreshing) is not implemented yet: "
-                      "an expired answer is queried again before it is served")
     for name, up in dns_out.get("upstream", {}).items():
         if up["scheme"] in UNSUPPORTED_SCHEMES:
             diags.warning(cfg.pos.value(("dns", "upstream", name)),
@@ -149,8 +145,8 @@ def compile_dns(cfg: LoadedConfig, diags: Diagnostics, dns_out: dict[str, Any], 
 
 def _upstreams_bypass_routing(cfg: LoadedConfig, diags: Diagnostics, dns_out: dict[str, Any],
                               ir: RoutingIR) -> None:
-    """The module dials upstreams from the gateway with the runtime's so_mark: routing does
-    not apply to them. Say so where routing would have sent an upstream's address elsewhere."""
+    """The module dials each upstream through the routing decision for its address (a group's
+    nodes, or direct); say so where that decision is `block`, which leaves the upstream dead."""
     from dae_py.contract.evaluate import Flow, classify
     from dae_py.contract.ir import L4_TCP, L4_UDP
 
@@ -159,13 +155,13 @@ def _upstreams_bypass_routing(cfg: LoadedConfig, diags: Diagnostics, dns_out: di
             dst = ipaddress.ip_address(up["host"])
         except ValueError:
             continue
-        proto = L4_UDP if up["scheme"] == "udp" else L4_TCP
+        proto = L4_UDP if up["scheme"] in ("udp", "tcp+udp", "quic", "h3", "http3") else L4_TCP
         src = ipaddress.ip_address("0.0.0.0" if dst.version == 4 else "::")
         d = classify(ir, Flow(l4proto=proto, src=src, sport=0, dst=dst, dport=int(up["port"])))
-        if d.outbound != "direct":
+        if d.outbound == "block":
             diags.warning(cfg.pos.value(("dns", "upstream", name)),
-                          f"dns upstream '{name}': routing would send {dst} to '{d.outbound}', but the DNS "
-                          "module queries its upstreams directly from the gateway (not through a group yet)")
+                          f"dns upstream '{name}': routing would send {dst} to 'block': every query routed "
+                          "to it is answered SERVFAIL")
 
 
 @dataclass

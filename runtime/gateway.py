@@ -129,7 +129,7 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
             port = await relay.start(g.tproxy_port, guard_fd=guard_fd)
             from dae_py.runtime.dns import DnsModule  # answers dns.bind; binds domain bits before answering
 
-            dns_module = await DnsModule.start(build, router.domains, so_mark, guard_fd=guard_fd)  # + LAN DNS hijack
+            dns_module = await DnsModule.start(build, router.domains, so_mark, guard_fd=guard_fd, relay=relay)
             if relay.tcp.sniffing is not None:  # dial_mode domain checks sniffed names against its answers
                 relay.tcp.sniffing.use_dns(dns_module)
             from dae_py.runtime.controller import start_for  # the API, /metrics, /ui; `dae-runtime status`

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from contextvars import ContextVar
 
-from .upstream import Upstream
+from .upstreams import Upstream, make
 
 #: (address, port) the client sent the query being answered to; None: not hijacked.
 ORIGIN: ContextVar[tuple[str, int] | None] = ContextVar("dae_dns_origin", default=None)
@@ -38,8 +38,8 @@ class AsisUpstreams:
         if up is not None:
             self._ups.move_to_end(origin)
             return up
-        up = Upstream(name="asis", scheme="tcp+udp", host=origin[0], port=origin[1], so_mark=self.so_mark,
-                      timeout=self.timeout)
+        up = make({"name": "asis", "scheme": "tcp+udp", "host": origin[0], "port": origin[1]},
+                  self.so_mark, self.timeout)  # no route: the marked query goes where the client sent it
         await up.resolve()  # an IP literal: no lookup, it only makes the marked backend
         self._ups[origin] = up
         while len(self._ups) > self.limit:

@@ -5,6 +5,11 @@ records (the SOA minimum for negative answers, RFC 2308) or the name's `fixed_do
 a hit is the stored answer with the client's id and every TTL reduced by the time it spent
 here. The least recently used entry goes when `max_size` is reached. Identical questions that
 arrive while one is being asked upstream wait for that one answer (`inflight`).
+
+Serve-stale (RFC 8767): an expired entry is kept for `stale_window` seconds more (still inside
+the size limit); `stale_answer_for` shapes it with STALE_ANSWER_TTL (the RFC's 30 s), for the
+module to answer at once while it refreshes in the background (optimistic_cache) or when the
+upstream fails.
 """
 from __future__ import annotations
 
@@ -23,11 +28,19 @@ import dns.rdatatype
 Key = tuple[str, int, int]
 NEGATIVE_TTL_CAP = 300  # seconds a negative answer may be cached at most
 MAX_TTL = 86400
+STALE_ANSWER_TTL = 30  # RFC 8767 section 4: the TTL of a stale answer
+STALE_WINDOW = 86400.0  # RFC 8767 suggests 1 to 3 days of keeping expired answers
 
 
 def key_of(q: dns.message.Message) -> Key:
-    question = q.question[0]
-    return (question.name.to_text().lower(), int(question.rdtype), int(question.rdclass))
+    """(name in lower case with its dot, type, class); remembered on the message, since one
+    query asks for it several times and rendering a name as text costs microseconds."""
+    key: Key | None = getattr(q, "dae_key", None)
+    if key is None:
+        question = q.question[0]
+        key = (question.name.to_text().lower(), int(question.rdtype), int(question.rdclass))
+        q.dae_key = key  # type: ignore[attr-defined]  # a memo on the message object
+    return key
 
 
 def answer_ttl(r: dns.message.Message) -> int:
@@ -58,12 +71,15 @@ class Entry:
     # rendering costs ~10x the rest of a hit.
     wire_key: tuple[int, int] | None = None
     wire: bytes = b""
+    checked: int = -1  # the clock second its bindings were last checked by a plain hit
 
 
 class Cache:
     def __init__(self, max_size: int = 65536, fixed_ttl: dict[str, int] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, stale_window: float = STALE_WINDOW) -> None:
         self.max_size = max_size
+        self.stale_window = stale_window
+        self.stale_served = 0
         self.fixed_ttl = {k.lower().rstrip("."): int(v) for k, v in (fixed_ttl or {}).items()}
         self.clock = clock
         self._entries: OrderedDict[Key, Entry] = OrderedDict()
@@ -117,9 +133,10 @@ class Cache:
             return self.wire_hit(q, query_wire, max_size)
         return query_wire[:2] + e.wire[2:12] + query_wire[12:qlen] + e.wire[qlen:]
 
-    def plain_hit(self, key: Key, query_wire: bytes) -> bytes | None:
+    def plain_hit(self, key: Key, query_wire: bytes) -> tuple[bytes, Entry, float] | None:
         """wire_hit for a query that is a header and its question only (no EDNS) and whose
-        rendering of this second exists: no parsing at all, the bytes put in as wire_hit does."""
+        rendering of this second exists: no parsing at all, the bytes put in as wire_hit does.
+        Returns (the answer, its entry, the clock's reading)."""
         e = self._entries.get(key)
         if e is None:
             return None
@@ -128,7 +145,8 @@ class Cache:
             return None
         self.hits += 1
         self._entries.move_to_end(key)
-        return query_wire[:2] + e.wire[2:12] + query_wire[12:] + e.wire[len(query_wire):]
+        w = e.wire
+        return query_wire[:2] + w[2:12] + query_wire[12:] + w[len(query_wire):], e, now
 
     def put(self, key: Key, r: dns.message.Message) -> int:
         """Store a NOERROR/NXDOMAIN answer; returns its lifetime (0: not stored)."""
@@ -154,10 +172,36 @@ class Cache:
             return None
         now = self.clock()
         if now >= e.expires:
-            del self._entries[key]
+            if now >= e.expires + self.stale_window:
+                del self._entries[key]
             return None
         self._entries.move_to_end(key)
         return e.response, int(e.expires - now)
+
+    def stale(self, key: Key) -> Entry | None:
+        """The entry of key if it has expired but is inside the stale window, else None."""
+        e = self._entries.get(key)
+        if e is None:
+            return None
+        now = self.clock()
+        if now < e.expires or now >= e.expires + self.stale_window:
+            return None
+        return e
+
+    def stale_answer_for(self, q: dns.message.Message) -> dns.message.Message | None:
+        """An expired answer for q, shaped for the client with every TTL STALE_ANSWER_TTL."""
+        e = self.stale(key_of(q))
+        if e is None:
+            return None
+        self.stale_served += 1
+        r = dns.message.make_response(q, recursion_available=True)
+        r.set_rcode(e.response.rcode())
+        for src, dst in ((e.response.answer, r.answer), (e.response.authority, r.authority)):
+            for rrset in src:
+                copy = rrset.copy()
+                copy.ttl = STALE_ANSWER_TTL
+                dst.append(copy)
+        return r
 
     def answer_for(self, q: dns.message.Message) -> dns.message.Message | None:
         """A cache hit shaped for the client: its id and question, TTLs aged."""
@@ -177,6 +221,9 @@ class Cache:
                 copy.ttl = max(0, min(rrset.ttl - aged, remaining))
                 dst.append(copy)
         return r
+
+    def is_in_flight(self, key: Key) -> bool:
+        return key in self._inflight
 
     async def inflight(self, key: Key, ask: Callable[[], Awaitable[dns.message.Message]]) -> dns.message.Message:
         """`ask()` once for all identical questions in flight; they all get its answer (or error)."""

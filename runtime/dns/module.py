@@ -29,10 +29,11 @@ from dae_py.contract.manifest import DnsSettings
 
 from .asis import ORIGIN, AsisUpstreams
 from .binder import Binder, answer_addresses
-from .cache import Cache, key_of
+from .cache import STALE_ANSWER_TTL, Cache, key_of
 from .listener import DnsListener
 from .rules import Query, RuleList, qname_matcher
-from .upstream import Upstream, UpstreamError
+from .upstreams import Route, UpstreamError
+from .upstreams import make as make_upstream
 
 log = logging.getLogger("dae.dns")
 
@@ -42,6 +43,10 @@ MAX_REQUERIES = 3
 UDP_DEFAULT_PAYLOAD = 512
 UPSTREAM_PAYLOAD = 1232
 SWEEP_INTERVAL = 5.0
+# An upstream query's header (id patched per send, RD set, one question, an OPT record or none)
+# and its OPT record: payload 1232, no extended rcode, version 0, no flags, no options.
+QUERY_HEADER = {False: b"\0\0\x01\x00\0\x01\0\0\0\0\0\0", True: b"\0\0\x01\x00\0\x01\0\0\0\0\0\x01"}
+OPT_1232 = b"\0\0\x29" + UPSTREAM_PAYLOAD.to_bytes(2, "big") + bytes(6)
 
 
 def formerr_for(wire: bytes) -> bytes | None:
@@ -63,16 +68,20 @@ def empty_answer(q: dns.message.Message, rcode: dns.rcode.Rcode = dns.rcode.NOER
 
 class DnsModule:
     def __init__(self, manifest_dns: DnsSettings | Mapping[str, Any], bindings: Any, bits_of: Any, so_mark: int,
-                 upstream_timeout: float = UPSTREAM_TIMEOUT, deadline: float = ANSWER_DEADLINE) -> None:
-        """`manifest_dns`: the manifest's typed DNS settings (a JSON dict is read through them)."""
+                 upstream_timeout: float = UPSTREAM_TIMEOUT, deadline: float = ANSWER_DEADLINE,
+                 route: Route | None = None) -> None:
+        """`manifest_dns`: the manifest's typed DNS settings (a JSON dict is read through them).
+        `route`: the outbound for an upstream's address (None: every upstream direct)."""
         cfg = manifest_dns if isinstance(manifest_dns, DnsSettings) else DnsSettings.from_json(manifest_dns)
-        self.upstreams = {name: Upstream.from_manifest(u, so_mark, upstream_timeout)
+        self.upstreams = {name: make_upstream(u, so_mark, upstream_timeout, route)
                           for name, u in cfg.upstream.items()}
         self.request = RuleList.from_manifest(cfg.request, "asis")
         self.response = RuleList.from_manifest(cfg.response, "accept")
         self.qname_bits = qname_matcher(cfg.domain_sets)
         self.cache = Cache(cfg.max_cache_size, dict(cfg.fixed_domain_ttl))
         self.prefer = cfg.ipversion_prefer
+        self.optimistic = cfg.optimistic_cache  # serve an expired answer at once, refresh it behind
+        self._refreshing: set[asyncio.Task[dns.message.Message]] = set()
         self.binder = Binder(bindings, bits_of)
         self.deadline = deadline
         self.listener = DnsListener(self.answer, self.answer_now)
@@ -81,19 +90,27 @@ class DnsModule:
         self.hijack: Any = None  # the HijackListener, when the build hijacks LAN DNS (hijack.py)
         self._sweeper: asyncio.Task[None] | None = None
         self._plain: dict[bytes, tuple[str, int, int]] = {}  # answer_now's question bytes -> cache key
+        self._parsed: dict[bytes, dns.message.Message] = {}  # misses answer_now parsed, for `answer`
         self.answered = self.failed = self.rejected = 0
 
     @classmethod
-    async def start(cls, build: Any, bindings: Any, so_mark: int, guard_fd: int | None = None) -> DnsModule | None:
+    async def start(cls, build: Any, bindings: Any, so_mark: int, guard_fd: int | None = None,
+                    relay: Any = None) -> DnsModule | None:
         """The module of a build, listening on dns.bind and on the hijack port; None (and a
-        warning) when the build has neither (no dns section)."""
+        warning) when the build has neither (no dns section). `relay`: the gateway's relay, whose
+        router and outbounds carry each upstream's traffic."""
         cfg = build.manifest.dns
         if not cfg.bind and not cfg.hijack_port:
             if build.manifest.rules and getattr(build, "domain_words", 0) and bindings is not None:
                 log.warning("no dns section: domain() rules will not match (nothing binds names to addresses)")
             return None
         bits_of = build.domain_matcher.bits if bindings is not None else (lambda name: 0)
-        mod = cls(cfg, bindings, bits_of, so_mark)
+        route = None
+        if relay is not None:
+            from .upstreams.route import routed
+
+            route = routed(relay.tcp.router, relay.tcp.outbounds)
+        mod = cls(cfg, bindings, bits_of, so_mark, route=route)
         await mod.open()
         if cfg.hijack_port:
             from .hijack import HijackListener
@@ -129,6 +146,8 @@ class DnsModule:
             self._sweeper.cancel()
         if self.hijack is not None:
             await self.hijack.close()
+        for t in list(self._refreshing):
+            t.cancel()
         await self.listener.close()
         for up in self.upstreams.values():
             await up.close()
@@ -142,10 +161,12 @@ class DnsModule:
     async def answer(self, wire: bytes, max_size: int) -> bytes | None:
         """The wire answer to one query (max_size 0: UDP, the client's EDNS payload), or None
         to send nothing."""
-        try:
-            q = dns.message.from_wire(wire)
-        except Exception:  # noqa: BLE001 - any malformed input: dnspython raises many kinds
-            return formerr_for(wire)
+        q = self._parsed.pop(wire, None)  # answer_now's parse of a plain query that missed
+        if q is None:
+            try:
+                q = dns.message.from_wire(wire)
+            except Exception:  # noqa: BLE001 - any malformed input: dnspython raises many kinds
+                return formerr_for(wire)
         if q.flags & dns.flags.QR:
             return None
         if q.opcode() != dns.opcode.QUERY:
@@ -157,12 +178,22 @@ class DnsModule:
             if hit is not None:
                 return hit
             try:
-                r = await asyncio.wait_for(self.resolve(q), self.deadline)
+                async with asyncio.timeout(self.deadline):  # no extra task, unlike wait_for
+                    got = await self.resolve(q, wire, max_size)
+                if isinstance(got, bytes):
+                    return got
+                r = got
             except (TimeoutError, UpstreamError) as exc:
-                self.failed += 1
-                log.warning("dns: %s %s: SERVFAIL (%s)", q.question[0].name,
-                            dns.rdatatype.to_text(q.question[0].rdtype), str(exc) or "deadline passed")
-                r = empty_answer(q, dns.rcode.SERVFAIL)
+                stale = self.cache.stale_answer_for(q)  # RFC 8767: a stale answer beats SERVFAIL
+                if stale is not None:
+                    log.info("dns: %s: upstream failed (%s), answered from the expired cache",
+                             q.question[0].name, str(exc) or "deadline passed")
+                    r = stale
+                else:
+                    self.failed += 1
+                    log.warning("dns: %s %s: SERVFAIL (%s)", q.question[0].name,
+                                dns.rdatatype.to_text(q.question[0].rdtype), str(exc) or "deadline passed")
+                    r = empty_answer(q, dns.rcode.SERVFAIL)
         if not max_size:
             max_size = max(UDP_DEFAULT_PAYLOAD, q.payload if q.edns >= 0 else 0)
         try:
@@ -181,26 +212,37 @@ class DnsModule:
             return None  # not QUERY with QR clear, or not exactly one question and nothing else
         # The question's bytes, name case-folded (label lengths are < 0x40, never letters; type
         # and class are not folded), name a cache key once a parsed query of them was answered.
-        qb = wire[12:-4].lower() + wire[-4:]
+        # A client that writes names in lower case (most do) finds its key without folding.
+        qb = wire[12:]
         key = self._plain.get(qb)
-        if key is not None and not self._preferred_away(key):
-            e = self.cache.entry(key)
-            out = self.cache.plain_hit(key, wire) if e is not None else None
-            if out is not None and e is not None:  # (out is None without e: for mypy)
-                self.binder.refresh(e.addrs, e.bits, int(e.expires - self.cache.clock()))
+        if key is None:
+            qb = wire[12:-4].lower() + wire[-4:]
+            key = self._plain.get(qb)
+        if key is not None and not (self.prefer and self._preferred_away(key)):
+            hit = self.cache.plain_hit(key, wire)
+            if hit is not None:
+                out, e, now = hit
+                sec = int(now)
+                if e.checked != sec:  # its bindings checked (and restored) at most once a second
+                    e.checked = sec
+                    self.binder.refresh(e.addrs, e.bits, int(e.expires - now))
                 self.answered += 1
                 return out
         try:
             q = dns.message.from_wire(wire, question_only=True)
         except Exception:  # noqa: BLE001 - `answer` parses it again and says FORMERR
             return None
-        out = self._wire_hit(q, wire, UDP_DEFAULT_PAYLOAD)
+        parsed = self._wire_hit(q, wire, UDP_DEFAULT_PAYLOAD)
+        if parsed is None:  # a miss: the task that answers it need not parse it again
+            if len(self._parsed) >= 4096:
+                self._parsed.clear()
+            self._parsed[wire] = q
         # to_wire() without a file returns the bytes (None only when it writes to a file)
-        if out is not None and len(wire) == 12 + len(cast(bytes, q.question[0].name.to_wire())) + 4:
+        if parsed is not None and len(wire) == 12 + len(cast(bytes, q.question[0].name.to_wire())) + 4:
             if len(self._plain) >= 2 * max(self.cache.max_size, 1):
                 self._plain.clear()  # keys of evicted entries: start over
             self._plain[qb] = key_of(q)
-        return out
+        return parsed
 
     def _wire_hit(self, q: dns.message.Message, wire: bytes, max_size: int) -> bytes | None:
         """The hot path: a cached answer as bytes (its bindings checked first), or None."""
@@ -218,9 +260,13 @@ class DnsModule:
             self.answered += 1
         return out
 
-    async def resolve(self, q: dns.message.Message) -> dns.message.Message:
+    async def resolve(self, q: dns.message.Message, wire: bytes | None = None,
+                      max_size: int = 0) -> dns.message.Message | bytes:
+        """The answer to q; as bytes when it is the upstream's own answer to q's question bytes
+        (`wire`), unchanged but for the id (no rendering on a cache miss)."""
         question = q.question[0]
-        name = question.name.to_text()
+        key = key_of(q)
+        name = key[0]  # the name as text, lower case (domain matching ignores case anyway)
         bits = self.qname_bits(name)
         target, _rule = self.request.decide(Query(name, int(question.rdtype), bits))
         if target == "reject":
@@ -238,9 +284,37 @@ class DnsModule:
                 self.binder.refresh(e.addrs, e.bits, int(e.expires - self.cache.clock()))
             self.answered += 1
             return cached
-        r = await self.cache.inflight(key, lambda: self._fetch(q, target, bits))
+        stale = self.cache.stale_answer_for(q) if self.optimistic else None
+        if stale is not None:  # optimistic_cache: the expired answer now, a fresh one behind it
+            e = self.cache.stale(key)
+            if e is not None:
+                self.binder.refresh(e.addrs, e.bits, STALE_ANSWER_TTL)
+            self._refresh(q, target, bits)
+            self.answered += 1
+            return stale
+        r = await self.cache.inflight(key, lambda: self._fetch(q, target, bits, wire))
         self.answered += 1
+        raw: bytes | None = getattr(r, "raw", None)
+        if raw is not None and wire is not None and (q.edns >= 0 or not getattr(r, "raw_edns", True)):
+            limit = max_size or max(UDP_DEFAULT_PAYLOAD, q.payload if q.edns >= 0 else 0)
+            qlen = getattr(r, "raw_qlen", 0)
+            if len(raw) <= limit and qlen and wire[12:qlen].lower() == raw[12:qlen].lower():
+                return wire[:2] + raw[2:12] + wire[12:qlen] + raw[qlen:]
         return self._shaped(q, r)
+
+    def _refresh(self, q: dns.message.Message, target: str, bits: int) -> None:
+        """Ask upstream for q in the background (once per key: joined like any query in flight)."""
+        key = key_of(q)
+        if self.cache.is_in_flight(key):
+            return
+        task = asyncio.get_running_loop().create_task(self.cache.inflight(key, lambda: self._fetch(q, target, bits)))
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshed)
+
+    def _refreshed(self, task: asyncio.Task[dns.message.Message]) -> None:
+        self._refreshing.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.info("dns: background refresh failed: %s", task.exception())
 
     def _preferred_away(self, key: tuple[str, int, int]) -> bool:
         """ipversion_prefer: an AAAA (A) question of a name known to have A (AAAA) records gets
@@ -256,12 +330,23 @@ class DnsModule:
         hit = self.cache.get((name, int(other), cls))
         return hit is not None and bool(answer_addresses(hit[0]))
 
-    async def _fetch(self, q: dns.message.Message, target: str, bits: int) -> dns.message.Message:
+    async def _fetch(self, q: dns.message.Message, target: str, bits: int,
+                     wire: bytes | None = None) -> dns.message.Message:
         """Ask upstreams (following response routing), cache, and bind: all before any waiter
-        gets the answer."""
+        gets the answer. With the client's `wire`, the upstream query is its question bytes under
+        a new header (EDNS only if the client used it), so an accepted answer can be passed on
+        as it came (`resolve`)."""
         question = q.question[0]
-        uq = dns.message.make_query(question.name, question.rdtype, question.rdclass, use_edns=0,
-                                    payload=UPSTREAM_PAYLOAD)
+        edns = q.edns >= 0
+        uq = dns.message.QueryMessage()  # what make_query builds, without parsing the question again
+        uq.flags = dns.flags.RD
+        uq.question = [question]
+        if edns:
+            uq.use_edns(0, payload=UPSTREAM_PAYLOAD)
+        qlen = 0
+        if wire is not None and wire[4:6] == b"\0\1":
+            qlen = 12 + len(cast(bytes, question.name.to_wire())) + 4
+            uq.wire = QUERY_HEADER[edns] + wire[12:qlen] + (OPT_1232 if edns else b"")  # read by upstreams.udp
         seen: list[str] = []
         while True:
             up = self.upstreams.get(target) if target != "asis" else await self.asis.current()
@@ -269,13 +354,15 @@ class DnsModule:
                 raise UpstreamError(f"no upstream '{target}'")
             seen.append(target)
             r = await up.query(uq)
-            decision, rule = self.response.decide(Query(question.name.to_text(), int(question.rdtype), bits,
+            decision, rule = self.response.decide(Query(key_of(q)[0], int(question.rdtype), bits,
                                                         upstream=target, ips=tuple(answer_addresses(r))))
             if decision == "accept":
+                if qlen and getattr(r, "raw", None) is not None:
+                    r.raw_qlen, r.raw_edns = qlen, edns  # type: ignore[attr-defined]  # resolve() passes r.raw on
                 break
-            if decision == "reject":
+            if decision == "reject":  # as dae: the upstream's answer with its answer section emptied
                 self.rejected += 1
-                r = empty_answer(uq)
+                r.answer = []
                 break
             if len(seen) > MAX_REQUERIES or decision in seen:
                 log.warning("dns: %s: response routing loops (%s -> %s); accepting the last answer",
@@ -285,6 +372,8 @@ class DnsModule:
                       rule.text if rule else "fallback")
             target = decision
         key = key_of(q)
+        if key[0].rstrip(".") in self.cache.fixed_ttl:
+            r.raw_qlen = 0  # type: ignore[attr-defined]  # its TTLs are rewritten: render it
         ttl = self.cache.put(key, r)
         t0 = time.perf_counter()
         addrs, bits = self.binder.bind_answer(r, ttl if ttl else self.cache.lifetime(key, r))

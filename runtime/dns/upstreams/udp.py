@@ -1,0 +1,158 @@
+"""udp:// (and the UDP half of tcp+udp://): a small pool of UDP associations, not a socket per
+query.
+
+Each association is the routed outbound's `open_udp` (direct: one marked unconnected socket; a
+proxied upstream: its group's UDP path, e.g. a SOCKS5 UDP ASSOCIATE). Queries go out round-robin
+with a fresh random id that no pending query holds; an answer is taken only from the upstream's
+address and port, with that id and the query's question (everything else is dropped, as a
+spoofed or late datagram). An association is replaced after ROTATE_AFTER queries, so source
+ports keep changing (the old one lingers one timeout for late answers). A truncated answer is
+asked again over TCP.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import struct
+
+import dns.flags
+import dns.message
+
+from dae_py.runtime.proxy.base import UdpAssociation
+
+from .base import Upstream, UpstreamError, checked_answer
+from .tcp import TcpUpstream
+
+log = logging.getLogger("dae.dns.upstream")
+
+POOL_SIZE = 4
+ROTATE_AFTER = 2048
+
+
+class UdpPool:
+    """POOL_SIZE associations of one upstream, with the pending queries keyed by id."""
+
+    def __init__(self, up: Upstream) -> None:
+        self.up = up
+        self.slots: list[tuple[UdpAssociation, list[int]] | None] = [None] * POOL_SIZE
+        self.next = 0
+        self.pending: dict[int, tuple[dns.message.Message, asyncio.Future[dns.message.Message]]] = {}
+        self._opening: dict[int, asyncio.Future[UdpAssociation]] = {}
+        self.opened = 0
+
+    def _on_reply(self, data: bytes, addr: tuple[str, int]) -> None:
+        up = self.up
+        if len(data) < 12 or addr[1] != up.port or addr[0].removeprefix("::ffff:") != up.address:
+            return
+        (qid,) = struct.unpack_from("!H", data)
+        waiter = self.pending.get(qid)
+        if waiter is None or waiter[1].done():
+            return
+        try:
+            r = checked_answer(waiter[0], data, up.name)
+        except UpstreamError as exc:
+            log.debug("dns upstream %s: dropped a datagram: %s", up.name, exc)
+            return
+        waiter[1].set_result(r)
+
+    async def _slot(self) -> UdpAssociation:
+        i = self.next
+        self.next = (i + 1) % POOL_SIZE
+        slot = self.slots[i]
+        if slot is not None and not slot[0].closed and slot[1][0] < ROTATE_AFTER:
+            slot[1][0] += 1
+            return slot[0]
+        opening = self._opening.get(i)
+        if opening is not None:
+            return await asyncio.shield(opening)
+        fut: asyncio.Future[UdpAssociation] = asyncio.get_running_loop().create_future()
+        self._opening[i] = fut
+        try:
+            assoc = await self.up.outbounds["udp"].open_udp(self.up.family, self._on_reply)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: nobody else may be waiting
+            raise
+        finally:
+            self._opening.pop(i, None)
+        self.opened += 1
+        if slot is not None and not slot[0].closed:  # late answers may still arrive on the old one
+            asyncio.get_running_loop().call_later(self.up.timeout, slot[0].close)
+        self.slots[i] = (assoc, [1])
+        fut.set_result(assoc)
+        return assoc
+
+    async def exchange(self, q: dns.message.Message) -> dns.message.Message:
+        assoc = await self._slot()
+        while True:
+            qid = secrets.randbelow(65536)
+            if qid not in self.pending:
+                break
+        q.id = qid
+        fut: asyncio.Future[dns.message.Message] = asyncio.get_running_loop().create_future()
+        self.pending[qid] = (q, fut)
+        try:
+            pre: bytes | None = getattr(q, "wire", None)  # the module's pre-built query, id 0
+            assoc.send(struct.pack("!H", qid) + pre[2:] if pre is not None else q.to_wire(), self.up.dest)
+            return await fut
+        finally:
+            self.pending.pop(qid, None)
+
+    def close(self) -> None:
+        for slot in self.slots:
+            if slot is not None:
+                slot[0].close()
+        self.slots = [None] * POOL_SIZE
+
+
+class UdpUpstream(Upstream):
+    scheme = "udp"
+    transports = ("udp", "tcp")  # tcp: truncated answers are asked again over TCP
+
+    def __init__(self, *args: object, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]  # Upstream's own signature
+        self.pool = UdpPool(self)
+        self._tcp: TcpUpstream | None = None
+        self.retried_tcp = 0
+
+    def tcp(self) -> TcpUpstream:
+        if self._tcp is None:
+            t = TcpUpstream(self.name, "tcp", self.host, self.port, so_mark=self.so_mark, timeout=self.timeout)
+            t.address, t.outbounds = self.address, {"tcp": self.outbounds["tcp"]}
+            self._tcp = t
+        return self._tcp
+
+    async def _exchange(self, q: dns.message.Message) -> dns.message.Message:
+        try:
+            r = await self.pool.exchange(q)
+        except (TimeoutError, OSError) as exc:
+            if self.scheme != "tcp+udp":
+                raise
+            log.debug("dns upstream %s: UDP failed (%s), asking over TCP", self.name, str(exc) or "timeout")
+            return await self.tcp()._exchange(q)
+        if r.flags & dns.flags.TC:
+            self.retried_tcp += 1
+            log.debug("dns upstream %s: truncated answer, asking over TCP", self.name)
+            return await self.tcp()._exchange(q)
+        return r
+
+    async def close(self) -> None:
+        self.pool.close()
+        if self._tcp is not None:
+            await self._tcp.close()
+
+
+class TcpUdpUpstream(UdpUpstream):
+    """tcp+udp://: UDP first; a UDP failure or a truncated answer is asked again over TCP.
+    (The failure case needs the UDP exchange to end before the query's timeout: it gets half.)"""
+
+    scheme = "tcp+udp"
+
+    async def _exchange(self, q: dns.message.Message) -> dns.message.Message:
+        try:
+            async with asyncio.timeout(self.timeout / 2):
+                return await super()._exchange(q)
+        except TimeoutError:
+            log.debug("dns upstream %s: no UDP answer in %.1fs, asking over TCP", self.name, self.timeout / 2)
+            return await self.tcp()._exchange(q)
