@@ -26,7 +26,7 @@ body_path, cert, key, host = sys.argv[1:5]
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         data = open(body_path, 'rb').read()
-        self.send_response(200 if self.path.endswith('token=%s') else 403)
+        self.send_response(200 if self.path.endswith('token=TOKEN') else 403)
         self.send_header('Content-Length', str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -38,7 +38,7 @@ ctx.load_cert_chain(cert, key)
 srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
 print('ready', flush=True)
 srv.serve_forever()
-""" % TOKEN
+""".replace("TOKEN", TOKEN)
 
 
 @pytest.fixture(scope="module")
