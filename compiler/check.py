@@ -149,9 +149,15 @@ class RoutingChecker:
         """A group whose filter selects no node: an error if routing uses it, else a warning."""
         for g in self.groups:
             undialable = g.pop("undialable", None)  # (position, message) from nodes.resolve_groups
+            awaits = g.pop("awaits_subscriptions", None)  # https:// subscriptions the runtime fetches
             if g["nodes"] or g.get("filter_failed"):
                 continue
             name = g["name"]
+            if awaits and name in self.used:
+                self.diags.warning(self.cfg.pos.key(("groups", name)),
+                                   f"group '{name}' has no node until the runtime fetches subscription(s) "
+                                   f"{', '.join(awaits)}; until then flows to it are refused")
+                continue
             if undialable is not None:
                 at, what = undialable
                 used = self.used.get(name)

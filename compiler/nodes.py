@@ -1,141 +1,37 @@
 """Nodes, subscriptions and groups: parse node links and resolve each group's node list.
 
-Groups are resolved at compile time (filters evaluated against the node pool), so the manifest
-lists concrete node names per group and the runtime never re-evaluates filters.
+Groups are resolved at compile time (filters evaluated against the node pool: the config's
+nodes and those of `file://` subscriptions), so the manifest lists concrete node names per
+group. With subscriptions, each group's checked filter (contract/nodefilter.py) is written too:
+the runtime evaluates it again on the nodes it fetches.
 """
 from __future__ import annotations
 
-import base64
-import json
-import re
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, unquote
 
+from dae_py.contract import nodefilter
 from dae_py.contract.capabilities import KNOWN_PROTOCOLS, RUNTIME_PROTOCOLS, protocol
+from dae_py.contract.proxy_links import LinkError, parse_link
 from dae_py.contract.userregex import compile_user_regex
 
 from .diagnostics import Diagnostics, SourcePos, did_you_mean
 from .load import JsonPath, LoadedConfig
 from .options import bounded_duration, check_tcp_check_url, check_udp_check_dns
-from .proxy_links import LinkError, finish_ss, finish_trojan, finish_vless, finish_vmess, mask_link
-from .readfile import read_capped_text
 from .rules import Call, RuleSyntaxError, parse_filter
-from .urls import split_url
+from .subscriptions import Subscriptions, check_subscriptions
 
 # The protocols the runtime can dial today (contract/capabilities.py); the others parse and
 # validate but are reported, with what the runtime is missing for them.
 DIALABLE = frozenset(RUNTIME_PROTOCOLS)
 KNOWN = KNOWN_PROTOCOLS
-DEFAULT_PORTS = {"socks5": 1080, "socks5h": 1080, "http": 80, "https": 443, "trojan": 443}
-
-
-def _b64(text: str) -> str:
-    pad = "=" * (-len(text) % 4)
-    return base64.urlsafe_b64decode(text.replace("+", "-").replace("/", "_") + pad).decode("utf-8")
-
-
-def _port_offset(link: str) -> int | None:
-    authority = re.split(r"[/?#]", link.partition("://")[2], maxsplit=1)[0]
-    colon = authority.rfind(":")
-    return len(link.partition("://")[0]) + 3 + colon + 1 if colon >= 0 else None
-
-
-def parse_link(name: str, link: str, allow_insecure: bool = False) -> dict[str, Any]:
-    """Parse one node link into the manifest's node dict (raises LinkError).
-
-    "unsupported" (popped by the caller, never in a manifest): None, or (offset in the link,
-    why the runtime cannot dial this node yet)."""
-    scheme, sep, rest = link.partition("://")
-    scheme = scheme.lower()
-    if not sep:
-        raise LinkError(f"node '{name}': link {mask_link(link)!r} has no scheme (expected e.g. 'socks5://host:port')")
-    if scheme not in KNOWN:
-        raise LinkError(f"node '{name}': unknown protocol '{scheme}'"
-                        + (f" ({did_you_mean(scheme, KNOWN)})" if did_you_mean(scheme, KNOWN) else ""))
-    node: dict[str, Any] = {"name": name, "protocol": scheme, "link": link, "username": None,
-                            "password": None, "sni": None, "allow_insecure": allow_insecure, "params": {}}
-    if scheme == "vmess":
-        try:
-            info = json.loads(_b64(rest))
-            node.update(host=str(info["add"]), port=int(info["port"]), username=str(info["id"]),
-                        params={k: v for k, v in info.items() if k not in ("add", "port", "id")})
-        except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
-            # bad base64, UTF-8 or JSON (all ValueError), a missing key, JSON that is not an object or
-            # whose port is not a number (Infinity: OverflowError), JSON nested past the recursion limit
-            raise LinkError(f"node '{name}': vmess link is not v2rayN base64 JSON with add/port/id ({exc})") from None
-        if not 0 < node["port"] < 65536:
-            raise LinkError(f"node '{name}': vmess port {node['port']} out of range", len("vmess://"))
-        node["unsupported"] = finish_vmess(node, link, info)
-        return node
-    if scheme == "ss" and "@" not in rest.split("#")[0]:
-        try:  # legacy form: ss://base64(method:password@host:port)#tag
-            head, _, frag = rest.partition("#")
-            rest = _b64(head) + ("#" + frag if frag else "")
-        except ValueError:  # binascii.Error, UnicodeDecodeError: not base64 of UTF-8
-            raise LinkError(f"node '{name}': ss link is neither SIP002 nor base64 "
-                            "'method:password@host:port'") from None
-    try:
-        u = split_url(f"{scheme}://{rest}")
-    except ValueError as exc:
-        raise LinkError(f"node '{name}': {exc} in {mask_link(link)!r}",
-                        _port_offset(link) if "port" in str(exc) else None) from None
-    port = u.port
-    if not u.hostname:
-        raise LinkError(f"node '{name}': link {mask_link(link)!r} has no host")
-    port = port or DEFAULT_PORTS.get(scheme)
-    if port is None:
-        raise LinkError(f"node '{name}': link {mask_link(link)!r} has no port")
-    node["host"] = u.hostname
-    node["port"] = port
-    query = {k: v[-1] for k, v in parse_qs(u.query).items()}
-    node["params"] = query
-    if u.username is not None:
-        node["username"] = unquote(u.username)
-    if u.password is not None:
-        node["password"] = unquote(u.password)
-    if scheme == "ss" and node["username"] and node["password"] is None:
-        try:
-            method, _, password = _b64(node["username"]).partition(":")
-            node["username"], node["password"] = method, password
-        except ValueError:  # binascii.Error, UnicodeDecodeError: not base64 of UTF-8
-            raise LinkError(f"node '{name}': ss userinfo is neither base64 'method:password' nor "
-                            f"'method:password'", len(scheme) + 3) from None
-    if scheme in ("ss", "trojan"):
-        node["unsupported"] = (finish_ss if scheme == "ss" else finish_trojan)(node, link, query)
-    if scheme == "vless":
-        node["unsupported"] = finish_vless(node, link, query)
-    if scheme in ("https", "trojan", "vless"):
-        node["sni"] = query.get("sni") or query.get("peer") or None
-        if query.get("allowInsecure") in ("1", "true"):
-            node["allow_insecure"] = True
-    return node
 
 
 @dataclass
 class NodePool:
     nodes: dict[str, dict[str, Any]]
     tags: dict[str, str | None]  # node name -> subscription tag
-
-
-SUBSCRIPTION_MAX_BYTES = 16 << 20  # a subscription of 100,000 links is ~10 MB
-
-
-def _read_subscription(url: str, base: Path) -> list[str]:
-    """file:// subscriptions are read at compile time: base64 of newline-separated links, or plain.
-    Raises ValueError (not UTF-8, too large, not a regular file, a bad URL) or OSError."""
-    u = split_url(url)
-    # dae reads `file://sub.txt` as a path relative to the config (urlsplit: host 'sub.txt').
-    path = Path(unquote(u.path if u.netloc in ("", "localhost") else u.netloc + u.path))
-    if not path.is_absolute():
-        path = base / path
-    raw = read_capped_text(path, SUBSCRIPTION_MAX_BYTES, "subscription", regular_only=True).strip()
-    try:
-        text = _b64(raw) if "://" not in raw else raw
-    except ValueError:  # not base64 of UTF-8: the links are plain text
-        text = raw
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    subscriptions: Subscriptions = field(default_factory=Subscriptions)
 
 
 def build_node_pool(cfg: LoadedConfig, diags: Diagnostics, allow_insecure: bool) -> NodePool:
@@ -174,62 +70,19 @@ def build_node_pool(cfg: LoadedConfig, diags: Diagnostics, allow_insecure: bool)
         node["tag"] = None
         nodes[name] = node
         tags[name] = None
-    base = Path(cfg.file).resolve().parent
-    for tag, url in (data.get("subscriptions") or {}).items():
-        at = cfg.pos.value(("subscriptions", tag))
-        if not url.startswith("file://"):
-            diags.warning(at, f"subscription '{tag}': only file:// subscriptions are read at compile time; "
-                              "this one is skipped")
-            continue
-        try:
-            links = _read_subscription(url, base)
-        except OSError as exc:
-            diags.error(at, f"subscription '{tag}': cannot read {url}: {exc.strerror or exc}")
-            continue
-        except ValueError as exc:
-            diags.error(at, f"subscription '{tag}': cannot read {url}: {exc}")
-            continue
-        for i, link in enumerate(links):
-            frag = unquote(link.partition("#")[2])
-            name = frag or f"{tag}-{i + 1}"
-            if name in nodes:
-                name = f"{tag}-{name}"
-            try:
-                node = parse_link(name, link.split("#")[0], allow_insecure)
-            except LinkError as exc:
-                diags.warning(at, f"subscription '{tag}': skipped a link: {exc}")
-                continue
-            unsupported = node.pop("unsupported", None)
-            if unsupported:
-                diags.warning(at, f"subscription '{tag}': {unsupported[1]}")
-            node["tag"] = tag
-            node["dialable"] = node["protocol"] in DIALABLE and not unsupported
-            nodes[name] = node
-            tags[name] = tag
-    return NodePool(nodes=nodes, tags=tags)
+    subs = check_subscriptions(cfg, diags, set(nodes), allow_insecure, DIALABLE)
+    for node in subs.nodes:
+        nodes[node["name"]] = node
+        tags[node["name"]] = node["tag"]
+    return NodePool(nodes=nodes, tags=tags, subscriptions=subs)
 
 
-def _filter_matches(calls: tuple[Call, ...], node_name: str, tag: str | None) -> bool:
-    for call in calls:
-        hit = False
-        for p in call.params:
-            if call.name == "name":
-                if p.key is None:
-                    hit |= node_name == p.value
-                elif p.key == "keyword":
-                    hit |= p.value in node_name
-                elif p.key == "regex":
-                    hit |= compile_user_regex(p.value).search(node_name) is not None
-            elif call.name == "subtag":
-                if p.key is None:
-                    hit |= tag == p.value
-                elif p.key == "regex":
-                    hit |= tag is not None and compile_user_regex(p.value).search(tag) is not None
-                elif p.key == "keyword":
-                    hit |= tag is not None and p.value in tag
-        if hit == call.negated:
-            return False
-    return True
+def _node_filter(calls: tuple[Call, ...], latency_s: float, text: str) -> nodefilter.Filter:
+    """A checked filter in the contract's form (the runtime evaluates the same on fetched nodes)."""
+    return nodefilter.Filter(
+        tuple(nodefilter.Call(c.name, tuple(nodefilter.Param(p.key, p.value) for p in c.params), c.negated)
+              for c in calls),
+        round(latency_s * 1000, 3), text)
 
 
 def resolve_groups(
@@ -244,6 +97,7 @@ def resolve_groups(
         selected: dict[str, float] = {}  # node -> add_latency, in the pool's order
         filter_hits: list[tuple[JsonPath, str, list[str]]] = []  # each filter and the nodes it selects
         filter_failed = False
+        compiled: list[nodefilter.Filter] = []
         if not filter_list:
             selected = {n: 0.0 for n in pool.nodes}
         for i, text in enumerate(filter_list):
@@ -285,7 +139,9 @@ def resolve_groups(
             if bad:
                 filter_failed = True
                 continue
-            matched = [n for n in pool.nodes if _filter_matches(calls, n, pool.tags.get(n))]
+            one = _node_filter(calls, latency, text)
+            compiled.append(one)
+            matched = list(nodefilter.NodeFilter((one,)).select((n, pool.tags.get(n)) for n in pool.nodes))
             for node_name in matched:
                 selected.setdefault(node_name, latency)
             filter_hits.append((fpath, text, matched))
@@ -313,6 +169,15 @@ def resolve_groups(
             "nodes": dialable, "add_latency_ms": {n: round(selected[n] * 1000, 3) for n in dialable if selected[n]},
             "check": _check_settings(check, cfg, gpath, diags),
         })
+        if pool.subscriptions.specs:
+            # the runtime selects among the nodes it fetches with the same filter, and counts
+            # fixed(N) in that selection
+            groups[-1]["filter"] = nodefilter.NodeFilter(tuple(compiled)).to_json()
+            if policy == "fixed":
+                groups[-1]["fixed_n"] = int(spec["policy"].replace(" ", "")[6:-1])
+            if not dialable and pool.subscriptions.remote and not filter_failed:
+                # popped by the routing checker (empty_groups): nodes may come from the runtime's fetch
+                groups[-1]["awaits_subscriptions"] = list(pool.subscriptions.remote)
         if undialable is not None:
             # (position, message) of the filter whose nodes the runtime cannot dial; the routing
             # checker pops it (so it never reaches a manifest) and reports it, see empty_groups.

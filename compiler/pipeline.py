@@ -21,6 +21,7 @@ from dae_py.contract.manifest import (
     NodeSpec,
     OutboundEntry,
     RuleEntry,
+    SubscriptionSpec,
 )
 from dae_py.contract.maps import STATE_MAPS
 
@@ -50,6 +51,7 @@ class Checked:
     nodes: dict[str, dict[str, Any]]
     groups: list[dict[str, Any]]
     dns: dict[str, Any]
+    subscriptions: tuple[SubscriptionSpec, ...] = ()  # fetched by the runtime
 
 
 def check_config(cfg: LoadedConfig) -> Checked:
@@ -89,7 +91,7 @@ def check_config(cfg: LoadedConfig) -> Checked:
         raise CompileError(diags)
     final = optimise(ir, diags)
     return Checked(cfg=cfg, diags=diags, ir_checked=ir, ir=final, settings=settings, nodes=pool.nodes,
-                   groups=groups, dns=dns)
+                   groups=groups, dns=dns, subscriptions=tuple(pool.subscriptions.specs))
 
 
 def warn_missing_capabilities(diags: Diagnostics, uses: list[tuple[str, SourcePos]], dns: dict[str, Any]) -> None:
@@ -137,6 +139,7 @@ def manifest_for(c: Checked, strategy: str) -> Manifest:
         fallback=FallbackEntry(ir.fallback.outbound, ir.fallback.mark, ir.fallback.must),
         pnames=tuple(ir.pnames),
         state_maps=STATE_MAPS,
+        subscriptions=c.subscriptions,
     )
 
 

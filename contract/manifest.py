@@ -275,6 +275,27 @@ class GroupEntry:
                    extra=_extra(raw, _GROUP_KEYS))
 
 
+@dataclass(frozen=True)
+class SubscriptionSpec:
+    """A `subscriptions:` entry the runtime fetches (runtime/subscriptions): at start, then
+    every `refresh_s`; its nodes are tagged `name` and join the groups whose `filter` (the
+    group entry's, contract/nodefilter.py) selects them. `url` may carry a token: never shown
+    unmasked; a `file://` URL is absolute (the compiler resolved it against the config)."""
+
+    name: str
+    url: str = field(repr=False)
+    refresh_s: float = 3600.0
+
+    def to_json(self) -> JSON:
+        return {"name": self.name, "url": self.url, "refresh_s": self.refresh_s}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> SubscriptionSpec:
+        what = f"subscription {raw.get('name')!r}"
+        return cls(name=str(_req(raw, "name", what)), url=str(_req(raw, "url", what)),
+                   refresh_s=float(raw.get("refresh_s") or 3600.0))
+
+
 # --- DNS -----------------------------------------------------------------------------------
 
 
@@ -564,7 +585,7 @@ class MapTable:
 
 _MANIFEST_KEYS = frozenset({"format", "compiler_version", "config", "strategy", "programs", "global", "outbounds",
                             "nodes", "groups", "dns", "rules", "fallback", "domain_sets", "pnames", "maps",
-                            "object_sha256", "state_maps"})
+                            "object_sha256", "state_maps", "subscriptions"})
 
 
 @dataclass(frozen=True)
@@ -590,6 +611,7 @@ class Manifest:
     format: int = MANIFEST_FORMAT
     compiler_version: str = COMPILER_VERSION
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    subscriptions: tuple[SubscriptionSpec, ...] = ()  # fetched by the runtime (written only when some)
 
     def program(self, attach: Attach) -> ProgramSpec:
         """The program to attach at `attach` (KeyError-free: a build without it is a ManifestError)."""
@@ -631,6 +653,8 @@ class Manifest:
         if self.maps or self.object_sha256:
             out["maps"] = [m.to_json() for m in self.maps]
             out["object_sha256"] = self.object_sha256
+        if self.subscriptions:
+            out["subscriptions"] = [s.to_json() for s in self.subscriptions]
         return {**out, **self.extra}
 
     @classmethod
@@ -663,7 +687,8 @@ class Manifest:
             domain_sets=str(raw.get("domain_sets", "ir.json")), pnames=tuple(raw.get("pnames", ())),
             state_maps=tuple(str(m) for m in raw.get("state_maps", ())),
             maps=tuple(MapTable.from_json(m) for m in raw.get("maps", ())),
-            object_sha256=str(raw.get("object_sha256", "")), extra=_extra(raw, _MANIFEST_KEYS))
+            object_sha256=str(raw.get("object_sha256", "")), extra=_extra(raw, _MANIFEST_KEYS),
+            subscriptions=tuple(SubscriptionSpec.from_json(s) for s in raw.get("subscriptions", ())))
 
 
 def nodes_and_groups(raw: Manifest | Mapping[str, Any]) -> tuple[Sequence[NodeSpec], Sequence[GroupEntry]]:

@@ -116,6 +116,7 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
     datapath = None
     dns_module = None
     controller = None
+    subscriptions: Any = None
     clean = False
     try:
         try:
@@ -125,6 +126,12 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
             load_tables(obj, build)
             router = KernelRouter(build, obj.map("flows"), DomainBindings.of(obj, build.domain_words))
             relay = Gateway.from_manifest(router, build.manifest, RelayConfig(so_mark=so_mark, **relay_settings(g)))
+            if build.manifest.subscriptions:  # fetched now (stored copies first), then every refresh
+                from dae_py.runtime.subscriptions import SubscriptionManager, subscription_dir
+
+                subscriptions = SubscriptionManager(build.manifest, relay.table.groups(), subscription_dir(),
+                                                    so_mark, allow_insecure=g.allow_insecure)
+                await subscriptions.start()
             guard_fd = _guard_fd(obj, build)
             port = await relay.start(g.tproxy_port, guard_fd=guard_fd)
             from dae_py.runtime.dns import DnsModule  # answers dns.bind; binds domain bits before answering
@@ -166,6 +173,8 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
             except TimeoutError:
                 log.info("%s; relay: %s", _stats_line(obj, build), relay.stats)
     finally:
+        if subscriptions is not None:
+            await subscriptions.close()
         if controller is not None:
             try:
                 await controller.close()

@@ -89,14 +89,15 @@ class Group:
         self.view_of: Group | None = None  # the group this is a marked view of (with_mark)
         self.pinned: Node | None = None  # the controller's PUT /proxies/{group}: a select policy
         self.dial_failures: dict[tuple[str, str], int] = {}  # (node, cause) -> count, for metrics
+        self.views: list[Group] = []  # the marked views (with_mark), which follow set_nodes
         for kind in Check:
             self._reselect(kind)
 
     @classmethod
     def from_manifest(cls, raw: GroupEntry | Mapping[str, Any], nodes: Mapping[str, Node],
-                      opts: DialOptions = DialOptions(), **kwargs: Any) -> Group:
-        spec = GroupSpec.from_manifest(raw)
-        missing = [n for n in spec.nodes if n not in nodes]
+                      opts: DialOptions = DialOptions(), *, allow_empty: bool = False, **kwargs: Any) -> Group:
+        spec = GroupSpec.from_manifest(raw, allow_empty=allow_empty)
+        missing = [n for n in spec.nodes if n not in nodes]  # (spec: allow_empty for subscription groups)
         if missing:
             raise ValueError(f"group '{spec.name}': unknown node(s) {', '.join(missing)}")
         return cls(spec, [nodes[n] for n in spec.nodes], opts, **kwargs)
@@ -109,7 +110,38 @@ class Group:
         view = copy.copy(self)
         view.opts = dataclasses.replace(self.opts, so_mark=mark)
         view.view_of = self
+        self.views.append(view)
         return view
+
+    def set_nodes(self, nodes: Sequence[Node], add_latency: Mapping[str, float] | None = None,
+                  fixed_index: int = 0) -> None:
+        """Carry flows through `nodes` from now on (a subscription was fetched again: see
+        runtime/subscriptions). A node that stays keeps its statistics and, while alive, its
+        selection; new nodes start alive with unknown latency and are checked at once.
+        `add_latency`: node -> seconds; `fixed_index` counts in `nodes`."""
+        old = {n.name: n for n in self.nodes}
+        kept = tuple(old[n.name] if old.get(n.name) == n else n for n in nodes)
+        names = tuple(n.name for n in kept)
+        self.nodes = kept
+        self.spec = dataclasses.replace(
+            self.spec, nodes=names, fixed_index=min(max(fixed_index, 0), max(len(kept) - 1, 0)),
+            add_latency={k: v for k, v in (add_latency or {}).items() if k in names and v})
+        timeout = self.spec.check.timeout
+        for kind in Check:  # in place: the marked views share these dicts
+            per_kind = self.stats[kind]
+            fresh = {n: per_kind[n] if n in per_kind and n in old and old[n] is node else NodeStats(timeout=timeout)
+                     for n, node in zip(names, kept, strict=True)}
+            per_kind.clear()
+            per_kind.update(fresh)
+            if self._selected[kind] is not None and self._selected[kind] not in kept:
+                self._selected[kind] = None
+        if self.pinned is not None and self.pinned not in kept:
+            self.pinned = None
+        for view in self.views:
+            view.nodes, view.spec = self.nodes, self.spec
+        for kind in Check:
+            self._reselect(kind)
+        self.checker.poke(min_gap=0.0)
 
     # --- state -----------------------------------------------------------------------------
     def candidates(self, kind: Check) -> list[Node]:

@@ -120,7 +120,8 @@ class GroupSpec:
     add_latency: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
-    def from_manifest(cls, raw: GroupEntry | Mapping[str, Any]) -> GroupSpec:
+    def from_manifest(cls, raw: GroupEntry | Mapping[str, Any], *, allow_empty: bool = False) -> GroupSpec:
+        """`allow_empty`: a group that waits for subscription nodes (runtime/subscriptions)."""
         entry = raw if isinstance(raw, GroupEntry) else GroupEntry.from_json(raw)
         policy_text, fixed_index = entry.policy, entry.fixed_index
         match = _FIXED.fullmatch(policy_text)
@@ -131,9 +132,9 @@ class GroupSpec:
         except ValueError:
             raise ValueError(f"group '{entry.name}': unknown policy {policy_text!r} "
                              f"(known: {', '.join(p.value for p in Policy)})") from None
-        if not entry.nodes:
+        if not entry.nodes and not allow_empty:
             raise ValueError(f"group '{entry.name}': no nodes")
-        if not 0 <= fixed_index < len(entry.nodes):
+        if entry.nodes and not 0 <= fixed_index < len(entry.nodes):
             raise ValueError(f"group '{entry.name}': fixed({fixed_index}) but the group has "
                              f"{len(entry.nodes)} node(s)")
         bad = [n for n, ms in entry.add_latency_ms.items() if not math.isfinite(ms)]

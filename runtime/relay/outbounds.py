@@ -34,11 +34,13 @@ class OutboundTable:
         table: dict[int, Outbound] = {DIRECT_ID: DirectOutbound(opts), BLOCK_ID: BlockOutbound()}
         for gspec in group_specs:
             members = tuple(n for n in gspec.nodes if n in nodes)
-            if not members:
+            waits = "filter" in gspec.extra  # subscriptions may fill it (runtime/subscriptions)
+            if not members and not waits:
                 # The compiler only lets this through for groups no rule uses.
                 log.warning("group '%s' has no node the runtime can dial; flows to it are refused", gspec.name)
                 continue
-            group = Group.from_manifest(replace(gspec, nodes=members), nodes, opts, **group_kwargs)
+            group = Group.from_manifest(replace(gspec, nodes=members), nodes, opts, allow_empty=waits,
+                                        **group_kwargs)
             if group.spec.id in table:
                 raise ValueError(f"group '{group.name}': outbound id {group.spec.id} is taken")
             table[group.spec.id] = group

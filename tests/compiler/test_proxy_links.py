@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dae_py.compiler.proxy_links import mask_link
 from dae_py.compiler.urls import mask_with_column
+from dae_py.contract.proxy_links import mask_link
 from tests.compiler.test_diagnostics import run_check
 
 SECRET = "s3cr3t-Pw"

@@ -1,7 +1,8 @@
 """What `ss://` (SIP002), `trojan://`, `vmess://` and `vless://` links must hold, checked at
-compile time; secrets masked.
+compile time (and by the runtime on the links a subscription fetches: both halves parse links
+with this one module, so a link means the same in a config and in a subscription); secrets masked.
 
-`parse_link` (nodes.py) splits a link into host, port, userinfo and query; the functions here
+`parse_link` (at the end) splits a link into host, port, userinfo and query; the functions here
 finish the node dict for one scheme each: they raise LinkError (with the offset in the link of
 the offending part, for a precise file:line:col) for links that can never work, and return the
 reason a link the runtime cannot dial yet (SS2022, SIP003 plugins, trojan over WebSocket/gRPC)
@@ -10,13 +11,18 @@ links are shown through `mask_link`.
 """
 from __future__ import annotations
 
+import base64
+import difflib
+import json
 import re
+from collections.abc import Iterable
 from typing import Any
+from urllib.parse import parse_qs, unquote
 
 from dae_py.contract import capabilities
 
-from .diagnostics import did_you_mean
-from .urls import mask_secrets
+from .capabilities import KNOWN_PROTOCOLS
+from .urls import mask_secrets, split_url
 
 SS_AEAD = ("aes-128-gcm", "aes-256-gcm", "chacha20-ietf-poly1305")
 SS_2022 = ("2022-blake3-aes-128-gcm", "2022-blake3-aes-256-gcm",
@@ -37,6 +43,12 @@ class LinkError(ValueError):
     def __init__(self, message: str, offset: int | None = None) -> None:
         super().__init__(message)
         self.offset = offset
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
+    """A 'did you mean' hint (the compiler's diagnostics word it the same way)."""
+    close = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else None
 
 
 def mask_link(link: str) -> str:
@@ -244,3 +256,96 @@ def finish_vless(node: dict[str, Any], link: str, query: dict[str, str]) -> Unsu
                 f"node '{name}': the tcp '{header}' header obfuscation is not supported; "
                 "groups will not select it")
     return None
+
+
+# --- one link -> the manifest's node dict ---------------------------------------------------
+
+DEFAULT_PORTS = {"socks5": 1080, "socks5h": 1080, "http": 80, "https": 443, "trojan": 443}
+
+
+def b64decode_text(text: str) -> str:
+    """Base64 (standard or URL-safe, padded or not) of UTF-8 text; ValueError otherwise."""
+    pad = "=" * (-len(text) % 4)
+    return base64.urlsafe_b64decode(text.replace("+", "-").replace("/", "_") + pad).decode("utf-8")
+
+
+def _port_offset(link: str) -> int | None:
+    authority = re.split(r"[/?#]", link.partition("://")[2], maxsplit=1)[0]
+    colon = authority.rfind(":")
+    return len(link.partition("://")[0]) + 3 + colon + 1 if colon >= 0 else None
+
+
+def parse_link(name: str, link: str, allow_insecure: bool = False) -> dict[str, Any]:
+    """Parse one node link into the manifest's node dict (raises LinkError).
+
+    "unsupported" (popped by the caller, never in a manifest): None, or (offset in the link,
+    why the runtime cannot dial this node yet)."""
+    scheme, sep, rest = link.partition("://")
+    scheme = scheme.lower()
+    if not sep:
+        raise LinkError(f"node '{name}': link {mask_link(link)!r} has no scheme (expected e.g. 'socks5://host:port')")
+    if scheme not in KNOWN_PROTOCOLS:
+        hint = did_you_mean(scheme, KNOWN_PROTOCOLS)
+        raise LinkError(f"node '{name}': unknown protocol '{scheme}'" + (f" ({hint})" if hint else ""))
+    node: dict[str, Any] = {"name": name, "protocol": scheme, "link": link, "username": None,
+                            "password": None, "sni": None, "allow_insecure": allow_insecure, "params": {}}
+    if scheme == "vmess":
+        try:
+            info = json.loads(b64decode_text(rest))
+            node.update(host=str(info["add"]), port=int(info["port"]), username=str(info["id"]),
+                        params={k: v for k, v in info.items() if k not in ("add", "port", "id")})
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
+            # bad base64, UTF-8 or JSON (all ValueError), a missing key, JSON that is not an object or
+            # whose port is not a number (Infinity: OverflowError), JSON nested past the recursion limit
+            raise LinkError(f"node '{name}': vmess link is not v2rayN base64 JSON with add/port/id ({exc})") from None
+        if not 0 < node["port"] < 65536:
+            raise LinkError(f"node '{name}': vmess port {node['port']} out of range", len("vmess://"))
+        node["unsupported"] = finish_vmess(node, link, info)
+        return node
+    if scheme == "ss" and "@" not in rest.split("#")[0]:
+        try:  # legacy form: ss://base64(method:password@host:port)#tag
+            head, _, frag = rest.partition("#")
+            userinfo, at_sign, hostport = b64decode_text(head).rpartition("@")
+        except ValueError:  # binascii.Error, UnicodeDecodeError: not base64 of UTF-8
+            raise LinkError(f"node '{name}': ss link is neither SIP002 nor base64 "
+                            "'method:password@host:port'") from None
+        if not at_sign:
+            raise LinkError(f"node '{name}': ss link is neither SIP002 nor base64 'method:password@host:port'")
+        # as SIP002 (base64 user info): the password may hold '/', '?' or '#', which a URL would split at
+        rest = (base64.urlsafe_b64encode(userinfo.encode()).decode().rstrip("=") + "@" + hostport
+                + ("#" + frag if frag else ""))
+    try:
+        u = split_url(f"{scheme}://{rest}")
+    except ValueError as exc:
+        raise LinkError(f"node '{name}': {exc} in {mask_link(link)!r}",
+                        _port_offset(link) if "port" in str(exc) else None) from None
+    port = u.port
+    if not u.hostname:
+        raise LinkError(f"node '{name}': link {mask_link(link)!r} has no host")
+    port = port or DEFAULT_PORTS.get(scheme)
+    if port is None:
+        raise LinkError(f"node '{name}': link {mask_link(link)!r} has no port")
+    node["host"] = u.hostname
+    node["port"] = port
+    query = {k: v[-1] for k, v in parse_qs(u.query).items()}
+    node["params"] = query
+    if u.username is not None:
+        node["username"] = unquote(u.username)
+    if u.password is not None:
+        node["password"] = unquote(u.password)
+    if scheme == "ss" and node["username"] and node["password"] is None:
+        try:
+            method, _, password = b64decode_text(node["username"]).partition(":")
+            node["username"], node["password"] = method, password
+        except ValueError:  # binascii.Error, UnicodeDecodeError: not base64 of UTF-8
+            raise LinkError(f"node '{name}': ss userinfo is neither base64 'method:password' nor "
+                            f"'method:password'", len(scheme) + 3) from None
+    if scheme in ("ss", "trojan"):
+        node["unsupported"] = (finish_ss if scheme == "ss" else finish_trojan)(node, link, query)
+    if scheme == "vless":
+        node["unsupported"] = finish_vless(node, link, query)
+    if scheme in ("https", "trojan", "vless"):
+        node["sni"] = query.get("sni") or query.get("peer") or None
+        if query.get("allowInsecure") in ("1", "true"):
+            node["allow_insecure"] = True
+    return node
