@@ -4,7 +4,7 @@ compile time; secrets masked.
 `parse_link` (nodes.py) splits a link into host, port, userinfo and query; the functions here
 finish the node dict for one scheme each: they raise LinkError (with the offset in the link of
 the offending part, for a precise file:line:col) for links that can never work, and return the
-reason a link the runtime cannot dial yet (SS2022, SIP003 plugins, trojan over WebSocket/gRPC)
+reason a link the runtime cannot dial yet (SS2022, trojan over gRPC)
 is left out, so it becomes a warning and groups do not select it. No message carries a password:
 links are shown through `mask_link`.
 """
@@ -85,10 +85,24 @@ def finish_ss(node: dict[str, Any], link: str, query: dict[str, str]) -> Unsuppo
         return at, (f"node '{name}': ss method '{method}' is not supported yet (supported: "
                     f"{', '.join(SS_AEAD)}); groups will not select it")
     if "plugin" in query:
-        plugin = query["plugin"].split(";")[0]
-        return (_offset_of(link, "plugin=") or at,
-                f"node '{name}': SIP003 plugins are not supported yet (plugin '{plugin}'); "
-                "groups will not select it")
+        return _ss_plugin(node, link, query["plugin"], at)
+    return None
+
+
+def _ss_plugin(node: dict[str, Any], link: str, value: str, at: int) -> Unsupported | None:
+    """SIP002's `plugin=NAME;OPT=V;...` (URL-decoded already): the name the runtime starts as a
+    SIP003 subprocess, and the rest as its SS_PLUGIN_OPTIONS. Only the name's form is checked
+    here: whether it is installed is the gateway's business, not the compiling machine's."""
+    name = node["name"]
+    plugin, _, options = value.strip().partition(";")
+    plugin = plugin.strip()
+    if not plugin:
+        return None  # `plugin=` with nothing: shadowsocks clients read it as no plugin
+    if not re.fullmatch(r"[A-Za-z0-9._/+-]+", plugin):
+        raise LinkError(f"node '{name}': ss plugin name {plugin!r} is not a program name",
+                        _offset_of(link, "plugin=") or at)
+    node["plugin"] = plugin
+    node["plugin_opts"] = options
     return None
 
 

@@ -12,8 +12,12 @@ so a dial succeeds as soon as TCP does. A wrong password shows only as a server 
 answers (shadowsocks-libev holds such a connection open): when a flow or a check ends with
 nothing received, one line per node says so, and the health check marks the node down.
 
+SIP003 plugins (`plugin=` in the link): TCP goes to the plugin's local port
+(runtime/proxy/plugins.py runs it), UDP straight to the server.
+
 Pure functions (keys, Sealer/Opener, UDP packets) come first; the dialer and the association
-after. Encrypted bytes cannot be spliced: `splice_fd()` is None, so the relay copies in user space.
+after. Encrypted bytes cannot be spliced: `splice_fd()` is None, so the relay copies in user
+space.
 """
 from __future__ import annotations
 
@@ -32,8 +36,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from dae_py.runtime.net.sockets import connect_tcp, resolve, set_mark
-from dae_py.runtime.net.stream import RECV_SIZE, LayeredStream, SocketStream
+from dae_py.runtime.net.stream import RECV_SIZE, LayeredStream, SocketStream, Stream
 
+from . import plugins
 from .base import Destination, DialError, DialOptions, Node, ProxyProtocolError, ReplyCallback
 from .socks5 import decode_addr, encode_addr
 from .udp import SocketAssociation
@@ -200,7 +205,7 @@ class ShadowsocksStream(LayeredStream):
     Half-close is not forwarded (shadowsocks-libev ends the whole session on the first EOF it
     sees, which would cut the reply short): the flow ends on the other side's EOF or idle."""
 
-    def __init__(self, raw: SocketStream, node: Node, cipher: Cipher, master: bytes) -> None:
+    def __init__(self, raw: Stream, node: Node, cipher: Cipher, master: bytes) -> None:
         self.raw = raw
         self.node = node
         self._sealer = Sealer(cipher, master)
@@ -262,9 +267,19 @@ class ShadowsocksStream(LayeredStream):
 
 
 async def dial(node: Node, dst: Destination, opts: DialOptions) -> ShadowsocksStream:
-    """A TCP connection to the node with the target address sent (the server never answers)."""
+    """A TCP connection to the node (or to its SIP003 plugin's local port) with the target
+    address sent (the server never answers)."""
+    keys_of(node)  # a bad cipher or no password fails before any connection
+    if node.plugin:
+        raw = SocketStream(await plugins.connect(node, opts))
+    else:
+        raw = SocketStream(await connect_tcp(node.host, node.port, opts, node))
+    return await dial_on(raw, node, dst, opts)
+
+
+async def dial_on(raw: Stream, node: Node, dst: Destination, opts: DialOptions) -> ShadowsocksStream:
+    """Shadowsocks over `raw`, a stream already connected to the node (a chain's hop)."""
     cipher, master = keys_of(node)
-    raw = SocketStream(await connect_tcp(node.host, node.port, opts, node))
     stream = ShadowsocksStream(raw, node, cipher, master)
     try:
         await stream.send_header(dst)
@@ -272,6 +287,15 @@ async def dial(node: Node, dst: Destination, opts: DialOptions) -> ShadowsocksSt
         raw.abort()
         raise
     return stream
+
+
+def start(node: Node) -> None:
+    """A group holding the node started: its SIP003 plugin runs from now on."""
+    plugins.acquire(node)
+
+
+def stop(node: Node) -> None:
+    plugins.release(node)
 
 
 class ShadowsocksUdpAssociation(SocketAssociation):
