@@ -4,12 +4,14 @@ compile time; secrets masked.
 `parse_link` (nodes.py) splits a link into host, port, userinfo and query; the functions here
 finish the node dict for one scheme each: they raise LinkError (with the offset in the link of
 the offending part, for a precise file:line:col) for links that can never work, and return the
-reason a link the runtime cannot dial yet (SS2022, trojan over gRPC)
+reason a link the runtime cannot dial yet (SS2022 multi-user keys, trojan over gRPC)
 is left out, so it becomes a warning and groups do not select it. No message carries a password:
 links are shown through `mask_link`.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from typing import Any
 
@@ -79,13 +81,36 @@ def finish_ss(node: dict[str, Any], link: str, query: dict[str, str]) -> Unsuppo
         raise LinkError(f"node '{name}': unknown ss method '{method}'"
                         + (f" ({hint})" if hint else f" (supported: {', '.join(SS_AEAD)})"), at)
     if method in SS_2022:
-        return at, (f"node '{name}': Shadowsocks 2022 ({method}) is not supported yet; "
-                    "groups will not select it")
+        unsupported = _ss2022_key(name, method, node["password"], at)
+        if unsupported:
+            return unsupported
     if method in SS_OTHER_AEAD:
         return at, (f"node '{name}': ss method '{method}' is not supported yet (supported: "
                     f"{', '.join(SS_AEAD)}); groups will not select it")
     if "plugin" in query:
         return _ss_plugin(node, link, query["plugin"], at)
+    return None
+
+
+SS_2022_KEY_SIZES = {"2022-blake3-aes-128-gcm": 16, "2022-blake3-aes-256-gcm": 32,
+                     "2022-blake3-chacha20-poly1305": 32}
+
+
+def _ss2022_key(name: str, method: str, password: str, at: int) -> Unsupported | None:
+    """SIP022 2.1: the password is the base64 of a key of exactly the method's size; `iPSK:uPSK`
+    (SIP023 multi-user identity headers) parses but is not dialled. Never shows the password."""
+    if ":" in password:
+        return at, (f"node '{name}': Shadowsocks 2022 multi-user keys (iPSK:uPSK, SIP023 identity "
+                    "headers) are not supported; groups will not select it")
+    size = SS_2022_KEY_SIZES[method]
+    try:
+        key = base64.b64decode(password.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise LinkError(f"node '{name}': a {method} password must be the base64 of a {size}-byte "
+                        "key (e.g. from 'openssl rand -base64 " + str(size) + "')", at) from None
+    if len(key) != size:
+        raise LinkError(f"node '{name}': a {method} key must be {size} bytes; the password's base64 "
+                        f"decodes to {len(key)}", at)
     return None
 
 

@@ -48,3 +48,29 @@ def test_a_plugin_name_that_is_not_a_program_name_is_an_error(
                            monkeypatch, "--check")
     assert rc == 1 and "ss plugin name 'rm -rf' is not a program name" in err
     assert SECRET not in err
+
+
+KEY16 = base64.b64encode(bytes(range(16))).decode()
+
+
+def test_a_2022_link_with_a_base64_key_of_the_right_size_is_dialable(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    quoted = KEY16.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D")
+    nodes, err = build(tmp_path, capsys, monkeypatch, f"ss://2022-blake3-aes-128-gcm:{quoted}@10.0.0.1:8388")
+    assert "warning" not in err and KEY16 not in err
+    assert (nodes["n1"]["cipher"], nodes["n1"]["password"], nodes["n1"]["dialable"]) == (
+        "2022-blake3-aes-128-gcm", KEY16, True)
+
+
+@pytest.mark.parametrize("password,message", [
+    ("not-base64!", "a 2022-blake3-aes-256-gcm password must be the base64 of a 32-byte key"),
+    (KEY16, "a 2022-blake3-aes-256-gcm key must be 32 bytes; the password's base64 decodes to 16"),
+])
+def test_a_2022_key_that_is_not_base64_of_the_right_size_is_an_error(
+        password: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    quoted = password.replace("=", "%3D").replace("+", "%2B").replace("/", "%2F")
+    rc, _, err = run_check(tmp_path, config(f"ss://2022-blake3-aes-256-gcm:{quoted}@10.0.0.1:8388"), capsys,
+                           monkeypatch, "--check")
+    assert rc == 1 and message in err, err
+    assert password not in err
