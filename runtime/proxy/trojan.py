@@ -18,7 +18,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from dae_py.runtime.net.stream import TlsStream
+from dae_py.runtime.net.stream import Stream, TlsStream, bounded
 from dae_py.runtime.net.tls import client_context, open_tls
 
 from .base import Destination, DialError, DialOptions, Node, ReplyCallback
@@ -105,6 +105,16 @@ async def open_session(node: Node, opts: DialOptions, cmd: int, host: str,
 
 async def dial(node: Node, dst: Destination, opts: DialOptions) -> TlsStream:
     return await open_session(node, opts, CMD_CONNECT, dst.host, dst.port)
+
+
+async def dial_on(raw: Stream, node: Node, dst: Destination, opts: DialOptions) -> TlsStream:
+    """TLS and the CONNECT request over a stream already connected to the node (a chain's hop)."""
+    password = _password(node)
+    stream = await bounded(TlsStream.wrap(raw, client_context(node.allow_insecure, node.alpn),
+                                          node.sni or node.host, node),
+                           opts.handshake_timeout, node, "TLS handshake")
+    await stream.sendall(request(password, CMD_CONNECT, dst.host, dst.port))
+    return stream
 
 
 class TrojanUdpAssociation:

@@ -74,3 +74,11 @@ def test_a_2022_key_that_is_not_base64_of_the_right_size_is_an_error(
                            monkeypatch, "--check")
     assert rc == 1 and message in err, err
     assert password not in err
+
+
+def test_a_socks5_to_ss_chain_is_dialable_with_its_first_hop_in_the_manifest(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    nodes, err = build(tmp_path, capsys, monkeypatch, f"socks5://10.0.0.9:1080 -> ss://{B64}@10.0.0.1:8388")
+    assert nodes["n1"]["dialable"] is True and nodes["n1"]["protocol"] == "ss"
+    assert [(h["protocol"], h["host"], h["port"]) for h in nodes["n1"]["chain"]] == [("socks5", "10.0.0.9", 1080)]
+    assert SECRET not in err
