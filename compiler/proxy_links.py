@@ -28,7 +28,7 @@ SS_STREAM = ("rc4-md5", "aes-128-cfb", "aes-192-cfb", "aes-256-cfb", "aes-128-ct
              "camellia-256-cfb", "bf-cfb", "chacha20", "chacha20-ietf", "salsa20", "table",
              "none", "plain")
 SS_OTHER_AEAD = ("aes-192-gcm", "xchacha20-ietf-poly1305")
-TROJAN_NETWORKS = ("", "tcp", "original")
+TROJAN_NETWORKS = ("", "tcp", "original")  # and "ws" (over TLS): finish_trojan
 
 Unsupported = tuple[int, str]  # (offset in the link, why the runtime cannot dial it yet)
 
@@ -143,11 +143,15 @@ def finish_trojan(node: dict[str, Any], link: str, query: dict[str, str]) -> Uns
     alpn = [p.strip() for p in query.get("alpn", "").split(",") if p.strip()]
     node["alpn"] = alpn
     network = query.get("type", "").lower()
+    security = query.get("security", "tls").lower()
+    if network == "ws" and security in ("tls", ""):  # the shared WebSocket transport, over TLS
+        node["transport"], unsupported = _transport(name, "ws", True, query.get("path", "/"),
+                                                    query.get("host", ""), _offset_of(link, "type=") or 0)
+        return unsupported
     if network not in TROJAN_NETWORKS:
         return (_offset_of(link, "type=") or 0,
                 f"node '{name}': trojan over '{network}' transport is not supported yet; "
                 "groups will not select it")
-    security = query.get("security", "tls").lower()
     if security not in ("tls", ""):
         return (_offset_of(link, "security=") or 0,
                 f"node '{name}': trojan with security '{security}' is not supported yet; "

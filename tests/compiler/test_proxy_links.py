@@ -61,9 +61,9 @@ def test_bad_link_is_an_error_at_the_offending_part(link: str, needle: str, firs
     (f"ss://2022-blake3-aes-128-gcm:{SECRET}%3A{SECRET}@10.0.0.1:8388", "2022",
      "node 'n1': Shadowsocks 2022 multi-user keys (iPSK:uPSK, SIP023 identity headers) are not "
      "supported; groups will not select it"),
-    (f"trojan://{SECRET}@10.0.0.1:443?type=ws&path=/x", "type=",
-     "node 'n1': trojan over 'ws' transport is not supported yet; groups will not select it"),
-], ids=["ss-aes-192", "ss2022-eih", "trojan-ws"])
+    (f"trojan://{SECRET}@10.0.0.1:443?type=grpc&serviceName=x", "type=",
+     "node 'n1': trojan over 'grpc' transport is not supported yet; groups will not select it"),
+], ids=["ss-aes-192", "ss2022-eih", "trojan-grpc"])
 def test_what_the_runtime_cannot_dial_yet_is_a_warning_with_a_position(
         link: str, needle: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
