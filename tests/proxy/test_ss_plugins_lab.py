@@ -1,6 +1,6 @@
 """SIP003 plugins through the gateway against ss-server running the server side of the same
 plugins (Debian's simple-obfs: obfs-local/obfs-server in http and tls modes;
-shadowsocks-v2ray-plugin: WebSocket). The runtime starts the client plugin as a subprocess with
+shadowsocks-v2ray-plugin: WebSocket, and WebSocket over TLS with a trustme CA). The runtime starts the client plugin as a subprocess with
 the SIP003 environment, dials its local port, restarts it when it dies and stops it with the
 gateway. TCP rides the plugin; UDP goes straight to ss-server, as shadowsocks-libev does."""
 from __future__ import annotations
@@ -11,11 +11,14 @@ import os
 import shutil
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from dae_py.runtime.proxy import plugins
 from tests.conftest import have_root_bpf
@@ -28,11 +31,15 @@ pytestmark = pytest.mark.root
 PORT = 8390
 PASSWORD = "plugin-pw"
 CIPHER = "aes-128-gcm"
+CERTS = Path(tempfile.gettempdir()) / f"v2ray-plugin-ca-{os.getpid()}"  # made and removed by the fixture
+WSS_HOST = "cdn.lab.test"
 # (server ip, server plugin, server plugin options, client plugin name as links write it, client options)
 SETUPS = {
     "obfs_http": ("10.77.2.34", "obfs-server", "obfs=http", "obfs-local", "obfs=http;obfs-host=www.example.com"),
     "obfs_tls": ("10.77.2.35", "obfs-server", "obfs=tls", "simple-obfs", "obfs=tls;obfs-host=www.example.com"),
     "v2ray_ws": ("10.77.2.36", "ss-v2ray-plugin", "server;path=/ss", "v2ray-plugin", "path=/ss;host=cdn.example.com"),
+    "v2ray_wss": ("10.77.2.44", "ss-v2ray-plugin", f"server;tls;host={WSS_HOST};path=/s;cert={CERTS}/cert.pem;"
+                  f"key={CERTS}/key.pem", "v2ray-plugin", f"tls;host={WSS_HOST};path=/s;cert={CERTS}/ca.pem"),
 }
 
 
@@ -60,6 +67,12 @@ def slab() -> Iterator[Lab]:
     missing = [b for b in ("ss-server", "obfs-server", "obfs-local", "ss-v2ray-plugin") if not shutil.which(b)]
     if missing:
         pytest.fail(f"not installed: {', '.join(missing)} (scripts/setup.sh installs them)")
+    CERTS.mkdir(exist_ok=True)
+    ca = trustme.CA()
+    cert = ca.issue_cert(WSS_HOST)
+    cert.private_key_pem.write_to_path(str(CERTS / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(CERTS / "cert.pem"))
+    ca.cert_pem.write_to_path(str(CERTS / "ca.pem"))
     lab = Lab().up_()
     try:
         for ip, server_plugin, server_opts, _, _ in SETUPS.values():
@@ -71,6 +84,7 @@ def slab() -> Iterator[Lab]:
     finally:
         plugins.stop_all()
         lab.down()
+        shutil.rmtree(CERTS, ignore_errors=True)
 
 
 def plugin_pids() -> list[int]:
