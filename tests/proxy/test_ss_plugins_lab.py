@@ -1,8 +1,9 @@
 """SIP003 plugins through the gateway against ss-server running the server side of the same
 plugins (Debian's simple-obfs: obfs-local/obfs-server in http and tls modes;
 shadowsocks-v2ray-plugin: WebSocket, and WebSocket over TLS with a trustme CA). The runtime
-starts the client plugin as a subprocess with the SIP003 environment, dials its local port, restarts it when it dies and stops it with the
-gateway. TCP rides the plugin; UDP goes straight to ss-server, as shadowsocks-libev does."""
+starts the client plugin as a subprocess with the SIP003 environment, dials its local port,
+restarts it when it dies and stops it with the gateway. TCP rides the plugin; UDP goes straight
+to ss-server, as shadowsocks-libev does."""
 from __future__ import annotations
 
 import asyncio
