@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dae_py.contract import nodefilter
-from dae_py.contract.capabilities import KNOWN_PROTOCOLS, RUNTIME_PROTOCOLS, protocol
+from dae_py.contract.capabilities import CHAIN_HOPS, KNOWN_PROTOCOLS, RUNTIME_PROTOCOLS, protocol
 from dae_py.contract.proxy_links import LinkError, parse_link
 from dae_py.contract.userregex import compile_user_regex
 
@@ -25,6 +25,21 @@ from .subscriptions import Subscriptions, check_subscriptions
 # validate but are reported, with what the runtime is missing for them.
 DIALABLE = frozenset(RUNTIME_PROTOCOLS)
 KNOWN = KNOWN_PROTOCOLS
+
+
+def _chain_undialable(hops: list[dict[str, Any]]) -> str | None:
+    """Why the runtime cannot dial the chain `hops[0] -> ... -> hops[-1]`, or None."""
+    for i, hop in enumerate(hops, start=1):
+        if hop["protocol"] not in DIALABLE:
+            return f"hop {i} is {hop['protocol']}, which the runtime does not dial"
+        if i > 1 and hop["protocol"] not in CHAIN_HOPS:
+            return (f"hop {i} is {hop['protocol']}; after the first hop a chain takes "
+                    f"{', '.join(CHAIN_HOPS)}")
+        if i > 1 and hop.get("plugin"):
+            return f"hop {i} has a SIP003 plugin, which only the first hop may have"
+        if hop.get("transport") and hop["transport"].get("network", "tcp") != "tcp" and i > 1:
+            return f"hop {i} rides a {hop['transport']['network']} transport"
+    return None
 
 
 @dataclass
@@ -55,11 +70,18 @@ def build_node_pool(cfg: LoadedConfig, diags: Diagnostics, allow_insecure: bool)
         unsupported = [u for u in (p.pop("unsupported", None) for p in parsed) if u]
         if len(parsed) > 1:
             node["chain"] = parsed[:-1]
+        chain_why = _chain_undialable(parsed) if len(parsed) > 1 else None
         if unsupported and len(parsed) == 1:
             diags.warning(cfg.pos.in_string(("nodes", name), starts[-1] + unsupported[0][0]),
                           unsupported[0][1])
             node["dialable"] = False
-        elif node["protocol"] not in DIALABLE or len(parsed) > 1:
+        elif chain_why is None and len(parsed) > 1 and not unsupported:
+            node["dialable"] = True  # the runtime dials each hop through the previous one
+        elif len(parsed) > 1:
+            diags.warning(at, f"node '{name}': the runtime cannot dial this chain: "
+                              f"{chain_why or unsupported[0][1]}; groups will not select it")
+            node["dialable"] = False
+        elif node["protocol"] not in DIALABLE:
             cap = protocol(node["protocol"])
             why = f" ({cap.missing})" if cap is not None and cap.missing and len(parsed) == 1 else ""
             diags.warning(at, f"node '{name}': the runtime cannot dial {node['protocol']}"

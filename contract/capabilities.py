@@ -194,3 +194,8 @@ def ignored_option(key: str, value: object, table: tuple[OptionCapability, ...] 
         if o.key == key and not o.acts and value not in o.unless:
             return o
     return None
+
+
+#: Protocols a chain (`a -> b`, runtime/proxy/chain.py) can run after its first hop, on the
+#: previous hop's stream; any dialable protocol can be the first hop. Chains carry TCP only.
+CHAIN_HOPS: tuple[str, ...] = ("socks5", "http", "ss", "trojan")

@@ -5,13 +5,14 @@ with this one module, so a link means the same in a config and in a subscription
 `parse_link` (at the end) splits a link into host, port, userinfo and query; the functions here
 finish the node dict for one scheme each: they raise LinkError (with the offset in the link of
 the offending part, for a precise file:line:col) for links that can never work, and return the
-reason a link the runtime cannot dial yet (SS2022, SIP003 plugins, trojan over WebSocket/gRPC)
+reason a link the runtime cannot dial yet (SS2022 multi-user keys, trojan over gRPC)
 is left out, so it becomes a warning and groups do not select it. No message carries a password:
 links are shown through `mask_link`.
 """
 from __future__ import annotations
 
 import base64
+import binascii
 import difflib
 import json
 import re
@@ -32,7 +33,7 @@ SS_STREAM = ("rc4-md5", "aes-128-cfb", "aes-192-cfb", "aes-256-cfb", "aes-128-ct
              "camellia-256-cfb", "bf-cfb", "chacha20", "chacha20-ietf", "salsa20", "table",
              "none", "plain")
 SS_OTHER_AEAD = ("aes-192-gcm", "xchacha20-ietf-poly1305")
-TROJAN_NETWORKS = ("", "tcp", "original")
+TROJAN_NETWORKS = ("", "tcp", "original")  # and "ws" (over TLS): finish_trojan
 
 Unsupported = tuple[int, str]  # (offset in the link, why the runtime cannot dial it yet)
 
@@ -91,16 +92,53 @@ def finish_ss(node: dict[str, Any], link: str, query: dict[str, str]) -> Unsuppo
         raise LinkError(f"node '{name}': unknown ss method '{method}'"
                         + (f" ({hint})" if hint else f" (supported: {', '.join(SS_AEAD)})"), at)
     if method in SS_2022:
-        return at, (f"node '{name}': Shadowsocks 2022 ({method}) is not supported yet; "
-                    "groups will not select it")
+        unsupported = _ss2022_key(name, method, node["password"], at)
+        if unsupported:
+            return unsupported
     if method in SS_OTHER_AEAD:
         return at, (f"node '{name}': ss method '{method}' is not supported yet (supported: "
                     f"{', '.join(SS_AEAD)}); groups will not select it")
     if "plugin" in query:
-        plugin = query["plugin"].split(";")[0]
-        return (_offset_of(link, "plugin=") or at,
-                f"node '{name}': SIP003 plugins are not supported yet (plugin '{plugin}'); "
-                "groups will not select it")
+        return _ss_plugin(node, link, query["plugin"], at)
+    return None
+
+
+SS_2022_KEY_SIZES = {"2022-blake3-aes-128-gcm": 16, "2022-blake3-aes-256-gcm": 32,
+                     "2022-blake3-chacha20-poly1305": 32}
+
+
+def _ss2022_key(name: str, method: str, password: str, at: int) -> Unsupported | None:
+    """SIP022 2.1: the password is the base64 of a key of exactly the method's size; `iPSK:uPSK`
+    (SIP023 multi-user identity headers) parses but is not dialled. Never shows the password."""
+    if ":" in password:
+        return at, (f"node '{name}': Shadowsocks 2022 multi-user keys (iPSK:uPSK, SIP023 identity "
+                    "headers) are not supported; groups will not select it")
+    size = SS_2022_KEY_SIZES[method]
+    try:
+        key = base64.b64decode(password.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise LinkError(f"node '{name}': a {method} password must be the base64 of a {size}-byte "
+                        "key (e.g. from 'openssl rand -base64 " + str(size) + "')", at) from None
+    if len(key) != size:
+        raise LinkError(f"node '{name}': a {method} key must be {size} bytes; the password's base64 "
+                        f"decodes to {len(key)}", at)
+    return None
+
+
+def _ss_plugin(node: dict[str, Any], link: str, value: str, at: int) -> Unsupported | None:
+    """SIP002's `plugin=NAME;OPT=V;...` (URL-decoded already): the name the runtime starts as a
+    SIP003 subprocess, and the rest as its SS_PLUGIN_OPTIONS. Only the name's form is checked
+    here: whether it is installed is the gateway's business, not the compiling machine's."""
+    name = node["name"]
+    plugin, _, options = value.strip().partition(";")
+    plugin = plugin.strip()
+    if not plugin:
+        return None  # `plugin=` with nothing: shadowsocks clients read it as no plugin
+    if not re.fullmatch(r"[A-Za-z0-9._/+-]+", plugin):
+        raise LinkError(f"node '{name}': ss plugin name {plugin!r} is not a program name",
+                        _offset_of(link, "plugin=") or at)
+    node["plugin"] = plugin
+    node["plugin_opts"] = options
     return None
 
 
@@ -116,11 +154,15 @@ def finish_trojan(node: dict[str, Any], link: str, query: dict[str, str]) -> Uns
     alpn = [p.strip() for p in query.get("alpn", "").split(",") if p.strip()]
     node["alpn"] = alpn
     network = query.get("type", "").lower()
+    security = query.get("security", "tls").lower()
+    if network == "ws" and security in ("tls", ""):  # the shared WebSocket transport, over TLS
+        node["transport"], unsupported = _transport(name, "ws", True, query.get("path", "/"),
+                                                    query.get("host", ""), _offset_of(link, "type=") or 0)
+        return unsupported
     if network not in TROJAN_NETWORKS:
         return (_offset_of(link, "type=") or 0,
                 f"node '{name}': trojan over '{network}' transport is not supported yet; "
                 "groups will not select it")
-    security = query.get("security", "tls").lower()
     if security not in ("tls", ""):
         return (_offset_of(link, "security=") or 0,
                 f"node '{name}': trojan with security '{security}' is not supported yet; "

@@ -8,6 +8,7 @@ APT_PACKAGES=(
   clang llvm libbpf-dev bpftool iproute2 nftables python3-venv
   iperf3 dante-server tinyproxy dnsmasq unbound dnsperf redsocks curl openssl util-linux procps
   shadowsocks-libev trojan v2ray
+  simple-obfs shadowsocks-v2ray-plugin  # SIP003 plugins (issue 11): both sides, in the lab
   chromium tmux  # operations (issue 14): the status page in headless Chromium, clashctl's TUI in tmux
 )
 

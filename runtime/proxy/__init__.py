@@ -42,11 +42,31 @@ BLOCK_ID = 1
 _DIALERS = registry.dialers()
 _ASSOCIATORS = registry.associators()
 _FAST_PATHS = registry.fast_paths()
+_LIFECYCLES = registry.lifecycles()
 
 
 async def dial_tcp(node: Node, dst: Destination, opts: DialOptions) -> Stream:
     """A stream to `dst` through `node`, handshake done; OutboundError (naming the node) else."""
+    if node.chain:
+        from .chain import dial as dial_chain  # chain loads the registry's modules: imported on first use
+        return await dial_chain(node, dst, opts)
     return await _DIALERS[node.protocol](node, dst, opts)
+
+
+def start_node(node: Node) -> None:
+    """A group holding `node` starts: what its protocol runs beside it (a SIP003 plugin) starts,
+    for each hop of a chain too."""
+    for hop in (*node.chain, node):
+        hooks = _LIFECYCLES.get(hop.protocol)
+        if hooks is not None:
+            hooks[0](hop)
+
+
+def stop_node(node: Node) -> None:
+    for hop in (*node.chain, node):
+        hooks = _LIFECYCLES.get(hop.protocol)
+        if hooks is not None:
+            hooks[1](hop)
 
 
 async def open_udp(node: Node, opts: DialOptions, on_reply: ReplyCallback) -> UdpAssociation:
@@ -56,8 +76,8 @@ async def open_udp(node: Node, opts: DialOptions, on_reply: ReplyCallback) -> Ud
 
 
 def fast_path(node: Node) -> FastPath | None:
-    """The callback dial of the node's protocol, or None if it has none."""
-    return _FAST_PATHS.get(node.protocol)
+    """The callback dial of the node's protocol, or None if it has none (or is a chain)."""
+    return None if node.chain else _FAST_PATHS.get(node.protocol)
 
 
 __all__ = [
@@ -87,4 +107,6 @@ __all__ = [
     "fast_path",
     "open_udp",
     "registry",
+    "start_node",
+    "stop_node",
 ]

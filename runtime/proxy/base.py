@@ -52,16 +52,23 @@ class Node:
     cipher: str | None = None
     alpn: tuple[str, ...] = ()
     transport: TransportSpec | None = None  # vmess/vless: TCP, TLS, WebSocket below them
+    plugin: str | None = None  # ss: the SIP003 plugin's name (runtime/proxy/plugins.py)
+    plugin_opts: str | None = field(default=None, repr=False)  # ss: SS_PLUGIN_OPTIONS
+    chain: tuple[Node, ...] = ()  # the hops before this node (`a -> b`: b dialled through a)
 
     @classmethod
     def from_manifest(cls, raw: NodeSpec | Mapping[str, Any]) -> Node:
         """From the manifest's typed node (a JSON dict is read through NodeSpec first; a missing
         key is a ValueError naming it, never echoing the dict: it holds the password)."""
         spec = raw if isinstance(raw, NodeSpec) else NodeSpec.from_json(raw)
+        plugin = spec.extra.get("plugin")
         node = cls(name=spec.name, protocol=spec.protocol, host=spec.host, port=spec.port,
                    username=spec.username, password=spec.password, sni=spec.sni,
                    allow_insecure=spec.allow_insecure, link=spec.link, cipher=spec.cipher,
-                   alpn=spec.alpn or (), transport=spec.transport)
+                   alpn=spec.alpn or (), transport=spec.transport,
+                   plugin=str(plugin) if plugin else None,
+                   plugin_opts=str(spec.extra.get("plugin_opts") or "") or None,
+                   chain=tuple(cls.from_manifest(hop) for hop in spec.chain or ()))
         if node.protocol not in PROTOCOLS:
             raise ValueError(f"node '{node.name}': unsupported protocol {node.protocol!r} "
                              f"(supported: {', '.join(PROTOCOLS)})")
@@ -71,7 +78,7 @@ class Node:
 
     @property
     def supports_udp(self) -> bool:
-        return self.protocol in UDP_PROTOCOLS
+        return self.protocol in UDP_PROTOCOLS and not self.chain  # a chain carries TCP only
 
     def __str__(self) -> str:
         return f"'{self.name}' ({self.protocol} {format_hostport(self.host, self.port)})"

@@ -56,3 +56,9 @@ async def dial(node: Node, dst: Destination, opts: DialOptions) -> SocketStream:
         stream.abort()
         raise
     return stream
+
+
+async def dial_on(raw: Stream, node: Node, dst: Destination, opts: DialOptions) -> Stream:
+    """HTTP CONNECT over a stream already connected to the node (a chain's later hop)."""
+    await bounded_handshake(raw, node, dst, opts)
+    return raw

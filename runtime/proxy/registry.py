@@ -5,7 +5,11 @@ A protocol is one module of this package (`runtime/proxy/<module>.py`) exporting
 - `dial(node, dst, opts) -> Stream`: a TCP stream to `dst` through `node`, handshake done;
 - `associate(node, opts, on_reply) -> UdpAssociation`, when the protocol carries UDP;
 - `FAST_PATH` (a `base.FastPath`), when the relay may dial it from callbacks without a task
-  (a pipelined handshake whose reply length is known from its first bytes).
+  (a pipelined handshake whose reply length is known from its first bytes);
+- `dial_on(raw, node, dst, opts) -> Stream`, when it can ride on a stream already connected to
+  the node (a chain's later hop: `runtime/proxy/chain.py`);
+- `start(node)` / `stop(node)`, when a node needs something running while a group holds it
+  (a SIP003 plugin process).
 
 The table below is data only: it imports no protocol module at load time, so `base.Node` can
 check a manifest's protocol name against it without an import cycle. It says where each protocol
@@ -81,4 +85,25 @@ def fast_paths() -> dict[str, Any]:
         fast = getattr(load(e.scheme), "FAST_PATH", None)
         if fast is not None:
             found[e.scheme] = fast
+    return found
+
+
+def stream_dialers() -> dict[str, Callable[..., Awaitable[Any]]]:
+    """scheme -> dial_on, for the protocols that can ride on a given stream (chain hops)."""
+    found: dict[str, Callable[..., Awaitable[Any]]] = {}
+    for e in ENTRIES:
+        dial_on = getattr(load(e.scheme), "dial_on", None)
+        if dial_on is not None:
+            found[e.scheme] = dial_on
+    return found
+
+
+def lifecycles() -> dict[str, tuple[Callable[[Any], None], Callable[[Any], None]]]:
+    """scheme -> (start, stop), for the protocols whose nodes run something while held."""
+    found: dict[str, tuple[Callable[[Any], None], Callable[[Any], None]]] = {}
+    for e in ENTRIES:
+        module = load(e.scheme)
+        start, stop = getattr(module, "start", None), getattr(module, "stop", None)
+        if start is not None and stop is not None:
+            found[e.scheme] = (start, stop)
     return found

@@ -1,4 +1,5 @@
-"""Shadowsocks AEAD (aes-128-gcm, aes-256-gcm, chacha20-ietf-poly1305): TCP and UDP.
+"""Shadowsocks AEAD (aes-128-gcm, aes-256-gcm, chacha20-ietf-poly1305): TCP and UDP; the 2022
+methods (SIP022) share the stream class and are framed by shadowsocks2022.py.
 
 The framing follows the Shadowsocks AEAD spec (shadowsocks.org, "AEAD ciphers"):
 - master key = EVP_BytesToKey(password) (OpenSSL's MD5 chain, no salt, one iteration);
@@ -12,8 +13,12 @@ so a dial succeeds as soon as TCP does. A wrong password shows only as a server 
 answers (shadowsocks-libev holds such a connection open): when a flow or a check ends with
 nothing received, one line per node says so, and the health check marks the node down.
 
+SIP003 plugins (`plugin=` in the link): TCP goes to the plugin's local port
+(runtime/proxy/plugins.py runs it), UDP straight to the server.
+
 Pure functions (keys, Sealer/Opener, UDP packets) come first; the dialer and the association
-after. Encrypted bytes cannot be spliced: `splice_fd()` is None, so the relay copies in user space.
+after. Encrypted bytes cannot be spliced: `splice_fd()` is None, so the relay copies in user
+space.
 """
 from __future__ import annotations
 
@@ -32,9 +37,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from dae_py.runtime.net.sockets import connect_tcp, resolve, set_mark
-from dae_py.runtime.net.stream import RECV_SIZE, LayeredStream, SocketStream
+from dae_py.runtime.net.stream import RECV_SIZE, LayeredStream, SocketStream, Stream
 
-from .base import Destination, DialError, DialOptions, Node, ProxyProtocolError, ReplyCallback
+from . import plugins
+from . import shadowsocks2022 as ss2022
+from .base import Destination, DialError, DialOptions, Node, ProxyAuthError, ProxyProtocolError, ReplyCallback
 from .socks5 import decode_addr, encode_addr
 from .udp import SocketAssociation
 
@@ -179,6 +186,11 @@ _MASTER_KEYS: dict[tuple[str, str], bytes] = {}
 _SILENT: set[str] = set()  # nodes whose last failure was a silent close (logged once)
 
 
+def is_2022(node: Node) -> bool:
+    """Shadowsocks 2022 (SIP022): framing, keys and UDP of its own, in shadowsocks2022.py."""
+    return (node.cipher or "").startswith("2022-")
+
+
 def keys_of(node: Node) -> tuple[Cipher, bytes]:
     """The node's cipher and master key (cached: EVP_BytesToKey once per node)."""
     cipher = CIPHERS.get(node.cipher or "")
@@ -200,16 +212,25 @@ class ShadowsocksStream(LayeredStream):
     Half-close is not forwarded (shadowsocks-libev ends the whole session on the first EOF it
     sees, which would cut the reply short): the flow ends on the other side's EOF or idle."""
 
-    def __init__(self, raw: SocketStream, node: Node, cipher: Cipher, master: bytes) -> None:
+    def __init__(self, raw: Stream, node: Node, cipher: Cipher | None, master: bytes) -> None:
         self.raw = raw
         self.node = node
-        self._sealer = Sealer(cipher, master)
-        self._opener = Opener(cipher, master)
+        self._ss2022 = cipher is None  # a 2022 method: its own framing (shadowsocks2022.py)
+        self._sealer: Sealer | ss2022.Sealer
+        self._opener: Opener | ss2022.Opener
+        if cipher is None:
+            self._sealer, self._opener = ss2022.stream_parts(node)
+        else:
+            self._sealer, self._opener = Sealer(cipher, master), Opener(cipher, master)
         self._pending = b""
         self._salt_sent = False  # the first sendall (the target address) carries the salt
         self._sent_payload = False
 
     async def send_header(self, dst: Destination) -> None:
+        if isinstance(self._sealer, ss2022.Sealer):  # salt and both header chunks, one write
+            self._salt_sent = True
+            await self.raw.sendall(self._sealer.header(encode_addr(dst.host, dst.port)))
+            return
         await self.sendall(encode_addr(dst.host, dst.port))
 
     async def recv(self, n: int = RECV_SIZE) -> bytes:
@@ -220,10 +241,16 @@ class ShadowsocksStream(LayeredStream):
                 if self._opener.received == 0 and self._sent_payload:
                     self._silent("sent no byte of reply before the flow ended")
                 raise
+            except ConnectionResetError:
+                if self._opener.received:
+                    raise
+                raise self._reset() from None
             if not data:
                 return self._eof()
             try:
                 self._pending = self._opener.feed(data)
+            except ss2022.HeaderError as exc:
+                raise ss2022.header_error(self.node, exc) from None
             except InvalidTag:
                 raise ProxyProtocolError(
                     f"a reply failed AEAD authentication: the server does not share our key "
@@ -231,6 +258,11 @@ class ShadowsocksStream(LayeredStream):
         _SILENT.discard(self.node.name)
         data, self._pending = self._pending[:n], self._pending[n:]
         return data
+
+    def _reset(self) -> ProxyAuthError:
+        """sing-box (and other 2022 servers) reset a request they cannot authenticate."""
+        return ProxyAuthError(f"the server reset the connection before any reply: a wrong "
+                              f"password/key or cipher ({self.node.cipher}) looks like this", self.node)
 
     def _silent(self, what: str) -> None:
         """One line per node (until it answers again): shadowsocks servers never reject a bad
@@ -258,20 +290,50 @@ class ShadowsocksStream(LayeredStream):
             sealed = self._sealer.salt + sealed
         else:
             self._sent_payload = True
-        await self.raw.sendall(sealed)
+        try:
+            await self.raw.sendall(sealed)
+        except (ConnectionResetError, BrokenPipeError):
+            if self._opener.received:
+                raise
+            raise self._reset() from None
 
 
 async def dial(node: Node, dst: Destination, opts: DialOptions) -> ShadowsocksStream:
-    """A TCP connection to the node with the target address sent (the server never answers)."""
-    cipher, master = keys_of(node)
-    raw = SocketStream(await connect_tcp(node.host, node.port, opts, node))
-    stream = ShadowsocksStream(raw, node, cipher, master)
+    """A TCP connection to the node (or to its SIP003 plugin's local port) with the target
+    address sent (the server never answers)."""
+    if is_2022(node):  # a bad cipher, key or no password fails before any connection
+        ss2022.keys_of(node)
+    else:
+        keys_of(node)
+    if node.plugin:
+        raw = SocketStream(await plugins.connect(node, opts))
+    else:
+        raw = SocketStream(await connect_tcp(node.host, node.port, opts, node))
+    return await dial_on(raw, node, dst, opts)
+
+
+async def dial_on(raw: Stream, node: Node, dst: Destination, opts: DialOptions) -> ShadowsocksStream:
+    """Shadowsocks over `raw`, a stream already connected to the node (a chain's hop)."""
+    if is_2022(node):
+        stream = ShadowsocksStream(raw, node, None, b"")
+    else:
+        cipher, master = keys_of(node)
+        stream = ShadowsocksStream(raw, node, cipher, master)
     try:
         await stream.send_header(dst)
     except BaseException:
         raw.abort()
         raise
     return stream
+
+
+def start(node: Node) -> None:
+    """A group holding the node started: its SIP003 plugin runs from now on."""
+    plugins.acquire(node)
+
+
+def stop(node: Node) -> None:
+    plugins.release(node)
 
 
 class ShadowsocksUdpAssociation(SocketAssociation):
@@ -307,7 +369,9 @@ class ShadowsocksUdpAssociation(SocketAssociation):
 
 
 async def associate(node: Node, opts: DialOptions,
-                    on_reply: ReplyCallback) -> ShadowsocksUdpAssociation:
+                    on_reply: ReplyCallback) -> ShadowsocksUdpAssociation | ss2022.Shadowsocks2022UdpAssociation:
+    if is_2022(node):
+        return await ss2022.associate(node, opts, on_reply)
     cipher, master = keys_of(node)
     fam, addr = (await resolve(node.host, node.port, opts.connect_timeout, node))[0]
     sock = socket.socket(fam, socket.SOCK_DGRAM)

@@ -137,6 +137,12 @@ async def handshake(stream: Stream, node: Node, dst: Destination) -> None:
     await request(stream, node, CMD_CONNECT, dst.host, dst.port)
 
 
+async def dial_on(raw: Stream, node: Node, dst: Destination, opts: DialOptions) -> Stream:
+    """SOCKS5 CONNECT over a stream already connected to the node (a chain's later hop)."""
+    await bounded(handshake(raw, node, dst), opts.handshake_timeout, node, "SOCKS5 handshake")
+    return raw
+
+
 # Nodes (host, port) seen mishandling a pipelined handshake: they get the plain one from then on.
 _NO_PIPELINING: set[tuple[str, int]] = set()
 _OK_METHOD = b"\x05\x00"

@@ -7,7 +7,8 @@ CMD 1 is CONNECT (the rest of the stream is the target's bytes), CMD 3 UDP ASSOC
 of the stream is UDP frames both ways: ATYP DST.ADDR DST.PORT  LENGTH(2)  CRLF  PAYLOAD).
 The server never answers the request: a wrong password shows as the fallback's reply or, with
 no fallback reachable, a close. The certificate is checked (sni, else the host) unless
-allow_insecure; ALPN offered when the node lists any.
+allow_insecure; ALPN offered when the node lists any. A `type=ws` link rides the shared
+WebSocket(+TLS) transport (runtime/proxy/transport.py), as v2ray's trojan inbound serves it.
 """
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from dae_py.runtime.net.stream import TlsStream
+from dae_py.runtime.net.stream import Stream, TlsStream, bounded
 from dae_py.runtime.net.tls import client_context, open_tls
 
 from .base import Destination, DialError, DialOptions, Node, ReplyCallback
 from .socks5 import decode_addr, encode_addr
+from .transport import open_stream
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +92,15 @@ def _password(node: Node) -> str:
 
 
 async def open_session(node: Node, opts: DialOptions, cmd: int, host: str,
-                       port: int) -> TlsStream:
+                       port: int) -> Stream:
     """TLS to the node (certificate checked unless allow_insecure) and the request sent."""
     password = _password(node)
-    stream = await open_tls(node.host, node.port, opts, node.sni or node.host,
-                            client_context(node.allow_insecure, node.alpn), node)
+    stream: Stream
+    if node.transport is not None and node.transport.network != "tcp":  # WebSocket (+TLS), as v2ray serves it
+        stream = await open_stream(node, opts)
+    else:
+        stream = await open_tls(node.host, node.port, opts, node.sni or node.host,
+                                client_context(node.allow_insecure, node.alpn), node)
     try:
         await stream.sendall(request(password, cmd, host, port))
     except BaseException:
@@ -103,14 +109,24 @@ async def open_session(node: Node, opts: DialOptions, cmd: int, host: str,
     return stream
 
 
-async def dial(node: Node, dst: Destination, opts: DialOptions) -> TlsStream:
+async def dial(node: Node, dst: Destination, opts: DialOptions) -> Stream:
     return await open_session(node, opts, CMD_CONNECT, dst.host, dst.port)
+
+
+async def dial_on(raw: Stream, node: Node, dst: Destination, opts: DialOptions) -> TlsStream:
+    """TLS and the CONNECT request over a stream already connected to the node (a chain's hop)."""
+    password = _password(node)
+    stream = await bounded(TlsStream.wrap(raw, client_context(node.allow_insecure, node.alpn),
+                                          node.sni or node.host, node),
+                           opts.handshake_timeout, node, "TLS handshake")
+    await stream.sendall(request(password, CMD_CONNECT, dst.host, dst.port))
+    return stream
 
 
 class TrojanUdpAssociation:
     """UDP frames over one TLS session; a reader task hands replies to `on_reply`."""
 
-    def __init__(self, node: Node, stream: TlsStream, on_reply: ReplyCallback) -> None:
+    def __init__(self, node: Node, stream: Stream, on_reply: ReplyCallback) -> None:
         self.node = node
         self.closed = False
         self.dropped = 0

@@ -51,6 +51,7 @@ class Gateway:
         without it the listeners take any packet addressed to them."""
         port = await self.tcp.start(port, hosts, guard_fd=guard_fd)
         await self.udp.start(port, hosts, guard_fd=guard_fd)
+        self.table.start_nodes()
         if health_checks:
             await self.table.start()
         return port
@@ -59,6 +60,7 @@ class Gateway:
         await self.tcp.close()
         await self.udp.close()
         await self.table.close()
+        self.table.stop_nodes()
 
 
 __all__ = ["Counters", "Flow", "FunctionRouter", "Gateway", "OutboundTable", "RelayConfig",

@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from dae_py.contract.manifest import Manifest, nodes_and_groups
+from dae_py.runtime import proxy
 from dae_py.runtime.groups import Group
 from dae_py.runtime.groups.marks import marked_routes
 from dae_py.runtime.proxy import BLOCK_ID, DIRECT_ID, BlockOutbound, DialOptions, DirectOutbound, Node, Outbound
@@ -67,3 +68,16 @@ class OutboundTable:
     async def close(self) -> None:
         for outbound in self.table.values():
             await outbound.close()
+
+    def nodes(self) -> list[Node]:
+        """Every node of the table's groups, once."""
+        return list({n.name: n for g in self.groups() for n in g.nodes}.values())
+
+    def start_nodes(self) -> None:
+        """What the nodes run beside them (SIP003 plugins) starts; once per table."""
+        for node in self.nodes():
+            proxy.start_node(node)
+
+    def stop_nodes(self) -> None:
+        for node in self.nodes():
+            proxy.stop_node(node)

@@ -55,15 +55,15 @@ def test_bad_link_is_an_error_at_the_offending_part(link: str, needle: str, firs
 
 
 @pytest.mark.parametrize("link,needle,message", [
-    (f"ss://{B64}@10.0.0.1:8388/?plugin=obfs-local%3Bobfs%3Dhttp#x", "plugin=",
-     "node 'n1': SIP003 plugins are not supported yet (plugin 'obfs-local'); groups will not "
-     "select it"),
-    (f"ss://2022-blake3-aes-128-gcm:{SECRET}@10.0.0.1:8388", "2022",
-     "node 'n1': Shadowsocks 2022 (2022-blake3-aes-128-gcm) is not supported yet; groups will "
-     "not select it"),
-    (f"trojan://{SECRET}@10.0.0.1:443?type=ws&path=/x", "type=",
-     "node 'n1': trojan over 'ws' transport is not supported yet; groups will not select it"),
-], ids=["sip003-plugin", "ss2022", "trojan-ws"])
+    (f"ss://aes-192-gcm:{SECRET}@10.0.0.1:8388", "aes",
+     "node 'n1': ss method 'aes-192-gcm' is not supported yet (supported: aes-128-gcm, aes-256-gcm, "
+     "chacha20-ietf-poly1305); groups will not select it"),
+    (f"ss://2022-blake3-aes-128-gcm:{SECRET}%3A{SECRET}@10.0.0.1:8388", "2022",
+     "node 'n1': Shadowsocks 2022 multi-user keys (iPSK:uPSK, SIP023 identity headers) are not "
+     "supported; groups will not select it"),
+    (f"trojan://{SECRET}@10.0.0.1:443?type=grpc&serviceName=x", "type=",
+     "node 'n1': trojan over 'grpc' transport is not supported yet; groups will not select it"),
+], ids=["ss-aes-192", "ss2022-eih", "trojan-grpc"])
 def test_what_the_runtime_cannot_dial_yet_is_a_warning_with_a_position(
         link: str, needle: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
