@@ -116,6 +116,7 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
     datapath = None
     dns_module = None
     controller = None
+    reloader = None
     clean = False
     try:
         try:
@@ -143,6 +144,12 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
             programs = build.manifest
             await asyncio.to_thread(datapath.setup, obj.program_fd(programs.program(Attach.LAN_INGRESS).name),
                                     ingress_l3_fd=obj.program_fd(programs.program(Attach.LAN_INGRESS_L3).name))
+            from dae_py.runtime.reload import Live, Reloader  # `dae-runtime reload`, SIGHUP, ExecReload
+
+            reloader = Reloader(Live(build, obj, router, relay, datapath, dns_module, controller, so_mark),
+                                state_path.parent)
+            await reloader.start()
+            reload_signals.set_handler(reloader.on_signal)
         except (BpfError, StartError, asyncio.CancelledError):
             raise
         except Exception as exc:  # whatever it is: one line, not a traceback
@@ -163,8 +170,15 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
             try:
                 await asyncio.wait_for(stop.wait(), timeout=60)
             except TimeoutError:
-                log.info("%s; relay: %s", _stats_line(obj, build), relay.stats)
+                assert reloader is not None  # set before ready
+                live = reloader.live
+                log.info("%s; relay: %s", _stats_line(live.obj, live.build), relay.stats)
     finally:
+        if reloader is not None:  # a reload under way finishes first; then the parts it swapped in
+            reload_signals.set_handler(None)
+            await reloader.close()
+            live = reloader.live
+            obj, build, dns_module, controller = live.obj, live.build, live.dns, live.controller
         if controller is not None:
             try:
                 await controller.close()
