@@ -74,7 +74,13 @@ def socket_path(state_dir: Path) -> Path:
 
 
 class ReloadRefused(Exception):
-    """The new build was not taken; the message is the reason (the old build keeps running)."""
+    """The new build was not taken; the message is the reason (the old build keeps running).
+    `needs_restart`: the build is fine but changes what only a restart can (the command exits
+    3, so a deployment tool knows to restart rather than fail)."""
+
+    def __init__(self, reason: str, needs_restart: bool = False) -> None:
+        super().__init__(reason)
+        self.needs_restart = needs_restart
 
 
 @dataclass(frozen=True)
@@ -84,15 +90,18 @@ class Outcome:
     build: str = ""
     seconds: float = 0.0  # from the request to the new programs attached everywhere
     warnings: tuple[str, ...] = ()
+    needs_restart: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "message": self.message, "build": self.build,
-                "seconds": round(self.seconds, 6), "warnings": list(self.warnings)}
+                "seconds": round(self.seconds, 6), "warnings": list(self.warnings),
+                "needs_restart": self.needs_restart}
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Outcome:
         return cls(bool(raw.get("ok")), str(raw.get("message", "")), str(raw.get("build", "")),
-                   float(raw.get("seconds", 0.0)), tuple(str(w) for w in raw.get("warnings", ())))
+                   float(raw.get("seconds", 0.0)), tuple(str(w) for w in raw.get("warnings", ())),
+                   bool(raw.get("needs_restart")))
 
 
 @dataclass
@@ -420,7 +429,8 @@ class Reloader:
             except ReloadRefused as exc:
                 self.refused += 1
                 log.error("reload of %s refused: %s; still running %s", target, exc, self.live.build.path)
-                return Outcome(False, str(exc), str(target), time.perf_counter() - t0)
+                return Outcome(False, str(exc), str(target), time.perf_counter() - t0,
+                               needs_restart=exc.needs_restart)
             try:
                 seconds = await self._swap(prepared, t0)
             except ReloadRefused as exc:
@@ -446,7 +456,7 @@ class Reloader:
             raise ReloadRefused(str(exc)) from None
         reasons = restart_reasons(live.build.manifest, manifest)
         if reasons:
-            raise ReloadRefused("; ".join(reasons))
+            raise ReloadRefused("; ".join(reasons), needs_restart=True)
         warnings = start_only_changes(live.build.manifest, manifest)
         try:
             obj = BpfObject(build.object_path)
@@ -455,7 +465,7 @@ class Reloader:
         try:
             plan = plan_maps(live.obj, obj, live.build, build)
             if plan.refusals:
-                raise ReloadRefused("; ".join(plan.refusals))
+                raise ReloadRefused("; ".join(plan.refusals), needs_restart=True)
             warnings += plan.warnings
             for name in plan.reuse:
                 obj.reuse_map(name, live.obj.map(name).fd)
@@ -606,7 +616,7 @@ async def request(state_dir: Path, build: Path | None, timeout: float = CLIENT_T
     except (OSError, TimeoutError) as exc:
         raise ReloadUnreachable(f"no running gateway at {path} ({getattr(exc, 'strerror', None) or exc})") from None
     try:
-        writer.write(json.dumps({"build": str(build.resolve()) if build else None}).encode() + b"\n")
+        writer.write(json.dumps({"build": os.path.abspath(build) if build else None}).encode() + b"\n")
         await writer.drain()
         line = await asyncio.wait_for(reader.readline(), timeout)
     except (OSError, TimeoutError) as exc:
@@ -621,7 +631,7 @@ async def request(state_dir: Path, build: Path | None, timeout: float = CLIENT_T
 def main(args: Any, state_path: Path, out: Callable[[str], Any] = print,
          err: Callable[[str], Any] | None = None) -> int:
     """`dae-runtime reload [BUILD_DIR]`: 0 reloaded, 1 refused (the reason printed), 2 no
-    gateway to ask."""
+    gateway to ask, 3 refused because only a restart can apply the build."""
     import sys
 
     err = err or (lambda text: print(text, file=sys.stderr))
@@ -639,7 +649,7 @@ def main(args: Any, state_path: Path, out: Callable[[str], Any] = print,
         out(f"dae-runtime reload: {outcome.build} live in {outcome.seconds * 1e3:.1f} ms")
     if not outcome.ok:
         err(f"dae-runtime reload: refused: {outcome.message}")
-        return 1
+        return 3 if outcome.needs_restart else 1
     return 0
 
 

@@ -3,7 +3,7 @@
 
 - a flow started after a reload is decided by the new rules (a destination flips direct ->
   proxy), one started before keeps its outbound;
-- a build that does not load or needs a restart is refused with its reason (exit 1) and
+- a build that does not load (exit 1) or needs a restart (exit 3) is refused with its reason and
   changes nothing (netlink snapshot, the programs attached, routing);
 - a checksummed proxied TCP transfer (both ways) and a UDP stream (every datagram echoed)
   survive 20 reloads without a lost or corrupted byte;
@@ -179,10 +179,10 @@ def test_new_rules_decide_new_flows_and_a_refused_build_changes_nothing(lab: Lab
         (broken / "program.o").write_bytes(b"\x7fELF not really")
         port = build(tmp_path, "port", config(lab, extra_global="  tproxy_port: 12346").replace(
             "  tproxy_port: 12345\n", "", 1))
-        for bad, reason in ((broken, "cannot open the program"), (port, "global.tproxy_port changed"),
-                            (tmp_path / "nothing", "not a build directory")):
+        for bad, reason, code in ((broken, "cannot open the program", 1), (port, "global.tproxy_port changed", 3),
+                                  (tmp_path / "nothing", "not a build directory", 1)):
             out = reload_cmd(gw, bad)
-            assert out.returncode == 1, (bad, out.stdout, out.stderr)
+            assert out.returncode == code, (bad, out.stdout, out.stderr)
             assert reason in out.stderr, out.stderr
             assert gw.alive
             assert attached_programs(lab) == progs_b
