@@ -441,9 +441,11 @@ class Reloader:
                 return Outcome(False, str(exc), str(target), time.perf_counter() - t0)
             self.reloads += 1
             m = prepared.build.manifest
-            log.info("reloaded %s in %.1f ms: %d rules (%s); maps kept: %s%s", target, seconds * 1e3,
+            empty = [n for n in prepared.plan.fresh if not (n == "outbound_stats" and prepared.plan.copy_counters)]
+            log.info("reloaded %s in %.1f ms: %d rules (%s); maps kept: %s%s%s", target, seconds * 1e3,
                      len(m.rules), m.strategy, ", ".join(prepared.plan.reuse) or "none",
-                     f"; started empty: {', '.join(prepared.plan.fresh)}" if prepared.plan.fresh else "")
+                     "; outbound counters carried over by name" if prepared.plan.copy_counters else "",
+                     f"; started empty: {', '.join(empty)}" if empty else "")
             return Outcome(True, "reloaded", str(target), seconds, tuple(prepared.warnings))
 
     async def _prepare(self, path: Path) -> _Prepared:

@@ -31,7 +31,17 @@ import pytest
 from dae_py.runtime.lab import http_get
 from dae_py.runtime.lab.gateway_proc import compile_build
 
-from .helpers import Gw, Lab, client_get, gateway, gateway_snapshot, lab_config, proxy_lab, snapshot_diff
+from .helpers import (
+    Gw,
+    Lab,
+    client_get,
+    gateway,
+    gateway_snapshot,
+    lab_config,
+    parse_exit_stats,
+    proxy_lab,
+    snapshot_diff,
+)
 
 pytestmark = pytest.mark.root
 
@@ -380,3 +390,42 @@ def test_reload_under_new_flows_loses_none(lab: Lab, echo: EchoServer, tmp_path:
         assert gw.process.wait(15) == 0, gw.log_text()[-3000:]
     after = gateway_snapshot(lab)
     assert after == before, snapshot_diff(before, after)
+
+
+def test_renumbered_outbounds_keep_flows_and_counters_by_name(lab: Lab, echo: EchoServer, tmp_path: Path) -> None:
+    """A build that puts a new group before `proxy` gives `proxy` another id: the decisions in
+    `flows` and the per-outbound counters follow the name, not the number."""
+    t = lab.topo
+    a = config(lab)
+    b_text = config(lab, extra_rules=(f"dip({t.upstream_ip4}) && dport(7) -> aaa",)).replace(
+        "groups:\n", "groups:\n  aaa: {policy: random}\n", 1)
+    b_dir = build(tmp_path, "b", b_text)
+    ids = {o["name"]: o["id"] for o in json.loads((b_dir / "manifest.json").read_text())["outbounds"]}
+    assert ids["aaa"] < ids["proxy"], ids  # the premise: proxy was renumbered
+    with gateway(lab, a, tmp_path / "gw") as gw:
+        held = lab.socket("client", socket.AF_INET)
+        held.settimeout(5)
+        held.connect((t.upstream_ip4, ECHO_PORT))
+
+        def round_trips(n: int) -> None:
+            for i in range(n):
+                msg = f"ping {i:06d}".encode()
+                held.sendall(msg)
+                got = b""
+                while len(got) < len(msg):
+                    got += held.recv(len(msg) - len(got))
+                assert got == msg
+
+        round_trips(60)
+        out = reload_cmd(gw, b_dir)
+        assert out.returncode == 0, out.stderr
+        m = gw.wait_log(r"reload: (\d+) flow decision\(s\) moved to the new outbound ids")
+        assert int(m.group(1)) >= 1
+        round_trips(20)  # the held flow, still proxied, now under proxy's new id
+        assert client_get(lab, t.upstream_ip4, 8081)["peer"] == t.upstream_ip4  # a new flow: proxied
+        held.close()
+        gw.process.send_signal(signal.SIGTERM)
+        assert gw.process.wait(15) == 0, gw.log_text()[-3000:]
+    kernel, _relay = parse_exit_stats(gw.log_text())
+    assert kernel["proxy"][0] >= 80, kernel  # counted before the reload and after, under one name
+    assert kernel["aaa"] == (0, 0), kernel  # nothing of proxy's counted under its old id
