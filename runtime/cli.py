@@ -154,10 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "reload":
         import os
 
-        from dae_py.runtime import reload
-        from dae_py.runtime.datapath.state import default_state_path
+        from dae_py.runtime import reload_client  # the standard library only: ExecReload waits on it
 
-        return reload.main(args, Path(args.state or os.environ.get("DAE_STATE") or default_state_path()))
+        return reload_client.main(args, Path(args.state or os.environ.get("DAE_STATE")
+                                             or reload_client.default_state_path()))
     if args.command in ("run", "cleanup"):
         from dae_py.runtime import gateway
 

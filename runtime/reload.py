@@ -50,12 +50,10 @@ from dae_py.runtime.bpf import BPF_EXIST, BpfError, BpfObject
 from dae_py.runtime.build import Build, BuildError, load_tables
 from dae_py.runtime.domain_map import DomainBindings
 from dae_py.runtime.kernel_router import KernelRouter
+from dae_py.runtime.reload_client import Outcome, ReloadUnreachable, main, request, socket_path
 
 log = logging.getLogger("dae.reload")
 
-SOCKET_NAME = "reload.sock"
-#: How long a request waits for its answer (the reload itself takes well under a second).
-CLIENT_TIMEOUT = 60.0
 #: The replaced object's descriptors stay open this long: a sniffing flow that took the old
 #: router before the swap may still look up through it.
 RETIRE_AFTER = 5.0
@@ -69,10 +67,6 @@ START_ONLY_SETTINGS = ("external_controller", "secret", "dial_mode", "log_level"
 DOMAIN_MAPS = ("domain_routing4", "domain_routing6", "domain_filter", "domain_routing")
 
 
-def socket_path(state_dir: Path) -> Path:
-    return state_dir / SOCKET_NAME
-
-
 class ReloadRefused(Exception):
     """The new build was not taken; the message is the reason (the old build keeps running).
     `needs_restart`: the build is fine but changes what only a restart can (the command exits
@@ -81,27 +75,6 @@ class ReloadRefused(Exception):
     def __init__(self, reason: str, needs_restart: bool = False) -> None:
         super().__init__(reason)
         self.needs_restart = needs_restart
-
-
-@dataclass(frozen=True)
-class Outcome:
-    ok: bool
-    message: str
-    build: str = ""
-    seconds: float = 0.0  # from the request to the new programs attached everywhere
-    warnings: tuple[str, ...] = ()
-    needs_restart: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "message": self.message, "build": self.build,
-                "seconds": round(self.seconds, 6), "warnings": list(self.warnings),
-                "needs_restart": self.needs_restart}
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> Outcome:
-        return cls(bool(raw.get("ok")), str(raw.get("message", "")), str(raw.get("build", "")),
-                   float(raw.get("seconds", 0.0)), tuple(str(w) for w in raw.get("warnings", ())),
-                   bool(raw.get("needs_restart")))
 
 
 @dataclass
@@ -602,57 +575,6 @@ class Reloader:
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return text or type(exc).__name__
-
-
-# --- the command ------------------------------------------------------------------------------
-
-
-class ReloadUnreachable(Exception):
-    """No running gateway answered on the state directory's socket."""
-
-
-async def request(state_dir: Path, build: Path | None, timeout: float = CLIENT_TIMEOUT) -> Outcome:
-    path = socket_path(state_dir)
-    try:
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 5)
-    except (OSError, TimeoutError) as exc:
-        raise ReloadUnreachable(f"no running gateway at {path} ({getattr(exc, 'strerror', None) or exc})") from None
-    try:
-        writer.write(json.dumps({"build": os.path.abspath(build) if build else None}).encode() + b"\n")
-        await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), timeout)
-    except (OSError, TimeoutError) as exc:
-        raise ReloadUnreachable(f"the gateway did not answer at {path}: {str(exc) or 'timed out'}") from None
-    finally:
-        writer.close()
-    if not line:
-        raise ReloadUnreachable(f"the gateway at {path} closed the connection without an answer")
-    return Outcome.from_json(json.loads(line))
-
-
-def main(args: Any, state_path: Path, out: Callable[[str], Any] = print,
-         err: Callable[[str], Any] | None = None) -> int:
-    """`dae-runtime reload [BUILD_DIR]`: 0 reloaded, 1 refused (the reason printed), 2 no
-    gateway to ask, 3 refused because only a restart can apply the build."""
-    import sys
-
-    err = err or (lambda text: print(text, file=sys.stderr))
-    build = Path(args.build) if getattr(args, "build", None) else None
-    try:
-        outcome = asyncio.run(request(state_path.parent, build))
-    except ReloadUnreachable as exc:
-        err(f"dae-runtime reload: {exc}")
-        return 2
-    for line in outcome.warnings:
-        err(f"dae-runtime reload: warning: {line}")
-    if getattr(args, "json", False):
-        out(json.dumps(outcome.to_json(), sort_keys=True))
-    elif outcome.ok:
-        out(f"dae-runtime reload: {outcome.build} live in {outcome.seconds * 1e3:.1f} ms")
-    if not outcome.ok:
-        err(f"dae-runtime reload: refused: {outcome.message}")
-        return 3 if outcome.needs_restart else 1
-    return 0
 
 
 __all__ = ["Live", "MapPlan", "Outcome", "ReloadRefused", "ReloadUnreachable", "Reloader", "main", "plan_maps",

@@ -11,8 +11,9 @@ from typing import Any
 
 from dae_py.contract.manifest import GlobalSettings, Manifest, OutboundEntry, RuleEntry
 from dae_py.contract.maps import DECISION, FLOW_VALUE, OUTBOUND_STATS, U32
-from dae_py.runtime import reload
+from dae_py.runtime import reload, reload_client
 from dae_py.runtime.bpf import BPF_EXIST, BpfError
+from dae_py.runtime.datapath.state import default_state_path
 
 PERCPU = 2  # the fake per-CPU maps' CPUs
 
@@ -144,14 +145,14 @@ def test_the_command_exits_by_outcome(tmp_path: Path, monkeypatch: Any) -> None:
     async def fake_request(state_dir: Path, build: Path | None, timeout: float = 0) -> reload.Outcome:
         return next(outcomes)
 
-    monkeypatch.setattr(reload, "request", fake_request)
+    monkeypatch.setattr(reload_client, "request", fake_request)
     out: list[str] = []
     err: list[str] = []
     args = argparse.Namespace(build=None, json=False)
-    assert reload.main(args, tmp_path / "state.json", out.append, err.append) == 0
+    assert reload_client.main(args, tmp_path / "state.json", out.append, err.append) == 0
     assert out == ["dae-runtime reload: b live in 12.0 ms"]
-    assert reload.main(args, tmp_path / "state.json", out.append, err.append) == 1
-    assert reload.main(args, tmp_path / "state.json", out.append, err.append) == 3
+    assert reload_client.main(args, tmp_path / "state.json", out.append, err.append) == 1
+    assert reload_client.main(args, tmp_path / "state.json", out.append, err.append) == 3
     assert err == ["dae-runtime reload: refused: the program does not load: x",
                    "dae-runtime reload: refused: global.fwmark changed"]
 
@@ -178,3 +179,9 @@ def test_requests_travel_over_the_state_directory_socket(tmp_path: Path) -> None
     assert not default.ok and default.message == "asked for None"
     assert mode == 0o600
     assert not reload.socket_path(tmp_path).exists()
+
+
+def test_the_command_finds_the_state_file_where_the_runtime_keeps_it(monkeypatch: Any) -> None:
+    for env in ("", "/run/dae-py-x"):
+        monkeypatch.setenv("RUNTIME_DIRECTORY", env)
+        assert reload_client.default_state_path() == default_state_path()
