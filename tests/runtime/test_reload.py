@@ -178,6 +178,11 @@ def test_new_rules_decide_new_flows_and_a_refused_build_changes_nothing(lab: Lab
         gw.wait_log(r"INFO dae\.reload: reloaded .* maps kept: flows")
         assert attached_programs(lab) != progs_a  # a new program in the same slot
         assert client_get(lab, t.upstream_ip4, 8080)["peer"] == t.upstream_ip4  # the new rule: proxied
+        # the controller follows the swap: `dae-runtime status` shows build b's rule
+        status = subprocess.run([sys.executable, "-m", "dae_py.runtime.cli", "status", "--json", "--state",
+                                 str(gw.state_path)], capture_output=True, text=True, timeout=30)
+        assert status.returncode == 0, status.stderr
+        assert any("8080" in r["text"] for r in json.loads(status.stdout)["rules"]), status.stdout
         body = http_get(held, t.upstream_ip4)
         held.close()
         assert body["peer"] == t.client_ip4, "the flow opened before the reload changed outbound"
