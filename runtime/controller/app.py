@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from . import connections, general, metrics, proxies, streams
@@ -31,6 +32,24 @@ def parse_address(text: str) -> tuple[str, int]:
         raise ValueError(f"external_controller {text!r}: want ADDR:PORT")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse at ERROR (a line too long) or DEBUG (garbage), with
+    a traceback and the offending bytes. Whoever reaches the port can send those, and the bytes
+    may hold a token or an Authorization header: such a record becomes one DEBUG line naming
+    only the error's class, so bad input neither floods the log nor copies what it carried."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = "controller: malformed request refused (%s)", (type(exc).__name__,)
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+MALFORMED = MalformedRequests()
 
 
 @web.middleware
@@ -81,6 +100,7 @@ class Controller:
         logging.getLogger().addHandler(self.logbus)
         # access_log=None: a websocket URL carries ?token=SECRET, and the log must never hold it
         self.runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        logging.getLogger("aiohttp.server").addFilter(MALFORMED)  # idempotent: one shared filter
         await self.runner.setup()
         if unix is not None:
             unix.parent.mkdir(parents=True, exist_ok=True)  # the state directory (the datapath's too)

@@ -57,6 +57,7 @@ def test_reload_signals_reload_and_sigterm_still_cleans_up(lab: Lab, tmp_path: P
             assert _slots(gateway_snapshot(lab)) == _slots(during), "a reload changed more than the programs"
             # still routing: the proxied flow goes through the relay (the peer sees the node's address)
             assert client_get(lab, t.upstream_ip4, 8081)["peer"] == t.upstream_ip4
+        # the relay logs a flow's line when its dial completes, which may trail the client's answer
         wait_for(lambda: len([f for f in flow_lines(gw.log_text()) if f.outbound == "proxy"]) >= 4)
         # debug lines appear although no --log-level was given: global.log_level is in force
         assert " DEBUG " in gw.log_text()
