@@ -5,6 +5,9 @@ first hijacked packet finds a socket) guarded by the program's tproxy_guard sock
 then let the datapath set sysctls, policy routes and finally attach the filters. Any start-up
 failure is one error line and exit status 1 (2 for an unreadable build), never a traceback.
 
+Once ready, `dae-runtime reload`, SIGHUP and SIGUSR1 swap it to a new build under its running
+flows (runtime/reload.py, docs/reload.md); the stop below then undoes whatever build is live.
+
 Stop (SIGTERM/SIGINT): close the relay first, then release the descriptors reserved at start,
 then undo the datapath, retrying what failed: a runtime that ran out of file descriptors must
 get them back before it can open the netlink sockets and files the teardown needs. Closing
