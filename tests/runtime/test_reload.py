@@ -434,3 +434,46 @@ def test_renumbered_outbounds_keep_flows_and_counters_by_name(lab: Lab, echo: Ec
     kernel, _relay = parse_exit_stats(gw.log_text())
     assert kernel["proxy"][0] >= 80, kernel  # counted before the reload and after, under one name
     assert kernel["aaa"] == (0, 0), kernel  # nothing of proxy's counted under its old id
+
+
+def _resolve(lab: Lab, name: str) -> list[str]:
+    """A query from the client to the gateway's dns.bind; the A addresses of the answer."""
+    import dns.message
+    import dns.query
+    import dns.rdatatype
+
+    q = dns.message.make_query(name, "A")
+    with lab.socket("client", socket.AF_INET, socket.SOCK_DGRAM) as s:
+        r = dns.query.udp(q, lab.topo.gateway_lan_ip4, timeout=5, sock=s)
+    return [a.address for rr in r.answer if rr.rdtype == dns.rdatatype.A for a in rr]
+
+
+def test_domain_bindings_survive_a_reload_with_the_same_domain_sets(lab: Lab, tmp_path: Path) -> None:
+    """A name resolved before a reload still routes its address after it, without resolving
+    again, when the new build has the same domain sets; with other sets the bindings start
+    empty (docs/reload.md) and the next answer binds them again."""
+    t = lab.topo
+    lab.start_dnsmasq(5300, {"p.proxied.test": [t.upstream_ip4]}, ttl=60)
+
+    def cfg(sets: str, extra: tuple[str, ...] = ()) -> str:
+        return lab_config(t, fallback="direct", rules=[*extra, f"domain({sets}) -> proxy"]) + (
+            f"dns:\n  bind: ['{t.gateway_lan_ip4}:53']\n  upstream:\n    zone: 'udp://{t.upstream_ip4}:5300'\n"
+            "  routing:\n    request:\n      fallback: zone\n")
+    same = build(tmp_path, "same", cfg("suffix: proxied.test", (f"dip({t.upstream_ip4}) && dport(7) -> block",)))
+    other = build(tmp_path, "other", cfg("suffix: proxied.test, suffix: other.test"))
+    with gateway(lab, cfg("suffix: proxied.test"), tmp_path / "gw") as gw:
+        assert client_get(lab, t.upstream_ip4, 8080)["peer"] == t.client_ip4  # nothing bound yet: direct
+        assert _resolve(lab, "p.proxied.test") == [t.upstream_ip4]
+        assert client_get(lab, t.upstream_ip4, 8080)["peer"] == t.upstream_ip4  # bound: proxied
+        out = reload_cmd(gw, same)
+        assert out.returncode == 0, out.stderr
+        assert "domain_routing4" in gw.wait_log(r"INFO dae\.reload: reloaded .*").group(0)
+        assert client_get(lab, t.upstream_ip4, 8080)["peer"] == t.upstream_ip4  # still bound, not resolved again
+        since = gw.log_len()
+        out = reload_cmd(gw, other)
+        assert out.returncode == 0, out.stderr
+        assert "the domain sets changed" in out.stderr  # warned
+        gw.wait_log(r"DNS module restarted", since=since)
+        assert client_get(lab, t.upstream_ip4, 8080)["peer"] == t.client_ip4  # the bindings started empty
+        assert _resolve(lab, "p.proxied.test") == [t.upstream_ip4]
+        assert client_get(lab, t.upstream_ip4, 8080)["peer"] == t.upstream_ip4  # bound again by the answer
