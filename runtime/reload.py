@@ -342,15 +342,20 @@ class Reloader:
     # --- requests ---
 
     async def start(self) -> None:
+        """Listen on the state directory's reload.sock (a failure is a warning: the gateway
+        runs, and SIGHUP still reloads)."""
         path = socket_path(self.state_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)  # a crashed runtime's
         old = os.umask(0o177)
         try:
             self._server = await asyncio.start_unix_server(self._serve, path=str(path))
+            path.chmod(0o600)
+        except OSError as exc:  # e.g. a state directory path too long for a unix socket
+            log.warning("no reload socket at %s (%s): `dae-runtime reload` cannot reach this gateway; "
+                        "SIGHUP still reloads", path, exc.strerror or exc)
         finally:
             os.umask(old)
-        path.chmod(0o600)
 
     async def close(self) -> None:
         """Stop taking requests (a reload under way finishes first); close retired objects."""

@@ -185,3 +185,16 @@ def test_the_command_finds_the_state_file_where_the_runtime_keeps_it(monkeypatch
     for env in ("", "/run/dae-py-x"):
         monkeypatch.setenv("RUNTIME_DIRECTORY", env)
         assert reload_client.default_state_path() == default_state_path()
+
+
+def test_a_socket_path_too_long_is_a_warning_not_a_failed_start(tmp_path: Path, caplog: Any) -> None:
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+
+    async def run() -> None:
+        r = reload.Reloader(None, deep)  # type: ignore[arg-type]  # no gateway behind it
+        await r.start()
+        await r.close()
+
+    asyncio.run(run())
+    assert "no reload socket at" in caplog.text and "SIGHUP still reloads" in caplog.text
