@@ -68,7 +68,7 @@ class _Formatter(logging.Formatter):
             record.name = name
 
 
-COMMANDS = ("explain", "run", "cleanup", "status")
+COMMANDS = ("explain", "run", "cleanup", "status", "reload")
 
 
 def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
@@ -131,7 +131,14 @@ def main(argv: list[str] | None = None) -> int:
                     "from $DAE_CONTROLLER_SECRET)")
     st.add_argument("--json", action="store_true", help="the summary as one JSON object")
 
-    for parser in (ex, run, cl, st):
+    rl = sub.add_parser("reload", help="swap the running gateway to a new build, keeping every flow (exit 1 "
+                        "with the reason when the build is refused: the old one keeps running)")
+    rl.add_argument("build", type=Path, nargs="?", help="the new build directory (default: re-read the one running)")
+    rl.add_argument("--state", type=Path, help="the running gateway's state file (default: as for run); its "
+                    "directory holds the reload socket")
+    rl.add_argument("--json", action="store_true", help="the outcome as one JSON object")
+
+    for parser in (ex, run, cl, st, rl):
         _global_options(parser, top=False)
 
     args = ap.parse_args(_with_command(list(sys.argv[1:] if argv is None else argv)))
@@ -144,6 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         from dae_py.runtime.controller import status
 
         return status.main(args)
+    if args.command == "reload":
+        import os
+
+        from dae_py.runtime import reload_client  # the standard library only: ExecReload waits on it
+
+        return reload_client.main(args, Path(args.state or os.environ.get("DAE_STATE")
+                                             or reload_client.default_state_path()))
     if args.command in ("run", "cleanup"):
         from dae_py.runtime import gateway
 

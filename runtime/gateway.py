@@ -5,6 +5,9 @@ first hijacked packet finds a socket) guarded by the program's tproxy_guard sock
 then let the datapath set sysctls, policy routes and finally attach the filters. Any start-up
 failure is one error line and exit status 1 (2 for an unreadable build), never a traceback.
 
+Once ready, `dae-runtime reload`, SIGHUP and SIGUSR1 swap it to a new build under its running
+flows (runtime/reload.py, docs/reload.md); the stop below then undoes whatever build is live.
+
 Stop (SIGTERM/SIGINT): close the relay first, then release the descriptors reserved at start,
 then undo the datapath, retrying what failed: a runtime that ran out of file descriptors must
 get them back before it can open the netlink sockets and files the teardown needs. Closing
@@ -117,6 +120,7 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
     dns_module = None
     controller = None
     subscriptions: Any = None
+    reloader = None
     clean = False
     try:
         try:
@@ -151,6 +155,12 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
             programs = build.manifest
             await asyncio.to_thread(datapath.setup, obj.program_fd(programs.program(Attach.LAN_INGRESS).name),
                                     ingress_l3_fd=obj.program_fd(programs.program(Attach.LAN_INGRESS_L3).name))
+            from dae_py.runtime.reload import Live, Reloader  # `dae-runtime reload`, SIGHUP, ExecReload
+
+            reloader = Reloader(Live(build, obj, router, relay, datapath, dns_module, controller, so_mark),
+                                state_path.parent)
+            await reloader.start()
+            reload_signals.set_handler(reloader.on_signal)
         except (BpfError, StartError, asyncio.CancelledError):
             raise
         except Exception as exc:  # whatever it is: one line, not a traceback
@@ -171,10 +181,17 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
             try:
                 await asyncio.wait_for(stop.wait(), timeout=60)
             except TimeoutError:
-                log.info("%s; relay: %s", _stats_line(obj, build), relay.stats)
+                assert reloader is not None  # set before ready
+                live = reloader.live
+                log.info("%s; relay: %s", _stats_line(live.obj, live.build), relay.stats)
     finally:
         if subscriptions is not None:
             await subscriptions.close()
+        if reloader is not None:  # a reload under way finishes first; then the parts it swapped in
+            reload_signals.set_handler(None)
+            await reloader.close()
+            live = reloader.live
+            obj, build, dns_module, controller = live.obj, live.build, live.dns, live.controller
         if controller is not None:
             try:
                 await controller.close()

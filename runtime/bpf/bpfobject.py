@@ -169,6 +169,27 @@ class BpfObject:
             raise BpfError(f"cannot set max_entries={max_entries} on map {name!r} of "
                            f"{self.path!r}{hint}", errno=-ret, object_path=self.path)
 
+    def map_definition(self, name: str) -> tuple[int, int, int, int]:
+        """(type, key size, value size, max entries) of a map as the object declares it (before
+        load) or as it was created (after): what a reload compares with the map it would reuse."""
+        m = self._map_ptr(name)
+        return (lb.lib.bpf_map__type(m), lb.lib.bpf_map__key_size(m), lb.lib.bpf_map__value_size(m),
+                lb.lib.bpf_map__max_entries(m))
+
+    def reuse_map(self, name: str, fd: int) -> None:
+        """Before :meth:`load`: make the object use the existing map behind ``fd`` (another
+        object's, or a pinned one) instead of creating its own (``bpf_map__reuse_fd``; libbpf
+        dups the fd, so the caller keeps its own). The programs then read and write the same
+        kernel map: a reload keeps flow state and counters this way. libbpf takes the map's
+        type, sizes and max_entries from the kernel; the caller checks they fit the program."""
+        if self._loaded:
+            raise BpfError(f"map {name!r} of {self.path!r}: reuse_map() must come before load()",
+                           object_path=self.path)
+        ret = lb.lib.bpf_map__reuse_fd(self._map_ptr(name), fd)
+        if ret < 0:
+            raise BpfError(f"cannot reuse map fd {fd} as {name!r} of {self.path!r}",
+                           errno=-ret, object_path=self.path)
+
     def map(self, name: str) -> BpfMap:
         """A handle on a loaded map; it turns unusable (BpfError) once the object is closed."""
         if name in self._maps:

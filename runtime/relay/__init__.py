@@ -56,6 +56,15 @@ class Gateway:
             await self.table.start()
         return port
 
+    def swap(self, router: Router, table: OutboundTable) -> OutboundTable:
+        """Reload: new flows are routed by `router` and dialed through `table` from now on;
+        flows already carried keep the outbound objects they were dialed with. Returns the old
+        table (the caller closes what of it the new one did not adopt)."""
+        old, self.table = self.table, table
+        self.tcp.swap(router, table)
+        self.udp.swap(router, table)
+        return old
+
     async def close(self) -> None:
         await self.tcp.close()
         await self.udp.close()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -50,6 +50,24 @@ class OutboundTable:
             if isinstance(base, Group):
                 table[view_id] = base.with_mark(mark)
         return cls(table)
+
+    def adopt(self, old: OutboundTable, same: Callable[[Group, Group], bool]) -> list[Group]:
+        """Reload: keep the old table's group object wherever the new one is `same` (same id,
+        policy, checks and nodes), so its health statistics, node choice and a controller's
+        pin carry over; its marked views are rebuilt on it. Returns the groups adopted (the
+        caller must neither start nor close them)."""
+        adopted: list[Group] = []
+        for oid, new in list(self.table.items()):
+            prev = old.table.get(oid)
+            if (isinstance(new, Group) and isinstance(prev, Group) and new.view_of is None
+                    and prev.view_of is None and same(prev, new)):
+                self.table[oid] = prev
+                adopted.append(prev)
+        bases = {g.spec.id: g for g in adopted}
+        for oid, out in list(self.table.items()):
+            if isinstance(out, Group) and out.view_of is not None and out.view_of.spec.id in bases:
+                self.table[oid] = bases[out.view_of.spec.id].with_mark(out.opts.so_mark)
+        return adopted
 
     def get(self, outbound_id: int) -> Outbound | None:
         return self.table.get(outbound_id)

@@ -75,6 +75,12 @@ class TcpRelay:
         log.info("tcp relay listening on port %d (%s)", self.port, ", ".join(hosts))
         return self.port
 
+    def swap(self, router: Router, outbounds: OutboundTable) -> None:
+        """Reload: route and dial new connections with these (flows under way keep theirs)."""
+        self.router = router
+        self.outbounds = outbounds
+        self._choosers = dict(outbounds.choosers())
+
     def _accept(self, listener: socket.socket) -> None:
         """One connection per readiness report, no accept loop task: a listener with more
         waiting stays readable and is called again in the next loop iteration (so no extra

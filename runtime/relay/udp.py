@@ -152,6 +152,13 @@ class UdpRelay:
         self.quic = QuicHold.for_sniffing(Sniffing.for_settings(config.dial_mode, config.sniffing_timeout),
                                           router, self._sniffed)
 
+    def swap(self, router: Router, outbounds: OutboundTable) -> None:
+        """Reload: new associations are routed and opened with these; open ones keep theirs."""
+        self.router = router
+        self.outbounds = outbounds
+        if self.quic is not None:
+            self.quic.router = router
+
     def now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
 

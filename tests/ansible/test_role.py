@@ -363,6 +363,11 @@ def test_first_run_changes_every_host(lab: Lab, deployed: tuple[Run, Run]) -> No
         assert got == expected, f"{host}: the shipped build differs from a fresh compile"
 
 
+def directives_reload(text: str) -> str:
+    """The unit's ExecReload= command: `systemctl reload` swaps builds under the running flows."""
+    return unit_directives(text)["ExecReload"][0]
+
+
 def test_second_run_changes_nothing(deployed: tuple[Run, Run]) -> None:
     _, second = deployed
     assert second.rc == 0, second.explain()
@@ -381,6 +386,7 @@ def test_systemd_analyze_verifies_the_unit(lab: Lab, deployed: tuple[Run, Run]) 
         unit = lab.root("controller", host) / "etc/systemd/system/dae-py.service"
         text = unit.read_text()
         assert "Restart=on-failure" in text and "ExecStartPre=" in text and "ExecStopPost=" in text
+        assert directives_reload(text) == f"{lab.root('controller', host)}/opt/dae-py/venv/bin/dae-runtime reload"
         assert f"dae-runtime {lab.root('controller', host)}/var/lib/dae-py/current" in text
         directives = unit_directives(text)
         least = " ".join(LEAST)
@@ -414,7 +420,9 @@ def test_config_change_switches_the_build_and_notifies(lab: Lab, deployed: tuple
     run = lab.playbook(lab.inventory("controller", more_rules=("dip(192.0.2.0/24) -> direct",), name="-changed"))
     assert run.rc == 0, run.explain()
     assert all(run.recap()[h]["changed"] > 0 for h in HOSTS), run.explain()
-    assert "RUNNING HANDLER [dae_py : Restart dae-py]" in run.output, run.explain()
+    # only the build changed: the gateway is reloaded, not restarted (its flows stay up)
+    assert "RUNNING HANDLER [dae_py : Reload dae-py]" in run.output, run.explain()
+    assert "RUNNING HANDLER [dae_py : Restart dae-py]" not in run.output, run.explain()
     for host in HOSTS:
         new = os.readlink(state[host] / "current")
         assert new != old[host] and (state[host] / new / "program.o").is_file()
