@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from dae_py.contract.capabilities import function
-from dae_py.contract.ir import CidrSet, RoutingIR
+from dae_py.contract.ir import CidrSet, Field, RoutingIR
 from dae_py.contract.ir_json import ir_to_json
 from dae_py.contract.manifest import (
+    PNAME_PROGRAMS,
+    PROGRAMS,
     DnsSettings,
     FallbackEntry,
     GlobalSettings,
@@ -78,7 +80,7 @@ def check_config(cfg: LoadedConfig) -> Checked:
     ir = checker.build()
     compile_dns(cfg, diags, dns, geo, ir)
     if not diags.errors:  # amid errors they would be noise: the config does not compile anyway
-        warn_missing_capabilities(diags, checker.function_uses, dns)
+        warn_missing_capabilities(diags, checker.function_uses, dns, settings)
     if ir is None or diags.errors:
         raise CompileError(diags)
     final = optimise(ir, diags)
@@ -86,7 +88,8 @@ def check_config(cfg: LoadedConfig) -> Checked:
                    groups=groups, dns=dns)
 
 
-def warn_missing_capabilities(diags: Diagnostics, uses: list[tuple[str, SourcePos]], dns: dict[str, Any]) -> None:
+def warn_missing_capabilities(diags: Diagnostics, uses: list[tuple[str, SourcePos]], dns: dict[str, Any],
+                              settings: dict[str, Any] | None = None) -> None:
     """A routing function the runtime does not act on (contract/capabilities.py) is a warning at
     each use, naming what is missing: the config compiles, and says honestly what will not match."""
     for name, pos in uses:
@@ -98,6 +101,9 @@ def warn_missing_capabilities(diags: Diagnostics, uses: list[tuple[str, SourcePo
         elif name == "domain" and not dns.get("bind"):
             diags.warning(pos, f"{name}() needs {cap.needs}; no dns.bind is set, so this rule never matches",
                           "set dns.bind (e.g. the gateway's LAN address) and point the clients' resolver at it")
+        elif name == "pname" and not (settings or {}).get("wan_interface"):
+            diags.warning(pos, f"{name}() needs {cap.needs}; no wan_interface is set, so this rule never matches",
+                          "set global.wan_interface (a list, or auto)")
 
 
 def choose_strategy(ir: RoutingIR, requested: str = "auto") -> str:
@@ -130,6 +136,7 @@ def manifest_for(c: Checked, strategy: str) -> Manifest:
                               must_rules=r.action.must_rules, emitted=not r.never_matches) for r in ir.rules),
         fallback=FallbackEntry(ir.fallback.outbound, ir.fallback.mark, ir.fallback.must),
         pnames=tuple(ir.pnames),
+        programs=PROGRAMS + (PNAME_PROGRAMS if Field.PNAME in ir.fields_used() else ()),
         state_maps=STATE_MAPS,
     )
 

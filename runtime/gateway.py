@@ -30,7 +30,7 @@ from dae_py.contract.maps import OUTBOUND_STATS, U32
 from dae_py.runtime import logsetup, reload_signals
 from dae_py.runtime.bpf import BpfError, BpfObject
 from dae_py.runtime.build import Build, BuildError, load_tables
-from dae_py.runtime.datapath import CleanupReport, Datapath, StateBusy, cleanup
+from dae_py.runtime.datapath import CleanupReport, Datapath, StateBusy, cleanup, localhost
 from dae_py.runtime.datapath.state import StateCorrupt, default_state_path
 from dae_py.runtime.domain_map import DomainBindings
 from dae_py.runtime.kernel_router import KernelRouter
@@ -105,7 +105,7 @@ def _stats_line(obj: BpfObject, build: Build) -> str:
 
 
 async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any = None,
-                reserve: FdReserve | None = None) -> bool:
+                reserve: FdReserve | None = None, cgroup: str | None = None) -> bool:
     """Run the gateway until `stop` is set. Start-up failures raise StartError (BpfError for
     the program); returns whether the stop undid everything (False: an error line said what
     was left behind)."""
@@ -116,6 +116,7 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
     datapath = None
     dns_module = None
     controller = None
+    hooks = None
     clean = False
     try:
         try:
@@ -141,8 +142,11 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
                                 manage_sysctls=g.auto_config_kernel_parameter)
             # pyroute2's sync API runs its own event loop: keep it off ours.
             programs = build.manifest
+            wan_fds = localhost.wan_programs(obj, programs) if wan else {}
             await asyncio.to_thread(datapath.setup, obj.program_fd(programs.program(Attach.LAN_INGRESS).name),
-                                    ingress_l3_fd=obj.program_fd(programs.program(Attach.LAN_INGRESS_L3).name))
+                                    ingress_l3_fd=obj.program_fd(programs.program(Attach.LAN_INGRESS_L3).name),
+                                    egress_fd=wan_fds.get("egress_fd"), wan_ingress_fd=wan_fds.get("wan_ingress_fd"))
+            hooks = localhost.attach_pname_hooks(obj, programs, cgroup)  # pname(): docs/local-routing.md
         except (BpfError, StartError, asyncio.CancelledError):
             raise
         except Exception as exc:  # whatever it is: one line, not a traceback
@@ -165,6 +169,8 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
             except TimeoutError:
                 log.info("%s; relay: %s", _stats_line(obj, build), relay.stats)
     finally:
+        if hooks is not None:
+            hooks.close()
         if controller is not None:
             try:
                 await controller.close()
@@ -278,7 +284,7 @@ def main(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         reload_signals.install(loop)
-        return await serve(build, state_path, stop, reserve=reserve)
+        return await serve(build, state_path, stop, reserve=reserve, cgroup=getattr(args, "cgroup", None))
 
     sys.unraisablehook = _unraisable
     runner = asyncio.Runner(loop_factory=loop_factory)

@@ -286,6 +286,12 @@ class Datapath:
                 continue
             role, direction = _HOOKS[arg]
             for iface in self.lan_interfaces if role == LAN else self.wan_interfaces:
+                if role == WAN and iface.l3:
+                    # the WAN programs parse Ethernet frames; a bare-IP WAN (PPP, WireGuard, tun)
+                    # keeps only the kernel parameters (docs/local-routing.md)
+                    log.warning("wan_interface %s carries bare IP packets: the gateway's own traffic "
+                                "through it is not routed by the rules", iface.name)
+                    continue
                 use = fd
                 if arg == "ingress_fd" and iface.l3 and self._ingress_l3_fd is not None:
                     use = self._ingress_l3_fd
