@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import dns.message
+import dns.rcode
 import pytest
 
 from tests.runtime.helpers import (
@@ -76,6 +79,27 @@ CONFIG_RULES = [
 ]
 
 
+DNS_PORT = 5353
+DNS = """\
+dns:
+  bind: ['{t.gateway_lan_ip4}:5353']
+  upstream:
+    lab: 'udp://{t.upstream_ip4}:53'
+  routing:
+    request:
+      fallback: lab
+"""
+
+
+def _dns_query(lab: Lab, host: str, port: int) -> int:
+    """A query from the gateway itself to the DNS module (over lo); its rcode."""
+    q = dns.message.make_query("local-routing.test", "A")
+    with lab.socket("gateway", socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        s.sendto(q.to_wire(), (host, port))
+        return int(dns.message.from_wire(s.recv(4096)).rcode())
+
+
 def _peer(stdout: str) -> str:
     return str(json.loads(stdout)["peer"])
 
@@ -85,6 +109,7 @@ def test_local_programs_are_routed_by_pname_and_nothing_is_captured_twice(
     t = lab.topo
     before = gateway_snapshot(lab)
     cfg = lab_config(t, rules=CONFIG_RULES, fallback="proxy", extra_global=f"  wan_interface: [{t.gateway_wan_if}]")
+    cfg += DNS.format(t=t)
     with child_cgroup("local") as cg, pytest.MonkeyPatch.context() as mp:
         mp.setenv("DAE_CGROUP", str(cg))
         with gateway(lab, cfg, tmp_path / "gw") as gw:
@@ -106,6 +131,20 @@ def test_local_programs_are_routed_by_pname_and_nothing_is_captured_twice(
             assert run.returncode == 0, run.stderr
             assert _peer(run.stdout) == t.upstream_ip4
 
+            # IPv6: the same three
+            run = lab.run("gateway", run_in(cg, [tools["long"], tools["fetch"], t.upstream_ip6, "8081"]))
+            assert run.returncode == 0, run.stderr
+            assert _peer(run.stdout) == t.upstream_ip6
+            run = lab.run("gateway", run_in(cg, ["curl", "-s", "--max-time", "5", f"http://[{t.upstream_ip6}]:8081/"]))
+            assert run.returncode == 0, run.stderr
+            assert _peer(run.stdout) == t.gateway_wan_ip6
+            run = lab.run("gateway", run_in(cg, ["curl", "-s", "--max-time", "5", f"http://[{t.upstream_ip6}]:8083/"]))
+            assert run.returncode == 0, run.stderr
+            assert _peer(run.stdout) == t.upstream_ip6
+
+            # the DNS module's own upstream query (so_mark) leaves directly, though the fallback is the proxy
+            assert _dns_query(lab, t.gateway_lan_ip4, DNS_PORT) == dns.rcode.NOERROR
+
             # a LAN client in the same run: proxied at LAN ingress as always
             assert client_get(lab, t.upstream_ip4, 8083)["peer"] == t.upstream_ip4
 
@@ -113,8 +152,10 @@ def test_local_programs_are_routed_by_pname_and_nothing_is_captured_twice(
         # the relay saw exactly the three proxied flows: not its own dials to danted (:1080),
         # its health checks (:8080, :53), nor a second copy of any flow
         dsts = sorted(f.dst for f in flows)
-        assert dsts == sorted([f"{t.upstream_ip4}:8081", f"{t.upstream_ip4}:8083", f"{t.upstream_ip4}:8083"]), flows
-        assert {f.src.rsplit(":", 1)[0] for f in flows} == {t.gateway_wan_ip4, t.client_ip4}
+        assert dsts == sorted([f"{t.upstream_ip4}:8081", f"{t.upstream_ip4}:8083", f"{t.upstream_ip4}:8083",
+                               f"[{t.upstream_ip6}]:8081", f"[{t.upstream_ip6}]:8083"]), flows
+        assert {f.src.rsplit(":", 1)[0].strip("[]") for f in flows} == {t.gateway_wan_ip4, t.gateway_wan_ip6,
+                                                                         t.client_ip4}
         assert attached(cg) == []
     diff = snapshot_diff(before, gateway_snapshot(lab))
     assert not diff, diff
