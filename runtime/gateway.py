@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -30,7 +31,7 @@ from dae_py.contract.maps import OUTBOUND_STATS, U32
 from dae_py.runtime import logsetup, reload_signals
 from dae_py.runtime.bpf import BpfError, BpfObject
 from dae_py.runtime.build import Build, BuildError, load_tables
-from dae_py.runtime.datapath import CleanupReport, Datapath, StateBusy, cleanup, localhost
+from dae_py.runtime.datapath import CleanupReport, Datapath, StateBusy, cleanup, linkwatch, localhost
 from dae_py.runtime.datapath.state import StateCorrupt, default_state_path
 from dae_py.runtime.domain_map import DomainBindings
 from dae_py.runtime.kernel_router import KernelRouter
@@ -117,6 +118,7 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
     dns_module = None
     controller = None
     hooks = None
+    watcher: asyncio.Task[None] | None = None
     clean = False
     try:
         try:
@@ -147,6 +149,7 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
                                     ingress_l3_fd=obj.program_fd(programs.program(Attach.LAN_INGRESS_L3).name),
                                     egress_fd=wan_fds.get("egress_fd"), wan_ingress_fd=wan_fds.get("wan_ingress_fd"))
             hooks = localhost.attach_pname_hooks(obj, programs, cgroup)  # pname(): docs/local-routing.md
+            watcher = asyncio.create_task(linkwatch.follow(datapath))  # interfaces that appear later
         except (BpfError, StartError, asyncio.CancelledError):
             raise
         except Exception as exc:  # whatever it is: one line, not a traceback
@@ -169,6 +172,10 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
             except TimeoutError:
                 log.info("%s; relay: %s", _stats_line(obj, build), relay.stats)
     finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         if hooks is not None:
             hooks.close()
         if controller is not None:

@@ -34,6 +34,7 @@ from tests.runtime.helpers import (
     lab_config,
     runtime_lab,
     snapshot_diff,
+    wait_for,
 )
 
 from .cgroups import attached, child_cgroup, run_in
@@ -159,3 +160,39 @@ def test_local_programs_are_routed_by_pname_and_nothing_is_captured_twice(
         assert attached(cg) == []
     diff = snapshot_diff(before, gateway_snapshot(lab))
     assert not diff, diff
+
+
+def _bridge(lab: Lab, name: str) -> int:
+    ipr = lab.iproute("gateway")
+    ipr.link("add", ifname=name, kind="bridge")
+    idx = int(ipr.link_lookup(ifname=name)[0])
+    ipr.link("set", index=idx, state="up")
+    return idx
+
+
+def _ingress_filters(lab: Lab, index: int) -> list[object]:
+    return list(lab.iproute("gateway").get_filters(index=index, parent=0xFFFFFFF2))
+
+
+def test_a_bridge_created_after_start_is_attached_and_detached(lab: Lab, tmp_path: Path) -> None:
+    """lan_interface: [lan0, br-dae*] with br-dae0 there at start and br-dae1 created while the
+    runtime runs: br-dae1 gets the LAN ingress filter within the poll, and loses it at the stop."""
+    t = lab.topo
+    first = _bridge(lab, "br-dae0")
+    try:
+        before = gateway_snapshot(lab)
+        cfg = lab_config(t, rules=["dport(9) -> block"], fallback="direct").replace(
+            f"lan_interface: [{t.gateway_lan_if}]", f"lan_interface: [{t.gateway_lan_if}, 'br-dae*']")
+        with gateway(lab, cfg, tmp_path / "gw") as gw:
+            assert _ingress_filters(lab, first)
+            late = _bridge(lab, "br-dae1")
+            wait_for(lambda: _ingress_filters(lab, late), timeout=8)
+            gw.wait_log(r"interfaces attached since start: br-dae1")
+        assert not _ingress_filters(lab, late)
+        lab.iproute("gateway").link("del", index=late)
+        assert not snapshot_diff(before, gateway_snapshot(lab))
+    finally:
+        for name in ("br-dae0", "br-dae1"):
+            ipr = lab.iproute("gateway")
+            for idx in ipr.link_lookup(ifname=name):
+                ipr.link("del", index=idx)
