@@ -196,3 +196,41 @@ def test_a_bridge_created_after_start_is_attached_and_detached(lab: Lab, tmp_pat
             ipr = lab.iproute("gateway")
             for idx in ipr.link_lookup(ifname=name):
                 ipr.link("del", index=idx)
+
+
+def _egress_filters(lab: Lab, index: int) -> list[object]:
+    return list(lab.iproute("gateway").get_filters(index=index, parent=0xFFFFFFF3))
+
+
+def test_wan_auto_follows_the_default_route(lab: Lab, tmp_path: Path) -> None:
+    """wan_interface: auto with the default route on wan0 at start; then the default route moves
+    to a new link (dwan0, a veth): dwan0 gets the WAN programs within the poll, and loses them at the stop."""
+    t = lab.topo
+    ipr = lab.iproute("gateway")
+    wan = int(ipr.link_lookup(ifname=t.gateway_wan_if)[0])
+    ipr.route("add", dst="default", gateway=t.upstream_ip4)
+    try:
+        before = gateway_snapshot(lab)
+        cfg = lab_config(t, rules=["dport(9) -> block"], fallback="direct", extra_global="  wan_interface: auto")
+        with gateway(lab, cfg, tmp_path / "gw") as gw:
+            assert _egress_filters(lab, wan)
+            ipr.link("add", ifname="dwan0", kind="veth", peer="dwan0p")  # (no dummy module here)
+            new = int(ipr.link_lookup(ifname="dwan0")[0])
+            ipr.link("set", index=new, state="up")
+            ipr.addr("add", index=new, address="10.231.99.1", prefixlen=24)
+            ipr.route("del", dst="default", gateway=t.upstream_ip4)
+            ipr.route("add", dst="default", gateway="10.231.99.2", oif=new)
+            wait_for(lambda: _egress_filters(lab, new), timeout=8)
+            gw.wait_log(r"interfaces attached since start: dwan0")
+        assert not _egress_filters(lab, new) and not _egress_filters(lab, wan)
+        ipr.link("del", index=new)
+        ipr.route("add", dst="default", gateway=t.upstream_ip4)
+        assert not snapshot_diff(before, gateway_snapshot(lab))
+    finally:
+        for idx in ipr.link_lookup(ifname="dwan0"):
+            ipr.link("del", index=idx)
+        for _ in range(2):
+            try:
+                ipr.route("del", dst="default")
+            except Exception:  # noqa: BLE001 - no default route left: done
+                break
