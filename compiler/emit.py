@@ -25,7 +25,7 @@ from .outdir import check_output_dir, staging_dir, swap_in
 from .tables import MapTable
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "bpf"
-HAND_WRITTEN_HEADERS = ("common.h", "parse.h", "hijack.h", "dns_hijack.h", "datapath.h")
+HAND_WRITTEN_HEADERS = ("common.h", "parse.h", "hijack.h", "dns_hijack.h", "datapath.h", "cgroup.h", "wan.h")
 CLANG_FLAGS = ["-O2", "-g", "-target", "bpf", "-Wall", "-Wno-unused-function", "-Werror",
                "-fdebug-compilation-dir=.", "-I/usr/include/x86_64-linux-gnu", "-Iinclude"]
 FLOW_TABLE_SIZE = 65536
@@ -108,6 +108,9 @@ def base_context(ir: RoutingIR, config_name: str, config_sha256: str, strategy: 
         "fwmark": int(settings.get("fwmark", 0x8000000)),
         "so_mark": int(settings.get("so_mark_from_dae", 0)),
         "outbounds": outs,
+        # marks the relay's upstream sockets may carry (group(mark: N), direct(mark: N) dialled by
+        # the relay): the WAN egress program must not take those sockets for a local process's
+        "runtime_marks": sorted({r.action.mark for r in ir.rules if r.action.mark} | ({fb.mark} if fb.mark else set())),
         "rule_fallback": len(ir.rules),
         "dropped": len(ir.rules) - len(ir.live_rules()),
         "fallback": {"out_macro": outbound_macro(fb.outbound), "mark": f"0x{fb.mark:x}" if fb.mark else "0",

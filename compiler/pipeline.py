@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from dae_py.contract.capabilities import function
-from dae_py.contract.ir import CidrSet, RoutingIR
+from dae_py.contract.ir import CidrSet, Field, RoutingIR
 from dae_py.contract.ir_json import ir_to_json
 from dae_py.contract.manifest import (
+    PNAME_PROGRAMS,
+    PROGRAMS,
     DnsSettings,
     FallbackEntry,
     GlobalSettings,
@@ -86,7 +88,7 @@ def check_config(cfg: LoadedConfig) -> Checked:
     compile_dns(cfg, diags, dns, geo, ir, pool.nodes)
     dns["hijack_port"] = hijack_port(cfg, int(settings["tproxy_port"]))
     if not diags.errors:  # amid errors they would be noise: the config does not compile anyway
-        warn_missing_capabilities(diags, checker.function_uses, dns)
+        warn_missing_capabilities(diags, checker.function_uses, dns, settings)
     if ir is None or diags.errors:
         raise CompileError(diags)
     final = optimise(ir, diags)
@@ -94,7 +96,8 @@ def check_config(cfg: LoadedConfig) -> Checked:
                    groups=groups, dns=dns, subscriptions=tuple(pool.subscriptions.specs))
 
 
-def warn_missing_capabilities(diags: Diagnostics, uses: list[tuple[str, SourcePos]], dns: dict[str, Any]) -> None:
+def warn_missing_capabilities(diags: Diagnostics, uses: list[tuple[str, SourcePos]], dns: dict[str, Any],
+                              settings: dict[str, Any] | None = None) -> None:
     """A routing function the runtime does not act on (contract/capabilities.py) is a warning at
     each use, naming what is missing: the config compiles, and says honestly what will not match."""
     for name, pos in uses:
@@ -106,6 +109,9 @@ def warn_missing_capabilities(diags: Diagnostics, uses: list[tuple[str, SourcePo
         elif name == "domain" and not dns.get("bind") and not dns.get("hijack_port"):
             diags.warning(pos, f"{name}() needs {cap.needs}; there is no dns section, so this rule never matches",
                           "add a dns section with an upstream: LAN DNS is then hijacked and answers bind names")
+        elif name == "pname" and not (settings or {}).get("wan_interface"):
+            diags.warning(pos, f"{name}() needs {cap.needs}; no wan_interface is set, so this rule never matches",
+                          "set global.wan_interface (a list, or auto)")
 
 
 def choose_strategy(ir: RoutingIR, requested: str = "auto") -> str:
@@ -138,6 +144,7 @@ def manifest_for(c: Checked, strategy: str) -> Manifest:
                               must_rules=r.action.must_rules, emitted=not r.never_matches) for r in ir.rules),
         fallback=FallbackEntry(ir.fallback.outbound, ir.fallback.mark, ir.fallback.must),
         pnames=tuple(ir.pnames),
+        programs=PROGRAMS + (PNAME_PROGRAMS if Field.PNAME in ir.fields_used() else ()),
         state_maps=STATE_MAPS,
         subscriptions=c.subscriptions,
     )

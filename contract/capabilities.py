@@ -94,9 +94,9 @@ KNOWN_PROTOCOLS: frozenset[str] = frozenset(p.scheme for p in PROTOCOLS)
 #: Routing functions whose effect depends on more than the datapath. The others (sip, dip, sport,
 #: dport, l4proto, ipversion, mac, dscp) act wherever the tc program is attached.
 FUNCTIONS: tuple[FunctionCapability, ...] = (
-    FunctionCapability("pname", acts=False,
-                       needs="local-host routing (cgroup hooks naming the process, issue 13): the gateway "
-                             "attaches no program to its own traffic yet, so pname() never matches"),
+    FunctionCapability("pname", acts=True,
+                       needs="local-host routing: the gateway's own traffic is classified where it leaves "
+                             "wan_interface, named by cgroup v2 hooks (docs/local-routing.md)"),
     FunctionCapability("domain", acts=True,
                        needs="the DNS module (it binds the names it answers, for hijacked LAN DNS and "
                              "dns.bind clients, to their addresses)"),

@@ -61,8 +61,16 @@ class Attach(str, enum.Enum):
 
     LAN_INGRESS = "tc-ingress:lan"  # LAN interfaces with an Ethernet header
     LAN_INGRESS_L3 = "tc-ingress:lan-l3"  # LAN interfaces without one (tun, WireGuard, PPP)
-    WAN_EGRESS = "tc-egress:wan"  # the gateway's own traffic (pname(); not attached yet: issue 13)
+    WAN_EGRESS = "tc-egress:wan"  # the gateway's own traffic (pname(), wan_interface)
+    WAN_INGRESS = "tc-ingress:wan"  # the gateway's own proxied packets, bounced back in (wan.h)
     TPROXY_SOCKET = "socket:tproxy"  # SO_ATTACH_BPF on the tproxy listeners (port protection)
+    # cgroup v2 hooks at the root of the cgroup2 mount (pname(): templates/bpf/cgroup.h)
+    CGROUP_SOCK_CREATE = "cgroup:sock_create"
+    CGROUP_SOCK_RELEASE = "cgroup:sock_release"
+    CGROUP_CONNECT4 = "cgroup:connect4"
+    CGROUP_CONNECT6 = "cgroup:connect6"
+    CGROUP_SENDMSG4 = "cgroup:sendmsg4"
+    CGROUP_SENDMSG6 = "cgroup:sendmsg6"
     TEST_RUN = "test-run"  # never attached: BPF_PROG_TEST_RUN only (benchmarks, explain)
 
 
@@ -94,9 +102,21 @@ PROGRAMS: tuple[ProgramSpec, ...] = (
     ProgramSpec("lan_ingress", "tc", Attach.LAN_INGRESS),
     ProgramSpec("lan_ingress_l3", "tc", Attach.LAN_INGRESS_L3),
     ProgramSpec("wan_egress", "tc", Attach.WAN_EGRESS),
+    ProgramSpec("wan_ingress", "tc", Attach.WAN_INGRESS),
     ProgramSpec("tproxy_guard", "socket", Attach.TPROXY_SOCKET),
     ProgramSpec("classify_only", "tc", Attach.TEST_RUN),
 )
+
+#: The cgroup hooks a build with pname() rules holds besides PROGRAMS (templates/bpf/cgroup.h).
+PNAME_PROGRAMS: tuple[ProgramSpec, ...] = (
+    ProgramSpec("pname_sock_create", "cgroup/sock_create", Attach.CGROUP_SOCK_CREATE),
+    ProgramSpec("pname_sock_release", "cgroup/sock_release", Attach.CGROUP_SOCK_RELEASE),
+    ProgramSpec("pname_connect4", "cgroup/connect4", Attach.CGROUP_CONNECT4),
+    ProgramSpec("pname_connect6", "cgroup/connect6", Attach.CGROUP_CONNECT6),
+    ProgramSpec("pname_sendmsg4", "cgroup/sendmsg4", Attach.CGROUP_SENDMSG4),
+    ProgramSpec("pname_sendmsg6", "cgroup/sendmsg6", Attach.CGROUP_SENDMSG6),
+)
+CGROUP_ATTACHES: frozenset[Attach] = frozenset(p.attach for p in PNAME_PROGRAMS)
 
 
 # --- outbounds, nodes and groups -----------------------------------------------------------
@@ -619,6 +639,10 @@ class Manifest:
             if p.attach == attach:
                 return p
         raise ManifestError(f"manifest: no program for {attach.value}")
+
+    def cgroup_programs(self) -> tuple[ProgramSpec, ...]:
+        """The programs to attach at the cgroup2 root (none in a build without pname() rules)."""
+        return tuple(p for p in self.programs if p.attach in CGROUP_ATTACHES)
 
     def outbound_name(self, oid: int) -> str:
         for o in self.outbounds:

@@ -140,7 +140,9 @@ PNAME_VALUE = Layout("pname_value", "<", (
     Member("comm_hi", "Q", 8),
     Member("pid", "I", 16),
     Member("_pad", "I", 20),
-), 24, "the sock_pname value: the process that opened a socket")
+    Member("exe_lo", "Q", 24),  # the basename of the executable (mm->exe_file), 16 bytes likewise
+    Member("exe_hi", "Q", 32),
+), 40, "the sock_pname value: the process that opened a socket")
 
 OUTBOUND_STATS = Layout("outbound_stats", "<", (
     Member("packets", "Q", 0),

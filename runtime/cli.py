@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("build", type=Path)
     run.add_argument("--state", type=Path, help="state file recording kernel changes (default: $DAE_STATE, "
                      "else $RUNTIME_DIRECTORY/state.json, else /run/dae-py/state.json)")
+    run.add_argument("--cgroup", help="attach the pname() hooks to this cgroup v2 directory rather than the root "
+                     "of the cgroup2 mount (pname() then sees only its processes; default: $DAE_CGROUP)")
     cl = sub.add_parser("cleanup", help="undo what a crashed runtime left in the kernel")
     cl.add_argument("--state", type=Path, help="state file of the crashed run (default: as for run)")
     st = sub.add_parser("status", help="what the running gateway does: outbounds, nodes, busiest rules, connections")

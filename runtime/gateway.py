@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -33,7 +34,7 @@ from dae_py.contract.maps import OUTBOUND_STATS, U32
 from dae_py.runtime import logsetup, reload_signals
 from dae_py.runtime.bpf import BpfError, BpfObject
 from dae_py.runtime.build import Build, BuildError, load_tables
-from dae_py.runtime.datapath import CleanupReport, Datapath, StateBusy, cleanup
+from dae_py.runtime.datapath import CleanupReport, Datapath, StateBusy, cleanup, linkwatch, localhost
 from dae_py.runtime.datapath.state import StateCorrupt, default_state_path
 from dae_py.runtime.domain_map import DomainBindings
 from dae_py.runtime.kernel_router import KernelRouter
@@ -108,7 +109,7 @@ def _stats_line(obj: BpfObject, build: Build) -> str:
 
 
 async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any = None,
-                reserve: FdReserve | None = None) -> bool:
+                reserve: FdReserve | None = None, cgroup: str | None = None) -> bool:
     """Run the gateway until `stop` is set. Start-up failures raise StartError (BpfError for
     the program); returns whether the stop undid everything (False: an error line said what
     was left behind)."""
@@ -121,6 +122,8 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
     controller = None
     subscriptions: Any = None
     reloader = None
+    hooks = None
+    watcher: asyncio.Task[None] | None = None
     clean = False
     try:
         try:
@@ -153,8 +156,12 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
                                 manage_sysctls=g.auto_config_kernel_parameter)
             # pyroute2's sync API runs its own event loop: keep it off ours.
             programs = build.manifest
+            wan_fds = localhost.wan_programs(obj, programs) if wan else {}
             await asyncio.to_thread(datapath.setup, obj.program_fd(programs.program(Attach.LAN_INGRESS).name),
-                                    ingress_l3_fd=obj.program_fd(programs.program(Attach.LAN_INGRESS_L3).name))
+                                    ingress_l3_fd=obj.program_fd(programs.program(Attach.LAN_INGRESS_L3).name),
+                                    egress_fd=wan_fds.get("egress_fd"), wan_ingress_fd=wan_fds.get("wan_ingress_fd"))
+            hooks = localhost.attach_pname_hooks(obj, programs, cgroup)  # pname(): docs/local-routing.md
+            watcher = asyncio.create_task(linkwatch.follow(datapath))  # interfaces that appear later
             from dae_py.runtime.reload import Live, Reloader  # `dae-runtime reload`, SIGHUP, ExecReload
 
             reloader = Reloader(Live(build, obj, router, relay, datapath, dns_module, controller, so_mark),
@@ -192,6 +199,12 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
             await reloader.close()
             live = reloader.live
             obj, build, dns_module, controller = live.obj, live.build, live.dns, live.controller
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        if hooks is not None:
+            hooks.close()
         if controller is not None:
             try:
                 await controller.close()
@@ -305,7 +318,7 @@ def main(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         reload_signals.install(loop)
-        return await serve(build, state_path, stop, reserve=reserve)
+        return await serve(build, state_path, stop, reserve=reserve, cgroup=getattr(args, "cgroup", None))
 
     sys.unraisablehook = _unraisable
     runner = asyncio.Runner(loop_factory=loop_factory)

@@ -89,7 +89,7 @@ class KernelRouter:
 
         evaluated = flow.evaluated(domain_bits=self.build.domain_matcher.bits(name))
         dec = classify(self.build.ir, evaluated)
-        return self._route(dec.outbound_id, dec.rule)
+        return self._route(dec.outbound_id, dec.rule, dec.mark)
 
     def _route_slow(self, flow: Flow) -> Route:
         """IPv6, IPv4-mapped or scoped addresses, and flows the kernel has no entry for (LRU

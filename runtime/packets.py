@@ -102,10 +102,13 @@ def domain_value(bits: int, words: int) -> bytes:
     return b"".join(U64.pack((bits >> (64 * i)) & (2**64 - 1)) for i in range(words))
 
 
-def pname_value(name: str, pid: int = 0) -> bytes:
-    """struct pname_value: comm[16] (as two little-endian u64), pid, pad."""
+def pname_value(name: str, pid: int = 0, exe: str | None = None) -> bytes:
+    """struct pname_value: comm[16] (as two little-endian u64), pid, pad, exe[16] likewise (the
+    executable's basename; the same as comm when not given)."""
     comm = name.encode()[:15].ljust(16, b"\0")
-    return PNAME_VALUE.pack(int.from_bytes(comm[:8], "little"), int.from_bytes(comm[8:], "little"), pid)
+    path = (name if exe is None else exe).encode()[:15].ljust(16, b"\0")
+    return PNAME_VALUE.pack(int.from_bytes(comm[:8], "little"), int.from_bytes(comm[8:], "little"), pid,
+                            int.from_bytes(path[:8], "little"), int.from_bytes(path[8:], "little"))
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dae_py.contract.manifest import Attach, Manifest, ManifestError
+from dae_py.contract.manifest import CGROUP_ATTACHES, Attach, Manifest, ManifestError
 from dae_py.contract.maps import DECISION, OUTBOUND_STATS, STATE_MAPS, U32
 from dae_py.runtime.bpf import BPF_EXIST, BpfError, BpfObject
 from dae_py.runtime.build import Build, BuildError, load_tables
@@ -112,6 +112,13 @@ def restart_reasons(old: Manifest, new: Manifest) -> list[str]:
             new.program(attach)
         except ManifestError:
             reasons.append(f"the build has no program for {attach.value}")
+    # A reload swaps the LAN programs only: the WAN pair and the cgroup hooks (pname) would keep
+    # the old build's rules, so a build that has them is applied by a restart until they swap too.
+    if old.settings.wan_interface and not reasons:
+        reasons.append("the gateway routes its own traffic (global.wan_interface): a reload does not swap the "
+                       "WAN programs yet; restart the service to apply the build")
+    if any(p.attach in CGROUP_ATTACHES for m in (old, new) for p in m.programs):
+        reasons.append("pname() rules use cgroup hooks, which a reload does not swap yet; restart the service")
     return reasons
 
 

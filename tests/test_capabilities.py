@@ -29,17 +29,18 @@ def _warnings(text: str) -> list[tuple[int, int, str]]:
     return [(d.pos.line, d.pos.col, d.message) for d in checked.diags.warnings]
 
 
-def test_pname_warns_at_the_call_that_local_host_routing_is_missing() -> None:
-    ws = _warnings("""\
-global: {lan_interface: [eth0]}
+def test_pname_warns_at_the_call_when_no_wan_interface_is_set() -> None:
+    text = """\
+global: {{lan_interface: [eth0]{wan}}}
 routing:
   rules:
     - "dport(80) && pname(curl) -> block"
   fallback: direct
-""")
-    hits = [w for w in ws if w[2].startswith("pname() needs local-host routing")]
+"""
+    hits = [w for w in _warnings(text.format(wan="")) if w[2].startswith("pname() needs local-host routing")]
     assert [(line, col) for line, col, _ in hits] == [(4, 21)]
-    assert "issue 13" in hits[0][2] and "never matches" in hits[0][2]
+    assert "no wan_interface is set" in hits[0][2] and "never matches" in hits[0][2]
+    assert not [w for w in _warnings(text.format(wan=", wan_interface: auto")) if w[2].startswith("pname()")]
 
 
 DOMAIN_RULES = """\

@@ -1,5 +1,6 @@
 """Process-name fields (pname): names as the kernel keeps them (15 bytes); in C, two 64-bit compares
-of the name the cgroup hooks recorded for the socket."""
+against each of the two names the cgroup hooks recorded for the socket (templates/bpf/cgroup.h):
+the task's comm and its executable's basename."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -39,4 +40,5 @@ def linear_expr(spec: FieldSpec, m: Match, large: LargeSets) -> str:
     for name in v.values:
         lo, hi = cexpr.comm_words(name)
         terms.append(f"(proc->comm_lo == 0x{lo:016x}ULL && proc->comm_hi == 0x{hi:016x}ULL) /* {name} */")
+        terms.append(f"(proc->exe_lo == 0x{lo:016x}ULL && proc->exe_hi == 0x{hi:016x}ULL)")
     return "(proc && " + cexpr.any_of(terms) + ")"

@@ -162,6 +162,9 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
         [c_int, c_void_p, c_void_p, POINTER(c_uint32), POINTER(BpfMapBatchOpts)],
     ),
     "bpf_prog_test_run_opts": (c_int, [c_int, POINTER(BpfTestRunOpts)]),
+    # opts NULL: the defaults (a cgroup link with BPF_F_ALLOW_MULTI semantics; no old program)
+    "bpf_link_create": (c_int, [c_int, c_int, c_int, c_void_p]),
+    "bpf_link_update": (c_int, [c_int, c_int, c_void_p]),
 }
 
 
@@ -393,3 +396,16 @@ def bpf_prog_test_run_opts(prog_fd: int, opts: BpfTestRunOpts) -> None:
     opts.sz = ctypes.sizeof(BpfTestRunOpts)
     check(lib.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)),
           f"BPF_PROG_TEST_RUN failed on program fd {prog_fd}")
+
+
+def bpf_link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
+    """Attach a program through a BPF link (``BPF_LINK_CREATE``); returns the link fd. The
+    attachment lives exactly as long as the link fd (nothing pins it), so a runtime that dies
+    leaves no cgroup program behind."""
+    return check(lib.bpf_link_create(prog_fd, target_fd, attach_type, None),
+                 f"cannot attach program fd {prog_fd} (attach type {attach_type}) to fd {target_fd}")
+
+
+def bpf_link_update(link_fd: int, prog_fd: int) -> None:
+    """Swap the program behind a link in one step (``BPF_LINK_UPDATE``): reload without a gap."""
+    check(lib.bpf_link_update(link_fd, prog_fd, None), f"cannot update link fd {link_fd}")

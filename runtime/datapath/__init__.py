@@ -108,6 +108,7 @@ class Datapath:
         self._reinject: list[Interface] | None = None
         self._ingress_l3_fd: int | None = None
         self._filters: dict[tuple[str, str, str], int] = {}  # (role, dir, ifname) -> entry id
+        self._fds: dict[str, int | None] = {}  # the programs last attached, for interfaces that appear later
         self._active = False
 
     # -- public API --
@@ -135,6 +136,7 @@ class Datapath:
         fds = {"ingress_fd": ingress_fd, "egress_fd": egress_fd,
                "wan_ingress_fd": wan_ingress_fd, "lan_egress_fd": lan_egress_fd}
         self._ingress_l3_fd = ingress_l3_fd
+        self._fds = dict(fds)
         self._state.lock()
         try:
             if self._state.load() is not None and self._state.entries:
@@ -188,8 +190,57 @@ class Datapath:
         if ingress_fd is not None:  # the pair is swapped together (an L3 LAN needs both)
             self._ingress_l3_fd = ingress_l3_fd
         self._check_l3(fds)
+        self._fds.update({k: v for k, v in fds.items() if v is not None})
         with open_iproute(self.netns) as ipr:
             self._attach_all(ipr, fds)
+
+    def refresh(self) -> list[str]:
+        """Follow the interfaces: a LAN or WAN glob that now matches a new link (a `br-*` created
+        after start), `auto` WANs that now hold a default route. Each new interface gets its
+        kernel parameters and its programs, journaled like the first ones; an interface that went
+        away is forgotten (its filters went with it). Returns the names newly attached."""
+        self._require_active()
+        with open_iproute(self.netns) as ipr:
+            lan = interfaces.resolve_lenient(self.lan_spec, ipr, role=LAN)
+            wan = interfaces.resolve_lenient(self.wan_spec, ipr, role=WAN)
+            wan = [i for i in wan if i.name not in {x.name for x in lan}]
+            old = {(LAN, i.name, i.index) for i in self.lan_interfaces} | \
+                  {(WAN, i.name, i.index) for i in self.wan_interfaces}
+            new_lan = [i for i in lan if (LAN, i.name, i.index) not in old]
+            new_wan = [i for i in wan if (WAN, i.name, i.index) not in old]
+            gone = {(r, n) for r, n, _ in old} - {(LAN, i.name) for i in lan} - {(WAN, i.name) for i in wan}
+            for role, name in gone:
+                for key in [k for k in self._filters if k[0] == role and k[2] == name]:
+                    del self._filters[key]
+            self.lan_interfaces, self.wan_interfaces = lan, wan
+            if not new_lan and not new_wan:
+                return []
+            if self.manage_sysctls:
+                bounce = [i.name for i in new_wan] if self._fds.get("egress_fd") is not None else []
+                wanted = sysctls.plan([i.name for i in new_lan], [i.name for i in new_wan], reinject=bounce,
+                                      forwarding=self.forwarding, ipv6=self.ipv6, netns=self.netns)
+                def journal(change: sysctls.SysctlChange) -> None:
+                    self._state.record("sysctl", netns=self.netns, **change.to_dict())
+
+                sysctls.apply(wanted, self.netns, before_write=journal)
+            for arg, fd in self._fds.items():
+                if fd is None:
+                    continue
+                role, direction = _HOOKS[arg]
+                for iface in new_lan if role == LAN else new_wan:
+                    if role == WAN and iface.l3:
+                        log.warning("wan_interface %s carries bare IP packets: not attached", iface.name)
+                        continue
+                    use = self._ingress_l3_fd if arg == "ingress_fd" and iface.l3 else fd
+                    if use is None:
+                        log.warning("lan_interface %s carries bare IP packets and no L3 program was given: "
+                                    "not attached", iface.name)
+                        continue
+                    self._filters.pop((role, direction, iface.name), None)  # a re-created link of that name
+                    self._attach_one(ipr, role, direction, iface, use)
+        names = [i.name for i in new_lan + new_wan]
+        log.info("interfaces attached since start: %s", ", ".join(names))
+        return names
 
     def record_pin(self, path: str | os.PathLike[str]) -> None:
         """Journal a BPF pin (call before creating it) so cleanup removes it."""
@@ -286,6 +337,12 @@ class Datapath:
                 continue
             role, direction = _HOOKS[arg]
             for iface in self.lan_interfaces if role == LAN else self.wan_interfaces:
+                if role == WAN and iface.l3:
+                    # the WAN programs parse Ethernet frames; a bare-IP WAN (PPP, WireGuard, tun)
+                    # keeps only the kernel parameters (docs/local-routing.md)
+                    log.warning("wan_interface %s carries bare IP packets: the gateway's own traffic "
+                                "through it is not routed by the rules", iface.name)
+                    continue
                 use = fd
                 if arg == "ingress_fd" and iface.l3 and self._ingress_l3_fd is not None:
                     use = self._ingress_l3_fd

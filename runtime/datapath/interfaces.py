@@ -161,5 +161,20 @@ def resolve_interfaces(
             for i in resolve(spec, links, role=role, default_route_ifindexes=defaults)]
 
 
+def resolve_lenient(spec: str | Sequence[str] | None, ipr: Any, *, role: str) -> list[Interface]:
+    """As resolve_interfaces, but an entry that matches nothing now (an interface gone, a glob
+    with no match yet, `auto` with no default route for a moment) is skipped rather than an
+    error: the datapath's refresh follows the links as they come and go."""
+    out: dict[str, Interface] = {}
+    for entry in normalise_spec(spec):
+        try:
+            found = resolve_interfaces([entry], ipr, role=role)
+        except InterfaceResolutionError:
+            continue
+        for i in found:
+            out.setdefault(i.name, i)
+    return list(out.values())
+
+
 def _present(links: dict[str, int]) -> str:
     return ", ".join(sorted(links)) or "(none)"

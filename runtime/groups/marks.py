@@ -20,6 +20,7 @@ from dae_py.contract.manifest import Manifest
 #: First id of the marked views: the kernel's outbound ids are 8-bit, so no decision carries one.
 MARKED_BASE = 256
 FIRST_GROUP = 2  # 0 direct, 1 block
+DIRECT = 0
 
 
 def marked_routes(manifest: Manifest | Mapping[str, Any]) -> dict[tuple[int, int], int]:
@@ -39,4 +40,12 @@ def marked_routes(manifest: Manifest | Mapping[str, Any]) -> dict[tuple[int, int
         oid = ids.get(name)
         if mark and oid is not None and oid >= FIRST_GROUP and (oid, mark) not in out:
             out[(oid, mark)] = MARKED_BASE + len(out)
+    # then `direct(mark: N)`: the datapath marks the packets of a direct flow it decides, but a
+    # flow the relay carries direct (re-routed by a sniffed name, dial_mode domain++) leaves on
+    # the relay's own socket, which must carry the mark too (after the groups' views, so their
+    # ids stay what they were)
+    direct = ids.get("direct", DIRECT)
+    for name, mark in actions:
+        if mark and ids.get(name, DIRECT if name == "direct" else None) == direct and (direct, mark) not in out:
+            out[(direct, mark)] = MARKED_BASE + len(out)
     return out

@@ -45,10 +45,12 @@ class OutboundTable:
             if group.spec.id in table:
                 raise ValueError(f"group '{group.name}': outbound id {group.spec.id} is taken")
             table[group.spec.id] = group
-        for (gid, mark), view_id in marked_routes(manifest).items():  # `group(mark: N)` rules
+        for (gid, mark), view_id in marked_routes(manifest).items():  # `group(mark: N)`, `direct(mark: N)`
             base = table.get(gid)
             if isinstance(base, Group):
                 table[view_id] = base.with_mark(mark)
+            elif gid == DIRECT_ID:
+                table[view_id] = DirectOutbound(replace(opts, so_mark=mark))
         return cls(table)
 
     def adopt(self, old: OutboundTable, same: Callable[[Group, Group], bool]) -> list[Group]:

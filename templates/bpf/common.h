@@ -75,13 +75,16 @@ struct ip_key {
 	__be32 addr[4];
 };
 
-/* Per-socket process identity, filled by the cgroup hooks, keyed by socket cookie. The comm is
- * split in two little-endian u64 so that a name compare is two integer compares. */
+/* Per-socket process identity, filled by the cgroup hooks (cgroup.h), keyed by socket cookie.
+ * comm (the task's name) and exe (the basename of its executable) are each split in two
+ * little-endian u64 so that a name compare is two integer compares; pname() matches either. */
 struct pname_value {
 	__u64 comm_lo;
 	__u64 comm_hi;
 	__u32 pid;
 	__u32 _pad;
+	__u64 exe_lo;
+	__u64 exe_hi;
 };
 
 struct outbound_stats {

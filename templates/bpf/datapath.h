@@ -11,6 +11,7 @@
 
 #include "common.h"
 #include "hijack.h"
+#include "wan.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -50,7 +51,7 @@ static __always_inline void count(__u32 outbound, __u32 len)
 /* What happens to a packet once its flow's decision is known: block drops, direct goes on
  * through the kernel's routing (with its mark), proxied flows go to the tproxy listener. */
 static __always_inline int apply(struct __sk_buff *skb, const struct pkt *p, const struct decision *d,
-				 int from_wan)
+				 int from_wan, int l3)
 {
 	count(d->outbound, skb->len);
 #ifdef DAE_DNS_HIJACK
@@ -61,8 +62,8 @@ static __always_inline int apply(struct __sk_buff *skb, const struct pkt *p, con
 		return TC_ACT_SHOT;
 	if (d->mark)
 		skb->mark = d->mark;
-	if (d->outbound >= OUTBOUND_FIRST_GROUP && !from_wan)
-		return DAE_HIJACK(skb, p, d);
+	if (d->outbound >= OUTBOUND_FIRST_GROUP)
+		return from_wan ? wan_bounce(skb, p, d, l3) : DAE_HIJACK(skb, p, d);
 	return TC_ACT_OK;
 }
 
@@ -84,12 +85,12 @@ static __always_inline int handle(struct __sk_buff *skb, int from_wan, int l3)
 	flow = bpf_map_lookup_elem(&flows, &key);
 	if (flow) {
 		flow->last_seen_ns = now;
-		return apply(skb, &p, &flow->decision, from_wan);
+		return apply(skb, &p, &flow->decision, from_wan, l3);
 	}
 	classify(skb, &p, from_wan, &fresh.decision);
 	fresh.last_seen_ns = now;
 	bpf_map_update_elem(&flows, &key, &fresh, BPF_ANY);
-	return apply(skb, &p, &fresh.decision, from_wan);
+	return apply(skb, &p, &fresh.decision, from_wan, l3);
 }
 
 /* Packets from LAN clients entering the gateway. */
@@ -106,10 +107,13 @@ int lan_ingress_l3(struct __sk_buff *skb)
 	return handle(skb, 0, 1);
 }
 
-/* Packets the gateway itself sends out of its WAN interfaces (pname() applies here). */
+/* Packets the gateway itself sends out of its WAN interfaces (pname() applies here); forwarded
+ * packets and the runtime's own pass untouched (wan.h). */
 SEC("tc")
 int wan_egress(struct __sk_buff *skb)
 {
+	if (!wan_local_origin(skb))
+		return TC_ACT_OK;
 	return handle(skb, 1, 0);
 }
 

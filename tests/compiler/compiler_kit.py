@@ -32,6 +32,7 @@ from dae_py.runtime.packets import (
 
 TC_ACT_OK = 0
 TC_ACT_SHOT = 2
+TC_ACT_REDIRECT = 7  # bpf_redirect(): wan_egress bounces a local process's proxied flow
 SKB_MARK_OFFSET = 8  # struct __sk_buff: len, pkt_type, mark
 SKB_CTX_SIZE = 192
 

@@ -545,9 +545,10 @@ WARNINGS = [
     "config.yaml:12:7: warning: this rule can never match: !l4proto() excludes every packet",
     "config.yaml:14:7: warning: this rule can never match: rule 4 (line 13) has the same conditions and comes first",
     "config.yaml:15:12: warning: '1.2.3.4/24' has host bits set; it means 1.2.3.0/24",
-    # contract/capabilities.py: pname() is accepted, but nothing on a real network acts on it yet.
-    "config.yaml:16:8: warning: pname() needs local-host routing (cgroup hooks naming the process, issue 13): the "
-    "gateway attaches no program to its own traffic yet, so pname() never matches",
+    # pname() acts on the gateway's own traffic only where it leaves wan_interface, which this config lacks.
+    "config.yaml:16:8: warning: pname() needs local-host routing: the gateway's own traffic is classified where it "
+    "leaves wan_interface, named by cgroup v2 hooks (docs/local-routing.md); no wan_interface is set, so this rule "
+    "never matches",
     "config.yaml:16:14: warning: process name 'averyveryverylongname' is longer than 15 bytes; the kernel truncates "
     "names, so this matches 'averyveryverylo'",
     "config.yaml:18:7: warning: this rule can never match: rule 8 (line 17) matches every flow before it",

@@ -26,6 +26,7 @@ from dae_py.runtime.explain import explain
 from dae_py.runtime.packets import DEFAULT_SRC_MAC, FlowSpec, frame
 from tests.compiler.compiler_kit import (
     TC_ACT_OK,
+    TC_ACT_REDIRECT,
     TC_ACT_SHOT,
     Compiled,
     Kernel,
@@ -109,7 +110,9 @@ def run_cases(compiled: Compiled, cases: list[Case], explain_every: int = 3, exp
                 want["must"] = case.must
             bad: dict[str, tuple[Any, Any]] = {key: (got[key], val) for key, val in want.items() if got[key] != val}
             # The datapath's own reaction: a blocked flow is dropped, others go on with the rule's mark.
-            want_tc = TC_ACT_SHOT if got["outbound"] == "block" else TC_ACT_OK
+            # (a local process's proxied flow is bounced into the WAN ingress: TC_ACT_REDIRECT)
+            bounced = bool(case.pname) and kr.outbound_id >= 2
+            want_tc = TC_ACT_SHOT if got["outbound"] == "block" else TC_ACT_REDIRECT if bounced else TC_ACT_OK
             if kr.tc_action != want_tc:
                 bad["tc action"] = (kr.tc_action, want_tc)
             if got["outbound"] == "direct" and kr.skb_mark != kr.mark:
@@ -121,7 +124,8 @@ def run_cases(compiled: Compiled, cases: list[Case], explain_every: int = 3, exp
                 seen = {"rule": ex["rule"], "outbound": ex["outbound"], "mark": ex["mark"], "must": ex["must"]}
                 if seen != got:
                     bad["explain"] = (seen, got)
-                if ex["tc_action"] != ("TC_ACT_SHOT" if got["outbound"] == "block" else "TC_ACT_OK"):
+                if ex["tc_action"] != {TC_ACT_SHOT: "TC_ACT_SHOT", TC_ACT_REDIRECT: "TC_ACT_REDIRECT"}.get(want_tc,
+                                                                                                   "TC_ACT_OK"):
                     bad["explain tc_action"] = (ex["tc_action"], want_tc)
             # The user-space matcher (on the checked IR) must agree with the hand-written expectation.
             f = evaluate.Flow(l4proto=spec.l4proto, src=spec.src, sport=spec.sport, dst=spec.dst, dport=spec.dport,

@@ -14,7 +14,7 @@ from dae_py.compiler.pipeline import compile_config
 from dae_py.contract.manifest import Manifest
 from dae_py.runtime.groups import Check, Group, GroupSpec, Policy
 from dae_py.runtime.groups.marks import MARKED_BASE, marked_routes
-from dae_py.runtime.proxy import DialOptions, Node
+from dae_py.runtime.proxy import DialOptions, DirectOutbound, Node
 from dae_py.runtime.relay.outbounds import OutboundTable
 
 WHY = "(socks5h: no socks5h outbound; socks5:// works: the relay sends addresses, not names)"
@@ -142,8 +142,11 @@ def test_a_marked_group_route_is_a_view_of_the_group_dialing_with_the_mark(tmp_p
                                   '    - "dport(443) -> g(mark: 0x800)"\n    - "dport(444) -> g"\n'
                                   '    - "dport(445) -> direct(mark: 0x900)"\n', fallback="'g(mark: 0x801)'"))
     gid = next(o.id for o in m.outbounds if o.name == "g")
-    assert marked_routes(m) == {(gid, 0x800): MARKED_BASE, (gid, 0x801): MARKED_BASE + 1}  # direct: the datapath's
+    # the groups' views first, then direct's (the relay dials direct flows it re-routes with the mark)
+    assert marked_routes(m) == {(gid, 0x800): MARKED_BASE, (gid, 0x801): MARKED_BASE + 1, (0, 0x900): MARKED_BASE + 2}
     table = OutboundTable.from_manifest(m, DialOptions(so_mark=0x80))
+    marked_direct = table.get(MARKED_BASE + 2)
+    assert isinstance(marked_direct, DirectOutbound) and marked_direct.opts.so_mark == 0x900
     base, view, fallback_view = table.get(gid), table.get(MARKED_BASE), table.get(MARKED_BASE + 1)
     assert isinstance(base, Group) and isinstance(view, Group) and isinstance(fallback_view, Group)
     assert (base.opts.so_mark, view.opts.so_mark, fallback_view.opts.so_mark) == (0x80, 0x800, 0x801)

@@ -75,14 +75,13 @@ def test_no_note_without_the_inputs(builds: dict[str, Path], capsys: Capsys) -> 
     assert "no rule matched: routing.fallback" in out and "note:" not in out
 
 
-def test_a_pname_while_pname_does_not_act_is_a_note(builds: dict[str, Path], capsys: Capsys) -> None:
+def test_a_pname_now_that_pname_acts_is_no_note(builds: dict[str, Path], capsys: Capsys) -> None:
     pname = capabilities.function("pname")
-    assert pname is not None and not pname.acts  # flip this test when issue 13 makes pname act
+    assert pname is not None and pname.acts  # issue 13: the cgroup hooks and the WAN programs
     out = explain(builds["dns"], capsys, "--pname", "curl", "--json")
     result = json.loads(out)
     assert result["outbound"] == "block"
-    assert result["caveats"] == [f"--pname curl: the live gateway cannot provide this yet (pname() does not act): "
-                                 f"{pname.needs}"]
+    assert result["caveats"] == []
 
 
 def test_the_note_follows_the_capability_table(builds: dict[str, Path], capsys: pytest.CaptureFixture[str],
