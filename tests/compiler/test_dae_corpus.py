@@ -82,7 +82,7 @@ def test_the_example_warns_about_each_dae_option_it_ignores() -> None:
 
 # Rules from dae's documentation the rule stage does not accept yet; branch c12rules extends it.
 # Each is compiled in a small .dae config; flip to passing after that merge.
-BANG_AND_SELECTOR_RULES = [
+DOC_RULES = [
     ("routing", "domain(geosite:geolocation-!cn) -> direct", "bare values with '!' (c12rules)"),
     ("routing", "!domain(geosite:google-scholar, geosite:category-scholar-!cn) -> direct", "'!' in values (c12rules)"),
     ("request", "sub(my_sub) -> googledns", "DNS request function sub() (c12rules)"),
@@ -91,8 +91,9 @@ BANG_AND_SELECTOR_RULES = [
 ]
 
 
-@pytest.mark.parametrize(("where", "rule", "why"), BANG_AND_SELECTOR_RULES, ids=[r[1][:40] for r in BANG_AND_SELECTOR_RULES])
-def test_rules_from_daes_docs_with_bang_values_and_dns_selectors(where: str, rule: str, why: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("where", "rule", "why"), DOC_RULES, ids=[r[1][:40] for r in DOC_RULES])
+def test_rules_from_daes_docs_with_bang_values_and_dns_selectors(where: str, rule: str, why: str,
+                                                                  tmp_path: Path) -> None:
     sites = ("geolocation-!cn", "google-scholar", "category-scholar-!cn")
     write_geosite(tmp_path / "geosite.dat", {t: [SiteDomain("domain", f"{i}.example")] for i, t in enumerate(sites)})
     if where == "routing":
