@@ -90,6 +90,7 @@ class Live:
     controller: Any = None  # controller.Handle or None
     so_mark: int = 0
     generation: int = 0
+    subscriptions: Any = None  # subscriptions.SubscriptionManager or None
 
 
 # --- what a new build may change ---------------------------------------------------------
@@ -117,6 +118,8 @@ def restart_reasons(old: Manifest, new: Manifest) -> list[str]:
     if old.settings.wan_interface and not reasons:
         reasons.append("the gateway routes its own traffic (global.wan_interface): a reload does not swap the "
                        "WAN programs yet; restart the service to apply the build")
+    if old.subscriptions != new.subscriptions:
+        reasons.append("the subscriptions changed (sources are fetched from the start); restart the service")
     if any(p.attach in CGROUP_ATTACHES for m in (old, new) for p in m.programs):
         reasons.append("pname() rules use cgroup hooks, which a reload does not swap yet; restart the service")
     return reasons
@@ -510,6 +513,8 @@ class Reloader:
         if p.plan.copy_counters:
             add_counter_delta(old_obj.map("outbound_stats"), p.obj.map("outbound_stats"), translation, copied,
                               len(new_m.outbounds))
+        if live.subscriptions is not None:  # the new groups get the fetched nodes their filters select
+            live.subscriptions.follow(new_m, p.table.groups())
         dns_restart = self._swap_dns(p)
         self.live = dataclasses.replace(live, build=p.build, obj=p.obj, router=p.router,
                                         generation=live.generation + 1)

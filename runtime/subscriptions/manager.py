@@ -58,23 +58,34 @@ async def _default_fetch(url: str, so_mark: int) -> bytes:
 class SubscriptionManager:
     def __init__(self, manifest: Manifest, groups: list[Group], directory: Path, so_mark: int = 0,
                  fetch: Fetcher = _default_fetch, allow_insecure: bool = False) -> None:
-        self.manifest = manifest
         self.specs = manifest.subscriptions
-        self.groups = {g.name: g for g in groups}
-        self.entries = {e.name: e for e in manifest.groups if "filter" in e.extra}
-        self.filters = {name: NodeFilter.from_json(e.extra["filter"]) for name, e in self.entries.items()}
+        self._use(manifest, groups)
         self.store = Store(directory)
         self.so_mark = so_mark
         self.fetch = fetch
         self.allow_insecure = allow_insecure
-        self.static = [n for n in manifest.nodes if n.dialable is not False and n.tag is None]
-        self.compiled = {s.name: [n for n in manifest.nodes if n.tag == s.name and n.dialable is not False]
-                         for s in self.specs}
         self.current: dict[str, list[NodeSpec]] = {}  # tag -> the nodes of its last good body
         self.last_good: dict[str, float] = {}  # tag -> when (wall clock) it was had
         self.failures: dict[str, str] = {}  # tag -> the last fetch's error (for status)
         self._nodes: dict[str, Node] = {}
         self._task: asyncio.Task[None] | None = None
+
+    def _use(self, manifest: Manifest, groups: list[Group]) -> None:
+        """What a build says about groups, filters and compiled nodes (at start, and at a reload)."""
+        self.manifest = manifest
+        self.groups = {g.name: g for g in groups}
+        self.entries = {e.name: e for e in manifest.groups if "filter" in e.extra}
+        self.filters = {name: NodeFilter.from_json(e.extra["filter"]) for name, e in self.entries.items()}
+        self.static = [n for n in manifest.nodes if n.dialable is not False and n.tag is None]
+        self.compiled = {s.name: [n for n in manifest.nodes if n.tag == s.name and n.dialable is not False]
+                         for s in self.specs}
+
+    def follow(self, manifest: Manifest, groups: list[Group]) -> None:
+        """A reload swapped in `manifest` (same subscriptions: reload.restart_reasons checks) and
+        its outbound table's `groups`: the fetched bodies stay, the new groups get their nodes now
+        (an adopted group keeps its node objects: set_nodes keeps the nodes that stay)."""
+        self._use(manifest, groups)
+        self.apply()
 
     # --- bodies ---------------------------------------------------------------------------
     def _parse(self, spec: SubscriptionSpec, body: bytes) -> Parsed:

@@ -165,3 +165,36 @@ def test_fetch_over_https_verifies_the_server_and_reports_http_errors(tmp_path: 
     body, denied, untrusted = asyncio.run(scenario())
     assert body == BODY and denied == "HTTP 403 Forbidden"
     assert "certificate" in untrusted.lower() and TOKEN not in untrusted
+
+def test_a_reload_gives_the_new_tables_groups_the_fetched_nodes(tmp_path: Path) -> None:
+    """A reload builds a new outbound table from the new build: its filtered groups start with
+    the compile-time nodes only, and `follow` gives them what the subscription fetched (no new
+    fetch), with the new build's filters."""
+    m = manifest(tmp_path)
+
+    async def scenario() -> tuple[list[str], list[str], int]:
+        table = OutboundTable.from_manifest(m)
+        source = Source()
+        mgr = SubscriptionManager(m, table.groups(), tmp_path / "store", fetch=source)
+        await mgr.start()
+        fetched = source.calls
+        new_table = OutboundTable.from_manifest(m)
+        mgr.follow(m, new_table.groups())
+        groups = {g.name: [n.name for n in g.nodes] for g in new_table.groups()}
+        await mgr.close()
+        for g in table.groups() + new_table.groups():
+            await g.close()
+        return groups["hk"], groups["all"], source.calls - fetched
+
+    hk, every, fetches = asyncio.run(scenario())
+    assert hk == ["hk1", "hk2"] and every == ["mine", "hk1", "hk2", "us1"] and fetches == 0
+
+
+def test_a_reload_that_changes_the_subscriptions_needs_a_restart(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from dae_py.runtime import reload
+
+    m = manifest(tmp_path)
+    assert reload.restart_reasons(m, m) == []
+    assert any("subscriptions changed" in r for r in reload.restart_reasons(m, replace(m, subscriptions=())))
