@@ -553,8 +553,14 @@ class Reloader:
         if live.dns is not None:
             await live.dns.close()
             self.live = dataclasses.replace(self.live, dns=None)
+        guard = None  # the new build's tproxy guard, on the hijack listener's sockets too
         try:
-            dns = await DnsModule.start(p.build, p.router.domains, live.so_mark)
+            name = p.build.manifest.program(Attach.TPROXY_SOCKET).name
+            guard = p.obj.program_fd(name) if name in p.obj.program_names() else None
+        except ManifestError:
+            pass
+        try:
+            dns = await DnsModule.start(p.build, p.router.domains, live.so_mark, guard_fd=guard, relay=live.relay)
         except Exception as exc:  # noqa: BLE001 - the gateway goes on without it, said loudly
             log.error("reload: the DNS module did not start with the new settings: %s", _one_line(exc))
             return

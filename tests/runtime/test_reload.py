@@ -436,15 +436,16 @@ def test_renumbered_outbounds_keep_flows_and_counters_by_name(lab: Lab, echo: Ec
     assert kernel["aaa"] == (0, 0), kernel  # nothing of proxy's counted under its old id
 
 
-def _resolve(lab: Lab, name: str) -> list[str]:
-    """A query from the client to the gateway's dns.bind; the A addresses of the answer."""
+def _resolve(lab: Lab, name: str, server: str | None = None) -> list[str]:
+    """A query from the client to the gateway's dns.bind (or to `server`:53, which the program
+    hijacks into the DNS module); the A addresses of the answer."""
     import dns.message
     import dns.query
     import dns.rdatatype
 
     q = dns.message.make_query(name, "A")
     with lab.socket("client", socket.AF_INET, socket.SOCK_DGRAM) as s:
-        r = dns.query.udp(q, lab.topo.gateway_lan_ip4, timeout=5, sock=s)
+        r = dns.query.udp(q, server or lab.topo.gateway_lan_ip4, timeout=5, sock=s)
     return [a.address for rr in r.answer if rr.rdtype == dns.rdatatype.A for a in rr]
 
 
@@ -477,3 +478,5 @@ def test_domain_bindings_survive_a_reload_with_the_same_domain_sets(lab: Lab, tm
         assert client_get(lab, t.upstream_ip4, 8080)["peer"] == t.client_ip4  # the bindings started empty
         assert _resolve(lab, "p.proxied.test") == [t.upstream_ip4]
         assert client_get(lab, t.upstream_ip4, 8080)["peer"] == t.upstream_ip4  # bound again by the answer
+        # the restarted module took the hijack port over too: LAN DNS to any resolver is answered
+        assert _resolve(lab, "p.proxied.test", server=t.upstream_ip4) == [t.upstream_ip4]
