@@ -102,7 +102,7 @@ def test_rules_from_daes_docs_with_bang_values_and_dns_selectors(where: str, rul
         text = (f"global {{ lan_interface: eth0 }}\nsubscription {{ my_sub: 'file://s.txt' }}\n"
                 f"dns {{ upstream {{ googledns: 'udp://8.8.8.8:53' }}\n routing {{ request {{\n  {rule}\n"
                 "  fallback: asis\n} } }\nrouting { fallback: direct }\n")
-        (tmp_path / "s.txt").write_text("")
+        (tmp_path / "s.txt").write_text("socks5://192.0.2.5:1080#hk1\nsocks5://192.0.2.6:1080#us1\n")
     check_config(load_config_text(text, str(tmp_path / "c.dae")))
 
 
