@@ -165,7 +165,7 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
             from dae_py.runtime.reload import Live, Reloader  # `dae-runtime reload`, SIGHUP, ExecReload
 
             reloader = Reloader(Live(build, obj, router, relay, datapath, dns_module, controller, so_mark,
-                                     subscriptions=subscriptions), state_path.parent)
+                                     subscriptions=subscriptions, hooks=hooks), state_path.parent)
             await reloader.start()
             reload_signals.set_handler(reloader.on_signal)
         except (BpfError, StartError, asyncio.CancelledError):

@@ -91,6 +91,7 @@ class Live:
     so_mark: int = 0
     generation: int = 0
     subscriptions: Any = None  # subscriptions.SubscriptionManager or None
+    hooks: Any = None  # datapath.cgroup.CgroupHooks of a pname() build, or None
 
 
 # --- what a new build may change ---------------------------------------------------------
@@ -113,16 +114,31 @@ def restart_reasons(old: Manifest, new: Manifest) -> list[str]:
             new.program(attach)
         except ManifestError:
             reasons.append(f"the build has no program for {attach.value}")
-    # A reload swaps the LAN programs only: the WAN pair and the cgroup hooks (pname) would keep
-    # the old build's rules, so a build that has them is applied by a restart until they swap too.
-    if old.settings.wan_interface and not reasons:
-        reasons.append("the gateway routes its own traffic (global.wan_interface): a reload does not swap the "
-                       "WAN programs yet; restart the service to apply the build")
     if old.subscriptions != new.subscriptions:
         reasons.append("the subscriptions changed (sources are fetched from the start); restart the service")
-    if any(p.attach in CGROUP_ATTACHES for m in (old, new) for p in m.programs):
-        reasons.append("pname() rules use cgroup hooks, which a reload does not swap yet; restart the service")
+    # the cgroup hooks are swapped program for program; attaching or detaching them is a start's job
+    if _has_hooks(old) != _has_hooks(new):
+        reasons.append("pname() rules " + ("appear" if _has_hooks(new) else "disappear")
+                       + " (their cgroup hooks are attached at start); restart the service")
     return reasons
+
+
+def _wan_fds(obj: Any, m: Manifest) -> dict[str, int]:
+    """The WAN egress/ingress pair of a build (Datapath.replace's keywords), {} without one."""
+    fds = {}
+    for key, attach in (("egress_fd", Attach.WAN_EGRESS), ("wan_ingress_fd", Attach.WAN_INGRESS)):
+        try:
+            name = m.program(attach).name
+        except ManifestError:
+            return {}
+        if name not in obj.program_names():
+            return {}
+        fds[key] = obj.program_fd(name)
+    return fds
+
+
+def _has_hooks(m: Manifest) -> bool:
+    return any(p.attach in CGROUP_ATTACHES for p in m.programs)
 
 
 def start_only_changes(old: Manifest, new: Manifest) -> list[str]:
@@ -335,6 +351,8 @@ class _Prepared:
     ingress_fd: int
     ingress_l3_fd: int
     warnings: list[str]
+    wan_fds: dict[str, int] = dataclasses.field(default_factory=dict)  # Datapath.replace's WAN pair
+    hook_fds: list[tuple[Attach, int]] = dataclasses.field(default_factory=list)  # the cgroup programs
 
 
 class Reloader:
@@ -466,6 +484,10 @@ class Reloader:
             load_tables(obj, build)
             ingress_fd = obj.program_fd(manifest.program(Attach.LAN_INGRESS).name)
             ingress_l3_fd = obj.program_fd(manifest.program(Attach.LAN_INGRESS_L3).name)
+            wan_fds = _wan_fds(obj, manifest) if manifest.settings.wan_interface else {}
+            if manifest.settings.wan_interface and _wan_fds(live.obj, live.build.manifest) and not wan_fds:
+                raise ReloadRefused("the build has no WAN programs for the gateway's own traffic", needs_restart=True)
+            hook_fds = [(spec.attach, obj.program_fd(spec.name)) for spec in manifest.cgroup_programs()]
             _ = build.ir  # read now: a corrupt ir.json is a refusal, not a failure later
             router = KernelRouter(build, obj.map("flows"), DomainBindings.of(obj, build.domain_words))
             from dae_py.runtime.relay import OutboundTable
@@ -479,7 +501,8 @@ class Reloader:
             obj.close()
             log.debug("reload preparation failed", exc_info=True)
             raise ReloadRefused(_one_line(exc)) from None
-        return _Prepared(build, obj, router, table, adopted, plan, ingress_fd, ingress_l3_fd, warnings)
+        return _Prepared(build, obj, router, table, adopted, plan, ingress_fd, ingress_l3_fd, warnings,
+                         wan_fds, hook_fds)
 
     async def _swap(self, p: _Prepared, t0: float) -> float:
         live = self.live
@@ -495,11 +518,19 @@ class Reloader:
         before = decisions(old_obj.map("flows")) if remap else {}
         old_ingress = old_obj.program_fd(old_m.program(Attach.LAN_INGRESS).name)
         old_l3 = old_obj.program_fd(old_m.program(Attach.LAN_INGRESS_L3).name)
+        old_wan = _wan_fds(old_obj, old_m) if p.wan_fds else {}
+        old_hooks = [(spec.attach, old_obj.program_fd(spec.name)) for spec in old_m.cgroup_programs()]
         try:
-            await asyncio.to_thread(live.datapath.replace, ingress_fd=p.ingress_fd, ingress_l3_fd=p.ingress_l3_fd)
+            await asyncio.to_thread(live.datapath.replace, ingress_fd=p.ingress_fd, ingress_l3_fd=p.ingress_l3_fd,
+                                    **p.wan_fds)
+            if live.hooks is not None and p.hook_fds:
+                live.hooks.replace(p.hook_fds)  # BPF link updates: one atomic swap per hook
         except Exception as exc:  # noqa: BLE001 - put the old programs back, whatever failed
             try:
-                await asyncio.to_thread(live.datapath.replace, ingress_fd=old_ingress, ingress_l3_fd=old_l3)
+                await asyncio.to_thread(live.datapath.replace, ingress_fd=old_ingress, ingress_l3_fd=old_l3,
+                                        **old_wan)
+                if live.hooks is not None and old_hooks:
+                    live.hooks.replace(old_hooks)
             except Exception as again:  # noqa: BLE001 - reported with the first failure
                 log.error("putting the old programs back failed too: %s", _one_line(again))
             raise ReloadRefused(f"attaching the new program failed: {_one_line(exc)}") from None

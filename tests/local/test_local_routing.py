@@ -234,3 +234,38 @@ def test_wan_auto_follows_the_default_route(lab: Lab, tmp_path: Path) -> None:
                 ipr.route("del", dst="default")
             except Exception:  # noqa: BLE001 - no default route left: done
                 break
+
+
+def test_a_reload_swaps_the_wan_programs_and_the_pname_hooks(
+        lab: Lab, tools: dict[str, str], tmp_path: Path) -> None:
+    """With wan_interface and pname() rules, `dae-runtime reload` swaps the WAN pair and each
+    cgroup hook with the LAN programs: a local curl that went direct by pname() is proxied by
+    the new build's rule, the hooks stay six, and the stop leaves nothing behind."""
+    from tests.runtime.test_reload import build, reload_cmd
+
+    t = lab.topo
+    before = gateway_snapshot(lab)
+    wan = f"  wan_interface: [{t.gateway_wan_if}]"
+    first = lab_config(t, rules=CONFIG_RULES, fallback="proxy", extra_global=wan)
+    flipped = lab_config(t, rules=["pname(curl) && dport(8081) -> proxy", *CONFIG_RULES[1:]],
+                         fallback="proxy", extra_global=wan)
+    new = build(tmp_path, "flipped", flipped)
+    curl = ["curl", "-s", "--max-time", "5", f"http://{t.upstream_ip4}:8081/"]
+    with child_cgroup("reload") as cg, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DAE_CGROUP", str(cg))
+        with gateway(lab, first, tmp_path / "gw") as gw:
+            assert isinstance(gw, Gw)
+            hooks = attached(cg)
+            assert len(hooks) == 6, hooks
+            run = lab.run("gateway", run_in(cg, curl))
+            assert run.returncode == 0 and _peer(run.stdout) == t.gateway_wan_ip4  # direct by pname
+            out = reload_cmd(gw, new)
+            assert out.returncode == 0, out.stderr + gw.log_text()[-2000:]
+            run = lab.run("gateway", run_in(cg, curl))
+            assert run.returncode == 0 and _peer(run.stdout) == t.upstream_ip4  # the new rule: proxied
+            assert len(attached(cg)) == 6 and attached(cg) != hooks  # the same hooks, new programs
+            run = lab.run("gateway", run_in(cg, [tools["long"], tools["fetch"], t.upstream_ip4, "8081"]))
+            assert run.returncode == 0 and _peer(run.stdout) == t.upstream_ip4  # unchanged rule still acts
+        assert attached(cg) == []
+    diff = snapshot_diff(before, gateway_snapshot(lab))
+    assert not diff, diff
