@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
 from dae_py.runtime.groups.stats import Check
@@ -93,6 +93,16 @@ class GatewayCollector(Collector):
             answers.add_metric(["servfail"], dns.failed)
             answers.add_metric(["rejected"], dns.rejected)
             yield answers
+            ups = list(getattr(dns, "upstreams", {}).values())
+            latency_s = SummaryMetricFamily("dae_dns_upstream_latency_seconds",
+                                            "Time each upstream took to answer (answered queries)", labels=["upstream"])
+            failures = CounterMetricFamily("dae_dns_upstream_errors", "Upstream queries that failed or timed out",
+                                           labels=["upstream"])
+            for up in ups:
+                latency_s.add_metric([up.name], count_value=up.answered, sum_value=up.answer_seconds)
+                failures.add_metric([up.name], up.errors)
+            yield latency_s
+            yield failures
 
         conns = GaugeMetricFamily("dae_connections_tracked", "Live relayed connections (GET /connections)")
         conns.add_metric([], len(v.tracker))

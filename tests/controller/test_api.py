@@ -364,7 +364,7 @@ def test_metrics_export_the_dns_modules_cache_counters(view: GatewayView) -> Non
                 view.dns = mod
                 await ask(mod, "a.proxied.test")
                 await ask(mod, "a.proxied.test")
-                return {f"{s.name}{s.labels.get('outcome', '')}": s.value
+                return {f"{s.name}{s.labels.get('outcome', '')}{s.labels.get('upstream', '')}": s.value
                         for fam in GatewayCollector(lambda: view).collect() for s in fam.samples}
             result: dict[str, float] = await with_module(config({"main": ("udp", up.port)}), body)
             return result
@@ -373,6 +373,10 @@ def test_metrics_export_the_dns_modules_cache_counters(view: GatewayView) -> Non
     samples = asyncio.run(go())
     assert samples["dae_dns_cache_misses_total"] == 1 and samples["dae_dns_cache_hits_total"] == 1, samples
     assert samples["dae_dns_answers_totalanswered"] == 2 and samples["dae_dns_answers_totalservfail"] == 0
+    # the miss went to the upstream once, answered: one latency sample, no error
+    assert samples["dae_dns_upstream_latency_seconds_countmain"] == 1, samples
+    assert 0 < samples["dae_dns_upstream_latency_seconds_summain"] < 5
+    assert samples["dae_dns_upstream_errors_totalmain"] == 0
 
 
 # --- bad input: the listener is on the network, so anything may arrive -------------------------

@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -77,6 +78,8 @@ class Upstream:
         self.address: str | None = None  # host resolved at start
         self.outbounds: dict[str, Outbound] = {}  # "tcp"/"udp" -> the outbound the routing chose
         self.queries = self.errors = 0
+        self.answered = 0  # queries answered, and the seconds they took in total (for /metrics)
+        self.answer_seconds = 0.0
 
     @property
     def dest(self) -> Destination:
@@ -125,9 +128,13 @@ class Upstream:
         if self.address is None:
             raise UpstreamError(f"upstream {self.name} has no address")
         self.queries += 1
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout):
-                return await self._exchange(q)
+                answer = await self._exchange(q)
+            self.answered += 1
+            self.answer_seconds += time.perf_counter() - started
+            return answer
         except UpstreamError:
             self.errors += 1
             raise
