@@ -31,7 +31,7 @@ from dae_py.runtime.relay.listen import bind_pair
 from dae_py.runtime.relay.udp import ANC_SIZE, orig_dst
 
 from .asis import ORIGIN
-from .listener import MAX_TCP_CONNECTIONS, Answer, tcp_session
+from .listener import MAX_TCP_CONNECTIONS, Answer, close_servers, spawn_bounded, tcp_session
 
 log = logging.getLogger("dae.dns.hijack")
 
@@ -162,12 +162,8 @@ class HijackListener:
                 if reply is not None:
                     self._send(dst, client, reply)
                     continue
-            if len(self._tasks) >= self.max_pending:
+            if not spawn_bounded(self._tasks, self.max_pending, self._udp_query(data, dst, client)):
                 self.dropped += 1
-                continue
-            t = asyncio.get_running_loop().create_task(self._udp_query(data, dst, client))
-            self._tasks.add(t)
-            t.add_done_callback(self._tasks.discard)
 
     async def _udp_query(self, data: bytes, dst: tuple[str, int], client: tuple[str, int]) -> None:
         ORIGIN.set(dst)  # this task's own context: asis asks the resolver the client asked
@@ -230,17 +226,7 @@ class HijackListener:
             loop.remove_reader(s.fileno())
             s.close()
         self._udp = []
-        for srv in self._servers:
-            srv.close()
-        for t in list(self._tasks):
-            t.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        for srv in self._servers:
-            try:
-                await asyncio.wait_for(srv.wait_closed(), 1.0)
-            except TimeoutError:
-                pass
+        await close_servers(self._servers, self._tasks)
         self._servers = []
         for s in self._replies.values():
             s.close()

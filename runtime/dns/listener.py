@@ -13,7 +13,7 @@ import asyncio
 import logging
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 
 from dae_py.runtime.relay.listen import transparent_socket
@@ -73,6 +73,34 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         log.debug("dns udp: %s", exc)
 
 
+async def close_servers(servers: list[asyncio.Server], tasks: set[asyncio.Task[None]]) -> None:
+    """Stop accepting, cancel the queries in flight and wait (at most 1 s each) for the servers:
+    what both listeners (dns.bind and the hijack port) do at close."""
+    for srv in servers:
+        srv.close()
+    for t in list(tasks):
+        t.cancel()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for srv in servers:
+        try:
+            await asyncio.wait_for(srv.wait_closed(), 1.0)
+        except TimeoutError:
+            pass
+
+
+def spawn_bounded(tasks: set[asyncio.Task[None]], limit: int, coro: Coroutine[Any, Any, None]) -> bool:
+    """Run `coro` as a task tracked in `tasks` unless `limit` are in flight (then it is closed
+    unrun and False says the query was dropped)."""
+    if len(tasks) >= limit:
+        coro.close()
+        return False
+    t = asyncio.get_running_loop().create_task(coro)
+    tasks.add(t)
+    t.add_done_callback(tasks.discard)
+    return True
+
+
 class DnsListener:
     def __init__(self, answer: Answer, answer_now: Callable[[bytes], bytes | None] | None = None,
                  max_pending: int = 4096) -> None:
@@ -108,12 +136,8 @@ class DnsListener:
             log.info("dns listening on %s udp+tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
 
     def spawn_udp(self, proto: _UdpProtocol, data: bytes, addr: tuple[Any, ...]) -> None:
-        if len(self._tasks) >= self.max_pending:
+        if not spawn_bounded(self._tasks, self.max_pending, self._udp(proto, data, addr)):
             self.dropped += 1
-            return
-        t = asyncio.get_running_loop().create_task(self._udp(proto, data, addr))
-        self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
 
     async def _udp(self, proto: _UdpProtocol, data: bytes, addr: tuple[Any, ...]) -> None:
         try:
@@ -137,14 +161,4 @@ class DnsListener:
     async def close(self) -> None:
         for tr in self._transports:
             tr.close()
-        for srv in self._servers:
-            srv.close()
-        for t in list(self._tasks):
-            t.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        for srv in self._servers:
-            try:
-                await asyncio.wait_for(srv.wait_closed(), 1.0)
-            except TimeoutError:
-                pass
+        await close_servers(self._servers, self._tasks)

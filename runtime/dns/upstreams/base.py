@@ -15,8 +15,8 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Callable
-from typing import Any, ClassVar
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, Generic, TypeVar
 
 import dns.exception
 import dns.inet
@@ -55,6 +55,39 @@ def checked_answer(q: dns.message.Message, wire: bytes, who: str, *, any_id: boo
     if not any_id:
         r.raw = wire  # type: ignore[attr-defined]  # the answer as it came: the module may pass it on
     return r
+
+
+C = TypeVar("C")
+
+
+class SharedConnection(Generic[C]):
+    """The one multiplexed connection of an upstream (DoH's HTTP/2, DoQ's and DoH3's QUIC):
+    `get` returns it while `alive`, else one caller dials and the others wait for that dial
+    (a failed dial fails them all, once)."""
+
+    def __init__(self) -> None:
+        self.conn: C | None = None
+        self._connecting: asyncio.Future[C] | None = None
+
+    async def get(self, alive: Callable[[C], bool], dial: Callable[[], Awaitable[C]]) -> C:
+        c = self.conn
+        if c is not None and alive(c):
+            return c
+        if self._connecting is not None:
+            return await asyncio.shield(self._connecting)
+        fut: asyncio.Future[C] = asyncio.get_running_loop().create_future()
+        self._connecting = fut
+        try:
+            c = await dial()
+            self.conn = c
+            fut.set_result(c)
+            return c
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+            raise
+        finally:
+            self._connecting = None
 
 
 class Upstream:

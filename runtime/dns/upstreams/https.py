@@ -18,7 +18,7 @@ import h2.exceptions
 
 from dae_py.runtime.net.stream import Stream, TlsStream
 
-from .base import Upstream, UpstreamError, checked_answer
+from .base import SharedConnection, Upstream, UpstreamError, checked_answer
 
 log = logging.getLogger("dae.dns.upstream")
 
@@ -115,42 +115,27 @@ class DohUpstream(Upstream):
 
     def __init__(self, *args: object, **kw: object) -> None:
         super().__init__(*args, **kw)  # type: ignore[arg-type]  # Upstream's own signature
-        self._conn: _H2 | None = None
-        self._connecting: asyncio.Future[_H2] | None = None
+        self._shared: SharedConnection[_H2] = SharedConnection()
         self._ctx: ssl.SSLContext | None = None
         self.dialed = 0
 
     async def _h2(self) -> _H2:
-        c = self._conn
-        if c is not None and not c.closed:
-            return c
-        if self._connecting is not None:
-            return await asyncio.shield(self._connecting)
-        fut: asyncio.Future[_H2] = asyncio.get_running_loop().create_future()
-        self._connecting = fut
+        return await self._shared.get(lambda c: not c.closed, self._dial_h2)
+
+    async def _dial_h2(self) -> _H2:
+        raw = (await self.outbounds["tcp"].dial_tcp(self.dest)).stream
+        if self._ctx is None:
+            self._ctx = self.ssl_context(["h2"])
         try:
-            raw = (await self.outbounds["tcp"].dial_tcp(self.dest)).stream
-            if self._ctx is None:
-                self._ctx = self.ssl_context(["h2"])
-            try:
-                tls = await TlsStream.wrap(raw, self._ctx, server_hostname=self.host)
-            except BaseException:
-                raw.close()
-                raise
-            if tls._obj.selected_alpn_protocol() != "h2":
-                tls.close()
-                raise UpstreamError(f"{self.name}: the server does not speak HTTP/2 (ALPN)")
-            c = _H2(self, tls)
-            self.dialed += 1
-            self._conn = c
-            fut.set_result(c)
-            return c
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()
+            tls = await TlsStream.wrap(raw, self._ctx, server_hostname=self.host)
+        except BaseException:
+            raw.close()
             raise
-        finally:
-            self._connecting = None
+        if tls._obj.selected_alpn_protocol() != "h2":
+            tls.close()
+            raise UpstreamError(f"{self.name}: the server does not speak HTTP/2 (ALPN)")
+        self.dialed += 1
+        return _H2(self, tls)
 
     async def _exchange(self, q: dns.message.Message) -> dns.message.Message:
         qid = q.id
@@ -165,7 +150,8 @@ class DohUpstream(Upstream):
         return checked_answer(q, data, self.name, any_id=True)
 
     async def close(self) -> None:
-        if self._conn is not None:
-            self._conn.fail("closed")
-            self._conn.reader.cancel()
-            self._conn = None
+        c = self._shared.conn
+        if c is not None:
+            c.fail("closed")
+            c.reader.cancel()
+            self._shared.conn = None

@@ -10,7 +10,7 @@ import struct
 import dns.message
 from aioquic.quic.events import QuicEvent, StreamDataReceived, StreamReset
 
-from .base import Upstream, UpstreamError, checked_answer
+from .base import SharedConnection, Upstream, UpstreamError, checked_answer
 from .quicconn import QuicConn
 
 
@@ -22,40 +22,27 @@ class QuicUpstream(Upstream):
 
     def __init__(self, *args: object, **kw: object) -> None:
         super().__init__(*args, **kw)  # type: ignore[arg-type]  # Upstream's own signature
-        self._conn: QuicConn | None = None
-        self._connecting: asyncio.Future[QuicConn] | None = None
+        self._shared: SharedConnection[QuicConn] = SharedConnection()
         self._dialing: QuicConn | None = None  # the connection being set up (its events arrive first)
         self.waiting: dict[int, asyncio.Future[bytes]] = {}
         self.buffers: dict[int, bytearray] = {}
         self.dialed = 0
 
     async def conn(self) -> QuicConn:
-        c = self._conn
-        if c is not None and not c.closed:
-            return c
-        if self._connecting is not None:
-            return await asyncio.shield(self._connecting)
-        fut: asyncio.Future[QuicConn] = asyncio.get_running_loop().create_future()
-        self._connecting = fut
-        c = None
+        return await self._shared.get(lambda c: not c.closed, self._dial)
+
+    async def _dial(self) -> QuicConn:
+        c = QuicConn(self, self.alpn, self.on_event)
+        self._dialing = c
+        c.failers.append(self._fail_all)
         try:
-            c = QuicConn(self, self.alpn, self.on_event)
-            self._dialing = c
-            c.failers.append(self._fail_all)
             await c.connect()
             self.connected(c)
-            self.dialed += 1
-            self._conn = c
-            fut.set_result(c)
-            return c
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()
-            if self._conn is None and c is not None:
-                c.close()
+        except BaseException:
+            c.close()
             raise
-        finally:
-            self._connecting = None
+        self.dialed += 1
+        return c
 
     def connected(self, c: QuicConn) -> None:
         """A hook for protocols layered on the connection (HTTP/3)."""
@@ -101,6 +88,6 @@ class QuicUpstream(Upstream):
         return checked_answer(q, data, self.name, any_id=True)
 
     async def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        if self._shared.conn is not None:
+            self._shared.conn.close()
+            self._shared.conn = None
