@@ -41,6 +41,7 @@ from dae_py.runtime.net.stream import RECV_SIZE, LayeredStream, SocketStream, St
 
 from . import plugins
 from . import shadowsocks2022 as ss2022
+from .aeadchunks import seal_chunks
 from .base import Destination, DialError, DialOptions, Node, ProxyAuthError, ProxyProtocolError, ReplyCallback
 from .socks5 import decode_addr, encode_addr
 from .udp import SocketAssociation
@@ -102,16 +103,8 @@ class Sealer:
 
     def seal(self, data: bytes | memoryview) -> bytes:
         """[enc len][enc payload] chunks for `data` (any length; split at MAX_PAYLOAD)."""
-        encrypt = self._aead.encrypt
-        out = []
-        n = self._counter
-        for start in range(0, len(data), MAX_PAYLOAD):
-            piece = data[start:start + MAX_PAYLOAD]
-            out.append(encrypt(n.to_bytes(12, "little"), struct.pack("!H", len(piece)), None))
-            out.append(encrypt((n + 1).to_bytes(12, "little"), piece, None))
-            n += 2
-        self._counter = n
-        return b"".join(out)
+        out, self._counter = seal_chunks(self._aead, self._counter, data, MAX_PAYLOAD)
+        return out
 
 
 class Opener:

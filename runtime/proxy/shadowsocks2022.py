@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from dae_py.runtime.net.sockets import resolve, set_mark
 
+from .aeadchunks import seal_chunks
 from .base import Destination, DialError, DialOptions, Node, ProxyProtocolError, ReplyCallback
 from .socks5 import decode_addr, encode_addr
 from .udp import SocketAssociation
@@ -154,12 +155,8 @@ class Sealer:
         return self.salt + self._enc(fixed) + self._enc(variable)
 
     def seal(self, data: bytes | memoryview) -> bytes:
-        out = []
-        for start in range(0, len(data), MAX_CHUNK):
-            piece = data[start:start + MAX_CHUNK]
-            out.append(self._enc(struct.pack("!H", len(piece))))
-            out.append(self._enc(piece))
-        return b"".join(out)
+        out, self._counter = seal_chunks(self._aead, self._counter, data, MAX_CHUNK)
+        return out
 
 
 class Opener:
