@@ -18,13 +18,13 @@ import pytest
 import trustme
 
 from dae_py.runtime.groups import Check
-from dae_py.runtime.net.tls import client_context
 from dae_py.runtime.proxy import shadowsocks
 from dae_py.runtime.relay import RelayConfig
 from tests.conftest import have_root_bpf
 from tests.relay import servers
 from tests.relay.conftest import CHECK, Env, gateway_env, group_of, node
 from tests.relay.lab import GW_UP4, GW_UP6, RELAY_MARK, SERVER4, SERVER6, Lab
+from tests.trust import trusting
 
 pytestmark = pytest.mark.root
 
@@ -92,25 +92,16 @@ def plab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     ca.cert_pem.write_to_path(str(ca_file))
     os.chmod(folder, 0o755)
     lab = Lab().up_()
-    old = os.environ.get("SSL_CERT_FILE")
-    # The runtime's default context trusts the system store; OpenSSL reads SSL_CERT_FILE for
-    # it, so the test CA is trusted without touching the machine's store.
-    os.environ["SSL_CERT_FILE"] = str(ca_file)
-    client_context.cache_clear()
-    try:
-        for cipher, (ip4, ip6) in SS_IPS.items():
-            lab.ss_server([ip4, ip6], SS_PORT, cipher, SS_PASSWORD, bind=ip4)
-        for port, cipher in enumerate(SS_IPS, start=SS_PORT):
-            lab.v2ray_ss_server(V2RAY_SS, port, cipher, SS_PASSWORD)
-        lab.trojan_server(TROJAN_PORT, TROJAN_PASSWORD, cert_file, key_file)
-        yield lab
-    finally:
-        if old is None:
-            os.environ.pop("SSL_CERT_FILE", None)
-        else:
-            os.environ["SSL_CERT_FILE"] = old
-        client_context.cache_clear()
-        lab.down()
+    with trusting(ca_file):
+        try:
+            for cipher, (ip4, ip6) in SS_IPS.items():
+                lab.ss_server([ip4, ip6], SS_PORT, cipher, SS_PASSWORD, bind=ip4)
+            for port, cipher in enumerate(SS_IPS, start=SS_PORT):
+                lab.v2ray_ss_server(V2RAY_SS, port, cipher, SS_PASSWORD)
+            lab.trojan_server(TROJAN_PORT, TROJAN_PASSWORD, cert_file, key_file)
+            yield lab
+        finally:
+            lab.down()
 
 
 async def echo_through(env: Env, family: int, server: str, outbound_id: int,

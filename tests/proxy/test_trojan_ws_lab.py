@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import trustme
 
-from dae_py.runtime.net.tls import client_context
 from tests.conftest import have_root_bpf
 from tests.proxy.test_proxy_lab import echo_through, udp_through
 from tests.relay.conftest import CHECK, gateway_env, node
 from tests.relay.lab import SERVER4, Lab
+from tests.trust import trusting
 
 pytestmark = pytest.mark.root
 
@@ -39,31 +39,24 @@ def wlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     ca.cert_pem.write_to_path(str(folder / "ca.pem"))
     os.chmod(folder, 0o755)
     lab = Lab().up_()
-    old = os.environ.get("SSL_CERT_FILE")
-    os.environ["SSL_CERT_FILE"] = str(folder / "ca.pem")
-    client_context.cache_clear()
-    try:
-        conf = lab.dir / "v2ray-trojan-ws.json"
-        conf.write_text(json.dumps({
-            "log": {"loglevel": "warning"},
-            "inbounds": [{"listen": IP, "port": PORT, "protocol": "trojan",
-                          "settings": {"clients": [{"password": PW}]},
-                          "streamSettings": {"network": "ws", "security": "tls", "wsSettings": {"path": "/tj"},
-                                             "tlsSettings": {"certificates": [{
-                                                 "certificateFile": str(folder / "cert.pem"),
-                                                 "keyFile": str(folder / "key.pem")}]}}}],
-            "outbounds": [{"protocol": "freedom", "sendThrough": IP}],
-        }))
-        peer = lab.start_peer("v2ray-trojan-ws", lab.up, ["v2ray", "-config", str(conf)])
-        lab.wait_listening(lab.up, IP, PORT, peer)
-        yield lab
-    finally:
-        if old is None:
-            os.environ.pop("SSL_CERT_FILE", None)
-        else:
-            os.environ["SSL_CERT_FILE"] = old
-        client_context.cache_clear()
-        lab.down()
+    with trusting(folder / "ca.pem"):
+        try:
+            conf = lab.dir / "v2ray-trojan-ws.json"
+            conf.write_text(json.dumps({
+                "log": {"loglevel": "warning"},
+                "inbounds": [{"listen": IP, "port": PORT, "protocol": "trojan",
+                              "settings": {"clients": [{"password": PW}]},
+                              "streamSettings": {"network": "ws", "security": "tls", "wsSettings": {"path": "/tj"},
+                                                 "tlsSettings": {"certificates": [{
+                                                     "certificateFile": str(folder / "cert.pem"),
+                                                     "keyFile": str(folder / "key.pem")}]}}}],
+                "outbounds": [{"protocol": "freedom", "sendThrough": IP}],
+            }))
+            peer = lab.start_peer("v2ray-trojan-ws", lab.up, ["v2ray", "-config", str(conf)])
+            lab.wait_listening(lab.up, IP, PORT, peer)
+            yield lab
+        finally:
+            lab.down()
 
 
 def test_trojan_over_websocket_tls_carries_tcp_and_udp(wlab: Lab) -> None:

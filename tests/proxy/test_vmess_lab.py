@@ -20,7 +20,6 @@ import pytest
 import trustme
 
 from dae_py.runtime.groups import Check
-from dae_py.runtime.net.tls import client_context
 from dae_py.runtime.proxy import Destination, DialOptions, Node, ProxyProtocolError, vless, vmess
 from dae_py.runtime.relay import RelayConfig
 from tests.conftest import have_root_bpf
@@ -28,6 +27,7 @@ from tests.proxy.test_proxy_lab import checked, echo_through, first_round, udp_t
 from tests.relay import servers
 from tests.relay.conftest import CHECK, gateway_env, node
 from tests.relay.lab import RELAY_MARK, SERVER4, SERVER6, Lab
+from tests.trust import trusting
 
 pytestmark = pytest.mark.root
 
@@ -129,19 +129,12 @@ def vlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     ca.cert_pem.write_to_path(str(ca_file))
     os.chmod(folder, 0o755)
     lab = Lab().up_()
-    old = os.environ.get("SSL_CERT_FILE")
-    os.environ["SSL_CERT_FILE"] = str(ca_file)  # the runtime's default context trusts the test CA
-    client_context.cache_clear()
-    try:
-        v2ray_server(lab, str(cert_file), str(key_file))
-        yield lab
-    finally:
-        if old is None:
-            os.environ.pop("SSL_CERT_FILE", None)
-        else:
-            os.environ["SSL_CERT_FILE"] = old
-        client_context.cache_clear()
-        lab.down()
+    with trusting(ca_file):
+        try:
+            v2ray_server(lab, str(cert_file), str(key_file))
+            yield lab
+        finally:
+            lab.down()
 
 
 GOOD = [n for n in NAMES if "baduuid" not in n]
