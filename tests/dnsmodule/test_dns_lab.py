@@ -20,6 +20,7 @@ import dns.rcode
 import pytest
 
 from tests.runtime.helpers import Gw, Lab, client_get, gateway, lab_config, runtime_lab
+from tests.trust import trusting
 
 pytestmark = pytest.mark.root
 
@@ -122,19 +123,10 @@ dns:
 
 @pytest.fixture(scope="module")
 def gw(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gw]:
-    import os
-
-    old = os.environ.get("SSL_CERT_FILE")
-    os.environ["SSL_CERT_FILE"] = str(lab.ca)  # type: ignore[attr-defined]  # the gateway trusts the test CA
-    try:
-        with gateway(lab, dns_config(lab), tmp_path_factory.mktemp("dnsgw")) as g:
-            g.wait_log(r"dns listening on 10\.231\.1\.1:53")
-            yield g
-    finally:
-        if old is None:
-            os.environ.pop("SSL_CERT_FILE", None)
-        else:
-            os.environ["SSL_CERT_FILE"] = old
+    ca = lab.ca  # type: ignore[attr-defined]  # the fixture's test CA, which the gateway trusts
+    with trusting(ca), gateway(lab, dns_config(lab), tmp_path_factory.mktemp("dnsgw")) as g:
+        g.wait_log(r"dns listening on 10\.231\.1\.1:53")
+        yield g
 
 
 def resolve(lab: Lab, name: str, rdtype: str = "A", server: str | None = None, timeout: float = 6.0,
