@@ -407,12 +407,12 @@ class Reloader:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await asyncio.wait_for(reader.readline(), 10)
-            try:
-                request = json.loads(line or b"{}")
+            try:  # a line past the reader's limit (64 KiB) raises ValueError too
+                request = json.loads(await asyncio.wait_for(reader.readline(), 10) or b"{}")
                 build = request.get("build") if isinstance(request, dict) else None
+                if build is not None and not isinstance(build, str):
+                    raise ValueError("build is not a path")
             except ValueError:
-                build = None
                 outcome = Outcome(False, "unreadable reload request")
             else:
                 outcome = await self.reload(Path(build) if build else None)

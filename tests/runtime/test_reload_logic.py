@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,47 @@ def test_requests_travel_over_the_state_directory_socket(tmp_path: Path) -> None
     assert not default.ok and default.message == "asked for None"
     assert mode == 0o600
     assert not reload.socket_path(tmp_path).exists()
+
+
+def test_garbage_on_the_reload_socket_is_refused_and_the_socket_keeps_serving(tmp_path: Path) -> None:
+    """Bytes that are not a request (not JSON, not UTF-8, a non-string build, a line past the
+    reader's limit, a client that closes at once) each get 'unreadable reload request' or a
+    closed connection, reload nothing, and the next well-formed request is served."""
+    asked: list[Path | None] = []
+
+    class Stub(reload.Reloader):
+        async def reload(self, path: Path | None) -> reload.Outcome:
+            asked.append(path)
+            return reload.Outcome(True, "ok", str(path))
+
+    async def send(raw: bytes) -> bytes:
+        r, w = await asyncio.open_unix_connection(str(reload.socket_path(tmp_path)))
+        try:
+            w.write(raw)
+            await w.drain()
+            w.write_eof()
+            return await asyncio.wait_for(r.read(), 5)
+        finally:
+            w.close()
+
+    async def run() -> tuple[list[bytes], reload.Outcome]:
+        r = Stub.__new__(Stub)
+        reload.Reloader.__init__(r, None, tmp_path)  # type: ignore[arg-type]  # no gateway behind it
+        await r.start()
+        try:
+            answers = [await send(raw) for raw in (b"{not json\n", b"\xff\xfe\x00\n", b'{"build": 5}\n',
+                                                    b'{"build": ["a"]}\n', b"x" * 100_000 + b"\n")]
+            answers.append(await send(b""))  # connects and closes: an empty request is "reload as is"
+            return answers, await reload.request(tmp_path, Path("b"))
+        finally:
+            await r.close()
+
+    answers, last = asyncio.run(run())
+    for raw in answers[:4]:
+        assert json.loads(raw)["message"] == "unreadable reload request", raw[:80]
+    # past the limit: answered, or closed if the server's answer met our unread bytes
+    assert answers[4] == b"" or json.loads(answers[4])["message"] == "unreadable reload request"
+    assert asked == [None, Path("b").absolute()] and last.ok
 
 
 def test_the_command_finds_the_state_file_where_the_runtime_keeps_it(monkeypatch: Any) -> None:
