@@ -1,0 +1,350 @@
+"""The harness of `lan_ingress_path`: time `lan_ingress`'s whole path (parse, flow table, classify,
+insert, hijack with a real bpf_sk_assign) through BPF_PROG_TEST_RUN, and check its verdict first.
+
+Two things make BPF_PROG_TEST_RUN awkward for this path, and this module is how the benchmark
+deals with them:
+
+- With `repeat` N the kernel runs the program N times on the *same* skb, so from the second run
+  on the packet's flow is in the flow table and the program takes the established path. Test-run
+  cannot vary the packet between repetitions (its context, `struct __sk_buff`, has no field that
+  reaches the 5-tuple). So the new-flow path is timed on a *variant* of the real build
+  (`build_new_flow_variant`): the same generated C with one line added after `flow_key_of()` in
+  handle(), `key.saddr[3] ^= ++bench_new_flow_seq;`, so that each run's flow key is one the table
+  has never seen. The lookup then misses for real, classify() runs, and the insert adds a new
+  entry for real; the packet itself, and so classification and the socket lookups, are
+  untouched. The extra work is one load, add and store of a global (a few instructions, no
+  helper call). Its flow table is sized above `repeat` and cleared before every timed run, so no
+  insert evicts: the figure is a gateway whose flow table is not full.
+- The cross-check that the variant times the real path: single calls (repeat 1) of the real
+  program with its flow entry deleted before each call, of the variant, and of an empty program,
+  interleaved; the kernel's duration of one call includes a fixed timer overhead and cold caches,
+  so the empty program's single-call time is subtracted. Real and variant must read alike.
+- bpf_sk_assign needs a socket: each netns the harness makes (`PathNetns`) has transparent
+  TCP and UDP sockets on the tproxy port, as the runtime does, and the test runs happen in a
+  thread inside that netns (test-run's skb belongs to the caller's netns, and the socket lookups
+  search it). Without a listener, hijack() would do its two lookups, find nothing and pass the
+  packet (fail-open): a shorter path, which the verdict check below rejects.
+
+Verdict check (`check_path`): TC_ACT_OK, the skb's mark set to the fwmark (hijack() sets it only
+after bpf_sk_assign succeeded) and the flow entry the run wrote carries the rule and outbound the
+Python reference picks.
+"""
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import statistics
+import struct
+import subprocess
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from pyroute2 import IPRoute, netns
+
+from dae_py.compiler.emit import CLANG_FLAGS
+from dae_py.runtime.bpf import BpfMap, prog_test_run
+from dae_py.runtime.lab.nsutil import enter_netns
+from dae_py.runtime.packets import FlowSpec, flow_key, parse_flow_value
+
+T = TypeVar("T")
+
+IP_TRANSPARENT = 19
+IPV6_TRANSPARENT = 75
+SKB_CTX_SIZE = 192  # struct __sk_buff
+SKB_MARK_OFFSET = 8
+TC_ACT_OK = 0
+
+# The variants patch handle() (templates/bpf/datapath.h) in a copy of the build; each anchor must
+# occur exactly once or the variant is not built.
+HANDLE_SIGNATURE = "static __always_inline int handle("
+KEY_ANCHOR = "\tflow_key_of(&p, &key);\n"
+LOOKUP_ANCHOR = "\tflow = bpf_map_lookup_elem(&flows, &key);\n"
+VARIANTS = {
+    # Every run's flow key is one the table has never seen: a real miss and a real insert.
+    "new-key": ("static __u32 bench_new_flow_seq;  /* bench only (bench/path_harness.py) */\n\n",
+                KEY_ANCHOR,
+                "\tkey.saddr[3] ^= ++bench_new_flow_seq;  /* bench only: every run is a new flow */\n"),
+    # The lookup runs and its answer is dropped; the insert then replaces the same key's entry,
+    # as dae's program does for every TCP SYN (the method behind dae's 440 ns).
+    "same-key": ("", LOOKUP_ANCHOR,
+                 "\tasm volatile(\"\" : \"+r\"(flow));  /* bench only: keep the lookup, */\n"
+                 "\tflow = 0;  /* then take the miss path */\n"),
+}
+
+
+class HarnessError(Exception):
+    """The variant could not be built or a program's verdict is not the real path's."""
+
+
+def build_variant(build_dir: Path, out_dir: Path, kind: str) -> Path:
+    """Copy a finished build, patch its datapath.h as VARIANTS[kind] says; return the object."""
+    global_decl, anchor, added = VARIANTS[kind]
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    shutil.copytree(build_dir, out_dir)
+    hdr = out_dir / "include" / "datapath.h"
+    text = hdr.read_text()
+    if text.count(anchor) != 1 or text.count(HANDLE_SIGNATURE) != 1:
+        raise HarnessError(f"{hdr}: handle() no longer has exactly one {anchor.strip()!r}: "
+                           "update bench/path_harness.py")
+    text = text.replace(HANDLE_SIGNATURE, global_decl + HANDLE_SIGNATURE)
+    text = text.replace(anchor, anchor + added)
+    hdr.write_text(text)
+    proc = subprocess.run(["clang", *CLANG_FLAGS, "-c", "program.c", "-o", "program.o"], cwd=out_dir,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise HarnessError(f"clang failed on the {kind} variant:\n{proc.stderr.strip()}")
+    return out_dir / "program.o"
+
+
+class PathNetns:
+    """A network namespace with the runtime's transparent sockets on the tproxy port, and a
+    worker thread inside it that runs the test runs (see the module docstring).
+
+    `established` also makes a real TCP connection for each of those flows (both ends local on
+    lo), so that
+    hijack()'s first lookup, by the packet's own 4-tuple, finds an accepted socket as it does for
+    every later packet of a proxied flow; the TCP tproxy listener is then left out, so a
+    successful bpf_sk_assign proves that socket was found."""
+
+    def __init__(self, name: str, tproxy_port: int, established: tuple[FlowSpec, ...] | None = None) -> None:
+        self.name = name
+        self.tproxy_port = tproxy_port
+        self.established = established
+        self.sockets: list[socket.socket] = []
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> PathNetns:
+        netns.create(self.name)
+        try:
+            with IPRoute(netns=self.name) as ipr:
+                lo = ipr.link_lookup(ifname="lo")[0]
+                ipr.link("set", index=lo, state="up")
+                for f in self.established or ():
+                    for a in (f.src, f.dst):
+                        ipr.addr("add", index=lo, address=str(a), prefixlen=a.max_prefixlen,
+                                 flags=0x02 if a.version == 6 else 0)  # IFA_F_NODAD
+            self._pool = ThreadPoolExecutor(max_workers=1, initializer=enter_netns, initargs=(self.name,))
+            self.call(self._open_sockets)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s in self.sockets:
+            s.close()
+        self.sockets.clear()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        try:
+            netns.remove(self.name)
+        except OSError:
+            pass
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run fn() in the worker thread inside the namespace."""
+        assert self._pool is not None
+        return self._pool.submit(fn).result()
+
+    def _transparent(self, family: int, kind: int) -> socket.socket:
+        s = socket.socket(family, kind)
+        self.sockets.append(s)
+        if family == socket.AF_INET:
+            s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        else:
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        return s
+
+    def _open_sockets(self) -> None:
+        for family, any_addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            if self.established is None:
+                t = self._transparent(family, socket.SOCK_STREAM)
+                t.bind((any_addr, self.tproxy_port))
+                t.listen(64)
+            u = self._transparent(family, socket.SOCK_DGRAM)
+            u.bind((any_addr, self.tproxy_port))
+        for f in self.established or ():
+            fam = socket.AF_INET if f.dst.version == 4 else socket.AF_INET6
+            srv = socket.socket(fam, socket.SOCK_STREAM)
+            self.sockets.append(srv)
+            srv.bind((str(f.dst), f.dport))
+            srv.listen(1)
+            cli = socket.socket(fam, socket.SOCK_STREAM)
+            self.sockets.append(cli)
+            cli.bind((str(f.src), f.sport))
+            cli.connect((str(f.dst), f.dport))
+            acc, _ = srv.accept()
+            self.sockets.append(acc)
+            srv.close()  # only the accepted socket should answer the first lookup
+
+
+def clear_map(m: BpfMap) -> None:
+    for k in list(m.keys()):
+        m.delete(k)
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What the real path does with the packet: the rule and outbound the reference picks, and
+    the fwmark hijack() sets once bpf_sk_assign succeeded."""
+
+    rule: int
+    outbound: int
+    fwmark: int
+
+
+def run_once(fd: int, data: bytes) -> tuple[int, int]:
+    """One run with the context read back: (retval, skb mark)."""
+    r = prog_test_run(fd, data, ctx=bytes(SKB_CTX_SIZE), ctx_out_size=SKB_CTX_SIZE, data_out_size=0)
+    return r.retval, struct.unpack_from("<I", r.ctx_out, SKB_MARK_OFFSET)[0]
+
+
+def check_path(ns: PathNetns, fd: int, flows: BpfMap, flow: FlowSpec, data: bytes, expect: Expect,
+               new_flow: bool | str) -> tuple[str | None, bool]:
+    """Run the program once in `ns`; say what is wrong with its verdict (None: the real path) and
+    whether bpf_sk_assign took the packet (the skb carries the fwmark). Under test-run it cannot:
+    the skb is not at tc ingress, and the helper returns -EOPNOTSUPP (see `probe`), so hijack()
+    fails open after its socket lookups and the mark stays unset.
+
+    new_flow: True, the run must add one flow entry (the real key for the real program when the
+    table was cleared, a salted key for the new-key variant); "replace", the real key's entry must
+    be the only one after the run (the same-key variant); False, it must be there already and no
+    other be added (the established path)."""
+    real = flow_key(flow)
+    before = set(flows.keys())
+    ret, mark = ns.call(lambda: run_once(fd, data))
+    after = set(flows.keys())
+    assigned = mark == expect.fwmark
+    if ret != TC_ACT_OK:
+        return f"returned {ret}, not TC_ACT_OK", assigned
+    if mark not in (0, expect.fwmark):
+        return f"skb mark 0x{mark:x}, neither unset nor the fwmark", assigned
+    added = after - before
+    if new_flow == "replace":
+        if added or len(after) != 1:
+            return f"{len(after)} flow entries after the run, not the one replaced", assigned
+        key = real
+    elif new_flow:
+        if len(added) != 1:
+            return f"added {len(added)} flow entries, not 1: the flow table was not missed", assigned
+        key = next(iter(added))
+    else:
+        if added or real not in after:
+            return "the flow table was not hit", assigned
+        key = real
+    raw = flows.lookup(key)
+    if raw is None:
+        return "its flow entry vanished", assigned
+    d = parse_flow_value(raw)
+    if (d.rule, d.outbound) != (expect.rule, expect.outbound):
+        return (f"wrote rule {d.rule} outbound {d.outbound}, the reference says rule {expect.rule} "
+                f"outbound {expect.outbound}"), assigned
+    return None, assigned
+
+
+@dataclass
+class Case:
+    """One program timed in one netns; `before` runs (untimed) before each timed run."""
+
+    label: str
+    fd: int
+    ns: PathNetns
+    before: Callable[[], None] = lambda: None
+    frame_of_call: Callable[[int], bytes] | None = None  # single calls only: call i's own frame
+    samples: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples) if self.samples else float("nan")
+
+    @property
+    def spread(self) -> float:
+        if len(self.samples) < 2:
+            return 0.0
+        return (max(self.samples) - min(self.samples)) / self.median
+
+
+def time_rounds(cases: list[Case], data: bytes, repeat: int, runs: int, seed: int = 0) -> None:
+    """`runs` rounds; each round runs every case once (`repeat` x) in a shuffled order."""
+    rng = random.Random(seed)
+    for c in cases:  # warm-up
+        c.before()
+        c.ns.call(lambda c=c: prog_test_run(c.fd, data, repeat=max(1, repeat // 10), data_out_size=0))
+    for _ in range(runs):
+        order = cases[:]
+        rng.shuffle(order)
+        for c in order:
+            c.before()
+            r = c.ns.call(lambda c=c: prog_test_run(c.fd, data, repeat=repeat, data_out_size=0))
+            c.samples.append(float(r.duration_ns))
+
+
+def time_single_calls(cases: list[Case], data: bytes, calls: int, seed: int = 0) -> None:
+    """`calls` rounds of one call (repeat 1) per case, shuffled per round; each sample is the
+    kernel's duration of that one call. A case with `frame_of_call` runs its own frame each call
+    (a new 5-tuple: the one way to give test-run a new flow every time)."""
+    rng = random.Random(seed)
+    for i in range(calls):
+        order = cases[:]
+        rng.shuffle(order)
+        for c in order:
+            c.before()
+            pkt = data if c.frame_of_call is None else c.frame_of_call(i)
+            r = c.ns.call(lambda c=c, pkt=pkt: prog_test_run(c.fd, pkt, repeat=1, data_out_size=0))
+            c.samples.append(float(r.duration_ns))
+
+
+@contextmanager
+def path_netns(prefix: str, tproxy_port: int, established: tuple[FlowSpec, ...]) -> Iterator[tuple[PathNetns, PathNetns]]:
+    """The two namespaces of a run: `new` (tproxy listeners) and `est` (the flow's own socket)."""
+    with PathNetns(f"{prefix}-new", tproxy_port) as new, PathNetns(f"{prefix}-est", tproxy_port, established) as est:
+        yield new, est
+
+
+PROBE_SOURCE = Path(__file__).resolve().parent / "pathprobe" / "probe.bpf.c"
+TCP_STATES = {1: "established", 10: "listener", 0xFF: "udp"}
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What hijack()'s lookups find for a packet in a netns, and what bpf_sk_assign returns."""
+
+    socket: str | None  # "established", "listener", "udp" or None (nothing found)
+    assign_errno: int
+
+    def describe(self) -> str:
+        if self.socket is None:
+            return "no socket found"
+        return f"{self.socket} socket found, bpf_sk_assign -> " + (f"-{self.assign_errno}" if self.assign_errno else "0")
+
+
+def build_probe(out_dir: Path, tproxy_port: int) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    obj = out_dir / "probe.o"
+    proc = subprocess.run(["clang", "-O2", "-g", "-target", "bpf", "-Wall", "-Werror",
+                           "-I/usr/include/x86_64-linux-gnu", f"-DPROBE_PORT={tproxy_port}",
+                           "-c", str(PROBE_SOURCE), "-o", str(obj)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise HarnessError(f"clang failed on {PROBE_SOURCE}:\n{proc.stderr.strip()}")
+    return obj
+
+
+def probe(ns: PathNetns, probe_fd: int, data: bytes) -> ProbeResult:
+    r = ns.call(lambda: prog_test_run(probe_fd, data, data_out_size=0)).retval
+    if r >= 1 << 31:
+        r -= 1 << 32
+    if r < 0:
+        if r == -2:
+            raise HarnessError("the probe handles IPv4 frames without options only")
+        return ProbeResult(None, 0)
+    return ProbeResult(TCP_STATES.get(r >> 8, f"state {r >> 8}"), r & 0xFF)
