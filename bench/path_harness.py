@@ -41,13 +41,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
 from pyroute2 import IPRoute, netns
 
 from dae_py.compiler.emit import CLANG_FLAGS
-from dae_py.runtime.bpf import BpfMap, prog_test_run
+from dae_py.runtime.bpf import BpfMap, BpfObject, prog_test_run
 from dae_py.runtime.lab.nsutil import enter_netns
 from dae_py.runtime.packets import FlowSpec, flow_key, parse_flow_value
 
@@ -64,16 +65,22 @@ TC_ACT_OK = 0
 HANDLE_SIGNATURE = "static __always_inline int handle("
 KEY_ANCHOR = "\tflow_key_of(&p, &key);\n"
 LOOKUP_ANCHOR = "\tflow = bpf_map_lookup_elem(&flows, &key);\n"
-VARIANTS = {
+HIJACK_ANCHOR = "\t\treturn from_wan ? wan_bounce(skb, p, d, l3) : DAE_HIJACK(skb, p, d);\n"
+NEW_KEY = ((HANDLE_SIGNATURE, "static __u32 bench_new_flow_seq;  /* bench only (bench/path_harness.py) */\n\n"
+            + HANDLE_SIGNATURE),
+           (KEY_ANCHOR, KEY_ANCHOR
+            + "\tkey.saddr[3] ^= ++bench_new_flow_seq;  /* bench only: every run is a new flow */\n"))
+SAME_KEY = ((LOOKUP_ANCHOR, LOOKUP_ANCHOR + "\tasm volatile(\"\" : \"+r\"(flow));  /* bench only: keep the lookup, */\n"
+             "\tflow = 0;  /* then take the miss path */\n"),)
+# (anchor, replacement) pairs applied to datapath.h
+VARIANTS: dict[str, tuple[tuple[str, str], ...]] = {
     # Every run's flow key is one the table has never seen: a real miss and a real insert.
-    "new-key": ("static __u32 bench_new_flow_seq;  /* bench only (bench/path_harness.py) */\n\n",
-                KEY_ANCHOR,
-                "\tkey.saddr[3] ^= ++bench_new_flow_seq;  /* bench only: every run is a new flow */\n"),
+    "new-key": NEW_KEY,
     # The lookup runs and its answer is dropped; the insert then replaces the same key's entry,
     # as dae's program does for every TCP SYN (the method behind dae's 440 ns).
-    "same-key": ("", LOOKUP_ANCHOR,
-                 "\tasm volatile(\"\" : \"+r\"(flow));  /* bench only: keep the lookup, */\n"
-                 "\tflow = 0;  /* then take the miss path */\n"),
+    "same-key": SAME_KEY,
+    # The same, and proxied flows pass without hijack()'s socket lookups: what those cost.
+    "same-key-no-hijack": SAME_KEY + ((HIJACK_ANCHOR, "\t\treturn TC_ACT_OK;  /* bench only: no hijack() */\n"),),
 }
 
 
@@ -83,17 +90,15 @@ class HarnessError(Exception):
 
 def build_variant(build_dir: Path, out_dir: Path, kind: str) -> Path:
     """Copy a finished build, patch its datapath.h as VARIANTS[kind] says; return the object."""
-    global_decl, anchor, added = VARIANTS[kind]
     if out_dir.exists():
         shutil.rmtree(out_dir)
     shutil.copytree(build_dir, out_dir)
     hdr = out_dir / "include" / "datapath.h"
     text = hdr.read_text()
-    if text.count(anchor) != 1 or text.count(HANDLE_SIGNATURE) != 1:
-        raise HarnessError(f"{hdr}: handle() no longer has exactly one {anchor.strip()!r}: "
-                           "update bench/path_harness.py")
-    text = text.replace(HANDLE_SIGNATURE, global_decl + HANDLE_SIGNATURE)
-    text = text.replace(anchor, anchor + added)
+    for anchor, replacement in VARIANTS[kind]:
+        if text.count(anchor) != 1:
+            raise HarnessError(f"{hdr}: no longer has exactly one {anchor.strip()!r}: update bench/path_harness.py")
+        text = text.replace(anchor, replacement)
     hdr.write_text(text)
     proc = subprocess.run(["clang", *CLANG_FLAGS, "-c", "program.c", "-o", "program.o"], cwd=out_dir,
                           capture_output=True, text=True)
@@ -222,7 +227,7 @@ def check_path(ns: PathNetns, fd: int, flows: BpfMap, flow: FlowSpec, data: byte
     other be added (the established path)."""
     real = flow_key(flow)
     before = set(flows.keys())
-    ret, mark = ns.call(lambda: run_once(fd, data))
+    ret, mark = ns.call(partial(run_once, fd, data))
     after = set(flows.keys())
     assigned = mark == expect.fwmark
     if ret != TC_ACT_OK:
@@ -259,7 +264,7 @@ class Case:
     label: str
     fd: int
     ns: PathNetns
-    before: Callable[[], None] = lambda: None
+    before: Callable[[], object] = lambda: None
     frame_of_call: Callable[[int], bytes] | None = None  # single calls only: call i's own frame
     samples: list[float] = field(default_factory=list)
 
@@ -274,19 +279,23 @@ class Case:
         return (max(self.samples) - min(self.samples)) / self.median
 
 
+def duration(fd: int, data: bytes, repeat: int) -> float:
+    """The kernel's mean ns per repetition of `repeat` runs."""
+    return float(prog_test_run(fd, data, repeat=repeat, data_out_size=0).duration_ns)
+
+
 def time_rounds(cases: list[Case], data: bytes, repeat: int, runs: int, seed: int = 0) -> None:
     """`runs` rounds; each round runs every case once (`repeat` x) in a shuffled order."""
     rng = random.Random(seed)
     for c in cases:  # warm-up
         c.before()
-        c.ns.call(lambda c=c: prog_test_run(c.fd, data, repeat=max(1, repeat // 10), data_out_size=0))
+        c.ns.call(partial(duration, c.fd, data, max(1, repeat // 10)))
     for _ in range(runs):
         order = cases[:]
         rng.shuffle(order)
         for c in order:
             c.before()
-            r = c.ns.call(lambda c=c: prog_test_run(c.fd, data, repeat=repeat, data_out_size=0))
-            c.samples.append(float(r.duration_ns))
+            c.samples.append(c.ns.call(partial(duration, c.fd, data, repeat)))
 
 
 def time_single_calls(cases: list[Case], data: bytes, calls: int, seed: int = 0) -> None:
@@ -300,12 +309,12 @@ def time_single_calls(cases: list[Case], data: bytes, calls: int, seed: int = 0)
         for c in order:
             c.before()
             pkt = data if c.frame_of_call is None else c.frame_of_call(i)
-            r = c.ns.call(lambda c=c, pkt=pkt: prog_test_run(c.fd, pkt, repeat=1, data_out_size=0))
-            c.samples.append(float(r.duration_ns))
+            c.samples.append(c.ns.call(partial(duration, c.fd, pkt, 1)))
 
 
 @contextmanager
-def path_netns(prefix: str, tproxy_port: int, established: tuple[FlowSpec, ...]) -> Iterator[tuple[PathNetns, PathNetns]]:
+def path_netns(prefix: str, tproxy_port: int,
+               established: tuple[FlowSpec, ...]) -> Iterator[tuple[PathNetns, PathNetns]]:
     """The two namespaces of a run: `new` (tproxy listeners) and `est` (the flow's own socket)."""
     with PathNetns(f"{prefix}-new", tproxy_port) as new, PathNetns(f"{prefix}-est", tproxy_port, established) as est:
         yield new, est
@@ -325,7 +334,8 @@ class ProbeResult:
     def describe(self) -> str:
         if self.socket is None:
             return "no socket found"
-        return f"{self.socket} socket found, bpf_sk_assign -> " + (f"-{self.assign_errno}" if self.assign_errno else "0")
+        err = f"-{self.assign_errno}" if self.assign_errno else "0"
+        return f"{self.socket} socket found, bpf_sk_assign -> {err}"
 
 
 def build_probe(out_dir: Path, tproxy_port: int) -> Path:
@@ -340,7 +350,7 @@ def build_probe(out_dir: Path, tproxy_port: int) -> Path:
 
 
 def probe(ns: PathNetns, probe_fd: int, data: bytes) -> ProbeResult:
-    r = ns.call(lambda: prog_test_run(probe_fd, data, data_out_size=0)).retval
+    r = ns.call(partial(prog_test_run, probe_fd, data, data_out_size=0)).retval
     if r >= 1 << 31:
         r -= 1 << 32
     if r < 0:
@@ -348,3 +358,27 @@ def probe(ns: PathNetns, probe_fd: int, data: bytes) -> ProbeResult:
             raise HarnessError("the probe handles IPv4 frames without options only")
         return ProbeResult(None, 0)
     return ProbeResult(TCP_STATES.get(r >> 8, f"state {r >> 8}"), r & 0xFF)
+
+
+def classified(obj: BpfObject, rule: int) -> int:
+    """Flows the program has decided by `rule` (rule_hits, summed over CPUs): classify() ran
+    that many times for it."""
+    vals = obj.map("rule_hits").percpu_values(struct.pack("<I", rule)) or []
+    return sum(struct.unpack_from("<Q", v)[0] for v in vals)
+
+
+def check_repeated(ns: PathNetns, obj: BpfObject, data: bytes, expect: Expect, repeat: int,
+                   classifies: bool, entries_added: int) -> str | None:
+    """Run `repeat` times at once and check that every run took the path its figure is for:
+    classify() ran `repeat` times (a new-flow figure) or never (established), and the flow table
+    grew by `entries_added` (`repeat` for the new-key variant, 0 otherwise)."""
+    flows = obj.map("flows")
+    before, n_before = classified(obj, expect.rule), len(flows)
+    ns.call(partial(duration, obj.program_fd("lan_ingress"), data, repeat))
+    runs, added = classified(obj, expect.rule) - before, len(flows) - n_before
+    want = repeat if classifies else 0
+    if runs != want:
+        return f"classify() ran {runs} times in {repeat} runs, not {want}"
+    if added != entries_added:
+        return f"{added} flow entries added in {repeat} runs, not {entries_added}"
+    return None
