@@ -29,7 +29,7 @@ from bench.path_harness import (
 from dae_py.contract.evaluate import Flow, classify
 from dae_py.runtime.bpf import BpfObject
 from dae_py.runtime.build import load_tables
-from dae_py.runtime.packets import frame
+from dae_py.runtime.packets import FlowSpec, frame
 from tests.conftest import have_root_bpf
 
 pytestmark = pytest.mark.root
@@ -48,7 +48,7 @@ class Loaded:
     new: PathNetns
     est: PathNetns
 
-    def expect(self, f: configs.FlowSpec) -> Expect:
+    def expect(self, f: FlowSpec) -> Expect:
         d = classify(self.real.checked.ir_checked, Flow(l4proto=f.l4proto, src=f.src, sport=f.sport, dst=f.dst,
                                                         dport=f.dport))
         assert self.real.build is not None
@@ -89,7 +89,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
 
 
 @pytest.mark.parametrize("flow", [LAST, FALLBACK], ids=["tcp", "udp"])
-def test_every_timed_program_gives_the_reference_verdict(loaded: Loaded, flow: configs.FlowSpec) -> None:
+def test_every_timed_program_gives_the_reference_verdict(loaded: Loaded, flow: FlowSpec) -> None:
     want = loaded.expect(flow)
     assert want.outbound >= 2  # a group: apply() goes on to hijack()
     data = frame(flow)
@@ -154,8 +154,12 @@ def test_rounds_time_each_case_once_per_round(loaded: Loaded) -> None:
     real = loaded.real.obj
     assert real is not None
     cleared: list[int] = []
-    cases = [Case("new flow", loaded.new_key.program_fd("lan_ingress"), loaded.new,
-                  lambda: cleared.append(1) or clear_map(loaded.new_key.map("flows"))),
+
+    def before() -> None:
+        cleared.append(1)
+        clear_map(loaded.new_key.map("flows"))
+
+    cases = [Case("new flow", loaded.new_key.program_fd("lan_ingress"), loaded.new, before),
              Case("established", real.program_fd("lan_ingress"), loaded.est)]
     time_rounds(cases, frame(LAST), repeat=1000, runs=3)
     assert [len(c.samples) for c in cases] == [3, 3]
