@@ -12,19 +12,25 @@ sockets (bench/path_harness.py says how, and why the new-flow path needs a varia
   classify, insert, hijack (socket lookups). Its flow table is cleared before each timed run and
   is larger than `repeat`, so no insert evicts.
 - `new flow, dae's method` (same-key variant): the lookup runs and is ignored; the insert then
-  replaces the one entry, as dae's program does on every repeated TCP SYN.
+  replaces the one entry, as dae's program does on every repeated TCP SYN. And the same without
+  hijack() (proxied flows pass before the socket lookups): what those lookups cost. dae's own
+  LAN ingress does no socket lookup (it redirects to its dae0 device, where a second program
+  assigns the socket), so this column is the nearer match for its 440 ns.
 - `established`: the real program, its flow entry in place (the flow-table hit every later
   packet pays); for TCP the flow's own accepted socket exists, as after the handshake.
 - floors in the same rounds: `classify_only` of the same build, the dae-style interpreter's
   classification (bench/interpreter, classification only: this repository has no copy of dae's
   whole program), and an empty tc program.
-- single calls (repeat 1, `--calls` rounds, shuffled): the real program with its flow entry
-  deleted before each call, both variants, the real program on a hit, minus the empty program
-  timed the same way. The real miss and the new-key variant must agree: that is the check that
-  the variant times the real path.
+- single calls (repeat 1, `--calls` rounds, shuffled; each case its own loaded copy, so that no
+  program's caches are warmer for being called more often): the real program on a new 5-tuple
+  every call (the one way test-run gives the unpatched program a new flow each time), the real
+  program with its entry deleted before each call, both variants, the real program on a hit;
+  minus the empty program timed the same way. The real program on new 5-tuples and the new-key
+  variant should agree: the check that the variant times the real path.
 
 Every program's verdict for each packet is checked before it is timed (TC_ACT_OK, the flow entry
-it wrote has the reference's rule and outbound) and a probe shows what hijack()'s socket lookups
+it wrote has the reference's rule and outbound; over 1,000 repetitions classify() ran every time,
+or never for the established path) and a probe shows what hijack()'s socket lookups
 find in each namespace and what bpf_sk_assign returns under test-run (EOPNOTSUPP: test-run's skb
 is not at tc ingress, so hijack() fails open after its lookups; the assignment itself, an
 skb_orphan and two stores, is the one part of the path not timed).

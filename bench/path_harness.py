@@ -1,33 +1,33 @@
 """The harness of `lan_ingress_path`: time `lan_ingress`'s whole path (parse, flow table, classify,
-insert, hijack with a real bpf_sk_assign) through BPF_PROG_TEST_RUN, and check its verdict first.
-
-Two things make BPF_PROG_TEST_RUN awkward for this path, and this module is how the benchmark
-deals with them:
+insert, hijack) through BPF_PROG_TEST_RUN, and check first that each timed program takes the path
+its figure is named after.
 
 - With `repeat` N the kernel runs the program N times on the *same* skb, so from the second run
-  on the packet's flow is in the flow table and the program takes the established path. Test-run
-  cannot vary the packet between repetitions (its context, `struct __sk_buff`, has no field that
-  reaches the 5-tuple). So the new-flow path is timed on a *variant* of the real build
-  (`build_new_flow_variant`): the same generated C with one line added after `flow_key_of()` in
-  handle(), `key.saddr[3] ^= ++bench_new_flow_seq;`, so that each run's flow key is one the table
-  has never seen. The lookup then misses for real, classify() runs, and the insert adds a new
-  entry for real; the packet itself, and so classification and the socket lookups, are
-  untouched. The extra work is one load, add and store of a global (a few instructions, no
-  helper call). Its flow table is sized above `repeat` and cleared before every timed run, so no
-  insert evicts: the figure is a gateway whose flow table is not full.
-- The cross-check that the variant times the real path: single calls (repeat 1) of the real
-  program with its flow entry deleted before each call, of the variant, and of an empty program,
-  interleaved; the kernel's duration of one call includes a fixed timer overhead and cold caches,
-  so the empty program's single-call time is subtracted. Real and variant must read alike.
-- bpf_sk_assign needs a socket: each netns the harness makes (`PathNetns`) has transparent
-  TCP and UDP sockets on the tproxy port, as the runtime does, and the test runs happen in a
-  thread inside that netns (test-run's skb belongs to the caller's netns, and the socket lookups
-  search it). Without a listener, hijack() would do its two lookups, find nothing and pass the
-  packet (fail-open): a shorter path, which the verdict check below rejects.
+  on the packet's flow is in the flow table: the established path. Test-run cannot vary the
+  packet between repetitions (its context, `struct __sk_buff`, has no field that reaches the
+  5-tuple), so the new-flow path is timed on *variants* of the real build (`build_variant`): the
+  same generated C with one or two lines patched into handle() (templates/bpf/datapath.h):
+  `new-key` salts the flow key with a per-run counter after flow_key_of() (a real miss and a
+  real insert of a new entry every run; the packet, and so classification and the socket
+  lookups, untouched; cost: a global's load, add and store); `same-key` drops the lookup's
+  answer (the lookup still runs), so the insert replaces the one entry, as dae's program does
+  on each repeated TCP SYN; `same-key-no-hijack` also returns before hijack(), to show what its
+  socket lookups cost.
+- Single calls (repeat 1) may use a new frame each call: the real program, unpatched, on a new
+  5-tuple every time. The kernel's time for one call includes a fixed timer overhead and cold
+  caches (an empty program's single call is the floor); it is the cross-check that the new-key
+  variant times what the real program does on a new flow.
+- bpf_sk_assign needs a socket: each netns the harness makes (`PathNetns`) has transparent TCP
+  and UDP sockets on the tproxy port, as the runtime does (and, for the established path, the
+  flow's own accepted TCP socket), and the test runs happen in a thread inside it (test-run's
+  skb belongs to the caller's netns, and the socket lookups search it). Under test-run the
+  helper itself returns -EOPNOTSUPP (the skb is not at tc ingress: `probe` shows it), so
+  hijack() does its lookups, finds the socket, is refused and fails open: the assignment (an
+  skb_orphan and two stores) and the fwmark store are the only part of the path not timed.
 
-Verdict check (`check_path`): TC_ACT_OK, the skb's mark set to the fwmark (hijack() sets it only
-after bpf_sk_assign succeeded) and the flow entry the run wrote carries the rule and outbound the
-Python reference picks.
+Verdict checks: `check_path` (one run: TC_ACT_OK, the flow entry written carries the reference's
+rule and outbound, the table was missed or hit as claimed), `check_repeated` (N runs: classify()
+ran N times, or never, by the rule_hits counter, and the table grew as claimed).
 """
 from __future__ import annotations
 
