@@ -13,9 +13,10 @@ sockets (bench/path_harness.py says how, and why the new-flow path needs a varia
   is larger than `repeat`, so no insert evicts.
 - `new flow, dae's method` (same-key variant): the lookup runs and is ignored; the insert then
   replaces the one entry, as dae's program does on every repeated TCP SYN. And the same without
-  hijack() (proxied flows pass before the socket lookups): what those lookups cost. dae's own
-  LAN ingress does no socket lookup (it redirects to its dae0 device, where a second program
-  assigns the socket), so this column is the nearer match for its 440 ns.
+  hijack() (proxied flows pass before the socket lookups): what those lookups cost. dae's
+  current design redirects proxied packets into a veth pair and assigns the socket in a second
+  program there (docs/local-routing.md), so its LAN-ingress figure likely has no socket lookup
+  in it: this column is the nearer match for dae's 440 ns, the one before it the upper bound.
 - `established`: the real program, its flow entry in place (the flow-table hit every later
   packet pays); for TCP the flow's own accepted socket exists, as after the handshake.
 - floors in the same rounds: `classify_only` of the same build, the dae-style interpreter's
