@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--step", type=int, default=1000)
     ap.add_argument("--settle", type=float, default=3.0, help="seconds to wait before reading memory")
     ap.add_argument("--log-level", default="info")
+    ap.add_argument("--lab-prefix", default="benchrt", help="the Lab's name prefix (unique per session)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 
@@ -119,10 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     nofile = raise_nofile()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     note = machine_note()
-    cleanup_stale("benchrt")
+    cleanup_stale(args.lab_prefix)
     rows: list[dict[str, Any]] = []
     stop_reason = ""
-    with Lab("benchrt") as lab, tempfile.TemporaryDirectory(prefix="bench-rss-") as tmp:
+    with Lab(args.lab_prefix) as lab, tempfile.TemporaryDirectory(prefix="bench-rss-") as tmp:
         tune_lab(lab)
         t = lab.topo
         danted = lab.start_danted(1080)
