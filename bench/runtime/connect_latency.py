@@ -422,8 +422,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  dae-runtime RSS at each start and at the end: {', '.join(f'{k / 1024:.1f}' for k in rss)} MiB")
     targets: list[dict[str, Any]] = []
     main_blocks = [b for b in blocks if b["rate"] == args.rate]
-    if main_blocks:
-        targets = report_targets(main_blocks, modes)
+    main_modes = [m for m in modes if any(b["mode"] == m for b in main_blocks)]
+    if "relay" in main_modes:  # (a sweep may have dropped it before --rate)
+        targets = report_targets(main_blocks, main_modes)
     top: dict[str, dict[str, float | None]] = {}
     if args.sweep:
         limit = args.p99_limit_ms * 1000
