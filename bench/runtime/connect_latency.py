@@ -250,6 +250,19 @@ def report_targets(blocks: Sequence[dict[str, Any]], modes: Sequence[str]) -> li
     return rows
 
 
+def idle_cpu(switch: PathSwitch, modes: Sequence[str], seconds: float) -> dict[str, float]:
+    """CPU seconds per second each proxy spends with no connections (health checks, timers),
+    read over the same `seconds` with dae-runtime running: what a per-connection figure at a
+    low rate carries besides the connections (idle / rate per connection)."""
+    if "relay" in modes:
+        switch.ensure("dae")
+        time.sleep(1.0)  # past the start-up work
+    pids = {m: switch.pid(STATE_OF[m]) for m in modes}
+    before = {m: sum(tree_cpu_split(pid)) for m, pid in pids.items() if pid}
+    time.sleep(seconds)
+    return {m: (sum(tree_cpu_split(pid)) - before[m]) / seconds for m, pid in pids.items() if pid and m in before}
+
+
 def print_profile(profile: Any) -> None:
     if not profile:
         return
@@ -308,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", help="comma-separated rates: find the highest rate each mode sustains")
     ap.add_argument("--sweep-seconds", type=float, default=2.0, help="block length at each sweep rate")
     ap.add_argument("--p99-limit-ms", type=float, default=5.0, help="a rate is sustained with p99 below this")
+    ap.add_argument("--idle-seconds", type=float, default=3.0,
+                    help="at the end, read each proxy's CPU with no connections over this long (0: skip)")
     ap.add_argument("--timeout", type=float, default=3.0, help="per connection, s (loadgen)")
     ap.add_argument("--log-level", default="info", choices=["info", "debug"],
                     help="dae-runtime --log-level (info logs a line per flow; readiness is read from the info log)")
@@ -334,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     note = machine_note()
     cleanup_stale(args.lab_prefix)
     blocks: list[dict[str, Any]] = []
+    idle: dict[str, float] = {}
     profile: Sequence[list[tuple[float, str]]] = []
     syscalls: dict[str, int] = {}
     with Lab(args.lab_prefix) as lab, tempfile.TemporaryDirectory(prefix="bench-conn-") as tmp:
@@ -384,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
                         break
             if gw.proc is not None and gw.proc.poll() is None:
                 rss.append(proc_status(gw.proc.pid)["VmRSS"])
+            if args.idle_seconds and tracer is None and spy is None:
+                idle = idle_cpu(switch, [m for m in PROXIES if m in modes], args.idle_seconds)
             if tracer is not None:
                 tracer.send_signal(2)
                 tracer.wait(timeout=30)
@@ -418,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
                + ("" if taken[p] >= attempted[p] else "  CHECK FAILED: some went around it")
                for p in ("redsocks", "v2ray") if p in modes]
     print("  checks: " + "; ".join(checks))
+    if idle:
+        print("  idle CPU (no connections), ms per s: " + ", ".join(f"{m} {v * 1e3:.1f}" for m, v in idle.items())
+              + "; per connection at each rate that is idle / rate: " + "; ".join(
+                  f"{r:g}/s: " + ", ".join(f"{m} {v / r * 1e6:.0f} us" for m, v in idle.items()) for r in rates))
     if rss:
         print(f"  dae-runtime RSS at each start and at the end: {', '.join(f'{k / 1024:.1f}' for k in rss)} MiB")
     targets: list[dict[str, Any]] = []
@@ -478,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_user_s": relay_cpu["user"] * n_relay / 1e6 if relay_cpu else None,
             "relay_conns": n_relay, "per_rate": per_rate, "targets": targets, "highest_sustained": top,
             "checks": {"relayed_log_lines": relayed, "taken": taken, "attempted": attempted},
-            "gw_starts_s": gw_starts, "rss_kb": rss, "wall_s": wall, "profile": profile, "syscalls": syscalls,
+            "gw_starts_s": gw_starts, "idle_cpu_s_per_s": idle, "rss_kb": rss, "wall_s": wall,
+            "profile": profile, "syscalls": syscalls,
             "blocks": blocks}, indent=1))
     return 0
 

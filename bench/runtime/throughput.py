@@ -152,14 +152,15 @@ def order(round_no: int) -> list[str]:
     return list("abcde") if round_no % 2 == 0 else list("edcba")
 
 
-def ratio_line(name: str, values: list[float], bound: float, at_least: bool, target: str) -> dict[str, Any]:
+def ratio_line(name: str, values: list[float], bound: float, at_least: bool, target: str,
+               unit: str = "round") -> dict[str, Any]:
     """Print one ratio: its per-round values, their median and sign-test interval, the verdict
     the interval gives against `bound` (>= for at_least, else <=)."""
     iv = median_interval(values)
     verdict = verdict_at_least(iv, bound) if at_least else verdict_at_most(iv, bound)
     per = ", ".join(f"{v:.3f}" for v in values)
-    print(f"  {name} = {median(values):.3f} median of {len(values)} per-round ratios ({per}); "
-          f"interval {iv if iv else '- (fewer than 6 rounds)'}  (target {target}: {verdict})")
+    print(f"  {name} = {median(values):.3f} median of {len(values)} per-{unit} ratios ({per}); "
+          f"interval {iv if iv else f'- (fewer than 6 {unit}s)'}  (target {target}: {verdict})")
     return {"values": values, "median": median(values), "interval": list(asdict(iv).values()) if iv else None,
             "verdict": verdict, "target": target}
 
@@ -242,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     ab = None
     if ab_pairs:
         ab = ratio_line(f"extra a/b pairs ({args.ab_seconds:g} s each, alternating ab/ba, adaptive to width "
-                        f"< {args.ab_width:g} or {args.ab_pairs} pairs): b/a", ab_pairs, 0.97, True, ">= 0.97")
+                        f"< {args.ab_width:g} or {args.ab_pairs} pairs): b/a", ab_pairs, 0.97, True, ">= 0.97",
+                        unit="pair")
         iv = median_interval(ab_pairs)
         print(f"    {len(ab_pairs)} pairs used; interval width {iv.width:.3f}" if iv else
               f"    {len(ab_pairs)} pairs used")
