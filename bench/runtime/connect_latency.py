@@ -179,7 +179,13 @@ def per_round(blocks: Sequence[dict[str, Any]], mode: str) -> dict[int, dict[str
     return {b["round"]: b for b in blocks if b["mode"] == mode}
 
 
+def ratio(a: float, b: float) -> float:
+    """a / b, nan when b is 0 (a block too short for one CPU tick of the peer)."""
+    return a / b if b else float("nan")
+
+
 def fmt_iv(values: Sequence[float], bound: float, unit: str = "") -> str:
+    values = [v for v in values if v == v]  # rounds without a figure (nan) drop out
     iv = median_interval(values)
     shown = ", ".join(f"{v:.3g}" for v in values)
     if iv is None:
@@ -214,14 +220,15 @@ def report_targets(blocks: Sequence[dict[str, Any]], modes: Sequence[str]) -> li
         a, b = share("relay", "p50"), share("v2ray", "p50")
         per = [share("", "p50", rounds["relay"][r], rounds["socks"][r])
                - share("", "p50", rounds["v2ray"][r], rounds["socks"][r]) for r in both("relay", "v2ray", "socks")]
-        row("relay share p50 <= v2ray share p50", f"relay {a:.0f} us, v2ray {b:.0f} us", a / b, a <= b,
+        row("relay share p50 <= v2ray share p50", f"relay {a:.0f} us, v2ray {b:.0f} us", ratio(a, b), a <= b,
             "relay - v2ray " + fmt_iv(per, 0, " us"))
     if {"relay", "socks", "redsocks"} <= set(modes):
         a, b = share("relay", "p50"), share("redsocks", "p50")
         per = [share("", "p50", rounds["relay"][r], rounds["socks"][r])
                - 2 * share("", "p50", rounds["redsocks"][r], rounds["socks"][r])
                for r in both("relay", "redsocks", "socks")]
-        row("relay share p50 <= 2x redsocks share p50", f"relay {a:.0f} us, redsocks {b:.0f} us", a / b, a <= 2 * b,
+        row("relay share p50 <= 2x redsocks share p50", f"relay {a:.0f} us, redsocks {b:.0f} us", ratio(a, b),
+            a <= 2 * b,
             "relay - 2 x redsocks " + fmt_iv(per, 0, " us"))
     if {"relay", "socks"} <= set(modes):
         a = share("relay", "p99")
@@ -239,14 +246,15 @@ def report_targets(blocks: Sequence[dict[str, Any]], modes: Sequence[str]) -> li
     relay_cpu, v2ray_cpu, redsocks_cpu = cpu.get("relay"), cpu.get("v2ray"), cpu.get("redsocks")
     if relay_cpu and v2ray_cpu:
         a, b = relay_cpu["total"], v2ray_cpu["total"]
-        per = [cpu_round("relay", r, "total") / cpu_round("v2ray", r, "total") for r in both("relay", "v2ray")]
+        per = [ratio(cpu_round("relay", r, "total"), cpu_round("v2ray", r, "total")) for r in both("relay", "v2ray")]
         row("relay CPU (user+system) per proxied connection <= v2ray's", f"relay {a:.0f} us, v2ray {b:.0f} us",
-            a / b, a <= b, "relay/v2ray " + fmt_iv(per, 1))
+            ratio(a, b), a <= b, "relay/v2ray " + fmt_iv(per, 1))
     if relay_cpu and redsocks_cpu:
         a, b = relay_cpu["user"], redsocks_cpu["user"]
-        per = [cpu_round("relay", r, "user") / cpu_round("redsocks", r, "user") for r in both("relay", "redsocks")]
+        per = [ratio(cpu_round("relay", r, "user"), cpu_round("redsocks", r, "user"))
+               for r in both("relay", "redsocks")]
         row("relay user CPU per proxied connection <= 2x redsocks'", f"relay {a:.0f} us, redsocks {b:.0f} us",
-            a / b, a <= 2 * b, "relay/redsocks " + fmt_iv(per, 2))
+            ratio(a, b), a <= 2 * b, "relay/redsocks " + fmt_iv(per, 2))
     return rows
 
 

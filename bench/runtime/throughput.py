@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in runs:
         by_round.setdefault(r["round"], {})[r["case"]] = r
     paired = {k: [v[k[0]]["gbps"] / v[k[2]]["gbps"] for v in by_round.values()] for k in ratios}
-    cpu_cd = [v["c"]["proxy_cpu_s_per_gib"] / v["d"]["proxy_cpu_s_per_gib"] for v in by_round.values()]
+    cpu_cd = [v["c"]["proxy_cpu_s_per_gib"] / v["d"]["proxy_cpu_s_per_gib"] for v in by_round.values()
+              if v["d"]["proxy_cpu_s_per_gib"]]  # (a run too short for one CPU tick of redsocks drops out)
     print(f"\n{note}")
     print(f"iperf3 -t {args.seconds:g}, one stream, client -> upstream; {args.rounds} interleaved rounds; "
           f"median Gbit/s (all runs)")
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
              "c/e": ratio_line("c/e", paired["c/e"], 1.0, True, ">= 1"),
              "cpu c/d": ratio_line("CPU-s per GiB c/d", cpu_cd, 0.5, False, "<= 0.5")}
     print("  ratios of medians: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items())
-          + f", CPU c/d {cpu['c'] / cpu['d']:.3f}")
+          + (f", CPU c/d {cpu['c'] / cpu['d']:.3f}" if cpu["d"] else ""))
     ab = None
     if ab_pairs:
         ab = ratio_line(f"extra a/b pairs ({args.ab_seconds:g} s each, alternating ab/ba, adaptive to width "
