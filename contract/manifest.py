@@ -109,8 +109,6 @@ PROGRAMS: tuple[ProgramSpec, ...] = (
 
 #: The cgroup hooks a build with pname() rules holds besides PROGRAMS (templates/bpf/cgroup.h).
 PNAME_PROGRAMS: tuple[ProgramSpec, ...] = (
-    ProgramSpec("pname_sock_create", "cgroup/sock_create", Attach.CGROUP_SOCK_CREATE),
-    ProgramSpec("pname_sock_release", "cgroup/sock_release", Attach.CGROUP_SOCK_RELEASE),
     ProgramSpec("pname_connect4", "cgroup/connect4", Attach.CGROUP_CONNECT4),
     ProgramSpec("pname_connect6", "cgroup/connect6", Attach.CGROUP_CONNECT6),
     ProgramSpec("pname_sendmsg4", "cgroup/sendmsg4", Attach.CGROUP_SENDMSG4),
