@@ -18,6 +18,10 @@
  * deleting at close: one program run per connect, where sock_create + connect + sock_release
  * with an LRU hash keyed by cookie took three (bench/RESULTS.md, "Local routing"). A socket
  * used by another process than the one recorded (passed across fork/exec) is recorded again.
+ * A destination on loopback (127/8, ::1, ::ffff:127/104) is skipped: such a socket never sends
+ * through a WAN interface, so wan_egress never asks for its process, and local IPC (a DNS stub
+ * on 127.0.0.53, a database) is much of what connects on a gateway. Storing costs a storage
+ * allocation per socket (and its free at close); the check costs a compare.
  * Each returns 1: they observe, never refuse.
  *
  * program.c defines the sock_pname map before including this file.
@@ -88,31 +92,51 @@ static __always_inline void record_current(struct bpf_sock *sk)
 	v->pid = pid;
 }
 
+/* 127.0.0.0/8 */
+static __always_inline int loopback4(__u32 addr_be)
+{
+	return (bpf_ntohl(addr_be) >> 24) == 127;
+}
+
+/* ::1, or an IPv4 loopback address mapped (::ffff:127.0.0.0/104) on an IPv6 socket */
+static __always_inline int loopback6(const struct bpf_sock_addr *ctx)
+{
+	if (ctx->user_ip6[0] || ctx->user_ip6[1])
+		return 0;
+	if (!ctx->user_ip6[2])
+		return ctx->user_ip6[3] == bpf_htonl(1);
+	return ctx->user_ip6[2] == bpf_htonl(0xffff) && loopback4(ctx->user_ip6[3]);
+}
+
 SEC("cgroup/connect4")
 int pname_connect4(struct bpf_sock_addr *ctx)
 {
-	record_current(ctx->sk);
+	if (!loopback4(ctx->user_ip4))
+		record_current(ctx->sk);
 	return 1;
 }
 
 SEC("cgroup/connect6")
 int pname_connect6(struct bpf_sock_addr *ctx)
 {
-	record_current(ctx->sk);
+	if (!loopback6(ctx))
+		record_current(ctx->sk);
 	return 1;
 }
 
 SEC("cgroup/sendmsg4")
 int pname_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	record_current(ctx->sk);
+	if (!loopback4(ctx->user_ip4))
+		record_current(ctx->sk);
 	return 1;
 }
 
 SEC("cgroup/sendmsg6")
 int pname_sendmsg6(struct bpf_sock_addr *ctx)
 {
-	record_current(ctx->sk);
+	if (!loopback6(ctx))
+		record_current(ctx->sk);
 	return 1;
 }
 
