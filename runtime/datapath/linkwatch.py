@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import time
@@ -68,8 +69,10 @@ def drain(sock: socket.socket) -> int:
                 return n
         except BlockingIOError:
             return n
-        except OSError as exc:  # ENOBUFS: the queue overflowed; the refresh re-reads everything
-            log.debug("link events: %s", exc)
+        except OSError as exc:
+            if exc.errno != errno.ENOBUFS:
+                raise
+            log.debug("link events overflowed: refreshing all the same")  # the refresh re-reads everything
         n += 1
 
 
@@ -80,7 +83,20 @@ class Events:
         self.sock = sock
         self._ready = asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(sock.fileno(), self._ready.set)
+        self._watching = False
+        self._watch()
+
+    def _watch(self) -> None:
+        if not self._watching:
+            self._loop.add_reader(self.sock.fileno(), self._on_readable)
+            self._watching = True
+
+    def _on_readable(self) -> None:
+        # readiness is level-triggered: stop watching until drained, or the loop would call this
+        # on every turn of the settle time
+        self._loop.remove_reader(self.sock.fileno())
+        self._watching = False
+        self._ready.set()
 
     async def wait(self, timeout: float) -> bool:
         """True when events arrived (drained after SETTLE), False when `timeout` passed."""
@@ -91,10 +107,13 @@ class Events:
         await asyncio.sleep(SETTLE)
         self._ready.clear()
         drain(self.sock)
+        self._watch()
         return True
 
     def close(self) -> None:
-        self._loop.remove_reader(self.sock.fileno())
+        if self._watching:
+            self._loop.remove_reader(self.sock.fileno())
+            self._watching = False
         self.sock.close()
 
 
