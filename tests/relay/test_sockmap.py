@@ -1,0 +1,165 @@
+"""The kernel pump (runtime/relay/sockmap.py, templates/bpf/sockmap.c) on loopback TCP pairs:
+the hand-over loses nothing, EOF and RST are forwarded, a reader that stops reading holds the
+sender back (bounded gateway memory) and then gets every byte, and nothing is left in the maps."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dae_py.compiler.emit import SOCKMAP_OBJECT, compile_sockmap
+from dae_py.runtime.relay.pump import IdleSweeper
+from dae_py.runtime.relay.sockmap import SockmapFlow, SockmapPump
+from tests.conftest import have_root_bpf
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture(scope="module")
+def sockmap_object(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    reason = have_root_bpf()
+    if reason:
+        pytest.skip(reason)
+    build = tmp_path_factory.mktemp("sockmap")
+    compile_sockmap(build)
+    return build / SOCKMAP_OBJECT
+
+
+@pytest.fixture
+def pump(sockmap_object: Path) -> Iterator[SockmapPump]:
+    pump = SockmapPump(str(sockmap_object))
+    try:
+        yield pump
+        assert pump.entries() == (0, 0, 0), "a flow left entries in the maps"
+    finally:
+        pump.close()
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    a = socket.create_connection(listener.getsockname())
+    b, _ = listener.accept()
+    listener.close()
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+class Harness:
+    """client <-> [relay_client | relay_upstream] <-> server, the middle a SockmapFlow."""
+
+    def __init__(self, pump: SockmapPump, sweeper: IdleSweeper | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.client, relay_client = tcp_pair()
+        relay_upstream, self.server = tcp_pair()
+        self.up = self.down = 0
+        self.ended: asyncio.Future[object] = self.loop.create_future()
+        self.flow = SockmapFlow(self.loop, pump, relay_client, relay_upstream, self._up, self._down,
+                                self._on_end, sweeper)
+
+    def _up(self, n: int) -> None:
+        self.up += n
+
+    def _down(self, n: int) -> None:
+        self.down += n
+
+    def _on_end(self, _flow: SockmapFlow, outcome: object) -> None:
+        self.ended.set_result(outcome)
+
+    def start(self) -> None:
+        assert self.flow.join()
+        self.flow.start()
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.close()
+
+
+async def read_all(sock: socket.socket, n: int | None = None) -> bytes:
+    """Read until EOF (or n bytes)."""
+    loop = asyncio.get_running_loop()
+    out = bytearray()
+    while n is None or len(out) < n:
+        data = await loop.sock_recv(sock, 1 << 20)
+        if not data:
+            break
+        out += data
+    return bytes(out)
+
+
+def run(coro_fn, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    async def main() -> None:
+        await asyncio.wait_for(coro_fn(), timeout)
+    asyncio.run(main())
+
+
+def test_bytes_queued_before_the_hand_over_are_sent_and_counted(pump: SockmapPump) -> None:
+    async def scenario() -> None:
+        h = Harness(pump)
+        loop = h.loop
+        await loop.sock_sendall(h.client, b"early")  # waits in relay_client's queue
+        await asyncio.sleep(0.02)
+        h.start()
+        assert await read_all(h.server, 5) == b"early"
+        await loop.sock_sendall(h.server, b"reply")
+        assert await read_all(h.client, 5) == b"reply"
+        h.flow.close()
+        assert await h.ended == "closed by the relay"
+        assert (h.up, h.down) == (5, 5)
+        h.close()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("first", ["client", "server"])
+def test_half_close_is_forwarded_behind_the_bytes(pump: SockmapPump, first: str) -> None:
+    """One side sends a lot and shuts down its sending side: the other reads every byte, then
+    EOF, and can still answer; then it closes too and the flow ends 'closed'."""
+    async def scenario() -> None:
+        h = Harness(pump)
+        h.start()
+        loop = h.loop
+        a, b = (h.client, h.server) if first == "client" else (h.server, h.client)
+        payload = os.urandom(3 << 20)
+        reader = loop.create_task(read_all(b))
+        await loop.sock_sendall(a, payload)
+        a.shutdown(socket.SHUT_WR)
+        got = await reader
+        assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+        await loop.sock_sendall(b, b"answer")
+        b.shutdown(socket.SHUT_WR)
+        assert await read_all(a) == b"answer"
+        assert await h.ended == "closed"
+        moved = (h.up, h.down) if first == "client" else (h.down, h.up)
+        assert moved == (len(payload), 6)
+        h.close()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+def test_a_reset_aborts_the_other_side(pump: SockmapPump, side: str) -> None:
+    async def scenario() -> None:
+        h = Harness(pump)
+        h.start()
+        loop = h.loop
+        await loop.sock_sendall(h.client, b"x" * 1000)
+        assert len(await read_all(h.server, 1000)) == 1000
+        gone, other = (h.client, h.server) if side == "client" else (h.server, h.client)
+        gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        gone.close()
+        outcome = await h.ended
+        assert isinstance(outcome, ConnectionResetError)
+        with pytest.raises(ConnectionResetError):
+            await read_all(other)
+        other.close()
+
+    run(scenario)
