@@ -103,6 +103,8 @@ int relay_verdict(struct __sk_buff *skb)
 
 	if (!w || !consumed)
 		return SK_PASS;  /* not (or no longer) a relay way: user space reads it */
+	if (!skb->len)  /* a bare FIN: the psock worker would fail the peer on it (EPIPE); the */
+		return SK_DROP;  /* socket reports the EOF to user space without the skb */
 	done = *consumed;
 	if (w->passed != done || !peer_has_room(w, done, &cookie))
 		goto pass;

@@ -163,3 +163,46 @@ def test_a_reset_aborts_the_other_side(pump: SockmapPump, side: str) -> None:
         other.close()
 
     run(scenario)
+
+
+def test_a_reader_that_stops_holds_the_sender_back_then_gets_every_byte(pump: SockmapPump) -> None:
+    """The server stops reading: past the program's backlog bound the client's window closes
+    (it cannot push more than the buffers along the way hold), and once the server reads again
+    every byte arrives in order, through user space and then the kernel again."""
+    async def scenario() -> None:
+        h = Harness(pump)
+        h.start()
+        loop = h.loop
+        total = 96 << 20
+        payload = os.urandom(1 << 20)
+        digest = hashlib.sha256()
+        sent = 0
+
+        async def send() -> None:
+            nonlocal sent
+            while sent < total:
+                await loop.sock_sendall(h.client, payload)
+                digest.update(payload)
+                sent += len(payload)
+            h.client.shutdown(socket.SHUT_WR)
+
+        sender = loop.create_task(send())
+        await asyncio.sleep(1.0)  # the server reads nothing meanwhile
+        stalled = sent
+        assert stalled < 48 << 20, f"the client pushed {stalled >> 20} MiB into a peer that does not read"
+        got = hashlib.sha256()
+        n = 0
+        while True:
+            data = await loop.sock_recv(h.server, 1 << 20)
+            if not data:
+                break
+            got.update(data)
+            n += len(data)
+        await sender
+        assert n == total and got.digest() == digest.digest()
+        h.server.close()
+        assert await h.ended == "closed"
+        assert h.up == total
+        h.client.close()
+
+    run(scenario, timeout=60)
