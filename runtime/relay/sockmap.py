@@ -54,6 +54,16 @@ OBJECT_NAME = "sockmap.o"
 _warned: set[str] = set()
 
 
+def mode_settings(mode: str, build_dir: str | os.PathLike[str] | None) -> dict[str, object]:
+    """RelayConfig's splice/sockmap fields for global.relay_mode (sockmap, splice, copy); the
+    sockmap object is the build's sockmap.o, beside program.o."""
+    if mode not in ("sockmap", "splice", "copy"):
+        warn_once("mode", f"relay mode {mode!r} is not sockmap, splice or copy: sockmap is used")
+        mode = "sockmap"
+    path = os.path.join(build_dir, OBJECT_NAME) if build_dir is not None else None
+    return {"splice": mode != "copy", "sockmap": mode == "sockmap", "sockmap_object": path}
+
+
 def cookie_of(sock: socket.socket) -> int:
     return int(U64.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_COOKIE, 8))[0])
 

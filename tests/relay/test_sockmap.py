@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from dae_py.compiler.emit import SOCKMAP_OBJECT, compile_sockmap
+from dae_py.compiler.emit import SOCKMAP_OBJECT
 from dae_py.runtime.relay.pump import IdleSweeper
+from dae_py.runtime.relay import sockmap
 from dae_py.runtime.relay.sockmap import SockmapFlow, SockmapPump
 from tests.conftest import have_root_bpf
 
@@ -22,13 +23,11 @@ pytestmark = pytest.mark.root
 
 
 @pytest.fixture(scope="module")
-def sockmap_object(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def sockmap_object(sockmap_build: Path) -> Path:
     reason = have_root_bpf()
     if reason:
         pytest.skip(reason)
-    build = tmp_path_factory.mktemp("sockmap")
-    compile_sockmap(build)
-    return build / SOCKMAP_OBJECT
+    return sockmap_build / SOCKMAP_OBJECT
 
 
 @pytest.fixture
@@ -206,3 +205,50 @@ def test_a_reader_that_stops_holds_the_sender_back_then_gets_every_byte(pump: So
         h.client.close()
 
     run(scenario, timeout=60)
+
+
+def test_many_concurrent_flows_each_arrive_whole(pump: SockmapPump) -> None:
+    """FLOWS flows at once, each a different payload each way, checksummed at both ends."""
+    flows = int(os.environ.get("DAE_SOCKMAP_FLOWS", "500"))
+
+    async def one(h: Harness) -> None:
+        loop = h.loop
+        up, down = os.urandom(20_000 + len(str(id(h))) * 101), os.urandom(7_000)
+        readers = (loop.create_task(read_all(h.server)), loop.create_task(read_all(h.client)))
+        await loop.sock_sendall(h.client, up)
+        h.client.shutdown(socket.SHUT_WR)
+        await loop.sock_sendall(h.server, down)
+        h.server.shutdown(socket.SHUT_WR)
+        got_up, got_down = await asyncio.gather(*readers)
+        assert hashlib.sha256(got_up).digest() == hashlib.sha256(up).digest()
+        assert hashlib.sha256(got_down).digest() == hashlib.sha256(down).digest()
+        assert await h.ended == "closed"
+        assert (h.up, h.down) == (len(up), len(down))
+        h.close()
+
+    async def scenario() -> None:
+        harnesses = []
+        for _ in range(flows):
+            h = Harness(pump)
+            h.start()
+            harnesses.append(h)
+        await asyncio.gather(*(one(h) for h in harnesses))
+
+    run(scenario, timeout=120)
+
+
+def test_an_object_that_does_not_load_means_splice_and_one_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bad = tmp_path / "sockmap.o"
+    bad.write_bytes(b"not an ELF object")
+    sockmap._warned.clear()
+    assert SockmapPump.open(str(bad)) is None
+    assert SockmapPump.open(str(bad)) is None
+    warnings = [r.getMessage() for r in caplog.records if r.name == "dae_py.runtime.relay.sockmap"]
+    assert len(warnings) == 1 and "spliced instead" in warnings[0]
+
+
+def test_relay_mode_settings() -> None:
+    assert sockmap.mode_settings("copy", "/b") == {"splice": False, "sockmap": False, "sockmap_object": "/b/sockmap.o"}
+    assert sockmap.mode_settings("splice", "/b")["sockmap"] is False
+    assert sockmap.mode_settings("sockmap", "/b")["sockmap"] is True
