@@ -25,6 +25,7 @@ What the kernel does and user space still does, as measured on 6.18 (tests/relay
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import fcntl
 import logging
@@ -34,10 +35,13 @@ import struct
 import termios
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
+from dae_py.runtime.bpf.maps import BpfMap
 from dae_py.runtime.net.poller import HUP_ERR, IN, OUT, poller_for
 from dae_py.runtime.net.sockets import abort
 
+from .flow import RelayConfig
 from .pump import Count, IdleSweeper
 
 log = logging.getLogger(__name__)
@@ -51,17 +55,21 @@ WAY = struct.Struct("=QQII")  # struct relay_way: redirected, passed, peer_base,
 READ_SIZE = 256 * 1024
 DRAIN_POLL = (0.0005, 0.05)  # first and longest wait between checks of a draining way
 OBJECT_NAME = "sockmap.o"
+MODES = ("sockmap", "splice", "copy")  # global.relay_mode
+# Without relay_mode: splice. Measured on 6.18 (bench/RESULTS.md), the sockmap's egress redirect
+# (a psock workqueue per socket) moved bulk flows slower than splice and at more CPU per GiB.
+DEFAULT_MODE = "splice"
 _warned: set[str] = set()
 
 
-def mode_settings(mode: str, build_dir: str | os.PathLike[str] | None) -> dict[str, object]:
-    """RelayConfig's splice/sockmap fields for global.relay_mode (sockmap, splice, copy); the
-    sockmap object is the build's sockmap.o, beside program.o."""
-    if mode not in ("sockmap", "splice", "copy"):
+def with_mode(config: RelayConfig, mode: str, build_dir: str | os.PathLike[str] | None) -> RelayConfig:
+    """`config` with global.relay_mode applied (sockmap, splice, copy): its splice and sockmap
+    fields, and the sockmap object, the build's sockmap.o beside program.o."""
+    if mode not in MODES:
         warn_once("mode", f"relay mode {mode!r} is not sockmap, splice or copy: sockmap is used")
         mode = "sockmap"
     path = os.path.join(build_dir, OBJECT_NAME) if build_dir is not None else None
-    return {"splice": mode != "copy", "sockmap": mode == "sockmap", "sockmap_object": path}
+    return dataclasses.replace(config, splice=mode != "copy", sockmap=mode == "sockmap", sockmap_object=path)
 
 
 def cookie_of(sock: socket.socket) -> int:
@@ -250,6 +258,12 @@ class _Way:
         self.flow.loop.call_later(self.wait, self._poll)
 
 
+class _Ended:
+    """What an ended flow's ways point to: a late drain poll finds it ended and stops."""
+
+    on_end = None
+
+
 class SockmapFlow:
     """A relayed TCP flow whose bytes the kernel moves; see the module docstring."""
 
@@ -297,7 +311,7 @@ class SockmapFlow:
         ESTABLISHED any more, MPTCP, the map full): the caller splices instead."""
         pump = self.pump
         up, down = self.up, self.down
-        added: list[tuple[object, bytes]] = []
+        added: list[tuple[BpfMap, bytes]] = []
         try:
             up.base = written(self.upstream)
             down.base = written(self.client)
@@ -312,7 +326,7 @@ class SockmapFlow:
             pump.socks.update(up.key, U64.pack(self.u_fd))
         except Exception as exc:  # noqa: BLE001 - BpfError or OSError: this flow is spliced
             for m, key in reversed(added):
-                m.delete(key)  # type: ignore[attr-defined]
+                m.delete(key)
             log.debug("sockmap refused a flow, spliced instead: %s", exc)
             return False
         self.joined = True
@@ -322,7 +336,7 @@ class SockmapFlow:
 
     def start(self, upstream_armed: bool = False) -> None:
         if self.sweeper is not None:
-            self.sweeper.add(self)  # type: ignore[arg-type]
+            self.sweeper.add(self)
         try:
             self.poller.watch(self.c_fd, IN, self._on_client)
             self.c_mask = IN
@@ -414,7 +428,7 @@ class SockmapFlow:
         self.poller.remove(self.c_fd)
         self.poller.remove(self.u_fd)
         if self.sweeper is not None:
-            self.sweeper.discard(self)  # type: ignore[arg-type]
+            self.sweeper.discard(self)
         if isinstance(outcome, BaseException):
             abort(self.client)
             abort(self.upstream)
@@ -426,4 +440,8 @@ class SockmapFlow:
                 pump.ways.delete(way.key)
                 pump.consumed.delete(way.key)
         on_end(self, outcome)
-        self.up.flow = self.down.flow = None  # type: ignore[assignment]  # no cycle left behind
+        # no flow <-> way cycle left behind: a late drain poll finds the stand-in ended
+        self.up.flow = self.down.flow = cast(SockmapFlow, _ENDED)
+
+
+_ENDED = _Ended()

@@ -8,14 +8,14 @@ import hashlib
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from dae_py.compiler.emit import SOCKMAP_OBJECT
+from dae_py.runtime.relay import RelayConfig, sockmap
 from dae_py.runtime.relay.pump import IdleSweeper
-from dae_py.runtime.relay import sockmap
 from dae_py.runtime.relay.sockmap import SockmapFlow, SockmapPump
 from tests.conftest import have_root_bpf
 
@@ -94,7 +94,7 @@ async def read_all(sock: socket.socket, n: int | None = None) -> bytes:
     return bytes(out)
 
 
-def run(coro_fn, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+def run(coro_fn: Callable[[], Awaitable[None]], timeout: float = 20.0) -> None:
     async def main() -> None:
         await asyncio.wait_for(coro_fn(), timeout)
     asyncio.run(main())
@@ -248,7 +248,9 @@ def test_an_object_that_does_not_load_means_splice_and_one_warning(
     assert len(warnings) == 1 and "spliced instead" in warnings[0]
 
 
-def test_relay_mode_settings() -> None:
-    assert sockmap.mode_settings("copy", "/b") == {"splice": False, "sockmap": False, "sockmap_object": "/b/sockmap.o"}
-    assert sockmap.mode_settings("splice", "/b")["sockmap"] is False
-    assert sockmap.mode_settings("sockmap", "/b")["sockmap"] is True
+def test_relay_mode_sets_splice_sockmap_and_the_builds_object() -> None:
+    base = RelayConfig(so_mark=7)
+    copy, splice, kernel = (sockmap.with_mode(base, mode, "/b") for mode in ("copy", "splice", "sockmap"))
+    assert (copy.splice, copy.sockmap) == (False, False)
+    assert (splice.splice, splice.sockmap) == (True, False)
+    assert (kernel.splice, kernel.sockmap, kernel.sockmap_object, kernel.so_mark) == (True, True, "/b/sockmap.o", 7)

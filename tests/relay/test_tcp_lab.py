@@ -11,7 +11,7 @@ import pytest
 
 from dae_py.runtime.groups import Check
 from dae_py.runtime.relay import RelayConfig
-from dae_py.runtime.relay.sockmap import mode_settings
+from dae_py.runtime.relay.sockmap import with_mode
 
 from . import servers
 from .conftest import DANTE4, DANTE6, DANTE_AUTH, TINY, TINY_AUTH, Env, gateway_env, group_id, group_of, manifest
@@ -70,8 +70,8 @@ def test_half_close_is_forwarded_both_ways(lab: Lab, outbound: str, mode: str, s
     client then reads the answer and the server's EOF. (Not through tinyproxy: on the client's
     EOF it shuts the server side and exits, dropping what the server still sends.)"""
     outbound_id = 0 if outbound == "direct" else group_id(outbound)
-    config = RelayConfig(so_mark=RELAY_MARK, connect_timeout=3, handshake_timeout=3,
-                         **mode_settings(mode, sockmap_build))  # type: ignore[arg-type]
+    config = with_mode(RelayConfig(so_mark=RELAY_MARK, connect_timeout=3, handshake_timeout=3), mode,
+                       sockmap_build)
 
     async def scenario() -> None:
         async with gateway_env(lab, manifest(), config) as env:
