@@ -29,7 +29,9 @@
 #ifndef RELAY_SOCKS_SIZE
 #define RELAY_SOCKS_SIZE 65536  /* sockets, two per flow */
 #endif
+#ifndef RELAY_BACKLOG_MAX
 #define RELAY_BACKLOG_MAX (4u << 20)  /* bytes a way may leave in its peer's psock queue */
+#endif
 
 /* peer's socket cookie -> the socket an skb leaves by (value: an fd on update) */
 struct {

@@ -254,3 +254,27 @@ def test_relay_mode_sets_splice_sockmap_and_the_builds_object() -> None:
     assert (copy.splice, copy.sockmap) == (False, False)
     assert (splice.splice, splice.sockmap) == (True, False)
     assert (kernel.splice, kernel.sockmap, kernel.sockmap_object, kernel.so_mark) == (True, True, "/b/sockmap.o", 7)
+
+
+def test_the_idle_sweeper_sees_bytes_the_kernel_moved(pump: SockmapPump) -> None:
+    """Bytes that never reach user space still keep a flow alive and reach its counters at the
+    sweeper's tick; the flow that moves nothing is ended as idle."""
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        sweeper = IdleSweeper(loop, 0.3, tick=0.03)
+        idle, busy = Harness(pump, sweeper), Harness(pump, sweeper)
+        idle.start()
+        busy.start()
+        for _ in range(20):  # 0.6 s of traffic, all of it redirected in the kernel
+            await loop.sock_sendall(busy.client, b"x" * 100)
+            await read_all(busy.server, 100)
+            await asyncio.sleep(0.03)
+        assert await idle.ended == "idle"
+        assert not busy.ended.done()
+        assert busy.up == 2000
+        assert await busy.ended == "idle"
+        sweeper.close()
+        idle.close()
+        busy.close()
+
+    run(scenario)
