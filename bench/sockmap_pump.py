@@ -20,7 +20,6 @@ import socket
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from dae_py.compiler.emit import CLANG_FLAGS, SOCKMAP_OBJECT, SOCKMAP_SOURCE, TEMPLATE_DIR, compile_sockmap
@@ -84,7 +83,9 @@ async def one_bulk(mode: str, pumps: dict[str, SockmapPump], total: int) -> tupl
     loop = asyncio.get_running_loop()
     client, relay_client = tcp_pair()
     relay_upstream, server = tcp_pair()
-    none: Callable[[int], None] = lambda n: None  # noqa: E731
+    def none(n: int) -> None:
+        pass
+
     flow: SockmapFlow | SplicedFlow
     if mode == "splice":
         flow = SplicedFlow(loop, relay_client, relay_upstream, none, none, lambda f, o: None)
@@ -113,8 +114,11 @@ async def many(pump: SockmapPump, flows: int) -> tuple[float, int]:
         client, relay_client = tcp_pair()
         relay_upstream, server = tcp_pair()
         done: asyncio.Future[object] = loop.create_future()
-        flow = SockmapFlow(loop, pump, relay_client, relay_upstream, lambda n: None, lambda n: None,
-                           lambda f, o, done=done: done.set_result(o))
+
+        def ended(_flow: SockmapFlow, outcome: object, done: asyncio.Future[object] = done) -> None:
+            done.set_result(outcome)
+
+        flow = SockmapFlow(loop, pump, relay_client, relay_upstream, lambda n: None, lambda n: None, ended)
         assert flow.join()
         flow.start()
         ends.append((client, server, os.urandom(16_384), done))

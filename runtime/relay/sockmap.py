@@ -153,7 +153,7 @@ class _Way:
     passed bytes (back-pressure, or the peer not yet in the map) through here."""
 
     __slots__ = ("flow", "src", "dst", "src_fd", "dst_fd", "key", "count", "base", "counted",
-                 "consumed", "buf", "eof", "done", "reading", "writing", "wait")
+                 "consumed", "published", "checked", "buf", "eof", "done", "reading", "writing", "wait")
 
     def __init__(self, flow: SockmapFlow, src: socket.socket, dst: socket.socket, count: Count) -> None:
         self.flow = flow
@@ -165,7 +165,9 @@ class _Way:
         self.count = count
         self.base = 0  # written(dst) at the hand-over
         self.counted = 0  # bytes reported through count()
-        self.consumed = 0  # passed bytes written to dst (mirrors relay_consumed)
+        self.consumed = 0  # passed bytes written to dst
+        self.published = 0  # what relay_consumed says (updated once src is read empty)
+        self.checked = False  # dst's psock queue found empty since the program last could redirect
         self.buf = b""  # passed bytes read, not yet written
         self.eof = False  # src said EOF
         self.done = False  # EOF forwarded (or the flow ended)
@@ -194,27 +196,41 @@ class _Way:
         return written(self.dst) - self.base >= redirected + self.consumed
 
     def readable(self) -> None:
-        if self.buf or self.done:
-            return
-        try:
-            data = self.src.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        if not data:
-            self.eof = True
-        else:
-            self.buf = data
-        self.reading = False
-        self.flow.sync()
-        self.advance()
+        """src has passed bytes (or its EOF): move them, then read on until src is empty, when
+        relay_consumed tells the program it may redirect again."""
+        while not self.buf and not self.eof and not self.done:
+            try:
+                data = self.src.recv(READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                self._caught_up()
+                return
+            if not data:
+                self.eof = True
+            else:
+                self.buf = data
+            if not self.advance():
+                return
 
-    def advance(self) -> None:
-        """Write passed bytes, or forward the EOF, once the psock queue ahead of them is empty."""
-        if self.done or (not self.buf and not self.eof):
-            return
-        if not self.drained():
-            self._poll_later()
-            return
+    def _caught_up(self) -> None:
+        if self.published != self.consumed:
+            self.flow.pump.consumed.update(self.key, U64.pack(self.consumed))
+            self.published = self.consumed
+            self.checked = False  # the program may redirect again: drain before the next write
+        if not self.reading:
+            self.reading = True
+            self.flow.sync()
+
+    def advance(self) -> bool:
+        """Write the passed bytes, or forward the EOF, once the psock queue ahead of them is
+        empty; True when the bytes are all written (read on)."""
+        if self.done:
+            return False
+        if not self.checked:  # while passing (published < passed) nothing new is redirected
+            if not self.drained():
+                self._stop_reading()
+                self._poll_later()
+                return False
+            self.checked = True
         self.wait = 0.0
         if self.buf:
             try:
@@ -224,17 +240,30 @@ class _Way:
             self.buf = self.buf[sent:]
             self.consumed += sent
             if self.buf:
-                self.writing = True
-                self.flow.sync()
-                return
-            self.writing = False
-            self.flow.pump.consumed.update(self.key, U64.pack(self.consumed))
+                self._stop_reading()
+                if not self.writing:
+                    self.writing = True
+                    self.flow.sync()
+                return False
             self.flow.active = True
-            self.reading = True
+            if self.writing:
+                self.writing = False
+                self.flow.sync()
+            return True
+        if self.eof:
+            self.done = True
+            self._stop_reading()
+            self.flow.way_ended(self)
+        return False
+
+    def writable(self) -> None:
+        if self.advance():
+            self.readable()
+
+    def _stop_reading(self) -> None:
+        if self.reading:
+            self.reading = False
             self.flow.sync()
-            return
-        self.done = True
-        self.flow.way_ended(self)
 
     def _poll_later(self) -> None:
         if self.wait:
@@ -249,7 +278,8 @@ class _Way:
         try:
             if self.drained():
                 self.wait = 0.0
-                self.advance()
+                self.checked = True
+                self.writable()
                 return
         except OSError as exc:
             self.flow.fail(exc)
@@ -353,7 +383,7 @@ class SockmapFlow:
             if events & (IN | HUP_ERR) and self.up.reading:
                 self.up.readable()
             if events & (OUT | HUP_ERR) and self.down.writing:
-                self.down.advance()
+                self.down.writable()
         except OSError as exc:
             self.fail(exc)
 
@@ -362,7 +392,7 @@ class SockmapFlow:
             if events & (IN | HUP_ERR) and self.down.reading:
                 self.down.readable()
             if events & (OUT | HUP_ERR) and self.up.writing:
-                self.up.advance()
+                self.up.writable()
         except OSError as exc:
             self.fail(exc)
 
