@@ -56,9 +56,9 @@ READ_SIZE = 256 * 1024
 DRAIN_POLL = (0.0005, 0.05)  # first and longest wait between checks of a draining way
 OBJECT_NAME = "sockmap.o"
 MODES = ("sockmap", "splice", "copy")  # global.relay_mode
-# Without relay_mode: splice. Measured on 6.18 (bench/RESULTS.md), the sockmap's egress redirect
-# (a psock workqueue per socket) moved bulk flows slower than splice and at more CPU per GiB.
-DEFAULT_MODE = "splice"
+# Without relay_mode: sockmap (splice where it does not load). Measured on 6.18
+# (bench/RESULTS.md): as fast as splice or faster, less machine CPU per GiB.
+DEFAULT_MODE = "sockmap"
 _warned: set[str] = set()
 
 
