@@ -278,3 +278,14 @@ def test_the_idle_sweeper_sees_bytes_the_kernel_moved(pump: SockmapPump) -> None
         busy.close()
 
     run(scenario)
+
+
+def test_closing_the_pump_leaves_no_fd_and_no_attachment(sockmap_object: Path) -> None:
+    """The link (the attachment), the program and the maps are fds of this process: closing the
+    pump closes them all, so nothing of it outlives the relay (nothing is pinned)."""
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        pump = SockmapPump(str(sockmap_object))
+        assert len(os.listdir("/proc/self/fd")) > before
+        pump.close()
+        assert len(os.listdir("/proc/self/fd")) == before
