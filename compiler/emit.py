@@ -30,6 +30,8 @@ CLANG_FLAGS = ["-O2", "-g", "-target", "bpf", "-Wall", "-Wno-unused-function", "
                "-fdebug-compilation-dir=.", "-I/usr/include/x86_64-linux-gnu", "-Iinclude"]
 FLOW_TABLE_SIZE = 65536
 DOMAIN_MAP_SIZE = 65536
+SOCKMAP_SOURCE = "sockmap.c"  # the relay's kernel pump, one object per build (runtime/relay/sockmap.py)
+SOCKMAP_OBJECT = "sockmap.o"
 
 
 class EmitError(Exception):
@@ -162,6 +164,19 @@ def compile_c(build: Path) -> None:
         raise EmitError(f"clang failed on the generated program (a compiler bug):\n{proc.stderr.strip()}")
 
 
+def compile_sockmap(build: Path) -> None:
+    """sockmap.o, the relay's kernel pump (templates/bpf/sockmap.c): hand-written and the same
+    for every config, compiled beside program.o and loaded by the runtime on its own."""
+    shutil.copyfile(TEMPLATE_DIR / SOCKMAP_SOURCE, build / SOCKMAP_SOURCE)
+    cmd = ["clang", *CLANG_FLAGS, "-c", SOCKMAP_SOURCE, "-o", SOCKMAP_OBJECT]
+    try:
+        proc = subprocess.run(cmd, cwd=build, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise EmitError("clang is not installed (apt-get install clang llvm libbpf-dev)") from None
+    if proc.returncode != 0:
+        raise EmitError(f"clang failed on {SOCKMAP_SOURCE} (a compiler bug):\n{proc.stderr.strip()}")
+
+
 def write_build(out_dir: Path, emitted: Emitted, manifest: dict[str, Any], extra_files: dict[str, str]) -> None:
     """Write the build to a temporary directory, then swap it into place (never half a build).
     Raises OutputDirError, changing nothing, when `out_dir` is not a directory a build may replace."""
@@ -173,6 +188,7 @@ def write_build(out_dir: Path, emitted: Emitted, manifest: dict[str, Any], extra
             shutil.copyfile(TEMPLATE_DIR / h, tmp / "include" / h)
         (tmp / "program.c").write_text(emitted.c_source)
         compile_c(tmp)
+        compile_sockmap(tmp)
         maps_meta = []
         if emitted.tables:
             (tmp / "maps").mkdir()

@@ -117,6 +117,7 @@ OPTIONS: tuple[OptionCapability, ...] = (
     # dae's other global options (config/config.go `Global`), issue 12: each is one row
     OptionCapability("bpf_conn_state_map_size", acts=True),  # the `flows` map's max_entries
     OptionCapability("mptcp", acts=True),  # the relay's TCP sockets to nodes are IPPROTO_MPTCP (TCP if refused)
+    OptionCapability("relay_mode", acts=True),  # sockmap | splice | copy (runtime/relay/sockmap.py)
     OptionCapability("pprof_port", acts=False, unless=(0,),
                      missing="the runtime is Python and has no pprof endpoint (profile it with py-spy; "
                              "counters are at the controller's /metrics)"),

@@ -114,6 +114,7 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
     the program); returns whether the stop undid everything (False: an error line said what
     was left behind)."""
     from dae_py.runtime.relay import Gateway, RelayConfig
+    from dae_py.runtime.relay.sockmap import DEFAULT_MODE, with_mode
 
     obj = BpfObject(build.object_path)
     relay = None
@@ -132,7 +133,10 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
             obj.load()
             load_tables(obj, build)
             router = KernelRouter(build, obj.map("flows"), DomainBindings.of(obj, build.domain_words))
-            relay = Gateway.from_manifest(router, build.manifest, RelayConfig(so_mark=so_mark, **relay_settings(g)))
+            # global.relay_mode; the build's sockmap.o is beside program.o
+            config = with_mode(RelayConfig(so_mark=so_mark, **relay_settings(g)),
+                               str(g.extra.get("relay_mode", DEFAULT_MODE)), build.object_path.parent)
+            relay = Gateway.from_manifest(router, build.manifest, config)
             if build.manifest.subscriptions:  # fetched now (stored copies first), then every refresh
                 from dae_py.runtime.subscriptions import SubscriptionManager, subscription_dir
 

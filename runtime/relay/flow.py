@@ -113,6 +113,10 @@ class RelayConfig:
     tcp_idle_timeout: float = 300.0
     udp_idle_timeout: float = 60.0
     splice: bool = True
+    # relay.mode sockmap: plain TCP pairs go to the kernel's sockmap (runtime/relay/sockmap.py),
+    # loaded from sockmap_object (a build's sockmap.o); splice when it cannot be (one warning)
+    sockmap: bool = False
+    sockmap_object: str | None = None
     pipe_size: int = 64 * 1024  # per splice pipe, created lazily per direction
     listen_backlog: int = 4096
     # UDP replies go out from a transparent socket per remote address: at most this many

@@ -12,6 +12,7 @@ import fcntl
 import os
 import socket
 from collections.abc import Callable
+from typing import Protocol
 
 from dae_py.runtime.net.poller import HUP_ERR, IN, OUT, poller_for
 from dae_py.runtime.net.sockets import abort
@@ -355,6 +356,19 @@ class _Ended:
 _ENDED = _Ended()
 
 
+class Sweepable(Protocol):
+    """What an IdleSweeper needs of a flow (SplicedFlow, sockmap.SockmapFlow)."""
+
+    active: bool
+    last: float
+    client: socket.socket
+    upstream: socket.socket
+
+    def expire(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class IdleSweeper:
     """Ends flows that moved nothing for `timeout` seconds with one timer for all of them.
 
@@ -367,16 +381,16 @@ class IdleSweeper:
         self.loop = loop
         self.timeout = timeout
         self.tick = tick if tick is not None else min(max(timeout / 16, 0.005), 5.0)
-        self.flows: set[SplicedFlow] = set()
+        self.flows: set[Sweepable] = set()
         self._handle: asyncio.TimerHandle | None = None
 
-    def add(self, flow: SplicedFlow) -> None:
+    def add(self, flow: Sweepable) -> None:
         flow.last = self.loop.time()
         self.flows.add(flow)
         if self._handle is None:
             self._handle = self.loop.call_later(self.tick, self._sweep)
 
-    def discard(self, flow: SplicedFlow) -> None:
+    def discard(self, flow: Sweepable) -> None:
         self.flows.discard(flow)
 
     def _sweep(self) -> None:

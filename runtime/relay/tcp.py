@@ -22,6 +22,7 @@ from .flow import Flow, RelayConfig, Route, Router, tcp_flow
 from .listen import addressed_to_self, bind_pair
 from .outbounds import OutboundTable
 from .pump import HAVE_SPLICE, Count, IdleSweeper, SplicedFlow, relay
+from .sockmap import SockmapFlow, SockmapPump
 from .stats import Counters, RelayStats
 from .track import ConnTracker
 
@@ -57,6 +58,7 @@ class TcpRelay:
         # dial_mode domain*: read the client's first bytes before dialing a group
         self.sniffing = Sniffing.for_settings(config.dial_mode, config.sniffing_timeout)
         self.tracker: ConnTracker | None = None  # set by the controller: live flows, closable
+        self.sockmap: SockmapPump | None = None  # relay mode sockmap, from start()
 
     async def start(self, port: int = 0, hosts: tuple[str, ...] = ("0.0.0.0", "::"),
                     guard_fd: int | None = None) -> int:
@@ -72,6 +74,8 @@ class TcpRelay:
             sock.listen(self.config.listen_backlog)
             loop.add_reader(sock.fileno(), self._accept, sock)
         self.port = self._listeners[0].getsockname()[1]
+        if self._fast and self.config.sockmap:
+            self.sockmap = SockmapPump.open(self.config.sockmap_object)
         log.info("tcp relay listening on port %d (%s)", self.port, ", ".join(hosts))
         return self.port
 
@@ -262,8 +266,15 @@ class TcpRelay:
         if log.isEnabledFor(logging.DEBUG):
             tag = (counters, f"tcp {format_hostport(*src)} -> {format_hostport(*dst)} via "
                              f"{outbound} node {node}")
-        flow = SplicedFlow(loop, conn, upstream, add_up, add_down, self._spliced_ended, self.config.pipe_size,
-                           sweeper, tag)
+        flow: SplicedFlow | SockmapFlow | None = None
+        if self.sockmap is not None:  # the kernel moves the bytes, if it takes the pair
+            kernel = SockmapFlow(loop, self.sockmap, conn, upstream, add_up, add_down, self._spliced_ended,
+                                 sweeper, tag)
+            if kernel.join():
+                flow = kernel
+        if flow is None:
+            flow = SplicedFlow(loop, conn, upstream, add_up, add_down, self._spliced_ended, self.config.pipe_size,
+                               sweeper, tag)
         if tracker is not None and rec is not None:
             tracker.bind(rec, flow, flow.close)
         flow.start(armed)
@@ -307,7 +318,7 @@ class TcpRelay:
         await self._carry(conn, upstream, prefix, Flow("tcp", src, dst), outbound, node,
                           counters, why)
 
-    def _spliced_ended(self, flow: SplicedFlow, outcome: object) -> None:
+    def _spliced_ended(self, flow: SplicedFlow | SockmapFlow, outcome: object) -> None:
         if self.tracker is not None:
             self.tracker.ended_key(flow)
         tag = flow.tag
@@ -319,7 +330,7 @@ class TcpRelay:
                 text = f"idle for {self.config.tcp_idle_timeout:g}s"
             else:
                 text = str(outcome)
-            log.debug("%s ended: %s (splice)", what, text)
+            log.debug("%s ended: %s (%s)", what, text, "sockmap" if type(flow) is SockmapFlow else "splice")
         else:
             counters = tag
         counters.active -= 1
@@ -373,3 +384,6 @@ class TcpRelay:
         await asyncio.gather(*flows, return_exceptions=True)
         if self._sweeper is not None:
             self._sweeper.close()
+        if self.sockmap is not None:
+            self.sockmap.close()
+            self.sockmap = None

@@ -6,10 +6,12 @@ import contextlib
 import socket
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from dae_py.compiler.emit import compile_sockmap
 from dae_py.runtime.groups import Group
 from dae_py.runtime.relay import FunctionRouter, Gateway, OutboundTable, RelayConfig
 from tests.conftest import have_root_bpf
@@ -90,6 +92,14 @@ def lab() -> Iterator[Lab]:
         yield lab
     finally:
         lab.down()
+
+
+@pytest.fixture(scope="session")
+def sockmap_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding sockmap.o, as a build holds it (RelayConfig.sockmap_object)."""
+    build = tmp_path_factory.mktemp("sockmap-build")
+    compile_sockmap(build)
+    return build
 
 
 @dataclass

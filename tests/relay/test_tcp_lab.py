@@ -5,11 +5,13 @@ import asyncio
 import logging
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
 from dae_py.runtime.groups import Check
 from dae_py.runtime.relay import RelayConfig
+from dae_py.runtime.relay.sockmap import with_mode
 
 from . import servers
 from .conftest import DANTE4, DANTE6, DANTE_AUTH, TINY, TINY_AUTH, Env, gateway_env, group_id, group_of, manifest
@@ -61,15 +63,15 @@ def test_direct_flow_leaves_from_the_gateway(lab: Lab) -> None:
     lab.run(scenario)
 
 
-@pytest.mark.parametrize("splice", [True, False], ids=["splice", "copy"])
+@pytest.mark.parametrize("mode", ["sockmap", "splice", "copy"])
 @pytest.mark.parametrize("outbound", ["direct", "dante"])
-def test_half_close_is_forwarded_both_ways(lab: Lab, outbound: str, splice: bool) -> None:
+def test_half_close_is_forwarded_both_ways(lab: Lab, outbound: str, mode: str, sockmap_build: Path) -> None:
     """The client shuts down its sending side: the server sees EOF, still answers, and the
     client then reads the answer and the server's EOF. (Not through tinyproxy: on the client's
     EOF it shuts the server side and exits, dropping what the server still sends.)"""
     outbound_id = 0 if outbound == "direct" else group_id(outbound)
-    config = RelayConfig(so_mark=RELAY_MARK, splice=splice, connect_timeout=3,
-                         handshake_timeout=3)
+    config = with_mode(RelayConfig(so_mark=RELAY_MARK, connect_timeout=3, handshake_timeout=3), mode,
+                       sockmap_build)
 
     async def scenario() -> None:
         async with gateway_env(lab, manifest(), config) as env:
@@ -88,6 +90,10 @@ def test_half_close_is_forwarded_both_ways(lab: Lab, outbound: str, splice: bool
             assert counters.bytes_up == len(payload)
             assert counters.bytes_down == len(data)
             assert counters.active == 0
+            pump = env.gateway.tcp.sockmap
+            assert (pump is not None) == (mode == "sockmap")
+            if pump is not None:
+                assert pump.entries() == (0, 0, 0)
 
     lab.run(scenario)
 
