@@ -418,9 +418,11 @@ class DnsModule:
         """Response routing of `target`'s answer r: None when r is final (accepted, rejected
         with its answer section emptied, or a loop stopped), else the upstream to ask next."""
         question = q.question[0]
+        ips = tuple(answer_addresses(r))
         decision, rule = self.response.decide(Query(key_of(q)[0], int(question.rdtype), bits,
-                                                    upstream=target, ips=tuple(answer_addresses(r))))
+                                                    upstream=target, ips=ips))
         if decision == "accept":
+            r.dae_addrs = ips  # type: ignore[attr-defined]  # the binder's input, not parsed twice
             if qlen and getattr(r, "raw", None) is not None:
                 r.raw_qlen, r.raw_edns = qlen, q.edns >= 0  # type: ignore[attr-defined]  # resolve() passes r.raw on
             return None
