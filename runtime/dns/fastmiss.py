@@ -9,8 +9,8 @@ caches, binds and sends it: bind-before-answer holds as on the general path.
 
 Taken only when nothing but the plain case can happen: a query `answer_now` parsed (one
 question, no EDNS, no hit), request routing choosing `reject` or a named `udp://` upstream
-whose association is open, no optimistic stale answer, no ipversion_prefer emptying, no
-general-path flight for the same question. What is unusual after the send (a truncated answer,
+whose association is open (and whose timeout is within the answer deadline), no optimistic
+stale answer, no ipversion_prefer emptying, no general-path flight for the same question. What is unusual after the send (a truncated answer,
 a re-query by response routing) goes to the general path's `_fetch` in a task, with the
 waiters; a timeout is answered as the general path answers one (stale, else SERVFAIL).
 Identical questions that arrive meanwhile join the flight; general-path ones wait on its
@@ -49,6 +49,7 @@ class Flight:
     target: str
     bits: int
     fut: asyncio.Future[dns.message.Message]  # general-path joiners wait on it
+    started: float  # the loop's clock when it was sent: the answer deadline counts from here
     waiters: list[tuple[dns.message.Message, bytes, Send]] = field(default_factory=list)
 
 
@@ -86,7 +87,7 @@ class FastMiss:
             send(mod._render(q, mod._empty(q), 0))
             return True
         up = mod.upstreams.get(target)
-        if type(up) is not UdpUpstream or up.address is None:
+        if type(up) is not UdpUpstream or up.address is None or up.timeout > mod.deadline:
             return False
         uq, qlen = mod._upstream_query(q, wire)
         pre: bytes | None = getattr(uq, "wire", None)
@@ -96,7 +97,8 @@ class FastMiss:
         if assoc is None:  # not open yet, or due for rotation: the general path does that
             return False
         del mod._parsed[wire]
-        flight = Flight(q, key, target, bits, cache.open_flight(key), [(q, wire, send)])
+        flight = Flight(q, key, target, bits, cache.open_flight(key), asyncio.get_running_loop().time(),
+                        [(q, wire, send)])
         self.flights[key] = flight
         cache.misses += 1
         self.taken += 1
@@ -141,7 +143,7 @@ class FastMiss:
             send(mod._render(q, mod._failed(q, exc), 0))
 
     def _hand_over(self, flight: Flight, target: str, seen: list[str]) -> None:
-        """The rest of this flight on the general path (its deadline counted from now)."""
+        """The rest of this flight on the general path, within what is left of its deadline."""
         self.handed_over += 1
         t = asyncio.get_running_loop().create_task(self._general(flight, target, seen))
         self._tasks.add(t)
@@ -149,7 +151,7 @@ class FastMiss:
 
     async def _general(self, flight: Flight, target: str, seen: list[str]) -> None:
         try:
-            async with asyncio.timeout(self.mod.deadline):
+            async with asyncio.timeout_at(flight.started + self.mod.deadline):
                 r = await self.mod._fetch(flight.q, target, flight.bits, flight.waiters[0][1], seen)
         except (TimeoutError, UpstreamError) as exc:
             self._fail(flight, exc)
