@@ -10,9 +10,9 @@ caches, binds and sends it: bind-before-answer holds as on the general path.
 Taken only when nothing but the plain case can happen: a query `answer_now` parsed (one
 question, no EDNS, no hit), request routing choosing `reject` or a named `udp://` upstream
 whose association is open (and whose timeout is within the answer deadline), no optimistic
-stale answer, no ipversion_prefer emptying, no general-path flight for the same question. What is unusual after the send (a truncated answer,
-a re-query by response routing) goes to the general path's `_fetch` in a task, with the
-waiters; a timeout is answered as the general path answers one (stale, else SERVFAIL).
+stale answer, no ipversion_prefer emptying, no general-path flight for the same question.
+What is unusual after the send (a truncated answer, a re-query by response routing) goes to
+the general path's `_fetch` in a task, with the waiters; a timeout is answered as the general path answers one (stale, else SERVFAIL).
 Identical questions that arrive meanwhile join the flight; general-path ones wait on its
 Future in the cache, as they would on a general-path flight.
 """
