@@ -12,9 +12,9 @@ question, no EDNS, no hit), request routing choosing `reject` or a named `udp://
 whose association is open (and whose timeout is within the answer deadline), no optimistic
 stale answer, no ipversion_prefer emptying, no general-path flight for the same question.
 What is unusual after the send (a truncated answer, a re-query by response routing) goes to
-the general path's `_fetch` in a task, with the waiters; a timeout is answered as the general path answers one (stale, else SERVFAIL).
-Identical questions that arrive meanwhile join the flight; general-path ones wait on its
-Future in the cache, as they would on a general-path flight.
+the general path's `_fetch` in a task, with the waiters; a timeout is answered as the general
+path answers one (stale, else SERVFAIL). Identical questions that arrive meanwhile join the
+flight; general-path ones wait on its Future in the cache, as on a general-path flight.
 """
 from __future__ import annotations
 
