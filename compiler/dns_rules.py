@@ -28,6 +28,7 @@ from .fields.cidr import check_cidrs
 from .fields.domain import check_domain
 from .load import LoadedConfig
 from .rules import RuleSyntaxError, parse_rule
+from .subscriptions import source_url
 
 UNSUPPORTED_SCHEMES: tuple[str, ...] = ()  # every scheme of settings.DNS_PORTS has a runtime module
 DEFAULT_BIND_PORT = 53
@@ -296,7 +297,7 @@ def check_selector_rule(ast: Any, upstreams: Any, error: Callable[[int, str, str
 def compile_selectors(cfg: LoadedConfig, diags: Diagnostics, rules: list[tuple[Any, Any, str]],
                       nodes: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """`dns.internal`: the selector rules, and the upstream each subscription and node gets."""
-    subs = [_Target(str(tag), str(url)) for tag, url in (cfg.data.get("subscriptions") or {}).items()]
+    subs = [_Target(str(tag), source_url(entry)) for tag, entry in (cfg.data.get("subscriptions") or {}).items()]
     targets = [_Target(name, str(n.get("link") or ""), n.get("tag")) for name, n in nodes.items()]
 
     def pick(kind: str, t: _Target) -> str | None:

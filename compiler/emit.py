@@ -30,7 +30,6 @@ CLANG_FLAGS = ["-O2", "-g", "-target", "bpf", "-Wall", "-Wno-unused-function", "
                "-fdebug-compilation-dir=.", "-I/usr/include/x86_64-linux-gnu", "-Iinclude"]
 FLOW_TABLE_SIZE = 65536
 DOMAIN_MAP_SIZE = 65536
-PNAME_MAP_SIZE = 16384
 
 
 class EmitError(Exception):
@@ -101,7 +100,6 @@ def base_context(ir: RoutingIR, config_name: str, config_sha256: str, strategy: 
         **{f"need_{spec.name}": spec.field in used for spec in fields.FIELDS},
         "domain_words": max_domain_words(ir),
         "domain_map_size": DOMAIN_MAP_SIZE,
-        "pname_map_size": PNAME_MAP_SIZE,
         "flow_table_size": int(settings.get("bpf_conn_state_map_size") or FLOW_TABLE_SIZE),
         "tproxy_port": int(settings.get("tproxy_port", 12345)),
         "dns_hijack_port": int(settings.get("dns_hijack_port", 0)),  # dns_rules.hijack_port

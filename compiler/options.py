@@ -22,10 +22,13 @@ DURATION_BOUNDS: dict[str, tuple[float, float]] = {
     "sniffing_timeout": (0.0, 60.0),
     "add_latency": (-3600.0, 3600.0),
     "udphop_interval": (1.0, 86400.0),  # dae's default 30s; Hysteria hops no faster than every 5s
+    "interval": (60.0, 30 * 86400.0),  # a subscription's refresh: providers rate-limit
 }
 
 
 def _fmt(seconds: float) -> str:
+    if abs(seconds) > 86400 and seconds % 3600 == 0:  # '720h', not '2.592e+06s'
+        return f"{seconds / 3600:g}h"
     return f"{seconds:g}s" if abs(seconds) >= 1 or seconds == 0 else f"{seconds * 1000:g}ms"
 
 

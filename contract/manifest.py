@@ -109,14 +109,14 @@ PROGRAMS: tuple[ProgramSpec, ...] = (
 
 #: The cgroup hooks a build with pname() rules holds besides PROGRAMS (templates/bpf/cgroup.h).
 PNAME_PROGRAMS: tuple[ProgramSpec, ...] = (
-    ProgramSpec("pname_sock_create", "cgroup/sock_create", Attach.CGROUP_SOCK_CREATE),
-    ProgramSpec("pname_sock_release", "cgroup/sock_release", Attach.CGROUP_SOCK_RELEASE),
     ProgramSpec("pname_connect4", "cgroup/connect4", Attach.CGROUP_CONNECT4),
     ProgramSpec("pname_connect6", "cgroup/connect6", Attach.CGROUP_CONNECT6),
     ProgramSpec("pname_sendmsg4", "cgroup/sendmsg4", Attach.CGROUP_SENDMSG4),
     ProgramSpec("pname_sendmsg6", "cgroup/sendmsg6", Attach.CGROUP_SENDMSG6),
 )
-CGROUP_ATTACHES: frozenset[Attach] = frozenset(p.attach for p in PNAME_PROGRAMS)
+#: Every cgroup attach point, including the two a build from before sk_storage used (sock_create
+#: and sock_release): such a build's manifest still gets all of its hooks attached.
+CGROUP_ATTACHES: frozenset[Attach] = frozenset(a for a in Attach if a.value.startswith("cgroup:"))
 
 
 # --- outbounds, nodes and groups -----------------------------------------------------------

@@ -113,9 +113,9 @@ def explain(build: Build, flow: FlowSpec, domain: str | None = None, pname: str 
         load_tables(obj, build)
         if bits:
             DomainBindings(obj, build.domain_words).bind(flow.dst, bits)
-        if pname and "sock_pname" in obj.map_names():
-            # A test-run skb has no socket: its cookie is 0, so that is the key the hook would use.
-            obj.map("sock_pname").update((0).to_bytes(8, "little"), pname_value(pname))
+        if pname and "pname_probe" in obj.map_names():
+            # A test-run skb's dummy socket holds no storage: the program falls back to pname_probe.
+            obj.map("pname_probe").update((0).to_bytes(4, "little"), pname_value(pname))
         result = prog_test_run(obj.program_fd(program), frame(flow))
         raw = obj.map("flows").lookup(flow_key(flow))
     if raw is None:

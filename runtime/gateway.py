@@ -148,7 +148,7 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
                 relay.tcp.sniffing.use_dns(dns_module)
             from dae_py.runtime.controller import start_for  # the API, /metrics, /ui; `dae-runtime status`
 
-            controller = await start_for(build, relay, obj, dns_module, state_path.parent)
+            controller = await start_for(build, relay, obj, dns_module, state_path.parent, subscriptions)
             lan = list(g.lan_interface)
             wan = list(g.wan_interface)
             datapath = Datapath(lan=lan or None, wan=wan or None, fwmark=g.fwmark,

@@ -612,7 +612,8 @@ class Reloader:
                 handle.task.add_done_callback(lambda _t: self._swap_controller())
             return
         old = ctrl.view
-        view = type(old)(self.live.build, self.live.relay, self.live.obj, self.live.dns, tracker=old.tracker)
+        view = type(old)(self.live.build, self.live.relay, self.live.obj, self.live.dns, tracker=old.tracker,
+                        subscriptions=old.subscriptions)
         view.started, view.history = old.started, old.history
         ctrl.view = view
 

@@ -106,29 +106,50 @@ def v2ray_config(socks_ip: str, socks_port: int, port: int = V2RAY_PORT) -> str:
     return json.dumps(cfg, indent=2) + "\n"
 
 
+def _syn_counter(match: str) -> str:
+    """A rule that counts the connections the next rule takes (their SYNs): the bench checks
+    that a peer's block really went through the peer, not straight to the echo server."""
+    return f"{match} tcp flags & (syn | ack) == syn counter"
+
+
 def nft_redsocks(topo: Any, dport: int, port: int = REDSOCKS_PORT) -> str:
     """What MACHINE-NOTES found to work: `redirect` in the gateway's prerouting (dstnat)."""
+    match = f'iifname "{topo.gateway_lan_if}" ip daddr {topo.upstream_ip4} tcp dport {dport}'
     return f"""\
 table ip bench_redsocks {{
     chain pre {{
         type nat hook prerouting priority dstnat; policy accept;
-        iifname "{topo.gateway_lan_if}" ip daddr {topo.upstream_ip4} tcp dport {dport} redirect to :{port}
+        {_syn_counter(match)}
+        {match} redirect to :{port}
     }}
 }}
 """
 
 
 def nft_v2ray(topo: Any, dport: int, port: int = V2RAY_PORT, mark: int = V2RAY_MARK) -> str:
-    """nft tproxy at prerouting/mangle + `ip rule fwmark 1 lookup 100` (added once per lab)."""
+    """nft tproxy at prerouting/mangle + `ip rule fwmark 1 lookup 100` (v2ray_policy_route)."""
     match = f'iifname "{topo.gateway_lan_if}" ip daddr {topo.upstream_ip4} tcp dport {dport}'
     return f"""\
 table ip bench_v2ray {{
     chain pre {{
         type filter hook prerouting priority mangle; policy accept;
+        {_syn_counter(match)}
         {match} meta mark set {mark} tproxy to :{port} accept
     }}
 }}
 """
+
+
+def nft_counted(lab: Any, table: str) -> int:
+    """Packets the first counter of `table` counted (the SYN counter: connections taken)."""
+    r = lab.run("gateway", ["nft", "-j", "list", "table", "ip", table])
+    if r.returncode:
+        raise RuntimeError(f"nft list table {table} failed: {r.stderr.strip()}")
+    for item in json.loads(r.stdout).get("nftables", []):
+        for expr in item.get("rule", {}).get("expr", []):
+            if "counter" in expr:
+                return int(expr["counter"]["packets"])
+    raise RuntimeError(f"no counter in nft table {table}")
 
 
 def nft(lab: Any, ruleset: str | None = None, delete: str | None = None) -> None:
@@ -172,7 +193,7 @@ def start_v2ray(lab: Any) -> Any:
     t = lab.topo
     conf = lab.dir / "v2ray.json"
     conf.write_text(v2ray_config(t.upstream_ip4, 1080))
-    v2ray_policy_route(lab, add=True)
+    # its policy route (fwmark -> local table) is added only while its nft table is (paths.py)
     # Go listens on "0.0.0.0" with a dual-stack AF_INET6 socket
     return start_tcp_peer(lab, "v2ray", ["v2ray", "-config", str(conf)], V2RAY_PORT, family=None)
 
@@ -259,6 +280,25 @@ def tree_cpu(pid: int) -> float:
         except OSError:
             pass
     return total
+
+
+def tree_cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process, its live descendants and the children it has
+    already reaped (cutime, cstime): a relay that forks workers, or danted's short-lived
+    io-children, counted whole."""
+    user = system = 0.0
+    for i, p in enumerate(tree_pids(pid)):
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        user += int(fields[11]) / CLK_TCK
+        system += int(fields[12]) / CLK_TCK
+        if i == 0:
+            user += int(fields[13]) / CLK_TCK
+            system += int(fields[14]) / CLK_TCK
+    return user, system
 
 
 def tree_cpu_reaped(pid: int) -> float:

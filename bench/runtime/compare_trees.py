@@ -34,7 +34,11 @@ def run_once(tree: Path, extra: list[str], out: Path) -> dict[str, Any]:
 
 def cpu_per_relay_conn_us(res: dict[str, Any], key: str = "cpu_s") -> float:
     """dae-runtime's CPU (`cpu_s`, or `cpu_user_s`: its own work, without the veth work done
-    in its syscalls) per proxied connection of the run."""
+    in its syscalls) per proxied connection of the run. A run with per-block CPU readings (issue
+    15 on) carries the figure itself, over its recorded relay blocks only."""
+    per = (res.get("cpu_per_conn_us") or {}).get("relay")
+    if per:
+        return float(per["total" if key == "cpu_s" else "user"])
     args = res["args"]
     n = args["warmup"] + args["rounds"] * args["count"]
     return float(res[key]) / n * 1e6
@@ -66,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                                          "runs": runs}, indent=1))
     print(f"\nA = {trees['a']}\nB = {trees['b']}\n{args.pairs} pairs, connect_latency {' '.join(extra)}")
     print(f"  {'mode':8s} {'q':4s} {'A med us':>9s} {'B med us':>9s} {'B/A pairs':>10s} {'B/A med':>8s}")
-    modes = [m for m in ("direct", "relay", "socks") if runs["a"] and m in runs["a"][0]["stats"]]
+    modes = [m for m in ("direct", "relay", "socks", "redsocks", "v2ray")
+             if runs["a"] and runs["b"] and m in runs["a"][0]["stats"] and m in runs["b"][0]["stats"]]
     for mode in modes:
         for q in QUANTILES:
             a = [r["stats"][mode][q] for r in runs["a"]]

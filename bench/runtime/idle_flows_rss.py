@@ -79,7 +79,22 @@ class Holder:
 
 
 def snapshot(gw_pid: int, danted_pid: int) -> dict[str, Any]:
+    """Memory of dae-runtime and of danted. dae-runtime's figures are summed over its process
+    tree (a relay with worker processes counts whole; with one process they are its own): RSS
+    summed (the target's measure; shared pages count once per process) and PSS (shared pages
+    split), fds summed."""
+    gpids = tree_pids(gw_pid)
     st = proc_status(gw_pid)
+    g_rss = g_anon = g_pss = g_fds = 0
+    for p in gpids:
+        try:
+            pst = proc_status(p)
+            g_rss += pst.get("VmRSS", 0)
+            g_anon += pst.get("RssAnon", 0)
+            g_pss += proc_pss_kb(p)
+            g_fds += fd_count(p)
+        except OSError:
+            pass
     dpids = tree_pids(danted_pid)
     d_rss = d_pss = 0
     for p in dpids:
@@ -88,10 +103,20 @@ def snapshot(gw_pid: int, danted_pid: int) -> dict[str, Any]:
             d_pss += proc_pss_kb(p)
         except OSError:
             pass
-    return {"rss_kb": st["VmRSS"], "anon_kb": st.get("RssAnon", 0), "fds": fd_count(gw_pid),
+    return {"rss_kb": g_rss, "anon_kb": g_anon, "pss_kb": g_pss, "fds": g_fds, "procs": len(gpids),
             "threads": st.get("Threads", 0), "danted_procs": len(dpids), "danted_rss_kb": d_rss,
             "danted_pss_kb": d_pss, "slab_unreclaim_kb": meminfo_kb("SUnreclaim"),
             "kernel_stack_kb": meminfo_kb("KernelStack")}
+
+
+def tree_fds(pid: int) -> int:
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            total += fd_count(p)
+        except OSError:
+            pass
+    return total
 
 
 def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
@@ -110,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--step", type=int, default=1000)
     ap.add_argument("--settle", type=float, default=3.0, help="seconds to wait before reading memory")
     ap.add_argument("--log-level", default="info")
+    ap.add_argument("--lab-prefix", default="benchrt", help="the Lab's name prefix (unique per session)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
 
@@ -119,10 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     nofile = raise_nofile()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     note = machine_note()
-    cleanup_stale("benchrt")
+    cleanup_stale(args.lab_prefix)
     rows: list[dict[str, Any]] = []
     stop_reason = ""
-    with Lab("benchrt") as lab, tempfile.TemporaryDirectory(prefix="bench-rss-") as tmp:
+    with Lab(args.lab_prefix) as lab, tempfile.TemporaryDirectory(prefix="bench-rss-") as tmp:
         tune_lab(lab)
         t = lab.topo
         danted = lab.start_danted(1080)
@@ -168,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                     if fds_per_flow is None and up:
                         fds_per_flow = (snap["fds"] - base["fds"]) / up
                     print(f"{up:6d} flows ({ans['seconds']:.1f} s to open, failed {ans['failed'] or 0}): "
-                          f"dae-runtime RSS {snap['rss_kb'] / 1024:.1f} MiB (anon {snap['anon_kb'] / 1024:.1f}), "
+                          f"dae-runtime RSS {snap['rss_kb'] / 1024:.1f} MiB (anon {snap['anon_kb'] / 1024:.1f}, "
+                          f"PSS {snap['pss_kb'] / 1024:.1f}, {snap['procs']} process(es)), "
                           f"{snap['fds']} fds; danted {snap['danted_procs']} procs, RSS sum "
                           f"{snap['danted_rss_kb'] / 1024:.0f} MiB, PSS {snap['danted_pss_kb'] / 1024:.0f} MiB; "
                           f"SUnreclaim {(snap['slab_unreclaim_kb'] - base['slab_unreclaim_kb']) / 1024:+.0f} MiB",
@@ -179,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                 slab1 = slabinfo()
                 closed = holder.ask("close", 60)
                 deadline = time.monotonic() + 30
-                while time.monotonic() < deadline and fd_count(pid) > base["fds"] + 8:
+                while time.monotonic() < deadline and tree_fds(pid) > base["fds"] + 8:
                     time.sleep(0.5)
                 time.sleep(args.settle)
                 after = snapshot(pid, danted_pid)

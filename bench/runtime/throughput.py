@@ -6,7 +6,7 @@
   (d) redsocks (Debian, splice on) in the gateway ns, nft `redirect` -> redsocks -> danted
   (e) v2ray 4.34 (Debian) dokodemo-door tproxy inbound, socks outbound -> danted
 
-    .venv/bin/python -m bench.runtime.throughput [--rounds 10] [--seconds 4] [--ab-pairs 24] [--json out.json]
+    .venv/bin/python -m bench.runtime.throughput [--rounds 10] [--seconds 4] [--ab-pairs 40] [--ab-width 0.03]
 
 All cases use one lab, one danted, iperf3 servers on 5201 (direct cases) and 5202 (proxied
 cases). Rounds are interleaved (a b c d e, then e d c b a, and so on) so the machine's background
@@ -15,7 +15,14 @@ proxy process and of danted (less noisy than Gbit/s on a shared 2-core VM).
 
 The ratios are given two ways: ratio of the medians, and the median over rounds of the
 ratio within a round (both cases run a few seconds apart, so slow changes of the background
-load cancel); the latter is the one to trust on a busy machine.
+load cancel); the latter is the one to trust on a busy machine, and it comes with the
+sign-test interval of that median (intervals.py; >= 6 rounds for 95 %) whose position against
+the target gives the verdict: met, MISSED, or unsettled while the interval straddles it. The
+relay's CPU per GiB against redsocks' is a per-round ratio too (target <= 0.5).
+
+After the rounds, extra alternating (a, b) pairs settle b/a >= 0.97: pairs are added until the
+interval of their median is narrower than --ab-width (0.03, the claim's margin) or --ab-pairs
+is reached. Only one of dae-runtime / redsocks / v2ray steers packets at a time (paths.py).
 
 Each run is checked: the iperf3 server's log must show the connection coming from the client
 (a, b) or from danted's address (c, d, e), and after each dae-runtime stop its kernel counters
@@ -28,25 +35,25 @@ import json
 import re
 import sys
 import tempfile
-import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from bench.runtime.common import (
     machine_note,
     median,
-    nft,
-    nft_redsocks,
-    nft_v2ray,
-    proc_cpu,
     start_redsocks,
     start_v2ray,
     tree_cpu,
+    tree_cpu_split,
     versions,
 )
+from bench.runtime.intervals import median_interval, settled, verdict_at_least, verdict_at_most
+from bench.runtime.paths import PathSwitch
 
 DIRECT_PORT = 5201
 PROXY_PORT = 5202
+STATE = {"a": "none", "b": "dae", "c": "dae", "d": "redsocks", "e": "v2ray"}  # paths.PathSwitch states
 CASES = {
     "a": "no program (kernel forwarding)",
     "b": "program attached, direct",
@@ -67,46 +74,15 @@ class Bench:
         self.danted = lab.start_danted(1080)
         lab.start_http_peer(8080)  # the group's health check target
         self.iperf = {DIRECT_PORT: lab.start_iperf3(DIRECT_PORT), PROXY_PORT: lab.start_iperf3(PROXY_PORT)}
-        self.redsocks = start_redsocks(lab)
-        self.v2ray = start_v2ray(lab)
         self.gw = GatewayProcess(lab, gateway_config(self.t, [PROXY_PORT]), workdir)
-        self.state = "none"
-        self.kernel_lines: list[str] = []
-        self.gw_starts: list[float] = []
+        self.switch = PathSwitch(lab, self.gw, PROXY_PORT,
+                                 {"redsocks": start_redsocks(lab), "v2ray": start_v2ray(lab)})
 
-    # which of dae / redsocks rule / v2ray rule is active
     def ensure(self, state: str) -> None:
-        if state == self.state:
-            return
-        if self.state == "dae":
-            self.gw.stop()
-            time.sleep(0.2)
-            lines = [line for line in self.gw.log_text().splitlines() if " kernel: " in line]
-            if lines:
-                self.kernel_lines.append(lines[-1].split("kernel: ", 1)[1])
-        elif self.state == "redsocks":
-            nft(self.lab, delete="bench_redsocks")
-        elif self.state == "v2ray":
-            nft(self.lab, delete="bench_v2ray")
-        self.state = "none"
-        if state == "dae":
-            t0 = time.monotonic()
-            self.gw.start()
-            self.gw_starts.append(time.monotonic() - t0)
-        elif state == "redsocks":
-            nft(self.lab, nft_redsocks(self.t, PROXY_PORT))
-        elif state == "v2ray":
-            nft(self.lab, nft_v2ray(self.t, PROXY_PORT))
-        self.state = state
+        self.switch.ensure(state)
 
     def proxy_pid(self, case: str) -> int | None:
-        if case == "c":
-            return self.gw.proc.pid if self.gw.proc else None
-        if case == "d":
-            return self.redsocks.pid
-        if case == "e":
-            return self.v2ray.pid
-        return None
+        return self.switch.pid(STATE[case]) if case in "cde" else None
 
     def last_accepted_from(self, port: int) -> str:
         text = self.iperf[port].log_path.read_text(errors="replace")
@@ -114,14 +90,14 @@ class Bench:
         return found[-1] if found else "?"
 
     def run_case(self, case: str) -> dict[str, Any]:
-        self.ensure({"a": "none", "b": "dae", "c": "dae", "d": "redsocks", "e": "v2ray"}[case])
+        self.ensure(STATE[case])
         port = DIRECT_PORT if case in "ab" else PROXY_PORT
         ppid = self.proxy_pid(case)
-        cpu0 = proc_cpu(ppid) if ppid else 0.0
+        cpu0 = tree_cpu_split(ppid) if ppid else (0.0, 0.0)
         dcpu0 = tree_cpu(self.danted.pid)
         r = self.lab.run("client", ["iperf3", "-c", self.t.upstream_ip4, "-p", str(port),
                                     "-t", str(self.seconds), "-J"], timeout=self.seconds + 60)
-        cpu1 = proc_cpu(ppid) if ppid else 0.0
+        cpu1 = tree_cpu_split(ppid) if ppid else (0.0, 0.0)
         dcpu1 = tree_cpu(self.danted.pid)
         try:
             data = json.loads(r.stdout)
@@ -137,7 +113,8 @@ class Bench:
             raise RuntimeError(f"case {case}: iperf3 saw the connection from {seen}, expected {want}")
         return {"case": case, "gbps": end["sum_received"]["bits_per_second"] / 1e9,
                 "gib": gbytes, "seen_from": seen,
-                "proxy_cpu_s_per_gib": (cpu1 - cpu0) / gbytes if ppid else None,
+                "proxy_cpu_s_per_gib": (sum(cpu1) - sum(cpu0)) / gbytes if ppid else None,
+                "proxy_user_s_per_gib": (cpu1[0] - cpu0[0]) / gbytes if ppid else None,
                 "danted_cpu_s_per_gib": (dcpu1 - dcpu0) / gbytes if case in "cde" else None,
                 "sender_cpu_pct": end.get("cpu_utilization_percent", {}).get("host_total")}
 
@@ -175,23 +152,41 @@ def order(round_no: int) -> list[str]:
     return list("abcde") if round_no % 2 == 0 else list("edcba")
 
 
+def ratio_line(name: str, values: list[float], bound: float, at_least: bool, target: str,
+               unit: str = "round") -> dict[str, Any]:
+    """Print one ratio: its per-round values, their median and sign-test interval, the verdict
+    the interval gives against `bound` (>= for at_least, else <=)."""
+    iv = median_interval(values)
+    verdict = verdict_at_least(iv, bound) if at_least else verdict_at_most(iv, bound)
+    per = ", ".join(f"{v:.3f}" for v in values)
+    print(f"  {name} = {median(values):.3f} median of {len(values)} per-{unit} ratios ({per}); "
+          f"interval {iv if iv else f'- (fewer than 6 {unit}s)'}  (target {target}: {verdict})")
+    return {"values": values, "median": median(values), "interval": list(asdict(iv).values()) if iv else None,
+            "verdict": verdict, "target": target}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=10, help="an even number balances the order")
+    ap.add_argument("--rounds", type=int, default=10, help="an even number balances the order; >= 6 for an interval")
     ap.add_argument("--seconds", type=float, default=4.0, help="iperf3 -t per run")
-    ap.add_argument("--ab-pairs", type=int, default=24,
-                    help="after the rounds, this many extra (a, b) pairs of --ab-seconds runs, alternating "
-                         "ab/ba: a tighter b/a on a noisy machine")
+    ap.add_argument("--ab-pairs", type=int, default=40,
+                    help="after the rounds, up to this many extra (a, b) pairs of --ab-seconds runs, alternating "
+                         "ab/ba: a tighter b/a on a noisy machine (the cap of the adaptive mode)")
+    ap.add_argument("--ab-width", type=float, default=0.03,
+                    help="adaptive: stop adding pairs once the b/a interval is narrower than this (0: run all "
+                         "--ab-pairs); 0.03 is the margin of the b/a >= 0.97 claim")
     ap.add_argument("--ab-seconds", type=float, default=2.0)
+    ap.add_argument("--lab-prefix", default="benchrt", help="the Lab's name prefix (unique per session)")
     ap.add_argument("--json", type=Path, help="write all runs here")
     args = ap.parse_args(argv)
 
     from dae_py.runtime.lab import Lab, cleanup_stale
 
     note = machine_note()
-    cleanup_stale("benchrt")
+    cleanup_stale(args.lab_prefix)
     runs: list[dict[str, Any]] = []
-    with Lab("benchrt") as lab, tempfile.TemporaryDirectory(prefix="bench-tput-") as tmp:
+    ab_pairs: list[float] = []
+    with Lab(args.lab_prefix) as lab, tempfile.TemporaryDirectory(prefix="bench-tput-") as tmp:
         bench = Bench(lab, Path(tmp), args.seconds)
         prog = program_cost_ns(bench.gw.build_dir, lab.topo)
         try:
@@ -203,56 +198,77 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"round {rnd} ({case}) {CASES[case]:32s} {res['gbps']:6.2f} Gbit/s"
                           + (f"  proxy {res['proxy_cpu_s_per_gib']:.2f} CPU-s/GiB"
                              if res["proxy_cpu_s_per_gib"] is not None else ""), flush=True)
-            ab_pairs: list[float] = []
             bench.seconds = args.ab_seconds
-            for i in range(args.ab_pairs):
+            i = 0
+            while args.ab_pairs and not settled(ab_pairs, args.ab_width, args.ab_pairs):
                 got = {c: bench.run_case(c)["gbps"] for c in ("ab" if i % 2 == 0 else "ba")}
                 ab_pairs.append(got["b"] / got["a"])
-                print(f"pair {i}: a {got['a']:.2f} b {got['b']:.2f} b/a {ab_pairs[-1]:.3f}", flush=True)
+                iv = median_interval(ab_pairs)
+                print(f"pair {i}: a {got['a']:.2f} b {got['b']:.2f} b/a {ab_pairs[-1]:.3f}; "
+                      f"interval so far {iv if iv else '-'}", flush=True)
+                i += 1
             bench.ensure("none")
         finally:
-            bench.gw.stop()
+            bench.switch.close()
+        taken = dict(bench.switch.taken)
+        kernel_lines, gw_starts = bench.switch.kernel_lines, bench.switch.gw_starts
     med = {c: median([r["gbps"] for r in runs if r["case"] == c]) for c in CASES}
     cpu = {c: median([r["proxy_cpu_s_per_gib"] for r in runs if r["case"] == c
                       and r["proxy_cpu_s_per_gib"] is not None]) for c in "cde"}
+    ucpu = {c: median([r["proxy_user_s_per_gib"] for r in runs if r["case"] == c
+                       and r["proxy_user_s_per_gib"] is not None]) for c in "cde"}
     dcpu = {c: median([r["danted_cpu_s_per_gib"] for r in runs if r["case"] == c]) for c in "cde"}
     ratios = {"b/a": med["b"] / med["a"], "c/d": med["c"] / med["d"], "c/e": med["c"] / med["e"]}
-    by_round: dict[int, dict[str, float]] = {}
+    by_round: dict[int, dict[str, dict[str, Any]]] = {}
     for r in runs:
-        by_round.setdefault(r["round"], {})[r["case"]] = r["gbps"]
-    paired = {k: median([v[k[0]] / v[k[2]] for v in by_round.values()]) for k in ratios}
+        by_round.setdefault(r["round"], {})[r["case"]] = r
+    paired = {k: [v[k[0]]["gbps"] / v[k[2]]["gbps"] for v in by_round.values()] for k in ratios}
+    cpu_cd = [v["c"]["proxy_cpu_s_per_gib"] / v["d"]["proxy_cpu_s_per_gib"] for v in by_round.values()
+              if v["d"]["proxy_cpu_s_per_gib"]]  # (a run too short for one CPU tick of redsocks drops out)
     print(f"\n{note}")
     print(f"iperf3 -t {args.seconds:g}, one stream, client -> upstream; {args.rounds} interleaved rounds; "
           f"median Gbit/s (all runs)")
     for c, label in CASES.items():
         vals = ", ".join(f"{r['gbps']:.2f}" for r in runs if r["case"] == c)
         scpu = median([r["sender_cpu_pct"] or 0 for r in runs if r["case"] == c])
-        extra = (f"   proxy {cpu[c]:.2f} / danted {dcpu[c]:.2f} CPU-s per GiB" if c in cpu else "")
+        extra = (f"   proxy {cpu[c]:.2f} ({ucpu[c]:.2f} user) / danted {dcpu[c]:.2f} CPU-s per GiB"
+                 if c in cpu else "")
         print(f"  ({c}) {label:32s} {med[c]:6.2f}   ({vals}) sender CPU {scpu:.0f}%{extra}")
-    for k, target, ok in (("b/a", ">= 0.97", paired["b/a"] >= 0.97), ("c/d", ">= 1", paired["c/d"] >= 1),
-                          ("c/e", "> 1", paired["c/e"] > 1)):
-        per = ", ".join(f"{v[k[0]] / v[k[2]]:.3f}" for v in by_round.values())
-        print(f"  {k} = {paired[k]:.3f} median of per-round ratios ({per}); ratio of medians {ratios[k]:.3f}"
-              f"  (target {target}: {'met' if ok else 'MISSED'})")
+    print("  ratios (median of per-round ratios, sign-test interval of that median):")
+    lines = {"b/a": ratio_line("b/a", paired["b/a"], 0.97, True, ">= 0.97"),
+             "c/d": ratio_line("c/d", paired["c/d"], 1.0, True, ">= 1, the interval excluding < 1"),
+             "c/e": ratio_line("c/e", paired["c/e"], 1.0, True, ">= 1"),
+             "cpu c/d": ratio_line("CPU-s per GiB c/d", cpu_cd, 0.5, False, "<= 0.5")}
+    print("  ratios of medians: " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items())
+          + (f", CPU c/d {cpu['c'] / cpu['d']:.3f}" if cpu["d"] else ""))
+    ab = None
     if ab_pairs:
-        q = sorted(ab_pairs)
-        print(f"  extra a/b pairs ({len(q)} x {args.ab_seconds:g} s, alternating ab/ba): "
-              f"b/a median {median(q):.3f}, quartiles {q[len(q) // 4]:.3f} .. {q[(3 * len(q)) // 4]:.3f}, "
-              f"{sum(x < 1 for x in q)} of {len(q)} below 1")
-    pkts = [int(m.group(1)) for line in bench.kernel_lines for m in [re.search(r"direct=(\d+)p", line)] if m]
+        ab = ratio_line(f"extra a/b pairs ({args.ab_seconds:g} s each, alternating ab/ba, adaptive to width "
+                        f"< {args.ab_width:g} or {args.ab_pairs} pairs): b/a", ab_pairs, 0.97, True, ">= 0.97",
+                        unit="pair")
+        iv = median_interval(ab_pairs)
+        print(f"    {len(ab_pairs)} pairs used; interval width {iv.width:.3f}" if iv else
+              f"    {len(ab_pairs)} pairs used")
+    want = 2 * args.rounds  # iperf3 opens 2 connections per run (control + data)
+    print("  checks: " + "; ".join(f"the {p} rule took {taken[p]} connections (iperf3 opened {want})"
+                                   + ("" if taken[p] >= want else "  CHECK FAILED") for p in ("redsocks", "v2ray")))
+    pkts = [int(m.group(1)) for line in kernel_lines for m in [re.search(r"direct=(\d+)p", line)] if m]
     pps = median(pkts[:args.rounds]) / args.seconds if pkts else 0.0  # the main rounds: one dae start each
     print(f"  the program on (b)'s packets: {prog['hit_ns']:.0f} ns per packet "
           f"(BPF_PROG_TEST_RUN, flow-table hit) x {pps / 1e3:.0f}k packets/s (its own counter; GSO-sized skbs) "
           f"= {prog['hit_ns'] * pps / 1e7:.3f}% of one core")
-    print(f"  dae-runtime start (compile excluded): median {median(bench.gw_starts):.2f} s")
+    print(f"  dae-runtime start (compile excluded): median {median(gw_starts):.2f} s")
     print("  program's per-outbound counters at each dae-runtime stop:")
-    for line in bench.kernel_lines[:args.rounds]:
+    for line in kernel_lines[:args.rounds]:
         print(f"    {line}")
     if args.json:
         args.json.write_text(json.dumps({"note": note, "versions": versions(), "seconds": args.seconds,
-                                         "runs": runs, "median_gbps": med, "ratios": ratios, "paired_ratios": paired,
-                                         "proxy_cpu_s_per_gib": cpu, "danted_cpu_s_per_gib": dcpu,
-                                         "kernel_counters": bench.kernel_lines,
+                                         "runs": runs, "median_gbps": med, "ratios": ratios,
+                                         "paired_ratios": {k: median(v) for k, v in paired.items()},
+                                         "intervals": lines, "ab": ab,
+                                         "proxy_cpu_s_per_gib": cpu, "proxy_user_s_per_gib": ucpu,
+                                         "danted_cpu_s_per_gib": dcpu,
+                                         "kernel_counters": kernel_lines, "taken": taken,
                                          "program_ns_per_packet": prog,
                                          "ab_pairs": ab_pairs}, indent=2))
     return 0

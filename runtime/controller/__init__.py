@@ -1,9 +1,9 @@
 """The Clash/mihomo-compatible controller API, /metrics and the /ui status page.
 
-Public API: `start_for(build, relay, obj, dns, state_dir)` (the gateway's one call; returns a
+Public API: `start_for(build, relay, obj, dns, state_dir, subscriptions)` (the gateway's one call; returns a
 `Handle` to close), `socket_path(state_dir)`. In `app`: `Controller` (its `.view` is the one
 swappable GatewayView), `parse_address`. Routes per area: `general` (/, /version, /rules,
-/configs, /dae/summary), `proxies`, `connections`, `streams` (/traffic, /memory, /logs),
+/configs, /dae/summary), `proxies`, `providers` (subscriptions), `connections`, `streams` (/traffic, /memory, /logs),
 `metrics`. docs/operations.md describes it for operators.
 
 Where it listens: always on a unix socket in the runtime's state directory
@@ -50,16 +50,17 @@ class Handle:
 
 
 async def _start(handle: Handle, build: Any, relay: Any, obj: Any, dns: Any, state_dir: Path,
-                 tcp: tuple[str, int] | None) -> None:
+                 tcp: tuple[str, int] | None, subscriptions: Any = None) -> None:
     app = importlib.import_module("dae_py.runtime.controller.app")
     view_mod = importlib.import_module("dae_py.runtime.controller.view")
-    view = view_mod.GatewayView(build, relay, obj, dns)
+    view = view_mod.GatewayView(build, relay, obj, dns, subscriptions=subscriptions)
     relay.tcp.tracker = relay.udp.tracker = view.tracker
     handle.controller = app.Controller(view, build.manifest.settings.secret)
     await handle.controller.start(tcp, unix=socket_path(state_dir))
 
 
-async def start_for(build: Any, relay: Any, obj: Any, dns: Any, state_dir: Path) -> Handle:
+async def start_for(build: Any, relay: Any, obj: Any, dns: Any, state_dir: Path,
+                    subscriptions: Any = None) -> Handle:
     """Start the controller for a starting gateway. With `global.external_controller` set it
     is listening when this returns (a bad address or a port in use fails the start); without,
     only the unix socket is served, started in the background."""
@@ -68,13 +69,13 @@ async def start_for(build: Any, relay: Any, obj: Any, dns: Any, state_dir: Path)
     if address:
         from .app import parse_address
 
-        await _start(handle, build, relay, obj, dns, state_dir, parse_address(address))
+        await _start(handle, build, relay, obj, dns, state_dir, parse_address(address), subscriptions)
         return handle
 
     async def later() -> None:
         try:
             await asyncio.to_thread(importlib.import_module, "dae_py.runtime.controller.app")
-            await _start(handle, build, relay, obj, dns, state_dir, None)
+            await _start(handle, build, relay, obj, dns, state_dir, None, subscriptions)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - status is not worth the gateway

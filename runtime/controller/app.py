@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
-from . import connections, general, metrics, proxies, streams
+from . import connections, general, metrics, providers, proxies, streams
 from .auth import middleware
 from .common import CTRL_KEY
 from .logbus import LogBus
@@ -84,7 +84,7 @@ class Controller:
     def app(self) -> web.Application:
         app = web.Application(middlewares=[cors, middleware(self._secret)], client_max_size=64 * 1024)
         app[CTRL_KEY] = self
-        for mod in (general, proxies, connections, streams, metrics):
+        for mod in (general, proxies, providers, connections, streams, metrics):
             app.add_routes(mod.routes)
         app.router.add_get("/ui", _ui_index)
         app.router.add_get("/ui/", _ui_index)

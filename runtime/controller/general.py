@@ -12,7 +12,7 @@ from aiohttp import web
 from dae_py.contract.version import COMPILER_VERSION
 from dae_py.runtime.groups.stats import Check
 
-from .common import BAD_REQUEST, error, view
+from .common import BAD_REQUEST, error, iso, view
 from .logbus import LEVELS
 from .proxies import now_of
 from .view import GatewayView, open_fds, process_rss_bytes
@@ -109,10 +109,13 @@ def summary(v: GatewayView) -> dict[str, Any]:
     conns = [{"id": c.id, "network": c.network, "src": f"{c.src[0]}:{c.src[1]}", "dst": f"{c.dst[0]}:{c.dst[1]}",
               "outbound": c.outbound, "node": c.node, "rule": c.rule, "upload": c.upload, "download": c.download,
               "age_s": round(time.time() - c.start, 1)} for c in v.tracker]
+    subs = v.subscriptions.status() if v.subscriptions is not None else {}
+    subscriptions = [{"name": name, "nodes": st["nodes"], "updated": iso(st["last_good"]) if st["last_good"] else None,
+                      "error": st["error"], "refresh_s": st["refresh_s"]} for name, st in subs.items()]
     return {"version": VERSION, "config": v.manifest.config_file, "strategy": v.manifest.strategy,
             "uptime_s": round(time.time() - v.started, 1), "rss_bytes": process_rss_bytes(), "fds": open_fds(),
             "outbounds": outbounds, "groups": groups, "rules": rules, "connections": conns,
-            "flows_total": v.tracker.total}
+            "flows_total": v.tracker.total, "subscriptions": subscriptions}
 
 
 @routes.get("/dae/summary")

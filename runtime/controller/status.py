@@ -84,6 +84,11 @@ def render(s: dict[str, Any], top_rules: int = 10) -> str:
             rows.append([n["name"], n["protocol"], health,
                          "-" if n["latency_ms"] is None else f"{n['latency_ms']:g} ms", n["error"] or ""])
         out += ["  " + line for line in _table(rows)]
+    if s.get("subscriptions"):
+        out += ["", "subscriptions:"]
+        out += _table([["name", "nodes", "updated", "every", "last error"]] +
+                      [[u["name"], str(u["nodes"]), u["updated"] or "never (compiled nodes)",
+                        f"{u['refresh_s']:g} s", u["error"] or ""] for u in s["subscriptions"]])
     out += ["", f"busiest rules (flows decided, top {top_rules}):"]
     out += _table([["hits", "rule", "outbound", "where"]] +
                   [[str(r["hits"]), r["text"], r["outbound"], r["where"]] for r in s["rules"][:top_rules]])

@@ -86,8 +86,9 @@ class GatewayView:
     the kernel counters then read as zero."""
 
     def __init__(self, build: Any, relay: Any, obj: Any = None, dns: Any = None,
-                 tracker: ConnTracker | None = None) -> None:
+                 tracker: ConnTracker | None = None, subscriptions: Any = None) -> None:
         self.build = build
+        self.subscriptions = subscriptions  # runtime.subscriptions.SubscriptionManager or None
         self.manifest = build.manifest
         self.relay = relay
         self.obj = obj

@@ -80,7 +80,7 @@ class Datapath:
         manage_sysctls: bool = True,
     ) -> None:
         """
-        lan, wan: interface names/globs (wan also `auto`); see `interfaces`.
+        lan, wan: interface names/globs or `auto`; see `interfaces`.
         fwmark/fwmask: the mark the programs set on packets to deliver locally (mask defaults
             to the mark itself, so other bits of the mark stay free for other users).
         table: the routing table holding `local default dev lo`.
@@ -196,22 +196,25 @@ class Datapath:
 
     def refresh(self) -> list[str]:
         """Follow the interfaces: a LAN or WAN glob that now matches a new link (a `br-*` created
-        after start), `auto` WANs that now hold a default route. Each new interface gets its
-        kernel parameters and its programs, journaled like the first ones; an interface that went
-        away is forgotten (its filters went with it). Returns the names newly attached."""
+        after start), `auto` WANs that now hold a default route, `auto` LANs that now qualify.
+        Each new interface gets its kernel parameters and its programs, journaled like the first
+        ones. An interface that went away is forgotten (its filters went with it; their journal
+        entries are dropped, so a churn of `veth*` links does not grow the state file); one that
+        is still there but no longer selected (an `auto` LAN that lost its private address, a WAN
+        that lost the default route) has its filters removed. Returns the names newly attached."""
         self._require_active()
         with open_iproute(self.netns) as ipr:
-            lan = interfaces.resolve_lenient(self.lan_spec, ipr, role=LAN)
             wan = interfaces.resolve_lenient(self.wan_spec, ipr, role=WAN)
+            lan = interfaces.resolve_lenient(self.lan_spec, ipr, role=LAN, exclude=[i.name for i in wan])
             wan = [i for i in wan if i.name not in {x.name for x in lan}]
             old = {(LAN, i.name, i.index) for i in self.lan_interfaces} | \
                   {(WAN, i.name, i.index) for i in self.wan_interfaces}
             new_lan = [i for i in lan if (LAN, i.name, i.index) not in old]
             new_wan = [i for i in wan if (WAN, i.name, i.index) not in old]
-            gone = {(r, n) for r, n, _ in old} - {(LAN, i.name) for i in lan} - {(WAN, i.name) for i in wan}
-            for role, name in gone:
-                for key in [k for k in self._filters if k[0] == role and k[2] == name]:
-                    del self._filters[key]
+            now = {(LAN, i.name, i.index) for i in lan} | {(WAN, i.name, i.index) for i in wan}
+            present = set(interfaces.list_links(ipr.get_links()).items())
+            for role, name, index in old - now:
+                self._let_go(role, name, index, present=(name, index) in present)
             self.lan_interfaces, self.wan_interfaces = lan, wan
             if not new_lan and not new_wan:
                 return []
@@ -241,6 +244,33 @@ class Datapath:
         names = [i.name for i in new_lan + new_wan]
         log.info("interfaces attached since start: %s", ", ".join(names))
         return names
+
+    def _let_go(self, role: str, name: str, index: int, *, present: bool) -> None:
+        """An interface no longer selected for `role`: drop our filters on it, and our clsact if
+        nothing else uses it (undone through the journal when the link is still there; only
+        forgotten when it is gone, since its filters died with it). Its sysctls stay journaled:
+        they are restored at the stop (a gone interface's are skipped then)."""
+        for key in [k for k in self._filters if k[0] == role and k[2] == name]:
+            del self._filters[key]
+        still_ours = {n for r, _, n in self._filters}  # the other role may still use the link
+
+        def ours(entry: dict[str, object]) -> bool:
+            if entry.get("ifname") != name or entry.get("ifindex") != index:
+                return False
+            if entry["kind"] == "filter":
+                return str(entry.get("name", "")).startswith(f"{tc.NAME_PREFIX}:{role}-")
+            return entry["kind"] == "qdisc" and name not in still_ours
+
+        if present:
+            report = state.undo_entries(self._state, ours)
+            if report.failed:
+                log.warning("detaching %s_interface %s left: %s", role, name, "; ".join(report.failed))
+            log.info("%s_interface %s is no longer selected: detached", role, name)
+        else:
+            for entry in self._state.entries:
+                if ours(entry):
+                    self._state.forget(int(entry["id"]))
+            log.info("%s_interface %s is gone", role, name)
 
     def record_pin(self, path: str | os.PathLike[str]) -> None:
         """Journal a BPF pin (call before creating it) so cleanup removes it."""
@@ -274,8 +304,10 @@ class Datapath:
             raise RuntimeError("datapath is not set up")
 
     def _resolve(self, ipr: object) -> None:
-        self.lan_interfaces = interfaces.resolve_interfaces(self.lan_spec, ipr, role=LAN)
+        # the WAN first: `lan_interface: auto` leaves the WANs out
         self.wan_interfaces = interfaces.resolve_interfaces(self.wan_spec, ipr, role=WAN)
+        self.lan_interfaces = interfaces.resolve_interfaces(
+            self.lan_spec, ipr, role=LAN, exclude=[i.name for i in self.wan_interfaces])
         both = {i.name for i in self.lan_interfaces} & {i.name for i in self.wan_interfaces}
         if both:
             raise InterfaceResolutionError(

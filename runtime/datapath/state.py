@@ -32,6 +32,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -313,10 +314,21 @@ def undo_all(state: StateFile) -> CleanupReport:
     """Undo every entry of a loaded state, newest first, dropping each from the file once
     handled. Failures are reported and their entries kept, the rest still undone; the file
     is deleted when nothing is left."""
+    report = undo_entries(state)
+    if not state.entries:
+        state.remove()
+    return report
+
+
+def undo_entries(state: StateFile, select: Callable[[dict[str, Any]], bool] | None = None) -> CleanupReport:
+    """Undo the entries `select` picks (all when None), newest first, as undo_all does, but
+    leave the file in place: a running datapath undoing what it did on one interface."""
     report = CleanupReport()
     undoer = _Undoer()
     try:
         for entry in reversed(state.entries):
+            if select is not None and not select(entry):
+                continue
             what = describe(entry)
             try:
                 done = undoer.undo(entry)
@@ -329,8 +341,6 @@ def undo_all(state: StateFile) -> CleanupReport:
             state.forget(entry["id"])
     finally:
         undoer.close()
-    if not state.entries:
-        state.remove()
     return report
 
 

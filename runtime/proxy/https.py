@@ -1,16 +1,19 @@
-"""HTTP CONNECT over TLS to the proxy (`https://` nodes): sni and allow_insecure honoured."""
+"""HTTP CONNECT over TLS to the proxy (`https://` nodes): the TLS transport every protocol
+uses (runtime/proxy/transport.py: sni, allow_insecure, alpn), then http.py's handshake."""
 from __future__ import annotations
 
-from dae_py.runtime.net.stream import TlsStream
-from dae_py.runtime.net.tls import client_context, open_tls
+from dae_py.contract.manifest import TransportSpec
+from dae_py.runtime.net.stream import Stream
 
 from .base import Destination, DialOptions, Node
 from .http import bounded_handshake
+from .transport import open_stream
+
+TLS = TransportSpec(tls=True)
 
 
-async def dial(node: Node, dst: Destination, opts: DialOptions) -> TlsStream:
-    stream = await open_tls(node.host, node.port, opts, node.sni or node.host,
-                            client_context(node.allow_insecure), node)
+async def dial(node: Node, dst: Destination, opts: DialOptions) -> Stream:
+    stream = await open_stream(node, opts, TLS)
     try:
         await bounded_handshake(stream, node, dst, opts)
     except BaseException:

@@ -1,8 +1,8 @@
-"""The stream a v2ray-family protocol (VMess, VLESS) rides on: TCP, TLS over TCP, WebSocket or
-HTTP/2 (v2ray's `h2`, ALPN h2 over TLS, or h2c) over either, composed from the node's
-`TransportSpec` (its link's `net`/`type`, `tls`/`security`, `path`, `host`, `?ed=`). The
-protocol modules write their own bytes on what this returns and never know which transport
-carries them.
+"""The stream a proxy protocol (VMess, VLESS, Trojan over WebSocket, HTTP CONNECT over TLS)
+rides on: TCP, TLS over TCP, WebSocket or HTTP/2 (v2ray's `h2`, ALPN h2 over TLS, or h2c) over
+either, composed from the node's `TransportSpec` (its link's `net`/`type`, `tls`/`security`,
+`path`, `host`, `?ed=`). The protocol modules write their own bytes on what this returns and
+never know which transport carries them.
 """
 from __future__ import annotations
 
@@ -30,10 +30,11 @@ def describe(node: Node) -> str:
     return spec.network + ("+tls" if spec.tls else "")
 
 
-async def open_stream(node: Node, opts: DialOptions) -> Stream:
+async def open_stream(node: Node, opts: DialOptions, spec: TransportSpec | None = None) -> Stream:
     """A connected stream to the node, its TLS and WebSocket handshakes done (WebSocket with
-    early data: on the first write). The socket is reset if a handshake fails."""
-    spec = spec_of(node)
+    early data: on the first write). The socket is reset if a handshake fails. `spec`: the
+    transport a protocol always rides on (https:// nodes: TLS), instead of the node's own."""
+    spec = spec or spec_of(node)
     if spec.network not in ("tcp", "ws", "h2", "http"):
         raise DialError(f"the runtime has no {spec.network!r} transport", node)
     h2 = spec.network in ("h2", "http")

@@ -69,6 +69,7 @@ class SubscriptionManager:
         self.failures: dict[str, str] = {}  # tag -> the last fetch's error (for status)
         self._nodes: dict[str, Node] = {}
         self._task: asyncio.Task[None] | None = None
+        self._updating = asyncio.Lock()  # one fetch of a source at a time (refresh loop, API update)
 
     def _use(self, manifest: Manifest, groups: list[Group]) -> None:
         """What a build says about groups, filters and compiled nodes (at start, and at a reload)."""
@@ -235,15 +236,38 @@ class SubscriptionManager:
             changed = False
             for spec in self.specs:
                 if due[spec.name] <= time.monotonic():
-                    changed |= await self.refresh(spec)
+                    async with self._updating:
+                        changed |= await self.refresh(spec)
                     due[spec.name] = time.monotonic() + spec.refresh_s
             if changed:
                 self.apply()
 
+    def node_names(self, tag: str) -> list[str]:
+        """The names of the nodes subscription `tag` gives the pool now (fetched, else compiled)."""
+        return [n.name for n in self.current.get(tag, self.compiled.get(tag, []))]
+
+    def node(self, name: str) -> Node | None:
+        """The runtime node object for a pooled node (shared with the groups it is in)."""
+        return self._nodes.get(name)
+
+    async def update(self, tag: str) -> bool:
+        """Fetch `tag` now (the API's provider update) and re-filter the groups when its nodes
+        changed. KeyError for an unknown tag; False when the fetch or body failed (the last good
+        copy stays, as on a scheduled refresh)."""
+        spec = next((s for s in self.specs if s.name == tag), None)
+        if spec is None:
+            raise KeyError(tag)
+        async with self._updating:
+            changed = await self.refresh(spec)
+        if changed:
+            self.apply()
+        return tag not in self.failures
+
     def status(self) -> dict[str, Any]:
-        """Per subscription: nodes in use, when they were had, the last error (no URL)."""
-        return {s.name: {"nodes": len(self.current.get(s.name, self.compiled.get(s.name, []))),
-                         "last_good": self.last_good.get(s.name), "error": self.failures.get(s.name)}
+        """Per subscription: nodes in use, when they were had, the last error (no URL), how often
+        it is fetched."""
+        return {s.name: {"nodes": len(self.node_names(s.name)), "last_good": self.last_good.get(s.name),
+                         "error": self.failures.get(s.name), "refresh_s": s.refresh_s}
                 for s in self.specs}
 
     async def close(self) -> None:

@@ -55,6 +55,10 @@ struct flow_key {
 	__u16 _pad;
 };
 
+/* struct pkt's tcp_flags bits (the TCP header's flag byte) */
+#define DAE_TCP_SYN 0x02
+#define DAE_TCP_ACK 0x10
+
 #define DECISION_MUST 0x01  /* do not hijack this flow's DNS */
 
 /* What classify() decides for a flow. rule == RULE_FALLBACK when no rule matched. */

@@ -67,6 +67,39 @@ static __always_inline int apply(struct __sk_buff *skb, const struct pkt *p, con
 	return TC_ACT_OK;
 }
 
+/* Only a TCP SYN (without ACK) opens a flow. Any other TCP segment with no entry is not the
+ * start of a LAN client's connection: the reply of an inbound connection to a LAN host (its
+ * SYN came in from the WAN, past this hook), a connection that predates the gateway, or a
+ * stray/forged segment. Classifying it would hand a SYN-ACK to the tproxy listener (which
+ * resets it) and let a flood of ACKs evict real flows from the table. */
+static __always_inline int tcp_opens_flow(__u8 flags)
+{
+	return (flags & (DAE_TCP_SYN | DAE_TCP_ACK)) == DAE_TCP_SYN;
+}
+
+/* A LAN segment with no flow entry that is not a SYN: if the relay holds a socket for its
+ * 4-tuple (a proxied flow whose entry the LRU evicted), that socket gets it as before;
+ * otherwise it is routed as a direct packet and no entry is made. */
+static __always_inline int resume_orphan(struct __sk_buff *skb, const struct pkt *p)
+{
+	struct bpf_sock_tuple t = {};
+	__u32 size = sock_tuple(p, &t);
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+	long err;
+
+	if (!sk)
+		return TC_ACT_OK;
+	if (sk->state == BPF_TCP_LISTEN) {
+		bpf_sk_release(sk);
+		return TC_ACT_OK;
+	}
+	err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (!err)
+		skb->mark = DAE_FWMARK;
+	return TC_ACT_OK;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, int from_wan, int l3)
 {
 	/* The gateway's own sockets carry so_mark_from_dae: never capture them again. */
@@ -87,6 +120,8 @@ static __always_inline int handle(struct __sk_buff *skb, int from_wan, int l3)
 		flow->last_seen_ns = now;
 		return apply(skb, &p, &flow->decision, from_wan, l3);
 	}
+	if (p.l4proto == IPPROTO_TCP && !tcp_opens_flow(p.tcp_flags))
+		return from_wan ? TC_ACT_OK : resume_orphan(skb, &p);
 	classify(skb, &p, from_wan, &fresh.decision);
 	fresh.last_seen_ns = now;
 	bpf_map_update_elem(&flows, &key, &fresh, BPF_ANY);

@@ -5,8 +5,6 @@ module and the cgroup hooks will).
 from __future__ import annotations
 
 import ipaddress
-import os
-import shutil
 import struct
 import textwrap
 from dataclasses import dataclass
@@ -99,48 +97,6 @@ class KernelResult:
     classify_only: int | None  # classify_only's return value (LAN flows only)
 
 
-COOKIE_PROBE_C = r"""
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
-struct { __uint(type, BPF_MAP_TYPE_ARRAY); __uint(max_entries, 1); __type(key, __u32); __type(value, __u64); }
-cookie SEC(".maps");
-SEC("tc") int probe(struct __sk_buff *skb)
-{
-	__u32 k = 0;
-	__u64 c = bpf_get_socket_cookie(skb);
-
-	bpf_map_update_elem(&cookie, &k, &c, 0);
-	return 0;
-}
-char _license[] SEC("license") = "GPL";
-"""
-_COOKIE_PROBE: list[Any] = []
-
-
-def cookie_probe() -> Any:
-    """A tiny program that reports the socket cookie of its test-run skb.
-
-    BPF_PROG_TEST_RUN gives every run's skb a fresh dummy socket whose cookie comes from a per-CPU
-    counter, so on one CPU the next run's cookie is the probe's plus one: that is the key under
-    which the cgroup hooks would have put the sending process, and where `Kernel` puts it.
-    """
-    if not _COOKIE_PROBE:
-        import subprocess
-        import tempfile
-
-        d = Path(tempfile.mkdtemp(prefix="cookie-probe-"))
-        (d / "probe.c").write_text(COOKIE_PROBE_C)
-        try:
-            subprocess.run(["clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c", "probe.c",
-                            "-o", "probe.o"], cwd=d, check=True, capture_output=True)
-            obj = BpfObject(d / "probe.o")
-            obj.load()
-        finally:
-            shutil.rmtree(d, ignore_errors=True)
-        _COOKIE_PROBE.append(obj)
-    return _COOKIE_PROBE[0]
-
-
 class Kernel:
     """One loaded build; `run` classifies a flow through lan_ingress (or wan_egress when the flow
     has a process name), then forgets the flow so the next run classifies afresh."""
@@ -153,7 +109,8 @@ class Kernel:
         names = set(self.obj.map_names())
         self.flows = self.obj.map("flows")
         self.domains = DomainBindings.of(self.obj, build.domain_words)
-        self.pnames = self.obj.map("sock_pname") if "sock_pname" in names else None
+        # a test-run skb's dummy socket holds no storage: wan_egress falls back to pname_probe
+        self.pnames = self.obj.map("pname_probe") if "pname_probe" in names else None
         self.n_rules = len(build.manifest.rules)
         self.fds = {p: self.obj.program_fd(p) for p in ("lan_ingress", "wan_egress", "classify_only")}
 
@@ -181,24 +138,14 @@ class Kernel:
             self.bind_domain(spec.dst, bits)
         prog = "wan_egress" if pname else "lan_ingress"
         data = raw_frame if raw_frame is not None else frame(spec)
-        keys = [(0).to_bytes(8, "little")]  # where `explain --pname` puts it
-        cpus = os.sched_getaffinity(0)
+        key0 = bytes(4)  # where `explain --pname` puts it too
         try:
             if self.pnames is not None and pname:
-                # Stay on one CPU from the probe to the run, so the cookie is the probe's + 1.
-                os.sched_setaffinity(0, {min(cpus)})
-                probe = cookie_probe()
-                prog_test_run(probe.program_fd("probe"), data)
-                last = int.from_bytes(probe.map("cookie").lookup(bytes(4)) or bytes(8), "little")
-                keys += [(last + d).to_bytes(8, "little") for d in (1, 2)]
-                for key in keys:
-                    self.pnames.update(key, pname_value(pname))
+                self.pnames.update(key0, pname_value(pname))
             res = prog_test_run(self.fds[prog], data, ctx=bytes(SKB_CTX_SIZE), ctx_out_size=SKB_CTX_SIZE)
         finally:
-            os.sched_setaffinity(0, cpus)
             if self.pnames is not None and pname:
-                for key in keys:
-                    self.pnames.delete(key)
+                self.pnames.delete(key0)
         key = flow_key(spec)
         raw = self.flows.lookup(key)
         assert raw is not None, f"the program recorded no decision for {spec}"

@@ -42,9 +42,6 @@ DOMAIN_BRANCHES_BUG = ("the bit-vector classifier tests each domain set with its
                        "(`if (dom->w[0] & (1ULL << k)) acc &= ...`); the verifier walks every combination and "
                        "rejects the program (E2BIG, 1M insns) from 16 domain rules on, so `auto` (bit-vector above "
                        "24 rules) cannot load a config with many domain rules")
-PNAME_BUG = ("explain --pname puts the process entry in sock_pname under socket cookie 0, but a "
-             "BPF_PROG_TEST_RUN skb carries a dummy socket with a fresh non-zero cookie per run, so wan_egress "
-             "never finds it and pname() rules never match in explain (runtime/explain.py)")
 
 
 def mac(text: str) -> int:
@@ -663,8 +660,9 @@ def test_scenario(name: str, strategy: str, compiled: Callable[[str, str], Compi
 
 @pytest.mark.parametrize("strategy", strategy_params())
 def test_pname(strategy: str, compiled: Callable[[str, str], Compiled]) -> None:
-    """pname() in the program, with the process entry where the cgroup hook puts it: under the
-    socket cookie of the packet's socket (compiler_kit.cookie_probe)."""
+    """pname() in the program, with the process entry in pname_probe: a test-run skb's dummy
+    socket holds no storage, so that is where wan_egress looks (the hooks themselves are tested
+    on real sockets in tests/local)."""
     problems = run_cases(compiled("pname", strategy), PNAME.cases, explain_pname=False)
     assert not problems, f"{len(problems)} flow(s) decided wrongly:\n" + "\n".join(problems)
 

@@ -42,14 +42,16 @@ def test_errors_name_what_did_not_match() -> None:
 
 
 def test_auto() -> None:
-    assert names(resolve("auto", LINKS, role="wan", default_route_ifindexes={6, 2})) == \
+    assert names(resolve("auto", LINKS, role="wan", auto_ifindexes={6, 2})) == \
         ["eth0", "wlan0"]
-    assert names(resolve(["auto", "eth1"], LINKS, role="wan", default_route_ifindexes={2})) == \
+    assert names(resolve(["auto", "eth1"], LINKS, role="wan", auto_ifindexes={2})) == \
         ["eth0", "eth1"]
     with pytest.raises(InterfaceResolutionError, match="default route"):
-        resolve("auto", LINKS, role="wan", default_route_ifindexes=set())
-    with pytest.raises(InterfaceResolutionError, match="only meaningful for the WAN"):
-        resolve("auto", LINKS, role="lan")
+        resolve("auto", LINKS, role="wan", auto_ifindexes=set())
+    with pytest.raises(InterfaceResolutionError, match="private IPv4 or a ULA"):
+        resolve("auto", LINKS, role="lan", auto_ifindexes=set())
+    with pytest.raises(InterfaceResolutionError, match="not meaningful here"):
+        resolve("auto", LINKS, role="reinject")
 
 
 @pytest.mark.root
@@ -82,5 +84,30 @@ def test_live_resolution_with_default_routes(ns: str) -> None:
             ["br-a", "br-b", "eth0", "eth1"]
         with pytest.raises(InterfaceResolutionError, match="'ppp\\*'"):
             interfaces.resolve_interfaces(["br-*", "ppp*"], ipr, role="lan")
-        with pytest.raises(InterfaceResolutionError, match="only meaningful"):
-            interfaces.resolve_interfaces("auto", ipr, role="lan")
+        # wan4 lost its default route above: its private address makes it a LAN for auto now
+        assert names(interfaces.resolve_interfaces("auto", ipr, role="lan")) == ["wan4"]
+
+
+@pytest.mark.root
+def test_lan_auto_picks_up_private_address_holders(ns: str) -> None:
+    """lan_interface: auto = up Ethernet links with a private IPv4 or ULA IPv6 address, minus
+    lo, the WANs passed as `exclude`, links holding a default route, and down links; public
+    and link-local addresses do not count."""
+    for a, b in (("lan4", "pa"), ("lan6", "pb"), ("pub0", "pc"), ("wan0", "pd"), ("up0", "pe"),
+                 ("down0", "pf"), ("cg0", "pg")):
+        lab.add_veth(ns, a, b)
+    lab.add_addr(ns, "lan4", "192.168.77.1", 24)
+    lab.add_addr(ns, "lan6", "fd77::1", 64)
+    lab.add_addr(ns, "pub0", "198.51.100.1", 24)  # TEST-NET-2: public, never a LAN by auto
+    lab.add_addr(ns, "wan0", "10.77.0.1", 24)
+    lab.add_addr(ns, "up0", "172.20.0.1", 16)
+    lab.add_addr(ns, "down0", "10.78.0.1", 24)
+    lab.add_addr(ns, "cg0", "100.64.0.1", 10)  # CGNAT space: an ISP's side, not ours
+    with open_iproute(ns) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="down0")[0], state="down")
+        ipr.route("add", dst="0.0.0.0/0", gateway="10.77.0.254")
+        assert names(interfaces.resolve_interfaces("auto", ipr, role="lan")) == ["lan4", "lan6", "up0"]
+        assert names(interfaces.resolve_interfaces("auto", ipr, role="lan", exclude=["up0"])) == ["lan4", "lan6"]
+        # a name or a glob is never filtered by exclude or by the address rule
+        assert names(interfaces.resolve_interfaces(["auto", "pub0"], ipr, role="lan", exclude=["up0"])) == \
+            ["lan4", "lan6", "pub0"]

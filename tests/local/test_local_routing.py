@@ -115,7 +115,7 @@ def test_local_programs_are_routed_by_pname_and_nothing_is_captured_twice(
         mp.setenv("DAE_CGROUP", str(cg))
         with gateway(lab, cfg, tmp_path / "gw") as gw:
             assert isinstance(gw, Gw)
-            assert len(attached(cg)) == 6, attached(cg)  # sock_create/release, connect4/6, sendmsg4/6
+            assert len(attached(cg)) == 4, attached(cg)  # connect4/6, sendmsg4/6
 
             # the long-named program: pname() matched on its (truncated) comm -> proxied
             run = lab.run("gateway", run_in(cg, [tools["long"], tools["fetch"], t.upstream_ip4, "8081"]))
@@ -176,7 +176,8 @@ def _ingress_filters(lab: Lab, index: int) -> list[object]:
 
 def test_a_bridge_created_after_start_is_attached_and_detached(lab: Lab, tmp_path: Path) -> None:
     """lan_interface: [lan0, br-dae*] with br-dae0 there at start and br-dae1 created while the
-    runtime runs: br-dae1 gets the LAN ingress filter within the poll, and loses it at the stop."""
+    runtime runs: br-dae1 gets the LAN ingress filter on the link event (the poll is only a 30 s
+    safety net), and loses it at the stop."""
     t = lab.topo
     first = _bridge(lab, "br-dae0")
     try:
@@ -186,7 +187,7 @@ def test_a_bridge_created_after_start_is_attached_and_detached(lab: Lab, tmp_pat
         with gateway(lab, cfg, tmp_path / "gw") as gw:
             assert _ingress_filters(lab, first)
             late = _bridge(lab, "br-dae1")
-            wait_for(lambda: _ingress_filters(lab, late), timeout=8)
+            wait_for(lambda: _ingress_filters(lab, late), timeout=10)
             gw.wait_log(r"interfaces attached since start: br-dae1")
         assert not _ingress_filters(lab, late)
         lab.iproute("gateway").link("del", index=late)
@@ -204,7 +205,7 @@ def _egress_filters(lab: Lab, index: int) -> list[object]:
 
 def test_wan_auto_follows_the_default_route(lab: Lab, tmp_path: Path) -> None:
     """wan_interface: auto with the default route on wan0 at start; then the default route moves
-    to a new link (dwan0, a veth): dwan0 gets the WAN programs within the poll, and loses them at the stop."""
+    to a new link (dwan0, a veth): dwan0 gets the WAN programs on the route event, and loses them at the stop."""
     t = lab.topo
     ipr = lab.iproute("gateway")
     wan = int(ipr.link_lookup(ifname=t.gateway_wan_if)[0])
@@ -220,7 +221,7 @@ def test_wan_auto_follows_the_default_route(lab: Lab, tmp_path: Path) -> None:
             ipr.addr("add", index=new, address="10.231.99.1", prefixlen=24)
             ipr.route("del", dst="default", gateway=t.upstream_ip4)
             ipr.route("add", dst="default", gateway="10.231.99.2", oif=new)
-            wait_for(lambda: _egress_filters(lab, new), timeout=8)
+            wait_for(lambda: _egress_filters(lab, new), timeout=10)
             gw.wait_log(r"interfaces attached since start: dwan0")
         assert not _egress_filters(lab, new) and not _egress_filters(lab, wan)
         ipr.link("del", index=new)
@@ -240,7 +241,7 @@ def test_a_reload_swaps_the_wan_programs_and_the_pname_hooks(
         lab: Lab, tools: dict[str, str], tmp_path: Path) -> None:
     """With wan_interface and pname() rules, `dae-runtime reload` swaps the WAN pair and each
     cgroup hook with the LAN programs: a local curl that went direct by pname() is proxied by
-    the new build's rule, the hooks stay six, and the stop leaves nothing behind."""
+    the new build's rule, the hooks stay four, and the stop leaves nothing behind."""
     from tests.runtime.test_reload import build, reload_cmd
 
     t = lab.topo
@@ -256,14 +257,14 @@ def test_a_reload_swaps_the_wan_programs_and_the_pname_hooks(
         with gateway(lab, first, tmp_path / "gw") as gw:
             assert isinstance(gw, Gw)
             hooks = attached(cg)
-            assert len(hooks) == 6, hooks
+            assert len(hooks) == 4, hooks
             run = lab.run("gateway", run_in(cg, curl))
             assert run.returncode == 0 and _peer(run.stdout) == t.gateway_wan_ip4  # direct by pname
             out = reload_cmd(gw, new)
             assert out.returncode == 0, out.stderr + gw.log_text()[-2000:]
             run = lab.run("gateway", run_in(cg, curl))
             assert run.returncode == 0 and _peer(run.stdout) == t.upstream_ip4  # the new rule: proxied
-            assert len(attached(cg)) == 6 and attached(cg) != hooks  # the same hooks, new programs
+            assert len(attached(cg)) == 4 and attached(cg) != hooks  # the same hooks, new programs
             run = lab.run("gateway", run_in(cg, [tools["long"], tools["fetch"], t.upstream_ip4, "8081"]))
             assert run.returncode == 0 and _peer(run.stdout) == t.upstream_ip4  # unchanged rule still acts
         assert attached(cg) == []

@@ -71,3 +71,28 @@ def test_a_subscription_url_with_no_host_is_an_error_without_its_token(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     rc, _, err = run_check(tmp_path, config(f"  remote: 'https:///x?token={TOKEN}'\n"), capsys, monkeypatch, "--check")
     assert rc == 1 and "subscription 'remote': https:///*** has no host" in err and TOKEN not in err
+
+
+def test_a_subscription_can_carry_its_own_refresh_interval(tmp_path: Path) -> None:
+    (tmp_path / "sub.txt").write_text("socks5://10.0.0.3:1080#hk2\n")
+    text = config(f"  remote: {{url: 'https://sub.example/api?token={TOKEN}', interval: 6h}}\n"
+                  "  local: {url: 'file://sub.txt'}\n  plain: 'https://sub.example/other'\n")
+    (tmp_path / "config.yaml").write_text(text)
+    checked = compile_config(tmp_path / "config.yaml", None)
+    m = Manifest.from_json(manifest_for(checked, "linear").to_json())
+    assert [(s.name, s.refresh_s) for s in m.subscriptions] == [("remote", 21600.0), ("local", 3600.0),
+                                                                ("plain", 3600.0)]
+    assert [n.name for n in m.nodes] == ["mine", "hk2"]
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("{url: 'https://sub.example/x', interval: 10s}",
+     ":5:52: error: subscription 'remote': interval: '10s' is out of range (60s to 720h)"),
+    ("{url: 'https://sub.example/x', every: 1h}", "every"),
+    ("{interval: 1h}", "url"),
+])
+def test_a_bad_interval_or_mapping_is_an_error_at_its_place(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch, entry: str,
+                                                            message: str) -> None:
+    rc, _, err = run_check(tmp_path, config(f"  remote: {entry}\n"), capsys, monkeypatch, "--check")
+    assert rc == 1 and message in err, err
