@@ -2,7 +2,7 @@
 forwarder, side by side in one lab run, both loaded by dnsperf from the client namespace.
 
     .venv/bin/python -m bench.dns_cache [--seconds 10] [--clients 100] [--trials 10000]
-        [--fixed-qps 20000] [--miss-qps 2000]
+        [--fixed-qps 20000] [--miss-qps 2000] [--ab /path/to/base-worktree [--ab-runs 2]]
 
 The zone is served by a dnsmasq in the upstream namespace; the gateway runs `dae-runtime` with
 dns.bind on its LAN address (port 53) and a second dnsmasq, a caching forwarder to the same
@@ -13,11 +13,17 @@ Latency: dnsperf -v reports each answer's latency; at a fixed --fixed-qps (cache
 of ours and dnsmasq's, and the cache-miss p50 (a fresh name each query, --miss-qps) through our
 module against asking the zone's dnsmasq directly (the same path through the gateway, minus
 the module). Prints Markdown.
+
+--ab BASE: before/after in one session: the whole bench alternately from BASE's tree (its own
+.venv, e.g. `git worktree add --detach ../base main`) and from this one, --ab-runs times each
+(base first), then each run's three figures and their medians side by side.
 """
 from __future__ import annotations
 
 import argparse
 import re
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -58,6 +64,37 @@ def dnsperf_latency(lab: Lab, server: str, port: int, qfile: Path, seconds: int,
             "sent": float(sent.group(1)) if sent else 0.0}
 
 
+AB_FIGURES = {"hit qps ratio (ours / dnsmasq)": r"ratio dae-py / dnsmasq \(mean qps\): ([\d.]+)",
+              "fixed-rate p50 ratio (ours / dnsmasq)": r"ratio p50 dae-py / dnsmasq \(mean of rounds\): ([\d.]+)",
+              "miss p50 added, us (mean of rounds)": r"added p50 of a miss \(per round\): (.+)"}
+
+
+def ab(base: str, runs: int, passed: list[str]) -> None:
+    """Run this bench from `base` and from this tree alternately; print every run and the medians."""
+    here = str(Path(__file__).resolve().parent.parent)
+    got: dict[str, dict[str, list[float]]] = {"base": {}, "this": {}}
+    for i in range(runs):
+        for side, tree in (("base", base), ("this", here)):
+            head = subprocess.run(["git", "-C", tree, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                  text=True).stdout.strip()
+            load = Path("/proc/loadavg").read_text().split()[:3]
+            out = subprocess.run([f"{tree}/.venv/bin/python", "-m", "bench.dns_cache", *passed], cwd=tree,
+                                 capture_output=True, text=True, timeout=1800).stdout
+            print(f"<!-- run {i + 1} {side} ({head}), load before {' '.join(load)} -->\n{out}", flush=True)
+            for fig, rx in AB_FIGURES.items():
+                m = re.search(rx, out)
+                if m is None:
+                    continue
+                vals = [float(x) for x in re.findall(r"-?[\d.]+", m.group(1))]
+                got[side].setdefault(fig, []).append(sum(vals) / len(vals))
+    print("| figure | base runs | this runs | base median | this median |\n|---|---|---|---|---|")
+    for fig in AB_FIGURES:
+        b, t = got["base"].get(fig, []), got["this"].get(fig, [])
+        if b and t:
+            print(f"| {fig} | {', '.join(f'{x:g}' for x in b)} | {', '.join(f'{x:g}' for x in t)} | "
+                  f"{statistics.median(b):g} | {statistics.median(t):g} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=int, default=10)
@@ -66,7 +103,17 @@ def main() -> None:
     ap.add_argument("--fixed-qps", type=int, default=20000)
     ap.add_argument("--miss-qps", type=int, default=2000)
     ap.add_argument("--latency-seconds", type=int, default=5)
+    ap.add_argument("--ab", metavar="BASE_TREE", help="before/after: alternate runs from this other worktree")
+    ap.add_argument("--ab-runs", type=int, default=2)
     args = ap.parse_args()
+    if args.ab:
+        passed = [a for a in sys.argv[1:]]
+        for opt in ("--ab", "--ab-runs"):
+            while opt in passed:
+                j = passed.index(opt)
+                del passed[j:j + 2]
+        ab(args.ab, args.ab_runs, passed)
+        return
     from dae_py.runtime.lab import Lab
     from tests.runtime.helpers import DnsServer, client_get, gateway, lab_config
 

@@ -100,7 +100,9 @@ class Binder:
         only if it was bound before (an earlier, other name's bits must not route it)."""
         if self.bindings is None:
             return (), 0
-        addrs = tuple(answer_addresses(r))
+        addrs: tuple[IPAddress, ...] | None = getattr(r, "dae_addrs", None)  # response routing's, if accepted
+        if addrs is None:
+            addrs = tuple(answer_addresses(r))
         if not addrs:
             return (), 0
         bits = self.bits_for(r)

@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import cast
 
 import dns.exception
 import dns.flags
@@ -224,6 +225,26 @@ class Cache:
 
     def is_in_flight(self, key: Key) -> bool:
         return key in self._inflight
+
+    def open_flight(self, key: Key) -> asyncio.Future[dns.message.Message]:
+        """Mark key as asked upstream by a caller that answers on callbacks (the module's fast
+        miss path): `inflight` callers join the returned Future; `close_flight` ends it."""
+        fut: asyncio.Future[dns.message.Message] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        return fut
+
+    def close_flight(self, key: Key, fut: asyncio.Future[dns.message.Message],
+                     r: dns.message.Message | None = None, exc: BaseException | None = None) -> None:
+        """End an `open_flight` flight with its answer r or its error."""
+        if self._inflight.get(key) is fut:
+            del self._inflight[key]
+        if fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: no "never retrieved" warning when nobody joined
+        else:
+            fut.set_result(cast(dns.message.Message, r))
 
     async def inflight(self, key: Key, ask: Callable[[], Awaitable[dns.message.Message]]) -> dns.message.Message:
         """`ask()` once for all identical questions in flight; they all get its answer (or error)."""

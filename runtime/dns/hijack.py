@@ -23,7 +23,7 @@ import ctypes
 import logging
 import socket
 from collections import OrderedDict
-from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from dae_py.runtime.net.sockets import SOL_IPV6, set_mark, set_transparent
@@ -31,13 +31,21 @@ from dae_py.runtime.relay.listen import bind_pair
 from dae_py.runtime.relay.udp import ANC_SIZE, orig_dst
 
 from .asis import ORIGIN
-from .listener import MAX_TCP_CONNECTIONS, Answer, close_servers, spawn_bounded, tcp_session
+from .listener import (
+    MAX_TCP_CONNECTIONS,
+    READ_BURST,
+    Answer,
+    AnswerNow,
+    AnswerSoon,
+    close_servers,
+    spawn_bounded,
+    tcp_session,
+)
 
 log = logging.getLogger("dae.dns.hijack")
 
 REPLY_SOCKETS = 256
 SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
-READ_BURST = 256  # datagrams read per readiness callback before others get the loop
 
 
 class _SockFilter(ctypes.Structure):
@@ -94,10 +102,11 @@ def reply_socket(dst: tuple[str, int], so_mark: int) -> socket.socket:
 
 
 class HijackListener:
-    def __init__(self, answer: Answer, answer_now: Callable[[bytes], bytes | None] | None = None, *,
+    def __init__(self, answer: Answer, answer_now: AnswerNow | None = None, *, answer_soon: AnswerSoon | None = None,
                  so_mark: int = 0, guard_fd: int | None = None, max_pending: int = 4096) -> None:
         self.answer = answer
         self.answer_now = answer_now
+        self.answer_soon = answer_soon  # the plain-miss path (module.fast); asis questions decline it
         self.so_mark = so_mark
         self.guard_fd = guard_fd
         self.max_pending = max_pending
@@ -162,6 +171,13 @@ class HijackListener:
                 if reply is not None:
                     self._send(dst, client, reply)
                     continue
+            soon = self.answer_soon
+            if soon is not None:
+                try:
+                    if soon(data, partial(self._send, dst, client)):
+                        continue
+                except Exception:  # a bug there must not lose the query: the full path answers it
+                    log.exception("dns hijack: the fast path failed on a query from %s", client[0])
             if not spawn_bounded(self._tasks, self.max_pending, self._udp_query(data, dst, client)):
                 self.dropped += 1
 

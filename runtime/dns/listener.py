@@ -6,6 +6,12 @@ In-flight queries are bounded (`max_pending`): past that, new datagrams are drop
 busy resolver does. TCP connections carry length-prefixed messages (RFC 7766), one answer per
 query in order, closed when idle or on a bad length. The sockets are the relay's transparent
 ones: dns.bind may name an address the gateway answers for without holding it.
+
+UDP is a plain non-blocking socket on the loop's add_reader, not an asyncio datagram endpoint:
+one wake-up reads every datagram waiting (up to READ_BURST), where the endpoint reads one per
+wake-up and calls a protocol method for it. Each is answered inside that callback when it can be
+(`answer_now`: a cache hit, sent at once; `answer_soon`: a plain miss, asked upstream and
+answered from the upstream socket's callback), and only the rest become tasks (`answer`).
 """
 from __future__ import annotations
 
@@ -14,7 +20,8 @@ import logging
 import socket
 import struct
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, cast
+from functools import partial
+from typing import Any
 
 from dae_py.runtime.relay.listen import transparent_socket
 
@@ -23,6 +30,10 @@ log = logging.getLogger("dae.dns.listen")
 Answer = Callable[[bytes, int], Awaitable[bytes | None]]  # (query wire, max answer size) -> answer
 TCP_IDLE = 10.0
 MAX_TCP_CONNECTIONS = 512
+READ_BURST = 256  # datagrams read per readiness callback before other sockets get the loop
+AnswerNow = Callable[[bytes], bytes | None]  # (query wire) -> an answer at once, or None
+Send = Callable[[bytes], None]
+AnswerSoon = Callable[[bytes, Send], bool]  # (query wire, send) -> True: it will send the answer
 
 
 async def tcp_session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answer: Answer) -> None:
@@ -47,30 +58,6 @@ async def tcp_session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
         log.exception("dns: failed to answer a TCP query from %s", peer)
     finally:
         writer.close()
-
-
-class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, server: DnsListener) -> None:
-        self.server = server
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)  # a datagram endpoint's transport
-
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        now = self.server.answer_now
-        if now is not None and self.transport is not None:
-            try:
-                reply = now(data)
-            except Exception:  # noqa: BLE001 - fall back to the full path, which logs
-                reply = None
-            if reply is not None:
-                self.transport.sendto(reply, addr)
-                return
-        self.server.spawn_udp(self, data, addr)
-
-    def error_received(self, exc: Exception) -> None:  # ICMP errors of earlier replies: not ours to fix
-        log.debug("dns udp: %s", exc)
 
 
 async def close_servers(servers: list[asyncio.Server], tasks: set[asyncio.Task[None]]) -> None:
@@ -102,16 +89,17 @@ def spawn_bounded(tasks: set[asyncio.Task[None]], limit: int, coro: Coroutine[An
 
 
 class DnsListener:
-    def __init__(self, answer: Answer, answer_now: Callable[[bytes], bytes | None] | None = None,
-                 max_pending: int = 4096) -> None:
+    def __init__(self, answer: Answer, answer_now: AnswerNow | None = None, max_pending: int = 4096,
+                 answer_soon: AnswerSoon | None = None) -> None:
         self.answer = answer
-        self.answer_now = answer_now  # the cache-hit path, run inside the datagram callback
+        self.answer_now = answer_now  # the cache-hit path, run inside the reader callback
+        self.answer_soon = answer_soon  # the plain-miss path, run there too (module.fast)
         self.max_pending = max_pending
         self._tasks: set[asyncio.Task[None]] = set()
-        self._transports: list[asyncio.DatagramTransport] = []
+        self._udp: list[socket.socket] = []
         self._servers: list[asyncio.base_events.Server] = []
         self._tcp_conns = 0
-        self.dropped = 0
+        self.dropped = self.send_failed = 0
         self.addresses: list[tuple[str, int]] = []
 
     async def start(self, binds: list[tuple[str, int]]) -> None:
@@ -129,24 +117,65 @@ class DnsListener:
                         raise
             else:
                 raise OSError(f"no port free for both UDP and TCP on {host}")
-            transport, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self), sock=udp)
-            self._transports.append(transport)
+            self._udp.append(udp)
+            loop.add_reader(udp.fileno(), self._readable, udp)
             self._servers.append(await asyncio.start_server(self._tcp, sock=tcp, backlog=256))
             self.addresses.append((host, port))
             log.info("dns listening on %s udp+tcp", f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
 
-    def spawn_udp(self, proto: _UdpProtocol, data: bytes, addr: tuple[Any, ...]) -> None:
-        if not spawn_bounded(self._tasks, self.max_pending, self._udp(proto, data, addr)):
+    def _readable(self, sock: socket.socket) -> None:
+        """Every datagram waiting (up to READ_BURST): hits answered here, the rest dispatched."""
+        recv = sock.recvfrom
+        now = self.answer_now
+        for _ in range(READ_BURST):
+            try:
+                data, addr = recv(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # an ICMP error queued by an earlier answer: not ours to fix
+                log.debug("dns udp: %s", exc)
+                continue
+            if now is not None:
+                try:
+                    reply = now(data)
+                except Exception:  # noqa: BLE001 - fall back to the full path, which logs
+                    reply = None
+                if reply is not None:
+                    try:
+                        sock.sendto(reply, addr)
+                    except OSError:  # a full send buffer: the answer is lost, the client retries
+                        self.send_failed += 1
+                    continue
+            self.spawn_udp(sock, data, addr)
+
+    def spawn_udp(self, sock: socket.socket, data: bytes, addr: tuple[Any, ...]) -> None:
+        """A query answer_now did not answer: the fast miss path if it takes it, else a task."""
+        soon = self.answer_soon
+        if soon is not None:
+            try:
+                if soon(data, partial(self._reply, sock, addr)):
+                    return
+            except Exception:  # a bug there must not lose the query: the full path answers it
+                log.exception("dns: the fast path failed on a UDP query from %s", addr[0])
+        if not spawn_bounded(self._tasks, self.max_pending, self._udp_query(sock, data, addr)):
             self.dropped += 1
 
-    async def _udp(self, proto: _UdpProtocol, data: bytes, addr: tuple[Any, ...]) -> None:
+    def _reply(self, sock: socket.socket, addr: tuple[Any, ...], reply: bytes) -> None:
+        if sock.fileno() < 0:  # closed while the query was out
+            return
+        try:
+            sock.sendto(reply, addr)
+        except OSError:
+            self.send_failed += 1
+
+    async def _udp_query(self, sock: socket.socket, data: bytes, addr: tuple[Any, ...]) -> None:
         try:
             reply = await self.answer(data, 0)
         except Exception:  # a bug answering one query must not stop the others (logged, so not BLE001)
             log.exception("dns: failed to answer a UDP query from %s", addr[0])
             return
-        if reply is not None and proto.transport is not None and not proto.transport.is_closing():
-            proto.transport.sendto(reply, addr)
+        if reply is not None:
+            self._reply(sock, addr, reply)
 
     async def _tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._tcp_conns >= MAX_TCP_CONNECTIONS:
@@ -159,6 +188,9 @@ class DnsListener:
             self._tcp_conns -= 1
 
     async def close(self) -> None:
-        for tr in self._transports:
-            tr.close()
+        loop = asyncio.get_running_loop()
+        for s in self._udp:
+            loop.remove_reader(s.fileno())
+            s.close()
+        self._udp = []
         await close_servers(self._servers, self._tasks)

@@ -21,8 +21,10 @@ from typing import Any, cast
 import dns.exception
 import dns.flags
 import dns.message
+import dns.name
 import dns.opcode
 import dns.rcode
+import dns.rdataclass
 import dns.rdatatype
 
 from dae_py.contract.manifest import DnsSettings
@@ -30,6 +32,7 @@ from dae_py.contract.manifest import DnsSettings
 from .asis import ORIGIN, AsisUpstreams
 from .binder import Binder, answer_addresses
 from .cache import STALE_ANSWER_TTL, Cache, key_of
+from .fastmiss import FastMiss
 from .listener import DnsListener
 from .rules import Query, RuleList, qname_matcher
 from .upstreams import Route, UpstreamError
@@ -59,6 +62,26 @@ def formerr_for(wire: bytes) -> bytes | None:
     return m.to_wire()
 
 
+def plain_query(wire: bytes) -> dns.message.Message | None:
+    """The query of a header and exactly one question (answer_now checked the header), built
+    from dnspython's name parser without its message reader: what `from_wire(question_only=
+    True)` returns for it, at about half the cost (the reader's set-up and section machinery
+    are most of a parse this small; measured in bench/RESULTS.md, issue 10 second slice).
+    None when anything follows the question (the reader decides those)."""
+    name, used = dns.name.from_wire(wire, 12)
+    end = 12 + used
+    if len(wire) != end + 4:
+        return None
+    qid, flags = struct.unpack_from("!HH", wire)
+    rdtype, rdclass = struct.unpack_from("!HH", wire, end)
+    q = dns.message.QueryMessage(id=qid)
+    q.flags = dns.flags.Flag(flags)
+    q.wire = wire
+    q.find_rrset(q.question, name, dns.rdataclass.RdataClass.make(rdclass), dns.rdatatype.RdataType.make(rdtype),
+                 create=True, force_unique=True)
+    return q
+
+
 def empty_answer(q: dns.message.Message, rcode: dns.rcode.Rcode = dns.rcode.NOERROR) -> dns.message.Message:
     """dae's `reject`: NOERROR, RA, nothing in the answer section (also used for SERVFAIL)."""
     r = dns.message.make_response(q, recursion_available=True)
@@ -84,7 +107,8 @@ class DnsModule:
         self._refreshing: set[asyncio.Task[dns.message.Message]] = set()
         self.binder = Binder(bindings, bits_of)
         self.deadline = deadline
-        self.listener = DnsListener(self.answer, self.answer_now)
+        self.fast = FastMiss(self)  # plain UDP misses, answered on callbacks (fastmiss.py)
+        self.listener = DnsListener(self.answer, self.answer_now, answer_soon=self.fast.take)
         self.binds = [(b.host, b.port) for b in cfg.bind]
         self.asis = AsisUpstreams(so_mark, upstream_timeout)  # hijacked queries' own resolvers
         self.hijack: Any = None  # the HijackListener, when the build hijacks LAN DNS (hijack.py)
@@ -115,7 +139,8 @@ class DnsModule:
         if cfg.hijack_port:
             from .hijack import HijackListener
 
-            mod.hijack = HijackListener(mod.answer, mod.answer_now, so_mark=so_mark, guard_fd=guard_fd)
+            mod.hijack = HijackListener(mod.answer, mod.answer_now, answer_soon=mod.fast.take, so_mark=so_mark,
+                                        guard_fd=guard_fd)
             try:
                 await mod.hijack.start(cfg.hijack_port)
             except BaseException:
@@ -149,6 +174,7 @@ class DnsModule:
         for t in list(self._refreshing):
             t.cancel()
         await self.listener.close()
+        await self.fast.close()
         for up in self.upstreams.values():
             await up.close()
         await self.asis.close()
@@ -184,21 +210,33 @@ class DnsModule:
                     return got
                 r = got
             except (TimeoutError, UpstreamError) as exc:
-                stale = self.cache.stale_answer_for(q)  # RFC 8767: a stale answer beats SERVFAIL
-                if stale is not None:
-                    log.info("dns: %s: upstream failed (%s), answered from the expired cache",
-                             q.question[0].name, str(exc) or "deadline passed")
-                    r = stale
-                else:
-                    self.failed += 1
-                    log.warning("dns: %s %s: SERVFAIL (%s)", q.question[0].name,
-                                dns.rdatatype.to_text(q.question[0].rdtype), str(exc) or "deadline passed")
-                    r = empty_answer(q, dns.rcode.SERVFAIL)
+                r = self._failed(q, exc)
+        return self._render(q, r, max_size)
+
+    def _failed(self, q: dns.message.Message, exc: Exception) -> dns.message.Message:
+        """The answer when the upstreams failed: stale from the cache (RFC 8767: a stale answer
+        beats SERVFAIL), else SERVFAIL."""
+        stale = self.cache.stale_answer_for(q)
+        if stale is not None:
+            log.info("dns: %s: upstream failed (%s), answered from the expired cache",
+                     q.question[0].name, str(exc) or "deadline passed")
+            return stale
+        self.failed += 1
+        log.warning("dns: %s %s: SERVFAIL (%s)", q.question[0].name,
+                    dns.rdatatype.to_text(q.question[0].rdtype), str(exc) or "deadline passed")
+        return empty_answer(q, dns.rcode.SERVFAIL)
+
+    _empty = staticmethod(empty_answer)
+
+    @staticmethod
+    def _render(q: dns.message.Message, r: dns.message.Message, max_size: int) -> bytes:
+        """r as wire within max_size (0: UDP, the client's EDNS payload); truncated (TC) when
+        it does not fit (RFC 1035 4.2.1: the client retries over TCP)."""
         if not max_size:
             max_size = max(UDP_DEFAULT_PAYLOAD, q.payload if q.edns >= 0 else 0)
         try:
             return r.to_wire(max_size=max_size)
-        except dns.exception.TooBig:  # RFC 1035 4.2.1: truncate, the client retries over TCP
+        except dns.exception.TooBig:
             t = empty_answer(q)
             t.set_rcode(r.rcode())
             t.flags |= dns.flags.TC
@@ -229,7 +267,7 @@ class DnsModule:
                 self.answered += 1
                 return out
         try:
-            q = dns.message.from_wire(wire, question_only=True)
+            q = plain_query(wire) or dns.message.from_wire(wire, question_only=True)
         except Exception:  # noqa: BLE001 - `answer` parses it again and says FORMERR
             return None
         parsed = self._wire_hit(q, wire, UDP_DEFAULT_PAYLOAD)
@@ -294,13 +332,19 @@ class DnsModule:
             return stale
         r = await self.cache.inflight(key, lambda: self._fetch(q, target, bits, wire))
         self.answered += 1
+        return self._passed_on(q, wire, r, max_size) or self._shaped(q, r)
+
+    @staticmethod
+    def _passed_on(q: dns.message.Message, wire: bytes | None, r: dns.message.Message, max_size: int) -> bytes | None:
+        """The upstream's own answer bytes under the client's id and question bytes, when r is
+        that answer to the client's question and fits; None: render it (`_shaped`)."""
         raw: bytes | None = getattr(r, "raw", None)
         if raw is not None and wire is not None and (q.edns >= 0 or not getattr(r, "raw_edns", True)):
             limit = max_size or max(UDP_DEFAULT_PAYLOAD, q.payload if q.edns >= 0 else 0)
             qlen = getattr(r, "raw_qlen", 0)
             if len(raw) <= limit and qlen and wire[12:qlen].lower() == raw[12:qlen].lower():
                 return wire[:2] + raw[2:12] + wire[12:qlen] + raw[qlen:]
-        return self._shaped(q, r)
+        return None
 
     def _refresh(self, q: dns.message.Message, target: str, bits: int) -> None:
         """Ask upstream for q in the background (once per key: joined like any query in flight)."""
@@ -331,11 +375,31 @@ class DnsModule:
         return hit is not None and bool(answer_addresses(hit[0]))
 
     async def _fetch(self, q: dns.message.Message, target: str, bits: int,
-                     wire: bytes | None = None) -> dns.message.Message:
+                     wire: bytes | None = None, seen: list[str] | None = None) -> dns.message.Message:
         """Ask upstreams (following response routing), cache, and bind: all before any waiter
         gets the answer. With the client's `wire`, the upstream query is its question bytes under
         a new header (EDNS only if the client used it), so an accepted answer can be passed on
-        as it came (`resolve`)."""
+        as it came (`resolve`). `seen`: upstreams already asked (the fast path hands a re-query
+        over with the first one in it)."""
+        uq, qlen = self._upstream_query(q, wire)
+        seen = list(seen or [])
+        while True:
+            up = self.upstreams.get(target) if target != "asis" else await self.asis.current()
+            if up is None:
+                raise UpstreamError(f"no upstream '{target}'")
+            seen.append(target)
+            r = await up.query(uq)
+            nxt = self._routed(q, target, bits, r, qlen, seen)
+            if nxt is None:
+                break
+            target = nxt
+        self._store(q, r)
+        return r
+
+    @staticmethod
+    def _upstream_query(q: dns.message.Message, wire: bytes | None) -> tuple[dns.message.Message, int]:
+        """The query to send upstream for q, and the length of the client's header+question in
+        `wire` (0: no wire, or not one question), whose bytes it reuses."""
         question = q.question[0]
         edns = q.edns >= 0
         uq = dns.message.QueryMessage()  # what make_query builds, without parsing the question again
@@ -347,30 +411,35 @@ class DnsModule:
         if wire is not None and wire[4:6] == b"\0\1":
             qlen = 12 + len(cast(bytes, question.name.to_wire())) + 4
             uq.wire = QUERY_HEADER[edns] + wire[12:qlen] + (OPT_1232 if edns else b"")  # read by upstreams.udp
-        seen: list[str] = []
-        while True:
-            up = self.upstreams.get(target) if target != "asis" else await self.asis.current()
-            if up is None:
-                raise UpstreamError(f"no upstream '{target}'")
-            seen.append(target)
-            r = await up.query(uq)
-            decision, rule = self.response.decide(Query(key_of(q)[0], int(question.rdtype), bits,
-                                                        upstream=target, ips=tuple(answer_addresses(r))))
-            if decision == "accept":
-                if qlen and getattr(r, "raw", None) is not None:
-                    r.raw_qlen, r.raw_edns = qlen, edns  # type: ignore[attr-defined]  # resolve() passes r.raw on
-                break
-            if decision == "reject":  # as dae: the upstream's answer with its answer section emptied
-                self.rejected += 1
-                r.answer = []
-                break
-            if len(seen) > MAX_REQUERIES or decision in seen:
-                log.warning("dns: %s: response routing loops (%s -> %s); accepting the last answer",
-                            question.name, " -> ".join(seen), decision)
-                break
-            log.debug("dns: %s: answer of %s re-queried with %s (%s)", question.name, target, decision,
-                      rule.text if rule else "fallback")
-            target = decision
+        return uq, qlen
+
+    def _routed(self, q: dns.message.Message, target: str, bits: int, r: dns.message.Message,
+                qlen: int, seen: list[str]) -> str | None:
+        """Response routing of `target`'s answer r: None when r is final (accepted, rejected
+        with its answer section emptied, or a loop stopped), else the upstream to ask next."""
+        question = q.question[0]
+        ips = tuple(answer_addresses(r))
+        decision, rule = self.response.decide(Query(key_of(q)[0], int(question.rdtype), bits,
+                                                    upstream=target, ips=ips))
+        if decision == "accept":
+            r.dae_addrs = ips  # type: ignore[attr-defined]  # the binder's input, not parsed twice
+            if qlen and getattr(r, "raw", None) is not None:
+                r.raw_qlen, r.raw_edns = qlen, q.edns >= 0  # type: ignore[attr-defined]  # resolve() passes r.raw on
+            return None
+        if decision == "reject":  # as dae: the upstream's answer with its answer section emptied
+            self.rejected += 1
+            r.answer = []
+            return None
+        if len(seen) > MAX_REQUERIES or decision in seen:
+            log.warning("dns: %s: response routing loops (%s -> %s); accepting the last answer",
+                        question.name, " -> ".join(seen), decision)
+            return None
+        log.debug("dns: %s: answer of %s re-queried with %s (%s)", question.name, target, decision,
+                  rule.text if rule else "fallback")
+        return decision
+
+    def _store(self, q: dns.message.Message, r: dns.message.Message) -> None:
+        """Cache r and bind its addresses (before anyone is answered with it)."""
         key = key_of(q)
         if key[0].rstrip(".") in self.cache.fixed_ttl:
             r.raw_qlen = 0  # type: ignore[attr-defined]  # its TTLs are rewritten: render it
@@ -381,9 +450,8 @@ class DnsModule:
         if e is not None:
             e.addrs, e.bits = addrs, bits
         if bits:
-            log.debug("dns: %s bound %d addresses in %.0f us", question.name, len(addrs),
+            log.debug("dns: %s bound %d addresses in %.0f us", q.question[0].name, len(addrs),
                       (time.perf_counter() - t0) * 1e6)
-        return r
 
     @staticmethod
     def _shaped(q: dns.message.Message, r: dns.message.Message) -> dns.message.Message:

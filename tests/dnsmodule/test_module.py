@@ -315,9 +315,9 @@ def test_udp_cache_hits_are_answered_in_the_datagram_callback() -> None:
                     spawned: list[tuple[Any, ...]] = []
                     real_spawn = mod.listener.spawn_udp
 
-                    def spy(proto: Any, data: bytes, addr: tuple[Any, ...]) -> None:
-                        spawned.append((proto, data, addr))
-                        real_spawn(proto, data, addr)
+                    def spy(sock: socket.socket, data: bytes, addr: tuple[Any, ...]) -> None:
+                        spawned.append((sock, data, addr))
+                        real_spawn(sock, data, addr)
                     mod.listener.spawn_udp = spy  # type: ignore[method-assign]  # a spy on the listener's dispatch
                     for name in ("a.proxied.test", "a.proxied.test", "a.proxied.test", "A.PROXIED.test"):
                         q = dns.message.make_query(name, "A", use_edns=False)
