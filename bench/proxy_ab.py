@@ -23,12 +23,10 @@ B/v2ray (the median of each round's ratio: the one to trust on a noisy machine).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -65,11 +63,10 @@ uvloop.run(main())
 
 
 class Client:
-    """One row's client process in the gateway namespace: started, measured, stopped."""
+    """One row: its figures over the rounds (the client's and the server's CPU per GiB)."""
 
-    def __init__(self, name: str, start: Callable[[], tuple[subprocess.Popen[bytes] | Peer, int]]):
+    def __init__(self, name: str) -> None:
         self.name = name
-        self._start = start
         self.rates: list[float] = []
         self.cpu: list[float] = []
         self.server_cpu: list[float] = []
@@ -146,8 +143,10 @@ def report(title: str, rows: list[Client], base: str, refs: list[str]) -> None:
     print(f"\n{title}")
     by = {r.name: r for r in rows}
     for r in rows:
-        print(f"  {r.name:34s} {statistics.median(r.rates):6.2f} Gbit/s ({', '.join(f'{v:.2f}' for v in r.rates)})"
-              f"  client CPU {statistics.median(r.cpu):5.2f} s/GiB  server CPU {statistics.median(r.server_cpu):5.2f} s/GiB")
+        runs = ", ".join(f"{v:.2f}" for v in r.rates)
+        print(f"  {r.name:34s} {statistics.median(r.rates):6.2f} Gbit/s ({runs})"
+              f"  client CPU {statistics.median(r.cpu):5.2f} s/GiB"
+              f"  server CPU {statistics.median(r.server_cpu):5.2f} s/GiB")
     b = by[base]
     for ref in refs:
         other = by[ref]
@@ -199,16 +198,24 @@ def relay_rows(lab: Lab, trees: dict[str, Path], nodes: list[dict[str, Any]], ta
     manifest.write_text(json.dumps({"nodes": nodes, "groups": fixed_groups([nodes[0]["name"]])}))
     rows: list[Row] = []
     for which, tree in trees.items():
-        rows.append((Client(f"relay {which}", lambda: None),
-                     ((lambda tree=tree: relay_process(lab, tree, manifest, 10)), stop_relay,
-                      (lambda p: p.pid))))
+        def start(tree: Path = tree) -> subprocess.Popen[bytes]:
+            return relay_process(lab, tree, manifest, 10)
+
+        def pid_of(proc: subprocess.Popen[bytes]) -> int:
+            return proc.pid
+
+        rows.append((Client(f"relay {which}"), (start, stop_relay, pid_of)))
     return rows
 
 
 def peer_row(lab: Lab, name: str, argv: list[str], wait_ip: str = "127.0.0.1") -> Row:
-    return (Client(name, lambda: None),
-            ((lambda: run_peer(lab, name.replace(" ", "-"), argv, wait_ip)), stop_peer(lab),
-             (lambda p: p.proc.pid)))
+    def start() -> Peer:
+        return run_peer(lab, name.replace(" ", "-"), argv, wait_ip)
+
+    def pid_of(peer: Peer) -> int:
+        return peer.proc.pid
+
+    return (Client(name), (start, stop_peer(lab), pid_of))
 
 
 def ss_suites(lab: Lab, trees: dict[str, Path], servers: list[str]) -> list[Suite]:
@@ -267,4 +274,4 @@ def vmess_suites(lab: Lab, trees: dict[str, Path], vless: bool) -> list[Suite]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
