@@ -149,3 +149,23 @@ def test_node_repr_and_str_never_show_the_password() -> None:
     with pytest.raises(ValueError) as info:
         Node.from_manifest({"name": "n", "protocol": "ss", "port": 1, "password": "hunter2"})
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize("size", [0x3FFF - 1, 0x3FFF, 0x3FFF + 1, 2 * 0x3FFF])
+def test_opener_reads_a_stream_cut_in_three_around_every_unit_boundary(size: int) -> None:
+    """Read boundaries within 20 bytes of every unit (salt, sealed length, sealed payload) and
+    a one-byte read after each: the opener keeps only the cut unit and decodes all of it."""
+    c, master, sealer = sealer_for("aes-128-gcm")
+    data = os.urandom(size)
+    wire = sealer.salt + bytes(sealer.seal(data))
+    starts, pos = [c.salt_size], c.salt_size
+    for start in range(0, size, ss.MAX_PAYLOAD):
+        pos += 2 + ss.TAG_SIZE
+        starts.append(pos)
+        pos += min(ss.MAX_PAYLOAD, size - start) + ss.TAG_SIZE
+        starts.append(pos)
+    for start in starts:
+        for cut in range(max(start - 20, 0), min(start + 21, len(wire))):
+            opener = ss.Opener(c, master)
+            got = b"".join(opener.feed(p) for p in (wire[:cut], wire[cut:cut + 1], wire[cut + 1:]))
+            assert got == data and not opener.mid_chunk, cut
