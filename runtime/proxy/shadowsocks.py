@@ -40,7 +40,7 @@ from dae_py.runtime.net.stream import RECV_SIZE, Buffer, LayeredStream, SocketSt
 
 from . import plugins
 from . import shadowsocks2022 as ss2022
-from .aeadchunks import ChunkReader, seal_chunks
+from .aeadchunks import ChunkReader, SealBuffers, seal_chunks, seal_chunks_into, sealed_size
 from .base import Destination, DialError, DialOptions, Node, ProxyAuthError, ProxyProtocolError, ReplyCallback
 from .socks5 import decode_addr, encode_addr
 from .udp import SocketAssociation
@@ -52,6 +52,8 @@ NONCE_SIZE = 12
 MAX_PAYLOAD = 0x3FFF
 SUBKEY_INFO = b"ss-subkey"
 AeadFactory = Callable[[bytes], "AESGCM | ChaCha20Poly1305"]
+# One relay read's worth of chunks (the streams below copy what they send before returning).
+SEAL_BUFFERS = SealBuffers(sealed_size(RECV_SIZE, MAX_PAYLOAD, 2 + 2 * TAG_SIZE))
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,13 @@ class Sealer:
         """[enc len][enc payload] chunks for `data` (any length; split at MAX_PAYLOAD)."""
         out, self._counter = seal_chunks(self._aead, self._counter, data, MAX_PAYLOAD)
         return out
+
+    def sealed_size(self, size: int) -> int:
+        return sealed_size(size, MAX_PAYLOAD, 2 + 2 * TAG_SIZE)
+
+    def seal_into(self, data: Buffer, out: memoryview) -> None:
+        """`seal` into `out` (exactly `sealed_size(len(data))` bytes)."""
+        self._counter = seal_chunks_into(self._aead, self._counter, data, MAX_PAYLOAD, out)
 
 
 class Opener(ChunkReader):
@@ -245,12 +254,27 @@ class ShadowsocksStream(LayeredStream):
     async def sendall(self, data: Buffer) -> None:
         if not data:
             return
-        sealed: Buffer = self._sealer.seal(data)
+        sealer = self._sealer
+        if self._salt_sent and isinstance(sealer, Sealer):  # bulk: sealed into a reused buffer
+            self._sent_payload = True
+            size = sealer.sealed_size(len(data))
+            buf = SEAL_BUFFERS.take(size)
+            try:
+                with memoryview(buf) as whole, whole[:size] as out:
+                    sealer.seal_into(data, out)
+                    await self._send(out)
+            finally:
+                SEAL_BUFFERS.give(buf)
+            return
+        sealed: Buffer = sealer.seal(data)
         if not self._salt_sent:
             self._salt_sent = True
             sealed = self._sealer.salt + sealed
         else:
             self._sent_payload = True
+        await self._send(sealed)
+
+    async def _send(self, sealed: Buffer) -> None:
         try:
             await self.raw.sendall(sealed)
         except (ConnectionResetError, BrokenPipeError):

@@ -56,7 +56,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from dae_py.runtime.net.stream import RECV_SIZE, Buffer, LayeredStream, Stream, handed_on
 
-from .aeadchunks import packed_length
+from .aeadchunks import SealBuffers, packed_length, sealed_size
 from .base import Destination, DialError, DialOptions, Node, ProxyAuthError, ProxyProtocolError, ReplyCallback
 from .streamudp import StreamUdpAssociation
 from .transport import describe, open_stream
@@ -71,6 +71,7 @@ SEC_AES128_GCM, SEC_CHACHA20_POLY1305, SEC_NONE = 3, 4, 5
 TAG = 16
 MAX_CHUNK = 0x4000  # payload bytes per chunk we send (v2ray reads chunks up to 65535)
 CMD_KEY_SALT = b"c48619fe-8f02-49e0-b9e9-edf763e17e21"
+SEAL_BUFFERS = SealBuffers(sealed_size(RECV_SIZE, MAX_CHUNK, 2 + TAG))  # one relay read's chunks
 KDF_ROOT = b"VMess AEAD KDF"
 
 
@@ -233,14 +234,22 @@ class ChunkSealer:
         self._iv_tail = iv[2:12]
         self._count = 0
 
+    def sealed_size(self, size: int, limit: int = MAX_CHUNK) -> int:
+        return sealed_size(size, limit, 2 + (TAG if self._aead is not None else 0))
+
     def seal(self, data: Buffer, limit: int = MAX_CHUNK) -> bytearray:
+        out = bytearray(self.sealed_size(len(data), limit))
+        with memoryview(out) as view:
+            self.seal_into(data, view, limit)
+        return out
+
+    def seal_into(self, data: Buffer, view: memoryview, limit: int = MAX_CHUNK) -> None:
+        """`seal` into `view` (`sealed_size(len(data))` bytes at least)."""
         aead = self._aead
         overhead = TAG if aead is not None else 0
-        size = len(data)
-        out = bytearray(size + -(-size // limit) * (2 + overhead))
         pos = 0
-        with memoryview(out) as view, memoryview(data) as src:
-            for start in range(0, size, limit):
+        with memoryview(data) as src:
+            for start in range(0, len(src), limit):
                 piece = src[start:start + limit]
                 end = pos + 2 + len(piece) + overhead
                 view[pos:pos + 2] = packed_length(len(piece) + overhead)
@@ -251,7 +260,6 @@ class ChunkSealer:
                                       None, view[pos + 2:end])
                     self._count += 1
                 pos = end
-        return out
 
 
 class ChunkOpener:
@@ -440,7 +448,17 @@ class VmessStream(LayeredStream):
             return
         self._sent_payload = True
         sealer = self._s.sealer
-        await self.raw.sendall(sealer.seal(data) if sealer is not None else data)
+        if sealer is None:
+            await self.raw.sendall(data)
+            return
+        size = sealer.sealed_size(len(data))
+        buf = SEAL_BUFFERS.take(size)  # the streams below copy what they send before returning
+        try:
+            with memoryview(buf) as whole, whole[:size] as out:
+                sealer.seal_into(data, out)
+                await self.raw.sendall(out)
+        finally:
+            SEAL_BUFFERS.give(buf)
 
     async def send_packet(self, data: bytes) -> None:
         """One datagram as one chunk (UDP sessions)."""
