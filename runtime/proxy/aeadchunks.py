@@ -54,10 +54,14 @@ class SealBuffers:
 
 
 def seal_chunks(aead: AESGCM | ChaCha20Poly1305, counter: int, data: bytes | bytearray | memoryview,
-                max_payload: int) -> tuple[bytearray, int]:
+                max_payload: int) -> tuple[bytes | bytearray, int]:
     """The AEAD chunk stream (SIP004, and SIP022 after its header): each piece of at most
     `max_payload` bytes as [sealed 2-byte length][sealed piece], nonces counting up from
     `counter` (12 bytes, little-endian). Returns the bytes and the next counter."""
+    if len(data) <= max_payload:  # one chunk (small writes): two calls, no views
+        encrypt = aead.encrypt
+        return (encrypt(counter.to_bytes(12, "little"), packed_length(len(data)), None)
+                + encrypt((counter + 1).to_bytes(12, "little"), data, None)), counter + 2
     out = bytearray(sealed_size(len(data), max_payload, 2 + 2 * TAG))
     with memoryview(out) as view:
         return out, seal_chunks_into(aead, counter, data, max_payload, view)

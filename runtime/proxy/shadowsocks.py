@@ -102,7 +102,7 @@ class Sealer:
         self._aead = cipher.aead(session_subkey(master, self.salt))
         self._counter = 0
 
-    def seal(self, data: Buffer) -> bytearray:
+    def seal(self, data: Buffer) -> bytes | bytearray:
         """[enc len][enc payload] chunks for `data` (any length; split at MAX_PAYLOAD)."""
         out, self._counter = seal_chunks(self._aead, self._counter, data, MAX_PAYLOAD)
         return out
@@ -255,7 +255,8 @@ class ShadowsocksStream(LayeredStream):
         if not data:
             return
         sealer = self._sealer
-        if self._salt_sent and isinstance(sealer, Sealer):  # bulk: sealed into a reused buffer
+        if self._salt_sent and len(data) > MAX_PAYLOAD and isinstance(sealer, Sealer):
+            # bulk: sealed into a reused buffer
             self._sent_payload = True
             size = sealer.sealed_size(len(data))
             buf = SEAL_BUFFERS.take(size)

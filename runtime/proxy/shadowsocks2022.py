@@ -154,7 +154,7 @@ class Sealer:
         fixed = struct.pack("!BQH", TYPE_CLIENT, _now() if stamp is None else stamp, len(variable))
         return self.salt + self._enc(fixed) + self._enc(variable)
 
-    def seal(self, data: bytes | bytearray | memoryview) -> bytearray:
+    def seal(self, data: bytes | bytearray | memoryview) -> bytes | bytearray:
         out, self._counter = seal_chunks(self._aead, self._counter, data, MAX_CHUNK)
         return out
 

@@ -237,7 +237,12 @@ class ChunkSealer:
     def sealed_size(self, size: int, limit: int = MAX_CHUNK) -> int:
         return sealed_size(size, limit, 2 + (TAG if self._aead is not None else 0))
 
-    def seal(self, data: Buffer, limit: int = MAX_CHUNK) -> bytearray:
+    def seal(self, data: Buffer, limit: int = MAX_CHUNK) -> bytes | bytearray:
+        aead = self._aead
+        if aead is not None and 0 < len(data) <= limit:  # one chunk (small writes): no views
+            sealed = aead.encrypt(struct.pack("!H", self._count & 0xFFFF) + self._iv_tail, data, None)
+            self._count += 1
+            return packed_length(len(sealed)) + sealed
         out = bytearray(self.sealed_size(len(data), limit))
         with memoryview(out) as view:
             self.seal_into(data, view, limit)
@@ -448,8 +453,8 @@ class VmessStream(LayeredStream):
             return
         self._sent_payload = True
         sealer = self._s.sealer
-        if sealer is None:
-            await self.raw.sendall(data)
+        if sealer is None or len(data) <= MAX_CHUNK:
+            await self.raw.sendall(sealer.seal(data) if sealer is not None else data)
             return
         size = sealer.sealed_size(len(data))
         buf = SEAL_BUFFERS.take(size)  # the streams below copy what they send before returning
