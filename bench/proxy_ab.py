@@ -3,6 +3,7 @@ run with interleaved rounds (run by hand, as root):
 
     .venv/bin/python -m bench.proxy_ab --a /work/wt-base --b . --suite ss --mib 128 --rounds 3
     .venv/bin/python -m bench.proxy_ab --a /work/wt-base --b . --suite vmess --mib 128 --rounds 3
+    .venv/bin/python -m bench.proxy_ab --a . --b . --env-b MALLOC_TRIM_THRESHOLD_=67108864 --suite ss   # one tree, a tunable
 
 Each relay runs as its own process from its own checkout (`TREE/.venv/bin/python` with TREE as
 the working directory, inside the gateway namespace), so A and B share one lab, one set of
@@ -72,14 +73,16 @@ class Client:
         self.server_cpu: list[float] = []
 
 
-def relay_process(lab: Lab, tree: Path, manifest: Path, outbound: int) -> subprocess.Popen[bytes]:
+def relay_process(lab: Lab, tree: Path, manifest: Path, outbound: int,
+                  env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     runner = lab.dir / "runner.py"
     if not runner.exists():
         runner.write_text(RUNNER)
     proc = subprocess.Popen(
         ["nsenter", f"--net=/run/netns/{lab.gw}", str(tree / ".venv/bin/python"), str(runner),
          str(manifest), str(outbound), str(RELAY_MARK), str(TPROXY_PORT)],
-        cwd=tree, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(lab.dir / "runner.log", "ab"))
+        cwd=tree, env={**os.environ, **(env or {})}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=open(lab.dir / "runner.log", "ab"))
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if line.strip() != b"ready":
@@ -164,17 +167,20 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--vless", action="store_true", help="vmess suite: VLESS over TLS rows too")
     ap.add_argument("--servers", default="libev,v2ray", help="ss suite: libev, v2ray or both")
+    ap.add_argument("--env-b", action="append", default=[], metavar="NAME=VALUE",
+                    help="an environment variable for B's relay only (e.g. a malloc tunable)")
     args = ap.parse_args()
     trees = {"A": args.a.resolve(), "B": args.b.resolve()}
-    print(f"A = {trees['A']}\nB = {trees['B']}\nload before {os.getloadavg()}", flush=True)
+    print(f"A = {trees['A']}\nB = {trees['B']} {' '.join(args.env_b)}\nload before {os.getloadavg()}", flush=True)
     lab = Lab().up_()
     try:
         iperf_server = lab.start_peer("iperf3", lab.up, ["iperf3", "-s", "-B", SERVER4])
         lab.wait_listening(lab.up, SERVER4, 5201, iperf_server)
+        envs = {"A": {}, "B": dict(item.split("=", 1) for item in args.env_b)}
         if args.suite == "ss":
-            suites = ss_suites(lab, trees, args.servers.split(","))
+            suites = ss_suites(lab, trees, envs, args.servers.split(","))
         else:
-            suites = vmess_suites(lab, trees, args.vless)
+            suites = vmess_suites(lab, trees, envs, args.vless)
         for i in range(args.rounds):
             for title, rows, server_pid, _base, _refs in suites:
                 order = rows[i % len(rows):] + rows[:i % len(rows)]
@@ -193,13 +199,14 @@ Row = tuple[Client, tuple[Callable[[], Any], Callable[[Any], None], Callable[[An
 Suite = tuple[str, list[Row], int, str, list[str]]
 
 
-def relay_rows(lab: Lab, trees: dict[str, Path], nodes: list[dict[str, Any]], tag: str) -> list[Row]:
+def relay_rows(lab: Lab, trees: dict[str, Path], envs: dict[str, dict[str, str]],
+               nodes: list[dict[str, Any]], tag: str) -> list[Row]:
     manifest = lab.dir / f"manifest-{tag}.json"
     manifest.write_text(json.dumps({"nodes": nodes, "groups": fixed_groups([nodes[0]["name"]])}))
     rows: list[Row] = []
     for which, tree in trees.items():
-        def start(tree: Path = tree) -> subprocess.Popen[bytes]:
-            return relay_process(lab, tree, manifest, 10)
+        def start(tree: Path = tree, env: dict[str, str] = envs[which]) -> subprocess.Popen[bytes]:
+            return relay_process(lab, tree, manifest, 10, env)
 
         def pid_of(proc: subprocess.Popen[bytes]) -> int:
             return proc.pid
@@ -218,7 +225,7 @@ def peer_row(lab: Lab, name: str, argv: list[str], wait_ip: str = "127.0.0.1") -
     return (Client(name), (start, stop_peer(lab), pid_of))
 
 
-def ss_suites(lab: Lab, trees: dict[str, Path], servers: list[str]) -> list[Suite]:
+def ss_suites(lab: Lab, trees: dict[str, Path], envs: dict[str, dict[str, str]], servers: list[str]) -> list[Suite]:
     suites: list[Suite] = []
     for server in servers:
         if server == "libev":
@@ -231,7 +238,7 @@ def ss_suites(lab: Lab, trees: dict[str, Path], servers: list[str]) -> list[Suit
         conf = lab.dir / f"v2ray-ss-client-{server}.json"
         conf.write_text(json.dumps(v2ray_client_conf({"protocol": "shadowsocks", "settings": {"servers": [
             {"address": ip, "port": SS_PORT, "method": METHOD, "password": PASSWORD}]}})))
-        rows = relay_rows(lab, trees, [ss_node], server) + [
+        rows = relay_rows(lab, trees, envs, [ss_node], server) + [
             peer_row(lab, "ss-redir", ["ss-redir", "-T", "-s", ip, "-p", str(SS_PORT), "-l", str(TPROXY_PORT),
                                        "-b", "0.0.0.0", "-k", PASSWORD, "-m", METHOD]),
             peer_row(lab, "v2ray ss client", ["v2ray", "-config", str(conf)])]
@@ -241,7 +248,7 @@ def ss_suites(lab: Lab, trees: dict[str, Path], servers: list[str]) -> list[Suit
     return suites
 
 
-def vmess_suites(lab: Lab, trees: dict[str, Path], vless: bool) -> list[Suite]:
+def vmess_suites(lab: Lab, trees: dict[str, Path], envs: dict[str, dict[str, str]], vless: bool) -> list[Suite]:
     ca = trustme.CA()
     cert = ca.issue_cert(SNI, V2RAY4)
     key_file, cert_file, ca_file = lab.dir / "k.pem", lab.dir / "c.pem", lab.dir / "ca.pem"
@@ -267,7 +274,7 @@ def vmess_suites(lab: Lab, trees: dict[str, Path], vless: bool) -> list[Suite]:
     for tag, v2node, outbound in cases:
         conf = lab.dir / f"v2ray-client-{tag}.json"
         conf.write_text(json.dumps(v2ray_client_conf(outbound)))
-        rows = relay_rows(lab, trees, [v2node], tag) + [
+        rows = relay_rows(lab, trees, envs, [v2node], tag) + [
             peer_row(lab, "v2ray client", ["v2ray", "-config", str(conf)])]
         suites.append((f"{tag} -> v2ray 4.34", rows, server_pid, "relay B", ["relay A", "v2ray client"]))
     return suites
