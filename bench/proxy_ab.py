@@ -3,7 +3,7 @@ run with interleaved rounds (run by hand, as root):
 
     .venv/bin/python -m bench.proxy_ab --a /work/wt-base --b . --suite ss --mib 128 --rounds 3
     .venv/bin/python -m bench.proxy_ab --a /work/wt-base --b . --suite vmess --mib 128 --rounds 3
-    .venv/bin/python -m bench.proxy_ab --a . --b . --env-b MALLOC_TRIM_THRESHOLD_=67108864 --suite ss   # one tree, a tunable
+    .venv/bin/python -m bench.proxy_ab --a . --b . --env-b MALLOC_TRIM_THRESHOLD_=67108864 --suite ss  # a tunable
 
 Each relay runs as its own process from its own checkout (`TREE/.venv/bin/python` with TREE as
 the working directory, inside the gateway namespace), so A and B share one lab, one set of
