@@ -26,7 +26,7 @@ import h2.exceptions
 import h2.settings
 
 from .errors import ProxyProtocolError
-from .stream import RECV_SIZE, LayeredStream, Stream
+from .stream import RECV_SIZE, Buffer, LayeredStream, Stream
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class H2Stream(LayeredStream):
             data, self._pending = data[:n], data[n:]
         return data
 
-    async def sendall(self, data: bytes | memoryview) -> None:
+    async def sendall(self, data: Buffer) -> None:
         view = memoryview(data)
         conn = self._conn
         while view:

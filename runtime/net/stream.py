@@ -9,20 +9,22 @@ import asyncio
 import socket
 import ssl
 from collections.abc import Awaitable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from .errors import ProxyProtocolError
 from .poller import IN, FdPoller, poller_for
 from .sockets import abort, wait_writable
 
 RECV_SIZE = 256 * 1024
+# What a stream sends: AEAD framings seal in place into bytearrays (no copy into bytes).
+Buffer = bytes | bytearray | memoryview
 T = TypeVar("T")
 
 
 class Stream(Protocol):
     async def recv(self, n: int = RECV_SIZE) -> bytes: ...
 
-    async def sendall(self, data: bytes | memoryview) -> None: ...
+    async def sendall(self, data: Buffer) -> None: ...
 
     def unread(self, data: bytes) -> None: ...
 
@@ -36,6 +38,14 @@ class Stream(Protocol):
 
     def splice_fd(self) -> int | None:
         """The socket's fd when bytes on it are plain (so splice(2) may move them), else None."""
+
+
+def handed_on(data: bytes | bytearray) -> bytes:
+    """A layered stream's decoded bytes returned from `recv` as they are: the AEAD framings
+    decrypt in place into a fresh bytearray per read (a copy into bytes would cost as much as
+    the decryption saved). Readers of `recv` only read what they get (len, slices, `+`, send,
+    decode), which a bytearray does as bytes do, and the stream never writes to it again."""
+    return cast(bytes, data)
 
 
 class PendingBytes:
@@ -127,7 +137,7 @@ class SocketStream(PendingBytes):
             except (BlockingIOError, InterruptedError):
                 await self._wait_readable()
 
-    async def sendall(self, data: bytes | memoryview) -> None:
+    async def sendall(self, data: Buffer) -> None:
         try:  # the usual case: all of it at once, no memoryview
             sent = self.sock.send(data)
         except (BlockingIOError, InterruptedError):
@@ -235,15 +245,15 @@ class TlsStream(LayeredStream):
             except ssl.SSLWantReadError:
                 if self._out.pending:
                     await self._flush()
-                data = await self.raw.recv(RECV_SIZE)
-                if data:
-                    self._in.write(data)
+                got = await self.raw.recv(RECV_SIZE)
+                if got:
+                    self._in.write(got)
                 else:
                     self._in.write_eof()
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 return b""
 
-    async def sendall(self, data: bytes | memoryview) -> None:
+    async def sendall(self, data: Buffer) -> None:
         if data:
             self._obj.write(data)
             await self._flush()

@@ -26,7 +26,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 
 from .errors import ProxyProtocolError
-from .stream import RECV_SIZE, LayeredStream, Stream, bounded, read_until
+from .stream import RECV_SIZE, Buffer, LayeredStream, Stream, bounded, read_until
 
 _c_mask: Callable[[bytes | memoryview, bytes], bytes] | None
 try:  # the one piece of the websockets library we use: its C masking
@@ -59,11 +59,11 @@ def upgrade_request(host: str, path: str, key: bytes, early: bytes = b"",
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def mask(payload: bytes | memoryview, key: bytes) -> bytes:
+def mask(payload: Buffer, key: bytes) -> bytes:
     """XOR with the 4-byte masking key: websockets' C routine (77 Gbit/s here), else one
     big-integer operation (about 1 Gbit/s: it would cap every WebSocket node)."""
     if _c_mask is not None:
-        return _c_mask(payload, key)
+        return _c_mask(memoryview(payload), key)
     n = len(payload)
     if n == 0:
         return b""
@@ -71,7 +71,7 @@ def mask(payload: bytes | memoryview, key: bytes) -> bytes:
     return (int.from_bytes(payload, "little") ^ int.from_bytes(keystream[:n], "little")).to_bytes(n, "little")
 
 
-def client_frame(payload: bytes | memoryview, opcode: int = OP_BINARY,
+def client_frame(payload: Buffer, opcode: int = OP_BINARY,
                  key: bytes | None = None) -> bytes:
     """One final, masked frame (clients must mask: RFC 6455 section 5.3)."""
     key = key if key is not None else os.urandom(4)
@@ -171,7 +171,7 @@ class WsStream(LayeredStream):
         if leftover:
             self._buf += leftover
 
-    async def sendall(self, data: bytes | memoryview) -> None:
+    async def sendall(self, data: Buffer) -> None:
         if not data:
             return
         if not self._open:

@@ -27,7 +27,6 @@ import hashlib
 import logging
 import os
 import socket
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,11 +36,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from dae_py.runtime.net.sockets import connect_tcp, resolve, set_mark
-from dae_py.runtime.net.stream import RECV_SIZE, LayeredStream, SocketStream, Stream
+from dae_py.runtime.net.stream import RECV_SIZE, Buffer, LayeredStream, SocketStream, Stream, handed_on
 
 from . import plugins
 from . import shadowsocks2022 as ss2022
-from .aeadchunks import seal_chunks
+from .aeadchunks import ChunkReader, SealBuffers, seal_chunks, seal_chunks_into, sealed_size
 from .base import Destination, DialError, DialOptions, Node, ProxyAuthError, ProxyProtocolError, ReplyCallback
 from .socks5 import decode_addr, encode_addr
 from .udp import SocketAssociation
@@ -53,6 +52,8 @@ NONCE_SIZE = 12
 MAX_PAYLOAD = 0x3FFF
 SUBKEY_INFO = b"ss-subkey"
 AeadFactory = Callable[[bytes], "AESGCM | ChaCha20Poly1305"]
+# One relay read's worth of chunks (the streams below copy what they send before returning).
+SEAL_BUFFERS = SealBuffers(sealed_size(RECV_SIZE, MAX_PAYLOAD, 2 + 2 * TAG_SIZE))
 
 
 @dataclass(frozen=True)
@@ -101,61 +102,33 @@ class Sealer:
         self._aead = cipher.aead(session_subkey(master, self.salt))
         self._counter = 0
 
-    def seal(self, data: bytes | memoryview) -> bytes:
+    def seal(self, data: Buffer) -> bytes | bytearray:
         """[enc len][enc payload] chunks for `data` (any length; split at MAX_PAYLOAD)."""
         out, self._counter = seal_chunks(self._aead, self._counter, data, MAX_PAYLOAD)
         return out
 
+    def sealed_size(self, size: int) -> int:
+        return sealed_size(size, MAX_PAYLOAD, 2 + 2 * TAG_SIZE)
 
-class Opener:
+    def seal_into(self, data: Buffer, out: memoryview) -> None:
+        """`seal` into `out` (exactly `sealed_size(len(data))` bytes)."""
+        self._counter = seal_chunks_into(self._aead, self._counter, data, MAX_PAYLOAD, out)
+
+
+class Opener(ChunkReader):
     """The receiving half of a TCP session: salt first, then chunks, fed as bytes arrive.
 
     `feed` returns the plaintext of every complete chunk; InvalidTag means the peer does not
     share our key (a wrong password or cipher) or the stream was tampered with."""
 
     def __init__(self, cipher: Cipher, master: bytes) -> None:
+        super().__init__(None, cipher.salt_size, MAX_PAYLOAD)
         self._cipher = cipher
         self._master = master
-        self._aead: AESGCM | ChaCha20Poly1305 | None = None
-        self._counter = 0
-        self._buf = bytearray()
-        self._need = cipher.salt_size  # bytes of the next unit: salt, length or payload
-        self._payload_next = False
-        self.received = 0  # bytes fed so far (0: the peer sent nothing at all)
 
-    @property
-    def mid_chunk(self) -> bool:
-        """Bytes of an incomplete salt or chunk are buffered."""
-        return bool(self._buf)
-
-    def feed(self, data: bytes) -> bytes:
-        self.received += len(data)
-        buf = self._buf
-        buf += data
-        out = []
-        pos = 0
-        need = self._need
-        while len(buf) - pos >= need:
-            unit = bytes(buf[pos:pos + need])
-            pos += need
-            aead = self._aead
-            if aead is None:
-                aead = self._aead = self._cipher.aead(session_subkey(self._master, unit))
-                need = 2 + TAG_SIZE
-                continue
-            plain = aead.decrypt(self._counter.to_bytes(12, "little"), unit, None)
-            self._counter += 1
-            if self._payload_next:
-                out.append(plain)
-                self._payload_next = False
-                need = 2 + TAG_SIZE
-            else:
-                size = struct.unpack("!H", plain)[0] & MAX_PAYLOAD
-                self._payload_next = True
-                need = size + TAG_SIZE
-        del buf[:pos]
-        self._need = need
-        return b"".join(out)
+    def _first(self, unit: bytes) -> int:
+        self._aead = self._cipher.aead(session_subkey(self._master, unit))
+        return 2 + TAG_SIZE
 
 
 def pack_udp(cipher: Cipher, master: bytes, plain: bytes, salt: bytes | None = None) -> bytes:
@@ -241,7 +214,7 @@ class ShadowsocksStream(LayeredStream):
             if not data:
                 return self._eof()
             try:
-                self._pending = self._opener.feed(data)
+                self._pending = handed_on(self._opener.feed(data))
             except ss2022.HeaderError as exc:
                 raise ss2022.header_error(self.node, exc) from None
             except InvalidTag:
@@ -249,7 +222,11 @@ class ShadowsocksStream(LayeredStream):
                     f"a reply failed AEAD authentication: the server does not share our key "
                     f"(wrong password or cipher {self.node.cipher}?)", self.node) from None
         _SILENT.discard(self.node.name)
-        data, self._pending = self._pending[:n], self._pending[n:]
+        data = self._pending
+        if len(data) <= n:  # the usual case: all of it, no copy
+            self._pending = b""
+            return handed_on(data)
+        data, self._pending = data[:n], data[n:]
         return data
 
     def _reset(self) -> ProxyAuthError:
@@ -274,15 +251,31 @@ class ShadowsocksStream(LayeredStream):
                       self.node)
         return b""
 
-    async def sendall(self, data: bytes | memoryview) -> None:
+    async def sendall(self, data: Buffer) -> None:
         if not data:
             return
-        sealed = self._sealer.seal(data)
+        sealer = self._sealer
+        if self._salt_sent and len(data) > MAX_PAYLOAD and isinstance(sealer, Sealer):
+            # bulk: sealed into a reused buffer
+            self._sent_payload = True
+            size = sealer.sealed_size(len(data))
+            buf = SEAL_BUFFERS.take(size)
+            try:
+                with memoryview(buf) as whole, whole[:size] as out:
+                    sealer.seal_into(data, out)
+                    await self._send(out)
+            finally:
+                SEAL_BUFFERS.give(buf)
+            return
+        sealed: Buffer = sealer.seal(data)
         if not self._salt_sent:
             self._salt_sent = True
             sealed = self._sealer.salt + sealed
         else:
             self._sent_payload = True
+        await self._send(sealed)
+
+    async def _send(self, sealed: Buffer) -> None:
         try:
             await self.raw.sendall(sealed)
         except (ConnectionResetError, BrokenPipeError):

@@ -154,7 +154,7 @@ class Sealer:
         fixed = struct.pack("!BQH", TYPE_CLIENT, _now() if stamp is None else stamp, len(variable))
         return self.salt + self._enc(fixed) + self._enc(variable)
 
-    def seal(self, data: bytes | memoryview) -> bytes:
+    def seal(self, data: bytes | bytearray | memoryview) -> bytes | bytearray:
         out, self._counter = seal_chunks(self._aead, self._counter, data, MAX_CHUNK)
         return out
 
@@ -187,7 +187,7 @@ class Opener:
         self._counter += 1
         return plain
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes | bytearray) -> bytes:
         self.received += len(data)
         buf = self._buf
         buf += data

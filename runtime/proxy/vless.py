@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import struct
 
-from dae_py.runtime.net.stream import RECV_SIZE, LayeredStream, Stream
+from dae_py.runtime.net.stream import RECV_SIZE, Buffer, LayeredStream, Stream
 
 from .base import Destination, DialOptions, Node, ProxyProtocolError, ReplyCallback
 from .streamudp import StreamUdpAssociation
@@ -46,7 +46,7 @@ class VlessStream(LayeredStream):
         self._answered = False
         self._packets = bytearray()
 
-    async def sendall(self, data: bytes | memoryview) -> None:
+    async def sendall(self, data: Buffer) -> None:
         await self.raw.sendall(data)
 
     async def recv(self, n: int = RECV_SIZE) -> bytes:

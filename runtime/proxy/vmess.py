@@ -43,9 +43,10 @@ import struct
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -53,13 +54,15 @@ from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from dae_py.runtime.net.stream import RECV_SIZE, LayeredStream, Stream
+from dae_py.runtime.net.stream import RECV_SIZE, Buffer, LayeredStream, Stream, handed_on
 
+from .aeadchunks import SealBuffers, packed_length, sealed_size
 from .base import Destination, DialError, DialOptions, Node, ProxyAuthError, ProxyProtocolError, ReplyCallback
 from .streamudp import StreamUdpAssociation
 from .transport import describe, open_stream
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 VERSION = 1
 CMD_TCP, CMD_UDP = 1, 2
@@ -68,6 +71,7 @@ SEC_AES128_GCM, SEC_CHACHA20_POLY1305, SEC_NONE = 3, 4, 5
 TAG = 16
 MAX_CHUNK = 0x4000  # payload bytes per chunk we send (v2ray reads chunks up to 65535)
 CMD_KEY_SALT = b"c48619fe-8f02-49e0-b9e9-edf763e17e21"
+SEAL_BUFFERS = SealBuffers(sealed_size(RECV_SIZE, MAX_CHUNK, 2 + TAG))  # one relay read's chunks
 KDF_ROOT = b"VMess AEAD KDF"
 
 
@@ -222,62 +226,132 @@ def instruction(body_iv: bytes, body_key: bytes, v: int, security: Security, cmd
 # --- the body ------------------------------------------------------------------------------------------
 
 class ChunkSealer:
-    """Plaintext to chunks: [2-byte length][payload sealed] (or plain, for `none`)."""
+    """Plaintext to chunks: [2-byte length][payload sealed] (or plain, for `none`), all of one
+    write sealed in place into one buffer (one send for every chunk of it)."""
 
     def __init__(self, security: Security, key: bytes, iv: bytes) -> None:
         self._aead = security.aead(key) if security.aead is not None else None
         self._iv_tail = iv[2:12]
         self._count = 0
 
-    def seal(self, data: bytes | memoryview, limit: int = MAX_CHUNK) -> bytes:
-        out = []
+    def sealed_size(self, size: int, limit: int = MAX_CHUNK) -> int:
+        return sealed_size(size, limit, 2 + (TAG if self._aead is not None else 0))
+
+    def seal(self, data: Buffer, limit: int = MAX_CHUNK) -> bytes | bytearray:
         aead = self._aead
-        for start in range(0, len(data), limit):
-            piece = bytes(data[start:start + limit])
-            if aead is None:
-                out.append(struct.pack("!H", len(piece)) + piece)
-                continue
-            sealed = aead.encrypt(struct.pack("!H", self._count & 0xFFFF) + self._iv_tail, piece, None)
+        if aead is not None and 0 < len(data) <= limit:  # one chunk (small writes): no views
+            sealed = aead.encrypt(struct.pack("!H", self._count & 0xFFFF) + self._iv_tail, data, None)
             self._count += 1
-            out.append(struct.pack("!H", len(sealed)) + sealed)
-        return b"".join(out)
+            return packed_length(len(sealed)) + sealed
+        out = bytearray(self.sealed_size(len(data), limit))
+        with memoryview(out) as view:
+            self.seal_into(data, view, limit)
+        return out
+
+    def seal_into(self, data: Buffer, view: memoryview, limit: int = MAX_CHUNK) -> None:
+        """`seal` into `view` (`sealed_size(len(data))` bytes at least)."""
+        aead = self._aead
+        overhead = TAG if aead is not None else 0
+        pos = 0
+        with memoryview(data) as src:
+            for start in range(0, len(src), limit):
+                piece = src[start:start + limit]
+                end = pos + 2 + len(piece) + overhead
+                view[pos:pos + 2] = packed_length(len(piece) + overhead)
+                if aead is None:
+                    view[pos + 2:end] = piece
+                else:
+                    aead.encrypt_into(struct.pack("!H", self._count & 0xFFFF) + self._iv_tail, piece,
+                                      None, view[pos + 2:end])
+                    self._count += 1
+                pos = end
 
 
 class ChunkOpener:
-    """Chunks to plaintext, fed as bytes arrive; `feed` returns each complete chunk's payload
-    (an empty chunk is the peer's end of stream: `ended`)."""
+    """Chunks to plaintext, fed as bytes arrive: `feed` returns each complete chunk's payload
+    (UDP: one datagram each), `feed_joined` all of them in one buffer (TCP: decrypted in place,
+    no per-chunk copies). An empty chunk is the peer's end of stream (`ended`). Only an
+    incomplete chunk's bytes are kept between feeds."""
 
     def __init__(self, security: Security, key: bytes, iv: bytes) -> None:
         self._aead = security.aead(key) if security.aead is not None else None
         self._overhead = TAG if self._aead is not None else 0
         self._iv_tail = iv[2:12]
         self._count = 0
-        self._buf = bytearray()
+        self._part = bytearray()  # an incomplete chunk: its length and what came of it
         self.ended = False
 
     @property
     def mid_chunk(self) -> bool:
-        return bool(self._buf)
+        return bool(self._part)
 
-    def feed(self, data: bytes) -> list[bytes]:
-        buf = self._buf
-        buf += data
-        out = []
-        pos = 0
-        while not self.ended and len(buf) - pos >= 2:
-            (size,) = struct.unpack_from("!H", buf, pos)
-            if len(buf) - pos - 2 < size:
-                break
-            unit = bytes(buf[pos + 2:pos + 2 + size])
-            pos += 2 + size
-            if size == self._overhead:
-                self.ended = True
-                break
-            if self._aead is not None:
-                unit = self._aead.decrypt(struct.pack("!H", self._count & 0xFFFF) + self._iv_tail, unit, None)
-                self._count += 1
-            out.append(unit)
-        del buf[:pos]
+    def _nonce(self) -> bytes:
+        nonce = struct.pack("!H", self._count & 0xFFFF) + self._iv_tail
+        self._count += 1
+        return nonce
+
+    def _units(self, data: bytes | bytearray | memoryview) -> Iterator[memoryview]:
+        """Each complete chunk's body (sealed or plain) in `data` and the bytes kept before it;
+        the rest of an incomplete chunk is kept. A view is valid until the next one is asked for."""
+        part = self._part
+        overhead = self._overhead
+        with memoryview(data) as src:
+            pos, size = 0, len(src)
+            if part:  # finish the chunk the last read cut
+                if len(part) < 2:
+                    take = min(2 - len(part), size)
+                    part += src[:take]
+                    pos = take
+                    if len(part) < 2:
+                        return
+                need = 2 + struct.unpack_from("!H", part)[0]
+                take = need - len(part)
+                if take > size - pos:
+                    part += src[pos:]
+                    return
+                part += src[pos:pos + take]
+                pos += take
+                if need - 2 == overhead:
+                    self.ended = True
+                    part.clear()
+                    return
+                with memoryview(part) as whole, whole[2:] as unit:
+                    yield unit
+                part.clear()
+            while not self.ended and size - pos >= 2:
+                (length,) = struct.unpack_from("!H", src, pos)
+                if size - pos - 2 < length:
+                    break
+                start = pos + 2
+                pos = start + length
+                if length == overhead:
+                    self.ended = True
+                    return
+                with src[start:pos] as unit:
+                    yield unit
+            if pos < size and not self.ended:
+                part += src[pos:]
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        aead = self._aead
+        if aead is None:
+            return [bytes(unit) for unit in self._units(data)]
+        return [aead.decrypt(self._nonce(), unit, None) for unit in self._units(data)]
+
+    def feed_joined(self, data: bytes | bytearray | memoryview) -> bytearray:
+        aead = self._aead
+        overhead = self._overhead
+        out = bytearray(len(self._part) + len(data))
+        written = 0
+        with memoryview(out) as view:
+            for unit in self._units(data):
+                end = written + len(unit) - overhead
+                if aead is None:
+                    view[written:end] = unit
+                else:
+                    aead.decrypt_into(self._nonce(), unit, None, view[written:end])
+                written = end
+        del out[written:]
         return out
 
 
@@ -374,12 +448,22 @@ class VmessStream(LayeredStream):
         self._sent_payload = False
         self._eof = False
 
-    async def sendall(self, data: bytes | memoryview) -> None:
+    async def sendall(self, data: Buffer) -> None:
         if not data:
             return
         self._sent_payload = True
         sealer = self._s.sealer
-        await self.raw.sendall(sealer.seal(data) if sealer is not None else data)
+        if sealer is None or len(data) <= MAX_CHUNK:
+            await self.raw.sendall(sealer.seal(data) if sealer is not None else data)
+            return
+        size = sealer.sealed_size(len(data))
+        buf = SEAL_BUFFERS.take(size)  # the streams below copy what they send before returning
+        try:
+            with memoryview(buf) as whole, whole[:size] as out:
+                sealer.seal_into(data, out)
+                await self.raw.sendall(out)
+        finally:
+            SEAL_BUFFERS.give(buf)
 
     async def send_packet(self, data: bytes) -> None:
         """One datagram as one chunk (UDP sessions)."""
@@ -393,20 +477,34 @@ class VmessStream(LayeredStream):
             data = await self._read()
             if data is None:
                 return None
-            self._chunks = data
+            opener = self._s.opener
+            self._chunks = self._open(opener.feed, data) if opener is not None else [data] if data else []
         return self._chunks.pop(0)
 
     async def recv(self, n: int = RECV_SIZE) -> bytes:
         while not self._pending:
-            chunks = await self._read()
-            if chunks is None:
+            data = await self._read()
+            if data is None:
                 return b""
-            self._pending = b"".join(chunks)
-        data, self._pending = self._pending[:n], self._pending[n:]
+            opener = self._s.opener
+            self._pending = handed_on(self._open(opener.feed_joined, data)) if opener is not None else data
+        data = self._pending
+        if len(data) <= n:  # the usual case: all of it, no copy
+            self._pending = b""
+            return handed_on(data)
+        data, self._pending = data[:n], data[n:]
         return data
 
-    async def _read(self) -> list[bytes] | None:
-        """The payloads of what one read of `raw` brought (maybe none), None at the end."""
+    def _open(self, feed: Callable[[bytes], T], data: bytes) -> T:
+        try:
+            return feed(data)
+        except InvalidTag:
+            raise ProxyProtocolError(f"a {self._s.security.name} chunk failed authentication",
+                                     self.node) from None
+
+    async def _read(self) -> bytes | None:
+        """The body bytes one read of `raw` brought past the response header (maybe none),
+        None at the end."""
         opener = self._s.opener
         if self._eof or (opener is not None and opener.ended):
             return None
@@ -437,18 +535,12 @@ class VmessStream(LayeredStream):
                 raise ProxyProtocolError("the VMess response header failed authentication (not a "
                                          "VMess AEAD server?)", self.node) from None
             if not end:
-                return []
+                return b""
             self._answered = True
             _WARNED.discard(self.node.name)
             data = bytes(self._head[end:])
             self._head.clear()
-        if opener is None:
-            return [data] if data else []
-        try:
-            return opener.feed(data)
-        except InvalidTag:
-            raise ProxyProtocolError(f"a {self._s.security.name} chunk failed authentication",
-                                     self.node) from None
+        return data
 
 
 def user_id(node: Node) -> bytes:

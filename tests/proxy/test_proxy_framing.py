@@ -2,6 +2,7 @@
 (OpenSSL's EVP_BytesToKey, RFC 5869 HKDF written out with hmac), and round trips."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
@@ -149,3 +150,86 @@ def test_node_repr_and_str_never_show_the_password() -> None:
     with pytest.raises(ValueError) as info:
         Node.from_manifest({"name": "n", "protocol": "ss", "port": 1, "password": "hunter2"})
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize("size", [0x3FFF - 1, 0x3FFF, 0x3FFF + 1, 2 * 0x3FFF])
+def test_opener_reads_a_stream_cut_in_three_around_every_unit_boundary(size: int) -> None:
+    """Read boundaries within 20 bytes of every unit (salt, sealed length, sealed payload) and
+    a one-byte read after each: the opener keeps only the cut unit and decodes all of it."""
+    c, master, sealer = sealer_for("aes-128-gcm")
+    data = os.urandom(size)
+    wire = sealer.salt + bytes(sealer.seal(data))
+    starts, pos = [c.salt_size], c.salt_size
+    for start in range(0, size, ss.MAX_PAYLOAD):
+        pos += 2 + ss.TAG_SIZE
+        starts.append(pos)
+        pos += min(ss.MAX_PAYLOAD, size - start) + ss.TAG_SIZE
+        starts.append(pos)
+    for start in starts:
+        for cut in range(max(start - 20, 0), min(start + 21, len(wire))):
+            opener = ss.Opener(c, master)
+            got = b"".join(opener.feed(p) for p in (wire[:cut], wire[cut:cut + 1], wire[cut + 1:]))
+            assert got == data and not opener.mid_chunk, cut
+
+
+class HeldSends:
+    """A raw stream whose sends wait for `go` before taking the bytes (as a full socket makes
+    them wait), so writes of several streams hold their seal buffers at once."""
+
+    def __init__(self, go: asyncio.Event) -> None:
+        self.go = go
+        self.wire = bytearray()
+
+    async def sendall(self, data: bytes | bytearray | memoryview) -> None:
+        await self.go.wait()
+        self.wire += data
+
+    async def recv(self, n: int = 0) -> bytes:
+        return b""
+
+    def unread(self, data: bytes) -> None:
+        pass
+
+    def take_pending(self) -> bytes:
+        return b""
+
+    def shutdown_write(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def splice_fd(self) -> int | None:
+        return None
+
+
+def test_bulk_writes_of_streams_waiting_at_once_each_keep_their_own_bytes() -> None:
+    """Three streams' bulk writes (pooled seal buffers) all waiting on their sends, then a
+    write larger than a pooled buffer: each stream's wire opens to exactly what it wrote."""
+    c = ss.CIPHERS["aes-128-gcm"]
+    node = Node("n", "ss", "192.0.2.1", 8388, password="pw", cipher=c.name)
+    master = ss.evp_bytes_to_key(b"pw", c.key_size)
+
+    async def scenario() -> None:
+        go = asyncio.Event()
+        raws = [HeldSends(go) for _ in range(3)]
+        streams = [ss.ShadowsocksStream(raw, node, c, master) for raw in raws]
+        go.set()
+        for stream in streams:  # the first write: salt and target address
+            await stream.sendall(b"\x01\x0a\x00\x00\x01\x00\x50")
+        go.clear()
+        payloads = [os.urandom(4 * ss.MAX_PAYLOAD + i) for i in range(3)]
+        sends = [asyncio.ensure_future(s.sendall(p)) for s, p in zip(streams, payloads, strict=True)]
+        await asyncio.sleep(0)
+        go.set()
+        await asyncio.gather(*sends)
+        big = os.urandom(ss.SEAL_BUFFERS.size)  # sealed, larger than a pooled buffer
+        await streams[0].sendall(big)
+        for i, raw in enumerate(raws):
+            opened = ss.Opener(c, master).feed(bytes(raw.wire))
+            assert opened == b"\x01\x0a\x00\x00\x01\x00\x50" + payloads[i] + (big if i == 0 else b"")
+
+    asyncio.run(scenario())

@@ -18,9 +18,12 @@ import pytest
 import trustme
 
 from dae_py.runtime.groups import Check
-from dae_py.runtime.proxy import shadowsocks
+from dae_py.runtime.net.sockets import connect_tcp
+from dae_py.runtime.net.stream import SocketStream
+from dae_py.runtime.proxy import Destination, DialOptions, Node, shadowsocks
 from dae_py.runtime.relay import RelayConfig
 from tests.conftest import have_root_bpf
+from tests.proxy.chunk_edges import Cutting, echo_edges
 from tests.relay import servers
 from tests.relay.conftest import CHECK, Env, gateway_env, group_of, node
 from tests.relay.lab import GW_UP4, GW_UP6, RELAY_MARK, SERVER4, SERVER6, Lab
@@ -287,3 +290,26 @@ def test_health_checks_pass_through_both_protocols(plab: Lab) -> None:
                     assert stats.alive and stats.last is not None, (kind, name, stats.last_error)
 
     plab.run(scenario)
+
+
+@pytest.mark.parametrize("name", ["ss_aes-128-gcm", "ss_chacha20-ietf-poly1305", "v2ray_aes-128-gcm"])
+@pytest.mark.parametrize("cut", [False, True], ids=["whole-reads", "cut-reads"])
+def test_ss_chunk_edges_round_trip_through_the_real_server(plab: Lab, name: str, cut: bool) -> None:
+    """Writes of 0x3FFF bytes and one either side, many chunks in one write, and (cut-reads)
+    the server's reply fed to the opener in pieces that split lengths, tags and payloads:
+    every byte comes back as sent, through ss-server and v2ray's inbound."""
+    spec = NODES[NAMES.index(name)]
+    target = Node(name, "ss", spec["host"], spec["port"], password=SS_PASSWORD, cipher=spec["cipher"])
+    opts = DialOptions(connect_timeout=3, handshake_timeout=3, so_mark=RELAY_MARK)
+
+    async def scenario() -> None:
+        async with gateway_env(plab, manifest()):
+            raw = SocketStream(await connect_tcp(target.host, target.port, opts, target))
+            stream = await shadowsocks.dial_on(Cutting(raw) if cut else raw, target,
+                                               Destination(SERVER4, 7000), opts)
+            try:
+                await echo_edges(stream, shadowsocks.MAX_PAYLOAD)
+            finally:
+                stream.close()
+
+    plab.run(scenario, timeout=60)

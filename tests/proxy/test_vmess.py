@@ -268,3 +268,22 @@ def test_a_server_that_ends_before_answering(protocol: str, reset: bool,
             assert asyncio.run(scenario()) == b""
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert f"node 'n_{protocol}'" in text and "wrong UUID" in text and UID not in text
+
+
+@pytest.mark.parametrize("name", ["aes-128-gcm", "none"])
+def test_chunks_round_trip_cut_in_three_around_every_unit_boundary(name: str) -> None:
+    """Each read boundary within 20 bytes of a chunk's start (inside its length, its payload or
+    its tag), then a one-byte read, then the rest: the opener keeps only the cut chunk and
+    decodes all of it, both as datagrams and joined."""
+    sec = vmess.SECURITIES[name]
+    key, iv = os.urandom(16), os.urandom(16)
+    data = os.urandom(2 * vmess.MAX_CHUNK + 5)
+    wire = bytes(vmess.ChunkSealer(sec, key, iv).seal(data))
+    step = vmess.MAX_CHUNK + 2 + (vmess.TAG if sec.aead else 0)
+    for start in range(step, len(wire), step):
+        for cut in range(start - 20, start + 21):
+            joined, listed = vmess.ChunkOpener(sec, key, iv), vmess.ChunkOpener(sec, key, iv)
+            parts = (wire[:cut], wire[cut:cut + 1], wire[cut + 1:])
+            assert b"".join(bytes(joined.feed_joined(p)) for p in parts) == data, cut
+            assert b"".join(b"".join(listed.feed(p)) for p in parts) == data, cut
+            assert not joined.mid_chunk and not listed.mid_chunk

@@ -20,9 +20,12 @@ import pytest
 import trustme
 
 from dae_py.runtime.groups import Check
+from dae_py.runtime.net.sockets import connect_tcp
+from dae_py.runtime.net.stream import SocketStream
 from dae_py.runtime.proxy import Destination, DialOptions, Node, ProxyProtocolError, vless, vmess
 from dae_py.runtime.relay import RelayConfig
 from tests.conftest import have_root_bpf
+from tests.proxy.chunk_edges import Cutting, echo_edges
 from tests.proxy.test_proxy_lab import checked, echo_through, first_round, udp_through
 from tests.relay import servers
 from tests.relay.conftest import CHECK, gateway_env, node
@@ -236,3 +239,27 @@ def test_a_wrong_path_is_a_protocol_error_naming_the_status(vlab: Lab, kind: str
 
     with pytest.raises(ProxyProtocolError, match=status):
         vlab.run(scenario)
+
+
+@pytest.mark.parametrize("name", ["vmess_aes-128-gcm", "vmess_chacha20-poly1305", "vmess_none"])
+@pytest.mark.parametrize("cut", [False, True], ids=["whole-reads", "cut-reads"])
+def test_vmess_chunk_edges_round_trip_through_v2ray(vlab: Lab, name: str, cut: bool) -> None:
+    """Writes of one 16 KiB chunk and one byte either side, many chunks in one write, and
+    (cut-reads) v2ray's reply fed to the chunk opener in pieces that split lengths, tags and
+    payloads: every byte comes back as sent."""
+    spec = NODES[NAMES.index(name)]
+    target = Node(name, "vmess", spec["host"], spec["port"], username=UUID, cipher=spec["cipher"])
+    opts = DialOptions(connect_timeout=3, handshake_timeout=3, so_mark=RELAY_MARK)
+
+    async def scenario() -> None:
+        async with gateway_env(vlab, manifest()):
+            session = vmess.Session(target, vmess.CMD_TCP, Destination(SERVER4, 7000))
+            raw = SocketStream(await connect_tcp(target.host, target.port, opts, target))
+            stream = vmess.VmessStream(Cutting(raw) if cut else raw, session)
+            await raw.sendall(session.header)
+            try:
+                await echo_edges(stream, vmess.MAX_CHUNK)
+            finally:
+                stream.close()
+
+    vlab.run(scenario, timeout=60)
