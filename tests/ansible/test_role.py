@@ -165,7 +165,7 @@ class Lab:
         return out.strip()
 
     def inventory(self, scenario: str, *, broken: bool = False, extra: str = "", more_rules: tuple[str, ...] = (),
-                  name: str = "") -> Path:
+                  name: str = "", lan: str = "[lan0]") -> Path:
         """An inventory of the two hosts; `broken` adds a rule naming an outbound that doesn't exist."""
         vaulted = self.vault(f"socks5://alice:{VAULTED_PASSWORD}@192.0.2.10:1080")
         rules = ["dip(224.0.0.0/3, 'ff00::/8') -> direct", "dip(198.51.100.0/24) -> proxy"]
@@ -193,7 +193,7 @@ class Lab:
                     dae_py_controller_compiler: {compiler}
                     dae_py_manage_service_state: false
                     dae_py_apt_update_cache: false
-                    dae_py_lan_interface: [lan0]
+                    dae_py_lan_interface: {lan}
                     dae_py_wan_interface: [wan0]
                     dae_py_check_interval: 30s
                     dae_py_nodes:
@@ -207,7 +207,7 @@ class Lab:
             {rules}
                     dae_py_routing_fallback: proxy
             {extra}""").format(
-            hosts=hosts, python=sys.executable, repo=REPO, compiler=DAE_COMPILE, plain=PLAIN_PASSWORD,
+            hosts=hosts, lan=lan, python=sys.executable, repo=REPO, compiler=DAE_COMPILE, plain=PLAIN_PASSWORD,
             vaulted=textwrap.indent(textwrap.dedent(vaulted.split("\n", 1)[1]).strip("\n"), " " * 12),
             rules=rule_lines, extra=textwrap.indent(textwrap.dedent(extra), " " * 8),
         )
@@ -315,6 +315,15 @@ def test_check_mode_on_fresh_hosts_changes_nothing(lab: Lab) -> None:
     _assert_no_secrets(run)
     for host, digest in lab.digests("fresh").items():
         assert digest == {}, f"{host} was changed by a --check run: {sorted(digest)[:10]}"
+
+
+def test_preflight_accepts_globs_and_auto_and_names_a_missing_interface(lab: Lab) -> None:
+    """`auto` and globs are resolved by the runtime on the host (docs/local-routing.md), so the
+    preflight checks only the names given plainly."""
+    run = lab.playbook(lab.inventory("fresh", lan="['lan*']", name="-glob"), "--check")
+    assert run.rc == 0, run.explain()
+    missing = lab.playbook(lab.inventory("fresh", lan="[lan0, nosuch9]", name="-missing"), "--check")
+    assert missing.rc != 0 and "nosuch9" in missing.output and "do not exist" in missing.output, missing.explain()
 
 
 def test_first_run_changes_every_host(lab: Lab, deployed: tuple[Run, Run]) -> None:
