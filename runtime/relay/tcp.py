@@ -24,8 +24,12 @@ from .outbounds import OutboundTable
 from .pump import HAVE_SPLICE, Count, IdleSweeper, SplicedFlow, relay
 from .stats import Counters, RelayStats
 from .track import ConnTracker
+from .warmpool import PoolSettings, WarmPools
 
 log = logging.getLogger(__name__)
+#: Connections accepted per readiness report of a listener at most (the rest wait for the
+#: next loop iteration, so a flood cannot starve the flows already established).
+ACCEPT_BATCH = 16
 
 
 def _addr(sockaddr: tuple) -> tuple[str, int]:
@@ -57,6 +61,7 @@ class TcpRelay:
         # dial_mode domain*: read the client's first bytes before dialing a group
         self.sniffing = Sniffing.for_settings(config.dial_mode, config.sniffing_timeout)
         self.tracker: ConnTracker | None = None  # set by the controller: live flows, closable
+        self.pools: WarmPools | None = None  # from start() when config.warm_pool > 0
 
     async def start(self, port: int = 0, hosts: tuple[str, ...] = ("0.0.0.0", "::"),
                     guard_fd: int | None = None) -> int:
@@ -66,6 +71,7 @@ class TcpRelay:
                                     guard_fd=guard_fd)
         loop = self.loop = asyncio.get_running_loop()
         self.poller = poller_for(loop)
+        self._use_pools(self.outbounds)
         for sock in self._listeners:
             # accepted sockets inherit it from the listener (Linux): no setsockopt per flow
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -80,27 +86,44 @@ class TcpRelay:
         self.router = router
         self.outbounds = outbounds
         self._choosers = dict(outbounds.choosers())
+        if self.poller is not None:  # None before start()
+            self._use_pools(outbounds)
+
+    def _use_pools(self, outbounds: OutboundTable) -> None:
+        """New warm pools for `outbounds`' groups (a reload's nodes may have changed: the old
+        pools' connections are closed, never handed to the new table)."""
+        old, self.pools = self.pools, None
+        config = self.config
+        if config.warm_pool > 0:
+            self.pools = WarmPools(self.loop, PoolSettings(size=config.warm_pool,
+                                                           idle_timeout=config.warm_pool_idle_timeout))
+        for group in outbounds.choosers().values():
+            group.pools = self.pools
+        if old is not None:
+            old.close()
 
     def _accept(self, listener: socket.socket) -> None:
-        """One connection per readiness report, no accept loop task: a listener with more
-        waiting stays readable and is called again in the next loop iteration (so no extra
-        accept(2) that fails with EAGAIN per connection)."""
-        try:
-            conn, peer = listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:  # EMFILE and friends: log, breathe, go on
-            log.error("tcp accept failed: %s", exc)
-            loop = self.loop
-            fd = listener.fileno()
-            loop.remove_reader(fd)
-            loop.call_later(0.1, self._resume, listener)
-            return
-        src = _addr(peer)
-        if self._fast:
-            self._accepted(conn, src)
-        else:
-            self._spawn(self.handle(conn, src))
+        """Every connection waiting on the listener, up to ACCEPT_BATCH per readiness report
+        (batched accept: one loop wake-up serves a burst; the accept(2) that ends the batch
+        with EAGAIN is the price of not asking the loop again for each one)."""
+        fast = self._fast
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, peer = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: log, breathe, go on
+                log.error("tcp accept failed: %s", exc)
+                loop = self.loop
+                fd = listener.fileno()
+                loop.remove_reader(fd)
+                loop.call_later(0.1, self._resume, listener)
+                return
+            src = _addr(peer)
+            if fast:
+                self._accepted(conn, src)
+            else:
+                self._spawn(self.handle(conn, src))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)
@@ -373,3 +396,6 @@ class TcpRelay:
         await asyncio.gather(*flows, return_exceptions=True)
         if self._sweeper is not None:
             self._sweeper.close()
+        if self.pools is not None:
+            self.pools.close()
+            await self.pools.wait_closed()
