@@ -192,6 +192,12 @@ class Prepared(Protocol):
         options' timeouts); OutboundError or OSError otherwise."""
         ...
 
+    def greeting(self, node: Node) -> tuple[bytes, bytes] | None:
+        """(what to send once connected, the exact reply that makes the connection ready)
+        when opening is one fixed exchange, so the pool drives it from callbacks (b"", b"":
+        connected is ready); None: `open` does it (credentials, several steps)."""
+        ...
+
     def request(self, node: Node, host: str, port: int) -> bytes | None:
         """The bytes a flow to (host, port) sends on an opened connection (None: not this way)."""
         ...

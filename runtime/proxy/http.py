@@ -82,6 +82,9 @@ class PlainConnect:
         return SocketStream(await connect_in(loop, node.host, node.port, opts, node, keep=True),
                             loop, in_poller=True)
 
+    def greeting(self, node: Node) -> tuple[bytes, bytes] | None:
+        return (b"", b"")
+
     def request(self, node: Node, host: str, port: int) -> bytes | None:
         return connect_request(node, Destination(host, port))
 

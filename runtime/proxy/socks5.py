@@ -373,6 +373,9 @@ class NegotiatedConnect:
             raise
         return stream
 
+    def greeting(self, node: Node) -> tuple[bytes, bytes] | None:
+        return (PIPELINED_GREETING, _OK_METHOD) if node.username is None else None
+
     def request(self, node: Node, host: str, port: int) -> bytes | None:
         try:
             return connect_request(host, port)

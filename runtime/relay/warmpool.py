@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import logging
+import os
 import socket
 from dataclasses import dataclass
 
 from dae_py.runtime import proxy
-from dae_py.runtime.net.poller import IN, poller_for
-from dae_py.runtime.net.sockets import abort
+from dae_py.runtime.net.poller import IN, OUT, poller_for
+from dae_py.runtime.net.sockets import _literal, abort, set_mark, tcp_socket
 from dae_py.runtime.proxy import DialOptions, Node, OutboundError, Prepared
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,138 @@ class _Ready:
         self.pool.owner.drop(self)
 
 
+class _Opener:
+    """One pooled connection being opened from callbacks, the way the relay's callback dial
+    opens a flow's (no task, no future): connect, send the protocol's greeting, read its
+    fixed reply. For nodes at an IP literal whose greeting is one fixed exchange (SOCKS5
+    without credentials: method selection; HTTP: none)."""
+
+    __slots__ = ("owner", "pool", "family", "addr", "send", "expect", "sock", "fd", "buf", "timer",
+                 "connecting")
+
+    def __init__(self, owner: WarmPools, pool: _Pool, address: tuple[int, tuple],
+                 greeting: tuple[bytes, bytes]) -> None:
+        self.owner = owner
+        self.pool = pool
+        self.family, self.addr = address
+        self.send, self.expect = greeting
+        self.sock: socket.socket | None = None
+        self.fd = -1
+        self.buf = b""
+        self.timer: asyncio.TimerHandle | None = None
+        self.connecting = True
+
+    def start(self) -> None:
+        owner, opts = self.owner, self.pool.opts
+        try:
+            sock = self.sock = tcp_socket(self.family, opts.mptcp)
+        except OSError as exc:
+            owner._failed(self.pool, f"cannot open a socket: {exc.strerror or exc}")
+            return
+        self.fd = sock.fileno()
+        owner.opening.add(self)
+        try:
+            set_mark(sock, opts.so_mark)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            err = sock.connect_ex(self.addr)
+            if err == errno.EINPROGRESS:
+                owner.poller.watch(self.fd, OUT, self.on_event)
+                self.timer = owner.loop.call_later(opts.connect_timeout, self.on_timeout)
+                return
+        except OSError as exc:
+            err = exc.errno or errno.EIO
+        if err:
+            self._fail(f"connect failed: {os.strerror(err)}")
+            return
+        owner.poller.watch(self.fd, IN, self.on_event)
+        self._connected()
+
+    def _connected(self) -> None:
+        self.connecting = False
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if not self.expect:  # nothing to negotiate (HTTP): ready once connected
+            self._ready()
+            return
+        sock = self.sock
+        assert sock is not None
+        try:
+            if sock.send(self.send) != len(self.send):
+                self._fail("greeting not sent whole")
+                return
+            self.owner.poller.modify(self.fd, IN)
+        except OSError as exc:
+            self._fail(f"greeting failed: {exc.strerror or exc}")
+            return
+        self.timer = self.owner.loop.call_later(self.pool.opts.handshake_timeout, self.on_timeout)
+
+    def on_event(self, _events: int) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        if self.connecting:
+            try:
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            except OSError as exc:
+                err = exc.errno or errno.EIO
+            if err:
+                self._fail(f"connect failed: {os.strerror(err)}")
+                return
+            self._connected()
+            return
+        try:
+            data = sock.recv(64)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fail(f"greeting failed: {exc.strerror or exc}")
+            return
+        buf = self.buf = self.buf + data
+        if data and len(buf) < len(self.expect) and self.expect.startswith(buf):
+            return
+        if buf != self.expect:
+            self._fail("unexpected greeting reply" if data else "closed during the greeting")
+            return
+        self._ready()
+
+    def on_timeout(self) -> None:
+        self.timer = None
+        self._fail("connect timed out" if self.connecting else "greeting timed out")
+
+    def _ready(self) -> None:
+        sock, self.sock = self.sock, None
+        assert sock is not None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.owner.opening.discard(self)
+        if not self.expect:  # watched for the connect (OUT): now for the node closing it
+            try:
+                self.owner.poller.modify(self.fd, IN)
+            except OSError:
+                self.owner.poller.remove(self.fd)
+                sock.close()
+                self.owner._failed(self.pool, "connection lost")
+                return
+        self.owner._opened(self.pool, sock, True)
+
+    def _fail(self, what: str) -> None:
+        self.abort()
+        self.owner._failed(self.pool, what)
+
+    def abort(self) -> None:
+        """Drop the connection (a failure, or the pools closing)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.owner.opening.discard(self)
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            self.owner.poller.remove(self.fd)
+            sock.close()
+
+
 class _Pool:
     __slots__ = ("owner", "node", "opts", "prepared", "ready", "opening", "last_wanted", "paused_until")
 
@@ -100,7 +234,8 @@ class WarmPools:
         self.total = 0  # ready + opening, all pools
         self.stats = PoolStats()
         self.closed = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # opens through the protocol's coroutine
+        self.opening: set[_Opener] = set()  # opens driven from callbacks
         self._sweep: asyncio.TimerHandle | None = None
 
     # --- proxy.ConnectionPool -------------------------------------------------------------
@@ -143,32 +278,45 @@ class WarmPools:
             return
         want = self.settings.size - len(pool.ready) - pool.opening
         room = self.settings.max_total - self.total
+        if want <= 0 or room <= 0:
+            return
+        greeting = pool.prepared.greeting(pool.node)
+        addrs = _literal(pool.node.host, pool.node.port) if greeting is not None else None
         for _ in range(min(want, room)):
             pool.opening += 1
             self.total += 1
+            if greeting is not None and addrs is not None and len(addrs) == 1:
+                _Opener(self, pool, addrs[0], greeting).start()  # no task: callbacks
+                continue
             task = self.loop.create_task(self._open(pool))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _open(self, pool: _Pool) -> None:
+        """The protocol's own open (a name to resolve, credentials to send)."""
         try:
             stream = await pool.prepared.open(pool.node, pool.opts)
         except (OutboundError, OSError) as exc:
-            pool.opening -= 1
-            self.total -= 1
-            self.stats.failed += 1
-            pool.paused_until = self.loop.time() + self.settings.retry_after
-            what = exc.what if isinstance(exc, OutboundError) else f"{exc.strerror or exc}"
-            log.debug("warm pool for node %s: open failed: %s", pool.node, what)
+            self._failed(pool, exc.what if isinstance(exc, OutboundError) else f"{exc.strerror or exc}")
             return
         except BaseException:
             pool.opening -= 1
             self.total -= 1
             raise
-        pool.opening -= 1
         armed = stream.hand_over_reader()
-        sock = stream.sock
-        if self.closed or self.pools.get((pool.node, pool.opts)) is not pool or stream.take_pending():
+        if stream.take_pending():  # the node spoke unasked: not a connection to hand a flow
+            if armed:
+                self.poller.remove(stream.sock.fileno())
+            pool.opening -= 1
+            self.total -= 1
+            abort(stream.sock)
+            return
+        self._opened(pool, stream.sock, armed)
+
+    def _opened(self, pool: _Pool, sock: socket.socket, armed: bool) -> None:
+        """A connection is ready: into the pool, watched for the node closing it."""
+        pool.opening -= 1
+        if self.closed or self.pools.get((pool.node, pool.opts)) is not pool:
             self.total -= 1
             if armed:
                 self.poller.remove(sock.fileno())
@@ -187,6 +335,13 @@ class WarmPools:
             return
         pool.ready.append(conn)
         self._arm_sweep()
+
+    def _failed(self, pool: _Pool, what: str) -> None:
+        pool.opening -= 1
+        self.total -= 1
+        self.stats.failed += 1
+        pool.paused_until = self.loop.time() + self.settings.retry_after
+        log.debug("warm pool for node %s: open failed: %s", pool.node, what)
 
     # --- emptying ---------------------------------------------------------------------------
     def drop(self, conn: _Ready) -> None:
@@ -239,6 +394,8 @@ class WarmPools:
                 self._close(pool.ready.popleft())
                 self.total -= 1
         self.pools.clear()
+        for opener in list(self.opening):
+            opener.abort()
         for task in list(self._tasks):
             task.cancel()
 

@@ -200,11 +200,12 @@ def test_no_pool_when_off(lab: Lab) -> None:
 
 
 def test_only_protocols_that_negotiate_ahead_get_a_pool() -> None:
-    def node(protocol: str, **kw: object) -> Node:
-        return Node(name="n", protocol=protocol, host="192.0.2.1", port=1080, **kw)  # type: ignore[arg-type]
+    def node(protocol: str, username: str | None = None, chain: tuple[Node, ...] = ()) -> Node:
+        return Node(name="n", protocol=protocol, host="192.0.2.1", port=1080, username=username,
+                    password="p" if username else None, chain=chain)
 
     assert prepared(node("socks5")) is not None
-    assert prepared(node("socks5", username="u", password="p")) is not None  # auth done ahead too
+    assert prepared(node("socks5", username="u")) is not None  # auth done ahead too
     assert prepared(node("http")) is not None
     for protocol in ("https", "ss", "trojan", "vmess", "vless"):
         assert prepared(node(protocol)) is None, protocol
