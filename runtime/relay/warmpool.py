@@ -230,7 +230,9 @@ class WarmPools:
         self.loop = loop
         self.settings = settings
         self.poller = poller_for(loop)
-        self.pools: dict[tuple[Node, DialOptions], _Pool] = {}
+        # by (id(node), id(opts)): a Node's value hash costs microseconds per flow; the pool
+        # holds both objects, so neither id can be reused while its entry exists
+        self.pools: dict[tuple[int, int], _Pool] = {}
         self.total = 0  # ready + opening, all pools
         self.stats = PoolStats()
         self.closed = False
@@ -242,13 +244,13 @@ class WarmPools:
     def take(self, node: Node, opts: DialOptions) -> tuple[socket.socket, Prepared] | None:
         if self.closed or self.settings.size <= 0:
             return None
-        pool = self.pools.get((node, opts))
+        pool = self.pools.get((id(node), id(opts)))
         now = self.loop.time()
         if pool is None:
             prepared = proxy.prepared(node)
             if prepared is None or len(self.pools) >= self.settings.max_total:
                 return None
-            pool = self.pools[(node, opts)] = _Pool(self, node, opts, prepared, now)
+            pool = self.pools[(id(node), id(opts))] = _Pool(self, node, opts, prepared, now)
         pool.last_wanted = now
         ready = pool.ready
         oldest = now - self.settings.idle_timeout
@@ -266,7 +268,7 @@ class WarmPools:
         return None
 
     def has_ready(self, node: Node, opts: DialOptions) -> bool:
-        pool = self.pools.get((node, opts))
+        pool = self.pools.get((id(node), id(opts)))
         return pool is not None and bool(pool.ready)
 
     def report_dead(self) -> None:
@@ -316,7 +318,7 @@ class WarmPools:
     def _opened(self, pool: _Pool, sock: socket.socket, armed: bool) -> None:
         """A connection is ready: into the pool, watched for the node closing it."""
         pool.opening -= 1
-        if self.closed or self.pools.get((pool.node, pool.opts)) is not pool:
+        if self.closed or self.pools.get((id(pool.node), id(pool.opts))) is not pool:
             self.total -= 1
             if armed:
                 self.poller.remove(sock.fileno())
