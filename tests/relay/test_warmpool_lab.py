@@ -6,6 +6,7 @@ carry the dial's SO_MARK."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import subprocess
 from collections.abc import Callable
@@ -18,9 +19,10 @@ from dae_py.runtime.proxy import Node, prepared
 from dae_py.runtime.relay import OutboundTable, RelayConfig
 from dae_py.runtime.relay.warmpool import WarmPools, _Ready
 
+from . import servers
 from .conftest import DANTE4, Env, gateway_env, group_id, manifest
 from .lab import RELAY_MARK, SERVER4, Lab
-from .test_tcp_lab import whoami_through
+from .test_tcp_lab import refusals, whoami_through
 
 pytestmark = pytest.mark.root
 
@@ -210,3 +212,28 @@ def test_only_protocols_that_negotiate_ahead_get_a_pool() -> None:
     for protocol in ("https", "ss", "trojan", "vmess", "vless"):
         assert prepared(node(protocol)) is None, protocol
     assert prepared(node("socks5", chain=(node("socks5"),))) is None
+
+
+@pytest.mark.parametrize("node", ["dante", "tiny"])
+def test_a_refused_connect_on_a_pooled_connection_is_named_and_refused(lab: Lab, node: str,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """The node answers the pooled connection's CONNECT with a refusal (nothing listens at the
+    target): the flow is refused with the node's reason, as on a fresh dial."""
+    async def scenario() -> None:
+        async with gateway_env(lab, manifest(), config()) as env:
+            pools = pools_of(env)
+            oid = group_id(node)
+            assert await whoami_through(env, socket.AF_INET, SERVER4, oid) == NODE_IP[node]
+            await until(lambda: pools.ready_count() == 2)
+            sock = env.client(outbound_id=oid)
+            await servers.connect(sock, SERVER4, 7999)  # closed port behind the node
+            with pytest.raises(ConnectionResetError):  # the relay refuses with a reset
+                await servers.recv_all(sock)
+            sock.close()
+            assert pools.stats.hits == 1 and pools.stats.dead_on_use == 0
+            assert env.gateway.stats[f"g_{node}"].refused == 1
+
+    with caplog.at_level(logging.INFO):
+        lab.run(scenario)
+    refused = refusals(caplog)
+    assert len(refused) == 1 and f"'{node}'" in refused[0], refused
