@@ -43,7 +43,7 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
     "asset_dir": None,
     "fwmark": 0x8000000,
     "route_table": 2023,
-    "warm_pool": 2,  # the relay's warm pool (runtime/relay/warmpool.py): connections per node
+    "warm_pool": 4,  # the relay's warm pool (runtime/relay/warmpool.py): connections per node
     "warm_pool_idle_timeout": "10s",
 }
 

@@ -132,7 +132,7 @@ class RelayConfig:
     mptcp: bool = False  # global.mptcp: the TCP sockets to nodes are MPTCP (runtime/net/sockets.tcp_socket)
     # global.warm_pool / warm_pool_idle_timeout: connections per node opened ahead of flows
     # (runtime/relay/warmpool.py; 0 turns it off), and how long one may wait unused
-    warm_pool: int = 2
+    warm_pool: int = 4
     warm_pool_idle_timeout: float = 10.0
 
     def dial_options(self) -> DialOptions:

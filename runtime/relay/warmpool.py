@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 class PoolSettings:
     """`global.warm_pool` and `global.warm_pool_idle_timeout` (docs/warm-pool.md)."""
 
-    size: int = 2  # connections kept ready per node; 0 turns pooling off
+    size: int = 4  # connections kept ready per node; 0 turns pooling off
     idle_timeout: float = 10.0  # seconds a ready connection may wait (and a pool without flows)
     max_total: int = 256  # ready and opening connections of all pools together (fds)
     retry_after: float = 2.0  # after a failed open, the pool's refills pause this long

@@ -28,7 +28,7 @@ def test_the_warm_pool_options_reach_the_relay_config() -> None:
 
 def test_the_defaults_apply_when_absent() -> None:
     config = _relay_config("")
-    assert (config.warm_pool, config.warm_pool_idle_timeout) == (2, 10.0)
+    assert (config.warm_pool, config.warm_pool_idle_timeout) == (4, 10.0)
 
 
 @pytest.mark.parametrize("lines,word", [
