@@ -387,7 +387,14 @@ class WarmPools:
 
     def close(self) -> None:
         """Reload or shutdown: every ready connection closed, opens under way cancelled."""
+        if self.closed:
+            return
         self.closed = True
+        st = self.stats
+        if st.hits or st.misses:
+            log.info("warm pools: %d flows took a ready connection, %d dialed fresh; %d opened, %d failed, "
+                     "%d expired, %d closed by the node while waiting, %d dead at first use",
+                     st.hits, st.misses, st.opened, st.failed, st.expired, st.dropped, st.dead_on_use)
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
