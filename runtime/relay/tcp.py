@@ -62,6 +62,7 @@ class TcpRelay:
         self.sniffing = Sniffing.for_settings(config.dial_mode, config.sniffing_timeout)
         self.tracker: ConnTracker | None = None  # set by the controller: live flows, closable
         self.pools: WarmPools | None = None  # from start() when config.warm_pool > 0
+        self._batch = 1  # accepts per listener wake-up at most (_accept adapts it)
 
     async def start(self, port: int = 0, hosts: tuple[str, ...] = ("0.0.0.0", "::"),
                     guard_fd: int | None = None) -> int:
@@ -103,14 +104,18 @@ class TcpRelay:
             old.close()
 
     def _accept(self, listener: socket.socket) -> None:
-        """Every connection waiting on the listener, up to ACCEPT_BATCH per readiness report
-        (batched accept: one loop wake-up serves a burst; the accept(2) that ends the batch
-        with EAGAIN is the price of not asking the loop again for each one)."""
+        """The connections waiting on the listener, up to `_batch` per readiness report
+        (batched accept: one loop wake-up serves a burst). The batch adapts: it doubles (up to
+        ACCEPT_BATCH) after a report that filled it and shrinks to what the last one found,
+        so connections arriving one at a time do not each pay an accept(2) that ends in EAGAIN
+        (every other one does), while a burst is drained in a few wake-ups."""
         fast = self._fast
-        for _ in range(ACCEPT_BATCH):
+        batch = self._batch
+        for got in range(batch):
             try:
                 conn, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
+                self._batch = got or 1
                 return
             except OSError as exc:  # EMFILE and friends: log, breathe, go on
                 log.error("tcp accept failed: %s", exc)
@@ -124,6 +129,7 @@ class TcpRelay:
                 self._accepted(conn, src)
             else:
                 self._spawn(self.handle(conn, src))
+        self._batch = min(batch * 2, ACCEPT_BATCH)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)

@@ -261,10 +261,11 @@ class WarmPools:
                 self._close(conn, expired=True)
                 continue
             self.stats.hits += 1
-            self._refill(pool, now)
+            self.loop.call_soon(self._refill, pool, now)
             return conn.sock, pool.prepared
         self.stats.misses += 1
-        self._refill(pool, now)
+        # after the taker's own dial: the node accepts the flow's connection before the refill's
+        self.loop.call_soon(self._refill, pool, now)
         return None
 
     def has_ready(self, node: Node, opts: DialOptions) -> bool:
@@ -276,7 +277,7 @@ class WarmPools:
 
     # --- filling ----------------------------------------------------------------------------
     def _refill(self, pool: _Pool, now: float) -> None:
-        if now < pool.paused_until:
+        if self.closed or now < pool.paused_until:
             return
         want = self.settings.size - len(pool.ready) - pool.opening
         room = self.settings.max_total - self.total
