@@ -23,6 +23,7 @@ DURATION_BOUNDS: dict[str, tuple[float, float]] = {
     "add_latency": (-3600.0, 3600.0),
     "udphop_interval": (1.0, 86400.0),  # dae's default 30s; Hysteria hops no faster than every 5s
     "interval": (60.0, 30 * 86400.0),  # a subscription's refresh: providers rate-limit
+    "warm_pool_idle_timeout": (0.5, 600.0),  # below 0.5 s a pool reopens constantly; servers close sooner than 10 min
 }
 
 

@@ -43,6 +43,8 @@ GLOBAL_DEFAULTS: dict[str, Any] = {
     "asset_dir": None,
     "fwmark": 0x8000000,
     "route_table": 2023,
+    "warm_pool": 4,  # the relay's warm pool (runtime/relay/warmpool.py): connections per node
+    "warm_pool_idle_timeout": "10s",
 }
 
 
@@ -55,7 +57,7 @@ def global_settings(cfg: LoadedConfig, diags: Diagnostics) -> dict[str, Any]:
     for key in ("lan_interface", "wan_interface", "tcp_check_url", "udp_check_dns"):
         if isinstance(out[key], str):
             out[key] = [s.strip() for s in out[key].split(",") if s.strip()]
-    for key in ("check_interval", "check_tolerance", "sniffing_timeout"):
+    for key in ("check_interval", "check_tolerance", "sniffing_timeout", "warm_pool_idle_timeout"):
         try:
             out[key + "_s"] = bounded_duration(key, out[key])
         except ValueError as exc:

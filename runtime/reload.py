@@ -148,8 +148,10 @@ def start_only_changes(old: Manifest, new: Manifest) -> list[str]:
         if _setting(old, name) != _setting(new, name):
             shown = "(hidden)" if name == "secret" else f"{_show(_setting(old, name))} -> {_show(_setting(new, name))}"
             out.append(f"global.{name} changed {shown}: it takes effect at the next restart")
-    if old.settings.extra.get("sniffing_timeout_s") != new.settings.extra.get("sniffing_timeout_s"):
-        out.append("global.sniffing_timeout changed: it takes effect at the next restart")
+    for key, name in (("sniffing_timeout_s", "sniffing_timeout"), ("warm_pool", "warm_pool"),
+                      ("warm_pool_idle_timeout_s", "warm_pool_idle_timeout")):
+        if old.settings.extra.get(key) != new.settings.extra.get(key):
+            out.append(f"global.{name} changed: it takes effect at the next restart")
     return out
 
 

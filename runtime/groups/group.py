@@ -15,6 +15,7 @@ from dae_py.contract.manifest import GroupEntry
 from dae_py.runtime import proxy
 from dae_py.runtime.proxy import (
     AllNodesDown,
+    ConnectionPool,
     Destination,
     Dialed,
     DialError,
@@ -23,6 +24,7 @@ from dae_py.runtime.proxy import (
     OutboundError,
     ProxyRefusedError,
     ReplyCallback,
+    Stream,
     UdpAssociation,
 )
 
@@ -90,6 +92,8 @@ class Group:
         self.pinned: Node | None = None  # the controller's PUT /proxies/{group}: a select policy
         self.dial_failures: dict[tuple[str, str], int] = {}  # (node, cause) -> count, for metrics
         self.views: list[Group] = []  # the marked views (with_mark), which follow set_nodes
+        # the relay's warm pools (runtime/relay/warmpool.py): connections opened ahead of flows
+        self.pools: ConnectionPool | None = None
         for kind in Check:
             self._reselect(kind)
 
@@ -219,6 +223,12 @@ class Group:
 
     def select(self, kind: Check = Check.TCP, exclude: Iterable[Node] = ()) -> Node | None:
         """The node for the next flow of `kind`, skipping `exclude`; None when none is alive."""
+        if not exclude and self.spec.policy.by_latency and (self.view_of or self).pinned is None:
+            # a new flow (nothing to skip) under a latency policy: the node it holds, which
+            # _reselect keeps alive, without building the alive list once per flow
+            current = self._selected[kind]
+            if current is not None and self.stats[kind][current.name].alive:
+                return current
         skip = set(exclude)
         alive = [n for n in self.alive(kind) if n not in skip]
         if not alive:
@@ -264,7 +274,7 @@ class Group:
             tried.append(node)
             self.dial_attempts += 1
             try:
-                stream = await proxy.dial_tcp(node, dst, self.opts)
+                stream = await self._dial_node(node, dst)
             except ProxyRefusedError:
                 raise
             except OutboundError as exc:
@@ -278,6 +288,19 @@ class Group:
                 continue
             return Dialed(stream, node)
         raise self.all_down(Check.TCP, errors)
+
+    async def _dial_node(self, node: Node, dst: Destination) -> Stream:
+        """A connection from the warm pool when one is ready (the request alone goes out on
+        it), else a fresh dial; a pooled connection the node had closed is dialed afresh."""
+        pools = self.pools
+        pooled = pools.take(node, self.opts) if pools is not None else None
+        if pooled is not None:
+            assert pools is not None
+            stream = await proxy.dial_prepared(pooled[0], pooled[1], node, dst, self.opts)
+            if stream is not None:
+                return stream
+            pools.report_dead()
+        return await proxy.dial_tcp(node, dst, self.opts)
 
     async def open_udp(self, family: int, on_reply: ReplyCallback) -> UdpAssociation:
         tried: list[Node] = []

@@ -119,6 +119,15 @@ class SocketStream(PendingBytes):
         self._armed = self._in_set = False
         return armed
 
+    def adopt_reader(self) -> None:
+        """The fd is in this loop's poller already, armed for reading (a warm pool's connection,
+        handed over with `hand_over_reader`): take the registration over, no syscall."""
+        loop = self._loop
+        assert loop is not None, "adopt_reader needs the stream's loop"
+        poller = self._poller = self._poller or poller_for(loop)
+        poller.set_handler(self._fd, self._ready)
+        self._armed = self._in_set = True
+
     def release_reader(self) -> None:
         if self._in_set:
             self._armed = self._in_set = False

@@ -6,6 +6,8 @@ Public API:
 - `dial_tcp(node, dst, opts) -> Stream` and `open_udp(node, opts, on_reply) -> UdpAssociation`:
   one connection through one node (the protocols of `registry.PROTOCOLS`).
 - `fast_path(node) -> FastPath | None`: the protocol's callback dial for the relay, if any.
+- `prepared(node) -> Prepared | None`: how a warm pool pre-opens connections to the node, and
+  `dial_prepared(sock, prepared, node, dst, opts)`: one flow's request on such a connection.
 - `DirectOutbound` (id 0), `BlockOutbound` (id 1); groups live in `runtime.groups`.
 - Errors (from `runtime.net.errors`): `OutboundError` and its kinds `DialError`,
   `ProxyProtocolError`, `ProxyAuthError`, `ProxyRefusedError`, `Blocked`, `AllNodesDown`;
@@ -13,12 +15,16 @@ Public API:
 """
 from __future__ import annotations
 
-from dae_py.runtime.net.stream import SocketStream, Stream, TlsStream
+import asyncio
+import socket
+
+from dae_py.runtime.net.stream import SocketStream, Stream, TlsStream, bounded
 
 from . import registry
 from .base import (
     AllNodesDown,
     Blocked,
+    ConnectionPool,
     Destination,
     Dialed,
     DialError,
@@ -27,6 +33,7 @@ from .base import (
     Node,
     Outbound,
     OutboundError,
+    Prepared,
     ProxyAuthError,
     ProxyProtocolError,
     ProxyRefusedError,
@@ -42,6 +49,7 @@ BLOCK_ID = 1
 _DIALERS = registry.dialers()
 _ASSOCIATORS = registry.associators()
 _FAST_PATHS = registry.fast_paths()
+_PREPARED = registry.prepared_paths()
 _LIFECYCLES = registry.lifecycles()
 
 
@@ -80,12 +88,49 @@ def fast_path(node: Node) -> FastPath | None:
     return None if node.chain else _FAST_PATHS.get(node.protocol)
 
 
+def prepared(node: Node) -> Prepared | None:
+    """How a warm pool pre-opens connections to `node`, or None (its protocol negotiates
+    nothing ahead of a flow's request worth keeping, or it is a chain)."""
+    return None if node.chain else _PREPARED.get(node.protocol)
+
+
+async def dial_prepared(sock: socket.socket, prep: Prepared, node: Node, dst: Destination,
+                        opts: DialOptions) -> Stream | None:
+    """One flow's request on a connection a pool opened (`sock`, registered for reading in the
+    loop's poller): the stream once the reply says yes, an OutboundError when it says no, or
+    None when the node had closed the connection (EOF or a reset before any reply byte), in
+    which case the caller dials fresh: a pooled connection that died while it waited loses no
+    flow."""
+    loop = asyncio.get_running_loop()
+    stream = SocketStream(sock, loop, in_poller=True)
+    stream.adopt_reader()
+    request = prep.request(node, dst.host, dst.port)
+    if request is None:
+        stream.close()
+        return None
+    try:
+        await stream.sendall(request)
+        first = await bounded(stream.recv(4096), opts.handshake_timeout, node, prep.handshake, loop)
+    except (ConnectionResetError, BrokenPipeError):
+        stream.abort()
+        return None
+    except BaseException:
+        stream.abort()
+        raise
+    if not first:
+        stream.abort()
+        return None
+    stream.unread(first)
+    return await prep.finish(stream, node, dst, opts, first, False, loop)
+
+
 __all__ = [
     "BLOCK_ID",
     "DIRECT_ID",
     "AllNodesDown",
     "BlockOutbound",
     "Blocked",
+    "ConnectionPool",
     "Destination",
     "DialError",
     "DialOptions",
@@ -95,6 +140,7 @@ __all__ = [
     "Node",
     "Outbound",
     "OutboundError",
+    "Prepared",
     "ProxyAuthError",
     "ProxyProtocolError",
     "ProxyRefusedError",
@@ -103,9 +149,11 @@ __all__ = [
     "Stream",
     "TlsStream",
     "UdpAssociation",
+    "dial_prepared",
     "dial_tcp",
     "fast_path",
     "open_udp",
+    "prepared",
     "registry",
     "start_node",
     "stop_node",

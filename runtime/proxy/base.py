@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -177,6 +178,62 @@ class FastPath(Protocol):
         ...
 
 
+class Prepared(Protocol):
+    """A protocol whose connection to a node can be opened and negotiated before a flow needs
+    it (the relay's warm pool, runtime/relay/warmpool.py): what is left per flow is one
+    request and its reply. SOCKS5: connected and past method selection (and authentication);
+    HTTP: connected. Same shape as `FastPath` from the request on, so the relay's callback dial
+    drives either."""
+
+    handshake: str  # what the per-flow part is called in errors ("SOCKS5 CONNECT handshake")
+
+    async def open(self, node: Node, opts: DialOptions) -> SocketStream:
+        """A connection to `node`, negotiated up to the per-flow request (bounded by the
+        options' timeouts); OutboundError or OSError otherwise."""
+        ...
+
+    def greeting(self, node: Node) -> tuple[bytes, bytes] | None:
+        """(what to send once connected, the exact reply that makes the connection ready)
+        when opening is one fixed exchange, so the pool drives it from callbacks (b"", b"":
+        connected is ready); None: `open` does it (credentials, several steps)."""
+        ...
+
+    def request(self, node: Node, host: str, port: int) -> bytes | None:
+        """The bytes a flow to (host, port) sends on an opened connection (None: not this way)."""
+        ...
+
+    def reply_size(self, buf: bytes) -> int:
+        """How many of the bytes read so far make up the reply to `request` (0: not known
+        yet), or -1 when they are not a plain success."""
+        ...
+
+    async def finish(self, stream: SocketStream, node: Node, dst: Destination, opts: DialOptions,
+                     got: bytes, timed_out: bool, loop: asyncio.AbstractEventLoop) -> Stream:
+        """Read the reply to a request already sent (`got`: bytes read so far, already unread
+        into `stream`) and name what is wrong with it; the stream on success."""
+        ...
+
+
+class ConnectionPool(Protocol):
+    """Where a group takes an opened connection to a node before dialing it fresh (the relay's
+    warm pools; None for a group outside a relay)."""
+
+    def take(self, node: Node, opts: DialOptions) -> tuple[socket.socket, Prepared] | None:
+        """A connection opened with `opts` to `node`, registered for reading in the loop's
+        FdPoller (the taker sets its own handler), and its protocol; None when none is ready
+        (a refill starts)."""
+        ...
+
+    def has_ready(self, node: Node, opts: DialOptions) -> bool:
+        """Whether `take` would return a connection now (nothing is counted or started)."""
+        ...
+
+    def report_dead(self) -> None:
+        """A connection taken from the pool was closed by the node at its first use (the flow
+        dialed fresh)."""
+        ...
+
+
 class Outbound(Protocol):
     """What the relay asks of an outbound id: direct, block, or a group of nodes."""
 
@@ -191,6 +248,7 @@ class Outbound(Protocol):
     async def close(self) -> None: ...
 
 
-__all__ = ["AllNodesDown", "Blocked", "DialError", "DialOptions", "Destination", "Dialed", "FastPath",
-           "Node", "Outbound", "OutboundError", "ProxyAuthError", "ProxyProtocolError", "ProxyRefusedError",
+__all__ = ["AllNodesDown", "Blocked", "ConnectionPool", "DialError", "DialOptions", "Destination", "Dialed",
+           "FastPath", "Node", "Outbound", "Prepared",
+           "OutboundError", "ProxyAuthError", "ProxyProtocolError", "ProxyRefusedError",
            "ReplyCallback", "UdpAssociation", "format_hostport", "parse_hostport"]

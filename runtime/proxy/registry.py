@@ -6,6 +6,8 @@ A protocol is one module of this package (`runtime/proxy/<module>.py`) exporting
 - `associate(node, opts, on_reply) -> UdpAssociation`, when the protocol carries UDP;
 - `FAST_PATH` (a `base.FastPath`), when the relay may dial it from callbacks without a task
   (a pipelined handshake whose reply length is known from its first bytes);
+- `PREPARED` (a `base.Prepared`), when a connection to a node can be opened and negotiated
+  before a flow needs it (the relay's warm pool), leaving one request and its reply per flow;
 - `dial_on(raw, node, dst, opts) -> Stream`, when it can ride on a stream already connected to
   the node (a chain's later hop: `runtime/proxy/chain.py`);
 - `start(node)` / `stop(node)`, when a node needs something running while a group holds it
@@ -85,6 +87,17 @@ def fast_paths() -> dict[str, Any]:
         fast = getattr(load(e.scheme), "FAST_PATH", None)
         if fast is not None:
             found[e.scheme] = fast
+    return found
+
+
+def prepared_paths() -> dict[str, Any]:
+    """scheme -> PREPARED (a `base.Prepared`: connections a warm pool opens and negotiates
+    before a flow needs them), for the protocols that offer one."""
+    found: dict[str, Any] = {}
+    for e in ENTRIES:
+        prepared = getattr(load(e.scheme), "PREPARED", None)
+        if prepared is not None:
+            found[e.scheme] = prepared
     return found
 
 

@@ -348,6 +348,60 @@ class PipelinedConnect:
 FAST_PATH = PipelinedConnect()
 
 
+def connect_reply_size(buf: bytes) -> int:
+    """`pipelined_reply_size` for a CONNECT reply alone (the method selection done before)."""
+    need = pipelined_reply_size(_OK_METHOD + buf)
+    return need - 2 if need > 0 else need
+
+
+class NegotiatedConnect:
+    """A warm pool's SOCKS5 connections (`base.Prepared`): connected, methods negotiated (and
+    username/password accepted) before a flow comes, so the flow sends its CONNECT alone and
+    waits for one reply. Any node qualifies: credentials cost nothing per flow this way."""
+
+    handshake = "SOCKS5 CONNECT handshake"
+
+    async def open(self, node: Node, opts: DialOptions) -> SocketStream:
+        loop = asyncio.get_running_loop()
+        stream = SocketStream(await connect_in(loop, node.host, node.port, opts, node, keep=True),
+                              loop, in_poller=True)
+        try:
+            await bounded(negotiate(stream, node), opts.handshake_timeout, node,
+                          "SOCKS5 method negotiation", loop)
+        except BaseException:
+            stream.abort()
+            raise
+        return stream
+
+    def greeting(self, node: Node) -> tuple[bytes, bytes] | None:
+        return (PIPELINED_GREETING, _OK_METHOD) if node.username is None else None
+
+    def request(self, node: Node, host: str, port: int) -> bytes | None:
+        try:
+            return connect_request(host, port)
+        except ValueError:  # a name too long for SOCKS5: `dial` names the error
+            return None
+
+    def reply_size(self, buf: bytes) -> int:
+        return connect_reply_size(buf)
+
+    async def finish(self, stream: SocketStream, node: Node, dst: Destination, opts: DialOptions,
+                     got: bytes, timed_out: bool, loop: asyncio.AbstractEventLoop) -> SocketStream:
+        try:
+            if timed_out:
+                raise ProxyProtocolError(f"SOCKS5 CONNECT handshake timed out after "
+                                         f"{opts.handshake_timeout:g}s", node)
+            await bounded(read_reply(stream, node, CMD_CONNECT, dst.host, dst.port),
+                          opts.handshake_timeout, node, "SOCKS5 CONNECT handshake", loop)
+        except BaseException:
+            stream.abort()
+            raise
+        return stream
+
+
+PREPARED = NegotiatedConnect()
+
+
 class Socks5UdpAssociation(SocketAssociation):
     """UDP ASSOCIATE: datagrams carry the RFC 1928 section 7 header; the association lives as
     long as its TCP control connection."""

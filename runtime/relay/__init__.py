@@ -14,7 +14,8 @@ the accept callback to a `pump.SplicedFlow` without a task (`fastdial.CallbackDi
 `proxy.FastPath`: connect, pipelined greeting+CONNECT for SOCKS5, failover); other flows take the `handle`
 coroutine and are handed to a SplicedFlow once dialed. An established spliced flow is a few small objects driven by the
 loop's `runtime.net.poller.FdPoller` (one epoll registration per socket), ended when idle
-by the relay's one `pump.IdleSweeper`.
+by the relay's one `pump.IdleSweeper`. Warm pools (`warmpool.WarmPools`, `global.warm_pool`) keep a few
+connections per SOCKS5/HTTP node opened ahead of flows: a flow that finds one sends only its CONNECT.
 """
 from __future__ import annotations
 

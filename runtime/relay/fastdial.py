@@ -14,6 +14,12 @@ with what was done so far:
 - a next node that does not qualify: `Group.dial_tcp` with the nodes tried and their errors;
 - bytes from the target in the reply's segment: the established-flow coroutine sends them.
 
+With warm pools on (runtime/relay/warmpool.py), a node with a ready pooled connection is not
+dialed: the flow's request alone goes out on that connection (SOCKS5's CONNECT after the method
+selection the pool did; HTTP's CONNECT, which has no other fast path) and the reply is read the
+same way. A pooled connection the node had closed (EOF or reset before any reply byte) is
+reported to the pool and the node dialed fresh, not failed over: no flow is lost to it.
+
 The dial knows its relay only as a `DialOwner`: this module does not import the relay's.
 """
 from __future__ import annotations
@@ -32,6 +38,7 @@ from dae_py.runtime.net.sockets import abort, set_mark, tcp_socket
 from dae_py.runtime.net.stream import SocketStream
 from dae_py.runtime.proxy import (
     AllNodesDown,
+    ConnectionPool,
     Destination,
     Dialed,
     DialError,
@@ -39,6 +46,7 @@ from dae_py.runtime.proxy import (
     FastPath,
     Node,
     OutboundError,
+    Prepared,
     ProxyRefusedError,
     fast_path,
 )
@@ -68,6 +76,11 @@ class DialOwner(Protocol):
     poller: FdPoller
     dialing: set[CallbackDial]  # the dials in progress (closed with the relay)
 
+    @property
+    def pools(self) -> ConnectionPool | None:
+        """The warm pools (runtime/relay/warmpool.py), if on."""
+        ...
+
     def dial_refused(self, dial: CallbackDial, exc: OutboundError) -> None:
         """No node could carry the flow: refuse the client."""
         ...
@@ -88,7 +101,8 @@ _CONNECTING, _HANDSHAKE = 1, 2
 
 class CallbackDial:
     __slots__ = ("owner", "loop", "poller", "conn", "src", "dst", "group", "why", "node",
-                 "addr", "tried", "errors", "sock", "fd", "buf", "timer", "state", "request", "fast")
+                 "addr", "tried", "errors", "sock", "fd", "buf", "timer", "state", "request", "fast",
+                 "proto", "pooled")
 
     def __init__(self, owner: DialOwner, conn: socket.socket, src: tuple[str, int],
                  dst: tuple[str, int], group: NodeChooser, why: str) -> None:
@@ -110,28 +124,98 @@ class CallbackDial:
         self.timer: asyncio.TimerHandle | None = None
         self.state = 0
         self.request = b""
-        # start() sets it before it dials: every later use has one (no None check per event)
-        self.fast: FastPath = None  # type: ignore[assignment]  # until start()
+        self.fast: FastPath | None = None  # the node's fresh callback dial, if it has one
+        # what reads the reply of the attempt under way (a FastPath, or a pooled connection's
+        # Prepared); set before the first event: every use has one
+        self.proto: FastPath | Prepared = None  # type: ignore[assignment]  # until an attempt
+        self.pooled = False  # the attempt under way uses a warm pool's connection
 
     def start(self) -> bool:
         """Dial the group's node of choice; False (nothing done) if it does not qualify."""
         node = self.group.select(Check.TCP)
         if node is None:
             return False  # all down: the coroutine path refuses it with the usual message
+        self.owner.dialing.add(self)
+        if self._attempt(node):
+            return True
+        self.owner.dialing.discard(self)
+        return False
+
+    def _attempt(self, node: Node) -> bool:
+        """Dial `node` from callbacks: on a warm pool's connection when one is ready, else
+        fresh through the protocol's fast path; False (nothing done) when neither applies."""
         fast = fast_path(node)
-        if fast is None:
-            return False
-        addr = fast.address(node)
+        addr = fast.address(node) if fast is not None else None
         if addr is None:
+            fast = None
+        pools = self.owner.pools
+        # a node without a fast path takes the coroutine path unless a connection is ready
+        # (that path asks the pool itself: one miss per flow, not two)
+        if pools is not None and (fast is not None or pools.has_ready(node, self.group.opts)):
+            got = pools.take(node, self.group.opts)
+            if got is not None:
+                sock, prep = got
+                request = prep.request(node, self.dst[0], self.dst[1])
+                if request is not None:
+                    self.fast = fast
+                    self._use_pooled(node, sock, prep, request)
+                    return True
+                self.poller.remove(sock.fileno())
+                sock.close()
+        if fast is None or addr is None:
             return False
         request = fast.request(node, self.dst[0], self.dst[1])
         if request is None:
             return False
-        self.fast = fast
+        self.fast = self.proto = fast
+        self.pooled = False
         self.request = request
-        self.owner.dialing.add(self)
         self._dial(node, addr[0], addr[1])
         return True
+
+    def _use_pooled(self, node: Node, sock: socket.socket, prep: Prepared, request: bytes) -> None:
+        """The pooled connection is in the poller, armed for reading: the request goes out at
+        once and the reply is read like a fresh dial's."""
+        self.tried.append(node)
+        self.group.dial_attempts += 1
+        self.node = node
+        self.buf = b""
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.proto = prep
+        self.pooled = True
+        self.request = request
+        self.poller.set_handler(self.fd, self._on_event)
+        self.state = _HANDSHAKE
+        self.timer = self.loop.call_later(self.group.opts.handshake_timeout, self._on_timeout)
+        try:
+            sent = sock.send(request)
+        except OSError:
+            sent = -1
+        if sent != len(request):
+            self._pooled_dead()
+
+    def _pooled_dead(self) -> None:
+        """The node had closed the pooled connection (EOF or reset before any reply byte, or
+        the request did not go out): not the node's failure; the same node is dialed fresh."""
+        node = self.node
+        assert node is not None
+        pools = self.owner.pools
+        if pools is not None:
+            pools.report_dead()
+        self._drop_sock(reset=True)
+        self.pooled = False
+        self.tried.pop()
+        fast = self.fast
+        addr = fast.address(node) if fast is not None else None
+        request = fast.request(node, self.dst[0], self.dst[1]) if fast is not None and addr else None
+        if fast is None or addr is None or request is None:
+            self._finish()
+            self.owner.dial_continues(self, self._dial_rest(self.tried))
+            return
+        self.proto = fast
+        self.request = request
+        self._dial(node, addr[0], addr[1])
 
     # --- connect ------------------------------------------------------------------------
     def _dial(self, node: Node, family: int, addr: tuple) -> None:
@@ -193,12 +277,9 @@ class CallbackDial:
             self._finish()
             self.owner.dial_refused(self, self.group.all_down(Check.TCP, self.errors))
             return
-        addr = self.fast.address(nxt) if fast_path(nxt) is self.fast else None
-        if addr is None:  # the coroutine path dials that one
+        if not self._attempt(nxt):  # the coroutine path dials that one
             self._finish()
             self.owner.dial_continues(self, self._dial_rest(self.tried))
-            return
-        self._dial(nxt, addr[0], addr[1])
 
     # --- events -------------------------------------------------------------------------
     def _on_event(self, events: int) -> None:
@@ -223,13 +304,19 @@ class CallbackDial:
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            self._rescue(False)  # the stream's own read raises it again, named
+            if self.pooled and not self.buf:
+                self._pooled_dead()
+            else:
+                self._rescue(False)  # the stream's own read raises it again, named
             return
         if not data:
-            self._rescue(False)
+            if self.pooled and not self.buf:
+                self._pooled_dead()
+            else:
+                self._rescue(False)
             return
         buf = self.buf = self.buf + data
-        need = self.fast.reply_size(buf)
+        need = self.proto.reply_size(buf)
         if need < 0:
             self._rescue(False)
         elif need and len(buf) >= need:
@@ -284,6 +371,9 @@ class CallbackDial:
     def _rescue(self, timed_out: bool, resend: bool = False) -> None:
         """Out of the ordinary during the handshake: the coroutine path takes the socket and
         the bytes read so far (and, for a send that did not go out whole, starts over)."""
+        if resend and self.pooled:
+            self._pooled_dead()
+            return
         sock = self._hand_off()
         assert sock is not None and self.node is not None
         if resend:  # never seen on a fresh socket: redial this flow the ordinary way
@@ -306,17 +396,16 @@ class CallbackDial:
         """The handshake went out of the ordinary: the protocol finishes it the step-by-step
         way (naming the error, or redialing a node that dropped the pipelined request), then
         the group fails over like Group.dial_tcp."""
-        fast = self.fast
-        assert fast is not None
+        proto = self.proto
         dst = Destination(self.dst[0], self.dst[1])
         try:
-            upstream = await fast.finish(stream, node, dst, self.group.opts, got, timed_out,
-                                         self.loop)
+            upstream = await proto.finish(stream, node, dst, self.group.opts, got, timed_out,
+                                          self.loop)
             return Dialed(upstream, node)
         except ProxyRefusedError:
             raise
         except (OutboundError, OSError) as exc:
-            what = exc.what if isinstance(exc, OutboundError) else dial_failure(exc, fast.handshake)
+            what = exc.what if isinstance(exc, OutboundError) else dial_failure(exc, proto.handshake)
             self.errors.append(f"{node}: {what}")
             self.group.report_failure(node, Check.TCP, what)
             return await self.group.dial_tcp(dst, self.tried, self.errors)

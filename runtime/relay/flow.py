@@ -134,6 +134,10 @@ class RelayConfig:
     dial_mode: str = "ip"
     sniffing_timeout: float = 0.1
     mptcp: bool = False  # global.mptcp: the TCP sockets to nodes are MPTCP (runtime/net/sockets.tcp_socket)
+    # global.warm_pool / warm_pool_idle_timeout: connections per node opened ahead of flows
+    # (runtime/relay/warmpool.py; 0 turns it off), and how long one may wait unused
+    warm_pool: int = 4
+    warm_pool_idle_timeout: float = 10.0
 
     def dial_options(self) -> DialOptions:
         return DialOptions(so_mark=self.so_mark, connect_timeout=self.connect_timeout,

@@ -25,8 +25,12 @@ from .pump import HAVE_SPLICE, Count, IdleSweeper, SplicedFlow, relay
 from .sockmap import SockmapFlow, SockmapPump
 from .stats import Counters, RelayStats
 from .track import ConnTracker
+from .warmpool import PoolSettings, WarmPools
 
 log = logging.getLogger(__name__)
+#: Connections accepted per readiness report of a listener at most (the rest wait for the
+#: next loop iteration, so a flood cannot starve the flows already established).
+ACCEPT_BATCH = 16
 
 
 def _addr(sockaddr: tuple) -> tuple[str, int]:
@@ -59,6 +63,8 @@ class TcpRelay:
         self.sniffing = Sniffing.for_settings(config.dial_mode, config.sniffing_timeout)
         self.tracker: ConnTracker | None = None  # set by the controller: live flows, closable
         self.sockmap: SockmapPump | None = None  # relay mode sockmap, from start()
+        self.pools: WarmPools | None = None  # from start() when config.warm_pool > 0
+        self._batch = 1  # accepts per listener wake-up at most (_accept adapts it)
 
     async def start(self, port: int = 0, hosts: tuple[str, ...] = ("0.0.0.0", "::"),
                     guard_fd: int | None = None) -> int:
@@ -68,6 +74,7 @@ class TcpRelay:
                                     guard_fd=guard_fd)
         loop = self.loop = asyncio.get_running_loop()
         self.poller = poller_for(loop)
+        self._use_pools(self.outbounds)
         for sock in self._listeners:
             # accepted sockets inherit it from the listener (Linux): no setsockopt per flow
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -84,27 +91,49 @@ class TcpRelay:
         self.router = router
         self.outbounds = outbounds
         self._choosers = dict(outbounds.choosers())
+        if self.poller is not None:  # None before start()
+            self._use_pools(outbounds)
+
+    def _use_pools(self, outbounds: OutboundTable) -> None:
+        """New warm pools for `outbounds`' groups (a reload's nodes may have changed: the old
+        pools' connections are closed, never handed to the new table)."""
+        old, self.pools = self.pools, None
+        config = self.config
+        if config.warm_pool > 0:
+            self.pools = WarmPools(self.loop, PoolSettings(size=config.warm_pool,
+                                                           idle_timeout=config.warm_pool_idle_timeout))
+        for group in outbounds.choosers().values():
+            group.pools = self.pools
+        if old is not None:
+            old.close()
 
     def _accept(self, listener: socket.socket) -> None:
-        """One connection per readiness report, no accept loop task: a listener with more
-        waiting stays readable and is called again in the next loop iteration (so no extra
-        accept(2) that fails with EAGAIN per connection)."""
-        try:
-            conn, peer = listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:  # EMFILE and friends: log, breathe, go on
-            log.error("tcp accept failed: %s", exc)
-            loop = self.loop
-            fd = listener.fileno()
-            loop.remove_reader(fd)
-            loop.call_later(0.1, self._resume, listener)
-            return
-        src = _addr(peer)
-        if self._fast:
-            self._accepted(conn, src)
-        else:
-            self._spawn(self.handle(conn, src))
+        """The connections waiting on the listener, up to `_batch` per readiness report
+        (batched accept: one loop wake-up serves a burst). The batch adapts: it doubles (up to
+        ACCEPT_BATCH) after a report that filled it and shrinks to what the last one found,
+        so connections arriving one at a time do not each pay an accept(2) that ends in EAGAIN
+        (every other one does), while a burst is drained in a few wake-ups."""
+        fast = self._fast
+        batch = self._batch
+        for got in range(batch):
+            try:
+                conn, peer = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                self._batch = got or 1
+                return
+            except OSError as exc:  # EMFILE and friends: log, breathe, go on
+                log.error("tcp accept failed: %s", exc)
+                loop = self.loop
+                fd = listener.fileno()
+                loop.remove_reader(fd)
+                loop.call_later(0.1, self._resume, listener)
+                return
+            src = _addr(peer)
+            if fast:
+                self._accepted(conn, src)
+            else:
+                self._spawn(self.handle(conn, src))
+        self._batch = min(batch * 2, ACCEPT_BATCH)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = self.loop.create_task(coro)
@@ -387,3 +416,6 @@ class TcpRelay:
         if self.sockmap is not None:
             self.sockmap.close()
             self.sockmap = None
+        if self.pools is not None:
+            self.pools.close()
+            await self.pools.wait_closed()

@@ -200,8 +200,16 @@ def relay_settings(settings: Any) -> dict[str, Any]:
     """RelayConfig's dial_mode and sniffing_timeout from the manifest's GlobalSettings (the
     timeout, in seconds, is among the settings the compiler resolved: `sniffing_timeout_s`)."""
     timeout = settings.extra.get("sniffing_timeout_s", DEFAULT_TIMEOUT)
-    return {"dial_mode": settings.dial_mode, "sniffing_timeout": float(timeout),
-            "mptcp": bool(settings.extra.get("mptcp", False))}  # global.mptcp (RelayConfig.mptcp)
+    extra = settings.extra
+    out: dict[str, Any] = {"dial_mode": settings.dial_mode, "sniffing_timeout": float(timeout),
+                           "mptcp": bool(extra.get("mptcp", False))}  # global.mptcp (RelayConfig.mptcp)
+    # global.warm_pool and its idle timeout (runtime/relay/warmpool.py); an older manifest
+    # without them keeps RelayConfig's defaults
+    if isinstance(extra.get("warm_pool"), int) and not isinstance(extra.get("warm_pool"), bool):
+        out["warm_pool"] = max(0, extra["warm_pool"])
+    if isinstance(extra.get("warm_pool_idle_timeout_s"), (int, float)):
+        out["warm_pool_idle_timeout"] = float(extra["warm_pool_idle_timeout_s"])
+    return out
 
 
 @dataclass

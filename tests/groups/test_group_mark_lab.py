@@ -52,8 +52,11 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
 
 def test_the_upstream_socket_of_a_marked_group_route_carries_the_mark(lab: Lab, tmp_path: Path) -> None:
     t = lab.topo
+    # warm_pool 0: the sockets to the node are the flows' own (tests/relay/test_warmpool_lab.py
+    # shows the pool's sockets carry the view's mark as well)
     cfg = lab_config(t, fallback="direct", rules=[f"dip({t.upstream_ip4}) && dport(8081) -> proxy(mark: 0x800)",
-                                                   f"dip({t.upstream_ip4}) && dport(8082) -> proxy"])
+                                                   f"dip({t.upstream_ip4}) && dport(8082) -> proxy"],
+                     extra_global="  warm_pool: 0")
     with gateway(lab, cfg, tmp_path):
         # both still reach the peer through the node (the peer sees the node's address)
         assert client_get(lab, t.upstream_ip4, 8081)["peer"] == t.upstream_ip4

@@ -44,7 +44,9 @@ class FastRelay:
         manifest = {"nodes": nodes, "groups": [{"name": "proxy", "id": 2, "policy": "fixed",
                                                 "fixed_index": 0,
                                                 "nodes": [n["name"] for n in nodes]}]}
-        config = RelayConfig(connect_timeout=1, handshake_timeout=handshake_timeout)
+        # warm_pool 0: these are the fresh dial's cases, against one-connection scripted servers
+        # (the pool's own cases: test_warmpool_lab.py, against danted and tinyproxy)
+        config = RelayConfig(connect_timeout=1, handshake_timeout=handshake_timeout, warm_pool=0)
         self.relay = TcpRelay(DecidingRouter(), OutboundTable.from_manifest(manifest, config.dial_options()),
                               config)
         self.listener = socket.socket()
