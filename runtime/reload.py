@@ -150,6 +150,8 @@ def start_only_changes(old: Manifest, new: Manifest) -> list[str]:
             out.append(f"global.{name} changed {shown}: it takes effect at the next restart")
     if old.settings.extra.get("sniffing_timeout_s") != new.settings.extra.get("sniffing_timeout_s"):
         out.append("global.sniffing_timeout changed: it takes effect at the next restart")
+    if old.settings.extra.get("relay_workers", 1) != new.settings.extra.get("relay_workers", 1):
+        out.append("global.relay_workers changed: it takes effect at the next restart")
     return out
 
 

@@ -62,8 +62,14 @@ class TcpRelay:
                     guard_fd: int | None = None) -> int:
         """Listen on `port` on every host; returns the port. `guard_fd`: the program's
         tproxy_guard socket filter (only packets the datapath delivered get through)."""
-        self._listeners = bind_pair(socket.SOCK_STREAM, hosts, port, so_mark=self.config.so_mark,
-                                    guard_fd=guard_fd)
+        self.serve(bind_pair(socket.SOCK_STREAM, hosts, port, so_mark=self.config.so_mark, guard_fd=guard_fd))
+        log.info("tcp relay listening on port %d (%s)", self.port, ", ".join(hosts))
+        return self.port
+
+    def serve(self, listeners: list[socket.socket]) -> None:
+        """Accept on these bound sockets (a relay worker's share of the port, made by the main
+        process: runtime/relay/workers.py)."""
+        self._listeners = listeners
         loop = self.loop = asyncio.get_running_loop()
         self.poller = poller_for(loop)
         for sock in self._listeners:
@@ -72,8 +78,6 @@ class TcpRelay:
             sock.listen(self.config.listen_backlog)
             loop.add_reader(sock.fileno(), self._accept, sock)
         self.port = self._listeners[0].getsockname()[1]
-        log.info("tcp relay listening on port %d (%s)", self.port, ", ".join(hosts))
-        return self.port
 
     def swap(self, router: Router, outbounds: OutboundTable) -> None:
         """Reload: route and dial new connections with these (flows under way keep theirs)."""
