@@ -62,16 +62,18 @@ def inner(build_dir: str, state: str, n: int) -> int:
     udp_hits: list[list[Any]] = []  # [socket, client "ip:port", destination "ip:port"]
     try:
         print("ready", flush=True)
-        index = {s.fileno(): ("tcp", i) for i, s in enumerate(tcp)} | {s.fileno(): ("udp", i) for i, s in enumerate(udp)}
+        index = {s.fileno(): ("tcp", i) for i, s in enumerate(tcp)}
+        index |= {s.fileno(): ("udp", i) for i, s in enumerate(udp)}
         socks = {s.fileno(): s for s in tcp + udp}
         while True:
-            ready, _, _ = select.select([sys.stdin, *socks.values()], [], [], 1.0)
-            if sys.stdin in ready and not sys.stdin.readline():
+            ready, _, _ = select.select([sys.stdin.fileno(), *socks], [], [], 1.0)
+            if sys.stdin.fileno() in ready and not sys.stdin.readline():
                 break
-            for s in ready:
-                if s is sys.stdin:
+            for fd in ready:
+                if fd == sys.stdin.fileno():
                     continue
-                kind, i = index[s.fileno()]
+                s = socks[fd]
+                kind, i = index[fd]
                 if kind == "tcp":
                     conn, peer = s.accept()
                     tcp_hits.append([i, peer[1]])
@@ -107,7 +109,7 @@ def analyse(hits: dict[str, Any], n: int) -> dict[str, Any]:
     tcp = collections.Counter(i for i, _ in hits["tcp"])
     per_client: dict[str, set[int]] = collections.defaultdict(set)
     per_pair: dict[tuple[str, str], set[int]] = collections.defaultdict(set)
-    udp = collections.Counter()
+    udp: collections.Counter[int] = collections.Counter()
     for i, src, dst in hits["udp"]:
         per_client[src].add(i)
         per_pair[(src, dst)].add(i)
