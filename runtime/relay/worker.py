@@ -183,6 +183,7 @@ class Worker:
             raise
         old_maps, old_table = self.maps, self.table
         self.maps, self.table = maps, table
+        self._report_failures(table)
         table.start_nodes()
         if self.relay is None:
             self.relay = TcpRelay(router, table, self.args.config, self.stats)
@@ -195,6 +196,27 @@ class Worker:
             old_table.stop_nodes()
         if old_maps is not None:  # flows under way keep their sockets; the router reads the new maps
             old_maps.close()
+
+    def _report_failures(self, table: Any) -> None:
+        """A dial that fails marks the node down here, and is told to the main process, whose
+        groups (and so every worker's, at the next state push) take it into account as if
+        the main process had dialled it."""
+        from dae_py.runtime.groups import Group
+
+        for group in table.table.values():
+            if isinstance(group, Group):
+                group.report_failure = self._failure_reporter(group)  # type: ignore[method-assign]  # this instance only
+
+    def _failure_reporter(self, group: Any) -> Any:
+        local = group.report_failure
+        base = group.view_of or group
+
+        def report_failure(node: Any, kind: Any, error: str) -> None:
+            local(node, kind, error)
+            with contextlib.suppress(OSError):
+                proto.send(self.ctl, {"op": "failure", "group": base.spec.id, "node": node.name,
+                                      "kind": kind.value, "error": error})
+        return report_failure
 
     def ask_dns(self, name: str, version: int) -> list[str] | None:
         """The blocking DNS question (see RemoteDnsAnswers); other messages that arrive before

@@ -169,6 +169,8 @@ class WorkerSlot:
             if message.get("op") == "dns":
                 self.send({"op": "dns", "seq": message.get("seq"),
                            "addresses": self.pool.dns_answer(message.get("name"), message.get("version"))})
+            elif message.get("op") == "failure":
+                self.pool.dial_failed(message)
 
     def _drop_ctl(self) -> None:
         if self.ctl is not None:
@@ -274,6 +276,23 @@ class WorkerGateway(Gateway):
             return None
         answer = sniffing.dns.addresses(name, version)
         return [str(a) for a in answer] if answer is not None else None
+
+    def dial_failed(self, message: Mapping[str, Any]) -> None:
+        """A worker's dial through a node failed: the group here records it as its own (the
+        state push then carries it to every worker)."""
+        from dae_py.runtime.groups import Check, Group
+
+        gid = message.get("group")
+        group = self.table.get(gid) if isinstance(gid, int) else None
+        if not isinstance(group, Group):
+            return
+        node = next((n for n in group.nodes if n.name == message.get("node")), None)
+        try:
+            kind = Check(message.get("kind"))
+        except ValueError:
+            return
+        if node is not None:
+            group.report_failure(node, kind, str(message.get("error", "dial failed")))
 
     async def start(self, port: int = 0, hosts: tuple[str, ...] = ("0.0.0.0", "::"),
                     health_checks: bool = True, guard_fd: int | None = None) -> int:
