@@ -36,7 +36,8 @@ from .track import ConnTracker
 log = logging.getLogger("dae.worker")
 
 PR_SET_PDEATHSIG = 1
-REPORT_INTERVAL = 1.0
+REPORT_INTERVAL = 0.25  # counters; the connection list goes with every CONNS_EVERY-th report
+CONNS_EVERY = 4
 MAX_REPORTED_CONNS = 20000
 DNS_QUESTION_TIMEOUT = 0.05
 
@@ -248,9 +249,11 @@ class Worker:
     # --- reports -----------------------------------------------------------------------------
     async def _report(self) -> None:
         out = sys.stdout.buffer
+        n = 0
         while not self.stop.is_set():
             report: dict[str, Any] = {"stats": proto.stats_report(self.stats)}
-            if self.relay is not None and self.relay.tracker is not None:
+            n += 1
+            if self.relay is not None and self.relay.tracker is not None and n % CONNS_EVERY == 1:
                 report["conns"] = proto.conns_report(self.relay.tracker, MAX_REPORTED_CONNS)
             try:
                 out.write(json.dumps(report, separators=(",", ":")).encode() + b"\n")

@@ -296,24 +296,38 @@ class WorkerGateway(Gateway):
 
     async def start(self, port: int = 0, hosts: tuple[str, ...] = ("0.0.0.0", "::"),
                     health_checks: bool = True, guard_fd: int | None = None) -> int:
+        # UDP first: its sockets are not SO_REUSEPORT, so a second runtime on the same port
+        # fails here, before its TCP listeners could join (and take flows from) our group.
+        port = await self.udp.start(port, hosts, guard_fd=guard_fd)
         for i in range(self.workers):
             listeners = bind_pair(socket.SOCK_STREAM, hosts, port, so_mark=self.config.so_mark,
                                   guard_fd=guard_fd, reuseport=True)
-            port = listeners[0].getsockname()[1]
             for sock in listeners:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock.listen(self.config.listen_backlog)  # the kernel queues for it from now on
             self.slots.append(WorkerSlot(self, i, listeners))
         self.tcp.port = port
-        await self.udp.start(port, hosts, guard_fd=guard_fd)
         self.table.start_nodes()
         if health_checks:
             await self.table.start()
         await asyncio.gather(*(slot.spawn() for slot in self.slots))
         await asyncio.wait_for(asyncio.gather(*(s.ready.wait() for s in self.slots)), 30)
+        self._follow_pins(self.table)
         self._pusher = asyncio.create_task(self._push())
         log.info("tcp relay: %d workers on port %d (%s)", self.workers, port, ", ".join(hosts))
         return port
+
+    def _follow_pins(self, table: OutboundTable) -> None:
+        """A controller's PUT /proxies/{group} reaches the workers at once, not at the next
+        state push: the flow the client opens right after must take the pinned node."""
+        for group in table.groups():
+            pin = group.pin
+
+            def pinned(name: str | None, pin: Any = pin) -> None:
+                pin(name)
+                for slot in self.slots:
+                    slot.push_state()
+            group.pin = pinned  # type: ignore[method-assign]  # this instance only
 
     async def _push(self) -> None:
         while True:
@@ -323,6 +337,7 @@ class WorkerGateway(Gateway):
 
     def swap(self, router: Router, table: OutboundTable) -> OutboundTable:
         old = super().swap(router, table)
+        self._follow_pins(table)
         for slot in self.slots:
             slot.send_build()
             slot.push_state(force=True)
