@@ -107,6 +107,7 @@ class Worker:
         self.stop = asyncio.Event()
         self.pending: list[dict[str, Any]] = []  # control messages read while waiting for a DNS answer
         self.dns_seq = 0
+        self.failed = False  # the first build could not be used
 
     # --- control -----------------------------------------------------------------------------
     def _readable(self) -> None:
@@ -128,8 +129,16 @@ class Worker:
         op = message.get("op")
         try:
             if op == "build":
-                self._build(Path(str(message["path"])), message["maps"], fds)
-                fds = []
+                first = self.relay is None
+                try:
+                    self._build(Path(str(message["path"])), message["maps"], fds)
+                except Exception:
+                    if first:  # nothing to relay with: exit, and the main process says so
+                        self.failed = True
+                        self.stop.set()
+                    raise
+                finally:
+                    fds = []
             elif op == "groups" and self.table is not None:
                 proto.apply_group_state(self.table, message["state"])
             elif op == "track" and self.relay is not None:
@@ -251,7 +260,7 @@ class Worker:
         out = sys.stdout.buffer
         n = 0
         while not self.stop.is_set():
-            report: dict[str, Any] = {"stats": proto.stats_report(self.stats)}
+            report: dict[str, Any] = {"stats": proto.stats_report(self.stats), "serving": self.relay is not None}
             n += 1
             if self.relay is not None and self.relay.tracker is not None and n % CONNS_EVERY == 1:
                 report["conns"] = proto.conns_report(self.relay.tracker, MAX_REPORTED_CONNS)
@@ -321,9 +330,10 @@ def main(argv: list[str] | None = None) -> int:
         loop_factory: Any = uvloop.new_event_loop
     except ImportError:  # pragma: no cover
         loop_factory = None
+    worker = Worker(args)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(Worker(args).run())
-    return 0
+        runner.run(worker.run())
+    return 1 if worker.failed else 0
 
 
 if __name__ == "__main__":

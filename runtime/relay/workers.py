@@ -45,6 +45,7 @@ from .outbounds import OutboundTable
 log = logging.getLogger("dae.workers")
 
 STOP_GRACE = 3.0
+START_TIMEOUT = 30.0
 RESTART_BACKOFF = (0.1, 0.5, 1.0, 2.0, 5.0)  # seconds before the n-th quick restart in a row
 STEADY_AFTER = 10.0  # a worker that ran this long before dying restarts at once
 STATE_INTERVAL = 1.0  # groups state pushed at most this often (when it changed)
@@ -196,7 +197,9 @@ class WorkerSlot:
                 self.conns.update(self.pool.tcp.tracker, report.get("conns"))
             except (ValueError, TypeError, AttributeError) as exc:
                 log.warning("worker %d: unreadable report: %s", self.index, exc)
-            self.ready.set()
+                continue
+            if report.get("serving"):
+                self.ready.set()
         code = await proc.wait()
         self._drop_ctl()
         self.folder.forget()
@@ -311,7 +314,12 @@ class WorkerGateway(Gateway):
         if health_checks:
             await self.table.start()
         await asyncio.gather(*(slot.spawn() for slot in self.slots))
-        await asyncio.wait_for(asyncio.gather(*(s.ready.wait() for s in self.slots)), 30)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(s.ready.wait() for s in self.slots)), START_TIMEOUT)
+        except TimeoutError:
+            late = [str(s.index) for s in self.slots if not s.ready.is_set()]
+            raise RuntimeError(f"relay worker(s) {', '.join(late)} did not start relaying within "
+                               f"{START_TIMEOUT:.0f} s (their log lines say why)") from None
         self._follow_pins(self.table)
         self._pusher = asyncio.create_task(self._push())
         log.info("tcp relay: %d workers on port %d (%s)", self.workers, port, ", ".join(hosts))
