@@ -299,9 +299,11 @@ class WorkerGateway(Gateway):
 
     async def start(self, port: int = 0, hosts: tuple[str, ...] = ("0.0.0.0", "::"),
                     health_checks: bool = True, guard_fd: int | None = None) -> int:
-        # UDP first: its sockets are not SO_REUSEPORT, so a second runtime on the same port
-        # fails here, before its TCP listeners could join (and take flows from) our group.
         port = await self.udp.start(port, hosts, guard_fd=guard_fd)
+        # Any process of our user could join a SO_REUSEPORT group (and take part of its flows):
+        # a port someone listens on already is refused, as the in-process listener's bind is.
+        for sock in bind_pair(socket.SOCK_STREAM, hosts, port, so_mark=self.config.so_mark):
+            sock.close()
         for i in range(self.workers):
             listeners = bind_pair(socket.SOCK_STREAM, hosts, port, so_mark=self.config.so_mark,
                                   guard_fd=guard_fd, reuseport=True)

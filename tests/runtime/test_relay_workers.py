@@ -263,3 +263,19 @@ def test_controller_lists_and_closes_the_workers_flows_and_counts_them(lab: Lab,
 
 def _flows(summary: dict[str, Any]) -> int:
     return sum(int(o.get("flows", 0)) for o in summary.get("outbounds", []) if o.get("name") == "proxy")
+
+
+def test_a_second_runtime_on_the_port_is_refused_and_takes_no_flow(lab: Lab, gw: Gw, tmp_path: Path) -> None:
+    """Its TCP listeners could join the workers' reuseport group (same user): it must fail
+    before it makes them, at the UDP socket, which is not SO_REUSEPORT."""
+    from dae_py.runtime.lab.gateway_proc import GatewayStartError
+
+    second = Gw(lab, config(lab, RULES), tmp_path)
+    with pytest.raises(GatewayStartError, match="Address already in use"):
+        second.start(timeout=30)
+    if second._log is not None:
+        second._log.close()
+    since = gw.log_len()
+    ports = [client_get(lab, lab.topo.upstream_ip4, 8081)["client_port"] for _ in range(16)]
+    wait_for(lambda: set(ports) <= set(flow_workers(gw.log_text()[since:])), timeout=5)
+    assert "workers on port" not in second.log_text()
