@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.runtime.common import HERE, PY, machine_note, median, pct, raise_nofile, start_echo, tune_lab
+from bench.runtime.common import HERE, PY, machine_note, median, pct, raise_nofile, start_echo, tree_cpu, tune_lab
 
 PROXY_PORT = 7002
 RELAY_PORT = 7003
@@ -114,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
                     if last:  # the concurrency check, once per worker count
                         results[w]["flows"].append(checksummed(lab, args.flows, args.bytes))
                         continue
-                    results[w]["connect"].append(connect_block(lab, args.rate, args.count, args.warmup))
+                    assert gw.proc is not None
+                    cpu0 = tree_cpu(gw.proc.pid)  # the runtime and its workers
+                    block = connect_block(lab, args.rate, args.count, args.warmup)
+                    block["cpu_us_per_conn"] = (tree_cpu(gw.proc.pid) - cpu0) / (args.count + args.warmup) * 1e6
+                    results[w]["connect"].append(block)
                     results[w]["iperf"].append(iperf(lab, args.seconds))
                 results[w]["share"].append(per_worker(gw.log_text(), PROXY_PORT))
                 print(f"round {r} workers {w}: " + json.dumps({k: v[-1] for k, v in results[w].items() if v}),
@@ -125,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     for w in (1, 2):
         c = results[w]["connect"]
         print(f"  workers {w}: connect p50 {median([x['p50'] for x in c]):.0f} us, "
-              f"p99 {median([x['p99'] for x in c]):.0f} us, errors {[x['errors'] for x in c]}; "
+              f"p99 {median([x['p99'] for x in c]):.0f} us, errors {[x['errors'] for x in c]}, "
+              f"runtime CPU per connection {median([x['cpu_us_per_conn'] for x in c]):.0f} us; "
               f"iperf3 -P 4 {median(results[w]['iperf']):.2f} Gbit/s "
               f"(rounds {[f'{g:.2f}' for g in results[w]['iperf']]}); "
               f"flows per process {results[w]['share'][:args.rounds]}")
