@@ -38,7 +38,7 @@ log = logging.getLogger("dae.worker")
 PR_SET_PDEATHSIG = 1
 REPORT_INTERVAL = 0.25  # counters; the connection list goes with every CONNS_EVERY-th report
 CONNS_EVERY = 4
-MAX_REPORTED_CONNS = 20000
+MAX_REPORTED_CONNS = 4096  # listed per worker: the list crosses the report pipe every second
 DNS_QUESTION_TIMEOUT = 0.05
 
 
