@@ -257,21 +257,28 @@ class Worker:
 
     # --- reports -----------------------------------------------------------------------------
     async def _report(self) -> None:
-        out = sys.stdout.buffer
+        """Counters (and the connection list) as JSON lines on stdout, written through the
+        loop: a main process slow to read makes the reports wait, never the flows."""
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, sys.stdout)
+        out = asyncio.StreamWriter(transport, protocol, None, loop)
         n = 0
-        while not self.stop.is_set():
-            report: dict[str, Any] = {"stats": proto.stats_report(self.stats), "serving": self.relay is not None}
-            n += 1
-            if self.relay is not None and self.relay.tracker is not None and n % CONNS_EVERY == 1:
-                report["conns"] = proto.conns_report(self.relay.tracker, MAX_REPORTED_CONNS)
-            try:
-                out.write(json.dumps(report, separators=(",", ":")).encode() + b"\n")
-                out.flush()
-            except (BrokenPipeError, ValueError):
-                self.stop.set()
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), REPORT_INTERVAL)
+        try:
+            while not self.stop.is_set():
+                report: dict[str, Any] = {"stats": proto.stats_report(self.stats), "serving": self.relay is not None}
+                n += 1
+                if self.relay is not None and self.relay.tracker is not None and n % CONNS_EVERY == 1:
+                    report["conns"] = proto.conns_report(self.relay.tracker, MAX_REPORTED_CONNS)
+                try:
+                    out.write(json.dumps(report, separators=(",", ":")).encode() + b"\n")
+                    await out.drain()
+                except (BrokenPipeError, ConnectionResetError):
+                    self.stop.set()
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), REPORT_INTERVAL)
+        finally:
+            transport.close()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
