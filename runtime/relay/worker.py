@@ -105,6 +105,7 @@ class Worker:
         self.maps: FdMaps | None = None
         self.table: Any = None
         self.stop = asyncio.Event()
+        self.closed = asyncio.Event()  # the relay is closed: the final report may go
         self.pending: list[dict[str, Any]] = []  # control messages read while waiting for a DNS answer
         self.dns_seq = 0
         self.failed = False  # the first build could not be used
@@ -277,6 +278,12 @@ class Worker:
                     return
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stop.wait(), REPORT_INTERVAL)
+            await self.closed.wait()  # the last counters, once the relay is closed
+            out.write(json.dumps({"stats": proto.stats_report(self.stats)}, separators=(",", ":")).encode() + b"\n")
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                await out.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
         finally:
             transport.close()
 
@@ -294,6 +301,7 @@ class Worker:
                 await self.relay.close()
             if self.table is not None:
                 self.table.stop_nodes()
+            self.closed.set()
             await reporter
             if self.maps is not None:
                 self.maps.close()

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from .helpers import Gw, Lab, client_get, flow_lines, gateway, lab_config, runtime_lab, wait_for
+from .helpers import Gw, Lab, client_get, flow_lines, gateway, lab_config, parse_exit_stats, runtime_lab, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -207,6 +207,8 @@ def test_stop_leaves_no_worker_behind(tmp_path: Path) -> None:
         time.sleep(0.05)
     assert not any(alive(p) for p in pids)
     assert "worker 0: stopped" in g.log_text() and "worker 1: stopped" in g.log_text()
+    _kernel, relay = parse_exit_stats(g.log_text())
+    assert relay.get("proxy") == 1  # the workers' last counters reached the exit line
 
 
 def controller(gw: Gw, method: str, path: str) -> tuple[int, Any]:
