@@ -116,6 +116,7 @@ OPTIONS: tuple[OptionCapability, ...] = (
     OptionCapability("utls_imitate", acts=False, missing="the runtime has no uTLS fingerprints"),
     # dae's other global options (config/config.go `Global`), issue 12: each is one row
     OptionCapability("bpf_conn_state_map_size", acts=True),  # the `flows` map's max_entries
+    OptionCapability("relay_workers", acts=True),  # TCP relay worker processes on the tproxy port (relay/workers.py)
     OptionCapability("mptcp", acts=True),  # the relay's TCP sockets to nodes are IPPROTO_MPTCP (TCP if refused)
     OptionCapability("relay_mode", acts=True),  # sockmap | splice | copy (runtime/relay/sockmap.py)
     OptionCapability("pprof_port", acts=False, unless=(0,),

@@ -108,12 +108,30 @@ def _stats_line(obj: BpfObject, build: Build) -> str:
     return "kernel: " + " ".join(parts)
 
 
+def _relay(router: KernelRouter, build: Build, config: Any) -> Any:
+    """The in-process relay, or with `global.relay_workers` above 1 the relay whose TCP flows
+    worker processes carry (runtime/relay/workers.py, docs/relay-workers.md)."""
+    from dae_py.runtime.relay import Gateway
+
+    setting = build.manifest.settings.extra.get("relay_workers", 1)
+    if setting != 1:
+        from dae_py.runtime.relay.workers import WorkerGateway, worker_count
+
+        n = worker_count(setting)
+        if n > 1 and build.manifest.subscriptions:
+            log.warning("global.relay_workers: %d asked, but subscriptions update the groups' nodes in this "
+                        "process only; relaying in one process", n)
+        elif n > 1:
+            return WorkerGateway.from_manifest(router, build.manifest, config, workers=n)
+    return Gateway.from_manifest(router, build.manifest, config)
+
+
 async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any = None,
                 reserve: FdReserve | None = None, cgroup: str | None = None) -> bool:
     """Run the gateway until `stop` is set. Start-up failures raise StartError (BpfError for
     the program); returns whether the stop undid everything (False: an error line said what
     was left behind)."""
-    from dae_py.runtime.relay import Gateway, RelayConfig
+    from dae_py.runtime.relay import RelayConfig
     from dae_py.runtime.relay.sockmap import DEFAULT_MODE, with_mode
 
     obj = BpfObject(build.object_path)
@@ -136,7 +154,7 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
             # global.relay_mode; the build's sockmap.o is beside program.o
             config = with_mode(RelayConfig(so_mark=so_mark, **relay_settings(g)),
                                str(g.extra.get("relay_mode", DEFAULT_MODE)), build.object_path.parent)
-            relay = Gateway.from_manifest(router, build.manifest, config)
+            relay = _relay(router, build, config)
             if build.manifest.subscriptions:  # fetched now (stored copies first), then every refresh
                 from dae_py.runtime.subscriptions import SubscriptionManager, subscription_dir
 

@@ -152,6 +152,8 @@ def start_only_changes(old: Manifest, new: Manifest) -> list[str]:
                       ("warm_pool_idle_timeout_s", "warm_pool_idle_timeout")):
         if old.settings.extra.get(key) != new.settings.extra.get(key):
             out.append(f"global.{name} changed: it takes effect at the next restart")
+    if old.settings.extra.get("relay_workers", 1) != new.settings.extra.get("relay_workers", 1):
+        out.append("global.relay_workers changed: it takes effect at the next restart")
     return out
 
 

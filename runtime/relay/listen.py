@@ -46,14 +46,19 @@ def addressed_to_self(dst: tuple[str, int], port: int) -> bool:
 
 
 def transparent_socket(kind: int, host: str, port: int, *, so_mark: int = 0,
-                       recv_orig_dst: bool = False, guard_fd: int | None = None) -> socket.socket:
-    """`guard_fd`: the socket filter to attach before the socket is bound (no unguarded moment)."""
+                       recv_orig_dst: bool = False, guard_fd: int | None = None,
+                       reuseport: bool = False) -> socket.socket:
+    """`guard_fd`: the socket filter to attach before the socket is bound (no unguarded moment);
+    `reuseport`: SO_REUSEPORT, so that the relay workers' listeners share the port
+    (runtime/relay/workers.py)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, kind)
     try:
         if guard_fd is not None:
             attach_guard(sock, guard_fd)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(SOL_IPV6, socket.IPV6_V6ONLY, 1)
         set_transparent(sock)
@@ -77,6 +82,7 @@ class SocketOptions(TypedDict, total=False):
     so_mark: int
     recv_orig_dst: bool
     guard_fd: int | None
+    reuseport: bool
 
 
 def bind_pair(kind: int, hosts: tuple[str, ...], port: int, **kwargs: Unpack[SocketOptions]

@@ -70,8 +70,14 @@ class TcpRelay:
                     guard_fd: int | None = None) -> int:
         """Listen on `port` on every host; returns the port. `guard_fd`: the program's
         tproxy_guard socket filter (only packets the datapath delivered get through)."""
-        self._listeners = bind_pair(socket.SOCK_STREAM, hosts, port, so_mark=self.config.so_mark,
-                                    guard_fd=guard_fd)
+        self.serve(bind_pair(socket.SOCK_STREAM, hosts, port, so_mark=self.config.so_mark, guard_fd=guard_fd))
+        log.info("tcp relay listening on port %d (%s)", self.port, ", ".join(hosts))
+        return self.port
+
+    def serve(self, listeners: list[socket.socket]) -> None:
+        """Accept on these bound sockets (a relay worker's share of the port, made by the main
+        process: runtime/relay/workers.py)."""
+        self._listeners = listeners
         loop = self.loop = asyncio.get_running_loop()
         self.poller = poller_for(loop)
         self._use_pools(self.outbounds)
@@ -83,8 +89,6 @@ class TcpRelay:
         self.port = self._listeners[0].getsockname()[1]
         if self._fast and self.config.sockmap:
             self.sockmap = SockmapPump.open(self.config.sockmap_object)
-        log.info("tcp relay listening on port %d (%s)", self.port, ", ".join(hosts))
-        return self.port
 
     def swap(self, router: Router, outbounds: OutboundTable) -> None:
         """Reload: route and dial new connections with these (flows under way keep theirs)."""

@@ -145,9 +145,11 @@ def garbage(lab: Lab) -> Iterator[list[GarbageServer]]:
             s.close()
 
 
-@pytest.fixture(scope="module")
-def gw(lab: Lab, garbage: list[GarbageServer], tmp_path_factory: pytest.TempPathFactory
-       ) -> Iterator[Gw]:
+@pytest.fixture(scope="module", params=[1, 2], ids=["in-process", "2-workers"])
+def gw(lab: Lab, garbage: list[GarbageServer], tmp_path_factory: pytest.TempPathFactory,
+       request: pytest.FixtureRequest) -> Iterator[Gw]:
+    """The runtime in one process, then with its TCP relay in two worker processes
+    (global.relay_workers: docs/relay-workers.md): every test runs against both."""
     t = lab.topo
     up4, up6 = t.upstream_ip4, t.upstream_ip6
     rules = [
@@ -175,7 +177,8 @@ def gw(lab: Lab, garbage: list[GarbageServer], tmp_path_factory: pytest.TempPath
         # garbage first: a dial that fails must move on to the next alive node
         "badfirst": "{policy: 'fixed(0)', filter: ['name(garbage, dante)']}",
     }
-    cfg = lab_config(t, rules=rules, fallback="direct", nodes=nodes, groups=groups)
+    cfg = lab_config(t, rules=rules, fallback="direct", nodes=nodes, groups=groups,
+                     extra_global=f"  relay_workers: {request.param}")
     with gateway(lab, cfg, tmp_path_factory.mktemp("flows")) as g:
         yield g
 

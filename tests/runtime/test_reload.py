@@ -301,11 +301,17 @@ class UdpStream(threading.Thread):
         self.sock.close()
 
 
-def test_tcp_and_udp_flows_survive_20_reloads(lab: Lab, echo: EchoServer, tmp_path: Path) -> None:
+WORKERS = pytest.mark.parametrize("workers", [1, 2], ids=["in-process", "2-workers"])  # docs/relay-workers.md
+
+
+@WORKERS
+def test_tcp_and_udp_flows_survive_20_reloads(lab: Lab, echo: EchoServer, tmp_path: Path, workers: int) -> None:
     t = lab.topo
-    builds = [build(tmp_path, "b0", config(lab)),
-              build(tmp_path, "b1", config(lab, extra_rules=(f"dip({t.upstream_ip4}) && dport(7) -> block",)))]
-    with gateway(lab, config(lab), tmp_path / "gw") as gw:
+    g = f"  relay_workers: {workers}"
+    builds = [build(tmp_path, "b0", config(lab, extra_global=g)),
+              build(tmp_path, "b1", config(lab, extra_rules=(f"dip({t.upstream_ip4}) && dport(7) -> block",),
+                                           extra_global=g))]
+    with gateway(lab, config(lab, extra_global=g), tmp_path / "gw") as gw:
         # the stream's first datagram waits for the UDP ASSOCIATE: start it before counting
         stream = UdpStream(lab, t.upstream_ip4)
         stream.start()
@@ -363,12 +369,15 @@ class Flood(threading.Thread):
                 self.failed.append(f"flow {self.ok + len(self.failed)}: {exc}")
 
 
-def test_reload_under_new_flows_loses_none(lab: Lab, echo: EchoServer, tmp_path: Path) -> None:
+@WORKERS
+def test_reload_under_new_flows_loses_none(lab: Lab, echo: EchoServer, tmp_path: Path, workers: int) -> None:
     t = lab.topo
-    builds = [build(tmp_path, "b0", config(lab)),
-              build(tmp_path, "b1", config(lab, extra_rules=(f"dip({t.upstream_ip4}) && dport(7) -> block",)))]
+    g = f"  relay_workers: {workers}"
+    builds = [build(tmp_path, "b0", config(lab, extra_global=g)),
+              build(tmp_path, "b1", config(lab, extra_rules=(f"dip({t.upstream_ip4}) && dport(7) -> block",),
+                                           extra_global=g))]
     before = gateway_snapshot(lab)
-    with gateway(lab, config(lab), tmp_path / "gw") as gw:
+    with gateway(lab, config(lab, extra_global=g), tmp_path / "gw") as gw:
         floods = [Flood(lab, t.upstream_ip4, DIRECT_ECHO_PORT), Flood(lab, t.upstream_ip4, DIRECT_ECHO_PORT),
                   Flood(lab, t.upstream_ip4, ECHO_PORT)]
         for f in floods:
