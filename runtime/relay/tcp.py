@@ -57,6 +57,7 @@ class TcpRelay:
         # dial_mode domain*: read the client's first bytes before dialing a group
         self.sniffing = Sniffing.for_settings(config.dial_mode, config.sniffing_timeout)
         self.tracker: ConnTracker | None = None  # set by the controller: live flows, closable
+        self._on_spliced_end = self._spliced_ended  # one bound method for all flows, not one each
 
     async def start(self, port: int = 0, hosts: tuple[str, ...] = ("0.0.0.0", "::"),
                     guard_fd: int | None = None) -> int:
@@ -262,10 +263,10 @@ class TcpRelay:
         if log.isEnabledFor(logging.DEBUG):
             tag = (counters, f"tcp {format_hostport(*src)} -> {format_hostport(*dst)} via "
                              f"{outbound} node {node}")
-        flow = SplicedFlow(loop, conn, upstream, add_up, add_down, self._spliced_ended, self.config.pipe_size,
+        flow = SplicedFlow(loop, conn, upstream, add_up, add_down, self._on_spliced_end, self.config.pipe_size,
                            sweeper, tag)
         if tracker is not None and rec is not None:
-            tracker.bind(rec, flow, flow.close)
+            tracker.bind(rec, flow)  # closed by flow.close()
         flow.start(armed)
 
     async def _established(self, conn: socket.socket, src: tuple[str, int],
