@@ -61,7 +61,8 @@ PLAIN_START = ("dae_py.runtime.cli", "dae_py.runtime.gateway", "dae_py.runtime.r
                "dae_py.runtime.kernel_router", "dae_py.runtime.controller.app", "dae_py.runtime.dns.module",
                "dae_py.runtime.groups", "dae_py.runtime.reload")
 HEAVY_OPTIONAL = ("cryptography", "h2", "hpack", "websockets", "blake3", "aioquic", "prometheus_client",
-                  "lark", "ruamel", "jsonschema", "jinja2", "yaml", "dae_py.compiler")
+                  "lark", "ruamel", "jsonschema", "jinja2", "yaml", "dae_py.compiler",
+                  "pyroute2.ndb", "pyroute2.ipdb", "sqlite3")
 
 
 def _loaded_after(code: str) -> list[str]:
@@ -69,13 +70,13 @@ def _loaded_after(code: str) -> list[str]:
              f"print([m for m in {HEAVY_OPTIONAL!r} if m in sys.modules])\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO,
                          check=True, timeout=120)
-    return eval(out.stdout.strip())  # noqa: S307 - our own subprocess printing a list of names
+    return eval(out.stdout.strip())  # our own subprocess printing a list of names
 
 
 def test_a_plain_gateway_imports_no_optional_heavy_module() -> None:
-    code = ("for m in %r: importlib.import_module(m)\n"
+    code = (f"for m in {PLAIN_START!r}: importlib.import_module(m)\n"
             "from dae_py.runtime.proxy import registry\n"
-            "registry.load('socks5'); registry.load('http')\n") % (PLAIN_START,)
+            "registry.load('socks5'); registry.load('http')\n")
     assert _loaded_after(code) == []
 
 
@@ -83,3 +84,14 @@ def test_a_vmess_node_loads_cryptography_when_first_used() -> None:
     """The check is not vacuous: the protocol module of a node in use brings its libraries."""
     code = "from dae_py.runtime.proxy import registry\nregistry.load('vmess')\n"
     assert "cryptography" in _loaded_after(code)
+
+
+def test_the_lean_pyroute2_package_still_gives_every_name_of_the_real_one() -> None:
+    """runtime/datapath/_pyroute2.lean skips pyroute2's __init__; a name only it defines
+    (NDB) runs it on first use, and IPRoute is the same class either way."""
+    code = ("import dae_py.runtime.datapath\n"
+            "from pyroute2.iproute import IPRoute as lean\n"
+            "assert 'pyroute2.ndb' not in sys.modules\n"
+            "from pyroute2 import NDB, IPRoute\n"
+            "assert IPRoute is lean and 'pyroute2.ndb' in sys.modules\n")
+    assert _loaded_after(code) == ["pyroute2.ndb", "pyroute2.ipdb", "sqlite3"]

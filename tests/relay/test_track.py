@@ -2,7 +2,7 @@
 through it, gone when the flow ends; one table entry per live flow."""
 from __future__ import annotations
 
-from dae_py.runtime.relay.track import ConnTracker
+from dae_py.runtime.relay.track import ConnTracker, Tracked
 
 
 class FakeFlow:
@@ -15,7 +15,7 @@ class FakeFlow:
         self.tracker.ended_key(self)
 
 
-def _open(t: ConnTracker, port: int = 40000):  # type: ignore[no-untyped-def]
+def _open(t: ConnTracker, port: int = 40000) -> Tracked:
     return t.open("tcp", ("10.0.0.2", port), ("192.0.2.1", 8081), "proxy", "a", " (fallback)")
 
 
@@ -56,7 +56,7 @@ def test_a_flow_ending_by_itself_leaves_the_table_and_counts_stay_on_the_record(
     totals = [0, 0]
     recs = [_open(t, 40000 + i) for i in range(100)]
     flows = [FakeFlow(t) for _ in recs]
-    for rec, flow in zip(recs, flows):
+    for rec, flow in zip(recs, flows, strict=True):
         t.bind(rec, flow)
     assert len(t._live) == 100  # one entry per live flow, no second index
     up, down = recs[0].counting(lambda n: totals.__setitem__(0, totals[0] + n),

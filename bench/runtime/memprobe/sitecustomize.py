@@ -31,7 +31,7 @@ if _PREFIX:
         libc = ctypes.CDLL(None)
         libc.mallinfo2.restype = MallInfo2
         mi = libc.mallinfo2()
-        return {n: int(getattr(mi, n)) for n, _ in MallInfo2._fields_}
+        return {f[0]: int(getattr(mi, f[0])) for f in MallInfo2._fields_}
 
     def _dump(signum: int, frame: object) -> None:
         import collections
