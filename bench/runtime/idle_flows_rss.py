@@ -109,6 +109,23 @@ def snapshot(gw_pid: int, danted_pid: int) -> dict[str, Any]:
             "kernel_stack_kb": meminfo_kb("KernelStack")}
 
 
+def probe(pid: int) -> None:
+    """Ask the runtime's memprobe for a dump (SIGRTMIN+3, sent only to the process running the
+    runtime: elsewhere it would kill), and give it time to write it."""
+    import os
+    import signal
+
+    for p in tree_pids(pid):
+        try:
+            cmd = Path(f"/proc/{p}/cmdline").read_bytes()
+        except OSError:
+            continue
+        argv0 = cmd.split(b"\0")[0].rsplit(b"/", 1)[-1]
+        if b"dae_py.runtime.cli" in cmd and argv0.startswith(b"python"):
+            os.kill(p, signal.SIGRTMIN + 3)
+    time.sleep(5)
+
+
 def tree_fds(pid: int) -> int:
     total = 0
     for p in tree_pids(pid):
@@ -137,7 +154,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-level", default="info")
     ap.add_argument("--lab-prefix", default="benchrt", help="the Lab's name prefix (unique per session)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--probe", type=Path, metavar="PREFIX",
+                    help="load bench/runtime/memprobe into the runtime and dump what it holds (modules, "
+                         "mallinfo, objects by type) at the baseline and at the peak to PREFIX.N.json")
+    ap.add_argument("--trace", type=int, default=0, metavar="FRAMES",
+                    help="with --probe: tracemalloc too (PREFIX.N.tracemalloc; it inflates RSS)")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="set in the runtime's environment (e.g. MALLOC_ARENA_MAX=2)")
     args = ap.parse_args(argv)
+    wrap = ["env", *args.env] if args.env or args.probe else []
+    if args.probe:
+        wrap += [f"PYTHONPATH={HERE / 'memprobe'}", f"DAE_MEMPROBE={args.probe}",
+                 f"DAE_MEMPROBE_TRACE={args.trace}"]
 
     from dae_py.runtime.lab import Lab, cleanup_stale
     from dae_py.runtime.lab.gateway_proc import GatewayProcess
@@ -154,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         danted = lab.start_danted(1080)
         lab.start_http_peer(8080)
         start_echo(lab, [PROXY_PORT])
-        gw = GatewayProcess(lab, gateway_config(t, [PROXY_PORT]), Path(tmp), log_level=args.log_level)
+        gw = GatewayProcess(lab, gateway_config(t, [PROXY_PORT]), Path(tmp), log_level=args.log_level,
+                            wrap=wrap)
         holder = None
         with gw:
             assert gw.proc is not None and danted.pid is not None  # both started by now
@@ -167,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                 holder.ask("close", 30)
                 time.sleep(args.settle)
                 base = snapshot(pid, danted_pid)
+                if args.probe:
+                    probe(pid)
                 slab0 = slabinfo()
                 rows.append({"flows": 0, **base})
                 print(f"baseline (after 50 flows opened and closed): dae-runtime RSS {base['rss_kb'] / 1024:.1f} MiB, "
@@ -204,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                         stop_reason = f"stopped at {up} flows: the client saw failures {ans['failed']}"
                         break
                 slab1 = slabinfo()
+                if args.probe:
+                    probe(pid)
                 closed = holder.ask("close", 60)
                 deadline = time.monotonic() + 30
                 while time.monotonic() < deadline and tree_fds(pid) > base["fds"] + 8:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -19,6 +20,9 @@ from .auth import middleware
 from .common import CTRL_KEY
 from .logbus import LogBus
 from .view import GatewayView
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("dae.controller")
 
@@ -72,11 +76,18 @@ class Controller:
     def __init__(self, view: GatewayView, secret: str | None) -> None:
         self.view = view
         self._secret = secret or ""
-        self.registry = metrics.registry_for(lambda: self.view)
+        self._registry: CollectorRegistry | None = None  # built at the first scrape
         self.logbus: LogBus | None = None
         self.runner: web.AppRunner | None = None
         self.address: tuple[str, int] | None = None
         self.unix: Path | None = None
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """/metrics' registry, made at the first scrape (prometheus-client loads then)."""
+        if self._registry is None:
+            self._registry = metrics.registry_for(lambda: self.view)
+        return self._registry
 
     def __repr__(self) -> str:  # the secret stays out
         return f"Controller(address={self.address}, secret={'set' if self._secret else 'none'})"

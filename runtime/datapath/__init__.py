@@ -25,7 +25,9 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from . import interfaces, policy_routing, state, sysctls, tc
+# _pyroute2 first (it comes first in the line): importing it swaps in the lean pyroute2 package
+# before any module here imports pyroute2's submodules (runtime/datapath/_pyroute2.py)
+from . import _pyroute2, interfaces, policy_routing, state, sysctls, tc  # noqa: F401 - _pyroute2: for its effect
 from ._netns import NetnsNotFound, open_iproute
 from .interfaces import Interface, InterfaceResolutionError
 from .policy_routing import DEFAULT_RULE_PRIORITY, FwmarkRule, LocalRoute

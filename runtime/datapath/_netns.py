@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:  # only for the annotation: open_iproute imports it where it is used
-    from pyroute2 import IPRoute
+    from pyroute2.iproute import IPRoute
 
 T = TypeVar("T")
 
@@ -94,7 +94,7 @@ def open_iproute(netns: str | None) -> IPRoute:
     which would turn a typo, or a cleanup after the namespace was deleted, into a fresh empty
     namespace. Here a missing namespace is an error (`NetnsNotFound`).
     """
-    from pyroute2 import IPRoute
+    from pyroute2.iproute import IPRoute
 
     if netns is None:
         return IPRoute()

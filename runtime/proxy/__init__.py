@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any
 
 from dae_py.runtime.net.stream import SocketStream, Stream, TlsStream, bounded
 
@@ -46,11 +47,15 @@ from .direct import DirectOutbound
 DIRECT_ID = 0
 BLOCK_ID = 1
 
-_DIALERS = registry.dialers()
-_ASSOCIATORS = registry.associators()
-_FAST_PATHS = registry.fast_paths()
-_PREPARED = registry.prepared_paths()
-_LIFECYCLES = registry.lifecycles()
+# A protocol's module is imported when a node of it is first used (registry.load caches it), not
+# here: vmess/shadowsocks/trojan pull in cryptography, h2 and websockets (about 10 MB of RSS) that
+# a gateway without such nodes never needs (tests/runtime/test_startup.py).
+
+
+def _lifecycle(scheme: str) -> tuple[Any, Any] | None:
+    module = registry.load(scheme)
+    start, stop = getattr(module, "start", None), getattr(module, "stop", None)
+    return (start, stop) if start is not None and stop is not None else None
 
 
 async def dial_tcp(node: Node, dst: Destination, opts: DialOptions) -> Stream:
@@ -58,21 +63,21 @@ async def dial_tcp(node: Node, dst: Destination, opts: DialOptions) -> Stream:
     if node.chain:
         from .chain import dial as dial_chain  # chain loads the registry's modules: imported on first use
         return await dial_chain(node, dst, opts)
-    return await _DIALERS[node.protocol](node, dst, opts)
+    return await registry.load(node.protocol).dial(node, dst, opts)
 
 
 def start_node(node: Node) -> None:
     """A group holding `node` starts: what its protocol runs beside it (a SIP003 plugin) starts,
     for each hop of a chain too."""
     for hop in (*node.chain, node):
-        hooks = _LIFECYCLES.get(hop.protocol)
+        hooks = _lifecycle(hop.protocol)
         if hooks is not None:
             hooks[0](hop)
 
 
 def stop_node(node: Node) -> None:
     for hop in (*node.chain, node):
-        hooks = _LIFECYCLES.get(hop.protocol)
+        hooks = _lifecycle(hop.protocol)
         if hooks is not None:
             hooks[1](hop)
 
@@ -80,18 +85,18 @@ def stop_node(node: Node) -> None:
 async def open_udp(node: Node, opts: DialOptions, on_reply: ReplyCallback) -> UdpAssociation:
     if not node.supports_udp:
         raise DialError(f"{node.protocol} nodes carry no UDP", node)
-    return await _ASSOCIATORS[node.protocol](node, opts, on_reply)
+    return await registry.load(node.protocol).associate(node, opts, on_reply)
 
 
 def fast_path(node: Node) -> FastPath | None:
     """The callback dial of the node's protocol, or None if it has none (or is a chain)."""
-    return None if node.chain else _FAST_PATHS.get(node.protocol)
+    return None if node.chain else getattr(registry.load(node.protocol), "FAST_PATH", None)
 
 
 def prepared(node: Node) -> Prepared | None:
     """How a warm pool pre-opens connections to `node`, or None (its protocol negotiates
     nothing ahead of a flow's request worth keeping, or it is a chain)."""
-    return None if node.chain else _PREPARED.get(node.protocol)
+    return None if node.chain else getattr(registry.load(node.protocol), "PREPARED", None)
 
 
 async def dial_prepared(sock: socket.socket, prep: Prepared, node: Node, dst: Destination,

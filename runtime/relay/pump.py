@@ -92,11 +92,11 @@ class _Way:
                  "chunk", "left", "buf", "pending", "reading", "writing", "done")
 
     def __init__(self, flow: SplicedFlow, src_fd: int, dst_sock: socket.socket,
-                 count: Count) -> None:
+                 count: Count, dst_fd: int) -> None:
         self.flow = flow
         self.dst_sock = dst_sock
         self.src_fd = src_fd
-        self.dst_fd = dst_sock.fileno()
+        self.dst_fd = dst_fd  # the flow's own int (a fileno() call makes a new one per call)
         self.count = count
         self.read_end = self.write_end = -1
         self.chunk = 0
@@ -237,8 +237,8 @@ class SplicedFlow:
         self.c_fd = client.fileno()
         self.u_fd = upstream.fileno()
         self.c_mask = self.u_mask = 0  # registered interest (0: not in the poller's set)
-        self.up = _Way(self, self.c_fd, upstream, count_up)
-        self.down = _Way(self, self.u_fd, client, count_down)
+        self.up = _Way(self, self.c_fd, upstream, count_up, self.u_fd)
+        self.down = _Way(self, self.u_fd, client, count_down, self.c_fd)
         self.alive = 2
         self.active = False
         self.on_end: Callable[[SplicedFlow, object], None] | None = on_end

@@ -65,6 +65,7 @@ class TcpRelay:
         self.sockmap: SockmapPump | None = None  # relay mode sockmap, from start()
         self.pools: WarmPools | None = None  # from start() when config.warm_pool > 0
         self._batch = 1  # accepts per listener wake-up at most (_accept adapts it)
+        self._on_spliced_end = self._spliced_ended  # one bound method for all flows, not one each
 
     async def start(self, port: int = 0, hosts: tuple[str, ...] = ("0.0.0.0", "::"),
                     guard_fd: int | None = None) -> int:
@@ -301,15 +302,15 @@ class TcpRelay:
                              f"{outbound} node {node}")
         flow: SplicedFlow | SockmapFlow | None = None
         if self.sockmap is not None:  # the kernel moves the bytes, if it takes the pair
-            kernel = SockmapFlow(loop, self.sockmap, conn, upstream, add_up, add_down, self._spliced_ended,
+            kernel = SockmapFlow(loop, self.sockmap, conn, upstream, add_up, add_down, self._on_spliced_end,
                                  sweeper, tag)
             if kernel.join():
                 flow = kernel
         if flow is None:
-            flow = SplicedFlow(loop, conn, upstream, add_up, add_down, self._spliced_ended, self.config.pipe_size,
+            flow = SplicedFlow(loop, conn, upstream, add_up, add_down, self._on_spliced_end, self.config.pipe_size,
                                sweeper, tag)
         if tracker is not None and rec is not None:
-            tracker.bind(rec, flow, flow.close)
+            tracker.bind(rec, flow)  # closed by flow.close()
         flow.start(armed)
 
     async def _established(self, conn: socket.socket, src: tuple[str, int],

@@ -38,6 +38,7 @@ class Tracked:
     upload: int = 0
     download: int = 0
     closer: Callable[[], object] | None = field(default=None, repr=False)
+    key: object = field(default=None, repr=False)  # the relay's object for the flow, while live
     _up: Count = field(default=_nothing, repr=False)
     _down: Count = field(default=_nothing, repr=False)
 
@@ -71,52 +72,76 @@ class Tracked:
         """Really end the flow: both sockets closed (its end callback removes the record)."""
         if self.closer is not None:
             self.closer()
+        elif self.key is not None and self.key is not self:
+            close = getattr(self.key, "close", None)
+            if close is not None:
+                close()
 
 
 class ConnTracker:
-    """The table of live connections; ids are UUID-shaped strings, as mihomo's."""
+    """The table of live connections; ids are UUID-shaped strings, as mihomo's.
+
+    One dict, keyed by the id() of the relay's object for the flow (the record's own until
+    `bind`): an entry per live flow is most of what tracking costs (tests/relay/test_track.py
+    counts it), so there is no second index by id; `find` (a DELETE of one connection) walks."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.prefix = str(uuid.uuid4())[:23]
-        self.conns: dict[int, Tracked] = {}  # by seq
         self.total = 0  # connections ever tracked (and the next seq)
-        self._by_key: dict[int, Tracked] = {}  # id(the relay's flow object) -> record
+        self._live: dict[int, Tracked] = {}  # id(rec.key) -> record
 
     def open(self, network: str, src: Addr, dst: Addr, outbound: str, node: str, why: str) -> Tracked:
         self.total = seq = self.total + 1
         rec = Tracked(seq, self.prefix, network, src, dst, outbound, node, why, self.clock())
-        self.conns[seq] = rec
+        rec.key = rec
+        self._live[id(rec)] = rec
         return rec
 
-    def bind(self, rec: Tracked, key: object, closer: Callable[[], object]) -> None:
-        """`key`: the relay's object for the flow (its end callback hands it to `ended_key`)."""
+    def bind(self, rec: Tracked, key: object, closer: Callable[[], object] | None = None) -> None:
+        """`key`: the relay's object for the flow (its end callback hands it to `ended_key`);
+        `closer` ends the flow (None: `key.close()`, without a bound method kept per flow)."""
         rec.closer = closer
-        self._by_key[id(key)] = rec
+        if key is not rec.key and self._live.pop(id(rec.key), None) is rec:
+            self._live[id(key)] = rec
+        rec.key = key
 
     def ended_key(self, key: object) -> None:
-        rec = self._by_key.pop(id(key), None)
-        if rec is not None:
+        rec = self._live.get(id(key))
+        if rec is not None and rec.key is key:
             self.ended(rec)
 
     def ended(self, rec: Tracked) -> None:
-        self.conns.pop(rec.seq, None)
+        key = rec.key
+        if key is not None:
+            if self._live.get(id(key)) is rec:
+                del self._live[id(key)]
+            rec.key = None
         rec.closer = None
+
+    @property
+    def conns(self) -> dict[int, Tracked]:
+        """The live records by seq (a copy: for callers that index them)."""
+        return {rec.seq: rec for rec in self._live.values()}
 
     def find(self, conn_id: str) -> Tracked | None:
         prefix, _, seq = conn_id.rpartition("-")
         if prefix != self.prefix:
             return None
         try:
-            return self.conns.get(int(seq, 16))
+            wanted = int(seq, 16)
         except ValueError:
             return None
+        for rec in self._live.values():
+            if rec.seq == wanted:
+                return rec
+        return None
 
     def __iter__(self) -> Iterator[Tracked]:
-        return iter(list(self.conns.values()))
+        return iter(list(self._live.values()))
 
     def __len__(self) -> int:
-        return len(self.conns)
+        return len(self._live)
 
     def close(self, conn_id: str) -> bool:
         rec = self.find(conn_id)
@@ -127,7 +152,7 @@ class ConnTracker:
         return True
 
     def close_all(self) -> int:
-        recs = list(self.conns.values())
+        recs = list(self._live.values())
         for rec in recs:
             rec.close()
             self.ended(rec)

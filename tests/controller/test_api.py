@@ -353,7 +353,7 @@ def test_status_renders_the_summary_as_text(view: GatewayView) -> None:
 def test_metrics_export_the_dns_modules_cache_counters(view: GatewayView) -> None:
     """The real DNS module against a loopback upstream (tests/dnsmodule's): a query asked twice is
     one miss, then one hit, both answered."""
-    from dae_py.runtime.controller.metrics import GatewayCollector
+    from dae_py.runtime.controller.collector import GatewayCollector
     from tests.dnsmodule.fakes import FakeUpstream
     from tests.dnsmodule.test_module import ZONE, ask, config, with_module
 

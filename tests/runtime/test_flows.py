@@ -358,3 +358,29 @@ def test_group_moves_past_a_garbage_node(lab: Lab, gw: Gw) -> None:
     gw.wait_log(r"group 'badfirst' \[tcp\]: node 'garbage' is down: "
                 r".*SOCKS5 reply version 0x07", since=since)
     assert gw.alive
+
+
+# --- what the running gateway keeps loaded --------------------------------------------------
+
+# Native libraries of optional features, as /proc/PID/maps names them: this gateway has socks5
+# and http nodes only (no vmess/ss/trojan, no ws/grpc transport), so none may be mapped.
+OPTIONAL_NATIVE = {"cryptography": "/cryptography/hazmat/bindings/", "blake3": "/blake3/",
+                   "websockets": "/websockets/speedups", "aioquic": "/aioquic/"}
+
+
+def test_a_plain_gateway_maps_no_optional_native_library(lab: Lab, gw: Gw) -> None:
+    """Checked on the running process after a proxied flow (the dial path loaded): megabytes of
+    RSS each (tests/test_import_contracts.py checks the pure-Python ones by sys.modules)."""
+    from dae_py.runtime.lab.procs import descendants
+
+    t = lab.topo
+    client_get(lab, t.upstream_ip4, 8081)
+    assert gw.proc is not None
+    maps = ""
+    for pid in (gw.proc.pid, *descendants(gw.proc.pid)):
+        try:
+            maps += open(f"/proc/{pid}/maps").read()
+        except OSError:
+            pass
+    assert "_ssl" in maps or "libssl" in maps, "the maps were read (the interpreter's own libraries)"
+    assert [name for name, path in OPTIONAL_NATIVE.items() if path in maps] == []
