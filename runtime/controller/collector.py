@@ -50,6 +50,7 @@ class GatewayCollector(Collector):
                                    labels=["outbound"])
         refused = CounterMetricFamily("dae_relay_refused", "Flows the relay refused (dial failed, blocked)",
                                       labels=["outbound"])
+        v.sync_counts()
         for name, c in sorted(v.relay.stats.snapshot().items()):
             flows.add_metric([name], c["flows"])
             active.add_metric([name], c["active"])

@@ -85,6 +85,7 @@ async def patch_configs(request: web.Request) -> web.Response:
 def summary(v: GatewayView) -> dict[str, Any]:
     """The facts an operator wants at a glance (status page, `dae-runtime status`)."""
     kernel = v.kernel_outbounds()
+    v.sync_counts()
     relay = v.relay.stats.snapshot()
     outbounds = []
     for o in v.manifest.outbounds:

@@ -97,6 +97,13 @@ class GatewayView:
         self.started = time.time()
         self.history: dict[str, NodeHistory] = {}
 
+    def sync_counts(self) -> None:
+        """Before connections or totals are shown: flows whose bytes the kernel moves (sockmap)
+        count them now, not at the relay's next sweep (in-process relay; workers report theirs)."""
+        sync = getattr(getattr(self.relay, "tcp", None), "sync_counts", None)
+        if sync is not None:
+            sync()
+
     # --- outbounds, groups, nodes --------------------------------------------------------
     def groups(self) -> list[Group]:
         return list(self.relay.table.groups())
@@ -194,6 +201,7 @@ class GatewayView:
     # --- relay -----------------------------------------------------------------------------
     def relay_totals(self) -> tuple[int, int]:
         """(bytes up, bytes down) over every outbound the relay carried."""
+        self.sync_counts()
         up = down = 0
         for c in self.relay.stats.by_outbound.values():
             up += c.bytes_up

@@ -103,6 +103,7 @@ class SockmapPump:
         self.object_path = object_path
         self._obj = BpfObject(object_path)
         self._link = -1
+        self.flows: set[SockmapFlow] = set()  # joined and not ended: report_all() reads them
         try:
             self._obj.load()
             self.socks = self._obj.map("relay_socks")
@@ -134,6 +135,17 @@ class SockmapPump:
             os.close(self._link)
             self._link = -1
         self._obj.close()
+
+    def report_all(self) -> None:
+        """Count every live flow's kernel-moved bytes now (the controller is about to list the
+        connections, a worker to send its counters), not only at the sweeper's next tick. A
+        flow that moved bytes is marked active, so the tick does not take it for idle."""
+        for flow in list(self.flows):
+            try:
+                if flow.up.report() | flow.down.report():
+                    flow._active = True
+            except OSError:
+                pass
 
     def entries(self) -> tuple[int, int, int]:
         """(sockets, ways, consumed entries) in the maps: all 0 once every flow ended."""
@@ -360,6 +372,7 @@ class SockmapFlow:
             log.debug("sockmap refused a flow, spliced instead: %s", exc)
             return False
         self.joined = True
+        pump.flows.add(self)
         for sock in (self.client, self.upstream):  # bytes queued before the hand-over
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
         return True
@@ -454,6 +467,7 @@ class SockmapFlow:
             except OSError:
                 pass
         self.on_end = None
+        pump.flows.discard(self)
         self.up.done = self.down.done = True
         self.poller.remove(self.c_fd)
         self.poller.remove(self.u_fd)

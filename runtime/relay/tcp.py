@@ -91,6 +91,11 @@ class TcpRelay:
         if self._fast and self.config.sockmap:
             self.sockmap = SockmapPump.open(self.config.sockmap_object)
 
+    def sync_counts(self) -> None:
+        """Bring the byte counts of flows the kernel moves (sockmap) up to date now."""
+        if self.sockmap is not None:
+            self.sockmap.report_all()
+
     def swap(self, router: Router, outbounds: OutboundTable) -> None:
         """Reload: route and dial new connections with these (flows under way keep theirs)."""
         self.router = router

@@ -266,6 +266,8 @@ class Worker:
         n = 0
         try:
             while not self.stop.is_set():
+                if self.relay is not None:
+                    self.relay.sync_counts()  # sockmap flows' kernel-moved bytes, counted now
                 report: dict[str, Any] = {"stats": proto.stats_report(self.stats), "serving": self.relay is not None}
                 n += 1
                 if self.relay is not None and self.relay.tracker is not None and n % CONNS_EVERY == 1:
