@@ -446,9 +446,13 @@ def _slice(text: Text, start: int, end: int) -> Text:
 
 def _schema_accepts(path: JsonPath, value: str) -> bool:
     schema = _schema_node(path)
-    if schema is None or "pattern" not in schema:
+    if schema is None:
         return True
-    return re.search(schema["pattern"], value) is not None
+    # a value may have a string form among others (subscriptions: a URL, or {url, interval})
+    strings = [s for s in [schema, *schema.get("oneOf", ())] if "pattern" in s]
+    if not strings:
+        return True
+    return any(re.search(s["pattern"], value) is not None for s in strings)
 
 
 def _decl_only(fn: Callable[[Item], None], mapper: Mapper, key: str) -> Callable[[Item], None]:
