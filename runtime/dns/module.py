@@ -32,7 +32,6 @@ from dae_py.contract.manifest import DnsSettings
 from .asis import ORIGIN, AsisUpstreams
 from .binder import Binder, answer_addresses
 from .cache import STALE_ANSWER_TTL, Cache, key_of
-from .fastmiss import FastMiss
 from .listener import DnsListener
 from .rules import Query, RuleList, qname_matcher
 from .upstreams import Route, UpstreamError
@@ -107,6 +106,8 @@ class DnsModule:
         self._refreshing: set[asyncio.Task[dns.message.Message]] = set()
         self.binder = Binder(bindings, bits_of)
         self.deadline = deadline
+        from .fastmiss import FastMiss  # here, not at the top: fastmiss types its owner as this class
+
         self.fast = FastMiss(self)  # plain UDP misses, answered on callbacks (fastmiss.py)
         self.listener = DnsListener(self.answer, self.answer_now, answer_soon=self.fast.take)
         self.binds = [(b.host, b.port) for b in cfg.bind]
