@@ -12,7 +12,7 @@ import fcntl
 import os
 import socket
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from dae_py.runtime.net.poller import HUP_ERR, IN, OUT, poller_for
 from dae_py.runtime.net.sockets import abort
@@ -215,15 +215,65 @@ class _Way:
         self.buf = b""
 
 
-class SplicedFlow:
+class PairRegistration:
+    """The poller registrations of a relayed pair (client and upstream fd), kept in line with
+    what its two ways want; shared by SplicedFlow and the sockmap relay's SockmapFlow."""
+
+    __slots__ = ("c_fd", "u_fd", "c_mask", "u_mask")
+    c_fd: int
+    u_fd: int
+    c_mask: int
+    u_mask: int
+    poller: Any
+    up: Any
+    down: Any
+    on_end: Any
+
+    def _on_client(self, events: int) -> None:
+        raise NotImplementedError
+
+    def _on_upstream(self, events: int) -> None:
+        raise NotImplementedError
+
+    def fail(self, exc: BaseException) -> None:
+        raise NotImplementedError
+
+    def sync(self) -> None:
+        """Bring the registrations in line with what the ways want (no syscall if unchanged)."""
+        if self.on_end is None:
+            return
+        up, down = self.up, self.down
+        c = (IN if up.reading else 0) | (OUT if down.writing else 0)
+        u = (IN if down.reading else 0) | (OUT if up.writing else 0)
+        try:
+            if c != self.c_mask:
+                self._apply(self.c_fd, self.c_mask, c, self._on_client)
+                self.c_mask = c
+            if u != self.u_mask:
+                self._apply(self.u_fd, self.u_mask, u, self._on_upstream)
+                self.u_mask = u
+        except OSError as exc:
+            self.fail(exc)
+
+    def _apply(self, fd: int, old: int, new: int, handler: Callable[[int], None]) -> None:
+        if not new:  # nothing wanted: out of the set (HUP/ERR would be reported regardless)
+            self.poller.remove(fd)
+        elif old:
+            self.poller.modify(fd, new)
+        else:
+            self.poller.watch(fd, new, handler)
+
+
+
+class SplicedFlow(PairRegistration):
     """A relayed TCP flow once both sockets are connected: two `_Way`s driven by the loop's
     `FdPoller` (one epoll registration per socket), no task, no coroutine, no timer of its own
     (an `IdleSweeper` ends it when idle). Owns both sockets: `on_end(flow, outcome)` runs once,
     after both are closed; outcome is "closed" (both EOFs), "idle", another string (closed from
     outside) or the exception that broke the flow (both sides were then reset)."""
 
-    __slots__ = ("loop", "poller", "pipe_size", "client", "upstream", "c_fd", "u_fd", "c_mask",
-                 "u_mask", "up", "down", "alive", "active", "last", "on_end", "sweeper", "tag")
+    __slots__ = ("loop", "poller", "pipe_size", "client", "upstream", "up", "down", "alive", "active", "last",
+                 "on_end", "sweeper", "tag")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, client: socket.socket,
                  upstream: socket.socket, count_up: Count, count_down: Count,
@@ -277,31 +327,6 @@ class SplicedFlow:
         if events & (OUT | HUP_ERR) and up.writing:
             up._writable()
 
-    def sync(self) -> None:
-        """Bring the registrations in line with what the ways want (no syscall if unchanged)."""
-        if self.on_end is None:
-            return
-        up, down = self.up, self.down
-        c = (IN if up.reading else 0) | (OUT if down.writing else 0)
-        u = (IN if down.reading else 0) | (OUT if up.writing else 0)
-        try:
-            if c != self.c_mask:
-                self._apply(self.c_fd, self.c_mask, c, self._on_client)
-                self.c_mask = c
-            if u != self.u_mask:
-                self._apply(self.u_fd, self.u_mask, u, self._on_upstream)
-                self.u_mask = u
-        except OSError as exc:
-            self.fail(exc)
-
-    def _apply(self, fd: int, old: int, new: int, handler: Callable[[int], None]) -> None:
-        if not new:  # nothing wanted: out of the set (HUP/ERR would be reported regardless)
-            self.poller.remove(fd)
-        elif old:
-            self.poller.modify(fd, new)
-        else:
-            self.poller.watch(fd, new, handler)
-
     def fail(self, exc: BaseException) -> None:
         self._end(exc)
 
@@ -333,7 +358,7 @@ class SplicedFlow:
             self.upstream.close()
         on_end(self, outcome)
         # no flow <-> way cycle left behind: freed by reference counting, not by the cyclic GC
-        self.up.flow = self.down.flow = _ENDED  # type: ignore[assignment]  # stands in: late calls do nothing
+        self.up.flow = self.down.flow = _ENDED  # stands in: late calls do nothing
 
 
 class _Ended:

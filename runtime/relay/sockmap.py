@@ -42,7 +42,7 @@ from dae_py.runtime.net.poller import HUP_ERR, IN, OUT, poller_for
 from dae_py.runtime.net.sockets import abort
 
 from .flow import RelayConfig
-from .pump import Count, IdleSweeper
+from .pump import Count, IdleSweeper, PairRegistration
 
 log = logging.getLogger(__name__)
 
@@ -306,11 +306,11 @@ class _Ended:
     on_end = None
 
 
-class SockmapFlow:
+class SockmapFlow(PairRegistration):
     """A relayed TCP flow whose bytes the kernel moves; see the module docstring."""
 
-    __slots__ = ("loop", "poller", "pump", "client", "upstream", "c_fd", "u_fd", "c_mask",
-                 "u_mask", "up", "down", "on_end", "sweeper", "tag", "last", "_active", "joined")
+    __slots__ = ("loop", "poller", "pump", "client", "upstream", "up", "down", "on_end", "sweeper", "tag",
+                 "last", "_active", "joined")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, pump: SockmapPump, client: socket.socket,
                  upstream: socket.socket, count_up: Count, count_down: Count,
@@ -408,30 +408,6 @@ class SockmapFlow:
                 self.up.writable()
         except OSError as exc:
             self.fail(exc)
-
-    def sync(self) -> None:
-        if self.on_end is None:
-            return
-        up, down = self.up, self.down
-        c = (IN if up.reading else 0) | (OUT if down.writing else 0)
-        u = (IN if down.reading else 0) | (OUT if up.writing else 0)
-        try:
-            if c != self.c_mask:
-                self._apply(self.c_fd, self.c_mask, c, self._on_client)
-                self.c_mask = c
-            if u != self.u_mask:
-                self._apply(self.u_fd, self.u_mask, u, self._on_upstream)
-                self.u_mask = u
-        except OSError as exc:
-            self.fail(exc)
-
-    def _apply(self, fd: int, old: int, new: int, handler: Callable[[int], None]) -> None:
-        if not new:
-            self.poller.remove(fd)
-        elif old:
-            self.poller.modify(fd, new)
-        else:
-            self.poller.watch(fd, new, handler)
 
     def way_ended(self, way: _Way) -> None:
         """`way`'s EOF reached the peer's write queue behind all its bytes: forward it."""
