@@ -15,7 +15,8 @@ that drift of a shared machine falls on all rows alike. Rows:
   (aes-128-gcm; one single-threaded process) and, as a second server, to v2ray 4.34's
   shadowsocks inbound (Go: uses both cores), so a cap set by ss-server shows as such.
 - `--suite vmess`: relay A, relay B and v2ray 4.34's own client (dokodemo-door tproxy) to the
-  same v2ray 4.34 VMess aes-128-gcm (TCP) inbound; `--vless` adds VLESS over TLS.
+  same v2ray 4.34 VMess aes-128-gcm (TCP) inbound; `--vless` adds VLESS over TLS; `--trojan`
+  adds relay A, relay B and v2ray 4.34's trojan client to Debian's trojan server (TLS 1.3).
 
 Printed per row: the median Gbit/s, each round's figure, CPU seconds per GiB of the client
 process (user + system) and of the server process, and the per-round ratios B/A, B/ss-redir,
@@ -34,6 +35,7 @@ from typing import Any
 
 import trustme
 
+from tests.proxy.test_proxy_lab import TROJAN4, TROJAN_PASSWORD, TROJAN_PORT, TROJAN_SNI, trojan_node
 from tests.proxy.test_vmess_lab import PORTS, SNI, UUID, V2RAY4, v2_node, v2ray_server
 from tests.relay.bench_proxy import fixed_groups, proc_cpu
 from tests.relay.bench_relay import iperf
@@ -166,6 +168,7 @@ def main() -> None:
     ap.add_argument("--mib", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--vless", action="store_true", help="vmess suite: VLESS over TLS rows too")
+    ap.add_argument("--trojan", action="store_true", help="vmess suite: Trojan rows too (Debian's trojan server)")
     ap.add_argument("--servers", default="libev,v2ray", help="ss suite: libev, v2ray or both")
     ap.add_argument("--env-b", action="append", default=[], metavar="NAME=VALUE",
                     help="an environment variable for B's relay only (e.g. a malloc tunable)")
@@ -180,7 +183,7 @@ def main() -> None:
         if args.suite == "ss":
             suites = ss_suites(lab, trees, envs, args.servers.split(","))
         else:
-            suites = vmess_suites(lab, trees, envs, args.vless)
+            suites = vmess_suites(lab, trees, envs, args.vless, args.trojan)
         for i in range(args.rounds):
             for title, rows, server_pid, _base, _refs in suites:
                 order = rows[i % len(rows):] + rows[:i % len(rows)]
@@ -248,7 +251,8 @@ def ss_suites(lab: Lab, trees: dict[str, Path], envs: dict[str, dict[str, str]],
     return suites
 
 
-def vmess_suites(lab: Lab, trees: dict[str, Path], envs: dict[str, dict[str, str]], vless: bool) -> list[Suite]:
+def vmess_suites(lab: Lab, trees: dict[str, Path], envs: dict[str, dict[str, str]], vless: bool,
+                 trojan: bool = False) -> list[Suite]:
     ca = trustme.CA()
     cert = ca.issue_cert(SNI, V2RAY4)
     key_file, cert_file, ca_file = lab.dir / "k.pem", lab.dir / "c.pem", lab.dir / "ca.pem"
@@ -271,6 +275,8 @@ def vmess_suites(lab: Lab, trees: dict[str, Path], envs: dict[str, dict[str, str
                        "streamSettings": {"network": "tcp", "security": "tls",
                                           "tlsSettings": {"serverName": SNI, "allowInsecure": True}}}))
     suites: list[Suite] = []
+    if trojan:
+        suites.append(trojan_suite(lab, trees, envs, ca))
     for tag, v2node, outbound in cases:
         conf = lab.dir / f"v2ray-client-{tag}.json"
         conf.write_text(json.dumps(v2ray_client_conf(outbound)))
@@ -278,6 +284,25 @@ def vmess_suites(lab: Lab, trees: dict[str, Path], envs: dict[str, dict[str, str
             peer_row(lab, "v2ray client", ["v2ray", "-config", str(conf)])]
         suites.append((f"{tag} -> v2ray 4.34", rows, server_pid, "relay B", ["relay A", "v2ray client"]))
     return suites
+
+
+def trojan_suite(lab: Lab, trees: dict[str, Path], envs: dict[str, dict[str, str]], ca: trustme.CA) -> Suite:
+    """Relay A, relay B and v2ray 4.34's trojan outbound, each to Debian's trojan (trojan-gfw)
+    with a certificate of `ca` (which the relays trust through SSL_CERT_FILE)."""
+    cert = ca.issue_cert(TROJAN_SNI, TROJAN4)
+    key_file, cert_file = lab.dir / "trojan-k.pem", lab.dir / "trojan-c.pem"
+    cert.private_key_pem.write_to_path(str(key_file))
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    server = lab.trojan_server(TROJAN_PORT, TROJAN_PASSWORD, cert_file, key_file)
+    conf = lab.dir / "v2ray-client-trojan.json"
+    conf.write_text(json.dumps(v2ray_client_conf({
+        "protocol": "trojan",
+        "settings": {"servers": [{"address": TROJAN4, "port": TROJAN_PORT, "password": TROJAN_PASSWORD}]},
+        "streamSettings": {"network": "tcp", "security": "tls",
+                           "tlsSettings": {"serverName": TROJAN_SNI, "allowInsecure": True}}})))
+    rows = relay_rows(lab, trees, envs, [trojan_node("trojan", TROJAN4)], "trojan") + [
+        peer_row(lab, "v2ray client", ["v2ray", "-config", str(conf)])]
+    return ("trojan -> trojan (Debian)", rows, server.proc.pid, "relay B", ["relay A", "v2ray client"])
 
 
 if __name__ == "__main__":

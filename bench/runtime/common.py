@@ -57,15 +57,17 @@ def tune_lab(lab: Any) -> None:
         lab.sysctl(role, "net.ipv4.tcp_tw_reuse", 1)
 
 
-def gateway_config(topo: Any, proxy_ports: Sequence[int]) -> str:
+def gateway_config(topo: Any, proxy_ports: Sequence[int], relay_mode: str | None = None) -> str:
     """dae config: TCP to the upstream on `proxy_ports` -> the danted group, the rest direct.
 
     The direct cases go through the same rule list (they miss the proxy rules and hit the
-    fallback), so the program does its whole classification for them."""
+    fallback), so the program does its whole classification for them. `relay_mode`: the
+    config's global.relay_mode (sockmap, splice, copy); None leaves the runtime's default."""
     from dae_py.runtime.lab.gateway_proc import lab_config
 
     rules = [f"dip({topo.upstream_ip4}) && l4proto(tcp) && dport({p}) -> proxy" for p in proxy_ports]
-    return lab_config(topo, rules=rules, fallback="direct")
+    extra = f"  relay_mode: {relay_mode}" if relay_mode else ""
+    return lab_config(topo, rules=rules, fallback="direct", extra_global=extra)
 
 
 # --- peers we compare against -----------------------------------------------------------------

@@ -64,7 +64,7 @@ CASES = {
 
 
 class Bench:
-    def __init__(self, lab: Any, workdir: Path, seconds: float) -> None:
+    def __init__(self, lab: Any, workdir: Path, seconds: float, relay_mode: str | None = None) -> None:
         from bench.runtime.common import gateway_config
         from dae_py.runtime.lab.gateway_proc import GatewayProcess
 
@@ -74,7 +74,7 @@ class Bench:
         self.danted = lab.start_danted(1080)
         lab.start_http_peer(8080)  # the group's health check target
         self.iperf = {DIRECT_PORT: lab.start_iperf3(DIRECT_PORT), PROXY_PORT: lab.start_iperf3(PROXY_PORT)}
-        self.gw = GatewayProcess(lab, gateway_config(self.t, [PROXY_PORT]), workdir)
+        self.gw = GatewayProcess(lab, gateway_config(self.t, [PROXY_PORT], relay_mode), workdir)
         self.switch = PathSwitch(lab, self.gw, PROXY_PORT,
                                  {"redsocks": start_redsocks(lab), "v2ray": start_v2ray(lab)})
 
@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                          "--ab-pairs); 0.03 is the margin of the b/a >= 0.97 claim")
     ap.add_argument("--ab-seconds", type=float, default=2.0)
     ap.add_argument("--lab-prefix", default="benchrt", help="the Lab's name prefix (unique per session)")
+    ap.add_argument("--relay-mode", choices=("sockmap", "splice", "copy"),
+                    help="global.relay_mode of the gateway for (c) (default: the runtime's, sockmap)")
     ap.add_argument("--json", type=Path, help="write all runs here")
     args = ap.parse_args(argv)
 
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     ab_pairs: list[float] = []
     with Lab(args.lab_prefix) as lab, tempfile.TemporaryDirectory(prefix="bench-tput-") as tmp:
-        bench = Bench(lab, Path(tmp), args.seconds)
+        bench = Bench(lab, Path(tmp), args.seconds, args.relay_mode)
         prog = program_cost_ns(bench.gw.build_dir, lab.topo)
         try:
             for rnd in range(args.rounds):
