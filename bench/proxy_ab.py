@@ -18,6 +18,11 @@ that drift of a shared machine falls on all rows alike. Rows:
   same v2ray 4.34 VMess aes-128-gcm (TCP) inbound; `--vless` adds VLESS over TLS; `--trojan`
   adds relay A, relay B and v2ray 4.34's trojan client to Debian's trojan server (TLS 1.3).
 
+`--conns N`: instead of iperf3, N sequential connections per row and round from the client to
+an echo server in the upstream namespace (connect, one byte each way, close), and each row's
+CPU per connection (the client process's user + system over the N connections: handshake
+included), with a SOCKS5 suite (relay A, relay B -> danted) beside the protocol suites.
+
 Printed per row: the median Gbit/s, each round's figure, CPU seconds per GiB of the client
 process (user + system) and of the server process, and the per-round ratios B/A, B/ss-redir,
 B/v2ray (the median of each round's ratio: the one to trust on a noisy machine).
@@ -27,14 +32,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import trustme
 
+from dae_py.runtime.lab.nsutil import socket_in_netns
 from tests.proxy.test_proxy_lab import TROJAN4, TROJAN_PASSWORD, TROJAN_PORT, TROJAN_SNI, trojan_node
 from tests.proxy.test_vmess_lab import PORTS, SNI, UUID, V2RAY4, v2_node, v2ray_server
 from tests.relay.bench_proxy import fixed_groups, proc_cpu
@@ -43,6 +52,21 @@ from tests.relay.conftest import node
 from tests.relay.lab import RELAY_MARK, SERVER4, TPROXY_PORT, Lab, Peer
 
 SS_LIBEV4, SS_V2RAY4, SS_PORT, PASSWORD = "10.77.2.30", "10.77.2.31", 8388, "bench-pw"
+DANTE4, ECHO_PORT = "10.77.2.35", 7007
+# The --conns target: one byte back per byte, each connection its own accept
+ECHO = """\
+import socket, sys
+srv = socket.create_server((sys.argv[1], int(sys.argv[2])), backlog=512)
+while True:
+    c, _ = srv.accept()
+    try:
+        d = c.recv(64)
+        if d:
+            c.sendall(d)
+    except OSError:
+        pass
+    c.close()
+"""
 METHOD = "aes-128-gcm"
 
 # The relay process each checkout runs: only APIs both trees have (Gateway, RelayConfig,
@@ -119,11 +143,21 @@ def run_peer(lab: Lab, name: str, argv: list[str], wait_ip: str = "127.0.0.1") -
 
 
 def measure(lab: Lab, row: Client, server_pid: int, mib: int, start: Callable[[], Any],
-            stop: Callable[[Any], None], pid_of: Callable[[Any], int]) -> None:
+            stop: Callable[[Any], None], pid_of: Callable[[Any], int], conns: int = 0) -> None:
+    """One run of `row`: iperf3 for `mib` MiB (rates in Gbit/s, CPU in s per GiB) or, with
+    `conns`, that many sequential echo connections (rates in connections/s, CPU in us each)."""
     handle = start()
     try:
         pid = pid_of(handle)
+        if conns:
+            connect_loop(lab, 20)  # warm: the first connections pay node and pool set-up
         before, server_before = proc_cpu(pid), proc_cpu(server_pid)
+        if conns:
+            elapsed = connect_loop(lab, conns)
+            row.rates.append(conns / elapsed)
+            row.cpu.append((proc_cpu(pid) - before) / conns * 1e6)
+            row.server_cpu.append((proc_cpu(server_pid) - server_before) / conns * 1e6)
+            return
 
         async def once() -> float:
             return await iperf(lab, mib)
@@ -137,6 +171,20 @@ def measure(lab: Lab, row: Client, server_pid: int, mib: int, start: Callable[[]
         stop(handle)
 
 
+def connect_loop(lab: Lab, n: int) -> float:
+    """`n` connections one after another from the client namespace to the echo server, each
+    one byte there and back; the seconds they took. A connection that fails raises."""
+    t0 = time.perf_counter()
+    for i in range(n):
+        with socket_in_netns(lab.client, socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect((SERVER4, ECHO_PORT))
+            s.sendall(b"x")
+            if s.recv(1) != b"x":
+                raise RuntimeError(f"connection {i}: no echo through the proxy")
+    return time.perf_counter() - t0
+
+
 def stop_peer(lab: Lab) -> Callable[[Peer], None]:
     def stop(peer: Peer) -> None:
         peer.stop()
@@ -144,20 +192,22 @@ def stop_peer(lab: Lab) -> Callable[[Peer], None]:
     return stop
 
 
-def report(title: str, rows: list[Client], base: str, refs: list[str]) -> None:
+def report(title: str, rows: list[Client], base: str, refs: list[str], conns: int = 0) -> None:
     print(f"\n{title}")
     by = {r.name: r for r in rows}
+    rate_unit, cpu_unit = ("conn/s", "us/conn") if conns else ("Gbit/s", "s/GiB")
+    per = "per connection" if conns else "per GiB"
     for r in rows:
         runs = ", ".join(f"{v:.2f}" for v in r.rates)
-        print(f"  {r.name:34s} {statistics.median(r.rates):6.2f} Gbit/s ({runs})"
-              f"  client CPU {statistics.median(r.cpu):5.2f} s/GiB"
-              f"  server CPU {statistics.median(r.server_cpu):5.2f} s/GiB")
+        print(f"  {r.name:34s} {statistics.median(r.rates):6.2f} {rate_unit} ({runs})"
+              f"  client CPU {statistics.median(r.cpu):5.2f} {cpu_unit}"
+              f"  server CPU {statistics.median(r.server_cpu):5.2f} {cpu_unit}")
     b = by[base]
     for ref in refs:
         other = by[ref]
         rate = statistics.median(x / y for x, y in zip(b.rates, other.rates, strict=True))
         cpu = statistics.median(x / y for x, y in zip(b.cpu, other.cpu, strict=True))
-        print(f"  {base} / {ref}: Gbit/s {rate:.2f}x, CPU per GiB {cpu:.2f}x (median of per-round ratios)")
+        print(f"  {base} / {ref}: {rate_unit} {rate:.2f}x, CPU {per} {cpu:.2f}x (median of per-round ratios)")
 
 
 def main() -> None:
@@ -170,6 +220,8 @@ def main() -> None:
     ap.add_argument("--vless", action="store_true", help="vmess suite: VLESS over TLS rows too")
     ap.add_argument("--trojan", action="store_true", help="vmess suite: Trojan rows too (Debian's trojan server)")
     ap.add_argument("--servers", default="libev,v2ray", help="ss suite: libev, v2ray or both")
+    ap.add_argument("--conns", type=int, default=0,
+                    help="CPU per new connection: this many sequential echo connections per run instead of iperf3")
     ap.add_argument("--env-b", action="append", default=[], metavar="NAME=VALUE",
                     help="an environment variable for B's relay only (e.g. a malloc tunable)")
     args = ap.parse_args()
@@ -180,22 +232,29 @@ def main() -> None:
         iperf_server = lab.start_peer("iperf3", lab.up, ["iperf3", "-s", "-B", SERVER4])
         lab.wait_listening(lab.up, SERVER4, 5201, iperf_server)
         envs = {"A": {}, "B": dict(item.split("=", 1) for item in args.env_b)}
+        suites: list[Suite] = []
+        if args.conns:
+            echo = lab.start_peer("echo", lab.up, [sys.executable, "-c", ECHO, SERVER4, str(ECHO_PORT)])
+            lab.wait_listening(lab.up, SERVER4, ECHO_PORT, echo)
+            suites.append(socks5_suite(lab, trees, envs))
         if args.suite == "ss":
-            suites = ss_suites(lab, trees, envs, args.servers.split(","))
+            suites += ss_suites(lab, trees, envs, args.servers.split(","))
         else:
-            suites = vmess_suites(lab, trees, envs, args.vless, args.trojan)
+            suites += vmess_suites(lab, trees, envs, args.vless, args.trojan)
         for i in range(args.rounds):
             for title, rows, server_pid, _base, _refs in suites:
                 order = rows[i % len(rows):] + rows[:i % len(rows)]
                 for row, (start, stop, pid_of) in order:
-                    measure(lab, row, server_pid, args.mib, start, stop, pid_of)
-                    print(f"round {i + 1} {title}: {row.name} {row.rates[-1]:.2f} Gbit/s "
-                          f"CPU {row.cpu[-1]:.2f} s/GiB (server {row.server_cpu[-1]:.2f})", flush=True)
+                    measure(lab, row, server_pid, args.mib, start, stop, pid_of, args.conns)
+                    units = ("conn/s", "us/conn") if args.conns else ("Gbit/s", "s/GiB")
+                    print(f"round {i + 1} {title}: {row.name} {row.rates[-1]:.2f} {units[0]} "
+                          f"CPU {row.cpu[-1]:.2f} {units[1]} (server {row.server_cpu[-1]:.2f})", flush=True)
     finally:
         lab.down()
-    print(f"\n{args.mib} MiB per run, {args.rounds} rounds; load after {os.getloadavg()}")
+    what = f"{args.conns} sequential connections" if args.conns else f"{args.mib} MiB"
+    print(f"\n{what} per run, {args.rounds} rounds; load after {os.getloadavg()}")
     for title, rows, _pid, base, refs in suites:
-        report(title, [r for r, _ in rows], base, refs)
+        report(title, [r for r, _ in rows], base, refs, args.conns)
 
 
 Row = tuple[Client, tuple[Callable[[], Any], Callable[[Any], None], Callable[[Any], int]]]
@@ -226,6 +285,13 @@ def peer_row(lab: Lab, name: str, argv: list[str], wait_ip: str = "127.0.0.1") -
         return peer.proc.pid
 
     return (Client(name), (start, stop_peer(lab), pid_of))
+
+
+def socks5_suite(lab: Lab, trees: dict[str, Path], envs: dict[str, dict[str, str]]) -> Suite:
+    """Relay A and B to danted: the SOCKS5 baseline the protocols' per-connection CPU is set beside."""
+    server = lab.danted(DANTE4)
+    rows = relay_rows(lab, trees, envs, [node("socks5", "socks5", DANTE4, 1080, None, None)], "socks5")
+    return ("socks5 -> danted", rows, server.proc.pid, "relay B", ["relay A"])
 
 
 def ss_suites(lab: Lab, trees: dict[str, Path], envs: dict[str, dict[str, str]], servers: list[str]) -> list[Suite]:
