@@ -59,6 +59,7 @@ import socket, sys
 srv = socket.create_server((sys.argv[1], int(sys.argv[2])), backlog=512)
 while True:
     c, _ = srv.accept()
+    c.settimeout(2)  # a connection that never sends (a stray probe) holds the loop 2 s at most
     try:
         d = c.recv(64)
         if d:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -334,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=3.0, help="per connection, s (loadgen)")
     ap.add_argument("--log-level", default="info", choices=["info", "debug"],
                     help="dae-runtime --log-level (info logs a line per flow; readiness is read from the info log)")
+    ap.add_argument("--relay-mode", choices=("sockmap", "splice", "copy"),
+                    help="the gateway's global.relay_mode (default: the runtime's, splice)")
     ap.add_argument("--py-spy", help="path of a py-spy binary: profile dae-runtime (modes direct,relay only)")
     ap.add_argument("--strace", action="store_true",
                     help="count dae-runtime's syscalls per proxied connection (modes direct,relay only; "
@@ -371,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
             peers["redsocks"] = start_redsocks(lab)
         if "v2ray" in modes:
             peers["v2ray"] = start_v2ray(lab)
-        gw = GatewayProcess(lab, gateway_config(t, [PROXY_PORT]), Path(tmp), log_level=args.log_level)
+        gw = GatewayProcess(lab, gateway_config(t, [PROXY_PORT], args.relay_mode), Path(tmp),
+                             log_level=args.log_level)
         switch = PathSwitch(lab, gw, PROXY_PORT, peers)
         assert danted.pid is not None
         runner = Runner(lab, switch, danted.pid, args.timeout)
@@ -415,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                 tracer.wait(timeout=30)
                 syscalls = strace_counts(Path(tmp) / "strace.txt")
             if spy is not None:
-                spy.terminate()
+                spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT, not on SIGTERM
                 spy.wait(timeout=60)
                 if (Path(tmp) / "spy.txt").exists():
                     profile = top_frames(Path(tmp) / "spy.txt", 15)

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ab-seconds", type=float, default=2.0)
     ap.add_argument("--lab-prefix", default="benchrt", help="the Lab's name prefix (unique per session)")
     ap.add_argument("--relay-mode", choices=("sockmap", "splice", "copy"),
-                    help="global.relay_mode of the gateway for (c) (default: the runtime's, sockmap)")
+                    help="global.relay_mode of the gateway for (c) (default: the runtime's, splice)")
     ap.add_argument("--json", type=Path, help="write all runs here")
     args = ap.parse_args(argv)
 
