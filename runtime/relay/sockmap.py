@@ -56,9 +56,12 @@ READ_SIZE = 256 * 1024
 DRAIN_POLL = (0.0005, 0.05)  # first and longest wait between checks of a draining way
 OBJECT_NAME = "sockmap.o"
 MODES = ("sockmap", "splice", "copy")  # global.relay_mode
-# Without relay_mode: sockmap (splice where it does not load). Measured on 6.18
-# (bench/RESULTS.md): as fast as splice or faster, less machine CPU per GiB.
-DEFAULT_MODE = "sockmap"
+# Without relay_mode: splice. Measured on 6.18 with nothing else running (bench/RESULTS.md,
+# "Relay mode default"): a spliced flow costs less CPU per new connection (no map inserts,
+# deletes and hand-over kick) and, on one bulk flow behind a slower peer, less of the relay's
+# CPU per GiB than a sockmap flow, whose 4 MiB redirect bound trips and sends most bytes
+# through user space by recv/send.
+DEFAULT_MODE = "splice"
 _warned: set[str] = set()
 
 
@@ -66,8 +69,8 @@ def with_mode(config: RelayConfig, mode: str, build_dir: str | os.PathLike[str] 
     """`config` with global.relay_mode applied (sockmap, splice, copy): its splice and sockmap
     fields, and the sockmap object, the build's sockmap.o beside program.o."""
     if mode not in MODES:
-        warn_once("mode", f"relay mode {mode!r} is not sockmap, splice or copy: sockmap is used")
-        mode = "sockmap"
+        warn_once("mode", f"relay mode {mode!r} is not sockmap, splice or copy: {DEFAULT_MODE} is used")
+        mode = DEFAULT_MODE
     path = os.path.join(build_dir, OBJECT_NAME) if build_dir is not None else None
     return dataclasses.replace(config, splice=mode != "copy", sockmap=mode == "sockmap", sockmap_object=path)
 

@@ -45,15 +45,19 @@ def lab() -> Iterator[Lab]:
         yield lab
 
 
-@pytest.fixture(scope="module")
-def gw(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gw]:
+@pytest.fixture(scope="module", params=["splice", "sockmap"])
+def gw(request: pytest.FixtureRequest, lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gw]:
+    """The gateway under test, once per relay mode: the counts the controller reports come from
+    the relay's own copies (splice, the default) or from the sockmap program's counters."""
     t = lab.topo
     cfg = lab_config(t, rules=[f"dip({t.upstream_ip4}) && dport(8081) -> proxy", "dport(8084) -> block",
                                "l4proto(udp) && dport(9001) -> proxy"],
                      nodes={"dante1": f"socks5://{t.upstream_ip4}:1080", "dante2": f"socks5://{t.upstream_ip4}:1081"},
-                     extra_global=f"  external_controller: '{t.gateway_lan_ip4}:{PORT}'\n  secret: '{SECRET}'")
+                     extra_global=f"  external_controller: '{t.gateway_lan_ip4}:{PORT}'\n  secret: '{SECRET}'\n"
+                                  f"  relay_mode: {request.param}")
     with gateway(lab, cfg, tmp_path_factory.mktemp("gw")) as gw:
         gw.wait_log(r"controller listening on", timeout=10)
+        assert "plain TCP flows are spliced instead" not in gw.log_text()  # sockmap loaded when asked for
         yield gw
     assert SECRET not in gw.log_text()  # never logged, start to exit
 
