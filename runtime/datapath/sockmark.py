@@ -149,7 +149,10 @@ def _make_dir(path: Path) -> None:
 
 
 def _attach(prog_fd: int, path: Path) -> int:
-    cg = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        cg = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise CgroupError(f"cannot open cgroup {path}: {exc.strerror}") from exc
     try:
         return lb.bpf_link_create(prog_fd, cg, ATTACH_TYPES[Attach.CGROUP_SOCK_CREATE])
     except BpfError as exc:

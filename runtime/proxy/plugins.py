@@ -110,6 +110,7 @@ class PluginCgroup:
         return self.cgroup.command(argv) if self.cgroup is not None else argv
 
     def _create(self) -> MarkedCgroup | None:
+        from dae_py.runtime.bpf import BpfError
         from dae_py.runtime.datapath.cgroup import CgroupError
         from dae_py.runtime.datapath.sockmark import OBJECT_NAME, MarkedCgroup
 
@@ -118,7 +119,7 @@ class PluginCgroup:
                 raise CgroupError(f"no {OBJECT_NAME} ({self.object_path or 'none given'}; a build of an older "
                                   "dae-compile?)")
             return MarkedCgroup.create(self.object_path, self.mark)
-        except CgroupError as exc:
+        except (CgroupError, BpfError, OSError) as exc:  # whatever refuses: never the gateway
             self.refused = True
             log.warning("SIP003 plugins: their sockets will not carry the relay's mark %#x, so with "
                         "wan_interface their connections to the servers may be routed into the proxy: %s",

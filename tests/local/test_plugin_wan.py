@@ -44,7 +44,7 @@ def test_a_plugins_connection_to_its_server_is_not_routed_back_into_the_relay(la
     link = (f"ss://{user}@{t.upstream_ip4}:{SS_PORT}/"
             "?plugin=obfs-local%3Bobfs%3Dhttp%3Bobfs-host%3Dwww.example.com#obfs")
     before = gateway_snapshot(lab)
-    cfg = lab_config(t, rules=[], fallback="proxy", nodes={"obfs": link}, groups={"proxy": "{policy: fixed(0)}"},
+    cfg = lab_config(t, rules=["dport(9) -> block"], fallback="proxy", nodes={"obfs": link}, groups={"proxy": "{policy: 'fixed(0)'}"},
                      extra_global=f"  wan_interface: [{t.gateway_wan_if}]")
     with gateway(lab, cfg, tmp_path / "gw") as gw:
         assert isinstance(gw, Gw)
