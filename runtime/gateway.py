@@ -151,9 +151,9 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
             obj.load()
             load_tables(obj, build)
             router = KernelRouter(build, obj.map("flows"), DomainBindings.of(obj, build.domain_words))
-            # global.relay_mode; the build's sockmap.o is beside program.o
-            config = with_mode(RelayConfig(so_mark=so_mark, sockmark_object=str(build.object_path.parent / sockmark.OBJECT_NAME),
-                                           **relay_settings(g)),
+            # global.relay_mode; the build's sockmap.o, and sockmark.o (the plugins' mark), are beside program.o
+            marker = str(build.object_path.parent / sockmark.OBJECT_NAME)
+            config = with_mode(RelayConfig(so_mark=so_mark, sockmark_object=marker, **relay_settings(g)),
                                str(g.extra.get("relay_mode", DEFAULT_MODE)), build.object_path.parent)
             relay = _relay(router, build, config)
             if build.manifest.subscriptions:  # fetched now (stored copies first), then every refresh

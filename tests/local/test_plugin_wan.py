@@ -44,8 +44,8 @@ def test_a_plugins_connection_to_its_server_is_not_routed_back_into_the_relay(la
     link = (f"ss://{user}@{t.upstream_ip4}:{SS_PORT}/"
             "?plugin=obfs-local%3Bobfs%3Dhttp%3Bobfs-host%3Dwww.example.com#obfs")
     before = gateway_snapshot(lab)
-    cfg = lab_config(t, rules=["dport(9) -> block"], fallback="proxy", nodes={"obfs": link}, groups={"proxy": "{policy: 'fixed(0)'}"},
-                     extra_global=f"  wan_interface: [{t.gateway_wan_if}]")
+    cfg = lab_config(t, rules=["dport(9) -> block"], fallback="proxy", nodes={"obfs": link},
+                     groups={"proxy": "{policy: 'fixed(0)'}"}, extra_global=f"  wan_interface: [{t.gateway_wan_if}]")
     with gateway(lab, cfg, tmp_path / "gw") as gw:
         assert isinstance(gw, Gw)
         made = gw.wait_log(r"cgroup (\S+): sockets of its processes carry mark (0x[0-9a-f]+)", timeout=10)

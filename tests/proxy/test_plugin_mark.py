@@ -189,9 +189,9 @@ def test_obfs_locals_connection_to_its_server_carries_the_mark(build: Path) -> N
             await asyncio.get_running_loop().sock_sendall(client, b"x" * 64)  # obfs-local dials now
             srv.settimeout(5)
             accepted, _ = await asyncio.to_thread(srv.accept)
-            accepted.close()
-            out = subprocess.run(["ss", "-tneH", "state", "established", "dst", f"127.0.0.1:{port}"],
-                                 capture_output=True, text=True, check=True).stdout
+            with accepted:  # open while ss looks: obfs-local's side stays established
+                out = subprocess.run(["ss", "-tneH", "state", "established", "dst", f"127.0.0.1:{port}"],
+                                     capture_output=True, text=True, check=True).stdout
         finally:
             client.close()
             plugins.release(node)
@@ -201,7 +201,7 @@ def test_obfs_locals_connection_to_its_server_carries_the_mark(build: Path) -> N
         out = asyncio.run(scenario())
     finally:
         srv.close()
-    assert f"fwmark:{MARK:#x}" in out, out
+    assert f"fwmark:{MARK:#x}" in out and f"cgroup:/{sockmark.PREFIX}" in out, out
 
 
 def test_without_sockmark_o_one_warning_and_the_plugin_runs_unmarked(
