@@ -10,8 +10,16 @@ from dae_py.contract.manifest import Manifest, nodes_and_groups
 from dae_py.runtime import proxy
 from dae_py.runtime.groups import Group
 from dae_py.runtime.groups.marks import marked_routes
-from dae_py.runtime.proxy import BLOCK_ID, DIRECT_ID, BlockOutbound, DialOptions, DirectOutbound, Node, Outbound
-from dae_py.runtime.proxy import plugins
+from dae_py.runtime.proxy import (
+    BLOCK_ID,
+    DIRECT_ID,
+    BlockOutbound,
+    DialOptions,
+    DirectOutbound,
+    Node,
+    Outbound,
+    plugins,
+)
 
 if TYPE_CHECKING:
     from .flow import RelayConfig
