@@ -32,6 +32,8 @@ FLOW_TABLE_SIZE = 65536
 DOMAIN_MAP_SIZE = 65536
 SOCKMAP_SOURCE = "sockmap.c"  # the relay's kernel pump, one object per build (runtime/relay/sockmap.py)
 SOCKMAP_OBJECT = "sockmap.o"
+SOCKMARK_SOURCE = "sockmark.c"  # the relay's mark on its plugins' sockets (runtime/datapath/sockmark.py)
+SOCKMARK_OBJECT = "sockmark.o"
 
 
 class EmitError(Exception):
@@ -164,17 +166,28 @@ def compile_c(build: Path) -> None:
         raise EmitError(f"clang failed on the generated program (a compiler bug):\n{proc.stderr.strip()}")
 
 
-def compile_sockmap(build: Path) -> None:
-    """sockmap.o, the relay's kernel pump (templates/bpf/sockmap.c): hand-written and the same
-    for every config, compiled beside program.o and loaded by the runtime on its own."""
-    shutil.copyfile(TEMPLATE_DIR / SOCKMAP_SOURCE, build / SOCKMAP_SOURCE)
-    cmd = ["clang", *CLANG_FLAGS, "-c", SOCKMAP_SOURCE, "-o", SOCKMAP_OBJECT]
+def compile_standalone(build: Path, source: str, obj: str) -> None:
+    """A hand-written object of templates/bpf that is the same for every config (it includes
+    nothing of the build), compiled beside program.o and loaded by the runtime on its own."""
+    shutil.copyfile(TEMPLATE_DIR / source, build / source)
+    cmd = ["clang", *CLANG_FLAGS, "-c", source, "-o", obj]
     try:
         proc = subprocess.run(cmd, cwd=build, capture_output=True, text=True)
     except FileNotFoundError:
         raise EmitError("clang is not installed (apt-get install clang llvm libbpf-dev)") from None
     if proc.returncode != 0:
-        raise EmitError(f"clang failed on {SOCKMAP_SOURCE} (a compiler bug):\n{proc.stderr.strip()}")
+        raise EmitError(f"clang failed on {source} (a compiler bug):\n{proc.stderr.strip()}")
+
+
+def compile_sockmap(build: Path) -> None:
+    """sockmap.o, the relay's kernel pump (templates/bpf/sockmap.c)."""
+    compile_standalone(build, SOCKMAP_SOURCE, SOCKMAP_OBJECT)
+
+
+def compile_sockmark(build: Path) -> None:
+    """sockmark.o, the cgroup program that marks the SIP003 plugins' sockets
+    (templates/bpf/sockmark.c); the runtime sets the mark at load."""
+    compile_standalone(build, SOCKMARK_SOURCE, SOCKMARK_OBJECT)
 
 
 def write_build(out_dir: Path, emitted: Emitted, manifest: dict[str, Any], extra_files: dict[str, str]) -> None:
@@ -189,6 +202,7 @@ def write_build(out_dir: Path, emitted: Emitted, manifest: dict[str, Any], extra
         (tmp / "program.c").write_text(emitted.c_source)
         compile_c(tmp)
         compile_sockmap(tmp)
+        compile_sockmark(tmp)
         maps_meta = []
         if emitted.tables:
             (tmp / "maps").mkdir()

@@ -28,7 +28,8 @@ import tempfile
 from pathlib import Path
 
 # Every name write_build puts at the top of a build directory, and what kind of entry it is.
-BUILD_FILES = frozenset({"program.c", "program.o", "sockmap.c", "sockmap.o", "manifest.json", "ir.json"})
+BUILD_FILES = frozenset({"program.c", "program.o", "sockmap.c", "sockmap.o", "sockmark.c", "sockmark.o",
+                         "manifest.json", "ir.json"})
 BUILD_DIRS = {"include": ".h", "maps": ".bin"}  # each holds only regular files with this suffix
 BUILD_ENTRIES = BUILD_FILES | frozenset(BUILD_DIRS)
 MANIFEST_MAX_BYTES = 256 << 20

@@ -34,7 +34,7 @@ from dae_py.contract.maps import OUTBOUND_STATS, U32
 from dae_py.runtime import logsetup, reload_signals
 from dae_py.runtime.bpf import BpfError, BpfObject
 from dae_py.runtime.build import Build, BuildError, load_tables
-from dae_py.runtime.datapath import CleanupReport, Datapath, StateBusy, cleanup, linkwatch, localhost
+from dae_py.runtime.datapath import CleanupReport, Datapath, StateBusy, cleanup, linkwatch, localhost, sockmark
 from dae_py.runtime.datapath.state import StateCorrupt, default_state_path
 from dae_py.runtime.domain_map import DomainBindings
 from dae_py.runtime.kernel_router import KernelRouter
@@ -151,8 +151,9 @@ async def serve(build: Build, state_path: Path, stop: asyncio.Event, ready: Any 
             obj.load()
             load_tables(obj, build)
             router = KernelRouter(build, obj.map("flows"), DomainBindings.of(obj, build.domain_words))
-            # global.relay_mode; the build's sockmap.o is beside program.o
-            config = with_mode(RelayConfig(so_mark=so_mark, **relay_settings(g)),
+            # global.relay_mode; the build's sockmap.o, and sockmark.o (the plugins' mark), are beside program.o
+            marker = str(build.object_path.parent / sockmark.OBJECT_NAME)
+            config = with_mode(RelayConfig(so_mark=so_mark, sockmark_object=marker, **relay_settings(g)),
                                str(g.extra.get("relay_mode", DEFAULT_MODE)), build.object_path.parent)
             relay = _relay(router, build, config)
             if build.manifest.subscriptions:  # fetched now (stored copies first), then every refresh
@@ -303,11 +304,15 @@ def _log_privileges_hint(err: int | None) -> None:
 def main(args: argparse.Namespace) -> int:
     state_path = Path(getattr(args, "state", None) or os.environ.get("DAE_STATE") or default_state_path())
     if args.command == "cleanup":
+        # the plugins' cgroup of a killed runtime (and plugins that outlived it): by its pid, whatever the state
+        removed, failed = sockmark.remove_leftovers()
         try:
             report = cleanup(state_path)
         except (StateBusy, StateCorrupt) as exc:  # a live runtime owns it, or it is unreadable
             log.error("cleanup refused: %s", exc)
             return 1
+        report.undone += removed
+        report.failed += failed
         print(f"dae-runtime cleanup: {report}")
         return 0 if report.ok else 1
     # The per-flow log line needs none of these, and LogRecord would pay a getpid(2) and the

@@ -190,6 +190,25 @@ class BpfObject:
             raise BpfError(f"cannot reuse map fd {fd} as {name!r} of {self.path!r}",
                            errno=-ret, object_path=self.path)
 
+    def set_initial_value(self, name: str, data: bytes) -> None:
+        """Before :meth:`load`: the whole initial contents of an internal map, e.g. ``.rodata``
+        (a program's ``const volatile`` settings, which the verifier then knows as constants;
+        libbpf freezes .rodata at load). ``data`` must be exactly the section's size: the layout
+        of its variables is the contract with the C source."""
+        if self._loaded:
+            raise BpfError(f"map {name!r} of {self.path!r}: set_initial_value() must come before load()",
+                           object_path=self.path)
+        m = self._map_ptr(name)
+        size = lb.lib.bpf_map__value_size(m)
+        if size != len(data):
+            raise BpfError(f"map {name!r} of {self.path!r} holds {size} bytes, not {len(data)}",
+                           object_path=self.path)
+        buf = ctypes.create_string_buffer(data, len(data))
+        ret = lb.lib.bpf_map__set_initial_value(m, buf, len(data))
+        if ret < 0:
+            raise BpfError(f"cannot set the initial value of map {name!r} of {self.path!r}",
+                           errno=-ret, object_path=self.path)
+
     def map(self, name: str) -> BpfMap:
         """A handle on a loaded map; it turns unusable (BpfError) once the object is closed."""
         if name in self._maps:

@@ -147,6 +147,7 @@ _PROTOTYPES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_map__map_flags": (c_uint32, [c_void_p]),
     "bpf_map__set_max_entries": (c_int, [c_void_p, c_uint32]),
     "bpf_map__reuse_fd": (c_int, [c_void_p, c_int]),
+    "bpf_map__set_initial_value": (c_int, [c_void_p, c_void_p, c_size_t]),
     "bpf_map__is_internal": (c_bool, [c_void_p]),
     "bpf_map__pin": (c_int, [c_void_p, c_char_p]),
     "bpf_map__unpin": (c_int, [c_void_p, c_char_p]),

@@ -363,6 +363,16 @@ class Lab:
         return self._peer("http", ns, port, argv,
                           [Listen("tcp", port, 4), Listen("tcp", port, 6)])
 
+    def start_ss_server(self, port: int, password: str, cipher: str = "aes-128-gcm", *, plugin: str | None = None,
+                        plugin_opts: str = "", ns: str = "upstream") -> Peer:
+        """shadowsocks-libev's ss-server (TCP and UDP) on the namespace's IPv4 address, with the
+        server side of a SIP003 plugin (`obfs-server`, `ss-v2ray-plugin`) when `plugin` is given."""
+        ip4, _ = self.addresses(ns)
+        argv = ["ss-server", "-s", ip4, "-p", str(port), "-k", password, "-m", cipher, "-u", "-t", "30"]
+        if plugin:
+            argv += ["--plugin", plugin, "--plugin-opts", plugin_opts]
+        return self._peer("ss-server", ns, port, argv, [Listen("tcp", port, 4)])
+
     def start_udp_echo(self, port: int = 9000, *, ns: str = "upstream") -> Peer:
         """UDP echo: replies b"<peer ip> <peer port>\\n" + payload, on v4 and v6."""
         argv = [sys.executable, str(PEER_SCRIPT), "udp-echo", "--port", str(port)]

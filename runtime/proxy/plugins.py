@@ -13,7 +13,14 @@ the node (reference-counted). `acquire` starts it (when a group starts, so the f
 not wait), a watcher restarts it when it dies (with a back-off, one log line each time), and
 `release` by the last holder stops it (SIGTERM, then SIGKILL). `local_address` is what the
 dialer connects to; it restarts a dead plugin on the spot rather than dialling a closed port.
-The plugin's own sockets carry no SO_MARK (it is another program).
+
+The plugin's own sockets carry the relay's SO_MARK, as the relay's do, so the datapath lets its
+connection to the server pass (with `wan_interface`, wan_egress would otherwise route it into
+the proxy, that is back into the plugin): `mark_sockets` names the mark and the build's
+sockmark.o, and the plugins run in a cgroup of this process where a sock_create program marks
+every socket they create (runtime/datapath/sockmark.py), made with the first plugin and removed
+with the last. Where the kernel or the cgroup mount refuses, one warning says the plugins'
+sockets go unmarked, and they run anyway.
 """
 from __future__ import annotations
 
@@ -28,10 +35,14 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from dae_py.runtime.net.sockets import connect_tcp
 
 from .base import DialError, DialOptions, Node
+
+if TYPE_CHECKING:
+    from dae_py.runtime.datapath.sockmark import MarkedCgroup
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +85,66 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+class PluginCgroup:
+    """The cgroup this process's plugins run in, so their sockets carry the relay's mark: made
+    when the first plugin starts, removed when the last stops. A refusal is warned about once
+    per such lifetime; the plugins then run unmarked."""
+
+    def __init__(self) -> None:
+        self.mark = 0
+        self.object_path: str | None = None
+        self.cgroup: MarkedCgroup | None = None
+        self.refused = False
+
+    def configure(self, mark: int, object_path: str | None) -> None:
+        """For the cgroup made next; one that exists stays as it is while plugins run in it
+        (a changed mark takes a restart, as it does for the relay's own sockets)."""
+        self.mark, self.object_path = mark, object_path
+
+    def command(self, argv: list[str]) -> list[str]:
+        """`argv`, run so that the process starts in the cgroup (made now if need be)."""
+        if not self.mark:  # the relay marks nothing either (a test's config)
+            return argv
+        if self.cgroup is None and not self.refused:
+            self.cgroup = self._create()
+        return self.cgroup.command(argv) if self.cgroup is not None else argv
+
+    def _create(self) -> MarkedCgroup | None:
+        from dae_py.runtime.bpf import BpfError
+        from dae_py.runtime.datapath.cgroup import CgroupError
+        from dae_py.runtime.datapath.sockmark import OBJECT_NAME, MarkedCgroup
+
+        try:
+            if not self.object_path or not os.path.isfile(self.object_path):
+                raise CgroupError(f"no {OBJECT_NAME} ({self.object_path or 'none given'}; a build of an older "
+                                  "dae-compile?)")
+            return MarkedCgroup.create(self.object_path, self.mark)
+        except (CgroupError, BpfError, OSError) as exc:  # whatever refuses: never the gateway
+            self.refused = True
+            log.warning("SIP003 plugins: their sockets will not carry the relay's mark %#x, so with "
+                        "wan_interface their connections to the servers may be routed into the proxy: %s",
+                        self.mark, exc)
+            return None
+
+    def holds(self, pid: int) -> bool:
+        return self.cgroup is None or self.cgroup.holds(pid)
+
+    def close(self) -> None:
+        cgroup, self.cgroup = self.cgroup, None
+        self.refused = False
+        if cgroup is not None:
+            cgroup.close()
+
+
+_CGROUP = PluginCgroup()
+
+
+def mark_sockets(mark: int, object_path: str | None) -> None:
+    """The plugins started from now on carry `mark` on their sockets (the relay's so_mark),
+    through `object_path`, the build's sockmark.o."""
+    _CGROUP.configure(mark, object_path)
+
+
 def plugin_env(key: PluginKey, local_port: int) -> dict[str, str]:
     """The SIP003 environment (on top of ours: the plugin may need PATH, HOME)."""
     return {**os.environ, "SS_REMOTE_HOST": key.host, "SS_REMOTE_PORT": str(key.port),
@@ -93,13 +164,15 @@ class PluginProcess:
     holders: int = 0
     restarts: int = 0
     started_at: float = 0.0
+    checked: bool = False  # whether this process's cgroup was checked (at its first dial)
     watcher: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def spawn(self) -> None:
         self.port = free_port()
         # stdout/stderr to DEVNULL: a plugin's chatter is not ours to log line by line, and a
         # full pipe nobody reads would stall it. A new session: its children die with it.
-        self.proc = subprocess.Popen([self.binary], env=plugin_env(self.key, self.port),
+        self.checked = False
+        self.proc = subprocess.Popen(_CGROUP.command([self.binary]), env=plugin_env(self.key, self.port),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
         self.started_at = time.monotonic()
@@ -109,6 +182,17 @@ class PluginProcess:
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def check_marked(self) -> None:
+        """Once per process, when it first answers (it has exec'd by then): warn if it is not in
+        the marking cgroup (the shell could not move it), as its sockets then carry no mark."""
+        if self.checked or self.proc is None:
+            return
+        self.checked = True
+        if not _CGROUP.holds(self.proc.pid):
+            log.warning("node '%s': SIP003 plugin %s (pid %d) did not join cgroup %s: its sockets do not "
+                        "carry the relay's mark", self.node_name, self.key.plugin, self.proc.pid,
+                        _CGROUP.cgroup.path if _CGROUP.cgroup else "?")
 
     def restart(self, why: str) -> None:
         code = None if self.proc is None else self.proc.poll()
@@ -202,12 +286,15 @@ def stop(running: PluginProcess) -> None:
         running.watcher.cancel()
     running.kill()
     log.info("node '%s': SIP003 plugin %s stopped", running.node_name, running.key.plugin)
+    if not _RUNNING:  # the last one: its processes have exited, the cgroup can go
+        _CGROUP.close()
 
 
 def stop_all() -> None:
     """Every plugin, whoever holds it (the runtime is stopping)."""
     for running in list(_RUNNING.values()):
         stop(running)
+    _CGROUP.close()
 
 
 atexit.register(stop_all)  # a plugin never outlives the runtime, however it ends
@@ -221,7 +308,9 @@ async def connect(node: Node, opts: DialOptions) -> socket.socket:
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
         try:
-            return await connect_tcp(LOCAL_HOST, running.port, opts, node)
+            sock = await connect_tcp(LOCAL_HOST, running.port, opts, node)
+            running.check_marked()
+            return sock
         except DialError as exc:
             if not running.alive:
                 raise DialError(f"SIP003 plugin {key.plugin!r} exited at start (status "

@@ -25,7 +25,7 @@ from typing import Any
 from dae_py.contract.manifest import Manifest
 
 from .flow import Flow, FunctionRouter, RelayConfig, Route, Router, StaticRouter
-from .outbounds import OutboundTable
+from .outbounds import OutboundTable, mark_plugin_sockets
 from .stats import Counters, RelayStats
 from .tcp import TcpRelay
 from .udp import UdpRelay
@@ -52,6 +52,7 @@ class Gateway:
         without it the listeners take any packet addressed to them."""
         port = await self.tcp.start(port, hosts, guard_fd=guard_fd)
         await self.udp.start(port, hosts, guard_fd=guard_fd)
+        mark_plugin_sockets(self.tcp.config)
         self.table.start_nodes()
         if health_checks:
             await self.table.start()

@@ -117,6 +117,9 @@ class RelayConfig:
     # loaded from sockmap_object (a build's sockmap.o); splice when it cannot be (one warning)
     sockmap: bool = False
     sockmap_object: str | None = None
+    # the build's sockmark.o: the SIP003 plugins' sockets carry so_mark through it
+    # (runtime/proxy/plugins.py, runtime/datapath/sockmark.py); without it they go unmarked (one warning)
+    sockmark_object: str | None = None
     pipe_size: int = 64 * 1024  # per splice pipe, created lazily per direction
     listen_backlog: int = 4096
     # UDP replies go out from a transparent socket per remote address: at most this many

@@ -4,15 +4,34 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dae_py.contract.manifest import Manifest, nodes_and_groups
 from dae_py.runtime import proxy
 from dae_py.runtime.groups import Group
 from dae_py.runtime.groups.marks import marked_routes
-from dae_py.runtime.proxy import BLOCK_ID, DIRECT_ID, BlockOutbound, DialOptions, DirectOutbound, Node, Outbound
+from dae_py.runtime.proxy import (
+    BLOCK_ID,
+    DIRECT_ID,
+    BlockOutbound,
+    DialOptions,
+    DirectOutbound,
+    Node,
+    Outbound,
+    plugins,
+)
+
+if TYPE_CHECKING:
+    from .flow import RelayConfig
 
 log = logging.getLogger(__name__)
+
+
+def mark_plugin_sockets(config: RelayConfig) -> None:
+    """The SIP003 plugins this process starts carry the relay's so_mark on their sockets (through
+    the build's sockmark.o), as the relay's own sockets do; before `start_nodes`."""
+    plugins.mark_sockets(config.so_mark, config.sockmark_object)
+
 
 class OutboundTable:
     def __init__(self, table: Mapping[int, Outbound]) -> None:

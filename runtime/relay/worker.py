@@ -182,7 +182,7 @@ class Worker:
         from dae_py.runtime.domain_map import DomainBindings
         from dae_py.runtime.kernel_router import KernelRouter
 
-        from .outbounds import OutboundTable
+        from .outbounds import OutboundTable, mark_plugin_sockets
 
         maps = FdMaps(names, fds)
         try:
@@ -195,6 +195,7 @@ class Worker:
         old_maps, old_table = self.maps, self.table
         self.maps, self.table = maps, table
         self._report_failures(table)
+        mark_plugin_sockets(self.args.config)
         table.start_nodes()
         if self.relay is None:
             self.relay = TcpRelay(router, table, self.args.config, self.stats)

@@ -40,7 +40,7 @@ from . import Gateway
 from . import workerproto as proto
 from .flow import RelayConfig, Router
 from .listen import bind_pair
-from .outbounds import OutboundTable
+from .outbounds import OutboundTable, mark_plugin_sockets
 
 log = logging.getLogger("dae.workers")
 
@@ -312,6 +312,7 @@ class WorkerGateway(Gateway):
                 sock.listen(self.config.listen_backlog)  # the kernel queues for it from now on
             self.slots.append(WorkerSlot(self, i, listeners))
         self.tcp.port = port
+        mark_plugin_sockets(self.config)
         self.table.start_nodes()
         if health_checks:
             await self.table.start()

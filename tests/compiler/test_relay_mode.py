@@ -1,5 +1,6 @@
 """global.relay_mode (sockmap | splice | copy) reaches the relay's config through the manifest; a
-value the schema does not know is an error at it; every build holds sockmap.o beside program.o."""
+value the schema does not know is an error at it; every build holds sockmap.o (and sockmark.o, the
+plugins' mark: tests/proxy/test_plugin_mark.py) beside program.o."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,10 +34,12 @@ def test_an_unknown_relay_mode_is_an_error() -> None:
     assert any("relay_mode" in d.message or "turbo" in d.message for d in info.value.diagnostics.errors)
 
 
-def test_a_build_holds_sockmap_o(tmp_path: Path) -> None:
+def test_a_build_holds_sockmap_o_and_sockmark_o(tmp_path: Path) -> None:
     from dae_py.compiler.cli import main
 
     config = tmp_path / "config.yaml"
     config.write_text(_text(None))
     assert main([str(config), "-o", str(tmp_path / "b")]) == 0
     assert (tmp_path / "b" / "sockmap.o").stat().st_size > 0
+    assert (tmp_path / "b" / "sockmark.o").stat().st_size > 0
+    assert main([str(config), "-o", str(tmp_path / "b")]) == 0  # a build may replace a build

@@ -3,7 +3,8 @@ plugins (Debian's simple-obfs: obfs-local/obfs-server in http and tls modes;
 shadowsocks-v2ray-plugin: WebSocket, and WebSocket over TLS with a trustme CA). The runtime
 starts the client plugin as a subprocess with the SIP003 environment, dials its local port,
 restarts it when it dies and stops it with the gateway. TCP rides the plugin; UDP goes straight
-to ss-server, as shadowsocks-libev does."""
+to ss-server, as shadowsocks-libev does. The plugins run in the marking cgroup
+(tests/proxy/test_plugin_mark.py proves the mark), which goes with the gateway."""
 from __future__ import annotations
 
 import asyncio
@@ -21,11 +22,15 @@ from typing import Any
 import pytest
 import trustme
 
+from dae_py.compiler.emit import compile_sockmark
+from dae_py.runtime.datapath import sockmark
+from dae_py.runtime.datapath.cgroup import cgroup2_mount
 from dae_py.runtime.proxy import plugins
+from dae_py.runtime.relay import RelayConfig
 from tests.conftest import have_root_bpf
 from tests.proxy.test_proxy_lab import echo_through, udp_through
 from tests.relay.conftest import CHECK, gateway_env, node
-from tests.relay.lab import SERVER4, Lab
+from tests.relay.lab import RELAY_MARK, SERVER4, Lab
 
 pytestmark = pytest.mark.root
 
@@ -92,15 +97,29 @@ def plugin_pids() -> list[int]:
     return [p.proc.pid for p in plugins._RUNNING.values() if p.proc is not None]
 
 
+@pytest.fixture(scope="module")
+def marked(slab: Lab, tmp_path_factory: pytest.TempPathFactory) -> RelayConfig:
+    """The relay's config with a build's sockmark.o: the plugins run in the marking cgroup."""
+    build = tmp_path_factory.mktemp("plugins-build")
+    compile_sockmark(build)
+    return RelayConfig(so_mark=RELAY_MARK, connect_timeout=3, handshake_timeout=3,
+                       sockmark_object=str(build / sockmark.OBJECT_NAME))
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_tcp_and_udp_through_a_sip003_plugin_reach_the_target(slab: Lab, name: str) -> None:
+def test_tcp_and_udp_through_a_sip003_plugin_reach_the_target(slab: Lab, marked: RelayConfig, name: str) -> None:
     ip = SETUPS[name][0]
     gid = 100 + NAMES.index(name)
+    cgroup = cgroup2_mount() / f"{sockmark.PREFIX}{os.getpid()}"
 
     async def scenario() -> list[int]:
-        async with gateway_env(slab, manifest()) as env:
+        async with gateway_env(slab, manifest(), marked) as env:
             pids = plugin_pids()
             assert len(pids) == len(NAMES)  # every group started its node's plugin
+            deadline = time.monotonic() + 5  # each joins it as it starts (before it execs)
+            while sorted((cgroup / "cgroup.procs").read_text().split()) != sorted(map(str, pids)):
+                assert time.monotonic() < deadline, (cgroup / "cgroup.procs").read_text()
+                await asyncio.sleep(0.02)
             who, sent, echoed = await echo_through(env, socket.AF_INET, SERVER4, gid, 1 << 20)
             assert sent == echoed and who == ip
             who, _ = await udp_through(env, socket.AF_INET, SERVER4, gid)
@@ -108,7 +127,7 @@ def test_tcp_and_udp_through_a_sip003_plugin_reach_the_target(slab: Lab, name: s
         return pids
 
     pids = slab.run(scenario)
-    assert not plugins._RUNNING
+    assert not plugins._RUNNING and not cgroup.exists()
     for pid in pids:  # stopped with the gateway
         assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
 
