@@ -205,7 +205,7 @@ def test_small_writes_stay_on_the_loop() -> None:
         await stream.drain()
         assert pool.jobs == 1
         stream.close()
-        assert await read_to_eof(b) == b"z" * (2 * OFFLOAD_MIN - 1) + bytes(100)
+        assert await read_to_eof(b) == b"z" * (OFFLOAD_MIN - 1) + bytes(100) + b"z" * OFFLOAD_MIN
         b.close()
         pool.close()
 
