@@ -8,13 +8,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any, Protocol, TypeVar, cast
 
 from .errors import ProxyProtocolError
 from .poller import IN, FdPoller, poller_for
 from .sockets import abort, wait_writable
-from .writebehind import OFFLOAD_MIN, SendPool, WriteBehind
 
 RECV_SIZE = 256 * 1024
 # What a stream sends: AEAD framings seal in place into bytearrays (no copy into bytes).
@@ -39,27 +38,6 @@ class Stream(Protocol):
 
     def splice_fd(self) -> int | None:
         """The socket's fd when bytes on it are plain (so splice(2) may move them), else None."""
-
-
-async def send_lent(stream: Stream, data: Buffer, release: Callable[[], None]) -> None:
-    """`stream.sendall(data)` for a caller that reuses `data` once `release` is called: a
-    SocketStream with write-behind keeps it until its pool thread has sent it, any other stream
-    has copied what it needs before `sendall` returns."""
-    if type(stream) is SocketStream:
-        await stream.send_lent(data, release)
-        return
-    try:
-        await stream.sendall(data)
-    finally:
-        release()
-
-
-def bottom_socket(stream: Stream) -> SocketStream | None:
-    """The SocketStream under a stack of layered streams (TLS, an AEAD framing), if that is
-    what the stack ends in."""
-    while isinstance(stream, LayeredStream):
-        stream = stream.raw
-    return stream if type(stream) is SocketStream else None
 
 
 def handed_on(data: bytes | bytearray) -> bytes:
@@ -90,14 +68,9 @@ class SocketStream(PendingBytes):
     Reads wait through the loop's FdPoller with the fd registered once and kept registered
     across reads; a readiness report nobody waits for drops the registration (level-triggered:
     it would spin). `hand_over_reader()` gives the registration to a new owner (the relay's
-    SplicedFlow); `release_reader()` drops it.
+    SplicedFlow); `release_reader()` drops it."""
 
-    `write_behind(pool)` (the relay's copy loop of an encrypted flow) sends large writes on the
-    pool's threads from then on (runtime/net/writebehind.py): bytes passed to `sendall`, and
-    buffers lent with `send_lent`; everything else waits for the send in flight, so the bytes
-    keep their order, and close/abort/shutdown_write wait for it too."""
-
-    __slots__ = ("sock", "_fd", "_loop", "_poller", "_waiter", "_armed", "_in_set", "_behind")
+    __slots__ = ("sock", "_fd", "_loop", "_poller", "_waiter", "_armed", "_in_set")
 
     def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop | None = None,
                  in_poller: bool = False) -> None:
@@ -111,7 +84,6 @@ class SocketStream(PendingBytes):
         self._waiter: asyncio.Future[None] | None = None
         self._armed = False  # registered for EPOLLIN
         self._in_set = self._poller is not None  # in the poller's set (maybe disarmed)
-        self._behind: WriteBehind | None = None
 
     def _ready(self, _events: int) -> None:
         waiter = self._waiter
@@ -174,38 +146,7 @@ class SocketStream(PendingBytes):
             except (BlockingIOError, InterruptedError):
                 await self._wait_readable()
 
-    def write_behind(self, pool: SendPool) -> None:
-        """Large sends go to `pool` from now on (see the class docstring)."""
-        if self._behind is None:
-            loop = self._loop or asyncio.get_running_loop()
-            self._behind = WriteBehind(self.sock, loop, pool)
-
-    async def send_lent(self, data: Buffer, release: Callable[[], None] | None = None) -> None:
-        """Send `data`, which the caller leaves alone until `release` is called (at once after an
-        inline send; once the pool's send is done with write-behind)."""
-        behind = self._behind
-        if behind is not None and len(data) >= OFFLOAD_MIN:
-            await behind.send(data, release)
-            return
-        try:
-            await self.sendall(data)
-        finally:
-            if release is not None:
-                release()
-
-    async def drain(self) -> None:
-        """Wait until the send in flight on the pool is done (its error raised here)."""
-        if self._behind is not None:
-            await self._behind.wait_idle()
-
     async def sendall(self, data: Buffer) -> None:
-        behind = self._behind
-        if behind is not None:
-            if type(data) is bytes and len(data) >= OFFLOAD_MIN:  # immutable: nothing to lend
-                await behind.send(data)
-                return
-            if behind.busy or behind.error is not None:
-                await behind.wait_idle()
         try:  # the usual case: all of it at once, no memoryview
             sent = self.sock.send(data)
         except (BlockingIOError, InterruptedError):
@@ -222,8 +163,6 @@ class SocketStream(PendingBytes):
             view = view[sent:]
 
     def shutdown_write(self) -> None:
-        if self._behind is not None and self._behind.shutdown_write():
-            return
         try:
             self.sock.shutdown(socket.SHUT_WR)
         except OSError:
@@ -231,13 +170,11 @@ class SocketStream(PendingBytes):
 
     def close(self) -> None:
         self.release_reader()
-        if self._behind is None or not self._behind.close():
-            self.sock.close()
+        self.sock.close()
 
     def abort(self) -> None:
         self.release_reader()
-        if self._behind is None or not self._behind.close(abort=True):
-            abort(self.sock)
+        abort(self.sock)
 
     def splice_fd(self) -> int | None:
         return self._fd if self.sock.fileno() >= 0 else None

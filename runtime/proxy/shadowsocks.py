@@ -29,7 +29,6 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -37,7 +36,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from dae_py.runtime.net.sockets import connect_tcp, resolve, set_mark
-from dae_py.runtime.net.stream import RECV_SIZE, Buffer, LayeredStream, SocketStream, Stream, handed_on, send_lent
+from dae_py.runtime.net.stream import RECV_SIZE, Buffer, LayeredStream, SocketStream, Stream, handed_on
 
 from . import plugins
 from . import shadowsocks2022 as ss2022
@@ -260,14 +259,13 @@ class ShadowsocksStream(LayeredStream):
             # bulk: sealed into a reused buffer
             self._sent_payload = True
             size = sealer.sealed_size(len(data))
-            buf = SEAL_BUFFERS.take(size)  # back once the stream below has sent (or copied) it
-            out = memoryview(buf)[:size]
+            buf = SEAL_BUFFERS.take(size)
             try:
-                sealer.seal_into(data, out)
-            except BaseException:
+                with memoryview(buf) as whole, whole[:size] as out:
+                    sealer.seal_into(data, out)
+                    await self._send(out)
+            finally:
                 SEAL_BUFFERS.give(buf)
-                raise
-            await self._send(out, partial(SEAL_BUFFERS.give, buf))
             return
         sealed: Buffer = sealer.seal(data)
         if not self._salt_sent:
@@ -277,12 +275,9 @@ class ShadowsocksStream(LayeredStream):
             self._sent_payload = True
         await self._send(sealed)
 
-    async def _send(self, sealed: Buffer, release: Callable[[], None] | None = None) -> None:
+    async def _send(self, sealed: Buffer) -> None:
         try:
-            if release is None:
-                await self.raw.sendall(sealed)
-            else:
-                await send_lent(self.raw, sealed, release)
+            await self.raw.sendall(sealed)
         except (ConnectionResetError, BrokenPipeError):
             if self._opener.received:
                 raise

@@ -45,7 +45,7 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache, partial
+from functools import lru_cache
 from typing import TypeVar
 
 from cryptography.exceptions import InvalidTag
@@ -54,7 +54,7 @@ from cryptography.hazmat.primitives import hmac as crypto_hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-from dae_py.runtime.net.stream import RECV_SIZE, Buffer, LayeredStream, Stream, handed_on, send_lent
+from dae_py.runtime.net.stream import RECV_SIZE, Buffer, LayeredStream, Stream, handed_on
 
 from .aeadchunks import SealBuffers, packed_length, sealed_size
 from .base import Destination, DialError, DialOptions, Node, ProxyAuthError, ProxyProtocolError, ReplyCallback
@@ -457,14 +457,13 @@ class VmessStream(LayeredStream):
             await self.raw.sendall(sealer.seal(data) if sealer is not None else data)
             return
         size = sealer.sealed_size(len(data))
-        buf = SEAL_BUFFERS.take(size)  # back once the stream below has sent (or copied) it
-        out = memoryview(buf)[:size]
+        buf = SEAL_BUFFERS.take(size)  # the streams below copy what they send before returning
         try:
-            sealer.seal_into(data, out)
-        except BaseException:
+            with memoryview(buf) as whole, whole[:size] as out:
+                sealer.seal_into(data, out)
+                await self.raw.sendall(out)
+        finally:
             SEAL_BUFFERS.give(buf)
-            raise
-        await send_lent(self.raw, out, partial(SEAL_BUFFERS.give, buf))
 
     async def send_packet(self, data: bytes) -> None:
         """One datagram as one chunk (UDP sessions)."""

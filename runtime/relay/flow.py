@@ -1,10 +1,8 @@
 """Flows, the Router callback that picks their outbound, and the relay's settings."""
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from dae_py.runtime.proxy import DialOptions
@@ -107,24 +105,6 @@ class FunctionRouter:
         return Route(self.fn(flow))
 
 
-#: RelayConfig.send_threads unless DAE_PY_SEND_THREADS says otherwise.
-SEND_THREADS = 2
-
-
-def default_send_threads() -> int:
-    """DAE_PY_SEND_THREADS (a count; 0 turns write-behind off), else SEND_THREADS. A value that
-    is not a count is ignored with a warning."""
-    raw = os.environ.get("DAE_PY_SEND_THREADS")
-    if raw is None:
-        return SEND_THREADS
-    try:
-        return max(0, int(raw))
-    except ValueError:
-        logging.getLogger(__name__).warning("DAE_PY_SEND_THREADS=%r is not a count: using %d",
-                                            raw, SEND_THREADS)
-        return SEND_THREADS
-
-
 @dataclass(frozen=True)
 class RelayConfig:
     so_mark: int = 0
@@ -158,10 +138,6 @@ class RelayConfig:
     # (runtime/relay/warmpool.py; 0 turns it off), and how long one may wait unused
     warm_pool: int = 4
     warm_pool_idle_timeout: float = 10.0
-    # threads that send the large writes of encrypted flows while the loop seals the next
-    # chunk (runtime/net/writebehind.py); 0: the copy loop alone. The default comes from
-    # DAE_PY_SEND_THREADS when set (a switch for benchmarks and for machines with one core).
-    send_threads: int = field(default_factory=default_send_threads)
 
     def dial_options(self) -> DialOptions:
         return DialOptions(so_mark=self.so_mark, connect_timeout=self.connect_timeout,

@@ -16,8 +16,7 @@ from typing import Any, Protocol
 
 from dae_py.runtime.net.poller import HUP_ERR, IN, OUT, poller_for
 from dae_py.runtime.net.sockets import abort
-from dae_py.runtime.net.stream import RECV_SIZE, SocketStream, Stream, bottom_socket
-from dae_py.runtime.net.writebehind import SendPool
+from dae_py.runtime.net.stream import RECV_SIZE, Stream
 
 F_SETPIPE_SZ = 1031
 F_GETPIPE_SZ = 1032
@@ -54,20 +53,6 @@ async def copy_one_way(src: Stream, dst: Stream, count: Count) -> None:
             return
         await dst.sendall(data)
         count(len(data))
-
-
-async def copy_behind(src: Stream, dst: Stream, bottom: SocketStream, count: Count) -> None:
-    """`copy_one_way` with write-behind on `bottom` (dst's socket): what `src.recv` returns is
-    the copy's own (bytes, or a layered stream's fresh buffer: `handed_on`), so a plain `dst`
-    sends it lent, without a copy. Returns once the last send is done (EOF, then shutdown)."""
-    send = dst.send_lent if type(dst) is SocketStream else dst.sendall
-    while True:
-        data = await src.recv(RECV_SIZE)
-        if not data:
-            break
-        await send(data)
-        count(len(data))
-    await bottom.drain()
 
 
 class IdleWatch:
@@ -456,23 +441,12 @@ class IdleSweeper:
 
 
 async def relay(client: Stream, upstream: Stream, *, idle_timeout: float, count_up: Count,
-                count_down: Count, senders: SendPool | None = None) -> str:
+                count_down: Count) -> str:
     """Both directions through user space until both reach EOF (each EOF becomes a
     shutdown(SHUT_WR) on the other side), an error (both sides aborted) or the idle timeout.
     Returns how the flow ended. For the flows a SplicedFlow cannot take: a layered upstream
-    (TLS, an AEAD stream) or splice turned off.
-
-    `senders`: with a layered upstream (the copy seals or opens every byte), large sends of
-    both sides run on these threads while the loop reads and seals the next chunk
-    (runtime/net/writebehind.py); None, or a plain upstream, copies in the loop alone."""
+    (TLS, an AEAD stream) or splice turned off."""
     loop = asyncio.get_running_loop()
-    bottoms: dict[int, SocketStream] = {}
-    if senders is not None and type(upstream) is not SocketStream:
-        for side in (client, upstream):
-            bottom = bottom_socket(side)
-            if bottom is not None:
-                bottom.write_behind(senders)
-                bottoms[id(side)] = bottom
     pending_up = client.take_pending()
     pending_down = upstream.take_pending()
     tasks: list[asyncio.Task[None]] = []
@@ -493,11 +467,7 @@ async def relay(client: Stream, upstream: Stream, *, idle_timeout: float, count_
         if pending:
             await dst.sendall(pending)
             count(len(pending))
-        bottom = bottoms.get(id(dst))
-        if bottom is None:
-            await copy_one_way(src, dst, count)
-        else:
-            await copy_behind(src, dst, bottom, count)
+        await copy_one_way(src, dst, count)
         dst.shutdown_write()
 
     tasks.append(loop.create_task(one_way(client, upstream, pending_up, counting(count_up))))

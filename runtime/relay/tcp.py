@@ -13,7 +13,6 @@ from typing import Any
 from dae_py.runtime.net.poller import FdPoller, poller_for
 from dae_py.runtime.net.sockets import abort
 from dae_py.runtime.net.stream import SocketStream, Stream
-from dae_py.runtime.net.writebehind import SendPool
 from dae_py.runtime.proxy import Blocked, Destination, Dialed, DialError, Outbound, OutboundError
 from dae_py.runtime.proxy.base import format_hostport
 from dae_py.runtime.sniff.dialmode import Sniffing
@@ -67,8 +66,6 @@ class TcpRelay:
         self.pools: WarmPools | None = None  # from start() when config.warm_pool > 0
         self._batch = 1  # accepts per listener wake-up at most (_accept adapts it)
         self._on_spliced_end = self._spliced_ended  # one bound method for all flows, not one each
-        # the encrypted flows' send threads (started on the first bulk send; none when 0)
-        self.senders = SendPool(config.send_threads) if config.send_threads > 0 else None
 
     async def start(self, port: int = 0, hosts: tuple[str, ...] = ("0.0.0.0", "::"),
                     guard_fd: int | None = None) -> int:
@@ -397,7 +394,7 @@ class TcpRelay:
                 counters.bytes_up += len(prefix)
             outcome = await relay(client, dialed_stream,
                                   idle_timeout=self.config.tcp_idle_timeout,
-                                  count_up=count_up, count_down=count_down, senders=self.senders)
+                                  count_up=count_up, count_down=count_down)
             log.debug("%s via %s node %s ended: %s", flow, outbound, node, outcome)
         except OSError as exc:
             log.debug("%s via %s node %s ended: %s", flow, outbound, node, exc)
@@ -424,8 +421,6 @@ class TcpRelay:
         for task in flows:
             task.cancel()
         await asyncio.gather(*flows, return_exceptions=True)
-        if self.senders is not None:  # after the flows (a pool thread never waits for a peer)
-            self.senders.close()
         if self._sweeper is not None:
             self._sweeper.close()
         if self.sockmap is not None:
