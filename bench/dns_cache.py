@@ -169,7 +169,8 @@ def main() -> None:
             f.write_text("".join(f"a{side}x{i}.asis.test A\n" for i in range(n_miss)))
             f.chmod(0o644)
             afiles.append(f)
-        rules = ([f"dip({DIRECT_RESOLVER}) -> must_direct"] if args.asis else []) + ["domain(suffix: proxied.test) -> proxy"]
+        rules = [f"dip({DIRECT_RESOLVER}) -> must_direct"] if args.asis else []
+        rules.append("domain(suffix: proxied.test) -> proxy")
         asis_rule = '      rules:\n        - "qname(suffix: asis.test) -> asis"\n' if args.asis else ""
         cfg = lab_config(t, rules=rules) + f"""\
 dns:

@@ -31,6 +31,7 @@ from .harness import (
     with_upstreams,
 )
 
+
 def test_answer_addresses_are_bound_to_their_domain_bits_before_the_answer_is_returned() -> None:
     async def body(mod: DnsModule, b: RecordingBindings, up: FakeUpstream) -> None:
         r = await ask(mod, "a.proxied.test")

@@ -43,7 +43,7 @@ Pending = tuple[dns.message.Message, Deliver, "asyncio.TimerHandle | None"]
 class UdpPool:
     """POOL_SIZE associations of one upstream, with the pending queries keyed by id."""
 
-    def __init__(self, up: Upstream) -> None:
+    def __init__(self, up: UdpUpstream) -> None:
         self.up = up
         self.slots: list[tuple[UdpAssociation, list[int]] | None] = [None] * POOL_SIZE
         self.next = 0
