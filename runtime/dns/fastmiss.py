@@ -100,6 +100,8 @@ class FastMiss:
         key = key_of(q)
         flight = self.flights.get(key)
         if flight is not None:
+            if origin is None and flight.target == "asis":  # a dns.bind client has no asis: SERVFAIL
+                return False
             del mod.parsed[wire]
             flight.waiters.append((q, wire, send))
             mod.cache.deduplicated += 1

@@ -3,13 +3,12 @@ callback miss path, through the hijack listener's own dispatch (harness.HijackTa
 loopback resolvers: the answer leaves from a callback, not a task, with its addresses bound
 before; identical questions join one flight; a truncated answer is asked over TCP; a resolver
 that never answers is SERVFAIL within the upstream's timeout; each origin asks its own
-resolver; a dns.bind client (no origin) stays on the general path. And AsisUpstreams closes an
-evicted resolver's upstream only after its queries had their time."""
+resolver; a dns.bind client (no origin) is SERVFAIL, even beside a hijacked flight. And
+AsisUpstreams closes an evicted resolver's upstream only after its queries had their time."""
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import socket
 import time
 
 import dns.flags
@@ -20,7 +19,7 @@ from dae_py.runtime.dns import DnsModule
 from dae_py.runtime.dns.asis import ORIGIN, AsisUpstreams
 
 from .fakes import FakeUpstream, RecordingBindings, Zone
-from .harness import ZONE, HijackTap, RawUpstream, addresses, config, hijacked, over_udp, plain, recv, run, with_module
+from .harness import ZONE, HijackTap, RawUpstream, addresses, client, config, hijacked, plain, recv, run, with_module
 
 
 def origin_of(up: FakeUpstream | RawUpstream) -> tuple[str, int]:
@@ -130,14 +129,26 @@ def test_each_origin_is_asked_for_its_own_queries() -> None:
     run(main)
 
 
-def test_a_dns_bind_client_routed_asis_stays_on_the_general_path_and_gets_servfail() -> None:
-    async def body(mod: DnsModule, b: RecordingBindings, s: socket.socket, up: FakeUpstream) -> None:
-        q = plain("a.proxied.test")
-        s.send(q.to_wire())
-        r = await recv(s)
-        assert r.id == q.id and r.rcode() == dns.rcode.SERVFAIL  # it asked us: no other server
-        assert mod.fast.taken == 0 and up.udp_queries == 0
-    over_udp(body, lambda: FakeUpstream(ZONE), req_fallback="asis")
+def test_a_dns_bind_client_routed_asis_gets_servfail_even_beside_a_hijacked_flight() -> None:
+    async def body(mod: DnsModule, b: RecordingBindings, tap: HijackTap, up: FakeUpstream) -> None:
+        s = client(mod.listener.addresses[0])
+        try:
+            q = plain("x.proxied.test")
+            s.send(q.to_wire())
+            r = await recv(s)
+            assert r.id == q.id and r.rcode() == dns.rcode.SERVFAIL  # it asked us: no other server
+            assert mod.fast.taken == 0 and up.udp_queries == 0
+            await tap.warm(origin_of(up))
+            hijacked_q, bound_q = plain("a.proxied.test"), plain("a.proxied.test")
+            tap.ask(hijacked_q, origin_of(up))  # a callback flight to the client's resolver ...
+            s.send(bound_q.to_wire())  # ... which the dns.bind client's same question does not join
+            r = await recv(s)
+            assert r.id == bound_q.id and r.rcode() == dns.rcode.SERVFAIL
+            got = await tap.answer_to(hijacked_q)
+            assert addresses(got.answer) == ["10.232.1.1"] and not got.in_task
+        finally:
+            s.close()
+    hijacked(body, lambda: FakeUpstream(ZONE, delay=0.2))
 
 
 def test_an_evicted_resolvers_upstream_is_closed_only_after_its_timeout() -> None:
