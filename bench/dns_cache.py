@@ -2,7 +2,8 @@
 forwarder, side by side in one lab run, both loaded by dnsperf from the client namespace.
 
     .venv/bin/python -m bench.dns_cache [--seconds 10] [--clients 100] [--trials 10000]
-        [--fixed-qps 20000] [--miss-qps 2000] [--ab /path/to/base-worktree [--ab-runs 2]]
+        [--fixed-qps 20000] [--miss-qps 2000] [--asis] [--prefix daelab]
+        [--ab /path/to/base-worktree [--ab-runs 2]]
 
 The zone is served by a dnsmasq in the upstream namespace; the gateway runs `dae-runtime` with
 dns.bind on its LAN address (port 53) and a second dnsmasq, a caching forwarder to the same
@@ -12,11 +13,20 @@ first-connection test of tests/dnsmodule (fresh name, then connect at once) that
 Latency: dnsperf -v reports each answer's latency; at a fixed --fixed-qps (cache hits) the p50
 of ours and dnsmasq's, and the cache-miss p50 (a fresh name each query, --miss-qps) through our
 module against asking the zone's dnsmasq directly (the same path through the gateway, minus
-the module). Prints Markdown.
+the module). Those misses come from dns.bind clients, routed to a named udp:// upstream.
 
---ab BASE: before/after in one session: the whole bench alternately from BASE's tree (its own
-.venv, e.g. `git worktree add --detach ../base main`) and from this one, --ab-runs times each
-(base first), then each run's three figures and their medians side by side.
+--asis: also the miss p50 of hijacked queries routed `asis` (the hijack default): the client
+asks a resolver of its own on port 53 (a dnsmasq of the zone in the upstream namespace, at
+ASIS_RESOLVER), the gateway hijacks the query and the module asks that same resolver; against
+the client asking the same dnsmasq at DIRECT_RESOLVER, which a must_direct rule leaves alone
+(the same path through the gateway, minus the hijack and the module). The rule is in the
+config only with --asis.
+
+--ab BASE: before/after in one session: the whole bench alternately with BASE's tree (its own
+.venv, e.g. `git worktree add --detach ../base main`) and this one, --ab-runs times each (base
+first), then each run's figures and their medians side by side. The bench itself (this file and
+tests/) is this tree's on both sides, so both measure the same way; the runtime, compiler and
+lab under test are the ones each .venv's editable install maps `dae_py` to.
 """
 from __future__ import annotations
 
@@ -66,7 +76,11 @@ def dnsperf_latency(lab: Lab, server: str, port: int, qfile: Path, seconds: int,
 
 AB_FIGURES = {"hit qps ratio (ours / dnsmasq)": r"ratio dae-py / dnsmasq \(mean qps\): ([\d.]+)",
               "fixed-rate p50 ratio (ours / dnsmasq)": r"ratio p50 dae-py / dnsmasq \(mean of rounds\): ([\d.]+)",
-              "miss p50 added, us (mean of rounds)": r"added p50 of a miss \(per round\): (.+)"}
+              "miss p50 added, us (mean of rounds)": r"added p50 of a miss \(per round\): (.+)",
+              "asis miss p50 added, us (mean of rounds)": r"added p50 of an asis miss \(per round\): (.+)"}
+ASIS_NET = "10.234.0.0/24"  # routed to the upstream namespace with --asis
+ASIS_RESOLVER = "10.234.0.53"  # the hijacked clients' resolver
+DIRECT_RESOLVER = "10.234.0.54"  # the same dnsmasq behind a must_direct rule
 
 
 def ab(base: str, runs: int, passed: list[str]) -> None:
@@ -78,7 +92,7 @@ def ab(base: str, runs: int, passed: list[str]) -> None:
             head = subprocess.run(["git", "-C", tree, "rev-parse", "--short", "HEAD"], capture_output=True,
                                   text=True).stdout.strip()
             load = Path("/proc/loadavg").read_text().split()[:3]
-            out = subprocess.run([f"{tree}/.venv/bin/python", "-m", "bench.dns_cache", *passed], cwd=tree,
+            out = subprocess.run([f"{tree}/.venv/bin/python", "-m", "bench.dns_cache", *passed], cwd=here,
                                  capture_output=True, text=True, timeout=1800).stdout
             print(f"<!-- run {i + 1} {side} ({head}), load before {' '.join(load)} -->\n{out}", flush=True)
             for fig, rx in AB_FIGURES.items():
@@ -105,6 +119,8 @@ def main() -> None:
     ap.add_argument("--latency-seconds", type=int, default=5)
     ap.add_argument("--ab", metavar="BASE_TREE", help="before/after: alternate runs from this other worktree")
     ap.add_argument("--ab-runs", type=int, default=2)
+    ap.add_argument("--asis", action="store_true", help="also the miss p50 of hijacked queries routed asis")
+    ap.add_argument("--prefix", default="daelab", help="the lab's namespace prefix (one of your own)")
     args = ap.parse_args()
     if args.ab:
         passed = [a for a in sys.argv[1:]]
@@ -118,7 +134,7 @@ def main() -> None:
     from tests.runtime.helpers import DnsServer, client_get, gateway, lab_config
 
     n_names = max(20, args.trials)
-    with Lab() as lab, tempfile.TemporaryDirectory() as wd:
+    with Lab(args.prefix) as lab, tempfile.TemporaryDirectory() as wd:
         t = lab.topo
         lab.start_http_peer(8080)
         lab.start_http_peer(8081)
@@ -131,6 +147,12 @@ def main() -> None:
         # the baseline: dnsmasq as a caching forwarder in the gateway namespace
         lab.start_dnsmasq(5353, {}, ns="gateway", listen=[t.gateway_lan_ip4],
                           extra=[f"--server={t.upstream_ip4}#5300", "--cache-size=10000"])
+        if args.asis:  # the clients' own resolver: the zone on port 53 at two addresses
+            for addr in (ASIS_RESOLVER, DIRECT_RESOLVER):  # on lo: dnsmasq binds interface addresses
+                lab.run("upstream", ["ip", "addr", "add", addr + "/32", "dev", "lo"], check=True)
+            lab.run("gateway", ["ip", "route", "add", ASIS_NET, "via", t.upstream_ip4], check=True)
+            lab.start_dnsmasq(53, {}, ttl=3600, listen=[ASIS_RESOLVER, DIRECT_RESOLVER],
+                              extra=["--address=/asis.test/10.233.0.2"])
         qfile = Path(wd) / "queries"
         qfile.write_text("".join(f"h{i}.bench.test A\n" for i in range(20)))
         qfile.chmod(0o644)
@@ -141,14 +163,23 @@ def main() -> None:
             f.write_text("".join(f"m{side}x{i}.miss.test A\n" for i in range(n_miss)))
             f.chmod(0o644)
             mfiles.append(f)
-        cfg = lab_config(t, rules=["domain(suffix: proxied.test) -> proxy"]) + f"""\
+        afiles = []
+        for side in range(4 if args.asis else 0):
+            f = Path(wd) / f"asis{side}"
+            f.write_text("".join(f"a{side}x{i}.asis.test A\n" for i in range(n_miss)))
+            f.chmod(0o644)
+            afiles.append(f)
+        rules = [f"dip({DIRECT_RESOLVER}) -> must_direct"] if args.asis else []
+        rules.append("domain(suffix: proxied.test) -> proxy")
+        asis_rule = '      rules:\n        - "qname(suffix: asis.test) -> asis"\n' if args.asis else ""
+        cfg = lab_config(t, rules=rules) + f"""\
 dns:
   bind: '{t.gateway_lan_ip4}:53'
   upstream:
     zone: 'udp://{t.upstream_ip4}:5300'
   routing:
     request:
-      fallback: zone
+{asis_rule}      fallback: zone
 """
         with DnsServer(lab), gateway(lab, cfg, Path(wd) / "gw") as gw:
             for i in range(20):  # warm both caches
@@ -197,6 +228,21 @@ dns:
                       f"{r['answered']:.0f} / {r['sent']:.0f} |")
             added = [a[2]["p50"] - b[2]["p50"] for a, b in zip(miss_rows[::2], miss_rows[1::2], strict=True)]
             print(f"\nadded p50 of a miss (per round): {', '.join(f'{x:.0f} us' for x in added)}\n")
+            if args.asis:
+                asis_rows = []
+                for rnd in range(2):
+                    for name, server in (("hijacked, asis (miss)", ASIS_RESOLVER),
+                                         ("the same dnsmasq, must_direct", DIRECT_RESOLVER)):
+                        asis_rows.append((rnd, name, dnsperf_latency(
+                            lab, server, 53, afiles[2 * rnd + (server == DIRECT_RESOLVER)], ls, args.miss_qps)))
+                print(f"hijacked cache misses routed asis at {args.miss_qps} qps, a fresh name per query, "
+                      "latency in us\n")
+                print("| round | path | p50 | p90 | p99 | answered / sent |\n|---|---|---|---|---|---|")
+                for rnd, name, r in asis_rows:
+                    print(f"| {rnd + 1} | {name} | {r['p50']:.0f} | {r['p90']:.0f} | {r['p99']:.0f} | "
+                          f"{r['answered']:.0f} / {r['sent']:.0f} |")
+                added = [a[2]["p50"] - b[2]["p50"] for a, b in zip(asis_rows[::2], asis_rows[1::2], strict=True)]
+                print(f"\nadded p50 of an asis miss (per round): {', '.join(f'{x:.0f} us' for x in added)}\n")
             if args.trials:
                 wrong = 0
                 for i in range(args.trials):

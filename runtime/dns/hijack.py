@@ -12,8 +12,9 @@ original destination, so the accepted socket's local address is the resolver the
 asked, and replies need nothing more. Queries are length-prefixed (`listener.tcp_session`).
 
 Both kinds get the program's tproxy_guard filter (only packets bpf_sk_assign delivered, which
-carry the fwmark, reach them). Each query runs with `asis.ORIGIN` set, so request routing's
-`asis` asks the client's own resolver. Bad input is the module's business (FORMERR or drop);
+carry the fwmark, reach them). Each query runs with `asis.ORIGIN` set (the callback miss path,
+which runs in no task, is given the origin as an argument), so request routing's `asis` asks
+the client's own resolver. Bad input is the module's business (FORMERR or drop);
 nothing here parses DNS, and in-flight queries are bounded as on `dns.bind`.
 """
 from __future__ import annotations
@@ -106,7 +107,7 @@ class HijackListener:
                  so_mark: int = 0, guard_fd: int | None = None, max_pending: int = 4096) -> None:
         self.answer = answer
         self.answer_now = answer_now
-        self.answer_soon = answer_soon  # the plain-miss path (module.fast); asis questions decline it
+        self.answer_soon = answer_soon  # the plain-miss path (module.fast), given each query's origin (asis)
         self.so_mark = so_mark
         self.guard_fd = guard_fd
         self.max_pending = max_pending
@@ -160,26 +161,30 @@ class HijackListener:
             if dst is None:  # not delivered by the program: no resolver to answer as
                 self.dropped += 1
                 continue
-            self.queries += 1
-            client = (src[0], src[1])
-            now = self.answer_now
-            if now is not None:
-                try:
-                    reply = now(data)
-                except Exception:  # noqa: BLE001 - the full path answers it, and logs
-                    reply = None
-                if reply is not None:
-                    self._send(dst, client, reply)
-                    continue
-            soon = self.answer_soon
-            if soon is not None:
-                try:
-                    if soon(data, partial(self._send, dst, client)):
-                        continue
-                except Exception:  # a bug there must not lose the query: the full path answers it
-                    log.exception("dns hijack: the fast path failed on a query from %s", client[0])
-            if not spawn_bounded(self._tasks, self.max_pending, self._udp_query(data, dst, client)):
-                self.dropped += 1
+            self.dispatch(data, dst, (src[0], src[1]))
+
+    def dispatch(self, data: bytes, dst: tuple[str, int], client: tuple[str, int]) -> None:
+        """One datagram `client` sent to `dst`: a hit answered at once, a plain miss on the
+        callback path (told the origin, for asis), anything else a task with ORIGIN set."""
+        self.queries += 1
+        now = self.answer_now
+        if now is not None:
+            try:
+                reply = now(data)
+            except Exception:  # noqa: BLE001 - the full path answers it, and logs
+                reply = None
+            if reply is not None:
+                self._send(dst, client, reply)
+                return
+        soon = self.answer_soon
+        if soon is not None:
+            try:
+                if soon(data, partial(self._send, dst, client), dst):
+                    return
+            except Exception:  # a bug there must not lose the query: the full path answers it
+                log.exception("dns hijack: the fast path failed on a query from %s", client[0])
+        if not spawn_bounded(self._tasks, self.max_pending, self._udp_query(data, dst, client)):
+            self.dropped += 1
 
     async def _udp_query(self, data: bytes, dst: tuple[str, int], client: tuple[str, int]) -> None:
         ORIGIN.set(dst)  # this task's own context: asis asks the resolver the client asked
@@ -192,7 +197,10 @@ class HijackListener:
             self._send(dst, client, reply)
 
     def _send(self, dst: tuple[str, int], client: tuple[str, int], reply: bytes) -> None:
-        """The answer to `client`, from `dst` (the address it asked)."""
+        """The answer to `client`, from `dst` (the address it asked); nothing once closed (a
+        callback-path answer may come in while the module closes: no new reply socket then)."""
+        if not self._udp:
+            return
         sock = self._reply_socket(dst)
         if sock is None:
             self.reply_failed += 1

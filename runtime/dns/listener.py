@@ -33,7 +33,8 @@ MAX_TCP_CONNECTIONS = 512
 READ_BURST = 256  # datagrams read per readiness callback before other sockets get the loop
 AnswerNow = Callable[[bytes], bytes | None]  # (query wire) -> an answer at once, or None
 Send = Callable[[bytes], None]
-AnswerSoon = Callable[[bytes, Send], bool]  # (query wire, send) -> True: it will send the answer
+# (query wire, send, where a hijacked query was sent or None) -> True: it will send the answer
+AnswerSoon = Callable[[bytes, Send, "tuple[str, int] | None"], bool]
 
 
 async def tcp_session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answer: Answer) -> None:
@@ -153,7 +154,7 @@ class DnsListener:
         soon = self.answer_soon
         if soon is not None:
             try:
-                if soon(data, partial(self._reply, sock, addr)):
+                if soon(data, partial(self._reply, sock, addr), None):  # dns.bind: asked us, no origin
                     return
             except Exception:  # a bug there must not lose the query: the full path answers it
                 log.exception("dns: the fast path failed on a UDP query from %s", addr[0])

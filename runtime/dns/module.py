@@ -29,12 +29,13 @@ import dns.rdatatype
 
 from dae_py.contract.manifest import DnsSettings
 
-from .asis import ORIGIN, AsisUpstreams
+from .asis import ORIGIN, AsisUpstreams, Origin
 from .binder import Binder, answer_addresses
-from .cache import STALE_ANSWER_TTL, Cache, key_of
+from .cache import STALE_ANSWER_TTL, Cache, Key, key_of
+from .fastmiss import FastMiss, ModuleView
 from .listener import DnsListener
 from .rules import Query, RuleList, qname_matcher
-from .upstreams import Route, UpstreamError
+from .upstreams import Route, Upstream, UpstreamError
 from .upstreams import make as make_upstream
 
 log = logging.getLogger("dae.dns")
@@ -106,10 +107,6 @@ class DnsModule:
         self._refreshing: set[asyncio.Task[dns.message.Message]] = set()
         self.binder = Binder(bindings, bits_of)
         self.deadline = deadline
-        from .fastmiss import FastMiss  # here, not at the top: fastmiss types its owner as this class
-
-        self.fast = FastMiss(self)  # plain UDP misses, answered on callbacks (fastmiss.py)
-        self.listener = DnsListener(self.answer, self.answer_now, answer_soon=self.fast.take)
         self.binds = [(b.host, b.port) for b in cfg.bind]
         self.asis = AsisUpstreams(so_mark, upstream_timeout)  # hijacked queries' own resolvers
         self.hijack: Any = None  # the HijackListener, when the build hijacks LAN DNS (hijack.py)
@@ -117,6 +114,8 @@ class DnsModule:
         self._plain: dict[bytes, tuple[str, int, int]] = {}  # answer_now's question bytes -> cache key
         self._parsed: dict[bytes, dns.message.Message] = {}  # misses answer_now parsed, for `answer`
         self.answered = self.failed = self.rejected = 0
+        self.fast = FastMiss(self._fast_view())  # plain UDP misses, answered on callbacks (fastmiss.py)
+        self.listener = DnsListener(self.answer, self.answer_now, answer_soon=self.fast.take)
 
     @classmethod
     async def start(cls, build: Any, bindings: Any, so_mark: int, guard_fd: int | None = None,
@@ -183,6 +182,45 @@ class DnsModule:
                  "%d joined in flight); %d addresses bound", self.answered, self.failed, self.rejected,
                  len(self.cache), self.cache.hits, self.cache.misses, self.cache.deduplicated, len(self.binder))
 
+    # --- the callback miss path's view of the module (fastmiss.py) -----------------------------
+
+    def _fast_view(self) -> ModuleView:
+        return ModuleView(parsed=self._parsed, cache=self.cache, deadline=self.deadline,
+                          general_only=self._general_only, decide=self._decide, upstream=self._upstream_for,
+                          upstream_query=self._upstream_query, routed=self._routed, store=self._store,
+                          fetch=self._fetch, rejected=self._rejected_wire, answered=self._answered_wire,
+                          failed=self._failed_wire)
+
+    def _general_only(self, key: Key) -> bool:
+        """Does an option answer this question another way (ipversion_prefer's empty answer,
+        optimistic_cache's stale one)? Then only the general path answers it."""
+        return self._preferred_away(key) or bool(self.optimistic and self.cache.stale(key) is not None)
+
+    def _decide(self, key: Key) -> tuple[str, int]:
+        """Request routing of a question: (its target, the qname's domain bits)."""
+        bits = self.qname_bits(key[0])
+        target, _rule = self.request.decide(Query(key[0], key[1], bits))
+        return target, bits
+
+    def _upstream_for(self, target: str, origin: Origin | None) -> Upstream | None:
+        """The upstream a target names, without waiting: `asis` is the origin's, if the general
+        path made it already (None for a dns.bind client, which has no origin)."""
+        if target == "asis":
+            return self.asis.ready(origin) if origin is not None else None
+        return self.upstreams.get(target)
+
+    def _rejected_wire(self, q: dns.message.Message) -> bytes:
+        self.rejected += 1
+        return self._render(q, empty_answer(q), 0)
+
+    def _answered_wire(self, q: dns.message.Message, wire: bytes, r: dns.message.Message) -> bytes:
+        """r as the UDP answer to the client's query `wire` (passed on as it came when it can be)."""
+        self.answered += 1
+        return self._passed_on(q, wire, r, 0) or self._render(q, self._shaped(q, r), 0)
+
+    def _failed_wire(self, q: dns.message.Message, exc: Exception) -> bytes:
+        return self._render(q, self._failed(q, exc), 0)
+
     # --- one query ---------------------------------------------------------------------------
 
     async def answer(self, wire: bytes, max_size: int) -> bytes | None:
@@ -226,8 +264,6 @@ class DnsModule:
         log.warning("dns: %s %s: SERVFAIL (%s)", q.question[0].name,
                     dns.rdatatype.to_text(q.question[0].rdtype), str(exc) or "deadline passed")
         return empty_answer(q, dns.rcode.SERVFAIL)
-
-    _empty = staticmethod(empty_answer)
 
     @staticmethod
     def _render(q: dns.message.Message, r: dns.message.Message, max_size: int) -> bytes:

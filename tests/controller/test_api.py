@@ -355,7 +355,7 @@ def test_metrics_export_the_dns_modules_cache_counters(view: GatewayView) -> Non
     one miss, then one hit, both answered."""
     from dae_py.runtime.controller.collector import GatewayCollector
     from tests.dnsmodule.fakes import FakeUpstream
-    from tests.dnsmodule.test_module import ZONE, ask, config, with_module
+    from tests.dnsmodule.harness import ZONE, ask, config, with_module
 
     async def go() -> dict[str, float]:
         up = await FakeUpstream(ZONE).start()

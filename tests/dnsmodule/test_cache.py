@@ -10,7 +10,7 @@ from dae_py.runtime.dns import DnsModule
 from dae_py.runtime.dns.cache import STALE_ANSWER_TTL
 
 from .fakes import FakeUpstream, RecordingBindings
-from .test_module import addresses, ask, one_upstream
+from .harness import addresses, ask, one_upstream
 
 
 def test_expired_answer_is_served_at_once_and_refreshed_once_in_the_background() -> None:

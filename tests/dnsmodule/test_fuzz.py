@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from dae_py.runtime.dns import DnsModule
 
 from .fakes import FakeUpstream, RecordingBindings
-from .test_module import ZONE, addresses, config, with_module
+from .harness import ZONE, addresses, config, with_module
 
 query = dns.message.make_query("a.proxied.test", "A").to_wire()
 # Inputs near real queries find more parser paths than random bytes alone.

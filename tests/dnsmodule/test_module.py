@@ -1,11 +1,11 @@
 """The DNS module in-process against loopback upstreams: routing, cache, in-flight joins,
 truncation, SERVFAIL, and binding before the answer. The config goes through the real compiler,
-so these rules mean what the manifest says."""
+so these rules mean what the manifest says. The set-up is harness.py's."""
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+import socket
 from typing import Any
 
 import dns.flags
@@ -13,110 +13,23 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 
-from dae_py.compiler.pipeline import compile_config
-from dae_py.contract.domains import DomainMatcher
 from dae_py.runtime.dns import DnsModule
 
 from .fakes import FakeUpstream, RecordingBindings, Zone
-
-ZONE = Zone({
-    "a.proxied.test.": [("A", 60, "10.232.1.1"), ("AAAA", 60, "fd00:232::1")],
-    "www.proxied.test.": [("CNAME", 60, "edge.cdn.test.")],
-    "edge.cdn.test.": [("A", 30, "10.232.1.2")],
-    "cdn.direct.test.": [("CNAME", 60, "x.proxied.test.")],
-    "x.proxied.test.": [("A", 60, "10.232.1.3")],
-    "b.direct.test.": [("A", 5, "10.232.2.1")],
-    "bad.test.": [("A", 60, "10.99.0.1")],
-    "fixed.test.": [("A", 600, "10.232.3.1")],
-})
-
-
-def config(ports: dict[str, tuple[str, int]], *, request: Sequence[str] = (), response: Sequence[str] = (),
-           req_fallback: str = "main", extra: str = "") -> str:
-    ups = "\n".join(f"    {n}: '{scheme}://127.0.0.1:{p}'" for n, (scheme, p) in ports.items())
-    req = "\n".join(f'        - "{r}"' for r in request)
-    resp = "\n".join(f'        - "{r}"' for r in response)
-    return f"""\
-global:
-  lan_interface: [lo]
-dns:
-  bind: '127.0.0.1:53'
-{extra}  upstream:
-{ups}
-  routing:
-    request:
-      rules:
-{req or '        []'}
-      fallback: {req_fallback}
-    response:
-      rules:
-{resp or '        []'}
-      fallback: accept
-routing:
-  rules:
-    - "domain(suffix: proxied.test) -> direct(mark: 1)"
-    - "domain(full: b.direct.test) -> direct(mark: 2)"
-  fallback: direct
-""".replace("      rules:\n        []", "      rules: []")
-
-
-async def with_module(text: str, body: Callable[[DnsModule, RecordingBindings], Awaitable[Any]]) -> Any:
-    checked = compile_config(None, None, text=text)
-    bindings = RecordingBindings()
-    mod = DnsModule(checked.dns, bindings, DomainMatcher.from_sets(checked.ir.domain_sets).bits, so_mark=0,
-                    upstream_timeout=0.5, deadline=1.5)
-    await mod.open([("127.0.0.1", 0)])
-    try:
-        return await body(mod, bindings)
-    finally:
-        await mod.close()
-
-
-async def ask(mod: DnsModule, name: str, rdtype: str = "A", **kw: Any) -> dns.message.Message:
-    q = dns.message.make_query(name, rdtype, **kw)
-    wire = await mod.answer(q.to_wire(), 0)
-    assert wire is not None
-    r = dns.message.from_wire(wire)
-    assert r.id == q.id
-    return r
-
-
-def addresses(r: dns.message.Message) -> list[str]:
-    return [rd.address for rrset in r.answer if rrset.rdtype in (1, 28) for rd in rrset]
-
-
-def replied(wire: bytes | None) -> bytes:
-    """The module's answer, which must be there (None means it dropped the query)."""
-    assert wire is not None, "the module dropped the query"
-    return wire
-
-
-def run(coro_fn: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    return asyncio.run(coro_fn())
-
-
-def with_upstreams(body: Callable[..., Awaitable[Any]], specs: dict[str, tuple[str, Zone, dict[str, Any]]],
-                   **config_kw: Any) -> None:
-    """Run body(module, bindings, {name: FakeUpstream}) with one FakeUpstream per spec
-    (name -> (scheme, zone, FakeUpstream options)) as the config's upstreams."""
-    async def main() -> None:
-        ups: dict[str, FakeUpstream] = {}
-        try:
-            for name, (_scheme, zone, kw) in specs.items():
-                ups[name] = await FakeUpstream(zone, **kw).start()
-            text = config({n: (specs[n][0], u.port) for n, u in ups.items()}, **config_kw)
-            await with_module(text, lambda m, b: body(m, b, ups))
-        finally:
-            for u in ups.values():
-                await u.close()
-    asyncio.run(main())
-
-
-def one_upstream(body: Callable[[DnsModule, RecordingBindings, FakeUpstream], Awaitable[Any]], *,
-                 scheme: str = "udp", upstream_kw: dict[str, Any] | None = None, **config_kw: Any) -> None:
-    """Run body(module, bindings, upstream) against one FakeUpstream of ZONE named 'main'."""
-    with_upstreams(lambda m, b, ups: body(m, b, ups["main"]), {"main": (scheme, ZONE, upstream_kw or {})},
-                   **config_kw)
+from .harness import (
+    ZONE,
+    addresses,
+    ask,
+    config,
+    one_upstream,
+    over_udp,
+    plain,
+    recv,
+    replied,
+    run,
+    with_module,
+    with_upstreams,
+)
 
 
 def test_answer_addresses_are_bound_to_their_domain_bits_before_the_answer_is_returned() -> None:
@@ -194,8 +107,6 @@ def test_truncated_udp_answer_is_retried_over_tcp() -> None:
 
 def test_dead_upstream_is_answered_servfail_within_the_deadline() -> None:
     async def main() -> None:
-        import socket
-
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.bind(("127.0.0.1", 0))  # bound, never read: queries vanish
         port = s.getsockname()[1]
@@ -301,39 +212,24 @@ def test_cache_hits_keep_the_clients_id_and_question_case_and_restore_swept_bind
 
 
 def test_udp_cache_hits_are_answered_in_the_datagram_callback() -> None:
-    async def main() -> None:
-        import socket
+    async def body(mod: DnsModule, b: RecordingBindings, s: socket.socket, up: FakeUpstream) -> None:
+        spawned: list[tuple[Any, ...]] = []
+        real_spawn = mod.listener.spawn_udp
 
-        up = await FakeUpstream(ZONE).start()
-        try:
-            async def body(mod: DnsModule, b: RecordingBindings) -> None:
-                loop = asyncio.get_running_loop()
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                s.setblocking(False)
-                s.connect(mod.listener.addresses[0])
-                try:
-                    spawned: list[tuple[Any, ...]] = []
-                    real_spawn = mod.listener.spawn_udp
-
-                    def spy(sock: socket.socket, data: bytes, addr: tuple[Any, ...]) -> None:
-                        spawned.append((sock, data, addr))
-                        real_spawn(sock, data, addr)
-                    mod.listener.spawn_udp = spy  # type: ignore[method-assign]  # a spy on the listener's dispatch
-                    for name in ("a.proxied.test", "a.proxied.test", "a.proxied.test", "A.PROXIED.test"):
-                        q = dns.message.make_query(name, "A", use_edns=False)
-                        s.send(q.to_wire())
-                        r = dns.message.from_wire(await asyncio.wait_for(loop.sock_recv(s, 4096), 3))
-                        assert r.id == q.id and addresses(r) == ["10.232.1.1"]
-                        assert r.question[0].name.to_text() == name + "."  # the client's own case
-                    assert len(spawned) == 1  # only the miss took a task (the rest: parsed, then not)
-                    assert len(mod._plain) == 1
-                    q = dns.message.make_query("a.proxied.test", "A", use_edns=0)  # EDNS: the full path
-                    s.send(q.to_wire())
-                    r = dns.message.from_wire(await asyncio.wait_for(loop.sock_recv(s, 4096), 3))
-                    assert r.id == q.id and r.edns == 0 and len(spawned) == 2
-                finally:
-                    s.close()
-            await with_module(config({"main": ("udp", up.port)}), body)
-        finally:
-            await up.close()
-    run(main)
+        def spy(sock: socket.socket, data: bytes, addr: tuple[Any, ...]) -> None:
+            spawned.append((sock, data, addr))
+            real_spawn(sock, data, addr)
+        mod.listener.spawn_udp = spy  # type: ignore[method-assign]  # a spy on the listener's dispatch
+        for name in ("a.proxied.test", "a.proxied.test", "a.proxied.test", "A.PROXIED.test"):
+            q = plain(name)
+            s.send(q.to_wire())
+            r = await recv(s)
+            assert r.id == q.id and addresses(r) == ["10.232.1.1"]
+            assert r.question[0].name.to_text() == name + "."  # the client's own case
+        assert len(spawned) == 1  # only the miss took a task (the rest: parsed, then not)
+        assert len(mod._plain) == 1
+        q = dns.message.make_query("a.proxied.test", "A", use_edns=0)  # EDNS: the full path
+        s.send(q.to_wire())
+        r = await recv(s)
+        assert r.id == q.id and r.edns == 0 and len(spawned) == 2
+    over_udp(body, lambda: FakeUpstream(ZONE))

@@ -13,7 +13,7 @@ from dae_py.contract.domains import DomainMatcher
 from dae_py.runtime.dns import DnsModule
 
 from .fakes import FakeUpstream, RecordingBindings, Zone
-from .test_module import addresses, ask
+from .harness import addresses, ask
 
 CN = Zone({"www.qq.com.": [("A", 60, "10.9.0.1")], "x.taobao.net.": [("A", 60, "10.9.0.2")],
            "kw.example.": [("A", 60, "10.9.0.3")], "cn-ip.example.": [("A", 60, "1.0.1.7")],

@@ -11,8 +11,9 @@ asked again over TCP.
 
 Two ways to ask: `exchange` (a coroutine, for the module's general path) and `send_soon` (the
 module's cache-miss fast path: the answer, or the timeout, comes back through a callback run
-by the association's reader, so a miss costs no task, no Future and no extra loop wake-up).
-Both share the pending table, so ids never collide between them.
+by the association's reader, so a miss costs no task, no Future and no extra loop wake-up;
+what `_exchange` does after its UDP leg, TCP for a truncated answer or a tcp+udp timeout, is
+`over_tcp`). Both share the pending table, so ids never collide between them.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ Pending = tuple[dns.message.Message, Deliver, "asyncio.TimerHandle | None"]
 class UdpPool:
     """POOL_SIZE associations of one upstream, with the pending queries keyed by id."""
 
-    def __init__(self, up: Upstream) -> None:
+    def __init__(self, up: UdpUpstream) -> None:
         self.up = up
         self.slots: list[tuple[UdpAssociation, list[int]] | None] = [None] * POOL_SIZE
         self.next = 0
@@ -91,8 +92,9 @@ class UdpPool:
     def send_soon(self, assoc: UdpAssociation, q: dns.message.Message, pre: bytes,
                   on_answer: Deliver, on_timeout: Callable[[], None]) -> None:
         """Send `pre` (q's wire with id 0) under a fresh id; `on_answer(r)` runs in the reader
-        when a checked answer comes, else `on_timeout()` after the upstream's timeout. Exactly
-        one of them runs, once; the upstream's counters are kept as `Upstream.query` does."""
+        when a checked answer comes, else `on_timeout()` after the upstream's UDP timeout (all
+        of its timeout; tcp+udp: half, the rest is for TCP). Exactly one of them runs, once;
+        the upstream's counters are kept as `Upstream.query` does (the UDP leg is the query)."""
         up = self.up
         qid = self._new_id()
         q.id = qid
@@ -111,7 +113,7 @@ class UdpPool:
                 up.errors += 1
                 on_timeout()
 
-        timer = asyncio.get_running_loop().call_later(up.timeout, expired)
+        timer = asyncio.get_running_loop().call_later(up.udp_timeout, expired)
         self.pending[qid] = (q, answered, timer)
         up.queries += 1
         dest = self._dest
@@ -183,6 +185,11 @@ class UdpUpstream(Upstream):
         self._tcp: TcpUpstream | None = None
         self.retried_tcp = 0
 
+    @property
+    def udp_timeout(self) -> float:
+        """How long a UDP answer is waited for: the whole timeout (tcp+udp: half of it)."""
+        return self.timeout
+
     def tcp(self) -> TcpUpstream:
         if self._tcp is None:
             t = TcpUpstream(self.name, "tcp", self.host, self.port, so_mark=self.so_mark, timeout=self.timeout)
@@ -204,6 +211,18 @@ class UdpUpstream(Upstream):
             return await self.tcp()._exchange(q)
         return r
 
+    async def over_tcp(self, q: dns.message.Message, until: float, *, truncated: bool) -> dns.message.Message:
+        """q asked over TCP after a UDP leg `send_soon` ran (its answer `truncated`, or, for
+        tcp+udp, no answer within `udp_timeout`), by the loop time `until` (what is left of the
+        timeout): what `_exchange` does after its own UDP leg. UpstreamError as `query` raises."""
+        if truncated:
+            self.retried_tcp += 1
+        try:
+            async with asyncio.timeout_at(until):
+                return await self.tcp().query(q)
+        except TimeoutError as exc:
+            raise UpstreamError(f"{self.name}: no answer within {self.timeout:g}s") from exc
+
     async def close(self) -> None:
         self.pool.close()
         if self._tcp is not None:
@@ -215,6 +234,10 @@ class TcpUdpUpstream(UdpUpstream):
     (The failure case needs the UDP exchange to end before the query's timeout: it gets half.)"""
 
     scheme = "tcp+udp"
+
+    @property
+    def udp_timeout(self) -> float:
+        return self.timeout / 2
 
     async def _exchange(self, q: dns.message.Message) -> dns.message.Message:
         try:
