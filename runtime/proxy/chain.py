@@ -50,8 +50,8 @@ async def associate(node: Node, opts: DialOptions, on_reply: ReplyCallback) -> U
     async def connect() -> Stream:
         return await _through(node, hops[:-1], to_last, opts)
 
-    associate_on = load(node.protocol).associate_on
-    return await associate_on(connect, node, opts, on_reply)  # type: ignore[no-any-return]
+    assoc: UdpAssociation = await load(node.protocol).associate_on(connect, node, opts, on_reply)
+    return assoc
 
 
 async def _through(node: Node, hops: tuple[Node, ...], dst: Destination, opts: DialOptions) -> Stream:
@@ -59,6 +59,7 @@ async def _through(node: Node, hops: tuple[Node, ...], dst: Destination, opts: D
     one's stream); errors name the chain's node and the hop that failed."""
     targets = [Destination(h.host, h.port) for h in hops[1:]] + [dst]
     first = hops[0]
+    stream: Stream
     try:
         stream = await load(first.protocol).dial(first, targets[0], opts)
     except OutboundError as exc:
