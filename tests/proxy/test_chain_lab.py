@@ -73,9 +73,14 @@ def manifest(extra: list[dict[str, Any]] | None = None) -> dict[str, Any]:
                                         "nodes": [n], "check": CHECK} for i, n in enumerate(NAMES)] + (extra or [])}
 
 
-def v2ray_server(lab: Lab, cert: Path, key: Path) -> Path:
-    """VLESS over TLS and VMess over WebSocket on V2RAY, out from V2RAY; returns its access log."""
-    access = lab.dir / "v2ray-chain-access.log"
+def access_log(lab: Lab) -> Path:
+    return lab.dir / "v2ray-chain-access.log"
+
+
+def v2ray_server(lab: Lab, cert: Path, key: Path) -> None:
+    """VLESS over TLS and VMess over WebSocket on V2RAY, out from V2RAY, its access log at
+    `access_log(lab)`."""
+    access = access_log(lab)
     tls = {"security": "tls", "tlsSettings": {"certificates": [{"certificateFile": str(cert),
                                                                  "keyFile": str(key)}]}}
     conf = lab.dir / "v2ray-chain.json"
@@ -93,7 +98,6 @@ def v2ray_server(lab: Lab, cert: Path, key: Path) -> Path:
     peer = lab.start_peer("v2ray-chain", lab.up, ["v2ray", "-config", str(conf)])
     for port in (VLESS_PORT, VMESS_PORT):
         lab.wait_listening(lab.up, V2RAY, port, peer)
-    return access
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +115,7 @@ def clab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         lab.danted(DANTE, DANTE6)
         lab.ss_server([SS_IP], SS_PORT, SS_CIPHER, SS_PW, bind=SS_IP)
         lab.trojan_server(TROJAN_PORT, TROJAN_PW, folder / "cert.pem", folder / "key.pem")
-        lab.v2ray_access = v2ray_server(lab, folder / "cert.pem", folder / "key.pem")  # type: ignore[attr-defined]
+        v2ray_server(lab, folder / "cert.pem", folder / "key.pem")
         yield lab
     finally:
         lab.down()
@@ -184,7 +188,7 @@ def test_udp_through_a_chain_reaches_the_target_from_the_last_hop(clab: Lab, nam
         assert who not in (DANTE, DANTE6)
     else:
         assert who == V2RAY
-        access: Path = clab.v2ray_access  # type: ignore[attr-defined]
+        access = access_log(clab)
         lines = log_lines(access, f"{DANTE}:", f"udp:{SERVER4}:7001")
         assert lines, access.read_text()[-2000:] if access.exists() else "no access log"
 
