@@ -211,7 +211,7 @@ def udp_missing(protocol: str, chained: bool) -> str | None:
     """Why a node of `protocol` (the last hop, when `chained`) carries no UDP, or None when it
     does: the one wording the compiler's warning, the groups' refusals and the status share."""
     if protocol not in UDP_PROTOCOLS:
-        return f"{protocol} carries no UDP"
+        return f"{protocol} nodes carry no UDP"
     if chained and protocol not in CHAIN_UDP:
         return (f"a chain carries UDP only when its last hop is {', '.join(CHAIN_UDP)}; "
                 f"this one ends in {protocol}")

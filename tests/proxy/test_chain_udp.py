@@ -62,7 +62,7 @@ def test_a_chain_carries_udp_only_when_its_last_hop_carries_it_in_its_stream(las
     assert n.supports_udp is udp
     if not udp:
         assert n.udp_missing is not None and (f"ends in {last}" in n.udp_missing
-                                              or f"{last} carries no UDP" in n.udp_missing)
+                                              or f"{last} nodes carry no UDP" in n.udp_missing)
     plain = Node.from_manifest({**first, "name": "p", "protocol": last, "password": "pw",
                                 "username": "6f1d2c4b-8a3e-4f5a-9b7c-2d1e0f9a8b7c"})
     assert plain.supports_udp is (last in capabilities.UDP_PROTOCOLS)
