@@ -13,15 +13,18 @@ from typing import TYPE_CHECKING, Any
 
 from dae_py.contract import fields
 from dae_py.contract.ir import (
+    L4_UDP,
     OUTBOUND_BLOCK,
     OUTBOUND_DIRECT,
     Action,
     DomainSet,
+    Field,
     Match,
     Outbound,
     RoutingIR,
     Rule,
     SourceRef,
+    ValueSet,
 )
 
 from . import fields as compiler_fields
@@ -121,6 +124,7 @@ class RoutingChecker:
             self.outbounds[g["name"]] = g["id"]
         self.groups = groups
         self.used: dict[str, SourcePos] = {}  # outbound name -> where routing first sends flows to it
+        self.udp_used: dict[str, SourcePos] = {}  # the same for flows that may be UDP
         # (full, suffix, keyword, regex), each sorted: equal domain() matches share one DomainSet
         self.domain_sets: dict[tuple[tuple[str, ...], ...], DomainSet] = {}
         self.pnames: dict[str, None] = {}
@@ -135,6 +139,7 @@ class RoutingChecker:
                 rules.append(rule)
         fallback = self._fallback(routing["fallback"])
         self.empty_groups()
+        self.udp_groups()
         outbounds = tuple(
             Outbound(oid, name, "direct" if oid == 0 else "block" if oid == 1 else "group")
             for name, oid in sorted(self.outbounds.items(), key=lambda kv: kv[1])
@@ -175,6 +180,20 @@ class RoutingChecker:
                                      f"(line {used.line})", hint)
             else:
                 self.diags.warning(at, f"group '{name}' selects no node (no rule uses it)", hint)
+
+    def udp_groups(self) -> None:
+        """A group none of whose nodes carries UDP, where routing may send UDP (a rule that does
+        not require l4proto(tcp), or the fallback): a warning at the group, since the runtime
+        refuses those flows (the same reasons show in its log and `dae-runtime status`)."""
+        for g in self.groups:
+            no_udp = g.pop("no_udp", None)  # (position, message) from nodes.resolve_groups
+            used = self.udp_used.get(g["name"])
+            if no_udp is not None and used is not None:
+                at, what = no_udp
+                self.diags.warning(at, f"{what}; routing may send UDP flows to it (line {used.line}), "
+                                       "which the runtime refuses",
+                                   "route UDP elsewhere first (l4proto(udp) -> ...) or add a node "
+                                   "that carries UDP")
 
     # ---- one rule ------------------------------------------------------------------------------
     def _rule(self, index: int, raw: Any) -> Rule | None:
@@ -218,6 +237,8 @@ class RoutingChecker:
         action = self._action(ast.outbound, ctx.locate_outbound)
         if action is None or len(self.diags.errors) > errors_before:
             return None
+        if _may_be_udp(matches):
+            self.udp_used.setdefault(action.outbound, ctx.locate_outbound(ast.outbound.offset))
         return Rule(index=index, matches=tuple(matches), action=action, source=ctx.source)
 
     def _fallback(self, text: str) -> Action | None:
@@ -228,6 +249,8 @@ class RoutingChecker:
             self.diags.error(self.cfg.pos.in_string(path, exc.offset), f"syntax error in fallback: {exc.message}")
             return None
         action = self._action(call, lambda off: self.cfg.pos.in_string(path, off))
+        if action is not None:
+            self.udp_used.setdefault(action.outbound, self.cfg.pos.in_string(path, call.offset))
         if action is not None and action.must_rules:
             self.diags.error(self.cfg.pos.value(path), "'must_rules' cannot be the fallback (it goes on matching)")
             return None
@@ -286,3 +309,13 @@ class RoutingChecker:
             return None
         self.function_uses.append((call.name, locate(call.offset)))
         return Match(field=spec.field, values=values, negated=call.negated)
+
+
+def _may_be_udp(matches: list[Match]) -> bool:
+    """Whether a rule with these matches (all of them must hold) can match a UDP flow: not when
+    one of them is l4proto() without udp, or !l4proto(udp)."""
+    for m in matches:
+        if m.field is Field.L4PROTO and isinstance(m.values, ValueSet):
+            if (L4_UDP in m.values.values) == m.negated:
+                return False
+    return True

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dae_py.contract import nodefilter
-from dae_py.contract.capabilities import CHAIN_HOPS, KNOWN_PROTOCOLS, RUNTIME_PROTOCOLS, protocol
+from dae_py.contract.capabilities import CHAIN_HOPS, KNOWN_PROTOCOLS, RUNTIME_PROTOCOLS, protocol, udp_missing
 from dae_py.contract.proxy_links import LinkError, parse_link
 from dae_py.contract.userregex import compile_user_regex
 
@@ -37,8 +37,6 @@ def _chain_undialable(hops: list[dict[str, Any]]) -> str | None:
                     f"{', '.join(CHAIN_HOPS)}")
         if i > 1 and hop.get("plugin"):
             return f"hop {i} has a SIP003 plugin, which only the first hop may have"
-        if hop.get("transport") and hop["transport"].get("network", "tcp") != "tcp" and i > 1:
-            return f"hop {i} rides a {hop['transport']['network']} transport"
     return None
 
 
@@ -200,6 +198,12 @@ def resolve_groups(
             if not dialable and pool.subscriptions.remote and not filter_failed:
                 # popped by the routing checker (empty_groups): nodes may come from the runtime's fetch
                 groups[-1]["awaits_subscriptions"] = list(pool.subscriptions.remote)
+        no_udp = [n for n in dialable if _udp_missing(pool.nodes[n])]
+        if dialable and len(no_udp) == len(dialable):
+            # popped by the routing checker, which warns when routing may send UDP to the group
+            groups[-1]["no_udp"] = (cfg.pos.key(gpath), f"group '{name}': none of its nodes carries UDP ("
+                                    + "; ".join(f"{n}: {_udp_missing(pool.nodes[n])}" for n in no_udp[:3])
+                                    + (f"; and {len(no_udp) - 3} more" if len(no_udp) > 3 else "") + ")")
         if undialable is not None:
             # (position, message) of the filter whose nodes the runtime cannot dial; the routing
             # checker pops it (so it never reaches a manifest) and reports it, see empty_groups.
@@ -209,6 +213,11 @@ def resolve_groups(
             # routing checker not to add "selects no node" to the filter's own error.
             groups[-1]["filter_failed"] = True
     return groups
+
+
+def _udp_missing(node: dict[str, Any]) -> str | None:
+    """Why the runtime relays no UDP through this (dialable) node, or None: as Node.udp_missing."""
+    return udp_missing(node["protocol"], bool(node.get("chain")))
 
 
 def _why_not_dialable(node: dict[str, Any]) -> str:

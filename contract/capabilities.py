@@ -199,5 +199,20 @@ def ignored_option(key: str, value: object, table: tuple[OptionCapability, ...] 
 
 
 #: Protocols a chain (`a -> b`, runtime/proxy/chain.py) can run after its first hop, on the
-#: previous hop's stream; any dialable protocol can be the first hop. Chains carry TCP only.
-CHAIN_HOPS: tuple[str, ...] = ("socks5", "http", "ss", "trojan")
+#: previous hop's stream (their `dial_on`); any dialable protocol can be the first hop.
+CHAIN_HOPS: tuple[str, ...] = ("socks5", "http", "ss", "trojan", "vmess", "vless")
+#: Those that carry UDP inside their own stream (their `associate_on`): a chain whose last hop
+#: is one of them carries UDP too. SOCKS5 and Shadowsocks relay UDP beside the stream (a UDP
+#: socket to the server), which no earlier hop can carry, so such a chain is TCP only.
+CHAIN_UDP: tuple[str, ...] = ("trojan", "vmess", "vless")
+
+
+def udp_missing(protocol: str, chained: bool) -> str | None:
+    """Why a node of `protocol` (the last hop, when `chained`) carries no UDP, or None when it
+    does: the one wording the compiler's warning, the groups' refusals and the status share."""
+    if protocol not in UDP_PROTOCOLS:
+        return f"{protocol} nodes carry no UDP"
+    if chained and protocol not in CHAIN_UDP:
+        return (f"a chain carries UDP only when its last hop is {', '.join(CHAIN_UDP)}; "
+                f"this one ends in {protocol}")
+    return None

@@ -51,6 +51,23 @@ def caveats(build: Build, domain: str | None, pname: str | None) -> tuple[str, .
     return tuple(out)
 
 
+def udp_caveat(build: Build, flow: FlowSpec, outbound: str) -> tuple[str, ...]:
+    """For a UDP flow to a group none of whose nodes carries UDP (e.g. only chains ending in ss):
+    the kernel still sends it to the relay, which refuses it; say so, and why."""
+    if flow.l4proto != IPPROTO_UDP:
+        return ()
+    group = next((g for g in build.manifest.groups if g.name == outbound), None)
+    if group is None or not group.nodes:
+        return ()
+    specs = {n.name: n for n in build.manifest.nodes}
+    why = {n: capabilities.udp_missing(specs[n].protocol, bool(specs[n].chain))
+           for n in group.nodes if n in specs}
+    if len(why) != len(group.nodes) or any(w is None for w in why.values()):
+        return ()
+    listed = "; ".join(f"{n}: {w}" for n, w in list(why.items())[:3])
+    return (f"group '{outbound}' has no node that carries UDP ({listed}): the relay refuses this flow",)
+
+
 @dataclass(frozen=True)
 class Explanation:
     flow: FlowSpec
@@ -124,7 +141,8 @@ def explain(build: Build, flow: FlowSpec, domain: str | None = None, pname: str 
     rule = build.rule(decision.rule) if decision.rule < len(build.manifest.rules) else None
     return Explanation(flow=flow, decision=decision, rule=rule, outbound=build.outbound_name(decision.outbound),
                        tc_action=result.retval, domain=domain, domain_bits=bits, pname=pname, program=program,
-                       caveats=caveats(build, domain, pname))
+                       caveats=caveats(build, domain, pname)
+                       + udp_caveat(build, flow, build.outbound_name(decision.outbound)))
 
 
 def make_flow(proto: str, src: tuple[Any, int], dst: tuple[Any, int], mac: int | None, dscp: int) -> FlowSpec:

@@ -102,9 +102,13 @@ def summary(v: GatewayView) -> dict[str, Any]:
             st = g.stats[Check.TCP][n.name]
             nodes.append({"name": n.name, "protocol": n.protocol, "alive": st.alive, "checked": st.checked,
                           "latency_ms": round(st.last * 1000, 1) if st.last is not None else None,
-                          "error": st.last_error})
+                          "error": st.last_error, "chain": [h.protocol for h in n.chain],
+                          "udp": n.supports_udp, "udp_missing": n.udp_missing})
+        udp_alive = g.alive(Check.UDP)
+        udp_node = g.selected(Check.UDP) or (udp_alive[0] if udp_alive else None)
         groups.append({"name": g.name, "policy": g.spec.policy.value, "now": now_of(g),
-                       "pinned": g.pinned.name if g.pinned else None, "nodes": nodes})
+                       "pinned": g.pinned.name if g.pinned else None, "nodes": nodes,
+                       "udp_now": udp_node.name if udp_node is not None else None})
     rules = [{"index": r.index, "text": r.text, "outbound": r.outbound, "where": r.where, "hits": r.hits}
              for r in sorted(v.rules(), key=lambda r: -r.hits)]
     conns = [{"id": c.id, "network": c.network, "src": f"{c.src[0]}:{c.src[1]}", "dst": f"{c.dst[0]}:{c.dst[1]}",

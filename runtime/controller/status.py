@@ -74,16 +74,23 @@ def render(s: dict[str, Any], top_rules: int = 10) -> str:
                    for o in s["outbounds"]])
     out += ["", "groups:"]
     for g in s["groups"]:
+        udp_capable = [n for n in g["nodes"] if n.get("udp", True)]
+        udp = (f"UDP via {g['udp_now']}" if g.get("udp_now") else
+               "UDP: (none alive)" if udp_capable else "UDP refused: no node carries UDP")
         out.append(f"  {g['name']} ({g['policy']}): new flows via {g['now'] or '(none alive)'}"
-                   + (f", pinned to {g['pinned']}" if g["pinned"] else ""))
-        rows = [["node", "protocol", "health", "latency", "last error"]]
+                   + (f", pinned to {g['pinned']}" if g["pinned"] else "") + f"; {udp}")
+        rows = [["node", "protocol", "health", "latency", "udp", "last error"]]
         for n in g["nodes"]:
             health = "alive" if n["alive"] else "DOWN"
             if not n["checked"]:
                 health += " (unchecked)"
-            rows.append([n["name"], n["protocol"], health,
-                         "-" if n["latency_ms"] is None else f"{n['latency_ms']:g} ms", n["error"] or ""])
+            protocol = " -> ".join([*n.get("chain", []), n["protocol"]])
+            rows.append([n["name"], protocol, health,
+                         "-" if n["latency_ms"] is None else f"{n['latency_ms']:g} ms",
+                         "yes" if n.get("udp", True) else "no", n["error"] or ""])
         out += ["  " + line for line in _table(rows)]
+        out += [f"    {n['name']} carries no UDP: {n['udp_missing']}" for n in g["nodes"]
+                if n.get("udp_missing")]
     if s.get("subscriptions"):
         out += ["", "subscriptions:"]
         out += _table([["name", "nodes", "updated", "every", "last error"]] +

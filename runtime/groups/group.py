@@ -260,7 +260,10 @@ class Group:
         down = ", ".join(f"{n.name} ({self.stats[kind][n.name].last_error or 'down'})"
                          for n in self.candidates(kind))
         if not self.candidates(kind):
-            return AllNodesDown(f"group '{self.name}': no node carries {kind.value}")
+            why = "; ".join(f"{n.name}: {n.udp_missing}" for n in self.nodes[:3] if n.udp_missing)
+            more = f" and {len(self.nodes) - 3} more" if len(self.nodes) > 3 else ""
+            return AllNodesDown(f"group '{self.name}': no node carries {kind.value}"
+                                + (f" ({why}{more})" if why and kind is Check.UDP else ""))
         return AllNodesDown(f"group '{self.name}': all nodes down for {kind.value}: {down}")
 
     async def dial_tcp(self, dst: Destination, tried: list[Node] | None = None,

@@ -1,5 +1,7 @@
 """Health checks through each node: an HTTP request to tcp_check_url, a DNS query to
-udp_check_dns (over UDP ASSOCIATE for socks5 nodes, over TCP through CONNECT for http(s) nodes).
+udp_check_dns (over the node's UDP when it carries UDP: SOCKS5 UDP ASSOCIATE, Shadowsocks,
+Trojan, VMess, VLESS, and chains whose last hop is one of the last three; over TCP through
+CONNECT for the others: http(s) nodes, chains ending in socks5/ss/http).
 """
 from __future__ import annotations
 
@@ -113,6 +115,12 @@ async def _dns_over_udp(node: Node, opts: DialOptions, query: dns.message.Messag
             answered.set_result(None)
 
     assoc = await open_udp(node, opts, on_reply)
+
+    def on_close(_assoc: object) -> None:  # the node ended the association (trojan: a wrong password)
+        if not answered.done():
+            answered.set_exception(CheckFailed("the node ended the UDP association before an answer"))
+
+    assoc.on_close.append(on_close)
     try:
         while True:  # resend each second until the caller's timeout
             for target in targets:
@@ -123,6 +131,7 @@ async def _dns_over_udp(node: Node, opts: DialOptions, query: dns.message.Messag
             except TimeoutError:
                 continue
     finally:
+        assoc.on_close.remove(on_close)  # our own close is no failure to report
         assoc.close()
 
 

@@ -83,8 +83,14 @@ def stop_node(node: Node) -> None:
 
 
 async def open_udp(node: Node, opts: DialOptions, on_reply: ReplyCallback) -> UdpAssociation:
-    if not node.supports_udp:
-        raise DialError(f"{node.protocol} nodes carry no UDP", node)
+    """A UDP association through `node` (a chain's too, when its last hop carries UDP inside
+    its stream); DialError naming the node and why it carries no UDP otherwise."""
+    why = node.udp_missing
+    if why is not None:
+        raise DialError(why, node)
+    if node.chain:
+        from .chain import associate as associate_chain  # imported on first use, as for TCP
+        return await associate_chain(node, opts, on_reply)
     return await registry.load(node.protocol).associate(node, opts, on_reply)
 
 

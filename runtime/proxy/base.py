@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from dae_py.contract import capabilities
 from dae_py.contract.manifest import NodeSpec, TransportSpec
 from dae_py.runtime.net.errors import (
     AllNodesDown,
@@ -31,7 +32,7 @@ from dae_py.runtime.net.errors import (
 )
 from dae_py.runtime.net.sockets import DialOptions
 
-from .registry import PROTOCOLS, UDP_PROTOCOLS
+from .registry import CHAIN_HOPS, PROTOCOLS
 
 if TYPE_CHECKING:
     from dae_py.runtime.net.stream import SocketStream, Stream
@@ -78,8 +79,30 @@ class Node:
         return node
 
     @property
+    def chain_fault(self) -> str | None:
+        """Why this chain cannot be dialled (a later hop that cannot ride on the previous one's
+        stream), or None; None for a node that is not a chain."""
+        for i, hop in enumerate(self.chain[1:] + (self,) if self.chain else (), start=2):
+            if hop.protocol not in CHAIN_HOPS:
+                return (f"a {hop.protocol} hop cannot follow another in a chain (hop {i}; chains "
+                        f"take {', '.join(CHAIN_HOPS)} after the first hop)")
+            if hop.plugin:
+                return f"a SIP003 plugin hop can only be the first of a chain (hop {i})"
+        return None
+
+    @property
+    def udp_missing(self) -> str | None:
+        """Why this node carries no UDP (shown by the groups, the controller and status), or
+        None when it does. A chain carries UDP when its last hop carries it inside its own
+        stream (trojan, vmess, vless: contract.capabilities.CHAIN_UDP)."""
+        why = capabilities.udp_missing(self.protocol, bool(self.chain))
+        if why is not None or not self.chain:
+            return why
+        return self.chain_fault
+
+    @property
     def supports_udp(self) -> bool:
-        return self.protocol in UDP_PROTOCOLS and not self.chain  # a chain carries TCP only
+        return self.udp_missing is None
 
     def __str__(self) -> str:
         return f"'{self.name}' ({self.protocol} {format_hostport(self.host, self.port)})"

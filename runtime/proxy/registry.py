@@ -10,6 +10,9 @@ A protocol is one module of this package (`runtime/proxy/<module>.py`) exporting
   before a flow needs it (the relay's warm pool), leaving one request and its reply per flow;
 - `dial_on(raw, node, dst, opts) -> Stream`, when it can ride on a stream already connected to
   the node (a chain's later hop: `runtime/proxy/chain.py`);
+- `associate_on(connect, node, opts, on_reply) -> UdpAssociation`, when it carries UDP inside
+  its own stream: `connect()` gives a fresh stream already connected to the node (straight,
+  or through a chain's earlier hops), so a chain ending in it carries UDP;
 - `start(node)` / `stop(node)`, when a node needs something running while a group holds it
   (a SIP003 plugin process).
 
@@ -59,6 +62,10 @@ ENTRIES: tuple[ProtocolEntry, ...] = (
 PROTOCOLS: tuple[str, ...] = tuple(e.scheme for e in ENTRIES)
 #: Those of them that also carry UDP.
 UDP_PROTOCOLS: tuple[str, ...] = tuple(e.scheme for e in ENTRIES if e.udp)
+#: Those that can follow another hop in a chain, and those of them a chain ends in to carry UDP
+#: (contract.capabilities; tests/test_capabilities.py checks the modules provide the functions).
+CHAIN_HOPS: tuple[str, ...] = tuple(e.scheme for e in ENTRIES if e.scheme in capabilities.CHAIN_HOPS)
+CHAIN_UDP: tuple[str, ...] = tuple(e.scheme for e in ENTRIES if e.scheme in capabilities.CHAIN_UDP)
 
 _BY_SCHEME = {e.scheme: e for e in ENTRIES}
 
@@ -108,6 +115,17 @@ def stream_dialers() -> dict[str, Callable[..., Awaitable[Any]]]:
         dial_on = getattr(load(e.scheme), "dial_on", None)
         if dial_on is not None:
             found[e.scheme] = dial_on
+    return found
+
+
+def stream_associators() -> dict[str, Callable[..., Awaitable[Any]]]:
+    """scheme -> associate_on, for the protocols that carry UDP inside a stream they are given
+    (the last hop of a chain that carries UDP)."""
+    found: dict[str, Callable[..., Awaitable[Any]]] = {}
+    for e in ENTRIES:
+        associate_on = getattr(load(e.scheme), "associate_on", None)
+        if associate_on is not None:
+            found[e.scheme] = associate_on
     return found
 
 

@@ -12,12 +12,18 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from dae_py.runtime.net.stream import Stream
+
 from .base import Destination, Node, OutboundError, ReplyCallback
 
 log = logging.getLogger(__name__)
 
 MAX_SESSIONS = 64  # destinations per association; datagrams to more are dropped
 MAX_QUEUED = 256  # datagrams waiting for one session's stream
+
+#: A fresh stream connected to a node: straight (`transport.connect_to`) or through a chain's
+#: earlier hops (`chain.associate`); a protocol's `associate_on` runs its UDP framing on it.
+Connect = Callable[[], Awaitable[Stream]]
 
 
 class PacketStream(Protocol):

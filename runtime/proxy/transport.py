@@ -9,8 +9,8 @@ from __future__ import annotations
 from dae_py.contract.manifest import TransportSpec
 from dae_py.runtime.net.h2 import open_h2
 from dae_py.runtime.net.sockets import connect_tcp
-from dae_py.runtime.net.stream import SocketStream, Stream
-from dae_py.runtime.net.tls import client_context, open_tls
+from dae_py.runtime.net.stream import SocketStream, Stream, TlsStream, bounded
+from dae_py.runtime.net.tls import client_context
 from dae_py.runtime.net.ws import open_ws
 
 from .base import DialError, DialOptions, Node, format_hostport
@@ -34,27 +34,45 @@ async def open_stream(node: Node, opts: DialOptions, spec: TransportSpec | None 
     """A connected stream to the node, its TLS and WebSocket handshakes done (WebSocket with
     early data: on the first write). The socket is reset if a handshake fails. `spec`: the
     transport a protocol always rides on (https:// nodes: TLS), instead of the node's own."""
+    _check(node, spec or spec_of(node))
+    return await open_stream_on(await connect_to(node, opts), node, opts, spec)
+
+
+async def connect_to(node: Node, opts: DialOptions) -> Stream:
+    """A plain TCP connection to the node (the start of every transport, when not a chain)."""
+    return SocketStream(await connect_tcp(node.host, node.port, opts, node))
+
+
+async def open_stream_on(raw: Stream, node: Node, opts: DialOptions,
+                         spec: TransportSpec | None = None) -> Stream:
+    """The node's transport (TLS, WebSocket, HTTP/2) over `raw`, a stream already connected to
+    the node: straight from `open_stream`, or through the earlier hops of a chain
+    (runtime/proxy/chain.py), so a protocol rides the same layers either way. `raw` is reset if
+    a handshake fails."""
     spec = spec or spec_of(node)
-    if spec.network not in ("tcp", "ws", "h2", "http"):
-        raise DialError(f"the runtime has no {spec.network!r} transport", node)
-    h2 = spec.network in ("h2", "http")
-    alpn: tuple[str, ...] = ("h2",) if h2 else node.alpn or (("http/1.1",) if spec.network == "ws" else ())
-    raw: Stream
-    if spec.tls:
-        raw = await open_tls(node.host, node.port, opts, node.sni or spec.host or node.host,
-                             client_context(node.allow_insecure, alpn), node)
-    else:
-        raw = SocketStream(await connect_tcp(node.host, node.port, opts, node))
-    if spec.network == "tcp":
-        return raw
-    default_port = 443 if spec.tls else 80
-    host = (spec.host or "").split(",")[0].strip() or (
-        node.host if node.port == default_port else format_hostport(node.host, node.port))
     try:
+        _check(node, spec)
+        h2 = spec.network in ("h2", "http")
+        alpn: tuple[str, ...] = ("h2",) if h2 else node.alpn or (("http/1.1",) if spec.network == "ws" else ())
+        stream = raw
+        if spec.tls:
+            stream = await bounded(TlsStream.wrap(raw, client_context(node.allow_insecure, alpn),
+                                                  node.sni or spec.host or node.host, node),
+                                   opts.handshake_timeout, node, "TLS handshake")
+        if spec.network == "tcp":
+            return stream
+        default_port = 443 if spec.tls else 80
+        host = (spec.host or "").split(",")[0].strip() or (
+            node.host if node.port == default_port else format_hostport(node.host, node.port))
         if h2:
-            return await open_h2(raw, host, spec.path, node)
-        return await open_ws(raw, host, spec.path, node, opts.handshake_timeout,
+            return await open_h2(stream, host, spec.path, node)
+        return await open_ws(stream, host, spec.path, node, opts.handshake_timeout,
                              spec.max_early_data, spec.early_data_header)
     except BaseException:
         raw.abort()
         raise
+
+
+def _check(node: Node, spec: TransportSpec) -> None:
+    if spec.network not in ("tcp", "ws", "h2", "http"):
+        raise DialError(f"the runtime has no {spec.network!r} transport", node)

@@ -19,12 +19,13 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-from dae_py.runtime.net.stream import Stream, TlsStream, bounded
-from dae_py.runtime.net.tls import client_context, open_tls
+from dae_py.contract.manifest import TransportSpec
+from dae_py.runtime.net.stream import Stream
 
 from .base import Destination, DialError, DialOptions, Node, ReplyCallback
 from .socks5 import decode_addr, encode_addr
-from .transport import open_stream
+from .streamudp import Connect
+from .transport import connect_to, open_stream_on
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ CMD_UDP_ASSOCIATE = 0x03
 CRLF = b"\r\n"
 MAX_UDP_PAYLOAD = 0xFFFF
 MAX_QUEUED = 1 << 20  # bytes of UDP frames waiting for the TLS stream before new ones drop
+TLS = TransportSpec(tls=True)  # what trojan rides on without a `type=ws` transport
 
 
 def password_hash(password: str) -> bytes:
@@ -94,13 +96,17 @@ def _password(node: Node) -> str:
 async def open_session(node: Node, opts: DialOptions, cmd: int, host: str,
                        port: int) -> Stream:
     """TLS to the node (certificate checked unless allow_insecure) and the request sent."""
+    _password(node)
+    return await open_session_on(await connect_to(node, opts), node, opts, cmd, host, port)
+
+
+async def open_session_on(raw: Stream, node: Node, opts: DialOptions, cmd: int, host: str,
+                          port: int) -> Stream:
+    """TLS (or WebSocket over TLS) and the request over `raw`, a stream already connected to
+    the node: directly or through a chain's earlier hops."""
     password = _password(node)
-    stream: Stream
-    if node.transport is not None and node.transport.network != "tcp":  # WebSocket (+TLS), as v2ray serves it
-        stream = await open_stream(node, opts)
-    else:
-        stream = await open_tls(node.host, node.port, opts, node.sni or node.host,
-                                client_context(node.allow_insecure, node.alpn), node)
+    spec = node.transport if node.transport is not None and node.transport.network != "tcp" else TLS
+    stream = await open_stream_on(raw, node, opts, spec)  # WebSocket (+TLS), as v2ray serves it
     try:
         await stream.sendall(request(password, cmd, host, port))
     except BaseException:
@@ -113,14 +119,9 @@ async def dial(node: Node, dst: Destination, opts: DialOptions) -> Stream:
     return await open_session(node, opts, CMD_CONNECT, dst.host, dst.port)
 
 
-async def dial_on(raw: Stream, node: Node, dst: Destination, opts: DialOptions) -> TlsStream:
+async def dial_on(raw: Stream, node: Node, dst: Destination, opts: DialOptions) -> Stream:
     """TLS and the CONNECT request over a stream already connected to the node (a chain's hop)."""
-    password = _password(node)
-    stream = await bounded(TlsStream.wrap(raw, client_context(node.allow_insecure, node.alpn),
-                                          node.sni or node.host, node),
-                           opts.handshake_timeout, node, "TLS handshake")
-    await stream.sendall(request(password, CMD_CONNECT, dst.host, dst.port))
-    return stream
+    return await open_session_on(raw, node, opts, CMD_CONNECT, dst.host, dst.port)
 
 
 class TrojanUdpAssociation:
@@ -168,10 +169,12 @@ class TrojanUdpAssociation:
     async def _read(self) -> None:
         buf = bytearray()
         reason = "closed by the server"
+        answered = False
         try:
             while data := await self._stream.recv():
                 buf += data
                 for host, port, payload in parse_udp_frames(buf):
+                    answered = True
                     self._on_reply(payload, (host, port))
         except ValueError as exc:
             reason = f"malformed UDP frame from the server: {exc}"
@@ -180,7 +183,12 @@ class TrojanUdpAssociation:
         except Exception as exc:  # noqa: BLE001 - the reader ends quietly whatever it was (a TLS error: ProxyProtocolError)
             reason = str(exc)
         if not self.closed:
-            log.debug("node %s: trojan UDP session ended: %s", self.node, reason)
+            if answered:
+                log.debug("node %s: trojan UDP session ended: %s", self.node, reason)
+            else:  # the server never took the request: say what that looks like, once per session
+                log.info("node %s: the trojan UDP session ended before any reply (%s): a wrong "
+                         "password looks like this (trojan-gfw hands such a request to its "
+                         "fallback)", self.node, reason)
             self.close()
 
     def close(self) -> None:
@@ -200,5 +208,13 @@ class TrojanUdpAssociation:
 
 async def associate(node: Node, opts: DialOptions,
                     on_reply: ReplyCallback) -> TrojanUdpAssociation:
-    stream = await open_session(node, opts, CMD_UDP_ASSOCIATE, "0.0.0.0", 0)
+    return await associate_on(lambda: connect_to(node, opts), node, opts, on_reply)
+
+
+async def associate_on(connect: Connect, node: Node, opts: DialOptions,
+                       on_reply: ReplyCallback) -> TrojanUdpAssociation:
+    """UDP ASSOCIATE over a stream `connect` gives, already connected to the node (straight, or
+    through a chain's earlier hops: runtime/proxy/chain.py): one stream carries every datagram."""
+    _password(node)  # a node without one fails here, before anything is dialled
+    stream = await open_session_on(await connect(), node, opts, CMD_UDP_ASSOCIATE, "0.0.0.0", 0)
     return TrojanUdpAssociation(node, stream, on_reply)

@@ -19,8 +19,8 @@ import struct
 from dae_py.runtime.net.stream import RECV_SIZE, Buffer, LayeredStream, Stream
 
 from .base import Destination, DialOptions, Node, ProxyProtocolError, ReplyCallback
-from .streamudp import StreamUdpAssociation
-from .transport import describe, open_stream
+from .streamudp import Connect, StreamUdpAssociation
+from .transport import connect_to, describe, open_stream_on
 from .vmess import _WARNED, closed_unanswered, encode_address, refused, user_id
 
 log = logging.getLogger(__name__)
@@ -105,22 +105,49 @@ class VlessStream(LayeredStream):
 
 
 async def open_session(node: Node, opts: DialOptions, cmd: int, dst: Destination) -> VlessStream:
-    uid = user_id(node)
-    raw = await open_stream(node, opts)
+    user_id(node)
+    return await open_session_on(await connect_to(node, opts), node, opts, cmd, dst)
+
+
+async def open_session_on(raw: Stream, node: Node, opts: DialOptions, cmd: int,
+                          dst: Destination) -> VlessStream:
+    """The node's transport and the request over `raw`, a stream already connected to the node
+    (directly, or through a chain's earlier hops)."""
     try:
-        await raw.sendall(request(uid, cmd, dst.host, dst.port))
+        uid = user_id(node)
     except BaseException:
         raw.abort()
         raise
+    stream = await open_stream_on(raw, node, opts)
+    try:
+        await stream.sendall(request(uid, cmd, dst.host, dst.port))
+    except BaseException:
+        stream.abort()
+        raise
     log.debug("node %s: VLESS session over %s to %s", node, describe(node), dst)
-    return VlessStream(raw, node)
+    return VlessStream(stream, node)
 
 
 async def dial(node: Node, dst: Destination, opts: DialOptions) -> VlessStream:
     return await open_session(node, opts, CMD_TCP, dst)
 
 
+async def dial_on(raw: Stream, node: Node, dst: Destination, opts: DialOptions) -> VlessStream:
+    """A VLESS TCP session over a stream already connected to the node (a chain's later hop)."""
+    return await open_session_on(raw, node, opts, CMD_TCP, dst)
+
+
 async def associate(node: Node, opts: DialOptions, on_reply: ReplyCallback) -> StreamUdpAssociation:
+    return await associate_on(lambda: connect_to(node, opts), node, opts, on_reply)
+
+
+async def associate_on(connect: Connect, node: Node, opts: DialOptions,
+                       on_reply: ReplyCallback) -> StreamUdpAssociation:
+    """UDP sessions, one per destination, each over a fresh stream `connect` gives, already
+    connected to the node (straight, or through a chain's earlier hops)."""
     user_id(node)  # a node without a valid UUID fails here, not per datagram
-    return StreamUdpAssociation(node, on_reply,
-                                lambda dst: open_session(node, opts, CMD_UDP, dst))
+
+    async def session(dst: Destination) -> VlessStream:
+        return await open_session_on(await connect(), node, opts, CMD_UDP, dst)
+
+    return StreamUdpAssociation(node, on_reply, session)

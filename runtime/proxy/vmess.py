@@ -58,8 +58,8 @@ from dae_py.runtime.net.stream import RECV_SIZE, Buffer, LayeredStream, Stream, 
 
 from .aeadchunks import SealBuffers, packed_length, sealed_size
 from .base import Destination, DialError, DialOptions, Node, ProxyAuthError, ProxyProtocolError, ReplyCallback
-from .streamudp import StreamUdpAssociation
-from .transport import describe, open_stream
+from .streamudp import Connect, StreamUdpAssociation
+from .transport import connect_to, describe, open_stream_on
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -559,28 +559,54 @@ def security_of(node: Node) -> Security:
 
 
 async def open_session(node: Node, opts: DialOptions, cmd: int, dst: Destination) -> VmessStream:
-    session = Session(node, cmd, dst)
-    raw = await open_stream(node, opts)
-    stream = VmessStream(raw, session)
+    security_of(node), user_id(node)  # a bad node fails before anything is dialled
+    return await open_session_on(await connect_to(node, opts), node, opts, cmd, dst)
+
+
+async def open_session_on(raw: Stream, node: Node, opts: DialOptions, cmd: int,
+                          dst: Destination) -> VmessStream:
+    """The node's transport and the request header over `raw`, a stream already connected to
+    the node (directly, or through a chain's earlier hops)."""
     try:
-        await raw.sendall(session.header)
+        session = Session(node, cmd, dst)
     except BaseException:
         raw.abort()
         raise
+    stream = await open_stream_on(raw, node, opts)
+    try:
+        await stream.sendall(session.header)
+    except BaseException:
+        stream.abort()
+        raise
     log.debug("node %s: VMess %s session over %s to %s", node, session.security.name,
               describe(node), dst)
-    return stream
+    return VmessStream(stream, session)
 
 
 async def dial(node: Node, dst: Destination, opts: DialOptions) -> VmessStream:
     return await open_session(node, opts, CMD_TCP, dst)
 
 
+async def dial_on(raw: Stream, node: Node, dst: Destination, opts: DialOptions) -> VmessStream:
+    """A VMess TCP session over a stream already connected to the node (a chain's later hop)."""
+    return await open_session_on(raw, node, opts, CMD_TCP, dst)
+
+
 async def associate(node: Node, opts: DialOptions, on_reply: ReplyCallback) -> StreamUdpAssociation:
+    return await associate_on(lambda: connect_to(node, opts), node, opts, on_reply)
+
+
+async def associate_on(connect: Connect, node: Node, opts: DialOptions,
+                       on_reply: ReplyCallback) -> StreamUdpAssociation:
+    """UDP sessions, one per destination, each over a fresh stream `connect` gives, already
+    connected to the node (straight, or through a chain's earlier hops)."""
     security_of(node), user_id(node)  # a bad node fails here, not per datagram
-    return StreamUdpAssociation(
-        node, on_reply, lambda dst: open_session(node, opts, CMD_UDP, dst))
+
+    async def session(dst: Destination) -> VmessStream:
+        return await open_session_on(await connect(), node, opts, CMD_UDP, dst)
+
+    return StreamUdpAssociation(node, on_reply, session)
 
 
 __all__ = ["SECURITIES", "ChunkOpener", "ChunkSealer", "VmessStream", "associate", "auth_id", "cmd_key",
-           "dial", "encode_address", "fnv1a32", "instruction", "kdf", "seal_header"]
+           "associate_on", "dial", "dial_on", "encode_address", "fnv1a32", "instruction", "kdf", "seal_header"]

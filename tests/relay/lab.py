@@ -81,9 +81,11 @@ class Peer:
 
 
 class Lab:
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "rly") -> None:
+        """`prefix`: the start of the namespaces' names (a test module's own, to tell its
+        leftovers apart)."""
         tag = f"{os.getpid() % 100000}{next(_counter)}"
-        self.client, self.gw, self.up = f"rlyc{tag}", f"rlyg{tag}", f"rlyu{tag}"
+        self.client, self.gw, self.up = f"{prefix}c{tag}", f"{prefix}g{tag}", f"{prefix}u{tag}"
         self.dir = Path(tempfile.mkdtemp(prefix="relaylab-"))
         os.chmod(self.dir, 0o777)  # tinyproxy drops to nobody and writes its log here
         self.peers: list[Peer] = []
