@@ -44,6 +44,7 @@ from typing import Any
 import trustme
 
 from dae_py.runtime.lab.nsutil import socket_in_netns
+from tests.proxy.bench_vmess import v2ray_client
 from tests.proxy.test_proxy_lab import TROJAN4, TROJAN_PASSWORD, TROJAN_PORT, TROJAN_SNI, trojan_node
 from tests.proxy.test_vmess_lab import PORTS, SNI, UUID, V2RAY4, v2_node, v2ray_server
 from tests.relay.bench_proxy import fixed_groups, proc_cpu
@@ -127,14 +128,6 @@ def stop_relay(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
-
-
-def v2ray_client_conf(outbound: dict[str, Any]) -> dict[str, Any]:
-    return {"log": {"loglevel": "warning"},
-            "inbounds": [{"listen": "0.0.0.0", "port": TPROXY_PORT, "protocol": "dokodemo-door",
-                          "settings": {"network": "tcp", "followRedirect": True},
-                          "streamSettings": {"sockopt": {"tproxy": "tproxy"}}}],
-            "outbounds": [outbound]}
 
 
 def run_peer(lab: Lab, name: str, argv: list[str], wait_ip: str = "127.0.0.1") -> Peer:
@@ -306,7 +299,7 @@ def ss_suites(lab: Lab, trees: dict[str, Path], envs: dict[str, dict[str, str]],
             peer = lab.v2ray_ss_server(ip, SS_PORT, METHOD, PASSWORD)
         ss_node = {**node(f"ss_{server}", "ss", ip, SS_PORT, None, PASSWORD), "cipher": METHOD}
         conf = lab.dir / f"v2ray-ss-client-{server}.json"
-        conf.write_text(json.dumps(v2ray_client_conf({"protocol": "shadowsocks", "settings": {"servers": [
+        conf.write_text(json.dumps(v2ray_client({"protocol": "shadowsocks", "settings": {"servers": [
             {"address": ip, "port": SS_PORT, "method": METHOD, "password": PASSWORD}]}})))
         rows = relay_rows(lab, trees, envs, [ss_node], server) + [
             peer_row(lab, "ss-redir", ["ss-redir", "-T", "-s", ip, "-p", str(SS_PORT), "-l", str(TPROXY_PORT),
@@ -346,7 +339,7 @@ def vmess_suites(lab: Lab, trees: dict[str, Path], envs: dict[str, dict[str, str
         suites.append(trojan_suite(lab, trees, envs, ca))
     for tag, v2node, outbound in cases:
         conf = lab.dir / f"v2ray-client-{tag}.json"
-        conf.write_text(json.dumps(v2ray_client_conf(outbound)))
+        conf.write_text(json.dumps(v2ray_client(outbound)))
         rows = relay_rows(lab, trees, envs, [v2node], tag) + [
             peer_row(lab, "v2ray client", ["v2ray", "-config", str(conf)])]
         suites.append((f"{tag} -> v2ray 4.34", rows, server_pid, "relay B", ["relay A", "v2ray client"]))
@@ -362,7 +355,7 @@ def trojan_suite(lab: Lab, trees: dict[str, Path], envs: dict[str, dict[str, str
     cert.cert_chain_pems[0].write_to_path(str(cert_file))
     server = lab.trojan_server(TROJAN_PORT, TROJAN_PASSWORD, cert_file, key_file)
     conf = lab.dir / "v2ray-client-trojan.json"
-    conf.write_text(json.dumps(v2ray_client_conf({
+    conf.write_text(json.dumps(v2ray_client({
         "protocol": "trojan",
         "settings": {"servers": [{"address": TROJAN4, "port": TROJAN_PORT, "password": TROJAN_PASSWORD}]},
         "streamSettings": {"network": "tcp", "security": "tls",

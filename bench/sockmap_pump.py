@@ -25,6 +25,7 @@ from pathlib import Path
 from dae_py.compiler.emit import CLANG_FLAGS, SOCKMAP_OBJECT, SOCKMAP_SOURCE, TEMPLATE_DIR, compile_sockmap
 from dae_py.runtime.relay.pump import SplicedFlow
 from dae_py.runtime.relay.sockmap import U64, SockmapFlow, SockmapPump
+from tests.relay.conftest import tcp_pair
 
 
 def machine_cpu() -> float:
@@ -36,18 +37,6 @@ def machine_cpu() -> float:
 def process_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def tcp_pair() -> tuple[socket.socket, socket.socket]:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(4096)
-    a = socket.create_connection(listener.getsockname())
-    b, _ = listener.accept()
-    listener.close()
-    a.setblocking(False)
-    b.setblocking(False)
-    return a, b
 
 
 def unbounded_object(out: Path) -> Path:
@@ -81,8 +70,8 @@ async def bulk(client: socket.socket, server: socket.socket, total: int) -> None
 
 async def one_bulk(mode: str, pumps: dict[str, SockmapPump], total: int) -> tuple[float, float, float, str]:
     loop = asyncio.get_running_loop()
-    client, relay_client = tcp_pair()
-    relay_upstream, server = tcp_pair()
+    client, relay_client = tcp_pair(4096)
+    relay_upstream, server = tcp_pair(4096)
     def none(n: int) -> None:
         pass
 
@@ -111,8 +100,8 @@ async def many(pump: SockmapPump, flows: int) -> tuple[float, int]:
     loop = asyncio.get_running_loop()
     ends: list[tuple[socket.socket, socket.socket, bytes, asyncio.Future[object]]] = []
     for _ in range(flows):
-        client, relay_client = tcp_pair()
-        relay_upstream, server = tcp_pair()
+        client, relay_client = tcp_pair(4096)
+        relay_upstream, server = tcp_pair(4096)
         done: asyncio.Future[object] = loop.create_future()
 
         def ended(_flow: SockmapFlow, outcome: object, done: asyncio.Future[object] = done) -> None:

@@ -155,28 +155,28 @@ def render(ir: RoutingIR, config_name: str, config_sha256: str, strategy: str,
     return Emitted(c_source=source, tables=tables, strategy=strategy)
 
 
-def compile_c(build: Path) -> None:
-    """clang -O2 -target bpf, run inside build/ so no absolute path lands in the object."""
-    cmd = ["clang", *CLANG_FLAGS, "-c", "program.c", "-o", "program.o"]
-    try:
-        proc = subprocess.run(cmd, cwd=build, capture_output=True, text=True)
-    except FileNotFoundError:
-        raise EmitError("clang is not installed (apt-get install clang llvm libbpf-dev)") from None
-    if proc.returncode != 0:
-        raise EmitError(f"clang failed on the generated program (a compiler bug):\n{proc.stderr.strip()}")
-
-
-def compile_standalone(build: Path, source: str, obj: str) -> None:
-    """A hand-written object of templates/bpf that is the same for every config (it includes
-    nothing of the build), compiled beside program.o and loaded by the runtime on its own."""
-    shutil.copyfile(TEMPLATE_DIR / source, build / source)
+def _clang(build: Path, source: str, obj: str, what: str) -> None:
+    """clang -O2 -target bpf on `source` inside build/ (no absolute path lands in the object);
+    `what` names the source in the error."""
     cmd = ["clang", *CLANG_FLAGS, "-c", source, "-o", obj]
     try:
         proc = subprocess.run(cmd, cwd=build, capture_output=True, text=True)
     except FileNotFoundError:
         raise EmitError("clang is not installed (apt-get install clang llvm libbpf-dev)") from None
     if proc.returncode != 0:
-        raise EmitError(f"clang failed on {source} (a compiler bug):\n{proc.stderr.strip()}")
+        raise EmitError(f"clang failed on {what} (a compiler bug):\n{proc.stderr.strip()}")
+
+
+def compile_c(build: Path) -> None:
+    """The generated program.c -> program.o."""
+    _clang(build, "program.c", "program.o", "the generated program")
+
+
+def compile_standalone(build: Path, source: str, obj: str) -> None:
+    """A hand-written object of templates/bpf that is the same for every config (it includes
+    nothing of the build), compiled beside program.o and loaded by the runtime on its own."""
+    shutil.copyfile(TEMPLATE_DIR / source, build / source)
+    _clang(build, source, obj, source)
 
 
 def compile_sockmap(build: Path) -> None:

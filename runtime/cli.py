@@ -5,7 +5,6 @@ import argparse
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 from dae_py.runtime import logsetup
@@ -42,30 +41,6 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Formatter(logging.Formatter):
-    """The default format, with the date and time part formatted once per second rather than
-    once per line (the relay logs a line per flow)."""
-
-    _second = -1
-    _text = ""
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        if datefmt is not None:
-            return super().formatTime(record, datefmt)
-        second = int(record.created)
-        if second != self._second:
-            self._text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
-            self._second = second
-        return f"{self._text},{int(record.msecs):03d}"
-
-    def format(self, record: logging.LogRecord) -> str:
-        # Loggers are named by module (dae_py.runtime.relay.tcp); the namespace says nothing here.
-        name = record.name
-        record.name = name.removeprefix("dae_py.")
-        try:
-            return super().format(record)
-        finally:
-            record.name = name
 
 
 COMMANDS = ("explain", "run", "cleanup", "status", "reload")
@@ -145,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = ap.parse_args(_with_command(list(sys.argv[1:] if argv is None else argv)))
     handler = logging.StreamHandler()
-    handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logsetup.LineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logsetup.configure(handler, args.log_level)
     if args.command == "explain":
         return _explain(args)

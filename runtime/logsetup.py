@@ -9,6 +9,7 @@ module logs at TRACE.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -52,3 +53,30 @@ def apply_manifest_level(manifest: Mapping[str, Any]) -> None:
     level = settings.get("log_level") if isinstance(settings, Mapping) else None
     if isinstance(level, str):
         apply_config_level(level)
+
+
+class LineFormatter(logging.Formatter):
+    """The runtime's line format (dae-runtime and its relay workers): logger names without the
+    `dae_py.` namespace, and the date and time part formatted once per second rather than once
+    per line (the relay logs a line per flow)."""
+
+    _second = -1
+    _text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._text = time.strftime("%Y-%m-%d %H:%M:%S", self.converter(second))
+            self._second = second
+        return f"{self._text},{int(record.msecs):03d}"
+
+    def format(self, record: logging.LogRecord) -> str:
+        # Loggers are named by module (dae_py.runtime.relay.tcp); the namespace says nothing here.
+        name = record.name
+        record.name = name.removeprefix("dae_py.")
+        try:
+            return super().format(record)
+        finally:
+            record.name = name

@@ -235,8 +235,20 @@ class PairRegistration:
     def _on_upstream(self, events: int) -> None:
         raise NotImplementedError
 
-    def fail(self, exc: BaseException) -> None:
+    def _end(self, outcome: object) -> None:
+        """Stop the pair once (later calls do nothing) and report `outcome` to its owner."""
         raise NotImplementedError
+
+    def fail(self, exc: BaseException) -> None:
+        self._end(exc)
+
+    def expire(self) -> None:
+        """The idle sweeper's verdict."""
+        self._end("idle")
+
+    def close(self) -> None:
+        """End it from outside (the relay closing, a cancelled `relay()`): both sides closed."""
+        self._end("closed by the relay")
 
     def sync(self) -> None:
         """Bring the registrations in line with what the ways want (no syscall if unchanged)."""
@@ -326,16 +338,6 @@ class SplicedFlow(PairRegistration):
             down._readable()
         if events & (OUT | HUP_ERR) and up.writing:
             up._writable()
-
-    def fail(self, exc: BaseException) -> None:
-        self._end(exc)
-
-    def expire(self) -> None:
-        self._end("idle")
-
-    def close(self) -> None:
-        """End it from outside (the relay closing, a cancelled `relay()`): both sides closed."""
-        self._end("closed by the relay")
 
     def _end(self, outcome: object) -> None:
         on_end = self.on_end

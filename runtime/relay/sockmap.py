@@ -426,15 +426,6 @@ class SockmapFlow(PairRegistration):
                 return
         self.sync()
 
-    def fail(self, exc: BaseException) -> None:
-        self._end(exc)
-
-    def expire(self) -> None:
-        self._end("idle")
-
-    def close(self) -> None:
-        self._end("closed by the relay")
-
     def _end(self, outcome: object) -> None:
         on_end = self.on_end
         if on_end is None:

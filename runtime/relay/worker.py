@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dae_py.runtime import logsetup  # noqa: F401 - registers the TRACE level the main process may pass
 from dae_py.runtime.bpf import libbpf as lb
 from dae_py.runtime.bpf.maps import BpfMap
+from dae_py.runtime.logsetup import LineFormatter  # importing logsetup also registers TRACE
 
 from . import workerproto as proto
 from .flow import RelayConfig
@@ -311,18 +311,6 @@ class Worker:
             log.info("worker %d: stopped; relay: %s", self.args.index, self.stats)
 
 
-class _Formatter(logging.Formatter):
-    """The runtime's line format (runtime/cli.py), tagged with the worker's index."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        name = record.name
-        record.name = name.removeprefix("dae_py.")
-        try:
-            return super().format(record)
-        finally:
-            record.name = name
-
-
 def parse(argv: list[str] | None = None) -> Args:
     p = argparse.ArgumentParser(prog="dae-relay-worker")
     p.add_argument("--index", type=int, required=True)
@@ -333,7 +321,7 @@ def parse(argv: list[str] | None = None) -> Args:
     p.add_argument("--log-level", default="INFO")
     a = p.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(f"%(asctime)s %(levelname)s [w{a.index}] %(name)s: %(message)s"))
+    handler.setFormatter(LineFormatter(f"%(asctime)s %(levelname)s [w{a.index}] %(name)s: %(message)s"))
     logging.basicConfig(level=a.log_level, handlers=[handler], force=True)
     return Args(a.index, a.ctl, [int(fd) for fd in a.listeners.split(",")], RelayConfig(**json.loads(a.config)),
                 a.parent)

@@ -161,3 +161,16 @@ async def gateway_env(lab: Lab, manifest_: dict[str, Any], config: RelayConfig |
         for close in closers:
             close()
         await asyncio.sleep(0)
+
+
+def tcp_pair(backlog: int = 128) -> tuple[socket.socket, socket.socket]:
+    """A connected non-blocking loopback TCP pair (the two ends a relay joins)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(backlog)
+    a = socket.create_connection(listener.getsockname())
+    b, _ = listener.accept()
+    listener.close()
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b

@@ -18,6 +18,7 @@ from dae_py.runtime.relay import RelayConfig, sockmap
 from dae_py.runtime.relay.pump import IdleSweeper
 from dae_py.runtime.relay.sockmap import SockmapFlow, SockmapPump
 from tests.conftest import have_root_bpf
+from tests.relay.conftest import tcp_pair
 
 pytestmark = pytest.mark.root
 
@@ -38,18 +39,6 @@ def pump(sockmap_object: Path) -> Iterator[SockmapPump]:
         assert pump.entries() == (0, 0, 0), "a flow left entries in the maps"
     finally:
         pump.close()
-
-
-def tcp_pair() -> tuple[socket.socket, socket.socket]:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    a = socket.create_connection(listener.getsockname())
-    b, _ = listener.accept()
-    listener.close()
-    a.setblocking(False)
-    b.setblocking(False)
-    return a, b
 
 
 class Harness:

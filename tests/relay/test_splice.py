@@ -8,18 +8,7 @@ import socket
 from dae_py.runtime.relay import OutboundTable, RelayConfig, StaticRouter, TcpRelay
 from dae_py.runtime.relay.pump import IdleSweeper, SplicedFlow
 from tests.proxy.test_proxy import run, serve, socks_ok
-
-
-async def tcp_pair() -> tuple[socket.socket, socket.socket]:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    a = socket.create_connection(listener.getsockname())
-    b, _ = listener.accept()
-    listener.close()
-    a.setblocking(False)
-    b.setblocking(False)
-    return a, b
+from tests.relay.conftest import tcp_pair
 
 
 class TestSplicedFlow:
@@ -31,8 +20,8 @@ class TestSplicedFlow:
             t0 = loop.time()
             pairs = []
             for name in ("idle", "busy"):
-                client, relay_client = await tcp_pair()
-                relay_upstream, server = await tcp_pair()
+                client, relay_client = tcp_pair()
+                relay_upstream, server = tcp_pair()
                 pairs.append((client, server))
 
                 def on_end(_flow: SplicedFlow, outcome: object, name: str = name) -> None:
@@ -60,8 +49,8 @@ class TestSplicedFlow:
     def test_both_way_eof_closes_and_counts(self) -> None:
         async def scenario() -> None:
             loop = asyncio.get_running_loop()
-            client, relay_client = await tcp_pair()
-            relay_upstream, server = await tcp_pair()
+            client, relay_client = tcp_pair()
+            relay_upstream, server = tcp_pair()
             counts = {"up": 0, "down": 0}
             done = loop.create_future()
             flow = SplicedFlow(loop, relay_client, relay_upstream,

@@ -22,10 +22,10 @@ def test_running_gateway_does_not_import_the_compiler_front_end() -> None:
 def test_log_time_stamps_match_the_default_format() -> None:
     import logging
 
-    from dae_py.runtime.cli import _Formatter
+    from dae_py.runtime.logsetup import LineFormatter
 
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    ours, default = _Formatter(fmt), logging.Formatter(fmt)
+    ours, default = LineFormatter(fmt), logging.Formatter(fmt)
     for created in (1_700_000_000.0, 1_700_000_000.0005, 1_700_000_000.999, 1_700_000_001.25):
         record = logging.LogRecord("runtime.relay.tcp", logging.INFO, __file__, 1, "tcp %s", ("x",), None)
         record.created = created
@@ -36,9 +36,9 @@ def test_log_time_stamps_match_the_default_format() -> None:
 def test_log_lines_name_the_module_without_the_package_namespace() -> None:
     import logging
 
-    from dae_py.runtime.cli import _Formatter
+    from dae_py.runtime.logsetup import LineFormatter
 
     record = logging.LogRecord("dae_py.runtime.relay.tcp", logging.INFO, __file__, 1, "tcp %s", ("x",), None)
-    line = _Formatter("%(name)s: %(message)s").format(record)
+    line = LineFormatter("%(name)s: %(message)s").format(record)
     assert line == "runtime.relay.tcp: tcp x"
     assert record.name == "dae_py.runtime.relay.tcp", "the record itself is left as it was"
